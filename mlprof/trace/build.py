@@ -1,0 +1,376 @@
+"""Batches of decoded events -> the columnar tables of :class:`~mlprof.trace.model.Trace`.
+
+Each slice of events from the reader is split into families by ``cat``/``ph`` and
+reduced at once to numpy columns; the Python event objects are dropped before the
+next slice is decoded. Only the columns listed in :mod:`mlprof.trace.model` survive.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from operator import attrgetter, itemgetter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlprof.trace.columns import SymbolTable, to_int64
+from mlprof.trace.numbers import MISSING_NS, raw_us_to_ns
+from mlprof.trace.schema import EventArgs, TraceEvent
+
+# Family codes.
+GPU, RUNTIME, HOST, GPU_ANNOTATION, MEMORY, FLOW, META, SKIP, INSTANT = range(9)
+
+_GPU_KIND = {
+    "kernel": "kernel",
+    "Kernel": "kernel",
+    "mtia_ccp_events": "kernel",
+    "gpu_memcpy": "memcpy",
+    "Memcpy": "memcpy",
+    "gpu_memset": "memset",
+    "Memset": "memset",
+    "cuda_sync": "sync",
+}
+GPU_KINDS: tuple[str, ...] = ("kernel", "memcpy", "memset", "sync")
+_RUNTIME_CATS = {"cuda_runtime", "cuda_driver", "Runtime", "Driver", "mtia_runtime", "hip_runtime"}
+_SKIP_CATS = {"Trace", "cuda_profiler_range"}
+OLD_FORMAT_CATS = {"Operator", "Runtime", "Kernel", "Memcpy", "Memset"}
+
+COMM_KERNEL = re.compile(r"^(nccl|rccl|hccl|c10d::)|ncclKernel|ncclDevKernel|nccl:", re.IGNORECASE)
+"""Collective/point-to-point communication kernels (both ``ncclKernel_*`` and ``ncclDevKernel_*``)."""
+
+_EMPTY_ARGS = EventArgs()
+
+
+def _family(cat: Any, ph: Any) -> int:
+    if ph == "X":
+        if cat in _GPU_KIND:
+            return GPU
+        if cat in _RUNTIME_CATS:
+            return RUNTIME
+        if cat == "gpu_user_annotation":
+            return GPU_ANNOTATION
+        if cat in _SKIP_CATS:
+            return SKIP
+        return HOST
+    if ph in ("i", "I"):
+        return INSTANT
+    if ph in ("s", "f", "t"):
+        return FLOW
+    if ph == "M":
+        return META
+    return SKIP
+
+
+class TableBuilder:
+    """Accumulates per-family columns across slices; :meth:`finish` makes DataFrames."""
+
+    def __init__(self) -> None:
+        self.symbols = SymbolTable()
+        self._cols: dict[int, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+        self._collectives: dict[str, list[np.ndarray]] = defaultdict(list)
+        self.metadata: list[tuple[Any, ...]] = []
+        self.categories_seen: set[str] = set()
+        self.dropped_no_time = 0
+        self._family_cache: dict[tuple[Any, Any], int] = {}
+
+    def _classify(self, key: tuple[Any, Any]) -> int:
+        cat, ph = key
+        fam = _family(cat, ph)
+        self._family_cache[key] = fam
+        if isinstance(cat, str):
+            self.categories_seen.add(cat)
+        return fam
+
+    # ---- one slice ------------------------------------------------------------------
+    def add(self, events: Sequence[TraceEvent]) -> None:
+        if not events:
+            return
+        cache = self._family_cache
+        families = np.fromiter(
+            (
+                cache[key] if key in cache else self._classify(key)
+                for key in zip([e.cat for e in events], [e.ph for e in events], strict=True)
+            ),
+            dtype=np.int8,
+            count=len(events),
+        )
+        instants = np.flatnonzero(families == INSTANT)
+        if len(instants):
+            is_memory = np.fromiter(
+                (events[i].name == "[memory]" for i in instants.tolist()), dtype=bool, count=len(instants)
+            )
+            families[instants] = np.where(is_memory, MEMORY, SKIP)
+        for fam in (GPU, RUNTIME, HOST, GPU_ANNOTATION, MEMORY, FLOW, META):
+            idx = np.flatnonzero(families == fam)
+            if len(idx) == 0:
+                continue
+            sub = _take(events, idx)
+            if fam == META:
+                self._add_meta(sub)
+            elif fam == FLOW:
+                self._add_flows(sub)
+            elif fam == MEMORY:
+                self._add_memory(sub)
+            else:
+                self._add_ranges(fam, sub)
+
+    def _append(self, fam: int, **columns: np.ndarray) -> None:
+        store = self._cols[fam]
+        for key, value in columns.items():
+            store[key].append(value)
+
+    def _add_ranges(self, fam: int, sub: list[TraceEvent]) -> None:
+        ts = raw_us_to_ns([e.ts for e in sub])
+        dur = raw_us_to_ns([e.dur for e in sub])
+        keep = (ts != MISSING_NS) & (dur != MISSING_NS)
+        if not keep.all():
+            self.dropped_no_time += int((~keep).sum())
+            sub = _take(sub, np.flatnonzero(keep))
+            ts, dur = ts[keep], dur[keep]
+            if not sub:
+                return
+        dur = np.maximum(dur, 0)
+        args = [e.args if e.args is not None else _EMPTY_ARGS for e in sub]
+        name = self.symbols.encode([e.name for e in sub])
+
+        def arg(attr: str) -> list[Any]:
+            return list(map(attrgetter(attr), args))
+
+        ext = to_int64(arg("external_id"))
+        if fam == GPU or fam == RUNTIME:
+            old_ext = to_int64(arg("external_id_old"))
+            ext = np.where(ext == -1, old_ext, ext)
+        if fam == GPU:
+            kind = self.symbols.encode([_GPU_KIND.get(e.cat, "kernel") for e in sub])  # type: ignore[arg-type]
+            device = to_int64(arg("device"))
+            pid = to_int64([e.pid for e in sub])
+            device = np.where(device == -1, pid, device)
+            stream = to_int64(arg("stream"))
+            tid = to_int64([e.tid for e in sub])
+            stream = np.where(stream == -1, tid, stream)
+            self._append(
+                fam,
+                kind=kind,
+                name=name,
+                ts=ts,
+                dur=dur,
+                device=device,
+                stream=stream,
+                correlation=to_int64(arg("correlation")),
+                external_id=ext,
+                bytes=to_int64(arg("bytes")),
+            )
+            self._add_collectives("gpu", sub, args, name, ts, dur)
+        elif fam == RUNTIME:
+            self._append(
+                fam,
+                name=name,
+                ts=ts,
+                dur=dur,
+                pid=self.symbols.encode([e.pid for e in sub]),
+                tid=self.symbols.encode([e.tid for e in sub]),
+                correlation=to_int64(arg("correlation")),
+                external_id=ext,
+            )
+        elif fam == GPU_ANNOTATION:
+            device = to_int64(arg("device"))
+            device = np.where(device == -1, to_int64([e.pid for e in sub]), device)
+            stream = to_int64(arg("stream"))
+            stream = np.where(stream == -1, to_int64([e.tid for e in sub]), stream)
+            self._append(fam, name=name, ts=ts, dur=dur, device=device, stream=stream)
+        else:  # HOST
+            self._append(
+                fam,
+                cat=self.symbols.encode([e.cat for e in sub]),
+                name=name,
+                ts=ts,
+                dur=dur,
+                pid=self.symbols.encode([e.pid for e in sub]),
+                tid=self.symbols.encode([e.tid for e in sub]),
+                external_id=ext,
+                call_stack=self.symbols.encode(arg("call_stack")),
+            )
+            self._add_collectives("host", sub, args, name, ts, dur)
+
+    def _add_collectives(
+        self,
+        source: str,
+        sub: list[TraceEvent],
+        args: list[EventArgs],
+        name: np.ndarray,
+        ts: np.ndarray,
+        dur: np.ndarray,
+    ) -> None:
+        coll = [a.collective_name for a in args]
+        idx = [i for i, c in enumerate(coll) if c is not None]
+        if not idx:
+            return
+        sel = _take(args, np.asarray(idx))
+        pick = np.asarray(idx)
+
+        def arg(attr: str) -> list[Any]:
+            return list(map(attrgetter(attr), sel))
+
+        out = self._collectives
+        out["source"].append(self.symbols.encode([source] * len(sel)))
+        out["name"].append(name[pick])
+        out["ts"].append(ts[pick])
+        out["dur"].append(dur[pick])
+        out["collective"].append(self.symbols.encode(arg("collective_name")))
+        out["in_nelems"].append(to_int64(arg("in_msg_nelems")))
+        out["out_nelems"].append(to_int64(arg("out_msg_nelems")))
+        out["group_size"].append(to_int64(arg("group_size")))
+        out["dtype"].append(self.symbols.encode(arg("dtype")))
+        out["pg_name"].append(self.symbols.encode(arg("pg_name")))
+        out["seq"].append(to_int64(arg("seq")))
+
+    def _add_memory(self, sub: list[TraceEvent]) -> None:
+        ts = raw_us_to_ns([e.ts for e in sub])
+        args = [e.args if e.args is not None else _EMPTY_ARGS for e in sub]
+
+        def arg(attr: str) -> list[Any]:
+            return list(map(attrgetter(attr), args))
+
+        self._append(
+            MEMORY,
+            ts=ts,
+            pid=self.symbols.encode([e.pid for e in sub]),
+            tid=self.symbols.encode([e.tid for e in sub]),
+            device_type=to_int64(arg("device_type")),
+            device_id=to_int64(arg("device_id")),
+            addr=to_int64(arg("addr")),
+            bytes=to_int64(arg("mem_bytes"), missing=0),
+            total_allocated=to_int64(arg("total_allocated")),
+            total_reserved=to_int64(arg("total_reserved")),
+        )
+
+    def _add_flows(self, sub: list[TraceEvent]) -> None:
+        self._append(
+            FLOW,
+            cat=self.symbols.encode([e.cat for e in sub]),
+            ph=self.symbols.encode([e.ph for e in sub]),
+            id=to_int64([e.id for e in sub]),
+            ts=raw_us_to_ns([e.ts for e in sub]),
+            pid=self.symbols.encode([e.pid for e in sub]),
+            tid=self.symbols.encode([e.tid for e in sub]),
+        )
+
+    def _add_meta(self, sub: list[TraceEvent]) -> None:
+        for e in sub:
+            a = e.args or _EMPTY_ARGS
+            value = a.name if a.name is not None else a.labels if a.labels is not None else a.sort_index
+            self.metadata.append((e.name, e.pid, e.tid, value))
+
+    # ---- finish ------------------------------------------------------------------
+    def finish(self) -> dict[str, pd.DataFrame]:
+        tables = {
+            "gpu": self._frame(GPU, _GPU_COLUMNS),
+            "runtime": self._frame(RUNTIME, _RUNTIME_COLUMNS),
+            "host": self._frame(HOST, _HOST_COLUMNS),
+            "gpu_annotations": self._frame(GPU_ANNOTATION, _GPU_ANNOTATION_COLUMNS),
+            "memory": self._frame(MEMORY, _MEMORY_COLUMNS),
+            "flows": self._frame(FLOW, _FLOW_COLUMNS),
+            "collectives": self._frame_from(self._collectives, _COLLECTIVE_COLUMNS),
+        }
+        gpu = tables["gpu"]
+        if len(gpu):
+            comm_names = [c for c in gpu["name"].cat.categories if COMM_KERNEL.search(c)]
+            gpu["is_comm"] = gpu["name"].isin(comm_names) & (gpu["kind"] == "kernel")
+        else:
+            gpu["is_comm"] = pd.Series(dtype=bool)
+        threads = pd.DataFrame(self.metadata, columns=["kind", "pid", "tid", "value"])
+        tables["threads"] = threads
+        return tables
+
+    def _frame(self, fam: int, columns: dict[str, str]) -> pd.DataFrame:
+        return self._frame_from(self._cols.get(fam, {}), columns)
+
+    def _frame_from(self, store: dict[str, list[np.ndarray]], columns: dict[str, str]) -> pd.DataFrame:
+        data: dict[str, Any] = {}
+        for col, kind in columns.items():
+            parts = store.get(col, [])
+            if kind == "str":
+                codes = np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
+                data[col] = self.symbols.categorical(codes)
+            else:
+                data[col] = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        if "dur" in data:
+            data["end"] = data["ts"] + data["dur"]
+        frame = pd.DataFrame(data)
+        if "ts" in frame and len(frame):
+            order = np.argsort(frame["ts"].to_numpy(), kind="stable")
+            if not (order[1:] > order[:-1]).all():
+                frame = frame.iloc[order].reset_index(drop=True)
+        return frame
+
+
+def _take(items: Sequence[Any], idx: np.ndarray) -> list[Any]:
+    if len(idx) == 0:
+        return []
+    if len(idx) == len(items):
+        return list(items)
+    if len(idx) == 1:
+        return [items[int(idx[0])]]
+    getter: Callable[[Sequence[Any]], tuple[Any, ...]] = itemgetter(*idx.tolist())
+    return list(getter(items))
+
+
+_GPU_COLUMNS = {
+    "kind": "str",
+    "name": "str",
+    "ts": "int",
+    "dur": "int",
+    "device": "int",
+    "stream": "int",
+    "correlation": "int",
+    "external_id": "int",
+    "bytes": "int",
+}
+_RUNTIME_COLUMNS = {
+    "name": "str",
+    "ts": "int",
+    "dur": "int",
+    "pid": "str",
+    "tid": "str",
+    "correlation": "int",
+    "external_id": "int",
+}
+_HOST_COLUMNS = {
+    "cat": "str",
+    "name": "str",
+    "ts": "int",
+    "dur": "int",
+    "pid": "str",
+    "tid": "str",
+    "external_id": "int",
+    "call_stack": "str",
+}
+_GPU_ANNOTATION_COLUMNS = {"name": "str", "ts": "int", "dur": "int", "device": "int", "stream": "int"}
+_MEMORY_COLUMNS = {
+    "ts": "int",
+    "pid": "str",
+    "tid": "str",
+    "device_type": "int",
+    "device_id": "int",
+    "addr": "int",
+    "bytes": "int",
+    "total_allocated": "int",
+    "total_reserved": "int",
+}
+_FLOW_COLUMNS = {"cat": "str", "ph": "str", "id": "int", "ts": "int", "pid": "str", "tid": "str"}
+_COLLECTIVE_COLUMNS = {
+    "source": "str",
+    "name": "str",
+    "ts": "int",
+    "dur": "int",
+    "collective": "str",
+    "in_nelems": "int",
+    "out_nelems": "int",
+    "group_size": "int",
+    "dtype": "str",
+    "pg_name": "str",
+    "seq": "int",
+}

@@ -1,0 +1,112 @@
+"""Turning lists of decoded Python values into compact numpy columns.
+
+Strings become integer codes into one :class:`SymbolTable` per trace (names repeat:
+a 2 GB trace has millions of events but a few thousand distinct kernel names), so a
+name column costs 4 bytes per event and filters are integer comparisons. Integer
+arguments arrive as ``int``, ``str``, ``float``, ``None`` or integers above int64
+(``Comms Id``); :func:`to_int64` takes the fast path when they are plain ints and
+converts value by value only when they are not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MISSING_INT = -1
+"""Missing integer argument (``correlation``, ``stream``, ``bytes`` ...)."""
+
+_INT64_MAX = 2**63 - 1
+
+
+class SymbolTable:
+    """Interns strings to dense int32 codes; code 0 is the empty string."""
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {"": 0}
+        self.strings: list[str] = [""]
+
+    def code(self, text: str) -> int:
+        found = self._index.get(text)
+        if found is None:
+            found = len(self.strings)
+            self._index[text] = found
+            self.strings.append(text)
+        return found
+
+    def encode(self, values: Sequence[Any]) -> np.ndarray:
+        """Codes for ``values``; ``None`` is the empty string, other types via ``str``."""
+        if len(values) == 0:
+            return np.empty(0, dtype=np.int32)
+        local_codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+        mapping = np.fromiter(
+            (self.code(u if isinstance(u, str) else _text(u)) for u in uniques),
+            dtype=np.int32,
+            count=len(uniques),
+        )
+        mapping = np.append(mapping, np.int32(0))  # the -1 sentinel (None/NaN) maps to ""
+        return mapping[local_codes]
+
+    def categorical(self, codes: np.ndarray) -> pd.Categorical:
+        """A pandas Categorical over the table's strings, sharing the codes array."""
+        used = np.unique(codes)
+        # Remap to only the categories present, so value_counts/groupby stay small.
+        remap = np.zeros(len(self.strings), dtype=np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        categories = [self.strings[i] for i in used]
+        return pd.Categorical.from_codes(remap[codes], categories=categories)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def to_int64(values: Sequence[Any], missing: int = MISSING_INT) -> np.ndarray:
+    """Integers as int64; ``None``, non-numeric text and out-of-range values become ``missing``."""
+    n = len(values)
+    try:
+        return np.fromiter((missing if v is None else v for v in values), dtype=np.int64, count=n)
+    except (TypeError, ValueError, OverflowError):
+        return np.fromiter((_int_or(v, missing) for v in values), dtype=np.int64, count=n)
+
+
+def _int_or(value: Any, missing: int) -> int:
+    if value is None or isinstance(value, bool):
+        return missing
+    if isinstance(value, int):
+        return value if -_INT64_MAX <= value <= _INT64_MAX else missing
+    if isinstance(value, float):
+        return int(value) if value == value and abs(value) < _INT64_MAX else missing
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("stream "):
+            text = text[7:]
+        try:
+            parsed = int(text)
+        except ValueError:
+            return missing
+        return parsed if -_INT64_MAX <= parsed <= _INT64_MAX else missing
+    return missing
+
+
+def to_float64(values: Sequence[Any]) -> np.ndarray:
+    """Floats; anything not a number becomes NaN."""
+    n = len(values)
+    try:
+        return np.fromiter((np.nan if v is None else v for v in values), dtype=np.float64, count=n)
+    except (TypeError, ValueError, OverflowError):
+        out = np.full(n, np.nan)
+        for i, v in enumerate(values):
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                try:
+                    out[i] = float(v)
+                except OverflowError:
+                    pass
+        return out

@@ -1,0 +1,317 @@
+"""Stream a Kineto Chrome-trace JSON file as batches of typed events.
+
+A trace is one JSON object whose ``traceEvents`` array holds almost all of its
+bytes. Decoding it whole needs the file and every event in memory at once (HTA's
+4-6x RSS). Instead we read the (optionally gzipped) file in blocks on a background
+thread, cut the ``traceEvents`` array at event boundaries into slices of a few MB,
+and decode each slice on its own as ``{"traceEvents": [ ... ]}``. Peak memory is one
+slice of events plus the compact columns built so far.
+
+Cutting is safe without a full tokenizer because a cut is only accepted if the slice
+decodes: a cut inside a string or a nested object leaves unbalanced JSON and is
+rejected by the decoder, so we try an earlier cut or read on. The header keys before
+``traceEvents`` (``deviceProperties``, ``distributedInfo``) and the ones after it
+are decoded from small reconstructed documents.
+"""
+
+from __future__ import annotations
+
+import gzip
+import queue
+import re
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from mlprof.errors import BadInputError
+from mlprof.trace.schema import HEADER_FIELDS, RAW_NONE, EventArgs, TraceDocument, TraceEvent
+
+BLOCK_BYTES = 4 << 20
+SLICE_BYTES = 16 << 20
+_TRACE_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
+_EVENT_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with (bytes of the input file consumed, total bytes of the input file)."""
+
+
+@dataclass
+class StreamStats:
+    """What the reader saw, for throughput and for the report's trace metadata."""
+
+    file_bytes: int = 0
+    json_bytes: int = 0
+    events: int = 0
+    repaired_utf8: bool = False
+
+
+_DECODER = msgspec.json.Decoder(TraceDocument)
+
+
+def is_gzip(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+class _BlockReader:
+    """Reads decompressed blocks on a thread, so gunzip overlaps JSON decoding."""
+
+    def __init__(self, path: Path, on_progress: ProgressCallback | None) -> None:
+        self._path = path
+        self._raw: IO[bytes] = path.open("rb")
+        self.file_bytes = path.stat().st_size
+        self._stream: IO[bytes] = (
+            gzip.GzipFile(fileobj=self._raw, mode="rb") if is_gzip(path) else self._raw  # type: ignore[assignment]
+        )
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+        self._on_progress = on_progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mlprof-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                block = self._stream.read(BLOCK_BYTES)
+                if not block:
+                    break
+                self._queue.put(block)
+            self._queue.put(None)
+        except (OSError, EOFError, zlib.error) as exc:
+            self._queue.put(exc)
+
+    def blocks(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise BadInputError(f"{self._path}: cannot read compressed data ({_describe(item)})")
+            if self._on_progress is not None:
+                self._on_progress(self._raw.tell(), self.file_bytes)
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._stream.close()
+        self._raw.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "the file is truncated"
+    return str(exc) or type(exc).__name__
+
+
+def read_trace_events(
+    path: Path,
+    on_batch: Callable[[list[TraceEvent]], None],
+    on_progress: ProgressCallback | None = None,
+) -> tuple[dict[str, Any], StreamStats]:
+    """Decode ``path`` and hand its events to ``on_batch`` slice by slice.
+
+    Returns the top-level keys other than ``traceEvents`` and the reader's stats.
+    Raises :class:`BadInputError` for anything that is not a readable trace.
+    """
+    reader = _BlockReader(path, on_progress)
+    stats = StreamStats(file_bytes=reader.file_bytes)
+    try:
+        return _read(path, reader, on_batch, stats), stats
+    finally:
+        reader.close()
+
+
+def _read(
+    path: Path,
+    reader: _BlockReader,
+    on_batch: Callable[[list[TraceEvent]], None],
+    stats: StreamStats,
+) -> dict[str, Any]:
+    buf = bytearray()
+    header: bytes | None = None
+    failed_cut_at = 0  # buffer length at which the last cut attempt failed
+
+    def emit(events: list[TraceEvent]) -> None:
+        stats.events += len(events)
+        on_batch(events)
+
+    for block in reader.blocks():
+        stats.json_bytes += len(block)
+        buf += block
+        if header is None:
+            match = _TRACE_EVENTS_KEY.search(buf)
+            if match is None:
+                continue
+            header = bytes(buf[: match.start()])
+            if not header.lstrip().startswith(b"{"):
+                raise BadInputError(f"{path}: not a trace (JSON with no top-level object)")
+            del buf[: match.end()]
+        if len(buf) < SLICE_BYTES or len(buf) < failed_cut_at + SLICE_BYTES // 2:
+            continue
+        cut = _cut_and_decode(buf, stats)
+        if cut is None:
+            failed_cut_at = len(buf)
+            continue
+        events, consumed = cut
+        del buf[:consumed]
+        failed_cut_at = 0
+        emit(events)
+
+    if header is None:
+        return _decode_whole_without_key(path, bytes(buf), emit, stats)
+    tail_doc = _decode_piece(b'{"traceEvents":[' + bytes(buf), path, stats)
+    emit(tail_doc.traceEvents)
+    head_doc = _decode_piece(header + b'"traceEvents":[]}', path, stats)
+    meta = _header_fields(head_doc)
+    meta.update({k: v for k, v in _header_fields(tail_doc).items() if v is not None})
+    return meta
+
+
+def _cut_and_decode(buf: bytearray, stats: StreamStats) -> tuple[list[TraceEvent], int] | None:
+    """Decode the longest prefix of ``buf`` that ends at an event boundary."""
+    window_start = max(0, len(buf) - (1 << 20))
+    window = bytes(buf[window_start:])
+    boundaries = [m.start() + window_start for m in _EVENT_BOUNDARY.finditer(window)]
+    for boundary in reversed(boundaries[-3:]):
+        piece = b'{"traceEvents":[' + bytes(buf[: boundary + 1]) + b"]}"
+        try:
+            doc = _decode_fast(piece, stats)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        # Skip the comma and whitespace so the remainder starts at the next "{".
+        next_open = buf.index(b"{", boundary + 1)
+        return doc.traceEvents, next_open
+    return None
+
+
+def _decode_fast(piece: bytes, stats: StreamStats) -> TraceDocument:
+    try:
+        return _DECODER.decode(piece)
+    except UnicodeDecodeError:
+        stats.repaired_utf8 = True
+        return _DECODER.decode(piece.decode("utf-8", "replace").encode("utf-8"))
+
+
+def _decode_piece(piece: bytes, path: Path, stats: StreamStats) -> TraceDocument:
+    try:
+        return _decode_fast(piece, stats)
+    except msgspec.ValidationError:
+        return _decode_lenient(piece, path, stats)
+    except msgspec.DecodeError as exc:
+        raise BadInputError(f"{path}: not valid JSON ({_short(exc)})") from None
+
+
+def _decode_lenient(piece: bytes, path: Path, stats: StreamStats) -> TraceDocument:
+    """Slow path for a slice whose events have unexpected types: keep what fits."""
+    try:
+        obj = msgspec.json.decode(piece.decode("utf-8", "replace").encode("utf-8"))
+    except msgspec.DecodeError as exc:
+        raise BadInputError(f"{path}: not valid JSON ({_short(exc)})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("traceEvents"), list):
+        raise BadInputError(f"{path}: not a trace (`traceEvents` is not a list of events)")
+    events = [ev for ev in map(_event_from_obj, obj["traceEvents"]) if ev is not None]
+    header = {k: obj.get(k) for k in HEADER_FIELDS}
+    return TraceDocument(traceEvents=events, **header)
+
+
+_SCALAR_TYPES = (int, float, str)
+
+
+def _scalar(value: Any) -> Any:
+    return value if value is None or isinstance(value, _SCALAR_TYPES) else None
+
+
+def _event_from_obj(obj: Any) -> TraceEvent | None:
+    if not isinstance(obj, dict):
+        return None
+    args_obj = obj.get("args")
+    args = None
+    if isinstance(args_obj, dict):
+        fields = {}
+        for attr, key in zip(EventArgs.__struct_fields__, EventArgs.__struct_encode_fields__, strict=True):
+            if key in args_obj:
+                fields[attr] = _scalar(args_obj[key])
+        args = EventArgs(**fields)
+
+    def raw(key: str) -> msgspec.Raw:
+        value = obj.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return RAW_NONE
+        return msgspec.Raw(msgspec.json.encode(value))
+
+    return TraceEvent(
+        ph=_scalar(obj.get("ph")),
+        cat=_scalar(obj.get("cat")),
+        name=_scalar(obj.get("name")),
+        pid=_scalar(obj.get("pid")),
+        tid=_scalar(obj.get("tid")),
+        ts=raw("ts"),
+        dur=raw("dur"),
+        id=_scalar(obj.get("id")),
+        bp=_scalar(obj.get("bp")),
+        s=_scalar(obj.get("s")),
+        args=args,
+    )
+
+
+def _decode_whole_without_key(
+    path: Path, data: bytes, emit: Callable[[list[TraceEvent]], None], stats: StreamStats
+) -> dict[str, Any]:
+    """Files without a ``traceEvents`` key: a bare JSON array of events, or not a trace."""
+    stripped = data.strip()
+    if not stripped:
+        raise BadInputError(f"{path}: empty file")
+    if stripped.startswith(b"["):
+        if not stripped.endswith(b"]"):  # the Chrome format allows an unterminated array
+            stripped = stripped.rstrip(b", \n\r\t") + b"]"
+        doc = _decode_piece(b'{"traceEvents":' + stripped + b"}", path, stats)
+        if doc.traceEvents and all(ev.ph is None and ev.name is None for ev in doc.traceEvents[:100]):
+            raise BadInputError(f"{path}: not a trace (a JSON array, but not of trace events)")
+        emit(doc.traceEvents)
+        return {}
+    try:
+        msgspec.json.decode(_repair_utf8(stripped))
+    except msgspec.DecodeError as exc:
+        raise BadInputError(f"{path}: not valid JSON ({_short(exc)})") from None
+    raise BadInputError(f"{path}: not a trace (valid JSON, but it has no `traceEvents` list)")
+
+
+def _repair_utf8(data: bytes) -> bytes:
+    try:
+        data.decode("utf-8")
+        return data
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace").encode("utf-8")
+
+
+def _header_fields(doc: TraceDocument) -> dict[str, Any]:
+    return {k: getattr(doc, k) for k in HEADER_FIELDS}
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+def sniff_json(path: Path, limit: int = 1 << 16) -> bytes:
+    """First bytes of the (decompressed) file, for format detection."""
+    with path.open("rb") as raw:
+        stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if is_gzip(path) else raw  # type: ignore[assignment]
+        try:
+            return stream.read(limit)
+        except (OSError, EOFError, zlib.error):
+            return b""
+
+
+__all__ = ["ProgressCallback", "StreamStats", "read_trace_events", "sniff_json"]

@@ -1,0 +1,174 @@
+"""Entry point of the trace model: a path in, :class:`Trace` objects out.
+
+Validates the path first so every bad input becomes one :class:`BadInputError` line,
+picks the reader by content (gzip magic, JSON, SQLite), and fills :class:`TraceMeta`
+from ``distributedInfo``/``deviceProperties`` or, failing that, the file name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+
+from mlprof.errors import BadInputError
+from mlprof.trace.build import OLD_FORMAT_CATS, TableBuilder
+from mlprof.trace.jsonstream import ProgressCallback, read_trace_events
+from mlprof.trace.model import DeviceInfo, Trace, TraceMeta
+from mlprof.trace.steps import find_steps
+
+TRACE_SUFFIXES = (".json", ".json.gz", ".gz")
+_RANK_IN_NAME = re.compile(r"(?:rank|worker)[-_]?(\d+)", re.IGNORECASE)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def load_trace(
+    path: str | Path,
+    *,
+    on_progress: ProgressCallback | None = None,
+    step_marker: str | None = None,
+) -> Trace:
+    """Read one trace file (``.json``, ``.json.gz``) into the columnar model."""
+    path = Path(path)
+    _check_file(path)
+    with path.open("rb") as fh:
+        magic = fh.read(16)
+    if magic.startswith(_SQLITE_MAGIC):
+        raise BadInputError(
+            f"{path}: an SQLite file (Nsight Systems export?); mlprof reads PyTorch profiler JSON traces here"
+        )
+    if magic.startswith(b"PK\x03\x04"):
+        raise BadInputError(f"{path}: a zip archive, not a trace; unpack it first")
+    builder = TableBuilder()
+    header, stats = read_trace_events(path, builder.add, on_progress)
+    tables = builder.finish()
+    meta = _meta(path, header, stats.file_bytes, stats.json_bytes, stats.events, builder)
+    if stats.repaired_utf8:
+        meta.notes.append("invalid UTF-8 in the file was replaced with U+FFFD")
+    if builder.dropped_no_time:
+        meta.notes.append(f"{builder.dropped_no_time} range events without a readable ts/dur were skipped")
+    trace_end = _trace_end(tables)
+    steps, source = find_steps(tables["host"], trace_end, step_marker)
+    meta.step_source = source
+    return Trace(meta=meta, steps=steps, **tables)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file or directory")
+    if path.is_dir():
+        raise BadInputError(f"{path}: is a directory; pass a trace file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read ({exc.strerror})") from None
+    if size == 0:
+        raise BadInputError(f"{path}: empty file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _trace_end(tables: dict[str, Any]) -> int:
+    ends = [int(tables[t]["end"].max()) for t in ("host", "gpu", "runtime") if len(tables[t])]
+    return max(ends) if ends else 0
+
+
+def _meta(
+    path: Path, header: dict[str, Any], file_bytes: int, json_bytes: int, events: int, builder: TableBuilder
+) -> TraceMeta:
+    fmt = "kineto-2021" if builder.categories_seen & OLD_FORMAT_CATS else "kineto"
+    meta = TraceMeta(path=str(path), format=fmt, file_bytes=file_bytes, json_bytes=json_bytes, num_events=events)
+    dist = header.get("distributedInfo")
+    if isinstance(dist, dict):
+        meta.rank = _int(dist.get("rank"))
+        meta.world_size = _int(dist.get("world_size"))
+        backend = dist.get("backend")
+        meta.backend = backend if isinstance(backend, str) else None
+        if meta.rank is not None:
+            meta.rank_source = "distributedInfo"
+    if meta.rank is None:
+        match = _RANK_IN_NAME.search(path.name)
+        if match:
+            meta.rank = int(match.group(1))
+            meta.rank_source = "file name"
+    props = header.get("deviceProperties")
+    if isinstance(props, list):
+        for p in props:
+            if not isinstance(p, dict):
+                continue
+            major, minor = p.get("computeMajor"), p.get("computeMinor")
+            meta.devices.append(
+                DeviceInfo(
+                    id=_int(p.get("id")) or 0,
+                    name=str(p.get("name", "unknown")),
+                    total_memory_bytes=_int(p.get("totalGlobalMem")),
+                    num_sms=_int(p.get("numSms")),
+                    compute_capability=f"{major}.{minor}" if major is not None else None,
+                )
+            )
+    meta.base_time_ns = _int(header.get("baseTimeNanoseconds"))
+    for key in ("cuda_runtime_version", "cuda_driver_version", "hip_runtime_version", "with_stack", "profile_memory"):
+        if header.get(key) is not None:
+            meta.extra[key] = header[key]
+    return meta
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def trace_files_in(directory: Path) -> list[Path]:
+    """Trace files directly inside ``directory`` (not recursive), sorted by name."""
+    files = [
+        p
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name.endswith(TRACE_SUFFIXES) and not p.name.startswith(".")
+    ]
+    return files
+
+
+def load_job(
+    path: str | Path, *, on_progress: ProgressCallback | None = None, step_marker: str | None = None
+) -> list[Trace]:
+    """A file is one rank; a directory is one job of per-rank trace files."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        return [load_trace(path, on_progress=on_progress, step_marker=step_marker)]
+    files = trace_files_in(path)
+    if not files:
+        raise BadInputError(f"{path}: directory holds no trace files (*.json, *.json.gz)")
+    traces = [load_trace(f, on_progress=on_progress, step_marker=step_marker) for f in files]
+    seen: dict[int, str] = {}
+    for i, tr in enumerate(traces):
+        if tr.meta.rank is None:
+            if len(traces) == 1:
+                tr.meta.rank = 0
+                tr.meta.rank_source = "single file"
+                continue
+            raise BadInputError(
+                f"{tr.meta.path}: cannot tell its rank (no distributedInfo.rank); name rank files like rank-3.json.gz"
+            )
+        if tr.meta.rank in seen:
+            raise BadInputError(
+                f"{path}: rank {tr.meta.rank} appears twice ({seen[tr.meta.rank]} and {tr.meta.path})"
+            )
+        seen[tr.meta.rank] = tr.meta.path
+        del i
+    return sorted(traces, key=lambda t: t.meta.rank if t.meta.rank is not None else -1)
+
+
+__all__ = ["load_job", "load_trace", "trace_files_in"]

@@ -1,0 +1,82 @@
+"""Exact conversion of JSON timestamps (microseconds) to int64 nanoseconds.
+
+Kineto writes ``ts``/``dur`` either as integer microseconds (2021-2023 traces) or as
+float microseconds with three decimals (2024+, ``1712195495505582.988``). A float64
+has 53 bits of mantissa, so epoch microseconds lose ~0.25 us of precision: enough to
+flip which of two back-to-back kernels ends first. We therefore never go through
+float for decimal text: the raw JSON texts are split at the dot and both halves are
+parsed as integers by numpy's C string routines.
+
+Anything unusual (exponent notation, quoted numbers, junk) takes a per-value path
+that rounds through float, or marks the value missing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+MISSING_NS = np.iinfo(np.int64).min
+"""Sentinel for an absent or unreadable ``ts``/``dur``."""
+
+_INT64_LIMIT = 2**63 - 1
+
+
+def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
+    """Parse JSON number texts in microseconds into int64 nanoseconds.
+
+    Empty texts (absent fields) and texts that are not numbers become
+    :data:`MISSING_NS`: a corrupt timestamp drops that one event, not the trace.
+    Fraction digits past the nanosecond are rounded half up.
+    """
+    n = len(raws)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    joined = b",".join(raws)
+    texts = np.array(joined.split(b","))
+    if len(texts) != n:  # a comma inside a value
+        return _slow_parse(raws)
+    empty = np.strings.str_len(texts) == 0
+    if empty.any():
+        texts = np.where(empty, b"0", texts)
+    try:
+        if b"." not in joined:
+            out = texts.astype(np.int64) * 1000
+        else:
+            int_part, _, frac = np.strings.partition(texts, b".")
+            whole = int_part.astype(np.int64)
+            frac4 = np.strings.ljust(frac, 4, b"0").astype("S4")
+            frac4 = np.where(np.strings.str_len(frac4) == 0, b"0", frac4)
+            frac_ns = (frac4.astype(np.int64) + 5) // 10
+            negative = np.strings.startswith(int_part, b"-")
+            out = np.where(negative, whole * 1000 - frac_ns, whole * 1000 + frac_ns)
+    except (ValueError, OverflowError):
+        return _slow_parse(raws)
+    out[empty] = MISSING_NS
+    return out
+
+
+_DECIMAL = re.compile(rb"(-?)(\d+)(?:\.(\d*))?")
+
+
+def _parse_one(text: bytes) -> int:
+    """Exact for plain decimals, rounded through float for exponent notation."""
+    text = text.strip().strip(b'"')
+    match = _DECIMAL.fullmatch(text)
+    if match:
+        sign, whole, frac = match.groups()
+        frac4 = (frac or b"").ljust(4, b"0")[:4]
+        value = int(whole) * 1000 + (int(frac4) + 5) // 10
+        value = -value if sign else value
+    else:
+        try:
+            value = round(float(text) * 1000)
+        except (ValueError, OverflowError):
+            return int(MISSING_NS)
+    return value if abs(value) < _INT64_LIMIT else int(MISSING_NS)
+
+
+def _slow_parse(raws: Sequence[bytes | memoryview]) -> np.ndarray:
+    return np.fromiter((_parse_one(bytes(r)) for r in raws), dtype=np.int64, count=len(raws))

@@ -1,0 +1,111 @@
+"""Where the training steps are.
+
+``torch.profiler`` marks each step with a ``ProfilerStep#N`` range, and that is what
+we use when it is there. Many real traces have none (a profiler used without
+``prof.step()``, a hand-rolled ``record_function`` loop), and HTA then shows nothing;
+we fall back to markers every training loop has, in this order, and the report says
+which one was used:
+
+1. a user-given regex (``--step-marker``), matched against host range names;
+2. ``ProfilerStep#N``;
+3. DataLoader ``__next__`` calls (the top of a typical loop);
+4. ``Optimizer.step`` calls (the end of a typical loop).
+
+With fallback markers a step runs from one marker's start to the next one's start;
+the last step ends one median step after its start, or at the end of the trace if
+that is sooner.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+PROFILER_STEP = re.compile(r"^ProfilerStep#(\d+)$")
+DATALOADER_NEXT = re.compile(r"DataLoader.*__next__|^enumerate\(DataLoader\)")
+OPTIMIZER_STEP = re.compile(r"^Optimizer\.step#|^Optimizer\.step$|^optimizer\.step$")
+
+STEP_COLUMNS = ["step", "name", "ts", "end", "dur"]
+
+
+def empty_steps() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "step": np.empty(0, np.int64),
+            "name": pd.Series([], dtype=str),
+            "ts": np.empty(0, np.int64),
+            "end": np.empty(0, np.int64),
+            "dur": np.empty(0, np.int64),
+        }
+    )
+
+
+def find_steps(host: pd.DataFrame, trace_end_ns: int, marker: str | None = None) -> tuple[pd.DataFrame, str]:
+    """Return the steps table and a description of the marker that produced it."""
+    if len(host) == 0:
+        return empty_steps(), "none"
+    names = host["name"].cat.categories
+    if marker is not None:
+        pattern = re.compile(marker)
+        matched = [n for n in names if pattern.search(n)]
+        rows = host[host["name"].isin(matched)]
+        if len(rows):
+            return _from_markers(rows, trace_end_ns), f"user marker /{marker}/"
+        return empty_steps(), f"user marker /{marker}/ (no match)"
+    profiler_steps = [n for n in names if PROFILER_STEP.match(n)]
+    if profiler_steps:
+        rows = host[host["name"].isin(profiler_steps)]
+        rows = rows.drop_duplicates(subset=["name"], keep="first")
+        numbers = rows["name"].astype(str).str.extract(PROFILER_STEP.pattern, expand=False).astype(np.int64)
+        steps = pd.DataFrame(
+            {
+                "step": numbers.to_numpy(),
+                "name": rows["name"].astype(str).to_numpy(),
+                "ts": rows["ts"].to_numpy(),
+                "end": rows["end"].to_numpy(),
+            }
+        )
+        steps["dur"] = steps["end"] - steps["ts"]
+        return steps.sort_values("ts", ignore_index=True), "ProfilerStep"
+    for pattern, label in ((DATALOADER_NEXT, "DataLoader __next__"), (OPTIMIZER_STEP, "Optimizer.step")):
+        matched = [n for n in names if pattern.search(n)]
+        rows = host[host["name"].isin(matched)]
+        rows = _outermost(rows)
+        if len(rows) >= 2:
+            return _from_markers(rows, trace_end_ns), f"{label} (no ProfilerStep markers)"
+    return empty_steps(), "none"
+
+
+def _outermost(rows: pd.DataFrame) -> pd.DataFrame:
+    """Drop markers nested inside an earlier marker (``__next__`` inside ``enumerate``)."""
+    if len(rows) < 2:
+        return rows
+    rows = rows.sort_values("ts")
+    running_end = np.maximum.accumulate(rows["end"].to_numpy())
+    nested = np.zeros(len(rows), dtype=bool)
+    nested[1:] = rows["ts"].to_numpy()[1:] < running_end[:-1]
+    return rows[~nested]
+
+
+def _from_markers(rows: pd.DataFrame, trace_end_ns: int) -> pd.DataFrame:
+    rows = _outermost(rows)
+    starts = rows["ts"].to_numpy()
+    if len(starts) == 1:
+        ends = np.array([max(int(rows["end"].iloc[0]), trace_end_ns)])
+    else:
+        gaps = np.diff(starts)
+        last_end = min(trace_end_ns, int(starts[-1] + np.median(gaps)))
+        last_end = max(last_end, int(rows["end"].iloc[-1]))
+        ends = np.append(starts[1:], last_end)
+    steps = pd.DataFrame(
+        {
+            "step": np.arange(len(starts), dtype=np.int64),
+            "name": rows["name"].astype(str).to_numpy(),
+            "ts": starts,
+            "end": ends,
+        }
+    )
+    steps["dur"] = steps["end"] - steps["ts"]
+    return steps
