@@ -140,7 +140,7 @@ class TableBuilder:
             return list(map(attrgetter(attr), args))
 
         ext = to_int64(arg("external_id"))
-        if fam == GPU or fam == RUNTIME:
+        if fam in (GPU, RUNTIME):
             old_ext = to_int64(arg("external_id_old"))
             ext = np.where(ext == -1, old_ext, ext)
         if fam == GPU:

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-
 from mlprof.errors import BadInputError
 from mlprof.trace.build import OLD_FORMAT_CATS, TableBuilder
 from mlprof.trace.jsonstream import ProgressCallback, read_trace_events
@@ -111,7 +110,13 @@ def _meta(
                 )
             )
     meta.base_time_ns = _int(header.get("baseTimeNanoseconds"))
-    for key in ("cuda_runtime_version", "cuda_driver_version", "hip_runtime_version", "with_stack", "profile_memory"):
+    for key in (
+        "cuda_runtime_version",
+        "cuda_driver_version",
+        "hip_runtime_version",
+        "with_stack",
+        "profile_memory",
+    ):
         if header.get(key) is not None:
             meta.extra[key] = header[key]
     return meta
@@ -163,9 +168,7 @@ def load_job(
                 f"{tr.meta.path}: cannot tell its rank (no distributedInfo.rank); name rank files like rank-3.json.gz"
             )
         if tr.meta.rank in seen:
-            raise BadInputError(
-                f"{path}: rank {tr.meta.rank} appears twice ({seen[tr.meta.rank]} and {tr.meta.path})"
-            )
+            raise BadInputError(f"{path}: rank {tr.meta.rank} appears twice ({seen[tr.meta.rank]} and {tr.meta.path})")
         seen[tr.meta.rank] = tr.meta.path
         del i
     return sorted(traces, key=lambda t: t.meta.rank if t.meta.rank is not None else -1)

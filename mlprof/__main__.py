@@ -1,0 +1,5 @@
+"""``python -m mlprof``."""
+
+from mlprof.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Step time attribution: every nanosecond of every step, attributed once.
+
+This is the measurement the rules rank fixes on, so it is exact and exclusive. For
+each instant of a step window the first matching layer wins:
+
+=================  =============================================================
+``compute``        a non-communication kernel runs on a device
+``comm_exposed``   else a communication kernel (NCCL/RCCL) runs: comm not hidden
+``memcpy_exposed`` else a memcpy or memset runs: copies not hidden
+``idle_data``      else (GPU idle) the host is inside DataLoader ``__next__``
+``idle_sync``      else the host is blocked in a sync call or ``.item()``-like op,
+                   or is between the end of a sync call and its next launch (the
+                   GPU queue drained by the sync has not been refilled yet)
+``idle_launch``    else the host is launching work or running framework ops
+                   (CPU-bound dispatch)
+``idle_other``     else: the host is outside anything the profiler recorded
+=================  =============================================================
+
+The categories sum to the step's wall time exactly (int64 ns). Device-side
+``cuda_sync`` events are not device work and never count as busy (HTA counts them
+as compute, its PR #162).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mlprof.analyzers.intervals import covered
+from mlprof.analyzers.vocabulary import (
+    DATALOADER,
+    DISPATCH_CATS,
+    LAUNCH_RUNTIME,
+    PROFILER_STEP,
+    SYNC_OPS,
+    SYNC_RUNTIME,
+    names_matching,
+)
+from mlprof.trace.model import Trace
+
+CATEGORIES: tuple[str, ...] = (
+    "compute",
+    "comm_exposed",
+    "memcpy_exposed",
+    "idle_data",
+    "idle_sync",
+    "idle_launch",
+    "idle_other",
+)
+BUSY = ("compute", "comm_exposed", "memcpy_exposed")
+IDLE = ("idle_data", "idle_sync", "idle_launch", "idle_other")
+
+CATEGORY_HELP: dict[str, str] = {
+    "compute": "GPU runs a compute kernel",
+    "comm_exposed": "GPU runs only communication (not hidden)",
+    "memcpy_exposed": "GPU runs only memcpy/memset (not hidden)",
+    "idle_data": "GPU idle, host in DataLoader __next__",
+    "idle_sync": "GPU idle, host blocked on a sync / .item()",
+    "idle_launch": "GPU idle, host busy dispatching ops (CPU-bound)",
+    "idle_other": "GPU idle, host outside any recorded op",
+}
+"""One-line meaning of each category, printed next to the numbers (README has more)."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    starts: np.ndarray
+    ends: np.ndarray
+
+
+def build_layers(trace: Trace) -> list[Layer]:
+    """Interval sets for each category, in priority order."""
+    gpu = trace.gpu
+    kernels = gpu[gpu["kind"] == "kernel"]
+    comm = kernels["is_comm"].to_numpy(dtype=bool)
+    copies = gpu[gpu["kind"].isin(["memcpy", "memset"])]
+    host = trace.host
+    runtime = trace.runtime
+
+    data = host[names_matching(host["name"], DATALOADER)]
+    sync_rt = runtime[names_matching(runtime["name"], SYNC_RUNTIME)]
+    sync_ops = host[names_matching(host["name"], SYNC_OPS)]
+    launch_rt = runtime[names_matching(runtime["name"], LAUNCH_RUNTIME)]
+    drain_s, drain_e = _drain_windows(sync_rt, launch_rt)
+    dispatch = host[host["cat"].isin(DISPATCH_CATS) & ~names_matching(host["name"], PROFILER_STEP)]
+
+    def cols(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return frame["ts"].to_numpy(np.int64), frame["end"].to_numpy(np.int64)
+
+    k_s, k_e = cols(kernels)
+    layers = [
+        Layer("compute", k_s[~comm], k_e[~comm]),
+        Layer("comm_exposed", k_s[comm], k_e[comm]),
+        Layer("memcpy_exposed", *cols(copies)),
+        Layer("idle_data", *cols(data)),
+        Layer(
+            "idle_sync",
+            np.concatenate([cols(sync_rt)[0], cols(sync_ops)[0], drain_s]),
+            np.concatenate([cols(sync_rt)[1], cols(sync_ops)[1], drain_e]),
+        ),
+        Layer(
+            "idle_launch",
+            np.concatenate([cols(launch_rt)[0], cols(dispatch)[0]]),
+            np.concatenate([cols(launch_rt)[1], cols(dispatch)[1]]),
+        ),
+    ]
+    return layers
+
+
+def _drain_windows(sync_rt: pd.DataFrame, launch_rt: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """From each sync call's end to the next launch on the same host thread."""
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    if len(sync_rt) == 0 or len(launch_rt) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    launches_by_tid = {
+        tid: np.sort(frame["ts"].to_numpy(np.int64)) for tid, frame in launch_rt.groupby("tid", observed=True)
+    }
+    for tid, frame in sync_rt.groupby("tid", observed=True):
+        launch_ts = launches_by_tid.get(tid)
+        if launch_ts is None or len(launch_ts) == 0:
+            continue
+        sync_end = frame["end"].to_numpy(np.int64)
+        nxt = np.searchsorted(launch_ts, sync_end, side="left")
+        has_next = nxt < len(launch_ts)
+        starts.append(sync_end[has_next])
+        ends.append(launch_ts[nxt[has_next]])
+    if not starts:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(starts), np.concatenate(ends)
+
+
+def attribute_windows(layers: list[Layer], win_starts: np.ndarray, win_ends: np.ndarray) -> np.ndarray:
+    """ns per category (columns in :data:`CATEGORIES` order) for each window.
+
+    Windows must not overlap. Returns an int64 array of shape (windows, categories).
+    """
+    n_win = len(win_starts)
+    out = np.zeros((n_win, len(CATEGORIES)), dtype=np.int64)
+    if n_win == 0:
+        return out
+    lo, hi = int(win_starts.min()), int(win_ends.max())
+    cuts = [win_starts, win_ends]
+    for layer in layers:
+        inside = (layer.ends > lo) & (layer.starts < hi)
+        cuts.append(np.clip(layer.starts[inside], lo, hi))
+        cuts.append(np.clip(layer.ends[inside], lo, hi))
+    points = np.unique(np.concatenate(cuts))
+    left, right = points[:-1], points[1:]
+    width = right - left
+    category = np.full(len(left), len(CATEGORIES) - 1, dtype=np.int64)  # idle_other
+    assigned = np.zeros(len(left), dtype=bool)
+    for i, layer in enumerate(layers):
+        hit = covered(layer.starts, layer.ends, left) & ~assigned
+        category[hit] = i
+        assigned |= hit
+    order = np.argsort(win_starts)
+    sorted_starts = win_starts[order]
+    sorted_ends = win_ends[order]
+    pos = np.searchsorted(sorted_starts, left, side="right") - 1
+    valid = pos >= 0
+    valid[valid] &= left[valid] < sorted_ends[pos[valid]]
+    window = order[pos[valid]]
+    flat = window * len(CATEGORIES) + category[valid]
+    sums = np.bincount(flat, weights=width[valid].astype(np.float64), minlength=n_win * len(CATEGORIES))
+    out[:] = np.rint(sums).astype(np.int64).reshape(n_win, len(CATEGORIES))
+    return out
+
+
+def attribute_steps(trace: Trace, steps: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-step attribution table: step, ts, dur and one int64 ns column per category."""
+    steps = trace.steps if steps is None else steps
+    columns = ["step", "ts", "dur", *CATEGORIES]
+    if len(steps) == 0:
+        return pd.DataFrame({c: np.empty(0, np.int64) for c in columns})
+    starts = steps["ts"].to_numpy(np.int64)
+    ends = steps["end"].to_numpy(np.int64)
+    # Overlapping windows (odd user markers) are cut at the next step's start.
+    order = np.argsort(starts)
+    clipped_ends = ends.copy()
+    clipped_ends[order[:-1]] = np.minimum(ends[order[:-1]], starts[order[1:]])
+    matrix = attribute_windows(build_layers(trace), starts, clipped_ends)
+    frame = pd.DataFrame(matrix, columns=list(CATEGORIES))
+    frame.insert(0, "dur", clipped_ends - starts)
+    frame.insert(0, "ts", starts)
+    frame.insert(0, "step", steps["step"].to_numpy(np.int64))
+    return frame
+
+
+def attribute_span(trace: Trace, start: int, end: int) -> dict[str, int]:
+    """Attribution of one arbitrary window (the whole trace when it has no steps)."""
+    matrix = attribute_windows(build_layers(trace), np.array([start]), np.array([end]))
+    return {c: int(v) for c, v in zip(CATEGORIES, matrix[0], strict=True)}

@@ -1,0 +1,45 @@
+"""Names that mean something to the analyzers, in one place.
+
+Runtime and op names differ between CUDA and HIP and across PyTorch versions; every
+analyzer and rule that needs "is this a sync call?" asks here, so a new name is
+added once.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+SYNC_RUNTIME = re.compile(
+    r"^(cuda|hip)(DeviceSynchronize|StreamSynchronize|EventSynchronize|Memcpy|MemcpyWithStream|Memcpy2D|MemcpyDtoH)$"
+    r"|^cu(StreamSynchronize|CtxSynchronize|EventSynchronize|MemcpyDtoH|MemcpyHtoD)(_v2)?$"
+)
+"""Host calls that block until the device has finished (blocking copies included)."""
+
+SYNC_OPS = re.compile(r"^aten::(item|_local_scalar_dense|is_nonzero|nonzero|tolist)$")
+"""ATen ops that read a device value on the host and therefore wait for the queue."""
+
+LAUNCH_RUNTIME = re.compile(
+    r"^(cuda|hip)(LaunchKernel|LaunchKernelExC|LaunchCooperativeKernel|ExtModuleLaunchKernel|ModuleLaunchKernel"
+    r"|MemcpyAsync|MemsetAsync|Memset|GraphLaunch|LaunchHostFunc)(_v2|_ptsz)?$"
+    r"|^cu(LaunchKernel|LaunchKernelEx|LaunchCooperativeKernel|GraphLaunch|MemcpyAsync|MemsetD8Async|MemsetD32Async)"
+    r"(_v2|_ptsz)?$"
+    r"|^hipModuleLaunchKernel$|^hipExtLaunchKernel$"
+)
+"""Host calls that put work on a device queue."""
+
+DATALOADER = re.compile(r"DataLoader.*__next__|^enumerate\(DataLoader\)")
+"""Host ranges that fetch the next batch."""
+
+PROFILER_STEP = re.compile(r"^ProfilerStep#\d+$")
+
+DISPATCH_CATS = ("cpu_op", "Operator")
+"""Host categories whose ranges mean the host is busy running framework code."""
+
+
+def names_matching(series: pd.Series, pattern: re.Pattern[str]) -> pd.Series:
+    """Boolean mask of a categorical name column, evaluating the regex once per distinct name."""
+    categories = series.cat.categories
+    hits = [c for c in categories if pattern.search(c)]
+    return series.isin(hits)

@@ -1,0 +1,198 @@
+"""The ``mlprof`` command line.
+
+Exit codes: 0 the trace was analysed (whatever was found); 1 a gate the user asked
+for tripped; 2 bad input or usage. Errors are one line on stderr, never a traceback
+(set ``MLPROF_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+
+import click
+import msgspec
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from mlprof import __version__
+from mlprof.errors import MlprofError
+
+app = typer.Typer(
+    name="mlprof",
+    help="Profiling and trace analysis for PyTorch GPU jobs.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+PROGRESS_MIN_BYTES = 16 << 20
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mlprof {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Profiling and trace analysis for PyTorch GPU jobs."""
+
+
+@app.command()
+def analyze(
+    path: Path = typer.Argument(..., help="Trace file (.json, .json.gz) or a directory of per-rank traces."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", "-f", help="Output format."),
+    rank: int | None = typer.Option(None, "--rank", help="Analyse only this rank of a multi-rank directory."),
+    steps: str | None = typer.Option(None, "--steps", help="Steps to analyse: 16, 16-18, 16,18 or 17-."),
+    step_marker: str | None = typer.Option(
+        None,
+        "--step-marker",
+        help="Regex for host ranges that mark steps, when the trace has no ProfilerStep.",
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
+) -> None:
+    """Where the step time goes, per step and per rank, and what to fix first."""
+    from mlprof.analysis import analyze_job
+    from mlprof.errors import UsageError
+    from mlprof.trace.loader import load_job
+
+    if step_marker is not None:
+        import re
+
+        try:
+            re.compile(step_marker)
+        except re.error as exc:
+            raise UsageError(f"--step-marker: not a valid regex ({exc})") from None
+    with _progress() as on_progress:
+        traces = load_job(path, on_progress=on_progress, step_marker=step_marker)
+    if rank is not None:
+        traces = [t for t in traces if t.meta.rank == rank]
+        if not traces:
+            raise UsageError(f"--rank {rank}: no such rank in {path}")
+    analysis = analyze_job(traces, str(path), steps)
+    _emit(analysis, fmt, output)
+
+
+def _emit(analysis: object, fmt: OutputFormat, output: Path | None) -> None:
+    from mlprof.analysis import Analysis
+    from mlprof.report.json_report import to_json_dict
+    from mlprof.report.markdown import render_markdown
+    from mlprof.report.text import render_text
+
+    assert isinstance(analysis, Analysis)
+    if fmt is OutputFormat.json:
+        text = msgspec.json.format(msgspec.json.encode(to_json_dict(analysis)), indent=2).decode() + "\n"
+    elif fmt is OutputFormat.markdown:
+        text = render_markdown(analysis)
+    else:
+        if output is None:
+            render_text(analysis, Console())
+            return
+        console = Console(record=True, width=140, file=open(os.devnull, "w"))  # noqa: SIM115
+        render_text(analysis, console)
+        text = console.export_text()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            raise MlprofError(f"{output}: cannot write ({exc.strerror})") from None
+
+
+class _progress:
+    """A progress bar on stderr for large inputs, silent for small ones and non-terminals."""
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+        self._task: object = None
+
+    def __enter__(self) -> _progress:
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+                return
+            self._bar = Progress(
+                TextColumn("reading trace"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("read", total=total)
+        self._bar.update(self._task, completed=done, total=total)  # type: ignore[arg-type]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the app and turns errors into one line and an exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except MlprofError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.Abort:
+        _error("aborted")
+        return 130
+    except click.UsageError as exc:
+        hint = f" (see 'mlprof {exc.ctx.command.name} --help')" if exc.ctx and exc.ctx.command.name else ""
+        _error(f"{exc.format_message()}{hint}")
+        return 2
+    except click.ClickException as exc:
+        _error(exc.format_message())
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except MemoryError:
+        _error("out of memory while reading the trace")
+        return 2
+    except Exception as exc:  # a bug in mlprof: still no traceback for the user
+        if os.environ.get("MLPROF_DEBUG"):
+            raise
+        _error(
+            f"internal error: {type(exc).__name__}: {exc} (set MLPROF_DEBUG=1 for a traceback, and please report it)"
+        )
+        return 3
+    return 0
+
+
+def _error(message: str) -> None:
+    print(f"mlprof: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def run() -> None:
+    """Entry point of the ``mlprof`` console script."""
+    raise SystemExit(main())
