@@ -12,6 +12,16 @@ from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.report.json_report import to_json_dict
 
 MAX_STEP_ROWS = 20
+SHORT = {
+    "compute": "compute",
+    "comm_exposed": "comm",
+    "memcpy_exposed": "copy",
+    "idle_data": "data",
+    "idle_sync": "sync",
+    "idle_launch": "launch",
+    "idle_other": "other",
+}
+"""Column labels for the per-step tables; the category table above them spells each one out."""
 
 
 def render_text(analysis: Analysis, console: Console) -> None:
@@ -64,7 +74,7 @@ def _steps_table(steps: list[dict[str, Any]]) -> Table:
     table.add_column("step", justify="right")
     table.add_column("wall", justify="right")
     for c in CATEGORIES:
-        table.add_column(c.replace("_", " "), justify="right")
+        table.add_column(SHORT[c], justify="right")
     shown = steps if len(steps) <= MAX_STEP_ROWS else steps[: MAX_STEP_ROWS // 2] + steps[-MAX_STEP_ROWS // 2 :]
     for rec in shown:
         table.add_row(str(rec["step"]), f"{rec['dur_ms']:.2f}", *[f"{rec[c + '_ms']:.2f}" for c in CATEGORIES])
@@ -77,9 +87,9 @@ def _ranks_table(ranks: list[dict[str, Any]]) -> Table:
     table = Table(title="Per rank (ms per step)", title_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("step", justify="right")
-    table.add_column("GPU busy %", justify="right")
+    table.add_column("busy%", justify="right")
     for c in CATEGORIES:
-        table.add_column(c.replace("_", " "), justify="right")
+        table.add_column(SHORT[c], justify="right")
     for r in ranks:
         bd = r["breakdown"]
         median = bd["step_time_ms"]["median"]

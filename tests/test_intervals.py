@@ -1,0 +1,43 @@
+"""Interval algebra against a brute-force per-nanosecond reference."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlprof.analyzers.intervals import covered, intersect_total, merge, total
+
+interval_lists = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 60)), max_size=25)
+
+
+def _arrays(items: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.array([s for s, _ in items], dtype=np.int64)
+    ends = np.array([s + d for s, d in items], dtype=np.int64)
+    return starts, ends
+
+
+def _mask(items: list[tuple[int, int]]) -> np.ndarray:
+    m = np.zeros(300, dtype=bool)
+    for s, d in items:
+        m[s : s + d] = True
+    return m
+
+
+@given(interval_lists)
+def test_total_is_length_of_union(items: list[tuple[int, int]]) -> None:
+    assert total(*_arrays(items)) == int(_mask(items).sum())
+
+
+@given(interval_lists, interval_lists)
+def test_intersection(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> None:
+    assert intersect_total(_arrays(a), _arrays(b)) == int((_mask(a) & _mask(b)).sum())
+
+
+@given(interval_lists)
+def test_merge_is_disjoint_sorted_and_same_cover(items: list[tuple[int, int]]) -> None:
+    s, e = merge(*_arrays(items))
+    assert (e > s).all()
+    assert (s[1:] > e[:-1]).all()
+    points = np.arange(300)
+    assert (covered(s, e, points) == _mask(items)).all()

@@ -1,0 +1,38 @@
+"""Exact microsecond -> nanosecond conversion of raw JSON number text."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlprof.trace.numbers import MISSING_NS, raw_us_to_ns
+
+
+def test_float_microseconds_keep_every_nanosecond() -> None:
+    # float64 would turn this into ...582.9880 +- 0.125 us; we must not.
+    out = raw_us_to_ns([b"1712195495505582.988", b"1712195495505582.989"])
+    assert out.tolist() == [1712195495505582988, 1712195495505582989]
+
+
+def test_integers_fractions_signs_and_missing() -> None:
+    raws = [b"5", b"", b"4.9", b"-3.25", b"1623143093496523", b"1.23456", b"0.0005", b"7."]
+    assert raw_us_to_ns(raws).tolist() == [5000, MISSING_NS, 4900, -3250, 1623143093496523000, 1235, 1, 7000]
+
+
+def test_odd_texts_take_the_careful_path() -> None:
+    raws = [b"1e3", b'"12"', b"abc", b"12.3.4", b"nan", b"123456789012345678"]
+    assert raw_us_to_ns(raws).tolist() == [1_000_000, 12_000, MISSING_NS, MISSING_NS, MISSING_NS, MISSING_NS]
+
+
+@given(st.lists(st.decimals(min_value=-(10**15), max_value=10**15, places=3, allow_nan=False), min_size=1))
+def test_matches_decimal_arithmetic(values: list[Decimal]) -> None:
+    raws = [format(v, "f").encode() for v in values]
+    expected = [int(v * 1000) for v in values]
+    assert raw_us_to_ns(raws).tolist() == expected
+
+
+def test_empty_input() -> None:
+    assert raw_us_to_ns([]).dtype == np.int64
