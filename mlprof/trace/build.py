@@ -74,29 +74,27 @@ class TableBuilder:
         self.metadata: list[tuple[Any, ...]] = []
         self.categories_seen: set[str] = set()
         self.dropped_no_time = 0
-        self._family_cache: dict[tuple[Any, Any], int] = {}
 
     def _classify(self, key: tuple[Any, Any]) -> int:
         cat, ph = key
-        fam = _family(cat, ph)
-        self._family_cache[key] = fam
         if isinstance(cat, str):
             self.categories_seen.add(cat)
-        return fam
+        try:
+            return _family(cat, ph)
+        except TypeError:  # unhashable junk in cat/ph
+            return SKIP
 
     # ---- one slice ------------------------------------------------------------------
     def add(self, events: Sequence[TraceEvent]) -> None:
         if not events:
             return
-        cache = self._family_cache
-        families = np.fromiter(
-            (
-                cache[key] if key in cache else self._classify(key)
-                for key in zip([e.cat for e in events], [e.ph for e in events], strict=True)
-            ),
-            dtype=np.int8,
-            count=len(events),
-        )
+        cat_codes, cat_uniques = pd.factorize(np.asarray([e.cat for e in events], dtype=object))
+        ph_codes, ph_uniques = pd.factorize(np.asarray([e.ph for e in events], dtype=object))
+        # Family per distinct (cat, ph) pair; -1 codes are missing values.
+        cats = [None, *cat_uniques.tolist()]
+        phs = [None, *ph_uniques.tolist()]
+        table = np.array([[self._classify((c, p)) for p in phs] for c in cats], dtype=np.int8)
+        families = table[cat_codes + 1, ph_codes + 1]
         instants = np.flatnonzero(families == INSTANT)
         if len(instants):
             is_memory = np.fromiter(
@@ -170,8 +168,8 @@ class TableBuilder:
                 name=name,
                 ts=ts,
                 dur=dur,
-                pid=self.symbols.encode([e.pid for e in sub]),
-                tid=self.symbols.encode([e.tid for e in sub]),
+                pid=to_int64([e.pid for e in sub]),
+                tid=to_int64([e.tid for e in sub]),
                 correlation=to_int64(arg("correlation")),
                 external_id=ext,
             )
@@ -188,8 +186,8 @@ class TableBuilder:
                 name=name,
                 ts=ts,
                 dur=dur,
-                pid=self.symbols.encode([e.pid for e in sub]),
-                tid=self.symbols.encode([e.tid for e in sub]),
+                pid=to_int64([e.pid for e in sub]),
+                tid=to_int64([e.tid for e in sub]),
                 external_id=ext,
                 call_stack=self.symbols.encode(arg("call_stack")),
             )
@@ -237,8 +235,8 @@ class TableBuilder:
         self._append(
             MEMORY,
             ts=ts,
-            pid=self.symbols.encode([e.pid for e in sub]),
-            tid=self.symbols.encode([e.tid for e in sub]),
+            pid=to_int64([e.pid for e in sub]),
+            tid=to_int64([e.tid for e in sub]),
             device_type=to_int64(arg("device_type")),
             device_id=to_int64(arg("device_id")),
             addr=to_int64(arg("addr")),
@@ -254,8 +252,8 @@ class TableBuilder:
             ph=self.symbols.encode([e.ph for e in sub]),
             id=to_int64([e.id for e in sub]),
             ts=raw_us_to_ns([e.ts for e in sub]),
-            pid=self.symbols.encode([e.pid for e in sub]),
-            tid=self.symbols.encode([e.tid for e in sub]),
+            pid=to_int64([e.pid for e in sub]),
+            tid=to_int64([e.tid for e in sub]),
         )
 
     def _add_meta(self, sub: list[TraceEvent]) -> None:
@@ -333,8 +331,8 @@ _RUNTIME_COLUMNS = {
     "name": "str",
     "ts": "int",
     "dur": "int",
-    "pid": "str",
-    "tid": "str",
+    "pid": "int",
+    "tid": "int",
     "correlation": "int",
     "external_id": "int",
 }
@@ -343,16 +341,16 @@ _HOST_COLUMNS = {
     "name": "str",
     "ts": "int",
     "dur": "int",
-    "pid": "str",
-    "tid": "str",
+    "pid": "int",
+    "tid": "int",
     "external_id": "int",
     "call_stack": "str",
 }
 _GPU_ANNOTATION_COLUMNS = {"name": "str", "ts": "int", "dur": "int", "device": "int", "stream": "int"}
 _MEMORY_COLUMNS = {
     "ts": "int",
-    "pid": "str",
-    "tid": "str",
+    "pid": "int",
+    "tid": "int",
     "device_type": "int",
     "device_id": "int",
     "addr": "int",
@@ -360,7 +358,7 @@ _MEMORY_COLUMNS = {
     "total_allocated": "int",
     "total_reserved": "int",
 }
-_FLOW_COLUMNS = {"cat": "str", "ph": "str", "id": "int", "ts": "int", "pid": "str", "tid": "str"}
+_FLOW_COLUMNS = {"cat": "str", "ph": "str", "id": "int", "ts": "int", "pid": "int", "tid": "int"}
 _COLLECTIVE_COLUMNS = {
     "source": "str",
     "name": "str",

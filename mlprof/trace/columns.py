@@ -71,6 +71,10 @@ def _text(value: Any) -> str:
 def to_int64(values: Sequence[Any], missing: int = MISSING_INT) -> np.ndarray:
     """Integers as int64; ``None``, non-numeric text and out-of-range values become ``missing``."""
     n = len(values)
+    try:  # fast path: plain ints only (most columns of most families)
+        return np.fromiter(values, dtype=np.int64, count=n)
+    except (TypeError, ValueError, OverflowError):
+        pass
     try:
         return np.fromiter((missing if v is None else v for v in values), dtype=np.int64, count=n)
     except (TypeError, ValueError, OverflowError):

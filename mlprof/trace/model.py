@@ -7,6 +7,9 @@ the profiler (``ts``), with ``end = ts + dur``. Missing integer arguments are ``
 
 Tables and their columns:
 
+Host ``pid``/``tid`` are int64 (numeric strings such as ``"25738"`` are parsed; other
+strings become -1).
+
 ``gpu`` (device activity; one row per kernel, memcpy, memset or device-side sync)
     kind (kernel|memcpy|memset|sync), name, ts, end, dur, device, stream,
     correlation, external_id, bytes, is_comm (NCCL/RCCL/HCCL collective kernel)
