@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -62,6 +63,19 @@ def _family(cat: Any, ph: Any) -> int:
     if ph == "M":
         return META
     return SKIP
+
+
+@dataclass
+class Partial:
+    """A builder's columns with its own symbol strings, to merge into another builder."""
+
+    cols: dict[int, dict[str, list[np.ndarray]]]
+    collectives: dict[str, list[np.ndarray]]
+    metadata: list[tuple[Any, ...]]
+    strings: list[str]
+    categories_seen: set[str]
+    dropped_no_time: int
+    events: int = 0
 
 
 class TableBuilder:
@@ -262,6 +276,33 @@ class TableBuilder:
             value = a.name if a.name is not None else a.labels if a.labels is not None else a.sort_index
             self.metadata.append((e.name, e.pid, e.tid, value))
 
+    # ---- merging results of worker processes -------------------------------------
+    def export_partial(self) -> Partial:
+        return Partial(
+            cols={fam: dict(cols) for fam, cols in self._cols.items()},
+            collectives=dict(self._collectives),
+            metadata=self.metadata,
+            strings=self.symbols.strings,
+            categories_seen=self.categories_seen,
+            dropped_no_time=self.dropped_no_time,
+        )
+
+    def merge_partial(self, partial: Partial) -> None:
+        mapping = np.fromiter(
+            (self.symbols.code(s) for s in partial.strings), dtype=np.int32, count=len(partial.strings)
+        )
+        for fam, cols in partial.cols.items():
+            kinds = _FAMILY_COLUMNS[fam]
+            for col, parts in cols.items():
+                remap = kinds.get(col) == "str"
+                self._cols[fam][col].extend(mapping[p] if remap else p for p in parts)
+        for col, parts in partial.collectives.items():
+            remap = _COLLECTIVE_COLUMNS.get(col) == "str"
+            self._collectives[col].extend(mapping[p] if remap else p for p in parts)
+        self.metadata.extend(partial.metadata)
+        self.categories_seen |= partial.categories_seen
+        self.dropped_no_time += partial.dropped_no_time
+
     # ---- finish ------------------------------------------------------------------
     def finish(self) -> dict[str, pd.DataFrame]:
         tables = {
@@ -371,4 +412,13 @@ _COLLECTIVE_COLUMNS = {
     "dtype": "str",
     "pg_name": "str",
     "seq": "int",
+}
+
+_FAMILY_COLUMNS: dict[int, dict[str, str]] = {
+    GPU: _GPU_COLUMNS,
+    RUNTIME: _RUNTIME_COLUMNS,
+    HOST: _HOST_COLUMNS,
+    GPU_ANNOTATION: _GPU_ANNOTATION_COLUMNS,
+    MEMORY: _MEMORY_COLUMNS,
+    FLOW: _FLOW_COLUMNS,
 }

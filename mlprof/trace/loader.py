@@ -14,8 +14,9 @@ from typing import Any
 
 from mlprof.errors import BadInputError
 from mlprof.trace.build import OLD_FORMAT_CATS, TableBuilder
-from mlprof.trace.jsonstream import ProgressCallback, read_trace_events
+from mlprof.trace.jsonstream import ProgressCallback, StreamStats, is_gzip, read_trace_events
 from mlprof.trace.model import DeviceInfo, Trace, TraceMeta
+from mlprof.trace.parallel import PARALLEL_MIN_JSON_BYTES, SliceFailed, default_workers, read_parallel
 from mlprof.trace.steps import find_steps
 
 TRACE_SUFFIXES = (".json", ".json.gz", ".gz")
@@ -28,8 +29,13 @@ def load_trace(
     *,
     on_progress: ProgressCallback | None = None,
     step_marker: str | None = None,
+    workers: int | None = None,
 ) -> Trace:
-    """Read one trace file (``.json``, ``.json.gz``) into the columnar model."""
+    """Read one trace file (``.json``, ``.json.gz``) into the columnar model.
+
+    Large files are decoded by ``workers`` processes (default: up to 4, one per
+    core); ``workers=1`` reads in this process only.
+    """
     path = Path(path)
     _check_file(path)
     with path.open("rb") as fh:
@@ -40,12 +46,11 @@ def load_trace(
         )
     if magic.startswith(b"PK\x03\x04"):
         raise BadInputError(f"{path}: a zip archive, not a trace; unpack it first")
-    builder = TableBuilder()
     # Millions of short-lived objects, no cycles: generational GC passes only cost time.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        header, stats = read_trace_events(path, builder.add, on_progress)
+        builder, header, stats = _read_tables(path, on_progress, workers)
         tables = builder.finish()
     finally:
         if gc_was_enabled:
@@ -59,6 +64,27 @@ def load_trace(
     steps, source = find_steps(tables["host"], trace_end, step_marker)
     meta.step_source = source
     return Trace(meta=meta, steps=steps, **tables)
+
+
+def _read_tables(
+    path: Path, on_progress: ProgressCallback | None, workers: int | None
+) -> tuple[TableBuilder, dict[str, Any], StreamStats]:
+    workers = default_workers() if workers is None else workers
+    if workers > 1 and _expected_json_bytes(path) >= PARALLEL_MIN_JSON_BYTES:
+        builder = TableBuilder()
+        try:
+            header, stats = read_parallel(path, builder, on_progress, workers)
+            return builder, header, stats
+        except SliceFailed:
+            pass  # a textual cut was wrong: the sequential reader validates every cut
+    builder = TableBuilder()
+    header, stats = read_trace_events(path, builder.add, on_progress)
+    return builder, header, stats
+
+
+def _expected_json_bytes(path: Path) -> int:
+    size = path.stat().st_size
+    return size * 10 if is_gzip(path) else size  # Kineto JSON gzips about 10-20x
 
 
 def _check_file(path: Path) -> None:
