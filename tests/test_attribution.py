@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import X, external, kernel, write_trace
 
 from mlprof.analyzers.attribution import CATEGORIES, attribute_steps
 from mlprof.trace import load_trace
+
+from conftest import X, external, kernel, write_trace
 
 
 def _one_step_trace(tmp_path: Path) -> Path:

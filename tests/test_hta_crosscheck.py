@@ -23,10 +23,11 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import external
 
 from mlprof.analyzers.temporal import TemporalBreakdown, temporal_breakdown
 from mlprof.trace import Trace, load_trace
+
+from conftest import external
 
 hta_analysis = pytest.importorskip("hta.trace_analysis")
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import X, external, kernel, write_trace
 from mlprof.trace import Trace, load_trace
 from mlprof.trace.model import TABLES
+
+from conftest import X, external, kernel, write_trace
 
 
 def _same(a: Trace, b: Trace) -> None:

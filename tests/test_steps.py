@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import X, external, kernel, write_trace
-
 from mlprof.trace import load_trace
+
+from conftest import X, external, kernel, write_trace
 
 
 def test_profiler_steps_numbered_from_names() -> None:
