@@ -12,7 +12,6 @@ import sys
 from enum import Enum
 from pathlib import Path
 
-import click
 import msgspec
 import typer
 from rich.console import Console
@@ -159,18 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     except MlprofError as exc:
         _error(str(exc))
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
-        _error("aborted")
-        return 130
-    except click.UsageError as exc:
-        hint = f" (see 'mlprof {exc.ctx.command.name} --help')" if exc.ctx and exc.ctx.command.name else ""
-        _error(f"{exc.format_message()}{hint}")
-        return 2
-    except click.ClickException as exc:
-        _error(exc.format_message())
-        return exc.exit_code
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
@@ -179,14 +166,34 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         _error("out of memory while reading the trace")
         return 2
-    except Exception as exc:  # a bug in mlprof: still no traceback for the user
-        if os.environ.get("MLPROF_DEBUG"):
+    except Exception as exc:
+        code = _cli_framework_error(exc)
+        if code is not None:
+            return code
+        if os.environ.get("MLPROF_DEBUG"):  # a bug in mlprof: still no traceback for the user
             raise
-        _error(
-            f"internal error: {type(exc).__name__}: {exc} (set MLPROF_DEBUG=1 for a traceback, and please report it)"
-        )
+        _error(f"internal error: {type(exc).__name__}: {exc} (set MLPROF_DEBUG=1 for a traceback; please report it)")
         return 3
     return 0
+
+
+def _cli_framework_error(exc: Exception) -> int | None:
+    """Exit code for click/typer's own exceptions (typer may vendor click, so match by shape)."""
+    name = type(exc).__name__
+    if name == "Exit":
+        return int(getattr(exc, "exit_code", 0) or 0)
+    if name == "Abort":
+        _error("aborted")
+        return 130
+    if name == "NoArgsIsHelpError":
+        return 2  # the help text was already printed
+    if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+        ctx = getattr(exc, "ctx", None)
+        command = getattr(getattr(ctx, "command", None), "name", None)
+        hint = f" (see 'mlprof {command} --help')" if command and command != "mlprof" else ""
+        _error(f"{exc.format_message()}{hint}")
+        return int(exc.exit_code)
+    return None
 
 
 def _error(message: str) -> None:
