@@ -1,0 +1,106 @@
+"""`mlprof analyze` as a user runs it: output contract, options, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mlprof.analyzers.attribution import CATEGORIES
+from mlprof.cli import main
+
+from conftest import external
+
+RESNET0 = "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz"
+
+
+def _json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    assert main(["analyze", *args, "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_contract_on_a_real_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    data = _json(capsys, str(external(RESNET0)))
+    assert data["schema_version"] == "1.0"
+    assert {"schema_version", "tool", "trace", "steps", "breakdown", "ranks", "findings", "notes"} <= set(data)
+    assert data["trace"]["devices"][0]["name"] == "Tesla V100-DGXS-32GB"
+    assert data["trace"]["step_source"] == "ProfilerStep"
+    assert [s["step"] for s in data["steps"]] == [16, 17, 18, 19, 20, 21]
+    first = data["steps"][0]
+    assert first["dur_ms"] == pytest.approx(159.363)
+    assert sum(first[f"{c}_ms"] for c in CATEGORIES) == pytest.approx(first["dur_ms"], abs=1e-5)
+    cats = data["breakdown"]["categories"]
+    assert sum(c["pct"] for c in cats.values()) == pytest.approx(100.0, abs=0.01)
+    assert cats["idle_data"]["pct"] > 18  # CATALOG: DataLoader ~30% of step time
+    assert data["breakdown"]["trace_level"]["idle_pct"] == pytest.approx(31.27, abs=0.01)  # HTA: 31.27
+    assert data["findings"] == []
+
+
+def test_directory_job_per_rank_and_rank_filter(capsys: pytest.CaptureFixture[str]) -> None:
+    job = str(external("facebookresearch__param/dlrm_kineto"))
+    data = _json(capsys, job)
+    assert data["trace"]["ranks"] == list(range(8))
+    exposed = {r["rank"]: r["breakdown"]["categories"]["comm_exposed"]["ms"] for r in data["ranks"]}
+    assert exposed[1] == pytest.approx(11.06, abs=0.01)
+    assert exposed[7] == pytest.approx(1.58, abs=0.01)
+    one = _json(capsys, job, "--rank", "3")
+    assert one["trace"]["ranks"] == [3]
+    assert one["breakdown"]["categories"]["comm_exposed"]["ms"] == pytest.approx(9.45, abs=0.01)
+
+
+def test_steps_filter(capsys: pytest.CaptureFixture[str]) -> None:
+    data = _json(capsys, str(external(RESNET0)), "--steps", "17-18")
+    assert [s["step"] for s in data["steps"]] == [17, 18]
+
+
+def test_fallback_steps_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    data = _json(capsys, str(external("facebookresearch__param/resnet_kineto.json.gz")))
+    assert data["trace"]["step_source"].startswith("DataLoader __next__")
+    assert any("no ProfilerStep markers" in n for n in data["notes"])
+
+
+def test_no_device_activity_is_said_plainly(capsys: pytest.CaptureFixture[str]) -> None:
+    data = _json(capsys, str(external("hta/tests/data/cpu_only/rank-34.Jul_15_10_52_41.1074.pt.trace.json.gz")))
+    assert data["trace"]["has_device_activity"] is False
+    assert data["breakdown"]["gpu_busy_pct"] is None
+    assert any("no device (GPU) activity" in n for n in data["notes"])
+    assert data["findings"] == []
+
+
+def test_text_and_markdown(capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(external(RESNET0))
+    assert main(["analyze", path]) == 0
+    text = capsys.readouterr().out
+    assert "Where the time goes" in text and "idle_data" in text and "median 152.47 ms" in text
+    assert main(["analyze", path, "--format", "markdown"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("## mlprof:") and "| idle_data |" in md
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["analyze", "--format", "xml", "x.json"], "Invalid value for '--format'"),
+        (["analyze"], "Missing argument"),
+        (["analyze", "x.json", "--step-marker", "("], "--step-marker: not a valid regex"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mlprof: error:") and message in err[0]
+
+
+def test_bad_steps_and_rank(capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(external(RESNET0))
+    assert main(["analyze", path, "--steps", "99"]) == 2
+    assert "no such step; the trace has steps 16..21" in capsys.readouterr().err
+    assert main(["analyze", path, "--rank", "5"]) == 2
+    assert "--rank 5: no such rank" in capsys.readouterr().err
+
+
+def test_console_script_runs() -> None:
+    out = subprocess.run([sys.executable, "-m", "mlprof", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().startswith("mlprof ")
