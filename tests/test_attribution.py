@@ -128,3 +128,24 @@ def test_no_gpu_trace_is_all_idle_other_or_host(tmp_path: Path) -> None:
     assert len(steps) == 1
     assert steps[["compute", "comm_exposed", "memcpy_exposed"]].to_numpy().sum() == 0
     assert int(np.asarray(steps[list(CATEGORIES)].sum(axis=1))[0]) == int(steps["dur"].iloc[0])
+
+
+def _manifest() -> dict:
+    import json
+
+    from conftest import SAMPLES
+
+    return json.loads((SAMPLES / "synthetic" / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("entry", _manifest()["traces"], ids=lambda e: e["scenario"])
+def test_matches_independent_ground_truth_to_the_nanosecond(entry: dict) -> None:
+    """sample_traces/generate_synthetic.py computes the truth by brute force, without mlprof."""
+    from conftest import SAMPLES
+
+    trace = load_trace(SAMPLES / "synthetic" / entry["file"])
+    got = attribute_steps(trace)
+    assert len(got) == len(entry["steps"])
+    for row, want in zip(got.itertuples(index=False), entry["steps"], strict=True):
+        assert row.ts == want["ts_ns"] and row.dur == want["dur_ns"]
+        assert {c: getattr(row, c) for c in CATEGORIES} == {c: want[c] for c in CATEGORIES}

@@ -105,11 +105,6 @@ def test_step_windows_match_manifest(name: str) -> None:
         assert trace.steps["dur"].tolist()[:-1] == [s["dur_ns"] for s in expected][:-1]
 
 
-@pytest.mark.xfail(
-    reason="mlprof.trace.steps adds a float64 median gap to int64 epoch ns, which rounds to 256 ns; "
-    "an integer median would give the exact end",
-    strict=False,
-)
 def test_fallback_last_step_lasts_exactly_the_median_step() -> None:
     entry, trace = TRACES["no_profiler_step"], synthetic("no_profiler_step")
     durs = [s["dur_ns"] for s in entry["steps"]]

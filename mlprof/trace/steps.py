@@ -96,7 +96,7 @@ def _from_markers(rows: pd.DataFrame, trace_end_ns: int) -> pd.DataFrame:
         ends = np.array([max(int(rows["end"].iloc[0]), trace_end_ns)])
     else:
         gaps = np.diff(starts)
-        last_end = min(trace_end_ns, int(starts[-1] + np.median(gaps)))
+        last_end = min(trace_end_ns, int(starts[-1]) + int(np.median(gaps)))
         last_end = max(last_end, int(rows["end"].iloc[-1]))
         ends = np.append(starts[1:], last_end)
     steps = pd.DataFrame(
