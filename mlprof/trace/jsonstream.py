@@ -29,7 +29,7 @@ from typing import IO, Any
 import msgspec
 
 from mlprof.errors import BadInputError
-from mlprof.trace.schema import HEADER_FIELDS, RAW_NONE, EventArgs, TraceDocument, TraceEvent
+from mlprof.trace.schema import HEADER_FIELDS, RAW_NONE, EventArgs, Scalar, TraceDocument, TraceEvent
 
 BLOCK_BYTES = 4 << 20
 SLICE_BYTES = 16 << 20
@@ -51,6 +51,8 @@ class StreamStats:
     json_bytes: int = 0
     events: int = 0
     repaired_utf8: bool = False
+    not_events: int = 0
+    """Elements of ``traceEvents`` that are not JSON objects (skipped)."""
 
 
 _DECODER = msgspec.json.Decoder(TraceDocument)
@@ -134,9 +136,12 @@ def read_trace_events(
     reader = _BlockReader(path, on_progress)
     stats = StreamStats(file_bytes=reader.file_bytes)
     try:
-        return _read(path, reader, on_batch, stats, on_slice), stats
+        header = _read(path, reader, on_batch, stats, on_slice)
     finally:
         reader.close()
+    if stats.events == 0 and stats.not_events:
+        raise BadInputError(f"{path}: not a trace (`traceEvents` holds no event objects)")
+    return header, stats
 
 
 def _read(
@@ -210,7 +215,14 @@ def _cut_and_decode(buf: bytearray, stats: StreamStats) -> tuple[list[TraceEvent
         piece = b'{"traceEvents":[' + bytes(buf[: boundary + 1]) + b"]}"
         try:
             doc = _decode_fast(piece, stats)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except msgspec.ValidationError:
+            # Well-formed so far, but an event has unexpected types: keep the slice if it
+            # is well-formed JSON, so one odd event does not stop the streaming.
+            try:
+                doc = _decode_lenient(piece, stats)
+            except msgspec.DecodeError:
+                continue
+        except msgspec.DecodeError:
             continue
         # Skip the comma and whitespace so the remainder starts at the next "{".
         next_open = buf.index(b"{", boundary + 1)
@@ -228,62 +240,113 @@ def _decode_fast(piece: bytes, stats: StreamStats) -> TraceDocument:
 
 def _decode_piece(piece: bytes, path: Path, stats: StreamStats) -> TraceDocument:
     try:
-        return _decode_fast(piece, stats)
-    except msgspec.ValidationError:
-        return _decode_lenient(piece, path, stats)
+        try:
+            return _decode_fast(piece, stats)
+        except msgspec.ValidationError:
+            return _decode_lenient(piece, stats)
+    except msgspec.ValidationError as exc:
+        raise BadInputError(f"{path}: not a trace ({_short(exc)})") from None
     except msgspec.DecodeError as exc:
         raise BadInputError(f"{path}: not valid JSON ({_short(exc)})") from None
 
 
-def _decode_lenient(piece: bytes, path: Path, stats: StreamStats) -> TraceDocument:
-    """Slow path for a slice whose events have unexpected types: keep what fits."""
+class _LooseDocument(msgspec.Struct, gc=False):
+    traceEvents: list[msgspec.Raw] = msgspec.field(default_factory=list)
+
+
+class _LooseEvent(msgspec.Struct, gc=False):
+    """Every field as raw JSON text, so no value can fail validation."""
+
+    ph: msgspec.Raw = RAW_NONE
+    cat: msgspec.Raw = RAW_NONE
+    name: msgspec.Raw = RAW_NONE
+    pid: msgspec.Raw = RAW_NONE
+    tid: msgspec.Raw = RAW_NONE
+    ts: msgspec.Raw = RAW_NONE
+    dur: msgspec.Raw = RAW_NONE
+    id: msgspec.Raw = RAW_NONE
+    bp: msgspec.Raw = RAW_NONE
+    s: msgspec.Raw = RAW_NONE
+    args: msgspec.Raw = RAW_NONE
+
+
+_LOOSE_DOC_DECODER = msgspec.json.Decoder(_LooseDocument)
+_HEADER_DECODER = msgspec.json.Decoder(dict[str, Any])
+_EVENT_DECODER = msgspec.json.Decoder(TraceEvent)
+_LOOSE_EVENT_DECODER = msgspec.json.Decoder(_LooseEvent)
+_RAW_DICT_DECODER = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_SCALAR_DECODER = msgspec.json.Decoder(Scalar)
+
+
+def _decode_lenient(piece: bytes, stats: StreamStats) -> TraceDocument:
+    """Slow path for a slice whose events have unexpected types: keep what fits.
+
+    Events are decoded one by one, each with the strict decoder first, so the good
+    ones come out exactly as on the fast path (``ts``/``dur`` stay raw JSON text,
+    never rounded through float64). Raises :class:`msgspec.DecodeError` if the
+    piece is not well-formed JSON, :class:`msgspec.ValidationError` if its
+    ``traceEvents`` is not a list.
+    """
+    repaired = _repair_utf8(piece)
+    if repaired is not piece:
+        stats.repaired_utf8 = True
+    doc = _LOOSE_DOC_DECODER.decode(repaired)
+    events = []
+    for raw in doc.traceEvents:
+        event = _event_from_raw(raw)
+        if event is None:
+            stats.not_events += 1
+        else:
+            events.append(event)
     try:
-        obj = msgspec.json.decode(piece.decode("utf-8", "replace").encode("utf-8"))
-    except msgspec.DecodeError as exc:
-        raise BadInputError(f"{path}: not valid JSON ({_short(exc)})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("traceEvents"), list):
-        raise BadInputError(f"{path}: not a trace (`traceEvents` is not a list of events)")
-    events = [ev for ev in map(_event_from_obj, obj["traceEvents"]) if ev is not None]
-    header = {k: obj.get(k) for k in HEADER_FIELDS}
+        obj = _HEADER_DECODER.decode(repaired)
+        header = {k: obj.get(k) for k in HEADER_FIELDS}
+    except msgspec.ValidationError:  # a header number out of range: keep the events
+        header = {}
     return TraceDocument(traceEvents=events, **header)
 
 
-_SCALAR_TYPES = (int, float, str)
-
-
-def _scalar(value: Any) -> Any:
-    return value if value is None or isinstance(value, _SCALAR_TYPES) else None
-
-
-def _event_from_obj(obj: Any) -> TraceEvent | None:
-    if not isinstance(obj, dict):
+def _scalar(raw: msgspec.Raw) -> Any:
+    if not raw:
         return None
-    args_obj = obj.get("args")
+    try:
+        return _SCALAR_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def _event_from_raw(raw: msgspec.Raw) -> TraceEvent | None:
+    try:
+        return _EVENT_DECODER.decode(raw)
+    except msgspec.ValidationError:
+        pass
+    try:
+        loose = _LOOSE_EVENT_DECODER.decode(raw)
+    except msgspec.ValidationError:  # not a JSON object
+        return None
     args = None
-    if isinstance(args_obj, dict):
-        fields = {}
-        for attr, key in zip(EventArgs.__struct_fields__, EventArgs.__struct_encode_fields__, strict=True):
-            if key in args_obj:
-                fields[attr] = _scalar(args_obj[key])
-        args = EventArgs(**fields)
-
-    def raw(key: str) -> msgspec.Raw:
-        value = obj.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return RAW_NONE
-        return msgspec.Raw(msgspec.json.encode(value))
-
+    if loose.args:
+        try:
+            args_obj: dict[str, msgspec.Raw] | None = _RAW_DICT_DECODER.decode(loose.args)
+        except msgspec.ValidationError:
+            args_obj = None
+        if args_obj is not None:
+            fields = {}
+            for attr, key in zip(EventArgs.__struct_fields__, EventArgs.__struct_encode_fields__, strict=True):
+                if key in args_obj:
+                    fields[attr] = _scalar(args_obj[key])
+            args = EventArgs(**fields)
     return TraceEvent(
-        ph=_scalar(obj.get("ph")),
-        cat=_scalar(obj.get("cat")),
-        name=_scalar(obj.get("name")),
-        pid=_scalar(obj.get("pid")),
-        tid=_scalar(obj.get("tid")),
-        ts=raw("ts"),
-        dur=raw("dur"),
-        id=_scalar(obj.get("id")),
-        bp=_scalar(obj.get("bp")),
-        s=_scalar(obj.get("s")),
+        ph=_scalar(loose.ph),
+        cat=_scalar(loose.cat),
+        name=_scalar(loose.name),
+        pid=_scalar(loose.pid),
+        tid=_scalar(loose.tid),
+        ts=loose.ts,
+        dur=loose.dur,
+        id=_scalar(loose.id),
+        bp=_scalar(loose.bp),
+        s=_scalar(loose.s),
         args=args,
     )
 
