@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mlprof.trace.columns import SymbolTable, to_int64
-from mlprof.trace.numbers import MISSING_NS, raw_us_to_ns
+from mlprof.trace.numbers import MISSING_NS, TIME_LIMIT_NS, raw_us_to_ns
 from mlprof.trace.schema import EventArgs, TraceEvent
 
 # Family codes.
@@ -138,6 +138,7 @@ class TableBuilder:
         ts = raw_us_to_ns([e.ts for e in sub])
         dur = raw_us_to_ns([e.dur for e in sub])
         keep = (ts != MISSING_NS) & (dur != MISSING_NS)
+        keep &= dur <= TIME_LIMIT_NS - np.where(keep, ts, 0)  # an end past the limit is corrupt
         if not keep.all():
             self.dropped_no_time += int((~keep).sum())
             sub = _take(sub, np.flatnonzero(keep))

@@ -21,14 +21,19 @@ import numpy as np
 MISSING_NS = np.iinfo(np.int64).min
 """Sentinel for an absent or unreadable ``ts``/``dur``."""
 
-_INT64_LIMIT = 2**63 - 1
+TIME_LIMIT_NS = 2**62 - 1
+"""Largest magnitude of a time or duration we accept (~146 years): within it, ``ts + dur``
+and the difference of any two times fit in int64. Beyond it a value is corrupt and
+is treated as unreadable, instead of wrapping around silently."""
+_WHOLE_LIMIT_US = TIME_LIMIT_NS // 1000
 
 
 def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
     """Parse JSON number texts in microseconds into int64 nanoseconds.
 
-    Empty texts (absent fields) and texts that are not numbers become
-    :data:`MISSING_NS`: a corrupt timestamp drops that one event, not the trace.
+    Empty texts (absent fields), texts that are not numbers and values beyond
+    :data:`TIME_LIMIT_NS` become :data:`MISSING_NS`: a corrupt timestamp drops that
+    one event, not the trace.
     Fraction digits past the nanosecond are rounded half up.
     """
     n = len(raws)
@@ -43,10 +48,14 @@ def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
         texts = np.where(empty, b"0", texts)
     try:
         if b"." not in joined:
-            out = texts.astype(np.int64) * 1000
+            whole = texts.astype(np.int64)
+            in_range = (whole >= -_WHOLE_LIMIT_US) & (whole <= _WHOLE_LIMIT_US)
+            out = np.where(in_range, whole, 0) * 1000
         else:
             int_part, _, frac = np.strings.partition(texts, b".")
             whole = int_part.astype(np.int64)
+            in_range = (whole >= -_WHOLE_LIMIT_US) & (whole <= _WHOLE_LIMIT_US)
+            whole = np.where(in_range, whole, 0)
             frac4 = np.strings.ljust(frac, 4, b"0").astype("S4")
             frac4 = np.where(np.strings.str_len(frac4) == 0, b"0", frac4)
             frac_ns = (frac4.astype(np.int64) + 5) // 10
@@ -54,7 +63,7 @@ def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
             out = np.where(negative, whole * 1000 - frac_ns, whole * 1000 + frac_ns)
     except (ValueError, OverflowError):
         return _slow_parse(raws)
-    out[empty] = MISSING_NS
+    out[empty | ~in_range | (out > TIME_LIMIT_NS) | (out < -TIME_LIMIT_NS)] = MISSING_NS
     return out
 
 
@@ -75,7 +84,7 @@ def _parse_one(text: bytes) -> int:
             value = round(float(text) * 1000)
         except (ValueError, OverflowError):
             return int(MISSING_NS)
-    return value if abs(value) < _INT64_LIMIT else int(MISSING_NS)
+    return value if abs(value) <= TIME_LIMIT_NS else int(MISSING_NS)
 
 
 def _slow_parse(raws: Sequence[bytes | memoryview]) -> np.ndarray:
