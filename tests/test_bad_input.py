@@ -474,6 +474,45 @@ def test_unreadable_file_in_directory(tmp_path: Path, capsys: pytest.CaptureFixt
         path.chmod(0o644)
 
 
+def test_unreadable_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "job"
+    d.mkdir()
+    write_json(d / "rank-0.json", trace_doc(kineto_events(2)))
+    d.chmod(0)
+    try:
+        if os.access(d, os.R_OK):
+            pytest.skip("running as root (or similar): a mode-0 directory is still readable")
+        rc, _, err = run_cli(capsys, "analyze", d, "--format", "json")
+        assert_one_error_line(rc, err)
+    finally:
+        d.chmod(0o755)
+
+
+def test_directory_listing_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a mode-0 directory does to a non-root user, simulated so it also runs as root."""
+    d = tmp_path / "job"
+    d.mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path) -> Any:
+        if self == d:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    rc, _, err = run_cli(capsys, "analyze", d, "--format", "json")
+    assert_one_error_line(rc, err)
+    assert "Permission denied" in err
+
+
+@pytest.mark.parametrize("name", ["a" * 5000, "d" * 300 + "/trace.json"])
+def test_path_too_long(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_cli(capsys, "analyze", tmp_path / name, "--format", "json")
+    assert_one_error_line(rc, err)
+
+
 def test_bad_input_error_is_single_line_even_with_newlines_in_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -590,6 +629,21 @@ def test_invalid_utf8_in_kernel_name(suffix: str, tmp_path: Path, capsys: pytest
     assert "ampere_sgemm_128x64_nn" in names
     assert len(trace.gpu) == 4
     assert any("UTF-8" in n for n in trace.meta.notes)
+    analyze_json(capsys, path)
+
+
+@pytest.mark.parametrize("shape", ["object", "bare-array"])
+@pytest.mark.parametrize("suffix", [".json", ".json.gz"])
+def test_utf8_byte_order_mark(shape: str, suffix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trace re-saved by an editor that writes a BOM is still a trace."""
+    events = kineto_events(2)
+    doc: Any = events if shape == "bare-array" else trace_doc(events)
+    ref = load_trace(write_json(tmp_path / f"ref{suffix}", doc))
+    path = write_bytes(tmp_path / f"bom{suffix}", b"\xef\xbb\xbf" + json.dumps(doc, indent=1).encode())
+    trace = load_trace(path)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(trace.table(name), ref.table(name))
+    assert not trace.meta.notes
     analyze_json(capsys, path)
 
 
@@ -1041,3 +1095,63 @@ def test_console_script_good_and_python_m(tmp_path: Path) -> None:
         timeout=120,
     )
     assert_one_error_line(proc.returncode, proc.stderr)
+
+
+# ---- the parallel reader (worker processes) on odd input -----------------------------
+
+
+@pytest.fixture
+def parallel_small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlprof.trace.loader.PARALLEL_MIN_JSON_BYTES", 0)
+    monkeypatch.setattr(jsonstream, "PARALLEL_SLICE_BYTES", 8192)
+    monkeypatch.setattr(jsonstream, "BLOCK_BYTES", 2048)
+
+
+def _plain_trace_with(tmp_path: Path, at: int, extra: list[Any], bad_utf8: bool) -> Path:
+    """A trace without ``}, {`` in strings (so textual cuts hold) with odd events in a middle slice."""
+    events = kineto_events(300)
+    at = next(i for i in range(at, len(events)) if events[i].get("cat") == "cpu_op")
+    if bad_utf8:
+        events[at]["name"] = "MARKER_BAD_UTF8"
+    events[at + 1 : at + 1] = extra
+    data = json.dumps(trace_doc(events), indent=1).encode().replace(b"MARKER_BAD_UTF8", b"bad \xff utf8")
+    return write_bytes(tmp_path / "trace.json", data)
+
+
+@pytest.mark.usefixtures("parallel_small_slices")
+def test_parallel_reader_with_junk_events(tmp_path: Path) -> None:
+    junk = [{"ph": "X", "cat": "cpu_op", "name": "args is a list", "ts": BASE_US, "dur": 1, "args": [1]}]
+    path = _plain_trace_with(tmp_path, 500, junk, bad_utf8=False)
+    tables_equal(load_trace(path, workers=2), load_trace(path, workers=1))
+
+
+@pytest.mark.usefixtures("parallel_small_slices")
+def test_parallel_reader_with_bad_utf8_tables(tmp_path: Path) -> None:
+    path = _plain_trace_with(tmp_path, 500, [], bad_utf8=True)
+    par, seq = load_trace(path, workers=2), load_trace(path, workers=1)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(par.table(name), seq.table(name))
+    assert "bad \ufffd utf8" in set(par.host["name"].astype(str)) | set(par.gpu["name"].astype(str))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="mlprof/trace/parallel.py: worker slices do not report repaired UTF-8, so the note is lost",
+)
+@pytest.mark.usefixtures("parallel_small_slices")
+def test_parallel_reader_keeps_the_utf8_note(tmp_path: Path) -> None:
+    path = _plain_trace_with(tmp_path, 500, [], bad_utf8=True)
+    assert load_trace(path, workers=2).meta.notes == load_trace(path, workers=1).meta.notes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=__import__("msgspec").ValidationError,
+    reason="mlprof/trace/parallel.py _build_slice: a ValidationError raised while re-decoding after a "
+    "UnicodeDecodeError escapes its `except` clause (exit 3 on large traces)",
+)
+@pytest.mark.usefixtures("parallel_small_slices")
+def test_parallel_reader_with_bad_utf8_then_junk_in_one_slice(tmp_path: Path) -> None:
+    junk = [{"ph": "X", "cat": "cpu_op", "name": "args is a list", "ts": BASE_US, "dur": 1, "args": [1]}]
+    path = _plain_trace_with(tmp_path, 500, junk, bad_utf8=True)
+    tables_equal(load_trace(path, workers=2), load_trace(path, workers=1))

@@ -38,6 +38,7 @@ PARALLEL_SLICE_BYTES = 4 << 20
 _TRACE_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
 _EVENT_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (bytes of the input file consumed, total bytes of the input file)."""
@@ -162,6 +163,8 @@ def _read(
     for block in reader.blocks():
         stats.json_bytes += len(block)
         buf += block
+        if stats.json_bytes == len(block) and buf.startswith(_UTF8_BOM):  # saved by a Windows editor
+            del buf[: len(_UTF8_BOM)]
         if header is None:
             match = _TRACE_EVENTS_KEY.search(buf)
             if match is None:

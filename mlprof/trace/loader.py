@@ -87,8 +87,15 @@ def _expected_json_bytes(path: Path) -> int:
     return size * 10 if is_gzip(path) else size  # Kineto JSON gzips about 10-20x
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError) as exc:  # name too long, embedded NUL ...
+        raise BadInputError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
 def _check_file(path: Path) -> None:
-    if not path.exists():
+    if not _exists(path):
         raise BadInputError(f"{path}: no such file or directory")
     if path.is_dir():
         raise BadInputError(f"{path}: is a directory; pass a trace file")
@@ -183,11 +190,14 @@ def load_job(
 ) -> list[Trace]:
     """A file is one rank; a directory is one job of per-rank trace files."""
     path = Path(path)
-    if not path.exists():
+    if not _exists(path):
         raise BadInputError(f"{path}: no such file or directory")
     if not path.is_dir():
         return [load_trace(path, on_progress=on_progress, step_marker=step_marker)]
-    files = trace_files_in(path)
+    try:
+        files = trace_files_in(path)
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot list the directory ({exc.strerror})") from None
     if not files:
         raise BadInputError(f"{path}: directory holds no trace files (*.json, *.json.gz)")
     traces = [load_trace(f, on_progress=on_progress, step_marker=step_marker) for f in files]
