@@ -82,6 +82,8 @@ def analyze(
             re.compile(step_marker)
         except re.error as exc:
             raise UsageError(f"--step-marker: not a valid regex ({exc})") from None
+    if output is not None and output.exists() and path.exists() and _same_or_inside(output, path):
+        raise UsageError(f"--output {output}: would overwrite the input; choose another file")
     with _progress() as on_progress:
         traces = load_job(path, on_progress=on_progress, step_marker=step_marker)
     if rank is not None:
@@ -90,6 +92,12 @@ def analyze(
             raise UsageError(f"--rank {rank}: no such rank in {path}")
     analysis = analyze_job(traces, str(path), steps)
     _emit(analysis, fmt, output)
+
+
+def _same_or_inside(output: Path, path: Path) -> bool:
+    out = output.resolve()
+    src = path.resolve()
+    return out == src or (src.is_dir() and src in out.parents)
 
 
 def _emit(analysis: object, fmt: OutputFormat, output: Path | None) -> None:

@@ -76,6 +76,8 @@ class Partial:
     categories_seen: set[str]
     dropped_no_time: int
     events: int = 0
+    repaired_utf8: bool = False
+    not_events: int = 0
 
 
 class TableBuilder:

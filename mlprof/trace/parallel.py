@@ -20,11 +20,9 @@ from typing import Any
 import msgspec
 
 from mlprof.trace.build import Partial, TableBuilder
-from mlprof.trace.jsonstream import ProgressCallback, StreamStats, read_trace_events
-from mlprof.trace.schema import TraceDocument
+from mlprof.trace.jsonstream import ProgressCallback, StreamStats, _decode_fast, _decode_lenient, read_trace_events
 
 PARALLEL_MIN_JSON_BYTES = 48 << 20
-_DECODER = msgspec.json.Decoder(TraceDocument)
 
 
 class SliceFailed(Exception):
@@ -36,16 +34,21 @@ def default_workers() -> int:
 
 
 def _build_slice(piece: bytes) -> Partial:
+    """Decode and build one slice; only a slice that is not well-formed JSON fails."""
+    stats = StreamStats()
     try:
-        doc = _DECODER.decode(piece)
-    except UnicodeDecodeError:
-        doc = _DECODER.decode(piece.decode("utf-8", "replace").encode("utf-8"))
+        try:
+            doc = _decode_fast(piece, stats)
+        except msgspec.ValidationError:  # odd types in some event: keep the good ones
+            doc = _decode_lenient(piece, stats)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise SliceFailed(str(exc)) from None
     builder = TableBuilder()
     builder.add(doc.traceEvents)
     partial = builder.export_partial()
     partial.events = len(doc.traceEvents)
+    partial.repaired_utf8 = stats.repaired_utf8
+    partial.not_events = stats.not_events
     return partial
 
 
@@ -64,12 +67,15 @@ def read_parallel(
             started.result()
         pending: deque[Future[Partial]] = deque()
         extra_events = 0
+        flags = StreamStats()
 
         def drain(limit: int) -> None:
             nonlocal extra_events
             while len(pending) > limit:
                 partial = pending.popleft().result()
                 extra_events += partial.events
+                flags.repaired_utf8 |= partial.repaired_utf8
+                flags.not_events += partial.not_events
                 builder.merge_partial(partial)
 
         def on_slice(piece: bytes) -> None:
@@ -88,4 +94,6 @@ def read_parallel(
                 f.cancel()
             raise
     stats.events += extra_events
+    stats.repaired_utf8 |= flags.repaired_utf8
+    stats.not_events += flags.not_events
     return header, stats

@@ -58,7 +58,12 @@ def find_steps(host: pd.DataFrame, trace_end_ns: int, marker: str | None = None)
     if profiler_steps:
         rows = host[host["name"].isin(profiler_steps)]
         rows = rows.drop_duplicates(subset=["name"], keep="first")
-        numbers = rows["name"].astype(str).str.extract(PROFILER_STEP.pattern, expand=False).astype(np.int64)
+        digits = rows["name"].astype(str).str.extract(PROFILER_STEP.pattern, expand=False)
+        sane = (digits.str.len() <= 18).to_numpy()  # a step number beyond int64 is junk, not a step
+        rows, digits = rows[sane], digits[sane]
+        if len(rows) == 0:
+            return empty_steps(), "none"
+        numbers = digits.astype(np.int64)
         steps = pd.DataFrame(
             {
                 "step": numbers.to_numpy(),
