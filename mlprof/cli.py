@@ -82,7 +82,7 @@ def analyze(
             re.compile(step_marker)
         except re.error as exc:
             raise UsageError(f"--step-marker: not a valid regex ({exc})") from None
-    if output is not None and output.exists() and path.exists() and _same_or_inside(output, path):
+    if output is not None and _same_or_inside(output, path):
         raise UsageError(f"--output {output}: would overwrite the input; choose another file")
     with _progress() as on_progress:
         traces = load_job(path, on_progress=on_progress, step_marker=step_marker)
@@ -95,9 +95,12 @@ def analyze(
 
 
 def _same_or_inside(output: Path, path: Path) -> bool:
-    out = output.resolve()
-    src = path.resolve()
-    return out == src or (src.is_dir() and src in out.parents)
+    try:
+        out = output.resolve()
+        src = path.resolve()
+        return out == src or (src.is_dir() and src in out.parents)
+    except OSError:
+        return False  # an unusable path: the reader or the writer reports it
 
 
 def _emit(analysis: object, fmt: OutputFormat, output: Path | None) -> None:

@@ -513,11 +513,6 @@ def test_path_too_long(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert_one_error_line(rc, err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mlprof/cli.py: the --output-onto-input check calls Path.exists(), which raises OSError "
-    "(ENAMETOOLONG) on a too-long name: exit 3 instead of one error line",
-)
 @pytest.mark.parametrize("which", ["input", "output"])
 def test_path_too_long_with_output(which: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = write_json(tmp_path / "trace.json", trace_doc(kineto_events(2)))
