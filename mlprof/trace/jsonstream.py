@@ -217,12 +217,12 @@ def _cut_and_decode(buf: bytearray, stats: StreamStats) -> tuple[list[TraceEvent
     for boundary in reversed(boundaries[-3:]):
         piece = b'{"traceEvents":[' + bytes(buf[: boundary + 1]) + b"]}"
         try:
-            doc = _decode_fast(piece, stats)
+            doc = decode_slice(piece, stats)
         except msgspec.ValidationError:
             # Well-formed so far, but an event has unexpected types: keep the slice if it
             # is well-formed JSON, so one odd event does not stop the streaming.
             try:
-                doc = _decode_lenient(piece, stats)
+                doc = decode_slice_leniently(piece, stats)
             except msgspec.DecodeError:
                 continue
         except msgspec.DecodeError:
@@ -233,7 +233,7 @@ def _cut_and_decode(buf: bytearray, stats: StreamStats) -> tuple[list[TraceEvent
     return None
 
 
-def _decode_fast(piece: bytes, stats: StreamStats) -> TraceDocument:
+def decode_slice(piece: bytes, stats: StreamStats) -> TraceDocument:
     try:
         return _DECODER.decode(piece)
     except UnicodeDecodeError:
@@ -244,9 +244,9 @@ def _decode_fast(piece: bytes, stats: StreamStats) -> TraceDocument:
 def _decode_piece(piece: bytes, path: Path, stats: StreamStats) -> TraceDocument:
     try:
         try:
-            return _decode_fast(piece, stats)
+            return decode_slice(piece, stats)
         except msgspec.ValidationError:
-            return _decode_lenient(piece, stats)
+            return decode_slice_leniently(piece, stats)
     except msgspec.ValidationError as exc:
         raise BadInputError(f"{path}: not a trace ({_short(exc)})") from None
     except msgspec.DecodeError as exc:
@@ -281,7 +281,7 @@ _RAW_DICT_DECODER = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _SCALAR_DECODER = msgspec.json.Decoder(Scalar)
 
 
-def _decode_lenient(piece: bytes, stats: StreamStats) -> TraceDocument:
+def decode_slice_leniently(piece: bytes, stats: StreamStats) -> TraceDocument:
     """Slow path for a slice whose events have unexpected types: keep what fits.
 
     Events are decoded one by one, each with the strict decoder first, so the good

@@ -20,7 +20,13 @@ from typing import Any
 import msgspec
 
 from mlprof.trace.build import Partial, TableBuilder
-from mlprof.trace.jsonstream import ProgressCallback, StreamStats, _decode_fast, _decode_lenient, read_trace_events
+from mlprof.trace.jsonstream import (
+    ProgressCallback,
+    StreamStats,
+    decode_slice,
+    decode_slice_leniently,
+    read_trace_events,
+)
 
 PARALLEL_MIN_JSON_BYTES = 48 << 20
 
@@ -38,9 +44,9 @@ def _build_slice(piece: bytes) -> Partial:
     stats = StreamStats()
     try:
         try:
-            doc = _decode_fast(piece, stats)
+            doc = decode_slice(piece, stats)
         except msgspec.ValidationError:  # odd types in some event: keep the good ones
-            doc = _decode_lenient(piece, stats)
+            doc = decode_slice_leniently(piece, stats)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise SliceFailed(str(exc)) from None
     builder = TableBuilder()
