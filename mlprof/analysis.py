@@ -40,9 +40,6 @@ class RankAnalysis:
             return {c: int(self.steps[c].sum()) for c in CATEGORIES}
         return dict(self.whole_trace or dict.fromkeys(CATEGORIES, 0))
 
-    def wall_ns(self) -> int:
-        return sum(self.category_totals().values())
-
 
 @dataclass
 class Analysis:

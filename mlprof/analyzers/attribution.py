@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from mlprof.analyzers.intervals import covered
-from mlprof.analyzers.vocabulary import (
+from mlprof.trace.model import Trace
+from mlprof.trace.vocabulary import (
     DATALOADER,
     DISPATCH_CATS,
     LAUNCH_RUNTIME,
@@ -38,7 +39,6 @@ from mlprof.analyzers.vocabulary import (
     SYNC_RUNTIME,
     names_matching,
 )
-from mlprof.trace.model import Trace
 
 CATEGORIES: tuple[str, ...] = (
     "compute",

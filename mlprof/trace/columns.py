@@ -98,19 +98,3 @@ def _int_or(value: Any, missing: int) -> int:
             return missing
         return parsed if -_INT64_MAX <= parsed <= _INT64_MAX else missing
     return missing
-
-
-def to_float64(values: Sequence[Any]) -> np.ndarray:
-    """Floats; anything not a number becomes NaN."""
-    n = len(values)
-    try:
-        return np.fromiter((np.nan if v is None else v for v in values), dtype=np.float64, count=n)
-    except (TypeError, ValueError, OverflowError):
-        out = np.full(n, np.nan)
-        for i, v in enumerate(values):
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                try:
-                    out[i] = float(v)
-                except OverflowError:
-                    pass
-        return out

@@ -393,14 +393,4 @@ def _short(exc: BaseException) -> str:
     return text[:160]
 
 
-def sniff_json(path: Path, limit: int = 1 << 16) -> bytes:
-    """First bytes of the (decompressed) file, for format detection."""
-    with path.open("rb") as raw:
-        stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if is_gzip(path) else raw  # type: ignore[assignment]
-        try:
-            return stream.read(limit)
-        except (OSError, EOFError, zlib.error):
-            return b""
-
-
-__all__ = ["ProgressCallback", "StreamStats", "read_trace_events", "sniff_json"]
+__all__ = ["ProgressCallback", "StreamStats", "read_trace_events"]

@@ -110,7 +110,3 @@ class Trace:
             raise KeyError(name)
         frame: pd.DataFrame = getattr(self, name)
         return frame
-
-    def memory_bytes(self) -> int:
-        """Deep memory used by the tables, for the benchmarks."""
-        return int(sum(self.table(t).memory_usage(deep=True).sum() for t in TABLES))

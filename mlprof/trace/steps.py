@@ -23,11 +23,7 @@ import re
 import numpy as np
 import pandas as pd
 
-PROFILER_STEP = re.compile(r"^ProfilerStep#(\d+)$")
-DATALOADER_NEXT = re.compile(r"DataLoader.*__next__|^enumerate\(DataLoader\)")
-OPTIMIZER_STEP = re.compile(r"^Optimizer\.step#|^Optimizer\.step$|^optimizer\.step$")
-
-STEP_COLUMNS = ["step", "name", "ts", "end", "dur"]
+from mlprof.trace.vocabulary import DATALOADER, OPTIMIZER_STEP, PROFILER_STEP, names_matching
 
 
 def empty_steps() -> pd.DataFrame:
@@ -46,17 +42,14 @@ def find_steps(host: pd.DataFrame, trace_end_ns: int, marker: str | None = None)
     """Return the steps table and a description of the marker that produced it."""
     if len(host) == 0:
         return empty_steps(), "none"
-    names = host["name"].cat.categories
     if marker is not None:
-        pattern = re.compile(marker)
-        matched = [n for n in names if pattern.search(n)]
-        rows = host[host["name"].isin(matched)]
+        rows = host[names_matching(host["name"], re.compile(marker))]
         if len(rows):
             return _from_markers(rows, trace_end_ns), f"user marker /{marker}/"
         return empty_steps(), f"user marker /{marker}/ (no match)"
-    profiler_steps = [n for n in names if PROFILER_STEP.match(n)]
-    if profiler_steps:
-        rows = host[host["name"].isin(profiler_steps)]
+    is_profiler_step = names_matching(host["name"], PROFILER_STEP)
+    if is_profiler_step.any():
+        rows = host[is_profiler_step]
         rows = rows.drop_duplicates(subset=["name"], keep="first")
         digits = rows["name"].astype(str).str.extract(PROFILER_STEP.pattern, expand=False)
         sane = (digits.str.len() <= 18).to_numpy()  # a step number beyond int64 is junk, not a step
@@ -74,10 +67,8 @@ def find_steps(host: pd.DataFrame, trace_end_ns: int, marker: str | None = None)
         )
         steps["dur"] = steps["end"] - steps["ts"]
         return steps.sort_values("ts", ignore_index=True), "ProfilerStep"
-    for pattern, label in ((DATALOADER_NEXT, "DataLoader __next__"), (OPTIMIZER_STEP, "Optimizer.step")):
-        matched = [n for n in names if pattern.search(n)]
-        rows = host[host["name"].isin(matched)]
-        rows = _outermost(rows)
+    for pattern, label in ((DATALOADER, "DataLoader __next__"), (OPTIMIZER_STEP, "Optimizer.step")):
+        rows = _outermost(host[names_matching(host["name"], pattern)])
         if len(rows) >= 2:
             return _from_markers(rows, trace_end_ns), f"{label} (no ProfilerStep markers)"
     return empty_steps(), "none"

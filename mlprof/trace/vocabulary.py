@@ -1,8 +1,8 @@
-"""Names that mean something to the analyzers, in one place.
+"""Names that mean something in a trace, in one place.
 
-Runtime and op names differ between CUDA and HIP and across PyTorch versions; every
-analyzer and rule that needs "is this a sync call?" asks here, so a new name is
-added once.
+Runtime and op names differ between CUDA and HIP and across PyTorch versions; step
+detection, every analyzer and every rule that needs "is this a sync call?" asks here,
+so a new name is added once.
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ LAUNCH_RUNTIME = re.compile(
 DATALOADER = re.compile(r"DataLoader.*__next__|^enumerate\(DataLoader\)")
 """Host ranges that fetch the next batch."""
 
-PROFILER_STEP = re.compile(r"^ProfilerStep#\d+$")
+PROFILER_STEP = re.compile(r"^ProfilerStep#(\d+)$")
+"""What ``prof.step()`` records; the group is the step number."""
+
+OPTIMIZER_STEP = re.compile(r"^Optimizer\.step#|^Optimizer\.step$|^optimizer\.step$")
+"""``torch.optim`` step ranges: the end of a typical training iteration."""
 
 DISPATCH_CATS = ("cpu_op", "Operator")
 """Host categories whose ranges mean the host is busy running framework code."""
