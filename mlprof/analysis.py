@@ -40,6 +40,10 @@ class RankAnalysis:
             return {c: int(self.steps[c].sum()) for c in CATEGORIES}
         return dict(self.whole_trace or dict.fromkeys(CATEGORIES, 0))
 
+    @property
+    def has_device_activity(self) -> bool:
+        return self.trace.has_device_activity
+
 
 @dataclass
 class Analysis:
@@ -48,6 +52,31 @@ class Analysis:
     path: str
     ranks: list[RankAnalysis]
     step_filter: str | None = None
+
+    @property
+    def has_device_activity(self) -> bool:
+        return any(ra.has_device_activity for ra in self.ranks)
+
+    def job_steps(self) -> pd.DataFrame:
+        """The job's per-step view: each step's categories averaged over the ranks that have it."""
+        frames = [ra.steps for ra in self.ranks if len(ra.steps)]
+        if len(frames) <= 1:
+            return frames[0] if frames else self.ranks[0].steps
+        stacked = pd.concat(frames, ignore_index=True)
+        grouped = stacked.groupby("step", sort=True)
+        mean = grouped[["dur", *CATEGORIES]].mean().round().astype(np.int64)
+        mean.insert(0, "ts", grouped["ts"].min())
+        return mean.reset_index()
+
+    def category_totals(self) -> dict[str, int]:
+        """ns per category over the job's steps (mean over ranks), or the mean whole-trace split."""
+        if len(self.ranks) == 1:
+            return self.ranks[0].category_totals()
+        steps = self.job_steps()
+        if len(steps):
+            return {c: int(steps[c].sum()) for c in CATEGORIES}
+        per_rank = [ra.category_totals() for ra in self.ranks]
+        return {c: round(sum(t[c] for t in per_rank) / len(per_rank)) for c in CATEGORIES}
 
 
 def select_steps(steps: pd.DataFrame, spec: str | None) -> pd.DataFrame:

@@ -104,3 +104,35 @@ def test_bad_steps_and_rank(capsys: pytest.CaptureFixture[str]) -> None:
 def test_console_script_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "mlprof", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip().startswith("mlprof ")
+
+
+def _busy_per_step(data: dict) -> list[float]:
+    return [
+        100 * sum(s[f"{c}_ms"] for c in ("compute", "comm_exposed", "memcpy_exposed")) / s["dur_ms"]
+        for s in data["steps"]
+    ]
+
+
+def test_gpu_busy_matches_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
+    # CATALOG rows 1-2: GPU busy in steps 0.54-0.66 (num_workers=0); 0.80-0.84 with first/last 0.56/0.50 (4).
+    starved = _json(capsys, str(external(RESNET0)))
+    assert all(52 <= b <= 69 for b in _busy_per_step(starved))
+    assert starved["breakdown"]["gpu_busy_pct"] == pytest.approx(64.401, abs=0.01)
+    fed = _busy_per_step(
+        _json(capsys, str(external(RESNET0.replace("_0/worker0.1623143566756", "_4/worker0.1623213129365"))))
+    )
+    assert fed[0] == pytest.approx(56, abs=3) and fed[-1] == pytest.approx(50, abs=3)
+    assert all(80 <= b <= 87 for b in fed[1:-1])
+
+
+def test_job_breakdown_is_the_mean_over_ranks_with_the_rank_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    data = _json(capsys, str(external("facebookresearch__param/dlrm_kineto")))
+    job, ranks = data["breakdown"], data["ranks"]
+    assert job["aggregation"] == "mean over ranks"
+    assert set(job) - {"aggregation"} == set(ranks[0]["breakdown"])
+    per_rank = [r["breakdown"]["categories"]["comm_exposed"]["ms_per_step"] for r in ranks]
+    assert job["categories"]["comm_exposed"]["ms_per_step"] == pytest.approx(sum(per_rank) / 8, abs=1e-5)
+    assert job["categories"]["comm_exposed"]["ms_per_step"] == pytest.approx(5.861, abs=0.001)
+    assert job["step_time_ms"]["median"] == pytest.approx(
+        sum(r["breakdown"]["step_time_ms"]["median"] for r in ranks) / 8, abs=1e-3
+    )

@@ -64,6 +64,12 @@ CATEGORY_HELP: dict[str, str] = {
 """One-line meaning of each category, printed next to the numbers (README has more)."""
 
 
+def gpu_busy_pct(totals: dict[str, int]) -> float:
+    """Share of wall time the device was doing any work (compute, exposed comm or copies)."""
+    wall = sum(totals.values())
+    return 100.0 * sum(totals[c] for c in BUSY) / wall if wall else 0.0
+
+
 @dataclass(frozen=True)
 class Layer:
     name: str

@@ -28,7 +28,8 @@ import pandas as pd
 
 from mlprof import __version__
 from mlprof.analysis import Analysis, RankAnalysis
-from mlprof.analyzers.attribution import BUSY, CATEGORIES, CATEGORY_HELP
+from mlprof.analyzers.attribution import CATEGORIES, CATEGORY_HELP, gpu_busy_pct
+from mlprof.analyzers.temporal import TemporalBreakdown
 
 SCHEMA_VERSION = "1.0"
 NS_PER_MS = 1_000_000
@@ -48,10 +49,12 @@ def steps_records(steps: pd.DataFrame) -> list[dict[str, Any]]:
     return records
 
 
-def breakdown_dict(ra: RankAnalysis) -> dict[str, Any]:
-    totals = ra.category_totals()
+def breakdown_dict(
+    totals: dict[str, int], steps: pd.DataFrame, has_device: bool, temporal: TemporalBreakdown | None
+) -> dict[str, Any]:
+    """The ``breakdown`` object; the same shape for one rank and for a job."""
     wall = sum(totals.values())
-    n_steps = max(len(ra.steps), 1)
+    n_steps = max(len(steps), 1)
     cats = {
         c: {
             "ms": _ms(totals[c]),
@@ -61,29 +64,35 @@ def breakdown_dict(ra: RankAnalysis) -> dict[str, Any]:
         }
         for c in CATEGORIES
     }
-    busy = sum(totals[c] for c in BUSY)
-    step_ms = ra.steps["dur"].to_numpy() / NS_PER_MS if len(ra.steps) else np.empty(0)
-    t = ra.temporal
+    step_ms = steps["dur"].to_numpy() / NS_PER_MS if len(steps) else np.empty(0)
     return {
         "wall_ms": _ms(wall),
-        "steps_analysed": len(ra.steps),
+        "steps_analysed": len(steps),
         "step_time_ms": {
             "median": round(float(np.median(step_ms)), 6) if len(step_ms) else None,
             "mean": round(float(step_ms.mean()), 6) if len(step_ms) else None,
             "min": round(float(step_ms.min()), 6) if len(step_ms) else None,
             "max": round(float(step_ms.max()), 6) if len(step_ms) else None,
         },
-        "gpu_busy_pct": round(100.0 * busy / wall, 3) if wall and ra.trace.has_device_activity else None,
+        "gpu_busy_pct": round(gpu_busy_pct(totals), 3) if wall and has_device else None,
         "categories": cats,
-        "trace_level": {
-            "gpu_span_ms": _ms(t.span_ns),
-            "idle_pct": round(t.idle_pct, 3),
-            "compute_pct": round(t.compute_pct, 3),
-            "non_compute_pct": round(t.non_compute_pct, 3),
-            "comm_ms": _ms(t.comm_ns),
-            "comm_comp_overlap_pct": None if t.comm_comp_overlap_pct is None else round(t.comm_comp_overlap_pct, 3),
-        },
+        "trace_level": None if temporal is None else _trace_level(temporal),
     }
+
+
+def _trace_level(t: TemporalBreakdown) -> dict[str, Any]:
+    return {
+        "gpu_span_ms": _ms(t.span_ns),
+        "idle_pct": round(t.idle_pct, 3),
+        "compute_pct": round(t.compute_pct, 3),
+        "non_compute_pct": round(t.non_compute_pct, 3),
+        "comm_ms": _ms(t.comm_ns),
+        "comm_comp_overlap_pct": None if t.comm_comp_overlap_pct is None else round(t.comm_comp_overlap_pct, 3),
+    }
+
+
+def rank_breakdown(ra: RankAnalysis) -> dict[str, Any]:
+    return breakdown_dict(ra.category_totals(), ra.steps, ra.has_device_activity, ra.temporal)
 
 
 def _trace_dict(analysis: Analysis) -> dict[str, Any]:
@@ -103,24 +112,9 @@ def _trace_dict(analysis: Analysis) -> dict[str, Any]:
         "events": sum(ra.trace.meta.num_events for ra in analysis.ranks),
         "step_source": first.step_source,
         "step_filter": analysis.step_filter,
-        "has_device_activity": any(ra.trace.has_device_activity for ra in analysis.ranks),
+        "has_device_activity": analysis.has_device_activity,
         "notes": sorted({n for ra in analysis.ranks for n in ra.trace.meta.notes}),
     }
-
-
-def job_steps(analysis: Analysis) -> pd.DataFrame:
-    """The job's per-step view: each step's categories averaged over ranks."""
-    frames = [ra.steps for ra in analysis.ranks if len(ra.steps)]
-    if not frames:
-        return analysis.ranks[0].steps
-    if len(frames) == 1:
-        return frames[0]
-    stacked = pd.concat(frames, ignore_index=True)
-    cols = ["dur", *CATEGORIES]
-    grouped = stacked.groupby("step", sort=True)
-    mean = grouped[cols].mean().round().astype(np.int64)
-    mean.insert(0, "ts", grouped["ts"].min())
-    return mean.reset_index()
 
 
 def to_json_dict(analysis: Analysis) -> dict[str, Any]:
@@ -130,7 +124,7 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
             "path": ra.trace.meta.path,
             "step_source": ra.trace.meta.step_source,
             "steps": steps_records(ra.steps),
-            "breakdown": breakdown_dict(ra),
+            "breakdown": rank_breakdown(ra),
             "notes": ra.notes,
         }
         for ra in analysis.ranks
@@ -139,8 +133,10 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         top_steps = ranks[0]["steps"]
         top_breakdown = ranks[0]["breakdown"]
     else:
-        top_steps = steps_records(job_steps(analysis))
-        top_breakdown = _job_breakdown(analysis)
+        job_steps = analysis.job_steps()
+        top_steps = steps_records(job_steps)
+        top_breakdown = breakdown_dict(analysis.category_totals(), job_steps, analysis.has_device_activity, None)
+        top_breakdown["aggregation"] = "mean over ranks"
     findings = [f.to_dict() if hasattr(f, "to_dict") else f for ra in analysis.ranks for f in ra.findings]
     notes = sorted({n for ra in analysis.ranks for n in ra.notes})
     return {
@@ -152,24 +148,4 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         "ranks": ranks,
         "findings": findings,
         "notes": notes,
-    }
-
-
-def _job_breakdown(analysis: Analysis) -> dict[str, Any]:
-    totals = {c: sum(ra.category_totals()[c] for ra in analysis.ranks) for c in CATEGORIES}
-    wall = sum(totals.values())
-    per_rank_busy = [breakdown_dict(ra)["gpu_busy_pct"] for ra in analysis.ranks]
-    busy_values = [b for b in per_rank_busy if b is not None]
-    return {
-        "wall_ms": _ms(wall),
-        "aggregation": "sum over ranks",
-        "categories": {
-            c: {
-                "ms": _ms(totals[c]),
-                "pct": round(100.0 * totals[c] / wall, 3) if wall else 0.0,
-                "meaning": CATEGORY_HELP[c],
-            }
-            for c in CATEGORIES
-        },
-        "gpu_busy_pct": round(float(np.mean(busy_values)), 3) if busy_values else None,
     }

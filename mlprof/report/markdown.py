@@ -21,7 +21,7 @@ def render_markdown(analysis: Analysis) -> str:
     lines += ["", "| category | ms/step | % of wall | meaning |", "|---|---:|---:|---|"]
     for c in CATEGORIES:
         e = bd["categories"][c]
-        lines.append(f"| {c} | {e.get('ms_per_step', e['ms']):.2f} | {e['pct']:.1f} | {e['meaning']} |")
+        lines.append(f"| {c} | {e['ms_per_step']:.2f} | {e['pct']:.1f} | {e['meaning']} |")
     if data["findings"]:
         lines += [
             "",

@@ -59,12 +59,12 @@ def render_text(analysis: Analysis, console: Console) -> None:
 def _category_table(bd: dict[str, Any]) -> Table:
     table = Table(title="Where the time goes", title_justify="left")
     table.add_column("category")
-    table.add_column("ms/step" if "ms_per_step" in bd["categories"]["compute"] else "ms", justify="right")
+    table.add_column("ms/step", justify="right")
     table.add_column("% of wall", justify="right")
     table.add_column("meaning")
     for c in CATEGORIES:
         entry = bd["categories"][c]
-        value = entry.get("ms_per_step", entry["ms"])
+        value = entry["ms_per_step"]
         table.add_row(c, f"{value:.2f}", f"{entry['pct']:.1f}", entry["meaning"])
     return table
 
