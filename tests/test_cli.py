@@ -129,6 +129,8 @@ def test_job_breakdown_is_the_mean_over_ranks_with_the_rank_shape(capsys: pytest
     data = _json(capsys, str(external("facebookresearch__param/dlrm_kineto")))
     job, ranks = data["breakdown"], data["ranks"]
     assert job["aggregation"] == "mean over ranks"
+    assert main(["analyze", str(external("facebookresearch__param/dlrm_kineto"))]) == 0
+    assert "job figures below: mean over ranks" in capsys.readouterr().out
     assert set(job) - {"aggregation"} == set(ranks[0]["breakdown"])
     per_rank = [r["breakdown"]["categories"]["comm_exposed"]["ms_per_step"] for r in ranks]
     assert job["categories"]["comm_exposed"]["ms_per_step"] == pytest.approx(sum(per_rank) / 8, abs=1e-5)

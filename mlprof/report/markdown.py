@@ -13,6 +13,8 @@ def render_markdown(analysis: Analysis) -> str:
     lines = [f"## mlprof: `{tr['path']}`", ""]
     device = tr["devices"][0]["name"] if tr["devices"] else "unknown device"
     lines.append(f"{tr['format']} trace, {len(tr['ranks'])} rank(s), {device}; steps found by {tr['step_source']}.")
+    if bd.get("aggregation"):
+        lines.append(f"Job figures are the {bd['aggregation']}.")
     st = bd.get("step_time_ms") or {}
     if st.get("median") is not None:
         lines.append(f"Median step time **{st['median']:.2f} ms** over {bd['steps_analysed']} steps.")

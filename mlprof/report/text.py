@@ -37,6 +37,8 @@ def render_text(analysis: Analysis, console: Console) -> None:
         f"{tr['json_bytes'] / 1e6:.1f} MB JSON, {tr['events']:,} events"
     )
     console.print(f"  steps found by: {tr['step_source']}")
+    if bd.get("aggregation"):
+        console.print(f"  job figures below: {bd['aggregation']} (per-rank table at the end)")
     st = bd.get("step_time_ms") or {}
     if st.get("median") is not None:
         console.print(
