@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
+
+from mlprof.trace import Trace
+from mlprof.trace.model import TABLES
 
 EXTERNAL = Path(__file__).resolve().parents[1].parent / "shared" / "external_traces"
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
@@ -41,3 +45,15 @@ def X(cat: str, name: str, ts: float, dur: float, pid: Any = 1, tid: Any = 1, **
 
 def kernel(name: str, ts: float, dur: float, stream: int = 7, corr: int = 0) -> dict[str, Any]:
     return X("kernel", name, ts, dur, pid=0, tid=stream, device=0, stream=stream, correlation=corr)
+
+
+def assert_same_tables(a: Trace, b: Trace, *, meta: bool = True) -> None:
+    """Every table identical (values, dtypes, order); with ``meta``, what the reader saw too."""
+    for name in TABLES:
+        pd.testing.assert_frame_equal(a.table(name), b.table(name), obj=name)
+    if meta:
+        assert a.meta.num_events == b.meta.num_events
+        assert a.meta.rank == b.meta.rank
+        assert a.meta.devices == b.meta.devices
+        assert a.meta.notes == b.meta.notes
+        assert a.meta.step_source == b.meta.step_source

@@ -28,19 +28,12 @@ import mlprof.trace.jsonstream as jsonstream
 from mlprof.cli import main
 from mlprof.errors import BadInputError
 from mlprof.trace import load_job, load_trace
-from mlprof.trace.model import TABLES, Trace
+
+from conftest import X, assert_same_tables
 
 # ---- helpers: a small valid Kineto trace ---------------------------------------------
 
 BASE_US = 1_712_195_495_505_000
-
-
-def X(cat: str, name: str, ts: float, dur: float, pid: Any = 1, tid: Any = 1, **args: Any) -> dict[str, Any]:
-    """A complete ("X") event, times in microseconds like Kineto writes them."""
-    ev: dict[str, Any] = {"ph": "X", "cat": cat, "name": name, "pid": pid, "tid": tid, "ts": ts, "dur": dur}
-    if args:
-        ev["args"] = args
-    return ev
 
 
 def memory_event(ts: float, addr: int, nbytes: int, total: int) -> dict[str, Any]:
@@ -162,18 +155,6 @@ def snapshot(path: Path) -> Any:
     except OSError:
         data = None
     return (data, st.st_mode, st.st_size, st.st_mtime_ns)
-
-
-def tables_equal(a: Trace, b: Trace) -> None:
-    for name in (*TABLES, "threads"):
-        pd.testing.assert_frame_equal(
-            a.table(name) if name != "threads" else a.threads, b.table(name) if name != "threads" else b.threads
-        )
-    assert a.meta.num_events == b.meta.num_events
-    assert a.meta.rank == b.meta.rank
-    assert a.meta.devices == b.meta.devices
-    assert a.meta.notes == b.meta.notes
-    assert a.meta.step_source == b.meta.step_source
 
 
 # ---- bad inputs --------------------------------------------------------------------
@@ -567,7 +548,7 @@ def test_gzip_named_json_and_plain_named_gz(tmp_path: Path, capsys: pytest.Captu
     a.write_bytes(gzip.compress(plain))
     b = tmp_path / "b.json.gz"
     b.write_bytes(plain)
-    tables_equal(load_trace(a), load_trace(b))
+    assert_same_tables(load_trace(a), load_trace(b))
     analyze_json(capsys, a)
     analyze_json(capsys, b)
 
@@ -652,8 +633,7 @@ def test_utf8_byte_order_mark(shape: str, suffix: str, tmp_path: Path, capsys: p
     ref = load_trace(write_json(tmp_path / f"ref{suffix}", doc))
     path = write_bytes(tmp_path / f"bom{suffix}", b"\xef\xbb\xbf" + json.dumps(doc, indent=1).encode())
     trace = load_trace(path)
-    for name in TABLES:
-        pd.testing.assert_frame_equal(trace.table(name), ref.table(name))
+    assert_same_tables(trace, ref, meta=False)
     assert not trace.meta.notes
     analyze_json(capsys, path)
 
@@ -791,8 +771,7 @@ def test_bare_json_array_of_events(tmp_path: Path, capsys: pytest.CaptureFixture
     ref = load_trace(write_json(tmp_path / "ref.json", trace_doc(events)))
     path = write_json(tmp_path / "bare.json", events)
     trace = load_trace(path)
-    for name in TABLES:
-        pd.testing.assert_frame_equal(trace.table(name), ref.table(name))
+    assert_same_tables(trace, ref, meta=False)
     analyze_json(capsys, path)
 
 
@@ -816,7 +795,7 @@ def test_minified_one_line(suffix: str, tmp_path: Path, capsys: pytest.CaptureFi
     assert b"\n" not in raw
     assert b"},{" in raw
     mini = load_trace(path)
-    tables_equal(mini, pretty)
+    assert_same_tables(mini, pretty)
     assert mini.meta.rank == 3
     analyze_json(capsys, path)
 
@@ -913,7 +892,7 @@ def test_sliced_read_equals_unsliced(
     monkeypatch.setattr(jsonstream, "_cut_and_decode", counting)
     sliced = load_trace(path)
     assert sum(calls) >= 3, "the reader never cut the trace into slices"
-    tables_equal(sliced, whole)
+    assert_same_tables(sliced, whole)
     assert sliced.meta.base_time_ns == whole.meta.base_time_ns
 
 
@@ -939,7 +918,7 @@ def test_sliced_read_with_invalid_utf8_and_junk_events(tmp_path: Path, monkeypat
     monkeypatch.setattr(jsonstream, "BLOCK_BYTES", 1024)
     monkeypatch.setattr(jsonstream, "_cut_and_decode", counting)
     sliced = load_trace(path)
-    tables_equal(sliced, whole)
+    assert_same_tables(sliced, whole)
     # A junk event early in the file must not stop the streaming (whole rest read into memory).
     assert sum(calls) >= len(data) // 4096 // 2, calls
     assert "brace \ufffd soup }}},{{{ ]],[[" in set(whole.host["name"].astype(str))
@@ -1129,15 +1108,14 @@ def _plain_trace_with(tmp_path: Path, at: int, extra: list[Any], bad_utf8: bool)
 def test_parallel_reader_with_junk_events(tmp_path: Path) -> None:
     junk = [{"ph": "X", "cat": "cpu_op", "name": "args is a list", "ts": BASE_US, "dur": 1, "args": [1]}]
     path = _plain_trace_with(tmp_path, 500, junk, bad_utf8=False)
-    tables_equal(load_trace(path, workers=2), load_trace(path, workers=1))
+    assert_same_tables(load_trace(path, workers=2), load_trace(path, workers=1))
 
 
 @pytest.mark.usefixtures("parallel_small_slices")
 def test_parallel_reader_with_bad_utf8_tables(tmp_path: Path) -> None:
     path = _plain_trace_with(tmp_path, 500, [], bad_utf8=True)
     par, seq = load_trace(path, workers=2), load_trace(path, workers=1)
-    for name in TABLES:
-        pd.testing.assert_frame_equal(par.table(name), seq.table(name))
+    assert_same_tables(par, seq, meta=False)
     assert "bad \ufffd utf8" in set(par.host["name"].astype(str)) | set(par.gpu["name"].astype(str))
 
 
@@ -1151,7 +1129,7 @@ def test_parallel_reader_keeps_the_utf8_note(tmp_path: Path) -> None:
 def test_parallel_reader_with_bad_utf8_then_junk_in_one_slice(tmp_path: Path) -> None:
     junk = [{"ph": "X", "cat": "cpu_op", "name": "args is a list", "ts": BASE_US, "dur": 1, "args": [1]}]
     path = _plain_trace_with(tmp_path, 500, junk, bad_utf8=True)
-    tables_equal(load_trace(path, workers=2), load_trace(path, workers=1))
+    assert_same_tables(load_trace(path, workers=2), load_trace(path, workers=1))
 
 
 def test_output_onto_the_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

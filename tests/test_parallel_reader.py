@@ -6,17 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mlprof.trace import Trace, load_trace
-from mlprof.trace.model import TABLES
+from mlprof.trace import load_trace
 
-from conftest import X, external, kernel, write_trace
-
-
-def _same(a: Trace, b: Trace) -> None:
-    for name in (*TABLES, "threads"):
-        x, y = a.table(name) if name != "threads" else a.threads, b.table(name) if name != "threads" else b.threads
-        assert x.astype(str).equals(y.astype(str)), name
-    assert a.meta.num_events == b.meta.num_events
+from conftest import X, assert_same_tables, external, kernel, write_trace
 
 
 @pytest.fixture
@@ -29,7 +21,7 @@ def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("small_slices")
 def test_parallel_equals_sequential_on_a_real_trace() -> None:
     path = external("hta/tests/data/nccl_parser_config/nccl_data.json.gz")
-    _same(load_trace(path, workers=1), load_trace(path, workers=2))
+    assert_same_tables(load_trace(path, workers=1), load_trace(path, workers=2))
 
 
 @pytest.mark.usefixtures("small_slices")
@@ -41,5 +33,5 @@ def test_bad_textual_cut_falls_back_to_sequential(tmp_path: Path) -> None:
         events.append(kernel("k }, {", i * 3 + 1, 1))
     path = write_trace(tmp_path / "weird.json", events)
     parallel = load_trace(path, workers=2)
-    _same(load_trace(path, workers=1), parallel)
+    assert_same_tables(load_trace(path, workers=1), parallel)
     assert len(parallel.host) == 3001

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,7 +30,9 @@ import mlprof.trace.jsonstream as jsonstream
 from mlprof.cli import main
 from mlprof.errors import BadInputError
 from mlprof.trace import load_trace
-from mlprof.trace.model import TABLES, Trace
+from mlprof.trace.model import Trace
+
+from conftest import X, assert_same_tables
 
 FUZZ = settings(
     max_examples=int(os.environ.get("MLPROF_FUZZ_EXAMPLES", "120")),
@@ -44,13 +45,6 @@ BASE_US = 1_712_195_495_505_000
 
 
 # ---- a small valid trace -------------------------------------------------------------
-
-
-def _x(cat: str, name: str, ts: float, dur: float, pid: Any = 1, tid: Any = 1, **args: Any) -> dict[str, Any]:
-    ev: dict[str, Any] = {"ph": "X", "cat": cat, "name": name, "pid": pid, "tid": tid, "ts": ts, "dur": dur}
-    if args:
-        ev["args"] = args
-    return ev
 
 
 def _memory(ts: float, nbytes: int, total: int) -> dict[str, Any]:
@@ -72,11 +66,11 @@ def valid_trace_events() -> list[dict[str, Any]]:
         t0 = BASE_US + (step - 1) * 1000
         corr = 40 + step
         events += [
-            _x("user_annotation", f"ProfilerStep#{step}", t0, 900),
-            _x("cpu_op", "aten::linear", t0 + 10, 300, **{"External id": step, "Input Dims": [[8, 16], [16]]}),
-            _x("cpu_op", "aten::mm", t0 + 20, 200, **{"External id": step + 10}),
-            _x("cuda_runtime", "cudaLaunchKernel", t0 + 30, 15.5, correlation=corr, **{"External id": step + 10}),
-            _x(
+            X("user_annotation", f"ProfilerStep#{step}", t0, 900),
+            X("cpu_op", "aten::linear", t0 + 10, 300, **{"External id": step, "Input Dims": [[8, 16], [16]]}),
+            X("cpu_op", "aten::mm", t0 + 20, 200, **{"External id": step + 10}),
+            X("cuda_runtime", "cudaLaunchKernel", t0 + 30, 15.5, correlation=corr, **{"External id": step + 10}),
+            X(
                 "kernel",
                 "ampere_sgemm_64x32_nn",
                 t0 + 60.25,
@@ -88,8 +82,8 @@ def valid_trace_events() -> list[dict[str, Any]]:
                 correlation=corr,
                 **{"External id": step + 10},
             ),
-            _x("cuda_runtime", "cudaMemcpyAsync", t0 + 400, 8, correlation=corr + 100),
-            _x(
+            X("cuda_runtime", "cudaMemcpyAsync", t0 + 400, 8, correlation=corr + 100),
+            X(
                 "gpu_memcpy",
                 "Memcpy DtoH (Device -> Pinned)",
                 t0 + 410,
@@ -412,15 +406,6 @@ def random_traces(draw: st.DrawFn) -> tuple[bytes, str]:
     return (gzip.compress(data) if suffix.endswith(".gz") else data), suffix
 
 
-def same_tables(a: Trace, b: Trace) -> None:
-    for name in TABLES:
-        pd.testing.assert_frame_equal(a.table(name), b.table(name))
-    pd.testing.assert_frame_equal(a.threads, b.threads)
-    assert a.meta.num_events == b.meta.num_events
-    assert a.meta.notes == b.meta.notes
-    assert a.meta.rank == b.meta.rank
-
-
 def load_or_bad_input(path: Path) -> Trace | None:
     try:
         return load_trace(path)
@@ -444,7 +429,7 @@ def test_random_events_load_or_bad_input(case: tuple[bytes, str]) -> None:
         assert sliced is None, "the sliced reader accepted what the whole read rejected"
         return
     assert sliced is not None, "the sliced reader rejected what the whole read accepted"
-    same_tables(whole, sliced)
+    assert_same_tables(whole, sliced)
     for name in ("gpu", "runtime", "host", "gpu_annotations"):
         table = whole.table(name)
         assert (table["dur"] >= 0).all()

@@ -51,13 +51,17 @@ class SymbolTable:
         return mapping[local_codes]
 
     def categorical(self, codes: np.ndarray) -> pd.Categorical:
-        """A pandas Categorical over the table's strings, sharing the codes array."""
+        """A pandas Categorical of the strings present, categories sorted.
+
+        Sorting makes the tables independent of the order strings were first met,
+        so a trace read by worker processes is identical to one read sequentially.
+        """
         used = np.unique(codes)
-        # Remap to only the categories present, so value_counts/groupby stay small.
+        strings = np.array([self.strings[i] for i in used], dtype=object)
+        order = np.argsort(strings, kind="stable")
         remap = np.zeros(len(self.strings), dtype=np.int32)
-        remap[used] = np.arange(len(used), dtype=np.int32)
-        categories = [self.strings[i] for i in used]
-        return pd.Categorical.from_codes(remap[codes], categories=categories)
+        remap[used[order]] = np.arange(len(used), dtype=np.int32)
+        return pd.Categorical.from_codes(remap[codes], categories=strings[order].tolist())
 
 
 def _text(value: Any) -> str:

@@ -30,6 +30,8 @@ strings become -1).
     group_size, dtype, pg_name, seq
 ``steps`` (training steps found by :mod:`mlprof.trace.steps`)
     step, name, ts, end, dur
+``threads`` (``process_name``/``thread_name``/... metadata events)
+    kind, pid, tid, value
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ TABLES: tuple[str, ...] = (
     "flows",
     "collectives",
     "steps",
+    "threads",
 )
 
 
