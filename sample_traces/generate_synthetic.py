@@ -411,6 +411,13 @@ _CBID = {
 # ---------------------------------------------------------------------------------------------
 # Scenarios
 # ---------------------------------------------------------------------------------------------
+def launch_batch_copy(b: TraceBuilder, at: int, ext: int) -> None:
+    """The input batch's 4 MiB pageable HtoD copy: a 20 us cudaMemcpyAsync, 50 us on the GPU."""
+    b.launch(
+        at, 20 * US, ext, name=MEMCPY_HTOD, kind="memcpy", device_dur=50 * US, latency=5 * US, args={"bytes": 4 * MIB}
+    )
+
+
 def training_step(
     b: TraceBuilder,
     start: int,
@@ -435,16 +442,7 @@ def training_step(
     t = start + data
     ext = b.op("aten::to", t, 50 * US)
     b.op("aten::copy_", t + 2 * US, 46 * US)
-    b.launch(
-        t + 5 * US,
-        20 * US,
-        ext,
-        name=MEMCPY_HTOD,
-        kind="memcpy",
-        device_dur=50 * US,
-        latency=5 * US,
-        args={"bytes": 4 * MIB},
-    )
+    launch_batch_copy(b, t + 5 * US, ext)
     times["to"] = t + 1 * US
     t += 50 * US
     for phase, ops in (("forward", FORWARD), ("backward", BACKWARD), ("optimizer", OPTIMIZER)):
@@ -495,16 +493,7 @@ def scenario_sync_point() -> TraceBuilder:
         s = t
         b.annotation(DATALOADER_NEXT, s, 150 * US)
         ext = b.op("aten::to", s + 150 * US, 50 * US)
-        b.launch(
-            s + 155 * US,
-            20 * US,
-            ext,
-            name=MEMCPY_HTOD,
-            kind="memcpy",
-            device_dur=50 * US,
-            latency=5 * US,
-            args={"bytes": 4 * MIB},
-        )
+        launch_batch_copy(b, s + 155 * US, ext)
         h = s + 200 * US
         for (op_name, kernel, _), kdur in zip(FORWARD, (1000, 200, 1000, 300), strict=True):
             ext = b.op(op_name, h, 40 * US)
