@@ -14,6 +14,7 @@ import pandas as pd
 
 from mlprof.analyzers.attribution import CATEGORIES, attribute_span, attribute_steps
 from mlprof.analyzers.temporal import TemporalBreakdown, temporal_breakdown
+from mlprof.errors import UsageError
 from mlprof.trace.model import Trace
 
 
@@ -81,9 +82,10 @@ class Analysis:
 
 def select_steps(steps: pd.DataFrame, spec: str | None) -> pd.DataFrame:
     """Keep the steps named by ``spec``: ``"16"``, ``"16-18"``, ``"16,18"``, ``"17-"``."""
-    if spec is None or len(steps) == 0:
+    if spec is None:
         return steps
-    from mlprof.errors import UsageError
+    if len(steps) == 0:
+        raise UsageError(f"--steps {spec}: the trace has no steps to select (see the step_source note)")
 
     wanted = np.zeros(len(steps), dtype=bool)
     numbers = steps["step"].to_numpy()

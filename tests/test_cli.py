@@ -138,3 +138,9 @@ def test_job_breakdown_is_the_mean_over_ranks_with_the_rank_shape(capsys: pytest
     assert job["step_time_ms"]["median"] == pytest.approx(
         sum(r["breakdown"]["step_time_ms"]["median"] for r in ranks) / 8, abs=1e-3
     )
+
+
+def test_steps_on_a_trace_without_steps_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(external("AMD-AGI__TraceLens/b200/eager_trace.json.gz"))  # no step markers at all
+    assert main(["analyze", path, "--steps", "3"]) == 2
+    assert "the trace has no steps to select" in capsys.readouterr().err

@@ -35,3 +35,14 @@ def test_bad_textual_cut_falls_back_to_sequential(tmp_path: Path) -> None:
     parallel = load_trace(path, workers=2)
     assert_same_tables(load_trace(path, workers=1), parallel)
     assert len(parallel.host) == 3001
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_workers_that_cannot_start_fall_back_to_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fault path we cannot cause for real here: the OS refusing to fork.
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr("mlprof.trace.loader.read_parallel", refuse)
+    path = external("hta/tests/data/trace_filter/sampled_rank-0.json.gz")
+    assert_same_tables(load_trace(path, workers=2), load_trace(path, workers=1))

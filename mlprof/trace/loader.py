@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import re
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,10 @@ def _read_tables(
         try:
             header, stats = read_parallel(path, builder, on_progress, workers)
             return builder, header, stats
-        except SliceFailed:
-            pass  # a textual cut was wrong: the sequential reader validates every cut
+        except (SliceFailed, BrokenProcessPool, OSError):
+            # A textual cut was wrong, or no worker could be started: the sequential
+            # reader validates every cut and reports real read errors itself.
+            pass
     builder = TableBuilder()
     header, stats = read_trace_events(path, builder.add, on_progress)
     return builder, header, stats
