@@ -17,6 +17,8 @@ from mlprof.errors import BadInputError
 from mlprof.trace.build import OLD_FORMAT_CATS, TableBuilder
 from mlprof.trace.jsonstream import ProgressCallback, StreamStats, is_gzip, read_trace_events
 from mlprof.trace.model import DeviceInfo, Trace, TraceMeta
+from mlprof.trace.nsys import REPORT_SUFFIXES as NSYS_REPORT_SUFFIXES
+from mlprof.trace.nsys import load_nsys
 from mlprof.trace.parallel import PARALLEL_MIN_JSON_BYTES, SliceFailed, default_workers, read_parallel
 from mlprof.trace.steps import find_steps
 
@@ -32,19 +34,18 @@ def load_trace(
     step_marker: str | None = None,
     workers: int | None = None,
 ) -> Trace:
-    """Read one trace file (``.json``, ``.json.gz``) into the columnar model.
+    """Read one trace file (``.json``, ``.json.gz``, an Nsight Systems ``.sqlite`` export) into the columnar model.
 
-    Large files are decoded by ``workers`` processes (default: up to 4, one per
-    core); ``workers=1`` reads in this process only.
+    SQLite files (by their magic bytes) and ``.nsys-rep`` reports go to
+    :func:`mlprof.trace.nsys.load_nsys`. Large JSON files are decoded by ``workers``
+    processes (default: up to 4, one per core); ``workers=1`` reads in this process only.
     """
     path = Path(path)
     _check_file(path)
     with path.open("rb") as fh:
         magic = fh.read(16)
-    if magic.startswith(_SQLITE_MAGIC):
-        raise BadInputError(
-            f"{path}: an SQLite file (Nsight Systems export?); mlprof reads PyTorch profiler JSON traces here"
-        )
+    if magic.startswith(_SQLITE_MAGIC) or path.name.endswith(NSYS_REPORT_SUFFIXES):
+        return load_nsys(path, step_marker=step_marker)
     if magic.startswith(b"PK\x03\x04"):
         raise BadInputError(f"{path}: a zip archive, not a trace; unpack it first")
     # Millions of short-lived objects, no cycles: generational GC passes only cost time.
