@@ -36,14 +36,14 @@ def to_float(values: pd.Series) -> np.ndarray:
     text = values.astype(str).str.strip()
     text = text.str.replace(r"\s*(%|MiB|GiB|KiB|MB|W|MHz|C|B/s|KB/s)$", "", regex=True)
     text = text.mask(text.str.fullmatch(MISSING_VALUES.pattern, case=False), None)
-    return pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
+    return pd.to_numeric(text, errors="coerce").to_numpy(np.float64, copy=True)
 
 
 def hex_or_float(values: pd.Series) -> np.ndarray:
     """Bitmasks written as ``0x0000000000000004`` (nvidia-smi) or as plain numbers."""
     text = values.astype(str).str.strip()
     is_hex = text.str.match(r"^0[xX][0-9a-fA-F]+$")
-    out = to_float(values.where(~is_hex, "nan"))
+    out = to_float(values.where(~is_hex, "nan")).copy()
     if is_hex.any():
         out[is_hex.to_numpy()] = [float(int(h, 16)) for h in text[is_hex]]
     return out
