@@ -1,0 +1,68 @@
+"""The few lines printed when a profiled run ends: is this run healthy, and what to fix first.
+
+It runs the same analysis as ``mlprof analyze`` on the trace just written. Any failure
+becomes one line saying so: the summary must never raise into the training script.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+GPU_BUSY = ("compute", "comm_exposed", "memcpy_exposed")
+TOP_CATEGORIES = 3
+TOP_FINDINGS = 3
+
+
+def summary_lines(trace_path: Path) -> list[str]:
+    """Analyse ``trace_path`` and describe it in a few lines (raises on unreadable input)."""
+    from mlprof.analysis import analyze_trace
+    from mlprof.analyzers.attribution import CATEGORIES
+    from mlprof.trace.loader import load_trace
+
+    ra = analyze_trace(load_trace(trace_path, workers=1))
+    lines = [f"mlprof: {trace_path}"]
+    totals = ra.category_totals()
+    wall = sum(totals[c] for c in CATEGORIES)
+    if len(ra.steps):
+        dur = ra.steps["dur"]
+        lines.append(
+            f"  {len(ra.steps)} steps ({ra.trace.meta.step_source}): step time median {dur.median() / 1e6:.2f} ms, "
+            f"mean {dur.mean() / 1e6:.2f} ms, min {dur.min() / 1e6:.2f} ms, max {dur.max() / 1e6:.2f} ms"
+        )
+    else:
+        lines.append(f"  no steps found; the whole trace ({wall / 1e6:.2f} ms) is one window")
+    if wall > 0:
+        busy = sum(totals[c] for c in GPU_BUSY) / wall * 100
+        device = "" if ra.has_device_activity else " (no GPU activity recorded)"
+        lines.append(f"  GPU busy {busy:.1f}%{device}")
+        top = sorted(CATEGORIES, key=lambda c: -totals[c])[:TOP_CATEGORIES]
+        lines.append("  top: " + ", ".join(f"{c} {totals[c] / wall * 100:.1f}%" for c in top if totals[c] > 0))
+    for finding in list(ra.findings)[:TOP_FINDINGS]:
+        lines.append("  finding: " + _finding_line(finding))
+    return lines
+
+
+def _finding_line(finding: Any) -> str:
+    d = finding.to_dict() if hasattr(finding, "to_dict") else dict(finding)
+    speedup = d.get("expected_speedup")
+    tail = f" (expected speedup {speedup:.2f}x)" if isinstance(speedup, int | float) else ""
+    return f"[{d.get('rule', '?')}] {d.get('title', '')}{tail}"
+
+
+def print_summary(trace_path: Path, stream: TextIO | None = None) -> bool:
+    """Print the summary; True if it was printed, False (and one line why) if not. Never raises."""
+    out = stream if stream is not None else sys.stdout
+    try:
+        text = "\n".join(summary_lines(trace_path))
+    except Exception as exc:
+        text = f"mlprof: no summary for {trace_path} ({type(exc).__name__}: {exc})"
+        ok = False
+    else:
+        ok = True
+    try:
+        print(text, file=out, flush=True)
+    except Exception:
+        return False
+    return ok
