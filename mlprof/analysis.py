@@ -13,8 +13,13 @@ import numpy as np
 import pandas as pd
 
 from mlprof.analyzers.attribution import CATEGORIES, attribute_span, attribute_steps
+from mlprof.analyzers.causes import attribute_causes
+from mlprof.analyzers.rank_skew import RankSkew, rank_skew
 from mlprof.analyzers.temporal import TemporalBreakdown, temporal_breakdown
 from mlprof.errors import UsageError
+from mlprof.rules.base import RankContext
+from mlprof.rules.config import RuleConfig
+from mlprof.rules.engine import Diagnosis, diagnose
 from mlprof.trace.model import Trace
 
 
@@ -29,7 +34,17 @@ class RankAnalysis:
     """Attribution of the whole trace span when no steps were found."""
     temporal: TemporalBreakdown
     findings: list[Any] = field(default_factory=list)
+    """This rank's findings (ranked); the job's merged findings are on :class:`Analysis`."""
     notes: list[str] = field(default_factory=list)
+    causes: pd.DataFrame | None = None
+    """ns per cause per analysed window (see :mod:`mlprof.analyzers.causes`)."""
+    diagnosis: Diagnosis | None = None
+    """Set when this rank was analysed alone (:func:`analyze_trace`)."""
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """First and last instant of host or device activity in the trace."""
+        return _trace_span(self.trace)
 
     @property
     def rank(self) -> int:
@@ -53,6 +68,12 @@ class Analysis:
     path: str
     ranks: list[RankAnalysis]
     step_filter: str | None = None
+    diagnosis: Diagnosis | None = None
+    skew: RankSkew | None = None
+
+    @property
+    def findings(self) -> list[Any]:
+        return self.diagnosis.findings if self.diagnosis is not None else []
 
     @property
     def has_device_activity(self) -> bool:
@@ -106,7 +127,17 @@ def select_steps(steps: pd.DataFrame, spec: str | None) -> pd.DataFrame:
     return steps[wanted].reset_index(drop=True)
 
 
-def analyze_trace(trace: Trace, steps_spec: str | None = None) -> RankAnalysis:
+def analyze_trace(trace: Trace, steps_spec: str | None = None, config: RuleConfig | None = None) -> RankAnalysis:
+    """Measure one rank and run the rules on it alone."""
+    ra = measure_trace(trace, steps_spec)
+    diagnosis = _diagnose([ra], None, config or RuleConfig())
+    ra.findings = diagnosis.findings
+    ra.diagnosis = diagnosis
+    return ra
+
+
+def measure_trace(trace: Trace, steps_spec: str | None = None) -> RankAnalysis:
+    """The measurements of one rank (attribution, temporal breakdown), no rules."""
     steps = select_steps(trace.steps, steps_spec)
     attribution = attribute_steps(trace, steps)
     whole = None
@@ -137,5 +168,29 @@ def _trace_span(trace: Trace) -> tuple[int, int]:
     return (min(starts), max(ends)) if starts else (0, 0)
 
 
-def analyze_job(traces: list[Trace], path: str, steps_spec: str | None = None) -> Analysis:
-    return Analysis(path=path, ranks=[analyze_trace(t, steps_spec) for t in traces], step_filter=steps_spec)
+def analyze_job(
+    traces: list[Trace], path: str, steps_spec: str | None = None, config: RuleConfig | None = None
+) -> Analysis:
+    """Measure every rank, match collectives across ranks, and run the rules on the job."""
+    ranks = [measure_trace(t, steps_spec) for t in traces]
+    skew = rank_skew(traces)
+    diagnosis = _diagnose(ranks, skew, config or RuleConfig())
+    for ra, findings in zip(ranks, diagnosis.per_rank, strict=True):
+        ra.findings = sorted(findings, key=lambda f: -f.expected_speedup)
+    return Analysis(path=path, ranks=ranks, step_filter=steps_spec, diagnosis=diagnosis, skew=skew)
+
+
+def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConfig) -> Diagnosis:
+    contexts = []
+    for ra in ranks:
+        if len(ra.steps):
+            starts = ra.steps["ts"].to_numpy(np.int64)
+            ends = starts + ra.steps["dur"].to_numpy(np.int64)
+        else:
+            lo, hi = ra.span
+            starts, ends = np.array([lo], np.int64), np.array([max(hi, lo)], np.int64)
+        wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
+        ra.causes = attribute_causes(ra.trace, starts, ends, comm_wait=wait)
+        contexts.append(RankContext(ra, ra.causes))
+    world = ranks[0].trace.meta.world_size if ranks else None
+    return diagnose(contexts, config, skew, world)

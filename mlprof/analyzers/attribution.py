@@ -118,13 +118,22 @@ def build_layers(trace: Trace) -> list[Layer]:
 
 def _drain_windows(sync_rt: pd.DataFrame, launch_rt: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """From each sync call's end to the next launch on the same host thread."""
+    starts, ends, _ = drain_after(sync_rt, launch_rt)
+    return starts, ends
+
+
+def drain_after(sync_rt: pd.DataFrame, launch_rt: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drain windows (sync end -> next launch, same thread) and the row position in ``sync_rt`` of each."""
     starts: list[np.ndarray] = []
     ends: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    empty = np.empty(0, np.int64)
     if len(sync_rt) == 0 or len(launch_rt) == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return empty, empty, empty
     launches_by_tid = {
         tid: np.sort(frame["ts"].to_numpy(np.int64)) for tid, frame in launch_rt.groupby("tid", observed=True)
     }
+    positions = pd.Series(np.arange(len(sync_rt)), index=sync_rt.index)
     for tid, frame in sync_rt.groupby("tid", observed=True):
         launch_ts = launches_by_tid.get(tid)
         if launch_ts is None or len(launch_ts) == 0:
@@ -134,9 +143,10 @@ def _drain_windows(sync_rt: pd.DataFrame, launch_rt: pd.DataFrame) -> tuple[np.n
         has_next = nxt < len(launch_ts)
         starts.append(sync_end[has_next])
         ends.append(launch_ts[nxt[has_next]])
+        rows.append(positions.loc[frame.index].to_numpy(np.int64)[has_next])
     if not starts:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(starts), np.concatenate(ends)
+        return empty, empty, empty
+    return np.concatenate(starts), np.concatenate(ends), np.concatenate(rows)
 
 
 def attribute_windows(layers: list[Layer], win_starts: np.ndarray, win_ends: np.ndarray) -> np.ndarray:

@@ -29,6 +29,12 @@ LAUNCH_RUNTIME = re.compile(
 )
 """Host calls that put work on a device queue."""
 
+ALLOC_RUNTIME = re.compile(
+    r"^(cuda|hip)(Malloc|Free|MallocAsync|FreeAsync|MallocHost|FreeHost|HostAlloc|ExtMallocWithFlags)(_v2)?$"
+    r"|^cu(MemAlloc|MemFree|MemAllocAsync|MemFreeAsync|MemHostAlloc|MemFreeHost)(_v2)?$"
+)
+"""Device allocator calls; ``cudaFree`` also waits for the device, so steady-state calls cost twice."""
+
 DATALOADER = re.compile(r"DataLoader.*__next__|^enumerate\(DataLoader\)")
 """Host ranges that fetch the next batch."""
 

@@ -1,0 +1,216 @@
+"""Step time attribution one level finer: every nanosecond of a category, split by cause.
+
+The seven categories of :mod:`mlprof.analyzers.attribution` say *what* the GPU was
+doing; rules need *why*, and they need it exclusive, so that two findings never
+claim the same time. Each category is split into causes; an instant keeps its
+category (the same priority rules, so each category's causes sum to the category
+exactly) and takes the first cause whose intervals cover it, else the category's
+last, catch-all cause:
+
+===================  =========================================================
+compute              ``compute.gemm_fp32`` FP32 matmul/conv kernels without tensor
+                     cores; ``compute.optimizer`` memory-bound kernels launched
+                     inside ``Optimizer.step`` that are not multi-tensor (foreach /
+                     fused) kernels; ``compute.memory_bound`` other elementwise,
+                     norm, softmax, reduce kernels; ``compute.other``
+comm_exposed         ``comm.wait`` the first part of a collective that on this rank
+                     only waits for a later rank (given per rank by the job
+                     analysis); ``comm.transfer``
+memcpy_exposed       ``copy.h2d`` host-to-device copies; ``copy.other``
+idle_data            ``data.loader``
+idle_sync            ``sync.h2d`` blocking host-to-device copies (the sync belongs
+                     to an op that copies to the device); ``sync.host_read``
+                     ``.item()``, ``.cpu()``, explicit synchronize and the like
+idle_launch          ``launch.h2d`` the host inside a memcpy call that launched a
+                     host-to-device copy (staging pageable memory);
+                     ``launch.alloc`` ``cudaMalloc``/``cudaFree``; ``launch.optimizer``
+                     host dispatch inside ``Optimizer.step``; ``launch.dispatch``
+idle_other           ``other.host``
+===================  =========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mlprof.analyzers.attribution import CATEGORIES, Layer, build_layers, drain_after
+from mlprof.analyzers.copies import copy_table, runtime_copy_direction
+from mlprof.analyzers.enclosing import innermost_enclosing
+from mlprof.analyzers.intervals import covered
+from mlprof.analyzers.kernels import in_windows, is_foreach_optimizer_kernel, kernel_classes, launch_times
+from mlprof.trace.model import Trace
+from mlprof.trace.vocabulary import (
+    ALLOC_RUNTIME,
+    DISPATCH_CATS,
+    LAUNCH_RUNTIME,
+    OPTIMIZER_STEP,
+    SYNC_OPS,
+    SYNC_RUNTIME,
+    names_matching,
+)
+
+CAUSES: dict[str, tuple[str, ...]] = {
+    "compute": ("compute.gemm_fp32", "compute.optimizer", "compute.memory_bound", "compute.other"),
+    "comm_exposed": ("comm.wait", "comm.transfer"),
+    "memcpy_exposed": ("copy.h2d", "copy.other"),
+    "idle_data": ("data.loader",),
+    "idle_sync": ("sync.h2d", "sync.host_read"),
+    "idle_launch": ("launch.h2d", "launch.alloc", "launch.optimizer", "launch.dispatch"),
+    "idle_other": ("other.host",),
+}
+CAUSE_NAMES: tuple[str, ...] = tuple(c for cat in CATEGORIES for c in CAUSES[cat])
+PARENT: dict[str, str] = {cause: cat for cat in CATEGORIES for cause in CAUSES[cat]}
+
+Intervals = tuple[np.ndarray, np.ndarray]
+_EMPTY: Intervals = (np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+@dataclass
+class CauseLayers:
+    """Interval sets of every cause but the catch-alls, in priority order within each category."""
+
+    sets: dict[str, Intervals]
+
+
+def _cols(frame: pd.DataFrame) -> Intervals:
+    return frame["ts"].to_numpy(np.int64), frame["end"].to_numpy(np.int64)
+
+
+def build_cause_layers(trace: Trace, comm_wait: Intervals | None = None) -> CauseLayers:
+    gpu = trace.gpu
+    runtime = trace.runtime
+    host = trace.host
+    klass = kernel_classes(gpu)
+
+    optimizer = host[names_matching(host["name"], OPTIMIZER_STEP)]
+    opt_s, opt_e = _cols(optimizer)
+    launched = launch_times(gpu, runtime)
+    in_opt = in_windows(launched, opt_s, opt_e) if len(optimizer) else np.zeros(len(gpu), dtype=bool)
+    foreach = is_foreach_optimizer_kernel(gpu["name"]) if len(gpu) else np.zeros(0, dtype=bool)
+    memory_bound = klass == "memory_bound"
+
+    copies = copy_table(gpu)
+    h2d_copies = copies[copies["direction"] == "HtoD"]
+    rt_dir = runtime_copy_direction(runtime, copies)
+    launch_h2d = runtime[(rt_dir == "HtoD") & np.asarray(names_matching(runtime["name"], LAUNCH_RUNTIME))]
+    alloc = runtime[names_matching(runtime["name"], ALLOC_RUNTIME)]
+
+    sync_rt = runtime[names_matching(runtime["name"], SYNC_RUNTIME)]
+    launch_rt = runtime[names_matching(runtime["name"], LAUNCH_RUNTIME)]
+    sync_is_h2d = h2d_sync_mask(trace, sync_rt, rt_dir[np.asarray(names_matching(runtime["name"], SYNC_RUNTIME))])
+    d_s, d_e, d_row = drain_after(sync_rt, launch_rt)
+    drain_h2d = sync_is_h2d[d_row] if len(d_row) else np.zeros(0, dtype=bool)
+    s_s, s_e = _cols(sync_rt)
+
+    return CauseLayers(
+        sets={
+            "compute.gemm_fp32": _cols(gpu[klass == "gemm_fp32"]),
+            "compute.optimizer": _cols(gpu[memory_bound & in_opt & ~foreach]),
+            "compute.memory_bound": _cols(gpu[memory_bound]),
+            "comm.wait": comm_wait if comm_wait is not None else _EMPTY,
+            "copy.h2d": _cols(h2d_copies),
+            "sync.h2d": (
+                np.concatenate([s_s[sync_is_h2d], d_s[drain_h2d]]),
+                np.concatenate([s_e[sync_is_h2d], d_e[drain_h2d]]),
+            ),
+            "launch.h2d": _cols(launch_h2d),
+            "launch.alloc": _cols(alloc),
+            "launch.optimizer": (opt_s, opt_e),
+        }
+    )
+
+
+def h2d_sync_mask(trace: Trace, sync_rt: pd.DataFrame, sync_dir: np.ndarray) -> np.ndarray:
+    """Which sync calls wait for a host-to-device copy (rather than for a value the host reads).
+
+    A blocking ``cudaMemcpy`` that copies HtoD is one; so is a ``cudaStreamSynchronize``
+    issued by the same innermost op (``aten::copy_``) that launched an HtoD copy.
+    """
+    mask = np.asarray(sync_dir == "HtoD", dtype=bool)
+    if len(sync_rt) == 0:
+        return mask
+    runtime = trace.runtime
+    copies = copy_table(trace.gpu)
+    rt_dir = runtime_copy_direction(runtime, copies)
+    h2d_calls = runtime[rt_dir == "HtoD"]
+    if len(h2d_calls) == 0:
+        return mask
+    ops = trace.host[trace.host["cat"].isin(DISPATCH_CATS)]
+    ops = ops[~names_matching(ops["name"], SYNC_OPS)]
+    sync_parent = innermost_enclosing(*_qcols(sync_rt), ops)
+    copy_parent = innermost_enclosing(*_qcols(h2d_calls), ops)
+    parents = np.unique(copy_parent[copy_parent >= 0])
+    return mask | ((sync_parent >= 0) & np.isin(sync_parent, parents))
+
+
+def _qcols(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return frame["ts"].to_numpy(np.int64), frame["end"].to_numpy(np.int64), frame["tid"].to_numpy(np.int64)
+
+
+def attribute_causes(
+    trace: Trace, win_starts: np.ndarray, win_ends: np.ndarray, comm_wait: Intervals | None = None
+) -> pd.DataFrame:
+    """ns per cause (columns :data:`CAUSE_NAMES`) for each window; windows must not overlap."""
+    layers = build_layers(trace)
+    causes = build_cause_layers(trace, comm_wait)
+    matrix = _attribute(layers, causes, win_starts.astype(np.int64), win_ends.astype(np.int64))
+    return pd.DataFrame(matrix, columns=list(CAUSE_NAMES))
+
+
+def _attribute(layers: list[Layer], causes: CauseLayers, win_starts: np.ndarray, win_ends: np.ndarray) -> np.ndarray:
+    n_win = len(win_starts)
+    out = np.zeros((n_win, len(CAUSE_NAMES)), dtype=np.int64)
+    if n_win == 0:
+        return out
+    lo, hi = int(win_starts.min()), int(win_ends.max())
+    cuts = [win_starts, win_ends]
+    all_sets = [(layer.starts, layer.ends) for layer in layers] + list(causes.sets.values())
+    for s, e in all_sets:
+        inside = (e > lo) & (s < hi)
+        cuts.append(np.clip(s[inside], lo, hi))
+        cuts.append(np.clip(e[inside], lo, hi))
+    points = np.unique(np.concatenate(cuts))
+    left, right = points[:-1], points[1:]
+    width = right - left
+
+    category = np.full(len(left), len(CATEGORIES) - 1, dtype=np.int64)
+    assigned = np.zeros(len(left), dtype=bool)
+    for i, layer in enumerate(layers):
+        hit = covered(layer.starts, layer.ends, left) & ~assigned
+        category[hit] = i
+        assigned |= hit
+
+    cause_index = {name: i for i, name in enumerate(CAUSE_NAMES)}
+    cause = np.zeros(len(left), dtype=np.int64)
+    for ci, cat in enumerate(CATEGORIES):
+        in_cat = category == ci
+        if not in_cat.any():
+            continue
+        names = CAUSES[cat]
+        cause[in_cat] = cause_index[names[-1]]
+        done = ~in_cat
+        for name in names[:-1]:
+            s, e = causes.sets[name]
+            hit = covered(s, e, left) & ~done
+            cause[hit] = cause_index[name]
+            done |= hit
+
+    order = np.argsort(win_starts)
+    sorted_starts = win_starts[order]
+    sorted_ends = win_ends[order]
+    pos = np.searchsorted(sorted_starts, left, side="right") - 1
+    valid = pos >= 0
+    valid[valid] &= left[valid] < sorted_ends[pos[valid]]
+    window = order[pos[valid]]
+    flat = window * len(CAUSE_NAMES) + cause[valid]
+    sums = np.bincount(flat, weights=width[valid].astype(np.float64), minlength=n_win * len(CAUSE_NAMES))
+    out[:] = np.rint(sums).astype(np.int64).reshape(n_win, len(CAUSE_NAMES))
+    return out
+
+
+def category_totals(causes: pd.DataFrame) -> pd.DataFrame:
+    """Sum causes back to their categories (equals the category attribution exactly)."""
+    return pd.DataFrame({cat: causes[list(CAUSES[cat])].sum(axis=1) for cat in CATEGORIES})

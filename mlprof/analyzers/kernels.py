@@ -1,0 +1,167 @@
+"""What each kernel is (matmul, memory-bound, communication...) and where it came from.
+
+The fusion and precision rules need to know which kernels are memory-bound
+(elementwise, norm, softmax, optimizer per-parameter updates), which are matmuls or
+convolutions and in what precision, and which kernels a given host range launched.
+Classification is by kernel name, evaluated once per distinct name; the name
+patterns were checked against the cuDNN/cuBLAS/ATen names in the real traces under
+``../shared/external_traces`` (V100, RTX 2080 Ti, B200, MI300X).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from mlprof.trace.build import COMM_KERNEL
+
+KERNEL_CLASSES: tuple[str, ...] = (
+    "comm",
+    "gemm_fp32",
+    "gemm_tensor",
+    "gemm",
+    "attention",
+    "compiled",
+    "memory_bound",
+    "other",
+)
+"""``gemm`` is a matmul/convolution whose precision the name does not tell."""
+
+_ATTENTION = re.compile(r"flash|fmha|attention|sdpa|attn", re.IGNORECASE)
+_COMPILED = re.compile(r"^triton_|^(void )?triton|cutlass_tensorop_fused|CompiledFxGraph", re.IGNORECASE)
+_GEMM = re.compile(
+    r"gemm|cublas|cutlass|xmma|scudnn|hcudnn|cudnn.*(conv|engine|winograd|fprop|dgrad|wgrad)|"
+    r"implicit_convolve|winograd|convolve|conv2d|conv_|dgrad|wgrad|nvjet|_mm_|matmul|Cijk_",
+    re.IGNORECASE,
+)
+_TENSOR = re.compile(
+    r"h884|s884|h1688|s1688|i8816|16816|h16816|s16816|tf32|bf16|f16|fp16|half|hmma|tensorop|wmma|"
+    r"xmma|sm80_|sm90_|sm100_|nvjet|ampere_h|turing_h|volta_h|_h\d+gemm|hgemm|hcudnn|"
+    r"Alik_Bljk|MT\d+x\d+x\d+_MI",
+    re.IGNORECASE,
+)
+_FP32 = re.compile(r"sgemm|scudnn|implicit_convolve_sgemm|<float|\bfloat\b|_fp32|gemmSN|gemv2T|gemv2N", re.IGNORECASE)
+_MEMORY_BOUND = re.compile(
+    r"elementwise|reduce_kernel|layer_norm|LayerNorm|layernorm|rms_?norm|softmax|batch_norm|bn_fw|bn_bw|"
+    r"welford|dropout|gelu|relu|silu|threshold|clamp|Fill|copy|cat_|CatArray|index|where|pow|"
+    r"multi_tensor_apply|adam|sgd|lamb|addcmul|addcdiv|sqrt|norm_kernel|Functor",
+    re.IGNORECASE,
+)
+_FOREACH = re.compile(r"multi_tensor_apply|fused_adam|FusedAdam|fused_sgd|_fused_", re.IGNORECASE)
+"""Optimizer kernels that already update many parameters per launch."""
+
+
+def classify_name(name: str, is_comm: bool = False) -> str:
+    if is_comm:
+        return "comm"
+    if _COMPILED.search(name):
+        return "compiled"
+    if _ATTENTION.search(name):
+        return "attention"
+    if _GEMM.search(name):
+        if _TENSOR.search(name):
+            return "gemm_tensor"
+        if _FP32.search(name):
+            return "gemm_fp32"
+        return "gemm"
+    if _MEMORY_BOUND.search(name):
+        return "memory_bound"
+    return "other"
+
+
+def kernel_classes(gpu: pd.DataFrame) -> np.ndarray:
+    """Class of every row of ``gpu`` (non-kernel rows get ``""``), classified once per distinct name."""
+    out = np.full(len(gpu), "", dtype=object)
+    if len(gpu) == 0:
+        return out
+    names = gpu["name"].astype("category")
+    table = np.array(
+        [classify_name(str(c), bool(COMM_KERNEL.search(str(c)))) for c in names.cat.categories] + [""],
+        dtype=object,
+    )
+    codes = names.cat.codes.to_numpy()
+    kernels = (gpu["kind"] == "kernel").to_numpy()
+    out[kernels] = table[codes[kernels]]
+    return out
+
+
+def is_foreach_optimizer_kernel(names: pd.Series) -> np.ndarray:
+    cats = names.astype("category")
+    hits = [c for c in cats.cat.categories if _FOREACH.search(str(c))]
+    return np.asarray(cats.isin(hits))
+
+
+def launch_times(gpu: pd.DataFrame, runtime: pd.DataFrame) -> np.ndarray:
+    """Host time at which each GPU row was launched (its runtime call's start), else its own start.
+
+    Joined on the CUPTI correlation id, which Kineto and Nsight both record.
+    """
+    ts = gpu["ts"].to_numpy(np.int64).copy()
+    if len(runtime) == 0 or len(gpu) == 0:
+        return ts
+    rt = runtime.loc[runtime["correlation"] > 0, ["correlation", "ts"]].drop_duplicates("correlation")
+    rt_corr = rt["correlation"].to_numpy(np.int64)
+    order = np.argsort(rt_corr)
+    rt_corr = rt_corr[order]
+    rt_ts = rt["ts"].to_numpy(np.int64)[order]
+    corr = gpu["correlation"].to_numpy(np.int64)
+    pos = np.clip(np.searchsorted(rt_corr, corr), 0, max(len(rt_corr) - 1, 0))
+    found = (corr > 0) & (len(rt_corr) > 0)
+    if len(rt_corr):
+        found &= rt_corr[pos] == corr
+        ts[found] = rt_ts[pos[found]]
+    return ts
+
+
+def in_windows(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Whether each point lies in one of the (possibly overlapping) ``[start, end)`` windows."""
+    from mlprof.analyzers.intervals import covered, merge
+
+    s, e = merge(starts.astype(np.int64), ends.astype(np.int64))
+    return covered(s, e, points)
+
+
+def chain_savings(
+    ts: np.ndarray, dur: np.ndarray, stream_key: np.ndarray, is_member: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Time a fusing compiler would save on runs of consecutive memory-bound kernels.
+
+    Within one stream, kernels are taken in start order; a chain is a maximal run of
+    member kernels not interrupted by a non-member kernel. A fused kernel reads the
+    chain's inputs once and writes its output once, about the memory traffic of the
+    chain's largest kernel, so the estimate of its time is that kernel's duration and
+    the saving is ``sum(dur) - max(dur)`` per chain. Returns (per-kernel saving share
+    in ns, chain id per kernel (-1 for non-members)), inputs aligned to the same rows.
+    """
+    n = len(ts)
+    saving = np.zeros(n, dtype=np.float64)
+    chain_id = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return saving, chain_id
+    order = np.lexsort((ts, stream_key))
+    member = is_member[order]
+    key = stream_key[order]
+    d = dur[order].astype(np.float64)
+    start_new = np.ones(n, dtype=bool)
+    start_new[1:] = (key[1:] != key[:-1]) | ~member[:-1]
+    run = np.cumsum(start_new) - 1
+    run_m = run[member]
+    if len(run_m) == 0:
+        return saving, chain_id
+    uniq, inverse = np.unique(run_m, return_inverse=True)
+    total = np.bincount(inverse, weights=d[member])
+    longest = np.zeros(len(uniq))
+    np.maximum.at(longest, inverse, d[member])
+    count = np.bincount(inverse)
+    chain_saving = np.where(count >= 2, total - longest, 0.0)
+    # Spread each chain's saving over its kernels in proportion to their duration.
+    share = np.where(total[inverse] > 0, d[member] / np.maximum(total[inverse], 1), 0.0)
+    out_saving = np.zeros(n)
+    out_saving[np.flatnonzero(member)] = chain_saving[inverse] * share
+    out_chain = np.full(n, -1, dtype=np.int64)
+    out_chain[np.flatnonzero(member)] = np.where(count[inverse] >= 2, inverse, -1)
+    saving[order] = out_saving
+    chain_id[order] = out_chain
+    return saving, chain_id

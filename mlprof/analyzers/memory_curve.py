@@ -1,0 +1,119 @@
+"""Allocated memory across steps: the level at each step boundary, its trend, and who never frees.
+
+A training step's memory is a sawtooth: activations pile up in forward and are freed
+in backward, so the level at step *boundaries* is flat once warm-up is over. A leak
+shows as a boundary level that keeps rising. We read the allocator's ``[memory]``
+events (``profile_memory=True``), take ``Total Allocated`` just before each step
+starts, fit a line over the steps (least squares), and list the ops whose
+allocations during the analysed steps are still live at the end of the trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mlprof.analyzers.enclosing import innermost_enclosing
+from mlprof.trace.vocabulary import DISPATCH_CATS
+
+DEVICE_TYPES = {0: "cpu", 1: "cuda"}
+"""``Device Type`` in ``[memory]`` events: c10 DeviceType (0 CPU, 1 CUDA; ROCm also reports 1)."""
+
+
+@dataclass
+class MemoryCurve:
+    """Allocated bytes of one device over the analysed steps."""
+
+    device: str
+    boundary_bytes: np.ndarray
+    """``Total Allocated`` just before each step starts (int64, one per step)."""
+    peak_bytes: np.ndarray
+    """Highest ``Total Allocated`` inside each step."""
+    steps: np.ndarray
+    slope_bytes_per_step: float
+    intercept_bytes: float
+    r2: float
+    late_slope_bytes_per_step: float
+    """Slope over the second half of the steps: warm-up flattens out, a leak does not."""
+    rises: int
+    """Steps whose boundary level is above the previous one."""
+    live_sites: list[dict[str, object]] = field(default_factory=list)
+    """Ops whose allocations in the analysed steps are never freed in the trace, most bytes first."""
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    if len(x) < 2 or np.ptp(x) == 0:
+        return 0.0, float(y[0]) if len(y) else 0.0, 0.0
+    slope, intercept = np.polyfit(x.astype(np.float64), y.astype(np.float64), 1)
+    pred = slope * x + intercept
+    ss_res = float(((y - pred) ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    return float(slope), float(intercept), r2
+
+
+def memory_curves(memory: pd.DataFrame, steps: pd.DataFrame, host: pd.DataFrame) -> list[MemoryCurve]:
+    """One curve per device that has allocator events with ``Total Allocated``, over the given steps."""
+    if len(memory) == 0 or len(steps) == 0:
+        return []
+    usable = memory[(memory["total_allocated"] >= 0) & (memory["ts"] > np.iinfo(np.int64).min)]
+    out: list[MemoryCurve] = []
+    starts = steps["ts"].to_numpy(np.int64)
+    ends = starts + steps["dur"].to_numpy(np.int64)
+    for (dtype, did), dev in usable.groupby(["device_type", "device_id"], sort=True):
+        dev = dev.sort_values("ts", kind="stable")
+        ts = dev["ts"].to_numpy(np.int64)
+        total = dev["total_allocated"].to_numpy(np.int64)
+        before = np.searchsorted(ts, starts, side="left") - 1
+        if (before < 0).all():
+            continue
+        boundary = np.where(before >= 0, total[np.maximum(before, 0)], total[0] - dev["bytes"].to_numpy()[0])
+        lo = np.searchsorted(ts, starts, side="left")
+        hi = np.searchsorted(ts, ends, side="left")
+        peak = np.array([total[a:b].max() if b > a else boundary[i] for i, (a, b) in enumerate(zip(lo, hi))])
+        x = np.arange(len(starts), dtype=np.float64)
+        slope, intercept, r2 = _fit(x, boundary.astype(np.float64))
+        half = len(starts) // 2
+        late_slope = _fit(x[half:], boundary[half:].astype(np.float64))[0] if len(starts) - half >= 2 else slope
+        name = f"{DEVICE_TYPES.get(int(dtype), f'type{int(dtype)}')}:{int(did)}"
+        curve = MemoryCurve(
+            device=name,
+            boundary_bytes=boundary.astype(np.int64),
+            peak_bytes=peak.astype(np.int64),
+            steps=steps["step"].to_numpy(np.int64),
+            slope_bytes_per_step=slope,
+            intercept_bytes=intercept,
+            r2=r2,
+            late_slope_bytes_per_step=late_slope,
+            rises=int((np.diff(boundary) > 0).sum()),
+        )
+        curve.live_sites = live_sites(dev, int(starts.min()), int(ends.max()), host)
+        out.append(curve)
+    return out
+
+
+def live_sites(dev: pd.DataFrame, lo: int, hi: int, host: pd.DataFrame, top: int = 5) -> list[dict[str, object]]:
+    """Ops whose allocations inside [lo, hi) are not freed later in the trace."""
+    ev = dev[dev["addr"] > 0]
+    if len(ev) == 0:
+        return []
+    ev = ev.sort_values(["addr", "ts"], kind="stable")
+    addr = ev["addr"].to_numpy(np.int64)
+    size = ev["bytes"].to_numpy(np.int64)
+    ts = ev["ts"].to_numpy(np.int64)
+    freed_next = np.zeros(len(ev), dtype=bool)
+    freed_next[:-1] = (addr[1:] == addr[:-1]) & (size[1:] < 0)
+    live = (size > 0) & ~freed_next & (ts >= lo) & (ts < hi)
+    if not live.any():
+        return []
+    ops = host[host["cat"].isin(DISPATCH_CATS)]
+    tid = ev["tid"].to_numpy(np.int64)[live]
+    parent = innermost_enclosing(ts[live], ts[live], tid, ops)
+    names = ops["name"].astype(str).to_numpy()
+    op_name = np.where(parent >= 0, names[np.maximum(parent, 0)] if len(names) else "", "(no enclosing op)")
+    frame = pd.DataFrame({"op": op_name, "bytes": size[live]})
+    grouped = frame.groupby("op").agg(total=("bytes", "sum"), n=("bytes", "size"))
+    grouped = grouped.sort_values("total", ascending=False).head(top)
+    return [{"op": op, "bytes": int(r.total), "allocations": int(r.n)} for op, r in grouped.iterrows()]

@@ -1,0 +1,79 @@
+"""Kernel facts shared by the fusion rules (which kernels, which chains), computed once per rank."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mlprof.analyzers.kernels import chain_savings, in_windows, is_foreach_optimizer_kernel, kernel_classes, launch_times
+from mlprof.rules.base import RankContext
+from mlprof.trace.vocabulary import OPTIMIZER_STEP, names_matching
+
+
+@dataclass
+class KernelFacts:
+    kernels: pd.DataFrame
+    """Kernels inside the analysed windows: name, ts, end, dur, stream, klass, optimizer, saving, chain."""
+
+
+def kernel_facts(ctx: RankContext) -> KernelFacts:
+    cached = getattr(ctx, "_kernel_facts", None)
+    if cached is not None:
+        return cached
+    gpu = ctx.trace.gpu
+    klass = kernel_classes(gpu)
+    host = ctx.trace.host
+    opt = host[names_matching(host["name"], OPTIMIZER_STEP)]
+    launched = launch_times(gpu, ctx.trace.runtime)
+    in_opt = (
+        in_windows(launched, opt["ts"].to_numpy(np.int64), opt["end"].to_numpy(np.int64))
+        if len(opt)
+        else np.zeros(len(gpu), dtype=bool)
+    )
+    foreach = is_foreach_optimizer_kernel(gpu["name"]) if len(gpu) else np.zeros(0, dtype=bool)
+    optimizer = (klass == "memory_bound") & in_opt & ~foreach
+    stream_key = gpu["device"].to_numpy(np.int64) * 1_000_003 + gpu["stream"].to_numpy(np.int64)
+    ts = gpu["ts"].to_numpy(np.int64)
+    dur = gpu["dur"].to_numpy(np.int64)
+    is_kernel = (gpu["kind"] == "kernel").to_numpy()
+    # Chains are cut by any other kernel on the stream, so both member sets are evaluated
+    # over all kernels of the stream.
+    saving = np.zeros(len(gpu))
+    chain = np.full(len(gpu), -1, dtype=np.int64)
+    for member in ((klass == "memory_bound") & ~optimizer, optimizer):
+        idx = np.flatnonzero(is_kernel)
+        s, c = chain_savings(ts[idx], dur[idx], stream_key[idx], member[idx])
+        saving[idx] += np.where(member[idx], s, 0.0)
+        chain[idx] = np.where(member[idx] & (c >= 0), c + (0 if member is not optimizer else 1 << 40), chain[idx])
+    frame = pd.DataFrame(
+        {
+            "name": gpu["name"].astype(str).to_numpy(),
+            "ts": ts,
+            "end": ts + dur,
+            "dur": dur,
+            "stream": stream_key,
+            "klass": klass,
+            "optimizer": optimizer,
+            "foreach": foreach,
+            "saving": saving,
+            "chain": chain,
+        }
+    )[is_kernel]
+    frame = frame[ctx.in_windows(frame["ts"].to_numpy(np.int64))].reset_index(drop=True)
+    facts = KernelFacts(kernels=frame)
+    ctx._kernel_facts = facts  # type: ignore[attr-defined]
+    return facts
+
+
+def top_names(frame: pd.DataFrame, n_steps: int, n: int = 5) -> list[dict[str, object]]:
+    grouped = frame.groupby("name").agg(n=("dur", "size"), total=("dur", "sum")).sort_values("total", ascending=False)
+    return [
+        {
+            "kernel": name[:160],
+            "per_step": round(r.n / n_steps, 1),
+            "ms_per_step": round(r.total / n_steps / 1e6, 3),
+        }
+        for name, r in grouped.head(n).iterrows()
+    ]

@@ -1,0 +1,92 @@
+"""DATA001: the GPU waits while the host fetches the next batch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.trace.vocabulary import DATALOADER, names_matching
+
+
+class DataLoaderWait(Rule):
+    id = "DATA001"
+    name = "dataloader-wait"
+    category = "data_starvation"
+    summary = "GPU idle while the host is inside DataLoader __next__"
+    claims = ("data.loader",)
+    defaults = {"min_share": 0.03}
+    needs_device = False
+    doc = RuleDoc(
+        what="The device has nothing to run while the training loop is inside the DataLoader's "
+        "`__next__`: input preparation is on the step's critical path.",
+        why="Every nanosecond the loop spends waiting for a batch is a nanosecond the GPU is idle; "
+        "with `num_workers=0` the batch is decoded, augmented and collated in the training process "
+        "itself, one sample at a time, between steps.",
+        detection="Step time attribution (`idle_data`): instants where no kernel, copy or "
+        "communication runs on the device and the host is inside a `DataLoader ... __next__` or "
+        "`enumerate(DataLoader)` range. The time lost per step is that attributed time; "
+        "`_SingleProcessDataLoaderIter` in the range name proves `num_workers=0`. On a CPU-only "
+        "trace the same time is the host's wait for data.",
+        fix="Load batches in worker processes, keep them alive across epochs, pin the memory and "
+        "prefetch so the next batch is ready when the step ends:\n\n"
+        "    loader = DataLoader(ds, batch_size=64, num_workers=8, pin_memory=True,\n"
+        "                        persistent_workers=True, prefetch_factor=4)\n\n"
+        "Size `num_workers` to the CPU cores per GPU (2-4 per GPU is typical). If workers do not "
+        "help, the per-sample work itself is too slow: move decoding/augmentation to the GPU "
+        "(e.g. DALI), pre-process offline, or use a faster format (WebDataset, FFCV).",
+        false_alarms="The first step after the profiler starts or an epoch boundary may wait for "
+        "workers to start (use `--steps` to skip it). A user `record_function` named like a "
+        "DataLoader that does other work would be counted. Worker processes need CPU cores: "
+        "on a machine with few cores the gain is smaller than the time shown.",
+    )
+
+    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+        lost = ctx.per_step("data.loader")
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+            return []
+        host = ctx.trace.host
+        loader = host[names_matching(host["name"], DATALOADER)]
+        loader = loader[ctx.in_windows(loader["ts"].to_numpy(np.int64))]
+        names = loader["name"].astype(str)
+        single = bool(names.str.contains("_SingleProcessDataLoaderIter").any())
+        multi = bool(names.str.contains("_MultiProcessingDataLoaderIter").any())
+        calls = int(len(loader))
+        mean_call = float(loader["dur"].mean()) if calls else 0.0
+        share = lost / ctx.step_ns
+        if single:
+            title = f"DataLoader runs in the training process (num_workers=0): GPU waits {ms(lost)} ms per step"
+        else:
+            title = f"GPU waits {ms(lost)} ms per step for the next batch ({share:.0%} of the step)"
+        evidence = {
+            "idle_waiting_for_data_ms_per_step": ms(lost),
+            "share_of_step": round(share, 4),
+            "dataloader_calls": calls,
+            "dataloader_call_mean_ms": ms(mean_call),
+            "iterator": "single-process (num_workers=0)" if single else "multi-process" if multi else "unknown",
+            "dataloader_ranges": sorted(set(names.tolist()))[:3],
+        }
+        confidence = "high" if ctx.has_device else "medium"
+        reason = (
+            "the device is idle exactly while the host is inside the DataLoader"
+            if ctx.has_device
+            else "CPU-only trace: the host waits for data, but worker processes compete for the same cores"
+        )
+        fix = (
+            "DataLoader(..., num_workers=8, pin_memory=True, persistent_workers=True, prefetch_factor=4)"
+            if single or not multi
+            else "more workers or a larger prefetch_factor; if that does not help, make __getitem__ cheaper"
+        )
+        return [
+            self.finding(
+                ctx,
+                title=title,
+                time_lost_ns_per_step=lost,
+                confidence=confidence,
+                confidence_reason=reason,
+                evidence=evidence,
+                fix=fix,
+                steps=ctx.steps_with("data.loader", min_share=cfg["min_share"]),
+                time_ranges_ns=top_ranges(loader["ts"].to_numpy(np.int64), loader["end"].to_numpy(np.int64)),
+                claimed={"data.loader": lost},
+            )
+        ]

@@ -1,0 +1,173 @@
+"""Run the rules over a job, merge per-rank findings, rank them and build the combined plan.
+
+Per rank, every rule reads the same measurements (:class:`RankContext`). In a job of
+several ranks, the findings of one rule are merged into one job finding whose time
+lost is the mean over ranks (a rank where the rule did not fire counts as zero) and
+whose evidence keeps the per-rank figures. Findings are ranked by expected speedup;
+because rules own disjoint causes, their savings add up, so the plan applies them
+in order and recomputes what is left of the step (a waterfall).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mlprof.analyzers.rank_skew import RankSkew
+from mlprof.rules.base import NS_PER_MS, Finding, RankContext, ms
+from mlprof.rules.config import RuleConfig
+from mlprof.rules.registry import RULES
+
+if TYPE_CHECKING:
+    from mlprof.analysis import RankAnalysis
+
+
+@dataclass
+class PlanStep:
+    rule: str
+    title: str
+    saves_ms_per_step: float
+    step_ms_after: float
+    cumulative_speedup: float
+
+
+@dataclass
+class Diagnosis:
+    findings: list[Finding]
+    plan: list[PlanStep]
+    step_ms: float
+    record_next: list[str] = field(default_factory=list)
+    rules_run: list[str] = field(default_factory=list)
+    below_threshold: int = 0
+    """Findings dropped because their expected speedup was under ``min_speedup``."""
+    per_rank: list[list[Finding]] = field(default_factory=list)
+    """Each rank's own findings before merging (the same as ``findings`` for one rank)."""
+
+
+def run_rank(ctx: RankContext, config: RuleConfig) -> list[Finding]:
+    out: list[Finding] = []
+    for rule in RULES:
+        if rule.id in config.disabled:
+            continue
+        if rule.needs_device and not ctx.has_device:
+            continue
+        out.extend(rule.check(ctx, config.thresholds(rule.id)))
+    return out
+
+
+def diagnose(
+    contexts: list[RankContext], config: RuleConfig, skew: RankSkew | None, world_size: int | None
+) -> Diagnosis:
+    per_rank = [run_rank(ctx, config) for ctx in contexts]
+    if len(contexts) == 1:
+        findings = per_rank[0]
+        step_ns = contexts[0].step_ns
+    else:
+        step_ns = sum(c.step_ns for c in contexts) / len(contexts)
+        findings = _merge(per_rank, contexts, step_ns, skew)
+    kept = [f for f in findings if f.expected_speedup >= config.min_speedup or f.time_lost_ns_per_step == 0]
+    dropped = len(findings) - len(kept)
+    kept.sort(key=lambda f: (-f.expected_speedup, f.severity != "critical", f.rule))
+    return Diagnosis(
+        findings=kept,
+        plan=build_plan(kept, step_ns),
+        step_ms=step_ns / NS_PER_MS,
+        record_next=_record_next(contexts, kept, world_size),
+        rules_run=[r.id for r in RULES if r.id not in config.disabled],
+        below_threshold=dropped,
+        per_rank=per_rank,
+    )
+
+
+def _merge(
+    per_rank: list[list[Finding]], contexts: list[RankContext], step_ns: float, skew: RankSkew | None
+) -> list[Finding]:
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for findings in per_rank:
+        for f in findings:
+            key = (f.rule, str(f.evidence.get("device", "")) if f.rule == "MEM001" else "")
+            groups.setdefault(key, []).append(f)
+    n = len(contexts)
+    merged: list[Finding] = []
+    for (rule_id, _), group in groups.items():
+        worst = max(group, key=lambda f: (f.time_lost_ns_per_step, f.evidence.get("growth_mib_per_step", 0)))
+        job = copy.deepcopy(worst)
+        job.step_ns = step_ns
+        job.time_lost_ns_per_step = sum(f.time_lost_ns_per_step for f in group) / n
+        job.claimed = {k: sum(f.claimed.get(k, 0.0) for f in group) / n for k in worst.claimed}
+        job.ranks = sorted(r for f in group for r in f.ranks)
+        per_rank_ms = {str(f.ranks[0]): ms(f.time_lost_ns_per_step) for f in group}
+        job.evidence = {
+            "ranks_with_finding": f"{len(group)} of {n}",
+            "time_lost_ms_per_step_by_rank": per_rank_ms,
+            "worst_rank": worst.ranks[0],
+            "worst_rank_evidence": worst.evidence,
+        }
+        if rule_id == "COMM002" and skew is not None:
+            job.title, job.evidence["late_ranks"] = _late_ranks(skew, job.time_lost_ns_per_step)
+        else:
+            job.title = f"{worst.title} [rank {worst.ranks[0]}; {len(group)} of {n} ranks, mean {ms(job.time_lost_ns_per_step)} ms/step]"
+        merged.append(job)
+    return merged
+
+
+def _late_ranks(skew: RankSkew, mean_wait_ns: float) -> tuple[str, list[dict[str, Any]]]:
+    table = skew.per_rank.sort_values(["caused_wait_ns", "last_arrivals"], ascending=False)
+    late = table[table["caused_wait_ns"] > 0]
+    rows = [
+        {
+            "rank": int(r.rank),
+            "arrived_last": int(r.last_arrivals),
+            "others_waited_ms": ms(r.caused_wait_ns),
+            "own_comm_ms": ms(r.comm_ns),
+            "own_wait_ms": ms(r.wait_ns),
+        }
+        for r in table.itertuples(index=False)
+    ]
+    names = ", ".join(str(int(r)) for r in late["rank"].head(2))
+    title = (
+        f"Ranks wait {ms(mean_wait_ns)} ms per step (mean) in collectives for late ranks; "
+        f"slowest: rank {names} ({skew.matched} collectives matched across {len(skew.ranks)} ranks)"
+    )
+    return title, rows
+
+
+def build_plan(findings: list[Finding], step_ns: float) -> list[PlanStep]:
+    plan: list[PlanStep] = []
+    remaining = step_ns
+    for f in findings:
+        if f.time_lost_ns_per_step <= 0:
+            continue
+        remaining = max(remaining - f.time_lost_ns_per_step, 1.0)
+        plan.append(
+            PlanStep(
+                rule=f.rule,
+                title=f.title,
+                saves_ms_per_step=ms(f.time_lost_ns_per_step),
+                step_ms_after=ms(remaining),
+                cumulative_speedup=round(step_ns / remaining, 4),
+            )
+        )
+    return plan
+
+
+def _record_next(contexts: list[RankContext], findings: list[Finding], world_size: int | None) -> list[str]:
+    notes: list[str] = []
+    for f in findings:
+        for item in f.record_next:
+            if item not in notes:
+                notes.append(item)
+    traces = [c.trace for c in contexts]
+    if all(len(t.memory) == 0 for t in traces):
+        notes.append("profile_memory=True to check for memory leaks (the trace has no allocator events)")
+    elif all(not (t.memory["total_allocated"] >= 0).any() for t in traces):
+        notes.append("a newer torch.profiler with profile_memory=True: these allocator events lack Total Allocated")
+    if world_size and world_size > len(contexts):
+        notes.append(
+            f"all {world_size} ranks (a folder of per-rank traces) to compare ranks and find stragglers; "
+            f"this analysis has {len(contexts)}"
+        )
+    if all(len(c.analysis.steps) < 4 for c in contexts):
+        notes.append("at least 4 profiled steps (schedule active=5 or more) for trends such as memory growth")
+    return notes

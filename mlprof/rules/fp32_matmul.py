@@ -1,0 +1,82 @@
+"""AMP001: matmuls and convolutions run in FP32 on a GPU with tensor cores."""
+
+from __future__ import annotations
+
+from mlprof.rules._kernels import kernel_facts, top_names
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
+
+
+class Fp32Matmul(Rule):
+    id = "AMP001"
+    name = "fp32-matmul"
+    category = "precision"
+    summary = "FP32 matmul/convolution kernels on a GPU with tensor cores (no AMP/TF32)"
+    claims = ("compute.gemm_fp32",)
+    defaults = {"min_share": 0.05, "local_speedup": 2.0}
+    doc = RuleDoc(
+        what="Matrix multiplications and convolutions run as FP32 SIMT kernels (`sgemm`, "
+        "`scudnn`, `implicit_convolve_sgemm`) although the GPU has tensor cores.",
+        why="Tensor cores run FP16/BF16 (and TF32 on Ampere and later) matmuls many times faster "
+        "than FP32 SIMT units (V100: 125 vs 15.7 TFLOPS peak). Matmul-heavy models typically gain "
+        "1.5-2x end to end from mixed precision.",
+        detection="Kernel names classified as matmul/convolution with FP32 markers and no "
+        "tensor-core markers (`h884`, `s1688`, `16816`, `tf32`, `bf16`, `xmma`, `sm80_`...), on a "
+        "device whose compute capability is 7.0 or newer (or a known tensor-core GPU in the "
+        "spec table). The time lost is the FP32 matmul time on the critical path "
+        "(`compute.gemm_fp32`) times `1 - 1/local_speedup` (default 2x, the conservative end of "
+        "what AMP gives on matmuls, well below the peak ratio).",
+        fix="Run the forward pass under autocast (BF16 on Ampere+, FP16 with a GradScaler on "
+        "V100/T4), and allow TF32 for what stays FP32:\n\n"
+        "    torch.backends.cuda.matmul.allow_tf32 = True\n"
+        "    torch.backends.cudnn.allow_tf32 = True\n"
+        "    with torch.autocast('cuda', dtype=torch.bfloat16):\n"
+        "        loss = model(x).loss",
+        false_alarms="Models that need FP32 for accuracy (some scientific models) or layers kept "
+        "in FP32 on purpose. Matmuls too small for tensor cores to matter. Kernel names from "
+        "unknown libraries may be misclassified: check the kernels listed.",
+    )
+
+    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+        if not _has_tensor_cores(ctx):
+            return []
+        exposed = ctx.per_step("compute.gemm_fp32")
+        lost = exposed * (1.0 - 1.0 / max(cfg["local_speedup"], 1.0))
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+            return []
+        k = kernel_facts(ctx).kernels
+        fp32 = k[k["klass"] == "gemm_fp32"]
+        tensor = k[k["klass"] == "gemm_tensor"]
+        n_steps = max(ctx.n_windows, 1)
+        device = ctx.trace.meta.devices[0].name if ctx.trace.meta.devices else "unknown"
+        return [
+            self.finding(
+                ctx,
+                title=f"Matmuls run in FP32 without tensor cores ({ms(exposed)} ms per step on {device}): "
+                f"autocast/TF32 saves ~{ms(lost)} ms",
+                time_lost_ns_per_step=lost,
+                confidence="medium",
+                confidence_reason=f"kernel precision read from names; assumed {cfg['local_speedup']:.1f}x on those kernels",
+                evidence={
+                    "fp32_matmul_ms_per_step": ms(exposed),
+                    "fp32_matmul_kernels_per_step": round(len(fp32) / n_steps, 1),
+                    "tensor_core_kernels_per_step": round(len(tensor) / n_steps, 1),
+                    "device": device,
+                    "top_kernels": top_names(fp32, n_steps),
+                },
+                fix="torch.autocast('cuda', dtype=torch.bfloat16) (FP16 + GradScaler on V100); allow_tf32 = True",
+                steps=[s for s in ctx.windows["step"].tolist() if s >= 0],
+                claimed={"compute.gemm_fp32": lost},
+            )
+        ]
+
+
+def _has_tensor_cores(ctx: RankContext) -> bool:
+    for d in ctx.trace.meta.devices:
+        if d.compute_capability:
+            try:
+                if float(d.compute_capability) >= 7.0:
+                    return True
+            except ValueError:
+                pass
+    spec = ctx.gpu_spec
+    return spec is not None and spec.tensor_tflops is not None

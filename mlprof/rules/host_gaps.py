@@ -1,0 +1,50 @@
+"""HOST001: the GPU is idle while the host runs code the profiler did not see as an op."""
+
+from __future__ import annotations
+
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
+
+
+class HostGaps(Rule):
+    id = "HOST001"
+    name = "host-side-gaps"
+    category = "host_overhead"
+    summary = "GPU idle while the host is outside any recorded op (Python, logging, I/O)"
+    claims = ("other.host",)
+    defaults = {"min_share": 0.05}
+    doc = RuleDoc(
+        what="Inside steps, the device has no work and the host is not in any PyTorch op, "
+        "runtime call or DataLoader: it runs plain Python (metrics, logging, checkpoint "
+        "bookkeeping, Python-side data handling) or sleeps.",
+        why="All of that time is added to the step: the GPU waits for the host to come back and "
+        "launch the next kernel.",
+        detection="Attribution category `idle_other` (cause `other.host`) within analysed steps. "
+        "The trace cannot say what the host did; with `with_stack=True` the Python frames in "
+        "those gaps are recorded.",
+        fix="Profile the host side (`with_stack=True`, or `py-spy record`) to find the code; move "
+        "logging and metric computation off the hot path (every N steps, or in a background "
+        "thread), and overlap host work with GPU work by launching the next step first.",
+        false_alarms="Profiler overhead itself (especially with `with_stack=True` or "
+        "`record_shapes=True`) and step-boundary bookkeeping of `prof.step()` show up here. "
+        "Garbage-collector pauses also land here.",
+    )
+
+    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+        lost = ctx.per_step("other.host")
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+            return []
+        record_next = [] if ctx.has_stacks else ["with_stack=True to see which Python code runs in the gaps"]
+        return [
+            self.finding(
+                ctx,
+                title=f"GPU idle {ms(lost)} ms per step while the host is outside any recorded op",
+                time_lost_ns_per_step=lost,
+                confidence="low",
+                confidence_reason="the trace shows the idle time but not what the host was doing",
+                evidence={"gpu_idle_outside_ops_ms_per_step": ms(lost), "share_of_step": round(lost / ctx.step_ns, 4)},
+                fix="find the host code in the gaps (with_stack=True / py-spy); log every N steps",
+                steps=ctx.steps_with("other.host", min_share=cfg["min_share"]),
+                claimed={"other.host": lost},
+                record_next=record_next,
+            )
+        ]

@@ -1,0 +1,79 @@
+"""LAUNCH001: kernels are shorter than the host needs to launch them; the GPU waits on Python."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlprof.rules._kernels import kernel_facts
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
+from mlprof.trace.vocabulary import LAUNCH_RUNTIME, names_matching
+
+SHORT_KERNEL_NS = 10_000
+
+
+class LaunchBound(Rule):
+    id = "LAUNCH001"
+    name = "launch-bound"
+    category = "unfused_kernels"
+    summary = "GPU idle while the host dispatches ops: kernels shorter than their launch gaps"
+    claims = ("launch.dispatch",)
+    defaults = {"min_share": 0.05}
+    doc = RuleDoc(
+        what="The device runs out of work while the host is still inside PyTorch ops or kernel "
+        "launches: the step is bound by Python and dispatch overhead, not by the GPU.",
+        why="Each eager op costs the host several microseconds (Python, dispatcher, "
+        "`cudaLaunchKernel`). When kernels finish faster than that, the GPU drains its queue and "
+        "waits for every launch. Small batches and many small ops make it worse.",
+        detection="Attribution cause `launch.dispatch`: the device is idle while the host is "
+        "inside a launch call or a `cpu_op` (outside the optimizer, DataLoader and syncs). The "
+        "evidence compares the median kernel time with the host time per launch.",
+        fix="Remove the per-op host cost: compile the model, capture the step in a CUDA graph, or "
+        "give each op more work:\n\n"
+        "    model = torch.compile(model, mode='reduce-overhead')   # CUDA graphs\n"
+        "    # or: g = torch.cuda.CUDAGraph(); with torch.cuda.graph(g): out = model(static_x)\n"
+        "    # or a larger batch (with the learning rate scaled accordingly)",
+        false_alarms="A CPU that is slowed by other processes (data workers on the same cores, "
+        "profiler overhead with `with_stack=True`) inflates dispatch time. CPU-side work that is "
+        "not GPU dispatch but lives inside an op (custom CPU ops) is also counted.",
+    )
+
+    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+        lost = ctx.per_step("launch.dispatch")
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+            return []
+        k = kernel_facts(ctx).kernels
+        n_steps = max(ctx.n_windows, 1)
+        runtime = ctx.trace.runtime
+        launches = runtime[names_matching(runtime["name"], LAUNCH_RUNTIME)]
+        launches = launches[ctx.in_windows(launches["ts"].to_numpy(np.int64))]
+        median_kernel = float(k["dur"].median()) if len(k) else 0.0
+        median_launch = float(launches["dur"].median()) if len(launches) else 0.0
+        short = float((k["dur"] < SHORT_KERNEL_NS).mean()) if len(k) else 0.0
+        busy_causes = [c for c in ctx.causes.columns if c.startswith(("compute.", "comm.", "copy."))]
+        busy = ctx.per_step(*busy_causes) / ctx.step_ns
+        title = (
+            f"Launch-bound: GPU idle {ms(lost)} ms per step while the host dispatches "
+            f"{len(k) / n_steps:.0f} kernels (median kernel {median_kernel / 1000:.1f} us)"
+        )
+        return [
+            self.finding(
+                ctx,
+                title=title,
+                time_lost_ns_per_step=lost,
+                confidence="high" if median_kernel < 2 * max(median_launch, 1.0) else "medium",
+                confidence_reason="kernels are about as short as their launch cost"
+                if median_kernel < 2 * max(median_launch, 1.0)
+                else "kernels are longer than launches; part of the dispatch time may be other host work",
+                evidence={
+                    "kernels_per_step": round(len(k) / n_steps, 1),
+                    "median_kernel_us": round(median_kernel / 1000, 2),
+                    "median_launch_call_us": round(median_launch / 1000, 2),
+                    "kernels_under_10us_share": round(short, 3),
+                    "gpu_busy_share": round(busy, 3),
+                    "gpu_idle_dispatching_ms_per_step": ms(lost),
+                },
+                fix="torch.compile(model, mode='reduce-overhead') (CUDA graphs), fewer/larger ops, larger batch",
+                steps=[s for s in ctx.windows["step"].tolist() if s >= 0],
+                claimed={"launch.dispatch": lost},
+            )
+        ]

@@ -1,0 +1,97 @@
+"""MEM001: allocated memory at step boundaries keeps rising."""
+
+from __future__ import annotations
+
+from mlprof.analyzers.memory_curve import memory_curves
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc
+
+MIB = 1 << 20
+
+
+class MemoryLeak(Rule):
+    id = "MEM001"
+    name = "memory-leak"
+    category = "memory_leak"
+    summary = "memory allocated at step boundaries grows step after step"
+    claims = ()
+    defaults = {"min_growth_mib_per_step": 1.0, "min_r2": 0.8, "min_steps": 4, "min_late_ratio": 0.5}
+    needs_device = False
+    doc = RuleDoc(
+        what="The memory still allocated when a step starts grows with every step: something "
+        "created in each step survives it.",
+        why="It does not slow the step now; it ends the job later, with an out-of-memory error "
+        "after hours of training, or forces a smaller batch. The usual cause is a tensor kept "
+        "across steps that still holds its autograd graph (`losses.append(loss)`), or a cache "
+        "that only grows.",
+        detection="From the allocator's `[memory]` events (`profile_memory=True`): `Total "
+        "Allocated` just before each step starts, a least-squares line over the steps, and its "
+        "fit. A leak needs a slope above `min_growth_mib_per_step`, a good fit (`min_r2`), at least "
+        "`min_steps` steps, and growth that continues in the second half of the steps (slope there "
+        "at least `min_late_ratio` of the overall slope) so that warm-up (optimizer state, "
+        "allocator pools filled in the first steps) is not taken for a leak. Growth inside a step "
+        "(the forward/backward sawtooth) is not looked at. The evidence lists the ops whose "
+        "allocations in the analysed steps are never freed in the trace, and projects the steps "
+        "left until the device is full. The expected speedup is 1.0: it costs memory, not time.",
+        fix="Keep numbers, not graphs, across steps; free what you cache:\n\n"
+        "    losses.append(loss.item())        # not losses.append(loss)\n"
+        "    history.append(out.detach().cpu())  # not the live output\n\n"
+        "Clear per-step caches, avoid growing lists of tensors, and check hooks that store "
+        "activations.",
+        false_alarms="A few steps of a job that is still warming up (lazy optimizer state, "
+        "growing dynamic shapes, a data-dependent cache that saturates) look like a leak: record "
+        "more steps. Memory returned at epoch boundaries is a plateau, not a leak.",
+    )
+
+    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+        steps = ctx.analysis.steps
+        if len(steps) < cfg["min_steps"]:
+            return []
+        findings = []
+        for curve in memory_curves(ctx.trace.memory, steps, ctx.trace.host):
+            slope = curve.slope_bytes_per_step
+            if slope < cfg["min_growth_mib_per_step"] * MIB or curve.r2 < cfg["min_r2"]:
+                continue
+            if curve.late_slope_bytes_per_step < cfg["min_late_ratio"] * slope:
+                continue
+            capacity = None
+            if curve.device.startswith("cuda"):
+                dev_id = int(curve.device.split(":")[1])
+                for d in ctx.trace.meta.devices:
+                    if d.id == dev_id and d.total_memory_bytes:
+                        capacity = d.total_memory_bytes
+                if capacity is None and ctx.gpu_spec is not None:
+                    capacity = ctx.gpu_spec.memory_bytes
+            last = int(curve.boundary_bytes[-1])
+            peak = int(curve.peak_bytes.max())
+            steps_left = int((capacity - peak) / slope) if capacity and capacity > peak else None
+            severity = "critical" if steps_left is not None and steps_left < 100_000 else "warning"
+            growth = slope / MIB
+            title = f"Memory leak on {curve.device}: +{growth:.1f} MiB per step" + (
+                f", device full in ~{steps_left:,} steps" if steps_left is not None else ""
+            )
+            findings.append(
+                self.finding(
+                    ctx,
+                    title=title,
+                    time_lost_ns_per_step=0.0,
+                    confidence="high" if curve.r2 >= 0.95 and curve.rises >= len(curve.steps) - 2 else "medium",
+                    confidence_reason=f"linear fit r2={curve.r2:.3f} over {len(curve.steps)} steps, "
+                    f"{curve.rises} of {len(curve.steps) - 1} step boundaries higher than the one before",
+                    evidence={
+                        "device": curve.device,
+                        "growth_mib_per_step": round(growth, 3),
+                        "r2": round(curve.r2, 4),
+                        "late_growth_mib_per_step": round(curve.late_slope_bytes_per_step / MIB, 3),
+                        "allocated_at_step_start_mib": [round(int(b) / MIB, 2) for b in curve.boundary_bytes],
+                        "peak_in_step_mib": [round(int(b) / MIB, 2) for b in curve.peak_bytes],
+                        "allocated_at_last_step_mib": round(last / MIB, 2),
+                        "device_capacity_mib": round(capacity / MIB, 1) if capacity else None,
+                        "steps_until_full": steps_left,
+                        "never_freed_allocations_by_op": curve.live_sites,
+                    },
+                    fix="store loss.item() / tensor.detach() instead of live tensors across steps",
+                    steps=[int(s) for s in curve.steps],
+                    severity_override=severity,
+                )
+            )
+        return findings

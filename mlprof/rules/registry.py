@@ -1,0 +1,47 @@
+"""Every rule mlprof knows, in one list: ``mlprof rules`` prints it, the engine runs it."""
+
+from __future__ import annotations
+
+from mlprof.errors import UsageError
+from mlprof.rules.allocator_churn import AllocatorChurn
+from mlprof.rules.base import Rule
+from mlprof.rules.comm_exposed import CommExposed
+from mlprof.rules.data_loader_wait import DataLoaderWait
+from mlprof.rules.fp32_matmul import Fp32Matmul
+from mlprof.rules.h2d_copy import HostToDeviceCopy
+from mlprof.rules.host_gaps import HostGaps
+from mlprof.rules.host_sync import HostSync
+from mlprof.rules.launch_bound import LaunchBound
+from mlprof.rules.memory_leak import MemoryLeak
+from mlprof.rules.rank_wait import RankWait
+from mlprof.rules.unfused_elementwise import UnfusedElementwise
+from mlprof.rules.unfused_optimizer import UnfusedOptimizer
+
+RULES: tuple[Rule, ...] = (
+    DataLoaderWait(),
+    HostToDeviceCopy(),
+    HostSync(),
+    UnfusedElementwise(),
+    UnfusedOptimizer(),
+    LaunchBound(),
+    CommExposed(),
+    RankWait(),
+    MemoryLeak(),
+    Fp32Matmul(),
+    AllocatorChurn(),
+    HostGaps(),
+)
+
+BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
+
+
+def get_rule(rule_id: str) -> Rule:
+    """A rule by id (case-insensitive) or by name (``dataloader-wait``)."""
+    key = rule_id.strip().upper()
+    if key in BY_ID:
+        return BY_ID[key]
+    for rule in RULES:
+        if rule.name == rule_id.strip().lower():
+            return rule
+    known = ", ".join(BY_ID)
+    raise UsageError(f"no rule {rule_id!r}; known rules: {known} (see 'mlprof rules')")
