@@ -69,11 +69,20 @@ def analyze(
         help="Regex for host ranges that mark steps, when the trace has no ProfilerStep.",
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="Thresholds file (mlprof.toml or a pyproject.toml with [tool.mlprof]); found from the current "
+        "directory up when not given.",
+    ),
 ) -> None:
     """Where the step time goes, per step and per rank, and what to fix first."""
     from mlprof.analysis import analyze_job
     from mlprof.errors import UsageError
+    from mlprof.rules.config import load_config
     from mlprof.trace.loader import load_job
+
+    rule_config = load_config(config)
 
     if step_marker is not None:
         import re
@@ -90,8 +99,75 @@ def analyze(
         traces = [t for t in traces if t.meta.rank == rank]
         if not traces:
             raise UsageError(f"--rank {rank}: no such rank in {path}")
-    analysis = analyze_job(traces, str(path), steps)
+    analysis = analyze_job(traces, str(path), steps, rule_config)
     _emit(analysis, fmt, output)
+
+
+@app.command("rules")
+def rules_command(
+    config: Path | None = typer.Option(None, "--config", help="Show thresholds as overridden by this file."),
+) -> None:
+    """List every rule: id, category, what it finds and its thresholds."""
+    from mlprof.rules.config import load_config
+    from mlprof.rules.registry import RULES
+
+    cfg = load_config(config)
+    if cfg.source:
+        print(f"thresholds from {cfg.source}")
+    width = max(len(r.name) for r in RULES)
+    for rule in RULES:
+        values = cfg.thresholds(rule.id)
+        shown = ", ".join(f"{k}={v:g}" for k, v in values.items())
+        state = "  (disabled)" if rule.id in cfg.disabled else ""
+        print(f"{rule.id:<10}{rule.name:<{width + 2}}{rule.category:<21}{rule.summary}{state}")
+        print(f"{'':<10}{'':<{width + 2}}{'':<21}thresholds: {shown}")
+    print("mlprof explain ID: what a rule detects, why it costs time, how it is measured, the fix, false alarms.")
+
+
+@app.command()
+def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (dataloader-wait).")) -> None:
+    """A rule's documentation: what it detects, why it costs time, detection, fix with code, false alarms."""
+    from mlprof.rules.registry import get_rule
+
+    rule = get_rule(rule_id)
+    doc = rule.doc
+    parts = [
+        f"{rule.id} {rule.name}  [category: {rule.category}]",
+        "",
+        "What it detects",
+        _indent(doc.what),
+        "",
+        "Why it costs time",
+        _indent(doc.why),
+        "",
+        "How it is detected in the trace",
+        _indent(doc.detection),
+        "",
+        "Fix",
+        _indent(doc.fix),
+        "",
+        "When it is a false alarm",
+        _indent(doc.false_alarms),
+        "",
+        "Thresholds (override in [tool.mlprof.rules." + rule.id + "])",
+        *(f"  {k} = {v:g}" for k, v in rule.defaults.items()),
+        "",
+        "Expected speedup = step / (step - time lost per step); the time lost is the trace's own measurement "
+        "of the causes this rule owns: " + (", ".join(rule.claims) or "none (it costs memory, not time)") + ".",
+    ]
+    sys.stdout.write("\n".join(parts) + "\n")
+
+
+def _indent(text: str) -> str:
+    import textwrap
+
+    out = []
+    for block in text.split("\n\n"):
+        if block.startswith("    "):
+            out.append("\n".join("  " + line for line in block.splitlines()))
+        else:
+            out.append(textwrap.fill(block, width=96, initial_indent="  ", subsequent_indent="  "))
+    return "\n\n".join(out)
 
 
 def _same_or_inside(output: Path, path: Path) -> bool:

@@ -46,7 +46,7 @@ _FP32 = re.compile(r"sgemm|scudnn|implicit_convolve_sgemm|<float|\bfloat\b|_fp32
 _MEMORY_BOUND = re.compile(
     r"elementwise|reduce_kernel|layer_norm|LayerNorm|layernorm|rms_?norm|softmax|batch_norm|bn_fw|bn_bw|"
     r"welford|dropout|gelu|relu|silu|threshold|clamp|Fill|copy|cat_|CatArray|index|where|pow|"
-    r"multi_tensor_apply|adam|sgd|lamb|addcmul|addcdiv|sqrt|norm_kernel|Functor",
+    r"multi_tensor_apply|adam|sgd|\blamb\b|addcmul|addcdiv|sqrt|norm_kernel",
     re.IGNORECASE,
 )
 _FOREACH = re.compile(r"multi_tensor_apply|fused_adam|FusedAdam|fused_sgd|_fused_", re.IGNORECASE)
@@ -123,13 +123,21 @@ def in_windows(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
     return covered(s, e, points)
 
 
+MAX_CHAIN_GAP_NS = 1_000_000
+"""A gap longer than this between two kernels (a sync, a data wait) ends a chain: no compiler fuses across it."""
+
+
 def chain_savings(
-    ts: np.ndarray, dur: np.ndarray, stream_key: np.ndarray, is_member: np.ndarray
+    ts: np.ndarray,
+    dur: np.ndarray,
+    stream_key: np.ndarray,
+    is_member: np.ndarray,
+    max_gap_ns: int = MAX_CHAIN_GAP_NS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Time a fusing compiler would save on runs of consecutive memory-bound kernels.
 
     Within one stream, kernels are taken in start order; a chain is a maximal run of
-    member kernels not interrupted by a non-member kernel. A fused kernel reads the
+    member kernels not interrupted by a non-member kernel or by a gap over ``max_gap_ns``. A fused kernel reads the
     chain's inputs once and writes its output once, about the memory traffic of the
     chain's largest kernel, so the estimate of its time is that kernel's duration and
     the saving is ``sum(dur) - max(dur)`` per chain. Returns (per-kernel saving share
@@ -145,7 +153,10 @@ def chain_savings(
     key = stream_key[order]
     d = dur[order].astype(np.float64)
     start_new = np.ones(n, dtype=bool)
-    start_new[1:] = (key[1:] != key[:-1]) | ~member[:-1]
+    t = ts[order]
+    gap = np.zeros(n, dtype=np.int64)
+    gap[1:] = t[1:] - (t[:-1] + dur[order][:-1])
+    start_new[1:] = (key[1:] != key[:-1]) | ~member[:-1] | (gap[1:] > max_gap_ns)
     run = np.cumsum(start_new) - 1
     run_m = run[member]
     if len(run_m) == 0:

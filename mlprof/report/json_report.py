@@ -12,8 +12,15 @@ removed or renamed key a major bump). Layout::
     breakdown        totals per category: ms, pct of wall time, per-step ms,
                      plus gpu_busy_pct and the HTA-comparable trace-level split
     ranks            per rank: rank, steps, breakdown (same shape as above)
-    findings         ranked findings: rule, category, severity, title,
-                     expected_speedup, time_lost_ms_per_step, evidence, fix
+    findings         ranked findings: rule, name, category, severity, title,
+                     expected_speedup, time_lost_ms_per_step, step_ms, confidence,
+                     confidence_reason, ranks, steps, time_ranges_ns,
+                     claimed_ms_per_step, evidence, fix, record_next
+    plan             the fixes applied in ranked order: rule, saves_ms_per_step,
+                     step_ms_after, cumulative_speedup (a waterfall)
+    checks           rules run, findings under min_speedup, and verdicts of rules
+                     that looked and found nothing (e.g. the memory trend)
+    record_next      what to record next time for the signals this trace lacks
     notes            plain-language caveats about what the trace lacks
 
 All durations are milliseconds (float) derived from exact int64 ns.
@@ -31,7 +38,7 @@ from mlprof.analysis import Analysis, RankAnalysis
 from mlprof.analyzers.attribution import CATEGORIES, CATEGORY_HELP, gpu_busy_pct
 from mlprof.analyzers.temporal import TemporalBreakdown
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 NS_PER_MS = 1_000_000
 
 
@@ -137,8 +144,24 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         top_steps = steps_records(job_steps)
         top_breakdown = breakdown_dict(analysis.category_totals(), job_steps, analysis.has_device_activity, None)
         top_breakdown["aggregation"] = "mean over ranks"
-    findings = [f.to_dict() if hasattr(f, "to_dict") else f for ra in analysis.ranks for f in ra.findings]
+    diagnosis = analysis.diagnosis
+    findings = [f.to_dict() for f in analysis.findings]
     notes = sorted({n for ra in analysis.ranks for n in ra.notes})
+    plan = [
+        {
+            "rule": p.rule,
+            "saves_ms_per_step": p.saves_ms_per_step,
+            "step_ms_after": p.step_ms_after,
+            "cumulative_speedup": p.cumulative_speedup,
+        }
+        for p in (diagnosis.plan if diagnosis else [])
+    ]
+    checks = {
+        "rules_run": diagnosis.rules_run if diagnosis else [],
+        "below_min_speedup": diagnosis.below_threshold if diagnosis else 0,
+        "verdicts": diagnosis.verdicts if diagnosis else {},
+        "step_ms": round(diagnosis.step_ms, 6) if diagnosis else None,
+    }
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "mlprof", "version": __version__},
@@ -147,5 +170,8 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         "breakdown": top_breakdown,
         "ranks": ranks,
         "findings": findings,
+        "plan": plan,
+        "checks": checks,
+        "record_next": diagnosis.record_next if diagnosis else [],
         "notes": notes,
     }

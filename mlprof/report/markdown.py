@@ -29,14 +29,27 @@ def render_markdown(analysis: Analysis) -> str:
             "",
             "### Findings",
             "",
-            "| # | rule | title | ms/step | expected speedup |",
-            "|---|---|---|---:|---:|",
+            "| # | rule | category | title | ms/step | expected speedup | confidence |",
+            "|---|---|---|---|---:|---:|---|",
         ]
         for i, f in enumerate(data["findings"], 1):
             lines.append(
-                f"| {i} | {f['rule']} | {f['title']} | {f['time_lost_ms_per_step']:.2f} | "
-                f"{f['expected_speedup']:.2f}x |"
+                f"| {i} | {f['rule']} | {f['category']} | {f['title']} | {f['time_lost_ms_per_step']:.2f} | "
+                f"{f['expected_speedup']:.2f}x | {f['confidence']} |"
             )
+        lines += ["", *[f"{i}. **{f['rule']}** fix: `{f['fix']}`" for i, f in enumerate(data["findings"], 1)]]
+    if len(data.get("plan", [])) > 1:
+        lines += ["", "### Plan (fixes applied in order)", "", "| rule | saves ms/step | step ms after | cumulative |"]
+        lines.append("|---|---:|---:|---:|")
+        for p in data["plan"]:
+            lines.append(
+                f"| {p['rule']} | {p['saves_ms_per_step']:.2f} | {p['step_ms_after']:.2f} | "
+                f"{p['cumulative_speedup']:.2f}x |"
+            )
+    for rule, verdict in data.get("checks", {}).get("verdicts", {}).items():
+        lines += ["", f"{rule}: {verdict}"]
+    if data.get("record_next"):
+        lines += ["", *[f"- record next time: {item}" for item in data["record_next"]]]
     notes = [*data["notes"], *tr["notes"]]
     if notes:
         lines += ["", *[f"> note: {n}" for n in notes]]

@@ -53,7 +53,7 @@ def render_text(analysis: Analysis, console: Console) -> None:
         console.print(_steps_table(data["steps"]))
     if len(data["ranks"]) > 1:
         console.print(_ranks_table(data["ranks"]))
-    _print_findings(data["findings"], console)
+    _print_findings(data, console)
     for note in [*data["notes"], *tr["notes"]]:
         console.print(f"[yellow]note:[/yellow] {note}")
 
@@ -105,19 +105,63 @@ def _ranks_table(ranks: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _print_findings(findings: list[dict[str, Any]], console: Console) -> None:
+def _print_findings(data: dict[str, Any], console: Console) -> None:
+    findings = data["findings"]
+    checks = data.get("checks", {})
     if not findings:
-        return
-    table = Table(title="Findings, ranked by expected speedup", title_justify="left")
-    for col in ("#", "rule", "category", "title", "ms/step", "speedup"):
-        table.add_column(col)
-    for i, f in enumerate(findings, 1):
-        table.add_row(
-            str(i),
-            f["rule"],
-            f["category"],
-            f["title"],
-            f"{f['time_lost_ms_per_step']:.2f}",
-            f"{f['expected_speedup']:.2f}x",
-        )
-    console.print(table)
+        console.print(f"[green]No findings[/green] ({len(checks.get('rules_run', []))} rules run).")
+    else:
+        table = Table(title="Findings, ranked by expected speedup", title_justify="left")
+        for col in ("#", "rule", "category", "sev", "ms/step", "speedup", "conf", "title"):
+            table.add_column(col, justify="right" if col in ("ms/step", "speedup") else "left")
+        for i, f in enumerate(findings, 1):
+            table.add_row(
+                str(i),
+                f["rule"],
+                f["category"],
+                f["severity"],
+                f"{f['time_lost_ms_per_step']:.2f}",
+                f"{f['expected_speedup']:.2f}x",
+                f["confidence"],
+                f["title"],
+            )
+        console.print(table)
+        for i, f in enumerate(findings[:MAX_DETAILED], 1):
+            console.print(f"[bold]{i}. {f['rule']} {f['name']}[/bold]: {f['title']}")
+            for key, value in list(_flat(f["evidence"]))[:MAX_EVIDENCE_LINES]:
+                console.print(f"   {key}: {value}", markup=False, highlight=False)
+            console.print(f"   fix: {f['fix']}", markup=False, highlight=False)
+            console.print(f"   confidence {f['confidence']}: {f['confidence_reason']}", markup=False, highlight=False)
+        console.print("   (mlprof explain RULE: what each rule measures, its fix with code, and when it misfires)")
+    plan = data.get("plan", [])
+    if len(plan) > 1:
+        console.print()
+        table = Table(title="Plan: fixes applied in order (waterfall)", title_justify="left")
+        for col in ("rule", "saves ms/step", "step ms after", "cumulative"):
+            table.add_column(col, justify="left" if col == "rule" else "right")
+        step_ms = checks.get("step_ms")
+        if step_ms:
+            table.add_row("(now)", "", f"{step_ms:.2f}", "1.00x")
+        for p in plan:
+            table.add_row(p["rule"], f"{p['saves_ms_per_step']:.2f}", f"{p['step_ms_after']:.2f}", f"{p['cumulative_speedup']:.2f}x")
+        console.print(table)
+    for rule, verdict in checks.get("verdicts", {}).items():
+        console.print(f"{rule}: {verdict}", markup=False, highlight=False)
+    for item in data.get("record_next", []):
+        console.print(f"[cyan]record next time:[/cyan] {item}")
+
+
+MAX_DETAILED = 5
+MAX_EVIDENCE_LINES = 8
+
+
+def _flat(evidence: dict[str, Any], prefix: str = "") -> Any:
+    """Evidence as ``key: value`` lines; nested lists of records shown compactly."""
+    for key, value in evidence.items():
+        if isinstance(value, dict) and key.endswith("evidence"):
+            yield from _flat(value, prefix=f"{prefix}{key}.")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            shown = "; ".join(", ".join(f"{k}={v}" for k, v in item.items()) for item in value[:3])
+            yield f"{prefix}{key}", shown + (" ..." if len(value) > 3 else "")
+        else:
+            yield f"{prefix}{key}", value

@@ -102,7 +102,7 @@ class Finding:
             "steps": self.steps,
             "time_ranges_ns": [[int(a), int(b)] for a, b in self.time_ranges_ns],
             "claimed_ms_per_step": {k: round(v / NS_PER_MS, 6) for k, v in self.claimed.items() if v},
-            "evidence": self.evidence,
+            "evidence": plain(self.evidence),
             "fix": self.fix,
             "record_next": self.record_next,
         }
@@ -116,6 +116,8 @@ class RankContext:
         self.trace = analysis.trace
         self.causes = causes
         """ns per cause per analysed window (steps, or the whole trace as one window)."""
+        self.verdicts: dict[str, str] = {}
+        """Rules that looked and found nothing may say why here (e.g. the memory trend they measured)."""
 
     @property
     def rank(self) -> int:
@@ -200,6 +202,19 @@ class Rule:
         kwargs.setdefault("step_ns", ctx.step_ns)
         kwargs.setdefault("ranks", [ctx.rank])
         return Finding(rule=self.id, name=self.name, category=self.category, **kwargs)
+
+
+def plain(value: Any) -> Any:
+    """Evidence as JSON-ready Python values (numpy scalars and arrays become int/float/list)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def ms(ns: float) -> float:

@@ -53,10 +53,11 @@ class DataLoaderWait(Rule):
         calls = int(len(loader))
         mean_call = float(loader["dur"].mean()) if calls else 0.0
         share = lost / ctx.step_ns
+        who = "GPU waits" if ctx.has_device else "training loop waits"
         if single:
-            title = f"DataLoader runs in the training process (num_workers=0): GPU waits {ms(lost)} ms per step"
+            title = f"DataLoader runs in the training process (num_workers=0): {who} {ms(lost)} ms per step"
         else:
-            title = f"GPU waits {ms(lost)} ms per step for the next batch ({share:.0%} of the step)"
+            title = f"{who.capitalize()} {ms(lost)} ms per step for the next batch ({share:.0%} of the step)"
         evidence = {
             "idle_waiting_for_data_ms_per_step": ms(lost),
             "share_of_step": round(share, 4),

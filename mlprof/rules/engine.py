@@ -41,6 +41,8 @@ class Diagnosis:
     rules_run: list[str] = field(default_factory=list)
     below_threshold: int = 0
     """Findings dropped because their expected speedup was under ``min_speedup``."""
+    verdicts: dict[str, str] = field(default_factory=dict)
+    """Why a rule that looked found nothing (e.g. the measured memory trend), per rule id."""
     per_rank: list[list[Finding]] = field(default_factory=list)
     """Each rank's own findings before merging (the same as ``findings`` for one rank)."""
 
@@ -76,8 +78,18 @@ def diagnose(
         record_next=_record_next(contexts, kept, world_size),
         rules_run=[r.id for r in RULES if r.id not in config.disabled],
         below_threshold=dropped,
+        verdicts=_verdicts(contexts),
         per_rank=per_rank,
     )
+
+
+def _verdicts(contexts: list[RankContext]) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    for ctx in contexts:
+        for rule_id, text in ctx.verdicts.items():
+            prefix = f"rank {ctx.rank}: " if len(contexts) > 1 else ""
+            out.setdefault(rule_id, []).append(prefix + text)
+    return {k: " | ".join(v) for k, v in out.items()}
 
 
 def _merge(
@@ -126,18 +138,21 @@ def _late_ranks(skew: RankSkew, mean_wait_ns: float) -> tuple[str, list[dict[str
         for r in table.itertuples(index=False)
     ]
     names = ", ".join(str(int(r)) for r in late["rank"].head(2))
+    waiting = skew.per_rank[skew.per_rank["wait_ns"] > 0].sort_values("wait_ns", ascending=False)
+    most = ", ".join(f"rank {int(r.rank)} {ms(r.wait_ns)} ms" for r in waiting.head(2).itertuples(index=False))
     title = (
-        f"Ranks wait {ms(mean_wait_ns)} ms per step (mean) in collectives for late ranks; "
-        f"slowest: rank {names} ({skew.matched} collectives matched across {len(skew.ranks)} ranks)"
+        f"Exposed communication on {len(waiting)} of {len(skew.ranks)} ranks is mostly waiting for late ranks: "
+        f"{ms(mean_wait_ns)} ms per step (mean); late: rank {names}; waiting most: {most}"
     )
     return title, rows
 
 
 def build_plan(findings: list[Finding], step_ns: float) -> list[PlanStep]:
+    """Apply the fixes in ranked order and recompute the step; low-confidence findings (no known fix) are left out."""
     plan: list[PlanStep] = []
     remaining = step_ns
     for f in findings:
-        if f.time_lost_ns_per_step <= 0:
+        if f.time_lost_ns_per_step <= 0 or f.confidence == "low":
             continue
         remaining = max(remaining - f.time_lost_ns_per_step, 1.0)
         plan.append(

@@ -21,9 +21,12 @@ class HostGaps(Rule):
         detection="Attribution category `idle_other` (cause `other.host`) within analysed steps. "
         "The trace cannot say what the host did; with `with_stack=True` the Python frames in "
         "those gaps are recorded.",
-        fix="Profile the host side (`with_stack=True`, or `py-spy record`) to find the code; move "
-        "logging and metric computation off the hot path (every N steps, or in a background "
-        "thread), and overlap host work with GPU work by launching the next step first.",
+        fix="Profile the host side to find the code, then move logging and metric computation off "
+        "the hot path (every N steps, or in a background thread):\n\n"
+        "    with mlprof.profile(with_stack=True):   # Python frames in the gaps\n"
+        "        train()\n"
+        "    # or: py-spy record -o host.svg --pid <training pid>\n\n"
+        "Overlap host work with GPU work by launching the next step's kernels first.",
         false_alarms="Profiler overhead itself (especially with `with_stack=True` or "
         "`record_shapes=True`) and step-boundary bookkeeping of `prof.step()` show up here. "
         "Garbage-collector pauses also land here.",

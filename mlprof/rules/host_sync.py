@@ -98,7 +98,8 @@ class HostSync(Rule):
             for r in grouped.itertuples(index=False)
         ]
         top = sites[0]["op"] if sites else "a sync call"
-        title = f"Host waits for the GPU {len(frame) / n_steps:.1f}x per step (top: {top}); GPU idles {ms(lost)} ms per step"
+        per = f"{len(frame) / n_steps:.1f}x per step" if ctx.analysis.steps is not None and len(ctx.analysis.steps) else f"{len(frame)}x in the trace"
+        title = f"Host waits for the GPU {per} (top: {top}); GPU idles {ms(lost)} ms per step"
         record_next = [] if ctx.has_stacks else ["with_stack=True to see the Python line of each sync"]
         return [
             self.finding(

@@ -44,14 +44,30 @@ class MemoryLeak(Rule):
 
     def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
         steps = ctx.analysis.steps
+        curves = memory_curves(ctx.trace.memory, steps, ctx.trace.host)
+        if not curves:
+            return []
         if len(steps) < cfg["min_steps"]:
+            ctx.verdicts[self.id] = (
+                f"not judged: {len(steps)} steps with allocator events, {int(cfg['min_steps'])} needed for a trend"
+            )
             return []
         findings = []
-        for curve in memory_curves(ctx.trace.memory, steps, ctx.trace.host):
+        verdicts = []
+        for curve in curves:
             slope = curve.slope_bytes_per_step
-            if slope < cfg["min_growth_mib_per_step"] * MIB or curve.r2 < cfg["min_r2"]:
+            trend = (
+                f"{curve.device}: {slope / MIB:+.2f} MiB per step at step start (r2 {curve.r2:.2f}, "
+                f"second half {curve.late_slope_bytes_per_step / MIB:+.2f} MiB per step)"
+            )
+            if slope < cfg["min_growth_mib_per_step"] * MIB:
+                verdicts.append(f"no leak on {trend}: below {cfg['min_growth_mib_per_step']} MiB per step")
+                continue
+            if curve.r2 < cfg["min_r2"]:
+                verdicts.append(f"no steady leak on {trend}: the level moves up and down (fit below {cfg['min_r2']})")
                 continue
             if curve.late_slope_bytes_per_step < cfg["min_late_ratio"] * slope:
+                verdicts.append(f"warm-up, not a leak, on {trend}: growth flattens in the later steps")
                 continue
             capacity = None
             if curve.device.startswith("cuda"):
@@ -94,4 +110,6 @@ class MemoryLeak(Rule):
                     severity_override=severity,
                 )
             )
+        if verdicts:
+            ctx.verdicts[self.id] = "; ".join(verdicts)
         return findings

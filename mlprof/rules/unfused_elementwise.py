@@ -54,7 +54,7 @@ class UnfusedElementwise(Rule):
         spec = ctx.gpu_spec
         compiled = int((k["klass"] == "compiled").sum())
         title = (
-            f"{len(lengths) / n_steps:.0f} chains of memory-bound kernels per step "
+            f"{len(lengths) / n_steps:.1f} chains of memory-bound kernels per step "
             f"(mean {lengths.mean():.1f} kernels): fusing saves ~{ms(lost)} ms per step"
         )
         return [
