@@ -8,7 +8,6 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, external
 
 from mlprof.analysis import Analysis, RankAnalysis, analyze_job, analyze_trace
 from mlprof.analyzers.attribution import CATEGORIES
@@ -17,6 +16,8 @@ from mlprof.rules.base import Finding
 from mlprof.rules.config import RuleConfig, parse_config
 from mlprof.rules.registry import RULES
 from mlprof.trace.loader import load_job, load_trace
+
+from conftest import SAMPLES, external
 
 SYN = SAMPLES / "synthetic"
 MANIFEST = json.loads((SYN / "manifest.json").read_text())

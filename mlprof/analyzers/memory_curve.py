@@ -28,7 +28,7 @@ class MemoryCurve:
 
     device: str
     boundary_bytes: np.ndarray
-    """``Total Allocated`` just before each step starts (int64, one per step)."""
+    """``Total Allocated`` just before each step starts (int64; steps before the first event are left out)."""
     peak_bytes: np.ndarray
     """Highest ``Total Allocated`` inside each step."""
     steps: np.ndarray
@@ -67,29 +67,33 @@ def memory_curves(memory: pd.DataFrame, steps: pd.DataFrame, host: pd.DataFrame)
         ts = dev["ts"].to_numpy(np.int64)
         total = dev["total_allocated"].to_numpy(np.int64)
         before = np.searchsorted(ts, starts, side="left") - 1
-        if (before < 0).all():
+        known = before >= 0  # a step before the first allocator event has no known level
+        if known.sum() < 2:
             continue
-        boundary = np.where(before >= 0, total[np.maximum(before, 0)], total[0] - dev["bytes"].to_numpy()[0])
-        lo = np.searchsorted(ts, starts, side="left")
-        hi = np.searchsorted(ts, ends, side="left")
-        peak = np.array([total[a:b].max() if b > a else boundary[i] for i, (a, b) in enumerate(zip(lo, hi))])
-        x = np.arange(len(starts), dtype=np.float64)
+        k_starts, k_ends = starts[known], ends[known]
+        boundary = total[before[known]]
+        lo = np.searchsorted(ts, k_starts, side="left")
+        hi = np.searchsorted(ts, k_ends, side="left")
+        peak = np.array(
+            [total[a:b].max() if b > a else boundary[i] for i, (a, b) in enumerate(zip(lo, hi, strict=True))]
+        )
+        x = np.arange(len(k_starts), dtype=np.float64)
         slope, intercept, r2 = _fit(x, boundary.astype(np.float64))
-        half = len(starts) // 2
-        late_slope = _fit(x[half:], boundary[half:].astype(np.float64))[0] if len(starts) - half >= 2 else slope
+        half = len(k_starts) // 2
+        late_slope = _fit(x[half:], boundary[half:].astype(np.float64))[0] if len(k_starts) - half >= 2 else slope
         name = f"{DEVICE_TYPES.get(int(dtype), f'type{int(dtype)}')}:{int(did)}"
         curve = MemoryCurve(
             device=name,
             boundary_bytes=boundary.astype(np.int64),
             peak_bytes=peak.astype(np.int64),
-            steps=steps["step"].to_numpy(np.int64),
+            steps=steps["step"].to_numpy(np.int64)[known],
             slope_bytes_per_step=slope,
             intercept_bytes=intercept,
             r2=r2,
             late_slope_bytes_per_step=late_slope,
             rises=int((np.diff(boundary) > 0).sum()),
         )
-        curve.live_sites = live_sites(dev, int(starts.min()), int(ends.max()), host)
+        curve.live_sites = live_sites(dev, int(k_starts.min()), int(k_ends.max()), host)
         out.append(curve)
     return out
 

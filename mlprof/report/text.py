@@ -143,7 +143,12 @@ def _print_findings(data: dict[str, Any], console: Console) -> None:
         if step_ms:
             table.add_row("(now)", "", f"{step_ms:.2f}", "1.00x")
         for p in plan:
-            table.add_row(p["rule"], f"{p['saves_ms_per_step']:.2f}", f"{p['step_ms_after']:.2f}", f"{p['cumulative_speedup']:.2f}x")
+            table.add_row(
+                p["rule"],
+                f"{p['saves_ms_per_step']:.2f}",
+                f"{p['step_ms_after']:.2f}",
+                f"{p['cumulative_speedup']:.2f}x",
+            )
         console.print(table)
     for rule, verdict in checks.get("verdicts", {}).items():
         console.print(f"{rule}: {verdict}", markup=False, highlight=False)

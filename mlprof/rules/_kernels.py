@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlprof.analyzers.kernels import chain_savings, in_windows, is_foreach_optimizer_kernel, kernel_classes, launch_times
+from mlprof.analyzers.kernels import (
+    chain_savings,
+    in_windows,
+    is_foreach_optimizer_kernel,
+    kernel_classes,
+    launch_times,
+)
 from mlprof.rules.base import RankContext
 from mlprof.trace.vocabulary import OPTIMIZER_STEP, names_matching
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
@@ -14,10 +16,9 @@ class AllocatorChurn(Rule):
     category = "allocator"
     summary = "device malloc/free calls inside steps (torch.cuda.empty_cache, fragmentation)"
     claims = ("launch.alloc",)
-    defaults = {"min_share": 0.02}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
-        what="`cudaMalloc`/`cudaFree` (or `hipMalloc`/`hipFree`) run inside training steps while "
-        "the device is idle.",
+        what="`cudaMalloc`/`cudaFree` (or `hipMalloc`/`hipFree`) run inside training steps while the device is idle.",
         why="PyTorch's caching allocator should serve every allocation after the first steps from "
         "its pool. Calls to the driver allocator in steady state mean the pool is being emptied "
         "(`torch.cuda.empty_cache()` in the loop) or is fragmented; `cudaFree` also waits for the "

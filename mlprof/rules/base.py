@@ -129,7 +129,11 @@ class RankContext:
         steps = self.analysis.steps
         if len(steps):
             return pd.DataFrame(
-                {"step": steps["step"].to_numpy(), "ts": steps["ts"].to_numpy(), "end": (steps["ts"] + steps["dur"]).to_numpy()}
+                {
+                    "step": steps["step"].to_numpy(),
+                    "ts": steps["ts"].to_numpy(),
+                    "end": (steps["ts"] + steps["dur"]).to_numpy(),
+                }
             )
         lo, hi = self.analysis.span
         return pd.DataFrame({"step": [-1], "ts": [lo], "end": [hi]})

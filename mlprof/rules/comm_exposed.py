@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pandas as pd
 
@@ -14,7 +16,7 @@ class CommExposed(Rule):
     category = "comm_not_overlapped"
     summary = "NCCL/RCCL kernels not hidden under compute on other streams"
     claims = ("comm.transfer",)
-    defaults = {"min_share": 0.03}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03}
     doc = RuleDoc(
         what="Collective or point-to-point communication kernels run while no compute kernel runs "
         "on the device: the step waits for the network.",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
@@ -14,7 +16,7 @@ class DataLoaderWait(Rule):
     category = "data_starvation"
     summary = "GPU idle while the host is inside DataLoader __next__"
     claims = ("data.loader",)
-    defaults = {"min_share": 0.03}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03}
     needs_device = False
     doc = RuleDoc(
         what="The device has nothing to run while the training loop is inside the DataLoader's "
@@ -50,7 +52,7 @@ class DataLoaderWait(Rule):
         names = loader["name"].astype(str)
         single = bool(names.str.contains("_SingleProcessDataLoaderIter").any())
         multi = bool(names.str.contains("_MultiProcessingDataLoaderIter").any())
-        calls = int(len(loader))
+        calls = len(loader)
         mean_call = float(loader["dur"].mean()) if calls else 0.0
         share = lost / ctx.step_ns
         who = "GPU waits" if ctx.has_device else "training loop waits"

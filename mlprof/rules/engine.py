@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mlprof.analyzers.rank_skew import RankSkew
 from mlprof.rules.base import NS_PER_MS, Finding, RankContext, ms
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.registry import RULES
-
-if TYPE_CHECKING:
-    from mlprof.analysis import RankAnalysis
 
 
 @dataclass
@@ -119,7 +116,8 @@ def _merge(
         if rule_id == "COMM002" and skew is not None:
             job.title, job.evidence["late_ranks"] = _late_ranks(skew, job.time_lost_ns_per_step)
         else:
-            job.title = f"{worst.title} [rank {worst.ranks[0]}; {len(group)} of {n} ranks, mean {ms(job.time_lost_ns_per_step)} ms/step]"
+            mean = ms(job.time_lost_ns_per_step)
+            job.title = f"{worst.title} [rank {worst.ranks[0]}; {len(group)} of {n} ranks, mean {mean} ms/step]"
         merged.append(job)
     return merged
 

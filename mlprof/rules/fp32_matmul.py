@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from mlprof.rules._kernels import kernel_facts, top_names
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
 
@@ -12,7 +14,7 @@ class Fp32Matmul(Rule):
     category = "precision"
     summary = "FP32 matmul/convolution kernels on a GPU with tensor cores (no AMP/TF32)"
     claims = ("compute.gemm_fp32",)
-    defaults = {"min_share": 0.05, "local_speedup": 2.0}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "local_speedup": 2.0}
     doc = RuleDoc(
         what="Matrix multiplications and convolutions run as FP32 SIMT kernels (`sgemm`, "
         "`scudnn`, `implicit_convolve_sgemm`) although the GPU has tensor cores.",
@@ -55,7 +57,8 @@ class Fp32Matmul(Rule):
                 f"autocast/TF32 saves ~{ms(lost)} ms",
                 time_lost_ns_per_step=lost,
                 confidence="medium",
-                confidence_reason=f"kernel precision read from names; assumed {cfg['local_speedup']:.1f}x on those kernels",
+                confidence_reason="kernel precision read from names; "
+                f"assumed {cfg['local_speedup']:.1f}x on those kernels",
                 evidence={
                     "fp32_matmul_ms_per_step": ms(exposed),
                     "fp32_matmul_kernels_per_step": round(len(fp32) / n_steps, 1),

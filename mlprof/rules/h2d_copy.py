@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from mlprof.analyzers.copies import bandwidth_gbs, copy_table
@@ -17,7 +19,7 @@ class HostToDeviceCopy(Rule):
     category = "data_starvation"
     summary = "pageable or blocking host-to-device copies on the critical path"
     claims = ("copy.h2d", "sync.h2d", "launch.h2d")
-    defaults = {"min_share": 0.02}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
         what="Batches are copied to the GPU from pageable (not pinned) host memory, or with a "
         "blocking copy, so the copy cannot overlap compute and the host waits for it.",

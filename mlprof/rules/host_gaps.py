@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
 
 
@@ -11,7 +13,7 @@ class HostGaps(Rule):
     category = "host_overhead"
     summary = "GPU idle while the host is outside any recorded op (Python, logging, I/O)"
     claims = ("other.host",)
-    defaults = {"min_share": 0.05}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05}
     doc = RuleDoc(
         what="Inside steps, the device has no work and the host is not in any PyTorch op, "
         "runtime call or DataLoader: it runs plain Python (metrics, logging, checkpoint "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pandas as pd
 
@@ -18,7 +20,7 @@ class HostSync(Rule):
     category = "sync_point"
     summary = "host waits for the GPU mid-step (.item(), .cpu(), synchronize) and the queue drains"
     claims = ("sync.host_read",)
-    defaults = {"min_share": 0.02}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
         what="The training loop reads a value from the GPU (`loss.item()`, `.cpu()`, `.tolist()`, "
         "`nonzero()`, `print(tensor)`, a Python `if` on a tensor) or calls `synchronize()` inside "
@@ -63,9 +65,7 @@ class HostSync(Rule):
         h2d = h2d_sync_mask(trace, sync_rt, directions)
         keep = ~h2d & ctx.in_windows(sync_rt["ts"].to_numpy(np.int64))
         sync_rt = sync_rt[keep]
-        ops = trace.host[
-            trace.host["cat"].isin(DISPATCH_CATS) & ~names_matching(trace.host["name"], PROFILER_STEP)
-        ]
+        ops = trace.host[trace.host["cat"].isin(DISPATCH_CATS) & ~names_matching(trace.host["name"], PROFILER_STEP)]
         q = (sync_rt["ts"].to_numpy(np.int64), sync_rt["end"].to_numpy(np.int64), sync_rt["tid"].to_numpy(np.int64))
         parent = innermost_enclosing(*q, ops)
         op_names = ops["name"].astype(str).to_numpy()
@@ -98,7 +98,8 @@ class HostSync(Rule):
             for r in grouped.itertuples(index=False)
         ]
         top = sites[0]["op"] if sites else "a sync call"
-        per = f"{len(frame) / n_steps:.1f}x per step" if ctx.analysis.steps is not None and len(ctx.analysis.steps) else f"{len(frame)}x in the trace"
+        has_steps = len(ctx.analysis.steps) > 0
+        per = f"{len(frame) / n_steps:.1f}x per step" if has_steps else f"{len(frame)}x in the trace"
         title = f"Host waits for the GPU {per} (top: {top}); GPU idles {ms(lost)} ms per step"
         record_next = [] if ctx.has_stacks else ["with_stack=True to see the Python line of each sync"]
         return [

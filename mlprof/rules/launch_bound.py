@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from mlprof.rules._kernels import kernel_facts
@@ -17,7 +19,7 @@ class LaunchBound(Rule):
     category = "unfused_kernels"
     summary = "GPU idle while the host dispatches ops: kernels shorter than their launch gaps"
     claims = ("launch.dispatch",)
-    defaults = {"min_share": 0.05}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05}
     doc = RuleDoc(
         what="The device runs out of work while the host is still inside PyTorch ops or kernel "
         "launches: the step is bound by Python and dispatch overhead, not by the GPU.",

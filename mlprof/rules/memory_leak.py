@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from mlprof.analyzers.memory_curve import memory_curves
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc
 
@@ -14,7 +16,12 @@ class MemoryLeak(Rule):
     category = "memory_leak"
     summary = "memory allocated at step boundaries grows step after step"
     claims = ()
-    defaults = {"min_growth_mib_per_step": 1.0, "min_r2": 0.8, "min_steps": 4, "min_late_ratio": 0.5}
+    defaults: ClassVar[dict[str, float]] = {
+        "min_growth_mib_per_step": 1.0,
+        "min_r2": 0.8,
+        "min_steps": 4,
+        "min_late_ratio": 0.5,
+    }
     needs_device = False
     doc = RuleDoc(
         what="The memory still allocated when a step starts grows with every step: something "
@@ -63,11 +70,11 @@ class MemoryLeak(Rule):
             if slope < cfg["min_growth_mib_per_step"] * MIB:
                 verdicts.append(f"no leak on {trend}: below {cfg['min_growth_mib_per_step']} MiB per step")
                 continue
-            if curve.r2 < cfg["min_r2"]:
-                verdicts.append(f"no steady leak on {trend}: the level moves up and down (fit below {cfg['min_r2']})")
-                continue
             if curve.late_slope_bytes_per_step < cfg["min_late_ratio"] * slope:
                 verdicts.append(f"warm-up, not a leak, on {trend}: growth flattens in the later steps")
+                continue
+            if curve.r2 < cfg["min_r2"]:
+                verdicts.append(f"no steady leak on {trend}: the level moves up and down (fit below {cfg['min_r2']})")
                 continue
             capacity = None
             if curve.device.startswith("cuda"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
 
 
@@ -11,7 +13,7 @@ class RankWait(Rule):
     category = "comm_not_overlapped"
     summary = "collectives wait for late ranks: some ranks do more work or start later"
     claims = ("comm.wait",)
-    defaults = {"min_share": 0.02}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
         what="On some ranks, collective kernels start and then wait for a rank that arrives "
         "later; that rank is the straggler the whole job runs at.",

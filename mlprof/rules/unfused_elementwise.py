@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pandas as pd
 
@@ -15,7 +17,7 @@ class UnfusedElementwise(Rule):
     category = "unfused_kernels"
     summary = "chains of memory-bound kernels (elementwise, norm, softmax) that fusion would merge"
     claims = ("compute.memory_bound",)
-    defaults = {"min_share": 0.03, "min_chain": 2}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03, "min_chain": 2}
     doc = RuleDoc(
         what="Runs of consecutive memory-bound kernels on a stream (elementwise, activation, "
         "normalisation, softmax, reductions) that eager PyTorch launches one op at a time.",
@@ -87,4 +89,4 @@ class UnfusedElementwise(Rule):
 def _chain_ranges(chained: pd.DataFrame, n: int = 5) -> list[tuple[int, int]]:
     spans = chained.groupby("chain").agg(ts=("ts", "min"), end=("end", "max"), saving=("saving", "sum"))
     top = spans.sort_values("saving", ascending=False).head(n).sort_values("ts")
-    return [(int(a), int(b)) for a, b in zip(top["ts"].to_numpy(np.int64), top["end"].to_numpy(np.int64))]
+    return [(int(a), int(b)) for a, b in zip(top["ts"].to_numpy(np.int64), top["end"].to_numpy(np.int64), strict=True)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from mlprof.rules._kernels import kernel_facts, top_names
@@ -15,7 +17,7 @@ class UnfusedOptimizer(Rule):
     category = "unfused_kernels"
     summary = "per-parameter optimizer kernels (foreach/fused implementation not used)"
     claims = ("compute.optimizer", "launch.optimizer")
-    defaults = {"min_share": 0.02, "min_kernels_per_step": 8}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02, "min_kernels_per_step": 8}
     doc = RuleDoc(
         what="`optimizer.step()` launches several small elementwise kernels per parameter tensor "
         "(the `foreach=False` loop), instead of a few multi-tensor kernels.",

@@ -1,0 +1,152 @@
+"""Team thresholds from pyproject.toml / mlprof.toml, and the rules/explain commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mlprof.cli import main
+from mlprof.rules.config import find_config, load_config
+from mlprof.rules.registry import RULES
+
+from conftest import SAMPLES
+
+STARVED = str(SAMPLES / "synthetic" / "data_starvation.json.gz")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rules_in(out: str) -> set[str]:
+    return {f["rule"] for f in json.loads(out)["findings"]}
+
+
+def test_pyproject_tool_mlprof_is_found_from_a_subfolder(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.mlprof.rules.DATA001]\nmin_share = 0.5\n')
+    sub = tmp_path / "src" / "deep"
+    sub.mkdir(parents=True)
+    assert find_config(sub) == tmp_path / "pyproject.toml"
+    cfg = load_config(start=sub)
+    assert cfg.thresholds("DATA001") == {"min_share": 0.5}
+    assert cfg.thresholds("SYNC001") == {"min_share": 0.02}
+
+
+def test_pyproject_without_tool_mlprof_stops_the_search(tmp_path: Path) -> None:
+    (tmp_path / "mlprof.toml").write_text("min_speedup = 2.0\n")
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    assert find_config(project) is None
+    assert find_config(tmp_path) == tmp_path / "mlprof.toml"
+
+
+def test_config_changes_what_analyze_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "analyze", STARVED, "-f", "json")
+    assert code == 0 and "DATA001" in rules_in(out)
+    (tmp_path / "mlprof.toml").write_text('disable = ["DATA001"]\n')
+    code, out, _ = run(capsys, "analyze", STARVED, "-f", "json")
+    assert code == 0 and "DATA001" not in rules_in(out)
+    other = tmp_path / "team.toml"
+    other.write_text("[rules.DATA001]\nmin_share = 0.99\n")
+    os.remove(tmp_path / "mlprof.toml")
+    code, out, _ = run(capsys, "analyze", STARVED, "-f", "json", "--config", str(other))
+    assert code == 0 and "DATA001" not in rules_in(out)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("min_speedupp = 1.1\n", "'min_speedupp'"),
+        ("[rules.DATA001]\nmin_shar = 0.1\n", "'rules.DATA001.min_shar'"),
+        ("[rules.DATA999]\nmin_share = 0.1\n", "'rules.DATA999'"),
+        ('disable = ["NOPE001"]\n', "'NOPE001'"),
+        ('[rules.DATA001]\nmin_share = "high"\n', "'rules.DATA001.min_share' must be a number"),
+        ("min_speedup = 0.5\n", "must be >= 1.0"),
+        ("min_speedup = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, named: str
+) -> None:
+    cfg = tmp_path / "mlprof.toml"
+    cfg.write_text(text)
+    code, out, err = run(capsys, "analyze", STARVED, "--config", str(cfg))
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and named in err and "Traceback" not in err
+
+
+def test_unknown_key_in_pyproject_is_named_with_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "pyproject.toml"
+    cfg.write_text("[tool.mlprof]\nthreshold = 3\n")
+    code, _, err = run(capsys, "rules", "--config", str(cfg))
+    assert code == 2 and "'tool.mlprof.threshold'" in err
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "analyze", STARVED, "--config", str(tmp_path / "none.toml"))
+    assert code == 2 and "not found" in err
+
+
+def test_rules_lists_every_rule_with_thresholds(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "rules")
+    assert code == 0
+    for rule in RULES:
+        assert rule.id in out and rule.name in out
+    assert "min_share=0.03" in out
+
+
+@pytest.mark.parametrize("rule_id", [r.id for r in RULES])
+def test_explain_prints_every_section(capsys: pytest.CaptureFixture[str], rule_id: str) -> None:
+    code, out, _ = run(capsys, "explain", rule_id.lower())
+    assert code == 0
+    for heading in ("What it detects", "Why it costs time", "How it is detected", "Fix", "When it is a false alarm"):
+        assert heading in out
+    assert "Thresholds" in out
+
+
+def test_explain_by_name_and_unknown(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "explain", "dataloader-wait")
+    assert code == 0 and out.startswith("DATA001")
+    code, out, err = run(capsys, "explain", "XYZ")
+    assert code == 2 and "no rule 'XYZ'" in err
+
+
+def test_json_findings_carry_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "analyze", STARVED, "-f", "json")
+    data = json.loads(out)
+    f = data["findings"][0]
+    for key in (
+        "rule",
+        "category",
+        "severity",
+        "title",
+        "steps",
+        "time_ranges_ns",
+        "evidence",
+        "time_lost_ms_per_step",
+        "expected_speedup",
+        "confidence",
+        "fix",
+    ):
+        assert key in f
+    assert f["category"] == "data_starvation"
+    assert data["plan"][0]["rule"] == "DATA001"
+    assert data["plan"][0]["cumulative_speedup"] == pytest.approx(f["expected_speedup"], abs=1e-3)
+    assert data["checks"]["rules_run"]
+
+
+def test_text_and_markdown_show_findings_and_fix(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "analyze", STARVED, "-f", "markdown")
+    assert code == 0 and "| DATA001 |" in out and "num_workers" in out
+    code, out, _ = run(capsys, "analyze", STARVED)
+    assert code == 0 and "DATA001" in out and "fix:" in out
