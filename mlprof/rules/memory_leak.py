@@ -17,7 +17,7 @@ class MemoryLeak(Rule):
     summary = "memory allocated at step boundaries grows step after step"
     claims = ()
     defaults: ClassVar[dict[str, float]] = {
-        "min_growth_mib_per_step": 1.0,
+        "min_growth_mib_per_step": 0.25,
         "min_r2": 0.8,
         "min_steps": 4,
         "min_late_ratio": 0.5,
