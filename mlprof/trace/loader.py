@@ -179,12 +179,23 @@ def _int(value: Any) -> int | None:
     return None
 
 
+RUN_FOLDER_SIDE_FILES = re.compile(r"^(meta\.json|manifest\.json|counters[^/]*)$")
+"""Files an ``mlprof.profile`` run folder holds beside its traces (run facts, counter samples)."""
+
+
 def trace_files_in(directory: Path) -> list[Path]:
-    """Trace files directly inside ``directory`` (not recursive), sorted by name."""
+    """Trace files directly inside ``directory`` (not recursive), sorted by name.
+
+    In a run folder written by ``mlprof.profile`` the traces are ``trace.rank<N>.json.gz``;
+    ``meta.json`` and counter files beside them are not traces.
+    """
     files = [
         p
         for p in sorted(directory.iterdir())
-        if p.is_file() and p.name.endswith(TRACE_SUFFIXES) and not p.name.startswith(".")
+        if p.is_file()
+        and p.name.endswith(TRACE_SUFFIXES)
+        and not p.name.startswith(".")
+        and not RUN_FOLDER_SIDE_FILES.match(p.name)
     ]
     return files
 
