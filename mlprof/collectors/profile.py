@@ -169,6 +169,7 @@ class ProfileRun:
                 self.faults.record("stopping torch.profiler", exc)
         for writer in self._writers:
             writer.join()
+        self.trace_paths.sort(key=lambda p: (len(p.parts), str(p)))
         for sampler in self._samplers:
             try:
                 sampler.stop()
@@ -247,13 +248,16 @@ class ProfileRun:
         if self._folder is None:
             return
         final = self._folder.trace_path(self._cycle)
-        raw = final.with_suffix("")  # trace.rank0.json: readable on its own if gzip fails later
+        # A fresh hidden name: nothing of the user's can be in the way, and the loader skips dot files.
+        raw = final.with_name(f".{final.name[: -len('.gz')]}.{os.getpid()}.{self._cycle}.tmp")
         try:
             raw.parent.mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(raw))
+            check_exported(raw)
         except Exception as exc:
-            self.faults.record(f"exporting trace cycle {self._cycle} to {raw}", exc)
-            raw.unlink(missing_ok=True)  # a partial JSON file is worse than none
+            self.faults.record(f"exporting trace cycle {self._cycle} to {final}", exc)
+            for leftover in (raw, raw.with_name(raw.name + ".tmp")):
+                leftover.unlink(missing_ok=True)  # a partial JSON file is worse than none
             return
         self._writers = [w for w in self._writers if w.is_alive()]
         writer = threading.Thread(target=self._compress, args=(raw, final), name="mlprof-gzip", daemon=True)
@@ -264,10 +268,15 @@ class ProfileRun:
         try:
             gzip_file(raw, final)
             self.trace_paths.append(final)
+            return
         except Exception as exc:
-            self.faults.record(f"compressing {raw} (kept uncompressed)", exc)
-            if raw.exists():
-                self.trace_paths.append(raw)
+            self.faults.record(f"compressing the trace to {final} (kept uncompressed)", exc)
+        plain = final.with_name(final.name[: -len(".gz")])  # trace.rank<N>.json, readable by mlprof
+        try:
+            os.replace(raw, plain)
+            self.trace_paths.append(plain)
+        except OSError:
+            self.trace_paths.append(raw)
 
     # -- counters ------------------------------------------------------------------
 
@@ -379,6 +388,22 @@ class ProfileRun:
             _write_json(self._folder.meta_path, self.meta)
         except Exception as exc:
             self.faults.record(f"writing {self._folder.meta_path}", exc)
+
+
+def check_exported(path: Path) -> None:
+    """Raise unless ``path`` holds a complete trace.
+
+    Kineto reports a failed write (disk full, a rename onto a directory) only in its own
+    log and returns normally, so the file itself is checked: it must exist and end with
+    the closing ``}`` of the JSON document.
+    """
+    if not path.is_file():
+        raise OSError(f"torch.profiler wrote no trace to {path} (see the Kineto log above)")
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 64))
+        tail = fh.read().rstrip()
+    if not tail.endswith(b"}"):
+        raise OSError(f"torch.profiler wrote an incomplete trace to {path} (disk full?)")
 
 
 def _cuda_available() -> bool:
