@@ -14,8 +14,10 @@ counter names as the NVML sampler, with ``source="dcgm"``, into the same counter
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -179,7 +181,13 @@ class DcgmiSampler(BackgroundSampler):
     def open(self) -> None:
         cmd = dmon_command(self.fields, max(1, round(self.interval_s * 1000)), self.executable)
         self._proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, bufsize=1
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # its own process group: stop() ends it and anything it started
         )
 
     def start(self) -> None:
@@ -208,14 +216,26 @@ class DcgmiSampler(BackgroundSampler):
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+            self._signal(signal.SIGTERM)
             try:
                 self._proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
+                self._signal(signal.SIGKILL)
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self._proc is not None and self._proc.stdout is not None and not self._thread_alive():
+            self._proc.stdout.close()
         self.sink.flush()
+
+    def _thread_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _signal(self, sig: int) -> None:
+        assert self._proc is not None
+        try:
+            os.killpg(self._proc.pid, sig)  # the group we created for it, nothing else
+        except (OSError, AttributeError):
+            self._proc.send_signal(sig)
 
     def sample(self, ts: int) -> list[CounterRow]:  # the stream reader pushes rows itself
         return []
