@@ -14,12 +14,16 @@ import pandas as pd
 
 from mlprof.analyzers.attribution import CATEGORIES, attribute_span, attribute_steps
 from mlprof.analyzers.causes import attribute_causes
+from mlprof.analyzers.counter_timeline import MemoryTrend, memory_trends
+from mlprof.analyzers.counters import DeviceCounterSummary, counters_per_step, summarize_devices
 from mlprof.analyzers.rank_skew import RankSkew, rank_skew
 from mlprof.analyzers.temporal import TemporalBreakdown, temporal_breakdown
 from mlprof.errors import UsageError
 from mlprof.rules.base import RankContext
 from mlprof.rules.config import RuleConfig
-from mlprof.rules.engine import Diagnosis, diagnose
+from mlprof.rules.counter_base import CounterContext
+from mlprof.rules.engine import CounterDiagnosis, Diagnosis, diagnose, diagnose_counters
+from mlprof.rules.memory_growth import counter_memory_verdict
 from mlprof.trace.model import Trace
 
 
@@ -62,6 +66,42 @@ class RankAnalysis:
 
 
 @dataclass
+class CounterAnalysis:
+    """GPU counters (nvidia-smi, NVML, DCGM): per-device summaries and the counter rules' findings.
+
+    The result of ``mlprof analyze`` on a counters file alone, and the counters part of an
+    :class:`Analysis` given ``--counters``; then ``aligned`` says whether the samples were
+    joined to the trace's steps and ``notes`` why not.
+    """
+
+    paths: list[str]
+    counters: pd.DataFrame
+    time_base: str
+    """``epoch``, ``epoch (naive local time read as UTC)``, ``relative`` or ``mixed``."""
+    formats: list[str]
+    summaries: list[DeviceCounterSummary]
+    diagnosis: CounterDiagnosis
+    notes: list[str] = field(default_factory=list)
+    aligned: bool = False
+    """True when the samples were joined to the trace's steps (same epoch clock, overlapping times)."""
+    per_step: pd.DataFrame | None = None
+    """One row per (step, device) when aligned, see :func:`mlprof.analyzers.counters.counters_per_step`."""
+    during_trace: pd.DataFrame | None = None
+    """One row per device over the whole analysed trace window when aligned (same columns)."""
+    trace_window_memory: list[MemoryTrend] = field(default_factory=list)
+    """Device memory trend over the analysed trace window, when aligned."""
+
+    @property
+    def findings(self) -> list[Any]:
+        return self.diagnosis.findings
+
+    @property
+    def span_ns(self) -> tuple[int, int]:
+        ts = self.counters["ts"]
+        return (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
+
+
+@dataclass
 class Analysis:
     """A job: one or more ranks."""
 
@@ -70,6 +110,10 @@ class Analysis:
     step_filter: str | None = None
     diagnosis: Diagnosis | None = None
     skew: RankSkew | None = None
+    counters: pd.DataFrame | None = None
+    """GPU counters given with ``--counters`` (table of :mod:`mlprof.counters.metrics`), if any."""
+    counter_summary: CounterAnalysis | None = None
+    """What the counters say, and whether they could be joined to the steps."""
 
     @property
     def findings(self) -> list[Any]:
@@ -169,15 +213,101 @@ def _trace_span(trace: Trace) -> tuple[int, int]:
 
 
 def analyze_job(
-    traces: list[Trace], path: str, steps_spec: str | None = None, config: RuleConfig | None = None
+    traces: list[Trace],
+    path: str,
+    steps_spec: str | None = None,
+    config: RuleConfig | None = None,
+    *,
+    counters: pd.DataFrame | None = None,
+    counter_paths: list[str] | None = None,
 ) -> Analysis:
-    """Measure every rank, match collectives across ranks, and run the rules on the job."""
+    """Measure every rank, match collectives across ranks, and run the rules on the job.
+
+    ``counters`` (a table from :func:`mlprof.counters.load_counters`, ``attrs["time_base"]`` set)
+    adds the counter rules and, when the clocks agree, a join of the samples to the steps.
+    """
+    config = config or RuleConfig()
     ranks = [measure_trace(t, steps_spec) for t in traces]
     skew = rank_skew(traces)
-    diagnosis = _diagnose(ranks, skew, config or RuleConfig())
+    diagnosis = _diagnose(ranks, skew, config)
     for ra, findings in zip(ranks, diagnosis.per_rank, strict=True):
         ra.findings = sorted(findings, key=lambda f: -f.expected_speedup)
-    return Analysis(path=path, ranks=ranks, step_filter=steps_spec, diagnosis=diagnosis, skew=skew)
+    analysis = Analysis(path=path, ranks=ranks, step_filter=steps_spec, diagnosis=diagnosis, skew=skew)
+    if counters is not None:
+        ca = analyze_counters(counters, counter_paths or [], config)
+        _align(analysis, ca)
+        analysis.counters = counters
+        analysis.counter_summary = ca
+        has_memory = bool((counters["metric"] == "mem_used_bytes").any())
+        verdict = counter_memory_verdict(ca.diagnosis, ca.trace_window_memory) if has_memory else None
+        if verdict:
+            old = diagnosis.verdicts.get("MEM001")
+            diagnosis.verdicts["MEM001"] = f"{old} | {verdict}" if old else verdict
+    return analysis
+
+
+EPOCH_MIN_NS = 10**18
+"""Times at or after 2001-09-09 in ns are taken as Unix-epoch times (traces and counters alike)."""
+
+
+def analyze_counters(counters: pd.DataFrame, paths: list[str], config: RuleConfig | None = None) -> CounterAnalysis:
+    """Summarise a counters table per device and run the counter rules on it."""
+    time_base = str(counters.attrs.get("time_base", "relative"))
+    fmt = counters.attrs.get("format")
+    formats = list(fmt) if isinstance(fmt, list) else [str(fmt)] if fmt else []
+    notes = [str(n) for n in counters.attrs.get("notes", [])]
+    if time_base == "relative":
+        notes.append("the counters carry no wall clock: times are from the start of the recording")
+    elif time_base.startswith("epoch ("):
+        notes.append("the counter timestamps have no time zone and were read as UTC")
+    diagnosis = diagnose_counters(CounterContext(counters, time_base), config or RuleConfig())
+    return CounterAnalysis(
+        paths=paths,
+        counters=counters,
+        time_base=time_base,
+        formats=formats,
+        summaries=summarize_devices(counters),
+        diagnosis=diagnosis,
+        notes=notes,
+    )
+
+
+def _align(analysis: Analysis, ca: CounterAnalysis) -> None:
+    """Join the counters to the job's steps when both are on the epoch clock and overlap; else say why not."""
+    steps = analysis.job_steps()
+    if len(steps):
+        windows = pd.DataFrame(
+            {"step": steps["step"].to_numpy(), "ts": steps["ts"].to_numpy(np.int64)},
+        )
+        windows["end"] = windows["ts"] + steps["dur"].to_numpy(np.int64)
+    else:
+        lo, hi = min(ra.span[0] for ra in analysis.ranks), max(ra.span[1] for ra in analysis.ranks)
+        windows = pd.DataFrame({"step": [-1], "ts": [lo], "end": [hi]})
+    t_lo, t_hi = int(windows["ts"].min()), int(windows["end"].max())
+    c_lo, c_hi = ca.span_ns
+    if not ca.time_base.startswith("epoch"):
+        ca.notes.append(
+            f"counters not joined to steps: their time base is '{ca.time_base}' (no wall clock), the trace's is "
+            "the epoch; record counters with timestamps (nvidia-smi --query-gpu=timestamp,..., the mlprof collector)"
+        )
+        return
+    if t_lo < EPOCH_MIN_NS:
+        ca.notes.append("counters not joined to steps: the trace's times are not on the Unix epoch clock")
+        return
+    if c_hi < t_lo or c_lo >= t_hi:
+        gap_s = (t_lo - c_hi if c_hi < t_lo else c_lo - t_hi) / 1e9
+        side = "before" if c_hi < t_lo else "after"
+        ca.notes.append(
+            f"counters not joined to steps: they end {gap_s:,.1f} s {side} the trace's steps "
+            "(different runs, or clocks that disagree)"
+        )
+        return
+    ca.aligned = True
+    ca.per_step = counters_per_step(ca.counters, windows)
+    ca.during_trace = counters_per_step(ca.counters, pd.DataFrame({"step": [-1], "ts": [t_lo], "end": [t_hi]}))
+    ca.trace_window_memory = memory_trends(ca.counters, t_lo, t_hi)
+    inside = int(((ca.counters["ts"] >= t_lo) & (ca.counters["ts"] < t_hi)).sum())
+    ca.notes.append(f"counters joined to {len(windows)} step window(s): {inside} samples fall inside the trace's steps")
 
 
 def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConfig) -> Diagnosis:

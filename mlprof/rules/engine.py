@@ -17,7 +17,8 @@ from typing import Any
 from mlprof.analyzers.rank_skew import RankSkew
 from mlprof.rules.base import NS_PER_MS, Finding, RankContext, ms
 from mlprof.rules.config import RuleConfig
-from mlprof.rules.registry import RULES
+from mlprof.rules.counter_base import CounterContext
+from mlprof.rules.registry import COUNTER_RULES, TRACE_RULES
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Diagnosis:
 
 def run_rank(ctx: RankContext, config: RuleConfig) -> list[Finding]:
     out: list[Finding] = []
-    for rule in RULES:
+    for rule in TRACE_RULES:
         if rule.id in config.disabled:
             continue
         if rule.needs_device and not ctx.has_device:
@@ -73,10 +74,53 @@ def diagnose(
         plan=build_plan(kept, step_ns),
         step_ms=step_ns / NS_PER_MS,
         record_next=_record_next(contexts, kept, world_size),
-        rules_run=[r.id for r in RULES if r.id not in config.disabled],
+        rules_run=[r.id for r in TRACE_RULES if r.id not in config.disabled],
         below_threshold=dropped,
         verdicts=_verdicts(contexts),
         per_rank=per_rank,
+    )
+
+
+@dataclass
+class CounterDiagnosis:
+    """The counter rules' findings over one counters table (ranked), apart from the trace's plan."""
+
+    findings: list[Finding]
+    rules_run: list[str] = field(default_factory=list)
+    verdicts: dict[str, str] = field(default_factory=dict)
+    below_threshold: int = 0
+    record_next: list[str] = field(default_factory=list)
+    """Counters to add next time for the checks these could not make."""
+
+
+COUNTER_WISHES: dict[str, str] = {
+    "gpu_util_pct": "utilization.gpu (nvidia-smi --query-gpu) or DCGM_FI_DEV_GPU_UTIL to check for idle GPUs",
+    "mem_used_bytes": "memory.used and memory.total to check device memory growth",
+    "throttle_reasons": "clocks_event_reasons.active and clocks.sm (nvidia-smi --query-gpu) to check clock throttling",
+}
+
+
+def diagnose_counters(ctx: CounterContext, config: RuleConfig) -> CounterDiagnosis:
+    """Run the counter rules. Their findings stay out of the trace's plan: the idle time they see is time
+    the trace rules may already have attributed to a cause."""
+    findings: list[Finding] = []
+    run: list[str] = []
+    for rule in COUNTER_RULES:
+        if rule.id in config.disabled:
+            continue
+        run.append(rule.id)
+        findings.extend(rule.check_counters(ctx, config.thresholds(rule.id)))
+    kept = [f for f in findings if f.expected_speedup >= config.min_speedup or f.time_lost_ns_per_step == 0]
+    kept.sort(key=lambda f: (-f.expected_speedup, f.severity != "critical", f.rule))
+    wishes = [text for metric, text in COUNTER_WISHES.items() if metric not in ctx.metrics]
+    if any(f.category == "gpu_utilisation" and f.time_lost_ns_per_step > 0 for f in kept):
+        wishes.append("a trace of a few steps (mlprof.profile) analysed with --counters: what the GPUs wait for")
+    return CounterDiagnosis(
+        findings=kept,
+        rules_run=run,
+        verdicts=dict(ctx.verdicts),
+        below_threshold=len(findings) - len(kept),
+        record_next=wishes,
     )
 
 

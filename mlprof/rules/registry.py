@@ -1,4 +1,4 @@
-"""Every rule mlprof knows, in one list: ``mlprof rules`` prints it, the engine runs it."""
+"""Every rule mlprof knows, in one list: ``mlprof rules`` prints it, the engine runs it (counter rules apart)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ from mlprof.errors import UsageError
 from mlprof.rules.allocator_churn import AllocatorChurn
 from mlprof.rules.base import Rule
 from mlprof.rules.comm_exposed import CommExposed
+from mlprof.rules.counter_base import CounterRule
 from mlprof.rules.data_loader_wait import DataLoaderWait
 from mlprof.rules.fp32_matmul import Fp32Matmul
+from mlprof.rules.gpu_idle import GpuIdle
+from mlprof.rules.gpu_imbalance import GpuImbalance
+from mlprof.rules.gpu_throttle import GpuThrottle
 from mlprof.rules.h2d_copy import HostToDeviceCopy
 from mlprof.rules.host_gaps import HostGaps
 from mlprof.rules.host_sync import HostSync
 from mlprof.rules.launch_bound import LaunchBound
+from mlprof.rules.memory_growth import DeviceMemoryGrowth
 from mlprof.rules.memory_leak import MemoryLeak
 from mlprof.rules.rank_wait import RankWait
 from mlprof.rules.unfused_elementwise import UnfusedElementwise
@@ -30,7 +35,15 @@ RULES: tuple[Rule, ...] = (
     Fp32Matmul(),
     AllocatorChurn(),
     HostGaps(),
+    GpuIdle(),
+    GpuThrottle(),
+    GpuImbalance(),
+    DeviceMemoryGrowth(),
 )
+
+COUNTER_RULES: tuple[CounterRule, ...] = tuple(r for r in RULES if isinstance(r, CounterRule))
+"""Rules over GPU counters (run by :func:`mlprof.rules.engine.diagnose_counters`), not over a trace."""
+TRACE_RULES: tuple[Rule, ...] = tuple(r for r in RULES if not isinstance(r, CounterRule))
 
 BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
 

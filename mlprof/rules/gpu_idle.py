@@ -1,0 +1,97 @@
+"""GPU001: every GPU of the job sits (nearly) idle at the same time."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from mlprof.rules.base import Finding, RuleDoc
+from mlprof.rules.counter_base import CounterContext, CounterRule
+
+NS_PER_S = 1_000_000_000
+
+
+class GpuIdle(CounterRule):
+    id = "GPU001"
+    name = "gpu-idle"
+    category = "gpu_utilisation"
+    summary = "all GPUs under the utilisation threshold at once (counters)"
+    defaults: ClassVar[dict[str, float]] = {"low_util_pct": 10.0, "min_share": 0.05}
+    doc = RuleDoc(
+        what="GPU counters (nvidia-smi, NVML, DCGM) show every GPU of the job below `low_util_pct` "
+        "utilisation at the same time for a noticeable share of the recording: the whole job is "
+        "waiting, not computing.",
+        why="A GPU-hour is paid whether a kernel runs or not. When all GPUs idle together the job "
+        "waits on something outside them: input loading, the host launching work, checkpoint "
+        "writes, evaluation on the CPU, a straggling step of the launcher. Removing that time would "
+        "finish the same work sooner: the expected speedup is recorded time / (recorded time - "
+        "time with all GPUs idle).",
+        detection="From `gpu_util_pct` samples (NVML `utilization.gpu`: the share of the sample "
+        "period in which any kernel ran). Each sample holds until the next one of its GPU; all GPUs "
+        "are read at the union of their sample times, and the time in which every GPU is under "
+        "`low_util_pct` is summed over the time all of them have samples. The rule fires when that "
+        "time is at least `min_share` of the covered time. The time lost is that measured time, the "
+        "basis the covered time (a counter finding's 'step' is the whole recording).",
+        fix="Find what the job waits for with a short trace of a few steps, then fix that cause "
+        "(the trace rules name it: data loading, host syncs, launch overhead):\n\n"
+        '    with mlprof.profile(name="idle-check") as run:\n'
+        "        for batch in loader:\n"
+        "            train_step(batch)\n"
+        "            run.step()\n\n"
+        "    $ mlprof analyze runs/idle-check --counters gpu.csv\n\n"
+        "Typical fixes: `DataLoader(num_workers=8, pin_memory=True, persistent_workers=True)`, "
+        "asynchronous checkpointing, evaluation less often or on the GPU.",
+        false_alarms="Start-up (model loading, compilation, dataset indexing) and shutdown count as "
+        "idle: trim the log to the training phase if they are expected. `utilization.gpu` says a "
+        "kernel ran, not how much of the GPU it used: a busy GPU can still be badly used (look at "
+        "DCGM `sm_active`). With coarse sampling (e.g. one sample a minute) short idle gaps are "
+        "invisible and long ones are approximate.",
+    )
+
+    def check_counters(self, ctx: CounterContext, cfg: dict[str, float]) -> list[Finding]:
+        util = ctx.util(cfg["low_util_pct"])
+        if util is None or util.covered_ns <= 0:
+            if util is None:
+                ctx.verdicts[self.id] = "not judged: the counters have no GPU utilisation samples"
+            return []
+        share = util.all_low_ns / util.covered_ns
+        who = "the GPU" if len(util.devices) == 1 else f"all {len(util.devices)} GPUs"
+        threshold = f"{cfg['low_util_pct']:g}%"
+        if share < cfg["min_share"]:
+            ctx.verdicts[self.id] = (
+                f"{who} under {threshold} utilisation {share:.1%} of {util.covered_ns / NS_PER_S / 60:.1f} min "
+                f"(below {cfg['min_share']:.0%})"
+            )
+            return []
+        samples = int((ctx.counters["metric"] == "gpu_util_pct").sum())
+        title = (
+            f"{who.capitalize()} under {threshold} utilisation {share:.0%} of the recorded time "
+            f"({util.all_low_ns / NS_PER_S / 60:.1f} of {util.covered_ns / NS_PER_S / 60:.1f} min)"
+        )
+        evidence = {
+            "low_util_pct": cfg["low_util_pct"],
+            "all_idle_share": round(share, 4),
+            "all_idle_s": round(util.all_low_ns / NS_PER_S, 3),
+            "covered_s": round(util.covered_ns / NS_PER_S, 3),
+            "devices": util.devices,
+            "idle_share_by_device": {str(d): round(util.low_ns[d] / util.covered_ns, 4) for d in util.devices},
+            "mean_util_pct_by_device": {str(d): round(util.mean_util_pct[d], 2) for d in util.devices},
+            "util_samples": samples,
+        }
+        everything = share >= 0.999
+        return [
+            self.counter_finding(
+                ctx,
+                util.covered_ns,
+                title=title
+                if not everything
+                else f"{who.capitalize()} never above {threshold} utilisation: nothing ran on the GPU in the recording",
+                time_lost_ns_per_step=float(util.all_low_ns),
+                confidence="medium" if samples >= 10 * len(util.devices) else "low",
+                confidence_reason=f"{samples} utilisation samples; a sample says whether a kernel ran in its "
+                "period, not why the GPU waited (a trace says why)",
+                evidence=evidence,
+                fix="profile a few steps (mlprof.profile) and analyse them with --counters: the trace says what the "
+                "GPU waits for",
+                severity_override="critical" if everything else None,
+            )
+        ]
