@@ -11,6 +11,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import typer
@@ -26,6 +27,9 @@ from rich.progress import (
 
 from mlprof import __version__
 from mlprof.errors import MlprofError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(
     name="mlprof",
@@ -59,7 +63,11 @@ def _root(
 
 @app.command()
 def analyze(
-    path: Path = typer.Argument(..., help="Trace file (.json, .json.gz) or a directory of per-rank traces."),
+    path: Path = typer.Argument(
+        ...,
+        help="Trace file (.json, .json.gz, nsys .sqlite), a directory of per-rank traces, or a GPU counters file "
+        "(nvidia-smi CSV, dcgmi dmon, dcgm-exporter metrics) analysed alone.",
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", "-f", help="Output format."),
     rank: int | None = typer.Option(None, "--rank", help="Analyse only this rank of a multi-rank directory."),
     steps: str | None = typer.Option(None, "--steps", help="Steps to analyse: 16, 16-18, 16,18 or 17-."),
@@ -75,14 +83,32 @@ def analyze(
         help="Thresholds file (mlprof.toml or a pyproject.toml with [tool.mlprof]); found from the current "
         "directory up when not given.",
     ),
+    counters: list[Path] | None = typer.Option(
+        None,
+        "--counters",
+        help="GPU counters recorded with the trace (nvidia-smi --query-gpu CSV, dcgmi dmon, dcgm-exporter "
+        "metrics, mlprof counters CSV); repeatable.",
+    ),
 ) -> None:
     """Where the step time goes, per step and per rank, and what to fix first."""
-    from mlprof.analysis import analyze_job
+    from mlprof.analysis import analyze_counters, analyze_job
+    from mlprof.counters import sniff_counters
     from mlprof.errors import UsageError
     from mlprof.rules.config import load_config
     from mlprof.trace.loader import load_job
 
     rule_config = load_config(config)
+    counter_paths = list(counters or [])
+    for source in [path, *counter_paths]:
+        if output is not None and _same_or_inside(output, source):
+            raise UsageError(f"--output {output}: would overwrite the input; choose another file")
+    if _is_file(path) and sniff_counters(path) is not None:
+        for flag, value in (("--rank", rank), ("--steps", steps), ("--step-marker", step_marker)):
+            if value is not None:
+                raise UsageError(f"{flag}: {path} is a counters file, which has no ranks or steps; pass a trace")
+        table = _load_counters([path, *counter_paths])
+        _emit(analyze_counters(table, [str(p) for p in [path, *counter_paths]], rule_config), fmt, output)
+        return
 
     if step_marker is not None:
         import re
@@ -91,16 +117,42 @@ def analyze(
             re.compile(step_marker)
         except re.error as exc:
             raise UsageError(f"--step-marker: not a valid regex ({exc})") from None
-    if output is not None and _same_or_inside(output, path):
-        raise UsageError(f"--output {output}: would overwrite the input; choose another file")
+    counter_table = _load_counters(counter_paths) if counter_paths else None
     with _progress() as on_progress:
         traces = load_job(path, on_progress=on_progress, step_marker=step_marker)
     if rank is not None:
         traces = [t for t in traces if t.meta.rank == rank]
         if not traces:
             raise UsageError(f"--rank {rank}: no such rank in {path}")
-    analysis = analyze_job(traces, str(path), steps, rule_config)
+    analysis = analyze_job(
+        traces, str(path), steps, rule_config, counters=counter_table, counter_paths=[str(p) for p in counter_paths]
+    )
     _emit(analysis, fmt, output)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False  # the trace loader reports unusable paths in its own words
+
+
+def _load_counters(paths: list[Path]) -> pd.DataFrame:
+    """Counters files as one table; ``attrs`` say the formats and the time base (``mixed`` if they differ)."""
+    from mlprof.counters import concat_counters, load_counters
+
+    tables = [load_counters(p) for p in paths]
+    table = concat_counters(tables)
+    bases = {str(t.attrs.get("time_base", "relative")) for t in tables}
+    notes = [f"{p}: {n}" for p, t in zip(paths, tables, strict=True) for n in t.attrs.get("notes", [])]
+    if len(tables) > 1:
+        notes.append(f"{len(tables)} counters files merged; GPUs with the same index in different files are one GPU")
+    table.attrs = {
+        "time_base": bases.pop() if len(bases) == 1 else "mixed",
+        "format": sorted({str(t.attrs.get("format")) for t in tables}),
+        "notes": notes,
+    }
+    return table
 
 
 @app.command("rules")
@@ -180,14 +232,15 @@ def _same_or_inside(output: Path, path: Path) -> bool:
 
 
 def _emit(analysis: object, fmt: OutputFormat, output: Path | None) -> None:
-    from mlprof.analysis import Analysis
-    from mlprof.report.json_report import to_json_dict
+    from mlprof.analysis import Analysis, CounterAnalysis
+    from mlprof.report.json_report import counters_only_json_dict, to_json_dict
     from mlprof.report.markdown import render_markdown
     from mlprof.report.text import render_text
 
-    assert isinstance(analysis, Analysis)
+    assert isinstance(analysis, (Analysis, CounterAnalysis))
     if fmt is OutputFormat.json:
-        text = msgspec.json.format(msgspec.json.encode(to_json_dict(analysis)), indent=2).decode() + "\n"
+        data = to_json_dict(analysis) if isinstance(analysis, Analysis) else counters_only_json_dict(analysis)
+        text = msgspec.json.format(msgspec.json.encode(data), indent=2).decode() + "\n"
     elif fmt is OutputFormat.markdown:
         text = render_markdown(analysis)
     else:

@@ -4,7 +4,16 @@ See :mod:`mlprof.counters.metrics` for the columns and the canonical metric name
 and :func:`load_counters` to read any supported file.
 """
 
-from mlprof.counters.loader import load_counters
+from mlprof.counters.loader import load_counters, sniff_counters
 from mlprof.counters.metrics import COLUMNS, METRICS, THROTTLE_REASONS, Metric, concat_counters, empty_counters
 
-__all__ = ["COLUMNS", "METRICS", "THROTTLE_REASONS", "Metric", "concat_counters", "empty_counters", "load_counters"]
+__all__ = [
+    "COLUMNS",
+    "METRICS",
+    "THROTTLE_REASONS",
+    "Metric",
+    "concat_counters",
+    "empty_counters",
+    "load_counters",
+    "sniff_counters",
+]

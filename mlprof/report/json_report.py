@@ -22,6 +22,15 @@ removed or renamed key a major bump). Layout::
                      that looked and found nothing (e.g. the memory trend)
     record_next      what to record next time for the signals this trace lacks
     notes            plain-language caveats about what the trace lacks
+    counters         (1.2) GPU counters given with --counters, or analysed alone:
+                     paths, formats, time_base, per-device summaries, whether
+                     they were joined to the steps (and per-step means), the
+                     counter rules' findings, verdicts and notes; null without
+
+A counters file analysed alone gives the same top-level keys: ``trace`` and
+``breakdown`` are null, ``steps``/``ranks``/``plan`` empty, ``findings`` the
+counter findings (also under ``counters.findings``). A counter finding's
+``step_ms`` is the recorded time it is measured over.
 
 All durations are milliseconds (float) derived from exact int64 ns.
 """
@@ -34,11 +43,11 @@ import numpy as np
 import pandas as pd
 
 from mlprof import __version__
-from mlprof.analysis import Analysis, RankAnalysis
+from mlprof.analysis import Analysis, CounterAnalysis, RankAnalysis
 from mlprof.analyzers.attribution import CATEGORIES, CATEGORY_HELP, gpu_busy_pct
 from mlprof.analyzers.temporal import TemporalBreakdown
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 NS_PER_MS = 1_000_000
 
 
@@ -174,4 +183,96 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         "checks": checks,
         "record_next": diagnosis.record_next if diagnosis else [],
         "notes": notes,
+        "counters": None if analysis.counter_summary is None else counters_dict(analysis.counter_summary),
+    }
+
+
+MIB = 1 << 20
+
+
+def _num(value: float, digits: int = 3) -> float | None:
+    """A finite float rounded, or None (JSON has no NaN)."""
+    value = float(value)
+    return round(value, digits) if np.isfinite(value) else None
+
+
+def counters_dict(ca: CounterAnalysis) -> dict[str, Any]:
+    """The ``counters`` object: per-device summaries, the join to steps, the counter rules' findings."""
+    lo, hi = ca.span_ns
+    devices = [
+        {
+            "device": s.device,
+            "samples": s.samples,
+            "span_s": _num(s.span_ns / 1e9),
+            "util_mean_pct": _num(s.util_mean_pct, 2),
+            "util_p5_pct": _num(s.util_p5_pct, 2),
+            "util_p95_pct": _num(s.util_p95_pct, 2),
+            "low_util_pct": s.low_util_pct,
+            "util_below_share": _num(s.util_below_frac, 4),
+            "mem_used_max_mib": _num(s.mem_used_max_bytes / MIB, 1),
+            "mem_total_mib": _num(s.mem_total_bytes / MIB, 1),
+            "mem_used_max_share": _num(s.mem_used_max_frac, 4),
+            "mem_growth_mib_per_min": _num(s.mem_growth_bytes_per_s * 60 / MIB, 3),
+            "mem_growth_r2": _num(s.mem_growth_r2, 4),
+            "sm_active_mean": _num(s.sm_active_mean, 4),
+            "throttle_share": {k: round(v, 4) for k, v in s.throttle_frac.items()},
+        }
+        for s in ca.summaries
+    ]
+    return {
+        "paths": ca.paths,
+        "formats": ca.formats,
+        "time_base": ca.time_base,
+        "start_ns": lo,
+        "end_ns": hi,
+        "span_s": _num((hi - lo) / 1e9),
+        "rows": len(ca.counters),
+        "metrics": sorted({str(m) for m in ca.counters["metric"].astype(str).unique()}),
+        "devices": devices,
+        "aligned_to_steps": ca.aligned,
+        "during_trace": _per_step_records(ca.during_trace),
+        "per_step": _per_step_records(ca.per_step),
+        "findings": [f.to_dict() for f in ca.findings],
+        "checks": {
+            "rules_run": ca.diagnosis.rules_run,
+            "below_min_speedup": ca.diagnosis.below_threshold,
+            "verdicts": ca.diagnosis.verdicts,
+        },
+        "record_next": ca.diagnosis.record_next,
+        "notes": ca.notes,
+    }
+
+
+def _per_step_records(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
+    if frame is None or len(frame) == 0:
+        return []
+    return [
+        {
+            "step": int(r.step),
+            "device": int(r.device),
+            "util_mean_pct": _num(r.util_mean_pct, 2),
+            "util_samples": int(r.util_samples),
+            "sm_active_mean": _num(r.sm_active_mean, 4),
+            "mem_used_at_start_mib": _num(r.mem_used_at_start_bytes / MIB, 1),
+        }
+        for r in frame.itertuples(index=False)
+    ]
+
+
+def counters_only_json_dict(ca: CounterAnalysis) -> dict[str, Any]:
+    """The JSON report of a counters file analysed alone (same top-level keys as a trace report)."""
+    counters = counters_dict(ca)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "mlprof", "version": __version__},
+        "trace": None,
+        "steps": [],
+        "breakdown": None,
+        "ranks": [],
+        "findings": counters["findings"],
+        "plan": [],
+        "checks": counters["checks"],
+        "record_next": counters["record_next"],
+        "notes": counters["notes"],
+        "counters": counters,
     }

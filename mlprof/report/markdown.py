@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from mlprof.analysis import Analysis
+from typing import Any
+
+from mlprof.analysis import Analysis, CounterAnalysis
 from mlprof.analyzers.attribution import CATEGORIES
-from mlprof.report.json_report import to_json_dict
+from mlprof.report.json_report import counters_only_json_dict, to_json_dict
 
 
-def render_markdown(analysis: Analysis) -> str:
+def render_markdown(analysis: Analysis | CounterAnalysis) -> str:
+    if isinstance(analysis, CounterAnalysis):
+        c = counters_only_json_dict(analysis)["counters"]
+        paths = ", ".join(f"`{p}`" for p in c["paths"])
+        return "\n".join([f"## mlprof: {paths}", "", *_counters_lines(c, alone=True)]) + "\n"
     data = to_json_dict(analysis)
     tr, bd = data["trace"], data["breakdown"]
     lines = [f"## mlprof: `{tr['path']}`", ""]
@@ -53,4 +59,43 @@ def render_markdown(analysis: Analysis) -> str:
     notes = [*data["notes"], *tr["notes"]]
     if notes:
         lines += ["", *[f"> note: {n}" for n in notes]]
+    if data.get("counters"):
+        lines += ["", "### GPU counters", "", *_counters_lines(data["counters"], alone=False)]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _counters_lines(c: dict[str, Any], *, alone: bool) -> list[str]:
+    lines = [
+        f"{'/'.join(c['formats']) or 'counters'}, {len(c['devices'])} GPU(s), {_cell(c['span_s'], '.0f')} s, "
+        f"{c['rows']:,} samples, clock: {c['time_base']}"
+        + ("" if alone else f"; joined to steps: {'yes' if c['aligned_to_steps'] else 'no'}")
+        + ".",
+        "",
+        "| GPU | util mean % | time under low util | mem max MiB | of MiB | growth MiB/min (r2) | throttled |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for d in c["devices"]:
+        low = d["util_below_share"]
+        throttle = ", ".join(f"{k} {v:.0%}" for k, v in d["throttle_share"].items() if k != "gpu_idle") or "-"
+        under = "-" if low is None else f"{low:.1%} (<{d['low_util_pct']:g}%)"
+        lines.append(
+            f"| {d['device']} | {_cell(d['util_mean_pct'], '.1f')} | {under} | {_cell(d['mem_used_max_mib'], '.0f')} | "
+            f"{_cell(d['mem_total_mib'], '.0f')} | {_cell(d['mem_growth_mib_per_min'], '+.1f')} "
+            f"({_cell(d['mem_growth_r2'], '.2f')}) | {throttle} |"
+        )
+    if c["findings"]:
+        lines += ["", "| # | rule | title | expected speedup | severity |", "|---|---|---|---:|---|"]
+        for i, f in enumerate(c["findings"], 1):
+            lines.append(f"| {i} | {f['rule']} | {f['title']} | {f['expected_speedup']:.2f}x | {f['severity']} |")
+        lines += ["", *[f"{i}. **{f['rule']}** fix: `{f['fix']}`" for i, f in enumerate(c["findings"], 1)]]
+    else:
+        lines += ["", f"No counter findings ({len(c['checks']['rules_run'])} counter rules run)."]
+    for rule, verdict in c["checks"]["verdicts"].items():
+        lines += ["", f"{rule}: {verdict}"]
+    lines += [f"- record next time: {item}" for item in c["record_next"]]
+    lines += [f"> note: {n}" for n in c["notes"]]
+    return lines

@@ -7,9 +7,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mlprof.analysis import Analysis
+from mlprof.analysis import Analysis, CounterAnalysis
 from mlprof.analyzers.attribution import CATEGORIES
-from mlprof.report.json_report import to_json_dict
+from mlprof.report.json_report import counters_only_json_dict, to_json_dict
 
 MAX_STEP_ROWS = 20
 SHORT = {
@@ -24,7 +24,10 @@ SHORT = {
 """Column labels for the per-step tables; the category table above them spells each one out."""
 
 
-def render_text(analysis: Analysis, console: Console) -> None:
+def render_text(analysis: Analysis | CounterAnalysis, console: Console) -> None:
+    if isinstance(analysis, CounterAnalysis):
+        _render_counters_only(counters_only_json_dict(analysis), console)
+        return
     data = to_json_dict(analysis)
     tr = data["trace"]
     bd = data["breakdown"]
@@ -56,6 +59,94 @@ def render_text(analysis: Analysis, console: Console) -> None:
     _print_findings(data, console)
     for note in [*data["notes"], *tr["notes"]]:
         console.print(f"[yellow]note:[/yellow] {note}")
+    if data.get("counters"):
+        console.print()
+        _print_counters(data["counters"], console, alone=False)
+
+
+def _render_counters_only(data: dict[str, Any], console: Console) -> None:
+    c = data["counters"]
+    console.print(f"[bold]mlprof analyze[/bold] {', '.join(c['paths'])}")
+    _print_counters(c, console, alone=True)
+
+
+def _print_counters(c: dict[str, Any], console: Console, *, alone: bool) -> None:
+    n = len(c["devices"])
+    span = c["span_s"] or 0.0
+    console.print(
+        f"{'  ' if alone else '[bold]GPU counters[/bold] '}{'/'.join(c['formats']) or 'counters'}, "
+        f"{n} GPU{'s' if n != 1 else ''}, {_duration(span)}, {c['rows']:,} samples, clock: {c['time_base']}"
+    )
+    if not alone:
+        console.print(f"  from {', '.join(c['paths'])}; joined to steps: {'yes' if c['aligned_to_steps'] else 'no'}")
+    console.print()
+    low_pct = c["devices"][0]["low_util_pct"] if c["devices"] else 10.0
+    table = Table(title="Per GPU (counters)", title_justify="left")
+    for col in ("gpu", "util%", "p5", "p95", f"<{low_pct:g}%", "mem MiB", "MiB/min", "r2"):
+        table.add_column(col, justify="right")
+    table.add_column("throttled")
+    for d in c["devices"]:
+        throttle = ", ".join(f"{k} {v:.0%}" for k, v in d["throttle_share"].items() if k != "gpu_idle") or "-"
+        low = d["util_below_share"]
+        table.add_row(
+            str(d["device"]),
+            _fmt(d["util_mean_pct"], ".1f"),
+            _fmt(d["util_p5_pct"], ".0f"),
+            _fmt(d["util_p95_pct"], ".0f"),
+            "-" if low is None else f"{low:.1%}",
+            f"{_fmt(d['mem_used_max_mib'], '.0f')}/{_fmt(d['mem_total_mib'], '.0f')}",
+            _fmt(d["mem_growth_mib_per_min"], "+.1f"),
+            _fmt(d["mem_growth_r2"], ".2f"),
+            throttle,
+        )
+    console.print(table)
+    during = c.get("during_trace") or []
+    if during:
+        parts = [f"GPU {r['device']} {_fmt(r['util_mean_pct'], '.1f')}% ({r['util_samples']} samples)" for r in during]
+        console.print("  utilisation during the traced steps: " + "; ".join(parts), markup=False, highlight=False)
+    findings = c["findings"]
+    if not findings:
+        console.print(f"[green]No counter findings[/green] ({len(c['checks']['rules_run'])} counter rules run).")
+    else:
+        table = Table(title="Counter findings", title_justify="left")
+        for col in ("#", "rule", "category", "sev", "speedup", "conf", "title"):
+            table.add_column(col, justify="right" if col == "speedup" else "left")
+        for i, f in enumerate(findings, 1):
+            table.add_row(
+                str(i),
+                f["rule"],
+                f["category"],
+                f["severity"],
+                f"{f['expected_speedup']:.2f}x",
+                f["confidence"],
+                f["title"],
+            )
+        console.print(table)
+        for i, f in enumerate(findings[:MAX_DETAILED], 1):
+            console.print(f"[bold]{i}. {f['rule']} {f['name']}[/bold]: {f['title']}")
+            for key, value in list(_flat(f["evidence"]))[:MAX_EVIDENCE_LINES]:
+                console.print(f"   {key}: {value}", markup=False, highlight=False)
+            console.print(f"   fix: {f['fix']}", markup=False, highlight=False)
+        if not alone:
+            console.print("   (counter findings are not in the plan: the trace attributes the idle time they see)")
+    for rule, verdict in c["checks"]["verdicts"].items():
+        console.print(f"{rule}: {verdict}", markup=False, highlight=False)
+    for item in c["record_next"]:
+        console.print(f"[cyan]record next time:[/cyan] {item}")
+    for note in c["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 90:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
 
 
 def _category_table(bd: dict[str, Any]) -> Table:

@@ -85,3 +85,13 @@ class CounterRule(Rule):
         """A finding whose "step" is ``basis_ns``: the recorded time its time lost is measured over."""
         kwargs.setdefault("ranks", [])
         return Finding(rule=self.id, name=self.name, category=self.category, step_ns=float(basis_ns), **kwargs)
+
+
+def duration_text(ns: float) -> str:
+    """``42.0 s``, ``12.5 min`` or ``3.1 h``."""
+    seconds = ns / 1e9
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 90:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"

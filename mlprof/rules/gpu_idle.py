@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from mlprof.rules.base import Finding, RuleDoc
-from mlprof.rules.counter_base import CounterContext, CounterRule
+from mlprof.rules.counter_base import CounterContext, CounterRule, duration_text
 
 NS_PER_S = 1_000_000_000
 
@@ -54,18 +54,19 @@ class GpuIdle(CounterRule):
                 ctx.verdicts[self.id] = "not judged: the counters have no GPU utilisation samples"
             return []
         share = util.all_low_ns / util.covered_ns
-        who = "the GPU" if len(util.devices) == 1 else f"all {len(util.devices)} GPUs"
+        who = "the GPU was" if len(util.devices) == 1 else f"all {len(util.devices)} GPUs were"
+        who_ = who[:1].upper() + who[1:]
         threshold = f"{cfg['low_util_pct']:g}%"
         if share < cfg["min_share"]:
             ctx.verdicts[self.id] = (
-                f"{who} under {threshold} utilisation {share:.1%} of {util.covered_ns / NS_PER_S / 60:.1f} min "
+                f"{who} under {threshold} utilisation {share:.1%} of {duration_text(util.covered_ns)} "
                 f"(below {cfg['min_share']:.0%})"
             )
             return []
         samples = int((ctx.counters["metric"] == "gpu_util_pct").sum())
         title = (
-            f"{who.capitalize()} under {threshold} utilisation {share:.0%} of the recorded time "
-            f"({util.all_low_ns / NS_PER_S / 60:.1f} of {util.covered_ns / NS_PER_S / 60:.1f} min)"
+            f"{who_} under {threshold} utilisation {share:.0%} of the recorded time "
+            f"({duration_text(util.all_low_ns)} of {duration_text(util.covered_ns)})"
         )
         evidence = {
             "low_util_pct": cfg["low_util_pct"],
@@ -84,7 +85,7 @@ class GpuIdle(CounterRule):
                 util.covered_ns,
                 title=title
                 if not everything
-                else f"{who.capitalize()} never above {threshold} utilisation: nothing ran on the GPU in the recording",
+                else f"{who_} never above {threshold} utilisation: nothing ran on the GPU in the recording",
                 time_lost_ns_per_step=float(util.all_low_ns),
                 confidence="medium" if samples >= 10 * len(util.devices) else "low",
                 confidence_reason=f"{samples} utilisation samples; a sample says whether a kernel ran in its "

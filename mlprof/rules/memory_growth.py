@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from mlprof.analyzers.counter_timeline import MemoryTrend
 from mlprof.rules.base import Finding, RuleDoc
-from mlprof.rules.counter_base import CounterContext, CounterRule
+from mlprof.rules.counter_base import CounterContext, CounterRule, duration_text
 
 if TYPE_CHECKING:
     from mlprof.rules.engine import CounterDiagnosis
@@ -64,7 +64,7 @@ class DeviceMemoryGrowth(CounterRule):
         for t in trends:
             per_min = t.slope_bytes_per_s * 60 / MIB
             late_per_min = t.late_slope_bytes_per_s * 60 / MIB
-            trend = f"GPU {t.device}: {per_min:+.1f} MiB/min over {t.span_ns / NS_PER_S / 60:.1f} min (r2 {t.r2:.2f})"
+            trend = f"GPU {t.device}: {per_min:+.1f} MiB/min over {duration_text(t.span_ns)} (r2 {t.r2:.2f})"
             if t.samples < cfg["min_samples"] or math.isnan(per_min):
                 needed = f"{cfg['min_samples']:g} needed"
                 verdicts.append(f"GPU {t.device}: not judged, {t.samples} memory samples ({needed})")
