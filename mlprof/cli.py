@@ -140,8 +140,12 @@ def _is_file(path: Path) -> bool:
 def _load_counters(paths: list[Path]) -> pd.DataFrame:
     """Counters files as one table; ``attrs`` say the formats and the time base (``mixed`` if they differ)."""
     from mlprof.counters import concat_counters, load_counters
+    from mlprof.errors import BadInputError
 
     tables = [load_counters(p) for p in paths]
+    for p, t in zip(paths, tables, strict=True):
+        if len(t) == 0:
+            raise BadInputError(f"{p}: a {t.attrs.get('format', 'counters')} file without a single readable sample")
     table = concat_counters(tables)
     bases = {str(t.attrs.get("time_base", "relative")) for t in tables}
     notes = [f"{p}: {n}" for p, t in zip(paths, tables, strict=True) for n in t.attrs.get("notes", [])]

@@ -356,6 +356,14 @@ def _dir_rank_unknown(tmp: Path) -> Path:
     return d
 
 
+def _csv_not_counters(tmp: Path) -> Path:
+    return write_bytes(tmp / "gpu.csv", b"a,b\n1,2\n")
+
+
+def _counters_header_only(tmp: Path) -> Path:
+    return write_bytes(tmp / "gpu.csv", b"timestamp, index, utilization.gpu [%]\n")
+
+
 BAD_INPUTS: dict[str, Callable[[Path], Path]] = {
     f.__name__.lstrip("_"): f
     for f in (
@@ -398,6 +406,8 @@ BAD_INPUTS: dict[str, Callable[[Path], Path]] = {
         _duplicate_rank_dir,
         _dir_with_one_bad_trace,
         _dir_rank_unknown,
+        _csv_not_counters,
+        _counters_header_only,
     )
 }
 
@@ -410,6 +420,16 @@ def test_bad_input_is_one_error_line(case: str, fmt: str, tmp_path: Path, capsys
     rc, out, err = run_cli(capsys, "analyze", path, "--format", fmt)
     assert_one_error_line(rc, err)
     assert out == ""
+    assert snapshot(path) == before
+
+
+def test_counters_csv_is_analysed_as_counters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An nvidia-smi log given where a trace is expected is read as counters, not refused."""
+    path = write_bytes(tmp_path / "gpu.csv", b"timestamp, index, utilization.gpu [%]\n1700000000, 0, 50 %\n")
+    before = snapshot(path)
+    rc, out, err = run_cli(capsys, "analyze", path, "--format", "json")
+    assert rc == 0 and err == ""
+    assert json.loads(out)["counters"]["devices"][0]["util_mean_pct"] == 50.0
     assert snapshot(path) == before
 
 
