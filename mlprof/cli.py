@@ -183,10 +183,24 @@ def rules_command(
 @app.command()
 def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (dataloader-wait).")) -> None:
     """A rule's documentation: what it detects, why it costs time, detection, fix with code, false alarms."""
+    from mlprof.rules.counter_base import CounterRule
     from mlprof.rules.registry import get_rule
 
     rule = get_rule(rule_id)
     doc = rule.doc
+    counter = isinstance(rule, CounterRule)
+    source = "GPU counters" if counter else "trace"
+    if counter and rule.category == "gpu_utilisation":
+        speedup = (
+            "Expected speedup = recorded time / (recorded time - the idle time this rule measures in the counters)."
+        )
+    elif counter:
+        speedup = "Expected speedup = 1.0: it costs no measured time; the severity says how urgent it is."
+    else:
+        speedup = (
+            "Expected speedup = step / (step - time lost per step); the time lost is the trace's own measurement "
+            "of the causes this rule owns: " + (", ".join(rule.claims) or "none (it costs memory, not time)") + "."
+        )
     parts = [
         f"{rule.id} {rule.name}  [category: {rule.category}]",
         "",
@@ -196,7 +210,7 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
         "Why it costs time",
         _indent(doc.why),
         "",
-        "How it is detected in the trace",
+        f"How it is detected in the {source}",
         _indent(doc.detection),
         "",
         "Fix",
@@ -208,8 +222,7 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
         "Thresholds (override in [tool.mlprof.rules." + rule.id + "])",
         *(f"  {k} = {v:g}" for k, v in rule.defaults.items()),
         "",
-        "Expected speedup = step / (step - time lost per step); the time lost is the trace's own measurement "
-        "of the causes this rule owns: " + (", ".join(rule.claims) or "none (it costs memory, not time)") + ".",
+        speedup,
     ]
     sys.stdout.write("\n".join(parts) + "\n")
 

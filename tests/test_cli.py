@@ -35,7 +35,7 @@ def test_json_contract_on_a_real_trace(capsys: pytest.CaptureFixture[str]) -> No
     assert sum(c["pct"] for c in cats.values()) == pytest.approx(100.0, abs=0.01)
     assert cats["idle_data"]["pct"] > 18  # CATALOG: DataLoader ~30% of step time
     assert data["breakdown"]["trace_level"]["idle_pct"] == pytest.approx(31.27, abs=0.01)  # HTA: 31.27
-    assert [f["rule"] for f in data["findings"]][0] == "DATA001"
+    assert data["findings"][0]["rule"] == "DATA001"
     assert data["findings"][0]["time_lost_ms_per_step"] == pytest.approx(cats["idle_data"]["ms_per_step"], abs=1e-5)
 
 
