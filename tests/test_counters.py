@@ -234,10 +234,14 @@ def test_non_nsys_sqlite_is_bad_input(tmp_path: Path) -> None:
         load_counters(path)
 
 
-def test_counters_file_given_to_analyze_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Until ``--counters`` is wired, a counters CSV passed as the trace is bad input, not a crash."""
+def test_counters_file_given_to_analyze_is_read_as_counters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A counters CSV passed as the trace is sniffed and analysed as counters; garbage is still one error line."""
     path = tmp_path / "gpu.csv"
     path.write_bytes((DATA / "nvidia_smi_units.csv").read_bytes())
+    assert main(["analyze", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "GPU003" in out  # GPU 1 sits at 0% while GPU 0 works
+    path.write_bytes(b"timestamp;gpu;junk\n\x00\x01\x02\n")
     assert main(["analyze", str(path)]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1
+    assert len(err.strip().splitlines()) == 1 and err.startswith("mlprof: error:")
