@@ -173,6 +173,15 @@ def attribute_windows(layers: list[Layer], win_starts: np.ndarray, win_ends: np.
         hit = covered(layer.starts, layer.ends, left) & ~assigned
         category[hit] = i
         assigned |= hit
+    out[:] = sum_by_window(left, width, category, len(CATEGORIES), win_starts, win_ends)
+    return out
+
+
+def sum_by_window(
+    left: np.ndarray, width: np.ndarray, label: np.ndarray, n_labels: int, win_starts: np.ndarray, win_ends: np.ndarray
+) -> np.ndarray:
+    """Total width of elementary segments per (window, label); segments outside every window are dropped."""
+    n_win = len(win_starts)
     order = np.argsort(win_starts)
     sorted_starts = win_starts[order]
     sorted_ends = win_ends[order]
@@ -180,10 +189,9 @@ def attribute_windows(layers: list[Layer], win_starts: np.ndarray, win_ends: np.
     valid = pos >= 0
     valid[valid] &= left[valid] < sorted_ends[pos[valid]]
     window = order[pos[valid]]
-    flat = window * len(CATEGORIES) + category[valid]
-    sums = np.bincount(flat, weights=width[valid].astype(np.float64), minlength=n_win * len(CATEGORIES))
-    out[:] = np.rint(sums).astype(np.int64).reshape(n_win, len(CATEGORIES))
-    return out
+    flat = window * n_labels + label[valid]
+    sums = np.bincount(flat, weights=width[valid].astype(np.float64), minlength=n_win * n_labels)
+    return np.rint(sums).astype(np.int64).reshape(n_win, n_labels)
 
 
 def attribute_steps(trace: Trace, steps: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlprof.analyzers.attribution import CATEGORIES, Layer, build_layers, drain_after
+from mlprof.analyzers.attribution import CATEGORIES, Layer, build_layers, drain_after, sum_by_window
 from mlprof.analyzers.copies import copy_table, runtime_copy_direction
 from mlprof.analyzers.enclosing import innermost_enclosing
 from mlprof.analyzers.intervals import covered
@@ -198,16 +198,7 @@ def _attribute(layers: list[Layer], causes: CauseLayers, win_starts: np.ndarray,
             cause[hit] = cause_index[name]
             done |= hit
 
-    order = np.argsort(win_starts)
-    sorted_starts = win_starts[order]
-    sorted_ends = win_ends[order]
-    pos = np.searchsorted(sorted_starts, left, side="right") - 1
-    valid = pos >= 0
-    valid[valid] &= left[valid] < sorted_ends[pos[valid]]
-    window = order[pos[valid]]
-    flat = window * len(CAUSE_NAMES) + cause[valid]
-    sums = np.bincount(flat, weights=width[valid].astype(np.float64), minlength=n_win * len(CAUSE_NAMES))
-    out[:] = np.rint(sums).astype(np.int64).reshape(n_win, len(CAUSE_NAMES))
+    out[:] = sum_by_window(left, width, cause, len(CAUSE_NAMES), win_starts, win_ends)
     return out
 
 
