@@ -108,25 +108,8 @@ def _print_counters(c: dict[str, Any], console: Console, *, alone: bool) -> None
     if not findings:
         console.print(f"[green]No counter findings[/green] ({len(c['checks']['rules_run'])} counter rules run).")
     else:
-        table = Table(title="Counter findings", title_justify="left")
-        for col in ("#", "rule", "category", "sev", "speedup", "conf", "title"):
-            table.add_column(col, justify="right" if col == "speedup" else "left")
-        for i, f in enumerate(findings, 1):
-            table.add_row(
-                str(i),
-                f["rule"],
-                f["category"],
-                f["severity"],
-                f"{f['expected_speedup']:.2f}x",
-                f["confidence"],
-                f["title"],
-            )
-        console.print(table)
-        for i, f in enumerate(findings[:MAX_DETAILED], 1):
-            console.print(f"[bold]{i}. {f['rule']} {f['name']}[/bold]: {f['title']}")
-            for key, value in list(_flat(f["evidence"]))[:MAX_EVIDENCE_LINES]:
-                console.print(f"   {key}: {value}", markup=False, highlight=False)
-            console.print(f"   fix: {f['fix']}", markup=False, highlight=False)
+        _print_findings_table(findings, console, title="Counter findings", per_step=False)
+        _print_finding_details(findings, console, confidence=False)
         if not alone:
             console.print("   (counter findings are not in the plan: the trace attributes the idle time they see)")
     for rule, verdict in c["checks"]["verdicts"].items():
@@ -202,27 +185,8 @@ def _print_findings(data: dict[str, Any], console: Console) -> None:
     if not findings:
         console.print(f"[green]No findings[/green] ({len(checks.get('rules_run', []))} rules run).")
     else:
-        table = Table(title="Findings, ranked by expected speedup", title_justify="left")
-        for col in ("#", "rule", "category", "sev", "ms/step", "speedup", "conf", "title"):
-            table.add_column(col, justify="right" if col in ("ms/step", "speedup") else "left")
-        for i, f in enumerate(findings, 1):
-            table.add_row(
-                str(i),
-                f["rule"],
-                f["category"],
-                f["severity"],
-                f"{f['time_lost_ms_per_step']:.2f}",
-                f"{f['expected_speedup']:.2f}x",
-                f["confidence"],
-                f["title"],
-            )
-        console.print(table)
-        for i, f in enumerate(findings[:MAX_DETAILED], 1):
-            console.print(f"[bold]{i}. {f['rule']} {f['name']}[/bold]: {f['title']}")
-            for key, value in list(_flat(f["evidence"]))[:MAX_EVIDENCE_LINES]:
-                console.print(f"   {key}: {value}", markup=False, highlight=False)
-            console.print(f"   fix: {f['fix']}", markup=False, highlight=False)
-            console.print(f"   confidence {f['confidence']}: {f['confidence_reason']}", markup=False, highlight=False)
+        _print_findings_table(findings, console, title="Findings, ranked by expected speedup", per_step=True)
+        _print_finding_details(findings, console, confidence=True)
         console.print("   (mlprof explain RULE: what each rule measures, its fix with code, and when it misfires)")
     plan = data.get("plan", [])
     if len(plan) > 1:
@@ -245,6 +209,36 @@ def _print_findings(data: dict[str, Any], console: Console) -> None:
         console.print(f"{rule}: {verdict}", markup=False, highlight=False)
     for item in data.get("record_next", []):
         console.print(f"[cyan]record next time:[/cyan] {item}")
+
+
+def _print_findings_table(findings: list[dict[str, Any]], console: Console, *, title: str, per_step: bool) -> None:
+    table = Table(title=title, title_justify="left")
+    columns = ["#", "rule", "category", "sev", *(["ms/step"] if per_step else []), "speedup", "conf", "title"]
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("ms/step", "speedup") else "left")
+    for i, f in enumerate(findings, 1):
+        lost = [f"{f['time_lost_ms_per_step']:.2f}"] if per_step else []
+        table.add_row(
+            str(i),
+            f["rule"],
+            f["category"],
+            f["severity"],
+            *lost,
+            f"{f['expected_speedup']:.2f}x",
+            f["confidence"],
+            f["title"],
+        )
+    console.print(table)
+
+
+def _print_finding_details(findings: list[dict[str, Any]], console: Console, *, confidence: bool) -> None:
+    for i, f in enumerate(findings[:MAX_DETAILED], 1):
+        console.print(f"[bold]{i}. {f['rule']} {f['name']}[/bold]: {f['title']}")
+        for key, value in list(_flat(f["evidence"]))[:MAX_EVIDENCE_LINES]:
+            console.print(f"   {key}: {value}", markup=False, highlight=False)
+        console.print(f"   fix: {f['fix']}", markup=False, highlight=False)
+        if confidence:
+            console.print(f"   confidence {f['confidence']}: {f['confidence_reason']}", markup=False, highlight=False)
 
 
 MAX_DETAILED = 5
