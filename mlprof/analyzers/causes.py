@@ -25,7 +25,8 @@ idle_launch          ``launch.h2d`` the host inside a memcpy call that launched 
                      host-to-device copy (staging pageable memory);
                      ``launch.alloc`` ``cudaMalloc``/``cudaFree``; ``launch.optimizer``
                      host dispatch inside ``Optimizer.step``; ``launch.dispatch``
-idle_other           ``other.host``
+idle_other           ``other.optimizer`` Python inside ``Optimizer.step`` outside
+                     any op (the per-parameter loop); ``other.host``
 ===================  =========================================================
 """
 
@@ -59,7 +60,7 @@ CAUSES: dict[str, tuple[str, ...]] = {
     "idle_data": ("data.loader",),
     "idle_sync": ("sync.h2d", "sync.host_read"),
     "idle_launch": ("launch.h2d", "launch.alloc", "launch.optimizer", "launch.dispatch"),
-    "idle_other": ("other.host",),
+    "idle_other": ("other.optimizer", "other.host"),
 }
 CAUSE_NAMES: tuple[str, ...] = tuple(c for cat in CATEGORIES for c in CAUSES[cat])
 PARENT: dict[str, str] = {cause: cat for cat in CATEGORIES for cause in CAUSES[cat]}
@@ -119,6 +120,7 @@ def build_cause_layers(trace: Trace, comm_wait: Intervals | None = None) -> Caus
             "launch.h2d": _cols(launch_h2d),
             "launch.alloc": _cols(alloc),
             "launch.optimizer": (opt_s, opt_e),
+            "other.optimizer": (opt_s, opt_e),
         }
     )
 
