@@ -236,9 +236,15 @@ def _cut_and_decode(buf: bytearray, stats: StreamStats) -> tuple[list[TraceEvent
 def decode_slice(piece: bytes, stats: StreamStats) -> TraceDocument:
     try:
         return _DECODER.decode(piece)
-    except UnicodeDecodeError:
+    except (UnicodeDecodeError, msgspec.DecodeError):
+        # msgspec < 0.19 raised UnicodeDecodeError on bad UTF-8 in a string; newer
+        # releases raise DecodeError("Invalid UTF-8 ..."). Either way: repair and retry,
+        # and let a slice that is still broken raise as it is.
+        repaired = _repair_utf8(piece)
+        if repaired is piece:
+            raise
         stats.repaired_utf8 = True
-        return _DECODER.decode(piece.decode("utf-8", "replace").encode("utf-8"))
+        return _DECODER.decode(repaired)
 
 
 def _decode_piece(piece: bytes, path: Path, stats: StreamStats) -> TraceDocument:
