@@ -130,6 +130,15 @@ def analyze(
     _emit(analysis, fmt, output)
 
 
+def _register_subcommands() -> None:
+    from mlprof.commands import register_all
+
+    register_all(app)
+
+
+_register_subcommands()
+
+
 def _is_file(path: Path) -> bool:
     try:
         return path.is_file()

@@ -1,0 +1,23 @@
+"""Subcommands beyond ``analyze``/``rules``/``explain``, one module each.
+
+Every module here defines ``register(app)``, which adds its command(s) to the Typer
+app; :func:`register_all` finds them, so a new command is a new file and ``cli.py``
+does not grow. Modules import their heavy dependencies inside the command functions:
+``mlprof --help`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+
+def register_all(app: typer.Typer) -> None:
+    """Import every module of this package (in name order) and let it register its commands."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
