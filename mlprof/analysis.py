@@ -51,6 +51,17 @@ class RankAnalysis:
         return _trace_span(self.trace)
 
     @property
+    def window(self) -> tuple[int, int]:
+        """The one window analysed when the trace has no steps.
+
+        With device activity it is the span from the first to the last GPU event: time
+        before the first kernel (imports, model set-up) and after the last (teardown,
+        export) is not steady state, and counting it would let a rule claim most of a
+        trace that barely ran on the GPU. Without device activity, the whole host span.
+        """
+        return _analysis_window(self.trace)
+
+    @property
     def rank(self) -> int:
         return self.trace.meta.rank if self.trace.meta.rank is not None else 0
 
@@ -187,11 +198,16 @@ def measure_trace(trace: Trace, steps_spec: str | None = None) -> RankAnalysis:
     whole = None
     notes: list[str] = []
     if len(attribution) == 0:
-        span = _trace_span(trace)
+        span = _analysis_window(trace)
         whole = attribute_span(trace, *span) if span[1] > span[0] else dict.fromkeys(CATEGORIES, 0)
         notes.append(
             "no step markers found (no ProfilerStep#, DataLoader __next__ or Optimizer.step ranges); "
-            "the whole trace is analysed as one window. Call prof.step() each iteration, or pass --step-marker."
+            + (
+                "the span from the first to the last GPU event is analysed as one window"
+                if trace.has_device_activity
+                else "the whole trace is analysed as one window"
+            )
+            + ". Call prof.step() each iteration, or pass --step-marker."
         )
     elif trace.meta.step_source != "ProfilerStep":
         notes.append(f"no ProfilerStep markers; steps were found from {trace.meta.step_source}")
@@ -210,6 +226,15 @@ def _trace_span(trace: Trace) -> tuple[int, int]:
     starts = [int(t["ts"].min()) for t in (trace.host, trace.gpu, trace.runtime) if len(t)]
     ends = [int(t["end"].max()) for t in (trace.host, trace.gpu, trace.runtime) if len(t)]
     return (min(starts), max(ends)) if starts else (0, 0)
+
+
+def _analysis_window(trace: Trace) -> tuple[int, int]:
+    gpu = trace.gpu
+    if len(gpu):
+        work = gpu[gpu["kind"] != "sync"]  # device-side sync records are not work
+        if len(work):
+            return int(work["ts"].min()), int(work["end"].max())
+    return _trace_span(trace)
 
 
 def analyze_job(
@@ -317,7 +342,7 @@ def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConf
             starts = ra.steps["ts"].to_numpy(np.int64)
             ends = starts + ra.steps["dur"].to_numpy(np.int64)
         else:
-            lo, hi = ra.span
+            lo, hi = ra.window
             starts, ends = np.array([lo], np.int64), np.array([max(hi, lo)], np.int64)
         wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
         ra.causes = attribute_causes(ra.trace, starts, ends, comm_wait=wait)

@@ -280,3 +280,25 @@ def test_threshold_override_silences_a_rule() -> None:
 def test_plan_is_empty_for_a_single_finding_trace(tmp_path: Path) -> None:
     diag = synthetic("sync_point.json.gz").diagnosis
     assert diag is not None and len(diag.plan) == len([f for f in diag.findings if f.time_lost_ns_per_step > 0])
+
+
+def test_stepless_trace_is_analysed_over_its_gpu_span_not_its_setup() -> None:
+    """A PARAM micro-benchmark: 4 kernels in ~0.1 s of GPU span, ~20 s of host set-up around them.
+
+    The window without steps runs from the first to the last device event (read here from
+    the raw JSON), so the set-up cannot be claimed as launch overhead (it was 105x before).
+    """
+    import gzip
+
+    path = external("hta/tests/data/execution_trace/benchmark_simple_add_trace.json.gz")
+    events = json.loads(gzip.decompress(path.read_bytes()))["traceEvents"]
+    device = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and e.get("ph") == "X"]
+    lo_us = min(e["ts"] for e in device)
+    hi_us = max(e["ts"] + e["dur"] for e in device)
+    ra = analyze_trace(load_trace(path))
+    assert len(ra.steps) == 0
+    lo, hi = ra.window
+    assert (lo, hi) == (round(lo_us * 1000), round(hi_us * 1000))
+    assert sum(ra.whole_trace.values()) == hi - lo  # type: ignore[union-attr]
+    assert 100 < (hi - lo) / MS < 120  # ~109 ms of GPU span, not the ~19.8 s host span
+    assert all(f.expected_speedup < 3 for f in ra.findings), [(f.rule, f.expected_speedup) for f in ra.findings]

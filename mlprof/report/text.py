@@ -212,20 +212,37 @@ def _print_findings(data: dict[str, Any], console: Console) -> None:
 
 
 def _print_findings_table(findings: list[dict[str, Any]], console: Console, *, title: str, per_step: bool) -> None:
+    # On a narrow terminal the category and confidence columns go (the details below
+    # repeat them) so that the title keeps room to be read.
+    wide = console.width >= NARROW_BELOW
     table = Table(title=title, title_justify="left")
-    columns = ["#", "rule", "category", "sev", *(["ms/step"] if per_step else []), "speedup", "conf", "title"]
+    columns = [
+        "#",
+        "rule",
+        *(["category"] if wide else []),
+        "sev",
+        *(["ms/step"] if per_step else []),
+        "speedup",
+        *(["conf"] if wide else []),
+        "title",
+    ]
     for col in columns:
-        table.add_column(col, justify="right" if col in ("ms/step", "speedup") else "left")
+        table.add_column(
+            col,
+            justify="right" if col in ("ms/step", "speedup") else "left",
+            no_wrap=col != "title",
+            min_width=24 if col == "title" else None,
+        )
     for i, f in enumerate(findings, 1):
         lost = [f"{f['time_lost_ms_per_step']:.2f}"] if per_step else []
         table.add_row(
             str(i),
             f["rule"],
-            f["category"],
+            *([f["category"]] if wide else []),
             f["severity"],
             *lost,
             f"{f['expected_speedup']:.2f}x",
-            f["confidence"],
+            *([f["confidence"]] if wide else []),
             f["title"],
         )
     console.print(table)
@@ -242,6 +259,7 @@ def _print_finding_details(findings: list[dict[str, Any]], console: Console, *, 
 
 
 MAX_DETAILED = 5
+NARROW_BELOW = 110
 MAX_EVIDENCE_LINES = 8
 
 

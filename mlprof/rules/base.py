@@ -135,7 +135,7 @@ class RankContext:
                     "end": (steps["ts"] + steps["dur"]).to_numpy(),
                 }
             )
-        lo, hi = self.analysis.span
+        lo, hi = self.analysis.window
         return pd.DataFrame({"step": [-1], "ts": [lo], "end": [hi]})
 
     @cached_property
