@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mlprof.analyzers.counters import linear_trend
+from mlprof.analyzers.counters import hold_ns, linear_trend
 from mlprof.counters.metrics import THROTTLE_REASONS
 
 NS_PER_S = 1_000_000_000
@@ -36,14 +36,6 @@ class UtilOverlap:
     mean_util_pct: dict[int, float] = field(default_factory=dict)
     """Per device: time-weighted mean utilisation over the covered time."""
     low_util_pct: float = 10.0
-
-
-def _hold_ns(ts: np.ndarray) -> np.ndarray:
-    if len(ts) == 0:
-        return np.empty(0, np.int64)
-    gaps = np.diff(ts)
-    last = int(np.median(gaps)) if len(gaps) else 0
-    return np.append(gaps, last).astype(np.int64)
 
 
 def _series(counters: pd.DataFrame, metric: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -77,7 +69,7 @@ def util_overlap(counters: pd.DataFrame, low_util_pct: float = 10.0) -> UtilOver
     matrix = np.empty((len(devices), len(grid)), np.float64)
     for i, dev in enumerate(devices):
         ts, values = series[dev]
-        ends[i] = ts[-1] + _hold_ns(ts)[-1]
+        ends[i] = ts[-1] + hold_ns(ts)[-1]
         idx = np.searchsorted(ts, grid, side="right") - 1
         matrix[i] = np.where(idx >= 0, values[np.clip(idx, 0, None)], np.nan)
     stop = int(ends.min())
@@ -130,7 +122,7 @@ def throttle_shares(counters: pd.DataFrame, reasons: tuple[str, ...]) -> list[Th
     out = []
     for dev, (ts, values) in sorted(_series(counters, "throttle_reasons").items()):
         bits = values.astype(np.int64)
-        hold = _hold_ns(ts).astype(np.float64)
+        hold = hold_ns(ts).astype(np.float64)
         hit = (bits & mask) != 0
         by_reason = {
             name: int((hold * ((bits & bit) != 0)).sum())

@@ -48,7 +48,7 @@ class DeviceCounterSummary:
     """Share of sampled time each throttle reason bit was set, by reason name (only reasons seen)."""
 
 
-def _hold_ns(ts: np.ndarray) -> np.ndarray:
+def hold_ns(ts: np.ndarray) -> np.ndarray:
     """How long each sample stands for: until the next one; the last for the median interval."""
     if len(ts) == 0:
         return np.empty(0, np.int64)
@@ -83,7 +83,7 @@ def linear_trend(ts_ns: np.ndarray, values: np.ndarray) -> tuple[float, float]:
 def _throttle_shares(ts: np.ndarray, values: np.ndarray) -> dict[str, float]:
     if len(values) == 0:
         return {}
-    hold = _hold_ns(ts).astype(np.float64)
+    hold = hold_ns(ts).astype(np.float64)
     total = hold.sum()
     if total <= 0:
         hold, total = np.ones(len(values)), float(len(values))
@@ -99,7 +99,7 @@ def summarize_devices(counters: pd.DataFrame, *, low_util_pct: float = 10.0) -> 
     for device, rows in counters.groupby("device", sort=True):
         dev = int(device)
         u_ts, util = _series(rows, dev, "gpu_util_pct")
-        hold = _hold_ns(u_ts).astype(np.float64)
+        hold = hold_ns(u_ts).astype(np.float64)
         below = float((hold * (util < low_util_pct)).sum() / hold.sum()) if hold.sum() > 0 else float("nan")
         m_ts, mem = _series(rows, dev, "mem_used_bytes")
         slope, r2 = linear_trend(m_ts, mem)

@@ -27,31 +27,12 @@ from typing import IO
 from mlprof.collectors.faults import FaultLog
 from mlprof.collectors.output import CounterRow
 from mlprof.collectors.sampling import BackgroundSampler, CounterSink
+from mlprof.counters.dcgm import DCGM_FIELDS
+from mlprof.counters.metrics import MIB
 
-MIB = 1 << 20
-
-EXPORTER_FIELDS: dict[str, tuple[str, float]] = {
-    "DCGM_FI_DEV_GPU_UTIL": ("gpu_util_pct", 1.0),
-    "DCGM_FI_DEV_MEM_COPY_UTIL": ("mem_util_pct", 1.0),
-    "DCGM_FI_DEV_FB_USED": ("mem_used_bytes", MIB),
-    "DCGM_FI_DEV_FB_FREE": ("mem_free_bytes", MIB),
-    "DCGM_FI_DEV_SM_CLOCK": ("sm_clock_mhz", 1.0),
-    "DCGM_FI_DEV_MEM_CLOCK": ("mem_clock_mhz", 1.0),
-    "DCGM_FI_DEV_POWER_USAGE": ("power_w", 1.0),
-    "DCGM_FI_DEV_GPU_TEMP": ("temp_c", 1.0),
-    "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": ("throttle_reasons", 1.0),
-    "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": ("throttle_reasons", 1.0),
-    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": ("gr_engine_active", 1.0),
-    "DCGM_FI_PROF_SM_ACTIVE": ("sm_active", 1.0),
-    "DCGM_FI_PROF_SM_OCCUPANCY": ("sm_occupancy", 1.0),
-    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": ("tensor_active", 1.0),
-    "DCGM_FI_PROF_DRAM_ACTIVE": ("dram_active", 1.0),
-    "DCGM_FI_PROF_PCIE_TX_BYTES": ("pcie_tx_bytes_per_s", 1.0),
-    "DCGM_FI_PROF_PCIE_RX_BYTES": ("pcie_rx_bytes_per_s", 1.0),
-    "DCGM_FI_PROF_NVLINK_TX_BYTES": ("nvlink_tx_bytes_per_s", 1.0),
-    "DCGM_FI_PROF_NVLINK_RX_BYTES": ("nvlink_rx_bytes_per_s", 1.0),
-}
-"""dcgm-exporter metric name -> (canonical metric, factor to the canonical unit). FB is in MiB."""
+EXPORTER_FIELDS = DCGM_FIELDS
+"""dcgm-exporter metric name -> (canonical metric, factor to the canonical unit): the same table the
+file parsers in :mod:`mlprof.counters.dcgm` use, so a live poll and a saved dump read alike."""
 
 DMON_FIELDS: dict[int, tuple[str, float]] = {
     203: ("gpu_util_pct", 1.0),
