@@ -9,6 +9,11 @@
     [tool.mlprof.rules.DATA001]
     min_share = 0.05            # a threshold from `mlprof explain DATA001`
 
+    [tool.mlprof.gates]         # CI gates, see mlprof.gates
+    fail_on = ["DATA001>=1.1"]
+    max_regression = "5%"
+    budgets = {comm_exposed = "2ms"}
+
 In ``mlprof.toml`` the same keys sit at the top level. A key mlprof does not know is
 an error that names it: a misspelt threshold silently ignored is worse than none.
 """
@@ -28,7 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = {"min_speedup", "disable", "rules"}
+TOP_KEYS = {"min_speedup", "disable", "rules", "gates"}
 DEFAULT_MIN_SPEEDUP = 1.01
 
 
@@ -39,6 +44,8 @@ class RuleConfig:
     disabled: set[str] = field(default_factory=set)
     overrides: dict[str, dict[str, float]] = field(default_factory=dict)
     source: str | None = None
+    gates: Any = None
+    """CI gates from ``[tool.mlprof.gates]`` (a :class:`mlprof.gates.GateConfig`), or None."""
 
     def thresholds(self, rule_id: str) -> dict[str, float]:
         return {**BY_ID[rule_id].defaults, **self.overrides.get(rule_id, {})}
@@ -102,6 +109,10 @@ def parse_config(table: dict[str, Any], source: str, prefix: str = "") -> RuleCo
         if rule_id.upper() not in BY_ID:
             raise UsageError(f"{source}: '{prefix}disable' names unknown rule '{rule_id}'")
         cfg.disabled.add(rule_id.upper())
+    if "gates" in table:
+        from mlprof.gates.spec import parse_gate_table
+
+        cfg.gates = parse_gate_table(table["gates"], source, f"{prefix}gates")
     rules = table.get("rules", {})
     if not isinstance(rules, dict):
         raise UsageError(f"{source}: '{prefix}rules' must be a table of rule ids")

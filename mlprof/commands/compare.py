@@ -1,0 +1,91 @@
+"""``mlprof compare BASE NEW``: what changed between two runs, with CI gates."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+
+class CompareFormat(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
+
+
+def compare(
+    base: str = typer.Argument(..., help="The run before: a trace file or an mlprof.profile run folder."),
+    new: str = typer.Argument(..., help="The run after (same kinds as BASE)."),
+    fmt: CompareFormat = typer.Option(CompareFormat.text, "--format", "-f", help="Output format."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
+    steps: str | None = typer.Option(None, "--steps", help="Steps to compare in both runs: 16, 16-18, 17-."),
+    step_marker: str | None = typer.Option(None, "--step-marker", help="Regex for host ranges that mark steps."),
+    config: Path | None = typer.Option(None, "--config", help="Thresholds and [tool.mlprof.gates] file."),
+    max_regression: str | None = typer.Option(
+        None, "--max-regression", help="Exit 1 when NEW's mean step is slower than BASE's by more than this (5%)."
+    ),
+    budget: list[str] | None = typer.Option(
+        None, "--budget", help="Exit 1 when NEW spends more than this per step: comm_exposed=2ms, idle_data=5%."
+    ),
+    fail_on: list[str] | None = typer.Option(
+        None, "--fail-on", help="Exit 1 when NEW reports this finding: RULE_OR_CATEGORY[>=SPEEDUP]."
+    ),
+) -> None:
+    """Step time change, where it came from (categories, kernels, ops), findings resolved/new/changed,
+    and each fix's achieved speedup next to the predicted one."""
+    import msgspec
+
+    from mlprof.compare import compare_analyses
+    from mlprof.compare.inputs import analyze_run
+    from mlprof.errors import MlprofError, UsageError
+    from mlprof.gates import GateConfig, check_comparison, gates_markdown
+    from mlprof.gates.spec import parse_budget, parse_fail_on, parse_max_regression
+    from mlprof.report.compare_report import comparison_json, comparison_markdown, comparison_text
+    from mlprof.rules.config import load_config
+
+    rule_config = load_config(config)
+    file_gates = rule_config.gates if isinstance(rule_config.gates, GateConfig) else GateConfig()
+    gates = file_gates.merged(
+        [parse_fail_on(x) for x in fail_on or []],
+        None if max_regression is None else parse_max_regression(max_regression),
+        [parse_budget(x) for x in budget or []],
+    )
+    for spec in (base, new):
+        if output is not None and _same_or_inside(output, Path(spec)):
+            raise UsageError(f"--output {output}: would overwrite an input; choose another file")
+    base_a = analyze_run(base, "BASE", steps, rule_config, step_marker)
+    new_a = analyze_run(new, "NEW", steps, rule_config, step_marker)
+    comparison = compare_analyses(base_a, new_a)
+    results = check_comparison(comparison, gates) if not gates.empty else None
+    if fmt is CompareFormat.json:
+        data = comparison_json(comparison, results)
+        text = msgspec.json.format(msgspec.json.encode(data), indent=2).decode() + "\n"
+    elif fmt is CompareFormat.markdown:
+        text = comparison_markdown(comparison, results)
+    else:
+        text = comparison_text(comparison, results)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            raise MlprofError(f"{output}: cannot write ({exc.strerror})") from None
+    if results is not None and not all(r.passed for r in results):
+        sys.stdout.flush()
+        sys.stderr.write(gates_markdown(results, f"`{base}` -> `{new}`"))
+        raise typer.Exit(code=1)
+
+
+def _same_or_inside(output: Path, path: Path) -> bool:
+    try:
+        out, src = output.resolve(), path.resolve()
+        return out == src or (src.is_dir() and src in out.parents)
+    except OSError:
+        return False

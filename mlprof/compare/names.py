@@ -1,0 +1,146 @@
+"""Kernels and ops matched by name across two runs: count and time per step in each.
+
+A kernel, memcpy or memset belongs to the step in which it was *launched* (the CUDA
+runtime call with the same correlation id), or, when the launch was not recorded, to
+the step in which it started; HTA's ``TraceDiff`` assigns GPU events to iterations
+the same way, so the two agree on the same pair (``tests/test_compare.py``). A CPU op
+(``cpu_op``/``Operator`` host range) belongs to the step in which it started. Counts
+and times are totals over the analysed steps divided by the number of steps (for a
+job: over all ranks' steps), so runs with different step counts compare fairly.
+
+Time here is the *sum of durations* by name: kernels on parallel streams and nested
+ops overlap, so these sums do not add up to the step-time change; the step breakdown
+categories do (:mod:`mlprof.compare.steps`).
+
+Kernel names differ between GPU generations (``volta_sgemm_128x32_nt`` on a V100,
+``cutlass_80_tensorop_s1688gemm_...`` on an A100), so every device row also carries its
+*class* (:func:`mlprof.analyzers.kernels.classify_name`: ``gemm_fp32``, ``gemm_tensor``,
+``comm``, ``memory_bound``..., and ``memcpy``/``memset``), and :meth:`NameDiff.by_class`
+sums the same figures per class: that view still matches across GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mlprof.analysis import Analysis, RankAnalysis
+from mlprof.analyzers.kernels import kernel_classes, launch_times
+from mlprof.trace.vocabulary import DISPATCH_CATS
+
+NS_PER_MS = 1_000_000
+
+
+@dataclass
+class NameDiff:
+    """One row per (kind, klass, name): ``base_count``/``new_count`` and ``base_ns``/``new_ns`` per step.
+
+    ``kind`` is ``kernel``, ``memcpy``, ``memset`` (device) or ``op`` (host); ``klass`` the
+    kernel class (``memcpy``/``memset`` for copies, ``op`` for host ops). Rows are sorted by
+    the absolute time change, largest first. A name absent from one run has 0 there.
+    """
+
+    table: pd.DataFrame
+    base_windows: int
+    new_windows: int
+
+    def of(self, *kinds: str) -> pd.DataFrame:
+        return self.table[self.table["kind"].isin(kinds)].reset_index(drop=True)
+
+    def totals(self, *kinds: str) -> dict[str, float]:
+        """Summed count and time per step over the given kinds, both runs."""
+        t = self.of(*kinds)
+        return {c: float(t[c].sum()) for c in ("base_count", "new_count", "base_ns", "new_ns")}
+
+    def by_class(self) -> pd.DataFrame:
+        """Device rows summed per class (``klass``), largest absolute time change first."""
+        dev = self.table[self.table["kind"] != "op"]
+        cols = ["base_count", "new_count", "base_ns", "new_ns", "change_ns", "change_count"]
+        grouped = dev.groupby("klass", sort=True)[cols].sum().reset_index()
+        grouped["base_names"] = (
+            dev[dev["base_count"] > 0].groupby("klass").size().reindex(grouped["klass"]).fillna(0).to_numpy(int)
+        )
+        grouped["new_names"] = (
+            dev[dev["new_count"] > 0].groupby("klass").size().reindex(grouped["klass"]).fillna(0).to_numpy(int)
+        )
+        order = np.argsort(-grouped["change_ns"].abs().to_numpy(), kind="stable")
+        return grouped.iloc[order].reset_index(drop=True)
+
+
+def name_diff(base: Analysis, new: Analysis) -> NameDiff:
+    """Per-step count and time of every kernel/copy/op name in the analysed steps of both runs."""
+    b, nb = _job_summary(base)
+    n, nn = _job_summary(new)
+    table = b.join(n, how="outer", lsuffix="_b", rsuffix="_n").fillna(0.0)
+    table.columns = ["base_count", "base_ns", "new_count", "new_ns"]
+    table = table.reset_index()
+    table["change_ns"] = table["new_ns"] - table["base_ns"]
+    table["change_count"] = table["new_count"] - table["base_count"]
+    order = np.lexsort((table["name"].to_numpy(str), -table["change_ns"].abs().to_numpy()))
+    table = table.iloc[order].reset_index(drop=True)
+    return NameDiff(table=table, base_windows=nb, new_windows=nn)
+
+
+def _job_summary(analysis: Analysis) -> tuple[pd.DataFrame, int]:
+    """count and ns per step by (kind, name) over all ranks' analysed windows."""
+    frames = []
+    windows = 0
+    for ra in analysis.ranks:
+        frame, n = rank_events(ra)
+        frames.append(frame)
+        windows += n
+    events = pd.concat(frames, ignore_index=True)
+    grouped = events.groupby(["kind", "klass", "name"], sort=True)["dur"].agg(["count", "sum"])
+    per_step = max(windows, 1)
+    return (
+        pd.DataFrame({"count": grouped["count"] / per_step, "ns": grouped["sum"] / per_step}),
+        windows,
+    )
+
+
+def rank_events(ra: RankAnalysis) -> tuple[pd.DataFrame, int]:
+    """kind, klass, name, dur of the device activity and CPU ops inside this rank's analysed windows."""
+    starts, ends = _windows(ra)
+    trace = ra.trace
+    gpu = trace.gpu[trace.gpu["kind"] != "sync"].reset_index(drop=True)
+    gpu_kind = gpu["kind"].astype(str).to_numpy()
+    gpu_class = np.where(gpu_kind == "kernel", kernel_classes(gpu), gpu_kind)
+    ops = trace.host[trace.host["cat"].isin(DISPATCH_CATS)]
+    op_kind = np.full(len(ops), "op", dtype=object)
+    parts = []
+    for frame, kind, klass, when in (
+        (gpu, gpu_kind, gpu_class, launch_times(gpu, trace.runtime)),
+        (ops, op_kind, op_kind, ops["ts"].to_numpy(np.int64)),
+    ):
+        inside = _inside(when, starts, ends)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "kind": kind[inside],
+                    "klass": klass[inside],
+                    "name": frame["name"].astype(str).to_numpy()[inside],
+                    "dur": frame["dur"].to_numpy(np.int64)[inside],
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True), len(starts)
+
+
+def _windows(ra: RankAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    if len(ra.steps):
+        starts = ra.steps["ts"].to_numpy(np.int64)
+        return starts, starts + ra.steps["dur"].to_numpy(np.int64)
+    lo, hi = ra.span
+    return np.array([lo], np.int64), np.array([max(hi, lo) + 1], np.int64)
+
+
+def _inside(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which times fall inside one of the (sorted, disjoint) windows."""
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    pos = np.searchsorted(s, ts, side="right") - 1
+    ok = pos >= 0
+    ok[ok] &= ts[ok] < e[pos[ok]]
+    return ok

@@ -1,0 +1,329 @@
+"""Formats of ``mlprof compare``: JSON (the contract), markdown (a PR/CI comment) and text.
+
+JSON layout (``schema_version`` 1.0 of the comparison)::
+
+    base, new          path, format, devices, ranks, steps_analysed, step_source
+    step_time_ms       base, new (mean step), change_ms, change_pct (+ slower, - faster),
+                       speedup (base/new), base_median, new_median, median_change_pct
+    categories         per breakdown category: base_ms, new_ms (per step), change_ms,
+                       share_of_change_pct (sums to 100 over categories), meaning
+    explained_by       the category that moved most in the direction of the change
+    kernel_classes     device time per kernel class (gemm_fp32, gemm_tensor, comm...) per step
+    kernels, ops       top names by absolute time change: count and ms per step in each run
+    findings           resolved / new / changed / unchanged: lists of findings, each with
+                       rule, category, severity, title, expected_speedup,
+                       time_lost_ms_per_step (of NEW, or of BASE for resolved ones) and
+                       base_/new_time_lost_ms_per_step
+    predicted_vs_achieved  per fix BASE predicted: predicted_saving_ms, predicted_speedup,
+                       achieved_saving_ms, achieved_speedup, step_speedup, status, causes
+    gates              null, or passed + results (gate, passed, measured, limit)
+    notes              caveats (different GPUs, outlier steps, ...)
+
+Every figure is defined in :mod:`mlprof.compare` (steps, names, findings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from mlprof import __version__
+from mlprof.analysis import Analysis
+from mlprof.compare.diff import Comparison
+from mlprof.compare.findings import FindingPair, finding_brief
+from mlprof.gates.evaluate import GateResult
+
+SCHEMA_VERSION = "1.0"
+TOP_NAMES_JSON = 25
+TOP_NAMES_TEXT = 10
+NS_PER_MS = 1_000_000
+
+
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _side(a: Analysis) -> dict[str, Any]:
+    meta = a.ranks[0].trace.meta
+    return {
+        "path": a.path,
+        "format": meta.format,
+        "devices": sorted({d.name for ra in a.ranks for d in ra.trace.meta.devices}),
+        "ranks": [ra.rank for ra in a.ranks],
+        "steps_analysed": len(a.job_steps()),
+        "step_source": meta.step_source,
+        "step_filter": a.step_filter,
+    }
+
+
+def _names(frame: pd.DataFrame, n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": r.name,
+            "kind": r.kind,
+            "class": r.klass,
+            "base_count": _r(r.base_count, 2),
+            "new_count": _r(r.new_count, 2),
+            "base_ms": _r(r.base_ns / NS_PER_MS, 4),
+            "new_ms": _r(r.new_ns / NS_PER_MS, 4),
+            "change_ms": _r(r.change_ns / NS_PER_MS, 4),
+        }
+        for r in frame.head(n).itertuples(index=False)
+    ]
+
+
+def _pair(p: FindingPair) -> dict[str, Any]:
+    d = finding_brief(p.finding)
+    d["status"] = p.status
+    d["base_time_lost_ms_per_step"] = _r(p.base_ms, 6)
+    d["new_time_lost_ms_per_step"] = _r(p.new_ms, 6)
+    if p.base is not None:
+        d["base_expected_speedup"] = _r(p.base.expected_speedup, 4)
+    if p.new is not None:
+        d["new_expected_speedup"] = _r(p.new.expected_speedup, 4)
+    return d
+
+
+def comparison_json(c: Comparison, gates: list[GateResult] | None = None) -> dict[str, Any]:
+    s = c.step
+    median_pct = (
+        100.0 * (s.new_median_ms - s.base_median_ms) / s.base_median_ms
+        if s.base_median_ms and s.new_median_ms is not None
+        else None
+    )
+    main = c.main_category
+    kernels = c.names.of("kernel", "memcpy", "memset")
+    ops = c.names.of("op")
+    dev_totals = c.names.totals("kernel", "memcpy", "memset")
+    classes = c.names.by_class()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "mlprof", "version": __version__},
+        "base": _side(c.base),
+        "new": _side(c.new),
+        "step_time_ms": {
+            "base": _r(s.base_ms, 6),
+            "new": _r(s.new_ms, 6),
+            "change_ms": _r(s.change_ms, 6),
+            "change_pct": _r(s.change_pct, 3),
+            "speedup": _r(s.speedup, 4),
+            "statistic": "mean over the analysed steps",
+            "base_median": _r(s.base_median_ms, 6),
+            "new_median": _r(s.new_median_ms, 6),
+            "median_change_pct": _r(median_pct, 3),
+        },
+        "categories": [
+            {
+                "category": x.category,
+                "base_ms": _r(x.base_ms, 6),
+                "new_ms": _r(x.new_ms, 6),
+                "change_ms": _r(x.change_ms, 6),
+                "share_of_change_pct": _r(x.share_of_change_pct, 2),
+                "meaning": x.meaning,
+            }
+            for x in c.categories
+        ],
+        "explained_by": None if main is None else main.category,
+        "kernel_classes": [
+            {
+                "class": r.klass,
+                "base_count": _r(r.base_count, 2),
+                "new_count": _r(r.new_count, 2),
+                "base_ms": _r(r.base_ns / NS_PER_MS, 4),
+                "new_ms": _r(r.new_ns / NS_PER_MS, 4),
+                "change_ms": _r(r.change_ns / NS_PER_MS, 4),
+                "base_names": int(r.base_names),
+                "new_names": int(r.new_names),
+            }
+            for r in classes.itertuples(index=False)
+        ],
+        "kernels": {
+            "matched_by": "name",
+            "per_step": True,
+            "base_count": _r(dev_totals["base_count"], 2),
+            "new_count": _r(dev_totals["new_count"], 2),
+            "base_ms": _r(dev_totals["base_ns"] / NS_PER_MS, 4),
+            "new_ms": _r(dev_totals["new_ns"] / NS_PER_MS, 4),
+            "names_only_in_base": int((kernels["new_count"] == 0).sum()),
+            "names_only_in_new": int((kernels["base_count"] == 0).sum()),
+            "names_in_both": int(((kernels["new_count"] > 0) & (kernels["base_count"] > 0)).sum()),
+            "top": _names(kernels, TOP_NAMES_JSON),
+        },
+        "ops": {
+            "matched_by": "name",
+            "per_step": True,
+            "names_only_in_base": int((ops["new_count"] == 0).sum()),
+            "names_only_in_new": int((ops["base_count"] == 0).sum()),
+            "top": _names(ops, TOP_NAMES_JSON),
+        },
+        "findings": {
+            "resolved": [_pair(p) for p in c.findings.resolved],
+            "new": [_pair(p) for p in c.findings.new],
+            "changed": [_pair(p) for p in c.findings.changed],
+            "unchanged": [_pair(p) for p in c.findings.unchanged],
+        },
+        "predicted_vs_achieved": [
+            {
+                "rule": p.rule,
+                "category": p.category,
+                "title": p.title,
+                "status": p.status,
+                "causes": list(p.causes),
+                "predicted_saving_ms": _r(p.predicted_saving_ms, 6),
+                "predicted_speedup": _r(p.predicted_speedup, 4),
+                "base_cause_ms": _r(p.base_cause_ms, 6),
+                "new_cause_ms": _r(p.new_cause_ms, 6),
+                "achieved_saving_ms": _r(p.achieved_saving_ms, 6),
+                "achieved_speedup": _r(p.achieved_speedup, 4),
+                "step_speedup": _r(p.step_speedup, 4),
+            }
+            for p in c.predicted
+        ],
+        "gates": None
+        if gates is None
+        else {"passed": all(g.passed for g in gates), "results": [g.to_dict() for g in gates]},
+        "notes": c.notes,
+    }
+
+
+def _direction(pct: float) -> str:
+    return "slower" if pct > 0 else "faster" if pct < 0 else "unchanged"
+
+
+def comparison_markdown(c: Comparison, gates: list[GateResult] | None = None) -> str:
+    d = comparison_json(c, gates)
+    s = d["step_time_ms"]
+    lines = [f"## mlprof compare: `{d['base']['path']}` -> `{d['new']['path']}`", ""]
+    lines.append(
+        f"Mean step **{s['base']:.2f} ms -> {s['new']:.2f} ms** ({s['change_pct']:+.1f}%, {_direction(s['change_pct'])}; "
+        f"{s['speedup']:.2f}x) over {d['base']['steps_analysed']} / {d['new']['steps_analysed']} steps"
+        + (
+            f"; median {s['base_median']:.2f} -> {s['new_median']:.2f} ms ({s['median_change_pct']:+.1f}%)."
+            if s["median_change_pct"] is not None
+            else "."
+        )
+    )
+    if d["explained_by"]:
+        main = next(x for x in d["categories"] if x["category"] == d["explained_by"])
+        lines.append(f"Mostly **{main['category']}** ({main['change_ms']:+.2f} ms per step: {main['meaning']}).")
+    lines += ["", "| category | base ms/step | new ms/step | change | share of change |", "|---|---:|---:|---:|---:|"]
+    for x in d["categories"]:
+        share = "-" if x["share_of_change_pct"] is None else f"{x['share_of_change_pct']:.0f}%"
+        lines.append(f"| {x['category']} | {x['base_ms']:.2f} | {x['new_ms']:.2f} | {x['change_ms']:+.2f} | {share} |")
+    pva = d["predicted_vs_achieved"]
+    if pva:
+        lines += [
+            "",
+            "### Predicted vs achieved (fixes the base run predicted)",
+            "",
+            "| rule | status | predicted | achieved | ms/step predicted | ms/step achieved | whole step |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for p in pva:
+            lines.append(
+                f"| {p['rule']} | {p['status']} | {p['predicted_speedup']:.2f}x | {p['achieved_speedup']:.2f}x | "
+                f"{p['predicted_saving_ms']:.2f} | {p['achieved_saving_ms']:.2f} | {p['step_speedup']:.2f}x |"
+            )
+    f = d["findings"]
+    lines += ["", "### Findings", ""]
+    for status in ("resolved", "new", "changed", "unchanged"):
+        for x in f[status]:
+            lines.append(
+                f"- **{status}** {x['rule']} ({x['category']}): {x['title']} "
+                f"[{x['base_time_lost_ms_per_step']:.2f} -> {x['new_time_lost_ms_per_step']:.2f} ms/step]"
+            )
+    if not any(f.values()):
+        lines.append("- no findings in either run")
+    lines += [
+        "",
+        "### Kernel classes (device time per step)",
+        "",
+        "| class | base ms | new ms | change | names base/new |",
+    ]
+    lines.append("|---|---:|---:|---:|---|")
+    for k in d["kernel_classes"]:
+        lines.append(
+            f"| {k['class']} | {k['base_ms']:.2f} | {k['new_ms']:.2f} | {k['change_ms']:+.2f} | "
+            f"{k['base_names']}/{k['new_names']} |"
+        )
+    for title, key in (("Kernels", "kernels"), ("Ops", "ops")):
+        rows = d[key]["top"][:TOP_NAMES_TEXT]
+        if not rows:
+            continue
+        lines += ["", f"### {title} whose time changed most (matched by name, per step)", ""]
+        lines += ["| name | count base -> new | ms base -> new | change ms |", "|---|---:|---:|---:|"]
+        for r in rows:
+            lines.append(
+                f"| `{_short(r['name'])}` | {r['base_count']:g} -> {r['new_count']:g} | "
+                f"{r['base_ms']:.3f} -> {r['new_ms']:.3f} | {r['change_ms']:+.3f} |"
+            )
+    if gates is not None:
+        lines += ["", *_gate_lines(gates)]
+    if d["notes"]:
+        lines += ["", *[f"> note: {n}" for n in d["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def _gate_lines(gates: list[GateResult]) -> list[str]:
+    from mlprof.gates.evaluate import gates_markdown
+
+    return gates_markdown(gates, "").replace("\n\n\n", "\n\n").rstrip("\n").split("\n")
+
+
+def _short(name: str, width: int = 90) -> str:
+    name = name.replace("|", "\\|").replace("`", "'")
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def comparison_text(c: Comparison, gates: list[GateResult] | None = None) -> str:
+    """Plain text for the terminal: the markdown without table pipes would lose alignment, so use fixed columns."""
+    d = comparison_json(c, gates)
+    s = d["step_time_ms"]
+    out = [
+        "mlprof compare",
+        f"  base: {d['base']['path']}  ({', '.join(d['base']['devices']) or 'no device properties'})",
+        f"  new:  {d['new']['path']}  ({', '.join(d['new']['devices']) or 'no device properties'})",
+        f"  mean step: {s['base']:.2f} -> {s['new']:.2f} ms ({s['change_pct']:+.1f}%, {_direction(s['change_pct'])}, "
+        f"{s['speedup']:.2f}x)",
+    ]
+    if s["median_change_pct"] is not None:
+        out.append(
+            f"  median step: {s['base_median']:.2f} -> {s['new_median']:.2f} ms ({s['median_change_pct']:+.1f}%)"
+        )
+    if d["explained_by"]:
+        out.append(f"  mostly: {d['explained_by']}")
+    out += ["", f"  {'category':<16}{'base ms':>10}{'new ms':>10}{'change':>10}{'share':>8}"]
+    for x in d["categories"]:
+        share = "-" if x["share_of_change_pct"] is None else f"{x['share_of_change_pct']:.0f}%"
+        out.append(f"  {x['category']:<16}{x['base_ms']:>10.2f}{x['new_ms']:>10.2f}{x['change_ms']:>+10.2f}{share:>8}")
+    if d["predicted_vs_achieved"]:
+        out += ["", f"  {'fix':<10}{'status':<11}{'predicted':>10}{'achieved':>10}{'whole step':>12}"]
+        for p in d["predicted_vs_achieved"]:
+            out.append(
+                f"  {p['rule']:<10}{p['status']:<11}{p['predicted_speedup']:>9.2f}x{p['achieved_speedup']:>9.2f}x"
+                f"{p['step_speedup']:>11.2f}x"
+            )
+    out.append("")
+    for status in ("resolved", "new", "changed", "unchanged"):
+        for x in d["findings"][status]:
+            out.append(
+                f"  {status:<10}{x['rule']:<10}{x['base_time_lost_ms_per_step']:>8.2f} -> "
+                f"{x['new_time_lost_ms_per_step']:.2f} ms/step  {x['title']}"
+            )
+    out += ["", f"  {'kernel class':<16}{'base ms':>10}{'new ms':>10}{'change':>10}"]
+    for k in d["kernel_classes"]:
+        out.append(f"  {k['class']:<16}{k['base_ms']:>10.2f}{k['new_ms']:>10.2f}{k['change_ms']:>+10.2f}")
+    rows = d["kernels"]["top"][:TOP_NAMES_TEXT]
+    if rows:
+        out += ["", "  kernels whose time changed most (per step: count, ms)"]
+        for r in rows:
+            out.append(
+                f"  {r['change_ms']:>+9.3f} ms  {r['base_count']:>7g} -> {r['new_count']:<7g} {_short(r['name'], 80)}"
+            )
+    if gates is not None:
+        out += [""]
+        for g in gates:
+            out.append(f"  gate {'pass' if g.passed else 'FAIL'}: {g.gate}: {g.measured} (limit: {g.limit})")
+    out += [f"  note: {n}" for n in d["notes"]]
+    return "\n".join(out) + "\n"
