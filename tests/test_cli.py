@@ -145,3 +145,17 @@ def test_steps_on_a_trace_without_steps_is_a_usage_error(capsys: pytest.CaptureF
     path = str(external("AMD-AGI__TraceLens/b200/eager_trace.json.gz"))  # no step markers at all
     assert main(["analyze", path, "--steps", "3"]) == 2
     assert "the trace has no steps to select" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown"])
+def test_low_confidence_speedup_is_written_as_an_upper_bound(capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    """B200 eager inference: HOST001 (low confidence) reads "≤N.NNx"; LAUNCH001 (high) a plain figure."""
+    path = str(external("AMD-AGI__TraceLens/b200/eager_trace.json.gz"))
+    assert main(["analyze", path, "--format", "json"]) == 0
+    findings = {f["rule"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
+    host, launch = findings["HOST001"], findings["LAUNCH001"]
+    assert host["confidence"] == "low" and launch["confidence"] != "low"
+    assert main(["analyze", path, "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert f"≤{host['expected_speedup']:.2f}x" in out
+    assert f"{launch['expected_speedup']:.2f}x" in out and f"≤{launch['expected_speedup']:.2f}x" not in out

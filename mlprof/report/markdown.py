@@ -7,6 +7,7 @@ from typing import Any
 from mlprof.analysis import Analysis, CounterAnalysis
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.report.json_report import counters_only_json_dict, to_json_dict
+from mlprof.report.speedup import speedup_text
 
 
 def render_markdown(analysis: Analysis | CounterAnalysis) -> str:
@@ -41,7 +42,7 @@ def render_markdown(analysis: Analysis | CounterAnalysis) -> str:
         for i, f in enumerate(data["findings"], 1):
             lines.append(
                 f"| {i} | {f['rule']} | {f['category']} | {f['title']} | {f['time_lost_ms_per_step']:.2f} | "
-                f"{f['expected_speedup']:.2f}x | {f['confidence']} |"
+                f"{speedup_text(f)} | {f['confidence']} |"
             )
         lines += ["", *[f"{i}. **{f['rule']}** fix: `{f['fix']}`" for i, f in enumerate(data["findings"], 1)]]
     if len(data.get("plan", [])) > 1:
@@ -90,7 +91,7 @@ def _counters_lines(c: dict[str, Any], *, alone: bool) -> list[str]:
     if c["findings"]:
         lines += ["", "| # | rule | title | expected speedup | severity |", "|---|---|---|---:|---|"]
         for i, f in enumerate(c["findings"], 1):
-            lines.append(f"| {i} | {f['rule']} | {f['title']} | {f['expected_speedup']:.2f}x | {f['severity']} |")
+            lines.append(f"| {i} | {f['rule']} | {f['title']} | {speedup_text(f)} | {f['severity']} |")
         lines += ["", *[f"{i}. **{f['rule']}** fix: `{f['fix']}`" for i, f in enumerate(c["findings"], 1)]]
     else:
         lines += ["", f"No counter findings ({len(c['checks']['rules_run'])} counter rules run)."]

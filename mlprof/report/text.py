@@ -10,6 +10,7 @@ from rich.table import Table
 from mlprof.analysis import Analysis, CounterAnalysis
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.report.json_report import counters_only_json_dict, to_json_dict
+from mlprof.report.speedup import speedup_text
 
 MAX_STEP_ROWS = 20
 SHORT = {
@@ -241,7 +242,7 @@ def _print_findings_table(findings: list[dict[str, Any]], console: Console, *, t
             *([f["category"]] if wide else []),
             f["severity"],
             *lost,
-            f"{f['expected_speedup']:.2f}x",
+            speedup_text(f),
             *([f["confidence"]] if wide else []),
             f["title"],
         )
