@@ -89,6 +89,27 @@ def analyze(
         help="GPU counters recorded with the trace (nvidia-smi --query-gpu CSV, dcgmi dmon, dcgm-exporter "
         "metrics, mlprof counters CSV); repeatable.",
     ),
+    fail_on: list[str] | None = typer.Option(
+        None,
+        "--fail-on",
+        help="CI gate: exit 1 (markdown report on stderr) when a finding of this rule or category is reported, "
+        "optionally only from an expected speedup: DATA001, comm_not_overlapped>=1.1, any>=1.25; repeatable.",
+    ),
+    jobs: int | None = typer.Option(
+        None,
+        "--jobs",
+        "-j",
+        help="Ranks read in parallel (processes, or Dask workers for a LocalCluster); default one per core, "
+        "at most 8.",
+    ),
+    engine: str = typer.Option(
+        "local", "--engine", help="Where per-rank work runs for a multi-rank job: local (processes) or dask."
+    ),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        help="Dask scheduler address (tcp://HOST:PORT) for --engine dask; without it a LocalCluster is started.",
+    ),
 ) -> None:
     """Where the step time goes, per step and per rank, and what to fix first."""
     from mlprof.analysis import analyze_counters, analyze_job
@@ -98,6 +119,9 @@ def analyze(
     from mlprof.trace.loader import load_job
 
     rule_config = load_config(config)
+    from mlprof.gates.enforce import analysis_gates, enforce_gates
+
+    gates = analysis_gates(rule_config, fail_on)
     counter_paths = list(counters or [])
     for source in [path, *counter_paths]:
         if output is not None and _same_or_inside(output, source):
@@ -107,7 +131,9 @@ def analyze(
             if value is not None:
                 raise UsageError(f"{flag}: {path} is a counters file, which has no ranks or steps; pass a trace")
         table = _load_counters([path, *counter_paths])
-        _emit(analyze_counters(table, [str(p) for p in [path, *counter_paths]], rule_config), fmt, output)
+        counter_analysis = analyze_counters(table, [str(p) for p in [path, *counter_paths]], rule_config)
+        _emit(counter_analysis, fmt, output)
+        enforce_gates(counter_analysis, gates, str(path))
         return
 
     if step_marker is not None:
@@ -118,16 +144,35 @@ def analyze(
         except re.error as exc:
             raise UsageError(f"--step-marker: not a valid regex ({exc})") from None
     counter_table = _load_counters(counter_paths) if counter_paths else None
-    with _progress() as on_progress:
-        traces = load_job(path, on_progress=on_progress, step_marker=step_marker)
-    if rank is not None:
-        traces = [t for t in traces if t.meta.rank == rank]
-        if not traces:
-            raise UsageError(f"--rank {rank}: no such rank in {path}")
-    analysis = analyze_job(
-        traces, str(path), steps, rule_config, counters=counter_table, counter_paths=[str(p) for p in counter_paths]
-    )
+    from mlprof.engine.sources import is_job
+
+    if rank is None and counter_table is None and is_job(str(path)):
+        from mlprof.engine import analyze_paths
+        from mlprof.engine.progress import rank_progress
+
+        with rank_progress() as on_rank_done:
+            analysis = analyze_paths(
+                str(path),
+                steps_spec=steps,
+                step_marker=step_marker,
+                config=rule_config,
+                jobs=jobs,
+                engine=engine,
+                scheduler=scheduler,
+                on_rank_done=on_rank_done,
+            )
+    else:
+        with _progress() as on_progress:
+            traces = load_job(path, on_progress=on_progress, step_marker=step_marker)
+        if rank is not None:
+            traces = [t for t in traces if t.meta.rank == rank]
+            if not traces:
+                raise UsageError(f"--rank {rank}: no such rank in {path}")
+        analysis = analyze_job(
+            traces, str(path), steps, rule_config, counters=counter_table, counter_paths=[str(p) for p in counter_paths]
+        )
     _emit(analysis, fmt, output)
+    enforce_gates(analysis, gates, str(path))
 
 
 def _register_subcommands() -> None:
@@ -320,7 +365,8 @@ class _progress:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and turns errors into one line and an exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns the code of a typer.Exit (a tripped gate exits 1).
+        result = app(args=argv, standalone_mode=False)
     except MlprofError as exc:
         _error(str(exc))
         return exc.exit_code
@@ -340,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (set MLPROF_DEBUG=1 for a traceback; please report it)")
         return 3
-    return 0
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def _cli_framework_error(exc: Exception) -> int | None:

@@ -4,7 +4,8 @@ A kernel, memcpy or memset belongs to the step in which it was *launched* (the C
 runtime call with the same correlation id), or, when the launch was not recorded, to
 the step in which it started; HTA's ``TraceDiff`` assigns GPU events to iterations
 the same way, so the two agree on the same pair (``tests/test_compare.py``). A CPU op
-(``cpu_op``/``Operator`` host range) belongs to the step in which it started. Counts
+(``cpu_op``/``Operator`` host range, ``ProfilerStep#N`` itself excluded) belongs to the step in
+which it started. Counts
 and times are totals over the analysed steps divided by the number of steps (for a
 job: over all ranks' steps), so runs with different step counts compare fairly.
 
@@ -28,7 +29,7 @@ import pandas as pd
 
 from mlprof.analysis import Analysis, RankAnalysis
 from mlprof.analyzers.kernels import kernel_classes, launch_times
-from mlprof.trace.vocabulary import DISPATCH_CATS
+from mlprof.trace.vocabulary import DISPATCH_CATS, PROFILER_STEP, names_matching
 
 NS_PER_MS = 1_000_000
 
@@ -107,7 +108,8 @@ def rank_events(ra: RankAnalysis) -> tuple[pd.DataFrame, int]:
     gpu = trace.gpu[trace.gpu["kind"] != "sync"].reset_index(drop=True)
     gpu_kind = gpu["kind"].astype(str).to_numpy()
     gpu_class = np.where(gpu_kind == "kernel", kernel_classes(gpu), gpu_kind)
-    ops = trace.host[trace.host["cat"].isin(DISPATCH_CATS)]
+    host = trace.host
+    ops = host[host["cat"].isin(DISPATCH_CATS) & ~names_matching(host["name"], PROFILER_STEP)]
     op_kind = np.full(len(ops), "op", dtype=object)
     parts = []
     for frame, kind, klass, when in (

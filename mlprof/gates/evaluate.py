@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from mlprof.gates.spec import Budget, GateConfig
 
 if TYPE_CHECKING:
-    from mlprof.analysis import Analysis
+    from mlprof.analysis import Analysis, CounterAnalysis
     from mlprof.compare.diff import Comparison
 
 
@@ -25,15 +25,17 @@ class GateResult:
         return {"gate": self.gate, "passed": self.passed, "measured": self.measured, "limit": self.limit}
 
 
-def check_analysis(analysis: Analysis, gates: GateConfig) -> list[GateResult]:
+def check_analysis(analysis: Analysis | CounterAnalysis, gates: GateConfig) -> list[GateResult]:
     """``fail_on`` over the reported findings (trace and counters) and budgets over the per-step breakdown."""
+    from mlprof.analysis import Analysis
     from mlprof.compare.steps import per_step_categories
 
     findings = list(analysis.findings)
-    if analysis.counter_summary is not None:
-        findings += analysis.counter_summary.findings
+    summary = analysis.counter_summary if isinstance(analysis, Analysis) else None
+    if summary is not None:
+        findings += summary.findings
     out = _fail_on(findings, gates)
-    if gates.budgets:
+    if gates.budgets and isinstance(analysis, Analysis):  # a counters file alone has no steps to budget
         cats, _ = per_step_categories(analysis)
         out += _budgets(cats, gates.budgets.values())
     return out
@@ -102,8 +104,7 @@ def gates_markdown(results: list[GateResult], subject: str) -> str:
     lines = [
         f"### mlprof gates {head}: {len(failed)} of {len(results)} tripped",
         "",
-        subject,
-        "",
+        *([subject, ""] if subject else []),
         "| gate | result | measured | limit |",
         "|---|---|---|---|",
     ]

@@ -196,8 +196,9 @@ def comparison_markdown(c: Comparison, gates: list[GateResult] | None = None) ->
     s = d["step_time_ms"]
     lines = [f"## mlprof compare: `{d['base']['path']}` -> `{d['new']['path']}`", ""]
     lines.append(
-        f"Mean step **{s['base']:.2f} ms -> {s['new']:.2f} ms** ({s['change_pct']:+.1f}%, {_direction(s['change_pct'])}; "
-        f"{s['speedup']:.2f}x) over {d['base']['steps_analysed']} / {d['new']['steps_analysed']} steps"
+        f"Mean step **{s['base']:.2f} ms -> {s['new']:.2f} ms** ({s['change_pct']:+.1f}%, "
+        f"{_direction(s['change_pct'])}; {s['speedup']:.2f}x) over {d['base']['steps_analysed']} / "
+        f"{d['new']['steps_analysed']} steps"
         + (
             f"; median {s['base_median']:.2f} -> {s['new_median']:.2f} ms ({s['median_change_pct']:+.1f}%)."
             if s["median_change_pct"] is not None
@@ -268,7 +269,7 @@ def comparison_markdown(c: Comparison, gates: list[GateResult] | None = None) ->
 def _gate_lines(gates: list[GateResult]) -> list[str]:
     from mlprof.gates.evaluate import gates_markdown
 
-    return gates_markdown(gates, "").replace("\n\n\n", "\n\n").rstrip("\n").split("\n")
+    return gates_markdown(gates, "").rstrip("\n").split("\n")
 
 
 def _short(name: str, width: int = 90) -> str:
