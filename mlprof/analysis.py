@@ -44,10 +44,14 @@ class RankAnalysis:
     """ns per cause per analysed window (see :mod:`mlprof.analyzers.causes`)."""
     diagnosis: Diagnosis | None = None
     """Set when this rank was analysed alone (:func:`analyze_trace`)."""
+    span_override: tuple[int, int] | None = None
+    """The span measured on the full trace, for a rank kept reduced (:mod:`mlprof.engine.rank_task`)."""
 
     @property
     def span(self) -> tuple[int, int]:
         """First and last instant of host or device activity in the trace."""
+        if self.span_override is not None:
+            return self.span_override
         return _trace_span(self.trace)
 
     @property

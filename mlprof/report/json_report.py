@@ -26,6 +26,9 @@ removed or renamed key a major bump). Layout::
                      paths, formats, time_base, per-device summaries, whether
                      they were joined to the steps (and per-step means), the
                      counter rules' findings, verdicts and notes; null without
+    cross_rank       (1.3) several ranks: summary (stragglers, step-time skew,
+                     imbalance vs bandwidth), groups (per rank group), rule_outliers,
+                     per_rank (one row per rank); null for one rank
 
 A counters file analysed alone gives the same top-level keys: ``trace`` and
 ``breakdown`` are null, ``steps``/``ranks``/``plan`` empty, ``findings`` the
@@ -47,7 +50,7 @@ from mlprof.analysis import Analysis, CounterAnalysis, RankAnalysis
 from mlprof.analyzers.attribution import CATEGORIES, CATEGORY_HELP, gpu_busy_pct
 from mlprof.analyzers.temporal import TemporalBreakdown
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 NS_PER_MS = 1_000_000
 
 
@@ -184,7 +187,35 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         "record_next": diagnosis.record_next if diagnosis else [],
         "notes": notes,
         "counters": None if analysis.counter_summary is None else counters_dict(analysis.counter_summary),
+        "cross_rank": cross_rank_dict(analysis),
     }
+
+
+def cross_rank_dict(analysis: Analysis) -> dict[str, Any] | None:
+    """(1.3) Several ranks: job summary, summaries by rank group, rule outliers and one row per rank.
+
+    Column meanings: :mod:`mlprof.analyzers.stragglers`; ``docs/multirank.md``.
+    """
+    diagnosis = analysis.diagnosis
+    cr = diagnosis.cross_rank if diagnosis is not None else None
+    if cr is None:
+        return None
+    return {
+        "summary": cr.summary,
+        "group_size": cr.group_size,
+        "groups": _records(cr.groups),
+        "rule_outliers": diagnosis.rule_outliers if diagnosis is not None else [],
+        "per_rank": _records(cr.per_rank),
+    }
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts (numpy scalars to int/float)."""
+    cols = list(frame.columns)
+    return [
+        {c: (v.item() if isinstance(v, np.generic) else v) for c, v in zip(cols, row, strict=True)}
+        for row in frame.itertuples(index=False, name=None)
+    ]
 
 
 MIB = 1 << 20

@@ -14,7 +14,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mlprof.analyzers.rank_skew import RankSkew
+from mlprof.analyzers.stragglers import CrossRank
 from mlprof.rules.base import NS_PER_MS, Finding, RankContext, ms
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.counter_base import CounterContext
@@ -43,6 +46,10 @@ class Diagnosis:
     """Why a rule that looked found nothing (e.g. the measured memory trend), per rule id."""
     per_rank: list[list[Finding]] = field(default_factory=list)
     """Each rank's own findings before merging (the same as ``findings`` for one rank)."""
+    cross_rank: CrossRank | None = None
+    """Several ranks: the per-rank table, rank-group summaries and job totals (:mod:`mlprof.analyzers.stragglers`)."""
+    rule_outliers: list[dict[str, Any]] = field(default_factory=list)
+    """Several ranks: per rule, the ranks whose time lost is at least twice the median rank's."""
 
 
 def run_rank(ctx: RankContext, config: RuleConfig) -> list[Finding]:
@@ -57,15 +64,24 @@ def run_rank(ctx: RankContext, config: RuleConfig) -> list[Finding]:
 
 
 def diagnose(
-    contexts: list[RankContext], config: RuleConfig, skew: RankSkew | None, world_size: int | None
+    contexts: list[RankContext],
+    config: RuleConfig,
+    skew: RankSkew | None,
+    world_size: int | None,
+    per_rank: list[list[Finding]] | None = None,
 ) -> Diagnosis:
-    per_rank = [run_rank(ctx, config) for ctx in contexts]
+    """Run the rules (or take each rank's findings as given in ``per_rank``), merge ranks, rank, plan."""
+    if per_rank is None:
+        per_rank = [run_rank(ctx, config) for ctx in contexts]
+    cross_rank = None
     if len(contexts) == 1:
         findings = per_rank[0]
         step_ns = contexts[0].step_ns
     else:
         step_ns = sum(c.step_ns for c in contexts) / len(contexts)
         findings = _merge(per_rank, contexts, step_ns, skew)
+        job_findings, cross_rank = _run_job_rules(contexts, skew, step_ns, config)
+        findings = _carve_out(findings, job_findings) + job_findings
     kept = [f for f in findings if f.expected_speedup >= config.min_speedup or f.time_lost_ns_per_step == 0]
     dropped = len(findings) - len(kept)
     kept.sort(key=lambda f: (-f.expected_speedup, f.severity != "critical", f.rule))
@@ -78,7 +94,68 @@ def diagnose(
         below_threshold=dropped,
         verdicts=_verdicts(contexts),
         per_rank=per_rank,
+        cross_rank=cross_rank,
+        rule_outliers=_rule_outliers(per_rank, contexts) if len(contexts) > 1 else [],
     )
+
+
+def _run_job_rules(
+    contexts: list[RankContext], skew: RankSkew | None, step_ns: float, config: RuleConfig
+) -> tuple[list[Finding], CrossRank | None]:
+    from mlprof.rules.straggler import Straggler
+
+    rule = next(r for r in TRACE_RULES if isinstance(r, Straggler))
+    findings, report = rule.check_job(contexts, skew, step_ns, config.thresholds(rule.id))
+    return ([] if rule.id in config.disabled else findings), report
+
+
+def _carve_out(findings: list[Finding], job_findings: list[Finding]) -> list[Finding]:
+    """The straggler's time is part of the collective wait COMM002 claims: count it once."""
+    carved = sum(f.time_lost_ns_per_step for f in job_findings if f.rule == "STRAG001")
+    if carved <= 0:
+        return findings
+    for f in findings:
+        if f.rule == "COMM002":
+            before = f.time_lost_ns_per_step
+            f.time_lost_ns_per_step = max(before - carved, 0.0)
+            if before > 0:
+                f.claimed = {k: v * f.time_lost_ns_per_step / before for k, v in f.claimed.items()}
+            f.evidence["wait_ms_per_step_before_straggler"] = ms(before)
+            f.evidence["straggler_ms_per_step_claimed_by_STRAG001"] = ms(min(carved, before))
+            f.title += f"; {ms(min(carved, before))} ms of it is the straggler's (STRAG001)"
+    return findings
+
+
+OUTLIER_FACTOR = 2.0
+"""A rank is an outlier of a rule when its time lost is at least this many times the median rank's."""
+
+
+def _rule_outliers(per_rank: list[list[Finding]], contexts: list[RankContext]) -> list[dict[str, Any]]:
+    """Per rule, the ranks whose time lost stands out from the median rank (rank 0 ms where it did not fire)."""
+    ranks = [c.rank for c in contexts]
+    lost: dict[str, dict[int, float]] = {}
+    for rank, findings in zip(ranks, per_rank, strict=True):
+        for f in findings:
+            lost.setdefault(f.rule, {})
+            lost[f.rule][rank] = lost[f.rule].get(rank, 0.0) + f.time_lost_ns_per_step
+    out: list[dict[str, Any]] = []
+    for rule_id in sorted(lost):
+        values = np.array([lost[rule_id].get(r, 0.0) for r in ranks])
+        median = float(np.median(values))
+        threshold = max(OUTLIER_FACTOR * median, 1.0)
+        hits = [(r, v) for r, v in zip(ranks, values, strict=True) if v >= threshold and v > 0]
+        if not hits or len(hits) > len(ranks) // 2:
+            continue
+        hits.sort(key=lambda rv: (-rv[1], rv[0]))
+        out.append(
+            {
+                "rule": rule_id,
+                "median_ms_per_step": ms(median),
+                "outlier_ranks": len(hits),
+                "worst": [{"rank": int(r), "ms_per_step": ms(v)} for r, v in hits[:5]],
+            }
+        )
+    return out
 
 
 @dataclass

@@ -19,6 +19,7 @@ from mlprof.rules.launch_bound import LaunchBound
 from mlprof.rules.memory_growth import DeviceMemoryGrowth
 from mlprof.rules.memory_leak import MemoryLeak
 from mlprof.rules.rank_wait import RankWait
+from mlprof.rules.straggler import Straggler
 from mlprof.rules.unfused_elementwise import UnfusedElementwise
 from mlprof.rules.unfused_optimizer import UnfusedOptimizer
 
@@ -31,6 +32,7 @@ RULES: tuple[Rule, ...] = (
     LaunchBound(),
     CommExposed(),
     RankWait(),
+    Straggler(),
     MemoryLeak(),
     Fp32Matmul(),
     AllocatorChurn(),

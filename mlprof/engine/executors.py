@@ -1,0 +1,110 @@
+"""Run one function over many inputs: in this process, in local processes, or as Dask tasks.
+
+Results come back in input order whatever order the tasks finish in. Only the
+tasks' (small) results are held; inputs are file names. No scheduling of our own:
+local parallelism is :class:`concurrent.futures.ProcessPoolExecutor`, distributed
+work is ``dask.distributed`` (a ``LocalCluster`` when no scheduler address is given).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, TypeVar
+
+from mlprof.errors import MlprofError, UsageError
+
+T = TypeVar("T")
+R = TypeVar("R")
+ProgressFn = Callable[[int, int], None]
+
+
+def default_jobs(n_tasks: int) -> int:
+    """One process per core, at most 8 and at most one per task."""
+    return max(1, min(8, os.cpu_count() or 1, n_tasks))
+
+
+def run_local(
+    fn: Callable[[T, Any], R], items: Sequence[T], arg: Any, jobs: int, on_done: ProgressFn | None = None
+) -> list[R]:
+    """``[fn(item, arg) for item in items]``, in ``jobs`` forked processes when ``jobs > 1``."""
+    total = len(items)
+    if jobs <= 1 or total <= 1:
+        out = []
+        for i, item in enumerate(items):
+            out.append(fn(item, arg))
+            if on_done:
+                on_done(i + 1, total)
+        return out
+    results: list[Any] = [None] * total
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=context) as pool:
+        futures = {pool.submit(fn, item, arg): i for i, item in enumerate(items)}
+        try:
+            for done, future in enumerate(as_completed(futures), 1):
+                results[futures[future]] = future.result()
+                if on_done:
+                    on_done(done, total)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return results
+
+
+def run_dask(
+    fn: Callable[[T, Any], R],
+    items: Sequence[T],
+    arg: Any,
+    *,
+    scheduler: str | None,
+    workers: int,
+    processes: bool = True,
+    on_done: ProgressFn | None = None,
+) -> list[R]:
+    """The same map as Dask tasks; each result is fetched as soon as it is ready and its future released.
+
+    With ``scheduler`` (``tcp://host:8786``) the tasks run on that cluster's workers, which must be able
+    to import mlprof and read the paths (shared storage or fsspec URLs). Without it a ``LocalCluster`` of
+    ``workers`` workers (one thread each) is started for the run and closed after it.
+    """
+    try:
+        from dask.distributed import Client, LocalCluster
+        from dask.distributed import as_completed as dask_as_completed
+    except ImportError:
+        raise UsageError("--engine dask needs dask[distributed]: pip install 'dask[distributed]'") from None
+    import logging
+
+    # A task's error comes back as its own exception (one line from the CLI); Dask's worker log of it is noise.
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    cluster = None
+    try:
+        if scheduler:
+            try:
+                client = Client(scheduler, timeout="10s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise MlprofError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+        else:
+            cluster = LocalCluster(
+                n_workers=max(1, workers),
+                threads_per_worker=1,
+                processes=processes,
+                dashboard_address=None,
+            )
+            client = Client(cluster)
+        with client:
+            total = len(items)
+            futures = client.map(fn, list(items), [arg] * total, pure=False)
+            index = {f.key: i for i, f in enumerate(futures)}
+            results: list[Any] = [None] * total
+            for done, future in enumerate(dask_as_completed(futures), 1):
+                results[index[future.key]] = future.result()
+                future.release()
+                if on_done:
+                    on_done(done, total)
+            return results
+    finally:
+        if cluster is not None:
+            cluster.close()

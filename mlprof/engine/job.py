@@ -1,0 +1,129 @@
+"""A job from its rank files: per-rank tasks on an engine, then the cross-rank reduction on the client.
+
+:func:`analyze_paths` is what ``mlprof analyze DIR --jobs N --engine local|dask`` runs.
+:func:`combine` is the client side: it validates the ranks, matches the collectives
+of all ranks (:func:`mlprof.analyzers.rank_skew.match_collectives`), splits each
+rank's exposed communication into waiting and transfer, runs the cross-rank rules,
+and merges everything into one :class:`mlprof.analysis.Analysis` through the same
+:func:`mlprof.rules.engine.diagnose` as an in-memory job. The result does not depend
+on the engine or the number of jobs: tasks are pure functions of their file, and
+results are combined in rank order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mlprof.analysis import Analysis
+from mlprof.analyzers.rank_skew import match_collectives
+from mlprof.engine.executors import ProgressFn, default_jobs, run_dask, run_local
+from mlprof.engine.rank_task import CROSS_RANK_RULES, RankPartial, TaskOptions, reduce_rank, split_comm_wait, windows
+from mlprof.engine.sources import list_sources
+from mlprof.errors import BadInputError, UsageError
+from mlprof.rules.base import Finding, RankContext
+from mlprof.rules.config import RuleConfig
+from mlprof.rules.engine import diagnose
+from mlprof.rules.registry import TRACE_RULES
+
+ENGINES = ("local", "dask")
+_ORDER = {r.id: i for i, r in enumerate(TRACE_RULES)}
+
+
+def analyze_paths(
+    source: str | list[str],
+    *,
+    steps_spec: str | None = None,
+    step_marker: str | None = None,
+    config: RuleConfig | None = None,
+    jobs: int | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
+    dask_processes: bool = True,
+    on_rank_done: ProgressFn | None = None,
+) -> Analysis:
+    """Analyse a job given as a directory, glob, list of files or fsspec URL of per-rank traces."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs {jobs}: must be 1 or more")
+    if scheduler and engine != "dask":
+        raise UsageError("--scheduler needs --engine dask")
+    files = list_sources(source)
+    options = TaskOptions(steps_spec=steps_spec, step_marker=step_marker, config=config or RuleConfig())
+    n = jobs if jobs is not None else default_jobs(len(files))
+    run: Callable[[], list[RankPartial]]
+    if engine == "dask":
+
+        def run() -> list[RankPartial]:
+            return run_dask(
+                reduce_rank,
+                files,
+                options,
+                scheduler=scheduler,
+                workers=n,
+                processes=dask_processes,
+                on_done=on_rank_done,
+            )
+    else:
+
+        def run() -> list[RankPartial]:
+            return run_local(reduce_rank, files, options, n, on_rank_done)
+
+    partials = run()
+    label = source if isinstance(source, str) else ",".join(source)
+    return combine(partials, label, options)
+
+
+def combine(partials: list[RankPartial], path: str, options: TaskOptions) -> Analysis:
+    """The cross-rank reduction: one job from its ranks' compact results (any order)."""
+    partials = _check_ranks(partials, path)
+    config = options.config
+    ranks = [p.analysis.rank for p in partials]
+    skew = match_collectives(ranks, [p.signature for p in partials]) if len(partials) > 1 else None
+    contexts: list[RankContext] = []
+    per_rank: list[list[Finding]] = []
+    for p in partials:
+        ra = p.analysis
+        starts, ends = windows(ra)
+        wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
+        assert ra.causes is not None
+        ra.causes = split_comm_wait(ra.causes, p.exposed_comm, wait, starts, ends)
+        ctx = RankContext(ra, ra.causes)
+        ctx.verdicts.update(p.verdicts)
+        found = list(p.findings)
+        for rule in TRACE_RULES:
+            if rule.id not in CROSS_RANK_RULES or rule.id in config.disabled:
+                continue
+            if rule.needs_device and not ctx.has_device:
+                continue
+            found.extend(rule.check(ctx, config.thresholds(rule.id)))
+        found.sort(key=lambda f: _ORDER.get(f.rule, len(_ORDER)))
+        contexts.append(ctx)
+        per_rank.append(found)
+    world = partials[0].analysis.trace.meta.world_size
+    diagnosis = diagnose(contexts, config, skew, world, per_rank=per_rank)
+    analyses = []
+    for p, findings in zip(partials, diagnosis.per_rank, strict=True):
+        p.analysis.findings = sorted(findings, key=lambda f: -f.expected_speedup)
+        if len(partials) == 1:
+            p.analysis.diagnosis = diagnosis
+        analyses.append(p.analysis)
+    return Analysis(path=path, ranks=analyses, step_filter=options.steps_spec, diagnosis=diagnosis, skew=skew)
+
+
+def _check_ranks(partials: list[RankPartial], path: str) -> list[RankPartial]:
+    """Every rank known and unique (the same rules and messages as :func:`mlprof.trace.loader.load_job`)."""
+    seen: dict[int, str] = {}
+    for p in partials:
+        meta = p.analysis.trace.meta
+        if meta.rank is None:
+            if len(partials) == 1:
+                meta.rank, meta.rank_source = 0, "single file"
+                continue
+            raise BadInputError(
+                f"{meta.path}: cannot tell its rank (no distributedInfo.rank); name rank files like rank-3.json.gz"
+            )
+        if meta.rank in seen:
+            raise BadInputError(f"{path}: rank {meta.rank} appears twice ({seen[meta.rank]} and {meta.path})")
+        seen[meta.rank] = meta.path
+    return sorted(partials, key=lambda p: p.analysis.rank)

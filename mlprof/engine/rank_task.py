@@ -1,0 +1,205 @@
+"""The per-rank task: read one rank's trace, measure and judge it, and keep only what the job needs.
+
+Everything that needs the full trace runs here, where the trace is read: the
+attribution, the causes, and every rule except the two that depend on the other
+ranks (COMM001 and COMM002 split exposed communication into waiting and transfer,
+which needs the collectives of every rank). What leaves the task is small:
+
+* the per-step attribution and causes (one row per step), the temporal breakdown,
+  notes, findings and verdicts of the rank's own rules;
+* the rank's *communication signature* (one row per NCCL kernel), which the client
+  matches across ranks;
+* the exposed-communication intervals (communication with no compute kernel
+  running), so the client can split the causes into waiting and transfer exactly
+  as :func:`mlprof.analyzers.causes.attribute_causes` would with all ranks at hand;
+* a :class:`ReducedTrace`: the trace's metadata, its communication kernels and
+  collectives (what the cross-rank rules read), and no other events.
+
+The full trace is dropped before the task returns, so a worker holds one trace at a
+time and the client holds none.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mlprof.analysis import RankAnalysis, measure_trace
+from mlprof.analyzers.causes import attribute_causes
+from mlprof.analyzers.intervals import covered, merge
+from mlprof.analyzers.rank_skew import comm_signature
+from mlprof.rules.base import Finding, RankContext
+from mlprof.rules.config import RuleConfig
+from mlprof.rules.registry import TRACE_RULES
+from mlprof.trace.model import Trace
+
+CROSS_RANK_CAUSES = frozenset({"comm.wait", "comm.transfer"})
+CROSS_RANK_RULES: tuple[str, ...] = tuple(r.id for r in TRACE_RULES if CROSS_RANK_CAUSES & set(r.claims))
+"""Rules run on the client, after the ranks are matched: those claiming communication causes."""
+
+Intervals = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class ReducedTrace(Trace):
+    """A trace kept for the job after its rank was analysed: metadata, communication kernels and collectives.
+
+    ``memory`` keeps at most one allocator event (whether the trace had any, and one with
+    ``Total Allocated``), which is all the job-level advice reads.
+    """
+
+    device_activity: bool = False
+    """Whether the full trace had device activity (its ``gpu`` table here holds only communication kernels)."""
+
+    @property
+    def has_device_activity(self) -> bool:
+        return self.device_activity
+
+
+@dataclass
+class TaskOptions:
+    steps_spec: str | None = None
+    step_marker: str | None = None
+    config: RuleConfig = field(default_factory=RuleConfig)
+
+
+@dataclass
+class RankPartial:
+    """What a rank task returns (picklable, a few small tables)."""
+
+    analysis: RankAnalysis
+    """Steps, causes (communication not yet split into wait/transfer), temporal breakdown, notes."""
+    findings: list[Finding]
+    """Findings of the rank's own rules (all but :data:`CROSS_RANK_RULES`), in registry order."""
+    verdicts: dict[str, str]
+    signature: pd.DataFrame
+    exposed_comm: Intervals
+    """Merged intervals where a communication kernel runs and no compute kernel does."""
+
+    @property
+    def rank(self) -> int | None:
+        return self.analysis.trace.meta.rank
+
+
+def reduce_rank(source: str, options: TaskOptions) -> RankPartial:
+    """Read the rank file ``source`` (local path or fsspec URL) and reduce it; the task every engine runs."""
+    from mlprof.engine.sources import local_copy
+    from mlprof.trace.loader import load_trace
+
+    with local_copy(source) as path:
+        trace = load_trace(path, step_marker=options.step_marker, workers=1)
+    trace.meta.path = source
+    partial = reduce_trace(trace, options)
+    del trace
+    gc.collect()
+    return partial
+
+
+def reduce_trace(trace: Trace, options: TaskOptions) -> RankPartial:
+    """Measure and judge one rank in memory, keep the compact result."""
+    ra = measure_trace(trace, options.steps_spec)
+    starts, ends = windows(ra)
+    ra.causes = attribute_causes(trace, starts, ends, comm_wait=None)
+    ctx = RankContext(ra, ra.causes)
+    findings: list[Finding] = []
+    config = options.config
+    for rule in TRACE_RULES:
+        if rule.id in config.disabled or rule.id in CROSS_RANK_RULES:
+            continue
+        if rule.needs_device and not ctx.has_device:
+            continue
+        findings.extend(rule.check(ctx, config.thresholds(rule.id)))
+    span = ra.span
+    reduced = reduce_tables(trace)
+    analysis = RankAnalysis(
+        trace=reduced,
+        steps=ra.steps,
+        whole_trace=ra.whole_trace,
+        temporal=ra.temporal,
+        notes=ra.notes,
+        causes=ra.causes,
+    )
+    analysis.span_override = span
+    return RankPartial(
+        analysis=analysis,
+        findings=findings,
+        verdicts=dict(ctx.verdicts),
+        signature=comm_signature(trace),
+        exposed_comm=exposed_comm_intervals(trace),
+    )
+
+
+def windows(ra: RankAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    """The analysed windows of a rank: its steps, else its whole span (as the job analysis cuts them)."""
+    if len(ra.steps):
+        starts = ra.steps["ts"].to_numpy(np.int64)
+        return starts, starts + ra.steps["dur"].to_numpy(np.int64)
+    lo, hi = ra.span
+    return np.array([lo], np.int64), np.array([max(hi, lo)], np.int64)
+
+
+def reduce_tables(trace: Trace) -> ReducedTrace:
+    gpu = trace.gpu
+    comm = gpu[(gpu["kind"] == "kernel") & gpu["is_comm"].astype(bool)].reset_index(drop=True)
+    memory = trace.memory
+    if len(memory):
+        with_total = memory[memory["total_allocated"] >= 0]
+        memory = (with_total if len(with_total) else memory).head(1).reset_index(drop=True)
+    return ReducedTrace(
+        meta=trace.meta,
+        gpu=comm,
+        runtime=trace.runtime.head(0),
+        host=trace.host.head(0),
+        gpu_annotations=trace.gpu_annotations.head(0),
+        memory=memory,
+        flows=trace.flows.head(0),
+        collectives=trace.collectives.reset_index(drop=True),
+        steps=trace.steps,
+        threads=trace.threads.head(0),
+        device_activity=trace.has_device_activity,
+    )
+
+
+def exposed_comm_intervals(trace: Trace) -> Intervals:
+    """Where communication kernels run and no compute kernel does (the ``comm_exposed`` category's set)."""
+    gpu = trace.gpu
+    kernels = gpu[gpu["kind"] == "kernel"]
+    is_comm = kernels["is_comm"].to_numpy(dtype=bool)
+    ts = kernels["ts"].to_numpy(np.int64)
+    end = kernels["end"].to_numpy(np.int64)
+    c_s, c_e = merge(ts[is_comm], end[is_comm])
+    if len(c_s) == 0:
+        return c_s, c_e
+    k_s, k_e = merge(ts[~is_comm], end[~is_comm])
+    points = np.unique(np.concatenate([c_s, c_e, k_s, k_e]))
+    left, right = points[:-1], points[1:]
+    keep = covered(c_s, c_e, left) & ~covered(k_s, k_e, left)
+    return merge(left[keep], right[keep])
+
+
+def split_comm_wait(
+    causes: pd.DataFrame, exposed: Intervals, wait: Intervals | None, starts: np.ndarray, ends: np.ndarray
+) -> pd.DataFrame:
+    """Move the exposed communication that overlaps ``wait`` from ``comm.transfer`` to ``comm.wait``, per window.
+
+    Equal to what :func:`mlprof.analyzers.causes.attribute_causes` gives with ``comm_wait``: in the
+    ``comm_exposed`` category the first cause is ``comm.wait`` where a wait interval covers the instant.
+    """
+    from mlprof.analyzers.attribution import sum_by_window
+
+    out = causes.copy()
+    if wait is None or len(wait[0]) == 0 or len(exposed[0]) == 0 or len(starts) == 0:
+        return out
+    w_s, w_e = merge(*wait)
+    e_s, e_e = exposed
+    points = np.unique(np.concatenate([e_s, e_e, w_s, w_e, starts, ends]))
+    left, right = points[:-1], points[1:]
+    both = covered(e_s, e_e, left) & covered(w_s, w_e, left)
+    label = np.zeros(len(left), dtype=np.int64)
+    per_window = sum_by_window(left[both], (right - left)[both], label[both], 1, starts, ends)[:, 0]
+    out["comm.wait"] = out["comm.wait"].to_numpy(np.int64) + per_window
+    out["comm.transfer"] = out["comm.transfer"].to_numpy(np.int64) - per_window
+    return out

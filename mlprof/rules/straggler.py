@@ -1,0 +1,149 @@
+"""STRAG001: one rank arrives last at the job's collectives and the whole job runs at its pace.
+
+A job-level rule: it reads the cross-rank view (:mod:`mlprof.analyzers.stragglers`),
+not one rank, so the engine runs it once per job (:func:`check_job`), after the
+per-rank rules. Its time is part of the collective wait COMM002 claims (the other
+ranks wait for the straggler), so the engine takes it out of COMM002's claim and
+the plan never counts it twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from mlprof.analyzers.rank_skew import RankSkew
+from mlprof.analyzers.stragglers import MEASURE_COLUMNS, CrossRank, cross_rank_report
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc
+
+COMPUTE_CAUSES = ("compute.gemm_fp32", "compute.optimizer", "compute.memory_bound", "compute.other")
+
+
+class Straggler(Rule):
+    id = "STRAG001"
+    name = "straggler-rank"
+    category = "straggler"
+    summary = "one rank arrives last at collectives: every other rank (the whole job) waits for it"
+    claims = ()
+    job_level: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.01, "ranks_per_group": 0}
+    doc = RuleDoc(
+        what="The rank the others wait for: at the job's collectives one rank arrives last, "
+        "the rest spin inside NCCL until it joins. Also reported: the step-time skew between "
+        "ranks and how much of the communication time is waiting (imbalance) rather than "
+        "moving bytes (bandwidth).",
+        why="A collective ends when its last rank joins it, so a synchronous job runs at the "
+        "pace of its slowest rank: one rank with a heavier shard, a longer sequence, a slower "
+        "GPU, a throttled clock or a busy host delays every rank, every step. At 1,024 ranks one "
+        "slow node costs 1,023 GPUs the same time.",
+        detection="Needs all ranks (a directory of per-rank traces). Each collective is matched "
+        "across ranks by process group and sequence number when the trace records them, else by "
+        "order (the n-th kernel of a name); rank clocks are aligned on the collectives' end times "
+        "(all ranks leave together), never on host clocks. The rank with the shortest kernel of a "
+        "collective arrived last. For each rank, `critical_ms` is, over the collectives where it "
+        "came last, how much later it came than the second-latest rank, per step: what every "
+        "rank's step gains if it arrives with the others. The worst such rank is the finding; "
+        "its time lost is its `critical_ms`, and COMM002 keeps the rest of the wait (the spread "
+        "among the other ranks). The per-rank table and summaries by rank group are in the JSON "
+        "`cross_rank` object.",
+        fix="Compare the straggler's row in the per-rank table with the median rank: more "
+        "compute means more work (balance the shard or the batch), more idle means a host or "
+        "data problem on that node, the same step but late arrival means a slow device or link "
+        "(check its clocks and NVLink/IB counters). Re-shard by measured cost, for example:\n\n"
+        "    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)\n"
+        "    plan = planner.collective_plan(model, sharders, pg)\n"
+        "    # or bucket variable-length samples so every rank gets the same tokens per step",
+        false_alarms="With one profiled step a one-off delay (checkpoint write, GC pause, a page "
+        "fault) on one rank looks like a straggler: profile several steps and check that "
+        "`arrived_last` repeats. Ranks profiled at different steps cannot be matched (the "
+        "unmatched count says so). In pipeline parallelism the last stage arrives last by design.",
+    )
+
+    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+        return []  # job-level only: see check_job
+
+    def check_job(
+        self, contexts: list[RankContext], skew: RankSkew | None, step_ns: float, cfg: dict[str, float]
+    ) -> tuple[list[Finding], CrossRank]:
+        """The cross-rank view of the job and, when a rank holds the job back enough, its finding."""
+        group = int(cfg["ranks_per_group"]) or _devices_per_host(contexts)
+        report = cross_rank_report(rank_measures(contexts), skew, group)
+        per = report.per_rank
+        if skew is None or len(per) == 0 or step_ns <= 0:
+            return [], report
+        worst = per.sort_values(["critical_ms", "rank"], ascending=[False, True]).iloc[0]
+        lost = float(worst["critical_ms"]) * 1_000_000
+        if lost / step_ns < cfg["min_share"]:
+            return [], report
+        rank = int(worst["rank"])
+        median = per.median(numeric_only=True)
+        s = report.summary
+        title = (
+            f"Rank {rank} is the straggler: it arrived last at {int(worst['arrived_last'])} of {skew.matched} "
+            f"collectives and the other {len(per) - 1} ranks waited {worst['caused_wait_ms']:.3f} ms per step "
+            f"(summed); the job waits for it {worst['critical_ms']:.3f} ms per step"
+        )
+        top = per[per["critical_ms"] > 0].sort_values(["critical_ms", "rank"], ascending=[False, True]).head(5)
+        evidence: dict[str, Any] = {
+            "straggler": _row(worst),
+            "median_rank": {k: round(float(median[k]), 4) for k in ("step_ms", "compute_ms", "wait_ms", "late_ms")},
+            "worst_ranks": [_row(r) for _, r in top.iterrows()],
+            "step_skew": s["step_skew"],
+            "slowest_step_rank": s["slowest_rank"],
+            "imbalance_ms_per_step": s["imbalance_ms_per_step"],
+            "bandwidth_ms_per_step": s["bandwidth_ms_per_step"],
+            "imbalance_share": s["imbalance_share"],
+            "match_key": skew.match_key,
+            "matched_collectives": skew.matched,
+        }
+        finding = Finding(
+            rule=self.id,
+            name=self.name,
+            category=self.category,
+            title=title,
+            time_lost_ns_per_step=lost,
+            step_ns=step_ns,
+            confidence="medium",
+            confidence_reason="arrival order inferred from collective durations matched across ranks; "
+            "assumes the second-latest rank's arrival is reachable for the straggler",
+            evidence=evidence,
+            fix=f"find why rank {rank} is late (compare its compute_ms and idle time with the median rank) and "
+            "balance its work or replace its node",
+            ranks=[rank],
+        )
+        return [finding], report
+
+
+def _row(r: pd.Series) -> dict[str, Any]:
+    keys = ("rank", "step_ms", "compute_ms", "wait_ms", "arrived_last", "caused_wait_ms", "critical_ms", "late_ms")
+    return {k: (int(r[k]) if k in ("rank", "arrived_last") else round(float(r[k]), 4)) for k in keys}
+
+
+def rank_measures(contexts: list[RankContext]) -> pd.DataFrame:
+    """One row per rank (see :data:`mlprof.analyzers.stragglers.MEASURE_COLUMNS`), from the rank contexts."""
+    rows = []
+    for ctx in contexts:
+        rows.append(
+            (
+                ctx.rank,
+                ctx.n_windows,
+                ctx.step_ns,
+                ctx.per_step(*COMPUTE_CAUSES),
+                ctx.per_step("comm.wait"),
+                ctx.per_step("comm.transfer"),
+            )
+        )
+    frame = pd.DataFrame(rows, columns=list(MEASURE_COLUMNS))
+    frame["rank"] = frame["rank"].astype(np.int64)
+    return frame
+
+
+def _devices_per_host(contexts: list[RankContext]) -> int:
+    """Ranks per group in summaries: the devices the first trace lists (one host), else 8."""
+    devices = len(contexts[0].trace.meta.devices) if contexts else 0
+    return devices if devices > 0 else 8
+
+
+__all__ = ["Straggler", "rank_measures"]
