@@ -1,0 +1,58 @@
+"""Start ``streamlit run`` on the dashboard app with the store passed in the environment.
+
+The store URL travels in ``MLPROF_STORE`` (not on the command line, where a password
+would show in ``ps``); the Parquet cache folder in ``MLPROF_CACHE``. The store is
+checked first, so a missing or unreadable store is one error line, not a broken page.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlprof.errors import UsageError
+
+APP = Path(__file__).with_name("app.py")
+
+
+def launch(store: str | None, port: int, address: str, headless: bool) -> int:
+    from mlprof.store import resolve_store
+    from mlprof.store.engine import open_engine
+    from mlprof.store.schema import check_readable
+
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port}: choose a port between 1 and 65535")
+    location = resolve_store(store)
+    engine = open_engine(location, read_only=True)
+    try:
+        with engine.connect() as conn:
+            check_readable(conn)
+    finally:
+        engine.dispose()
+    env = dict(os.environ)
+    env["MLPROF_STORE"] = location.url.render_as_string(hide_password=False)
+    env["MLPROF_CACHE"] = str(location.cache_dir)
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true" if headless else "false",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+    ]
+    print(f"mlprof dashboard on http://{address}:{port} over {location.display()} (Ctrl-C to stop)", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0

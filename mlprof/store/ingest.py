@@ -1,0 +1,382 @@
+"""``mlprof ingest``: analyse a trace, run folder or rank directory and record it in the run store.
+
+One run is one set of input files, keyed by the SHA-256 of their names and bytes
+(``run_key``): ingesting the same inputs again finds the stored run and does nothing.
+Everything a run owns is written in one transaction, after the slow part (parsing,
+analysis, Parquet) is done: a process killed mid-ingest leaves no run behind, and
+concurrent ingests only hold the database for the few milliseconds of their inserts.
+Two processes racing on the same inputs insert one run: the unique ``run_key`` and
+``INSERT ... ON CONFLICT DO NOTHING`` let the second find the first's run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from mlprof import __version__
+from mlprof.errors import BadInputError, UsageError
+from mlprof.store import parquet_cache
+from mlprof.store.engine import open_engine
+from mlprof.store.location import resolve_store
+from mlprof.store.schema import (
+    counters_t,
+    ensure_schema,
+    findings_t,
+    ops_t,
+    run_tags_t,
+    runs_t,
+    steps_t,
+)
+from mlprof.store.summary import counter_rows, finding_rows, memory_summary, op_rows, step_rows
+
+EPOCH_MIN_NS = 10**18
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    run_id: int
+    run_key: str
+    name: str
+    created: bool
+    """False when the same inputs were already in the store (nothing was written)."""
+    store: str
+    seconds: float
+
+
+def parse_tags(items: list[str] | None) -> dict[str, str]:
+    """``["k=v", ...]`` as a dict; a malformed item is a usage error."""
+    tags: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--tag {item!r}: write tags as key=value")
+        tags[key.strip()] = value.strip()
+    return tags
+
+
+def input_files(path: Path) -> tuple[str, list[Path]]:
+    """The kind of input (``file``, ``run_folder``, ``directory``) and every file its run key covers."""
+    from mlprof.trace.loader import RUN_FOLDER_SIDE_FILES, trace_files_in
+
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        return "file", [path]
+    try:
+        traces = trace_files_in(path)
+        side = sorted(p for p in path.iterdir() if p.is_file() and RUN_FOLDER_SIDE_FILES.match(p.name))
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot list the directory ({exc.strerror})") from None
+    kind = "run_folder" if (path / "meta.json").is_file() else "directory"
+    return kind, sorted([*traces, *side])
+
+
+def content_key(path: Path, files: list[Path]) -> str:
+    """SHA-256 over each file's name (relative to the input) and bytes, in name order."""
+    digest = hashlib.sha256()
+    base = path if path.is_dir() else path.parent
+    for f in files:
+        rel = f.relative_to(base).as_posix().encode()
+        digest.update(len(rel).to_bytes(8, "little") + rel)
+        try:
+            size = f.stat().st_size
+            digest.update(size.to_bytes(8, "little"))
+            with f.open("rb") as fh:
+                while chunk := fh.read(_HASH_CHUNK):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise BadInputError(f"{f}: cannot read ({exc.strerror})") from None
+    return digest.hexdigest()
+
+
+def ingest(
+    path: str | Path,
+    name: str | None = None,
+    tags: dict[str, str] | None = None,
+    store_url: str | None = None,
+    *,
+    config_path: Path | None = None,
+    gpu_hours: float | None = None,
+    model_flops_per_step: float | None = None,
+    _before_commit: Callable[[], None] | None = None,
+) -> IngestResult:
+    """Analyse ``path`` and record it; returns the stored run (existing or new).
+
+    ``gpu_hours`` overrides what the run cost (e.g. from the scheduler) instead of the
+    recorded wall time times the GPUs. ``_before_commit`` is a test hook run inside the
+    transaction, after every row is written, to simulate a crash there.
+    """
+    t0 = time.perf_counter()
+    path = Path(path)
+    location = resolve_store(store_url)
+    kind, files = input_files(path)
+    run_key = content_key(path, files)
+    engine = open_engine(location)
+    try:
+        with engine.begin() as conn:
+            ensure_schema(conn)
+            existing = _find(conn, run_key)
+        if existing is not None:
+            return IngestResult(existing[0], run_key, existing[1], False, location.display(), time.perf_counter() - t0)
+
+        run, children, traces, counters = _analyse(path, kind, name, tags or {}, config_path, gpu_hours)
+        run["run_key"] = run_key
+        run["model_flops_per_step"] = model_flops_per_step
+        tmp = parquet_cache.write_tables(location.cache_dir, traces, counters)
+        del traces
+        try:
+            with engine.begin() as conn:
+                run_id = _insert_run(conn, run)
+                if run_id is None:  # another process stored the same inputs meanwhile
+                    parquet_cache.discard(tmp)
+                    found = _find(conn, run_key)
+                    assert found is not None
+                    return IngestResult(
+                        found[0], run_key, found[1], False, location.display(), time.perf_counter() - t0
+                    )
+                _insert_children(conn, run_id, children)
+                parquet_cache.publish(tmp, parquet_cache.run_dir(location.cache_dir, run_key))
+                if _before_commit is not None:
+                    _before_commit()
+        finally:
+            parquet_cache.discard(tmp)  # no-op once published
+        return IngestResult(run_id, run_key, run["name"], True, location.display(), time.perf_counter() - t0)
+    finally:
+        engine.dispose()
+
+
+def _find(conn: Connection, run_key: str) -> tuple[int, str] | None:
+    row = conn.execute(select(runs_t.c.id, runs_t.c.name).where(runs_t.c.run_key == run_key)).first()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def _insert_run(conn: Connection, run: dict[str, Any]) -> int | None:
+    maker = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = maker(runs_t).values(**run).on_conflict_do_nothing(index_elements=["run_key"]).returning(runs_t.c.id)
+    row = conn.execute(stmt).first()
+    return int(row[0]) if row else None
+
+
+def _insert_children(conn: Connection, run_id: int, children: dict[str, list[dict[str, Any]]]) -> None:
+    for table, rows in (
+        (run_tags_t, children["tags"]),
+        (steps_t, children["steps"]),
+        (findings_t, children["findings"]),
+        (counters_t, children["counters"]),
+        (ops_t, children["ops"]),
+    ):
+        if rows:
+            conn.execute(table.insert(), [{"run_id": run_id, **r} for r in rows])
+
+
+def _read_meta(path: Path, kind: str) -> dict[str, Any]:
+    if kind != "run_folder":
+        return {}
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path / 'meta.json'}: not a readable run meta.json ({exc})") from None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _load_run_counters(path: Path, kind: str) -> pd.DataFrame | None:
+    """Counters files of a run folder (``counters.rank<N>.csv``), joined; None when there are none."""
+    from mlprof.counters import concat_counters, load_counters
+
+    if kind != "run_folder":
+        return None
+    paths = sorted(p for p in path.glob("counters*") if p.is_file() and p.stat().st_size > 0)
+    tables = [t for t in (load_counters(p) for p in paths) if len(t)]
+    if not tables:
+        return None
+    table = concat_counters(tables)
+    bases = {str(t.attrs.get("time_base", "relative")) for t in tables}
+    table.attrs = {
+        "time_base": bases.pop() if len(bases) == 1 else "mixed",
+        "format": sorted({str(t.attrs.get("format")) for t in tables}),
+        "notes": [str(n) for t in tables for n in t.attrs.get("notes", [])],
+    }
+    return table
+
+
+def _analyse(
+    path: Path,
+    kind: str,
+    name: str | None,
+    tags: dict[str, str],
+    config_path: Path | None,
+    gpu_hours: float | None,
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], list[Any], pd.DataFrame | None]:
+    from mlprof.analysis import analyze_job
+    from mlprof.report.json_report import to_json_dict
+    from mlprof.rules.config import load_config
+    from mlprof.trace.loader import load_job
+
+    meta = _read_meta(path, kind)
+    traces = load_job(path)
+    counters = _load_run_counters(path, kind)
+    counter_paths = sorted(str(p) for p in path.glob("counters*")) if counters is not None else None
+    analysis = analyze_job(
+        traces, str(path), None, load_config(config_path), counters=counters, counter_paths=counter_paths
+    )
+    report = to_json_dict(analysis)
+    breakdown = report["breakdown"]
+    step_ms = breakdown["step_time_ms"]
+
+    all_tags = (
+        {str(k): str(v) for k, v in (meta.get("tags") or {}).items()} if isinstance(meta.get("tags"), dict) else {}
+    )
+    all_tags.update(tags)
+    gpu_names, gpu_count = _gpus(analysis, meta)
+    wall_s, wall_source = _wall_s(analysis, meta)
+    if gpu_hours is not None:
+        if gpu_hours < 0:
+            raise UsageError("--gpu-hours: must be zero or more")
+        hours: float | None = float(gpu_hours)
+        hours_source = "given"
+    else:
+        hours = wall_s * gpu_count / 3600.0 if wall_s is not None else None
+        hours_source = wall_source
+    started, started_source = _started_at(analysis, meta, path)
+    findings = finding_rows(report)
+    trace_findings = [f for f in findings if f["source"] == "trace"]
+    top = trace_findings[0] if trace_findings else (findings[0] if findings else None)
+    plan = report["plan"]
+    first = traces[0].meta
+    git = meta.get("git") if isinstance(meta.get("git"), dict) else {}
+    extra = {
+        "meta": {k: meta[k] for k in _META_KEYS if k in meta},
+        "memory": memory_summary(analysis),
+        "started_at_source": started_source,
+        "inputs": [str(p) for p in sorted(input_files(path)[1])],
+        "cached_ranks": [t.meta.rank if t.meta.rank is not None else 0 for t in traces],
+    }
+    run = {
+        "name": name or str(meta.get("run") or _default_name(path)),
+        "ingested_at": datetime.now(timezone.utc),
+        "started_at": started,
+        "source_path": str(path.resolve()),
+        "source_kind": kind,
+        "trace_format": first.format,
+        "gpu": gpu_names,
+        "gpu_count": gpu_count,
+        "world_size": int(first.world_size or meta.get("world_size") or len(traces)),
+        "ranks": len(traces),
+        "steps_analysed": int(breakdown["steps_analysed"]),
+        "step_source": first.step_source,
+        "step_ms_median": step_ms["median"],
+        "step_ms_mean": step_ms["mean"],
+        "gpu_busy_pct": breakdown["gpu_busy_pct"],
+        "wall_s": wall_s,
+        "gpu_hours": hours,
+        "gpu_hours_source": hours_source,
+        "top_rule": top["rule"] if top else None,
+        "top_title": top["title"] if top else None,
+        "top_speedup": top["expected_speedup"] if top else None,
+        "plan_speedup": plan[-1]["cumulative_speedup"] if plan else 1.0,
+        "plan_step_ms": plan[-1]["step_ms_after"] if plan else report["checks"]["step_ms"],
+        "git_commit": (git or {}).get("commit"),
+        "mlprof_version": __version__,
+        "report_json": _json(report),
+        "extra_json": _json(extra),
+    }
+    children = {
+        "tags": [{"key": k, "value": v} for k, v in sorted(all_tags.items())],
+        "steps": step_rows(analysis),
+        "findings": [
+            {**{k: v for k, v in f.items() if k != "detail"}, "detail_json": _json(f["detail"])} for f in findings
+        ],
+        "counters": [
+            {**{k: v for k, v in c.items() if k != "throttle"}, "throttle_json": _json(c["throttle"])}
+            for c in counter_rows(report)
+        ],
+        "ops": op_rows(analysis),
+    }
+    return run, children, traces, counters
+
+
+_META_KEYS = (
+    "run",
+    "tags",
+    "start_time",
+    "command_line",
+    "hostname",
+    "git",
+    "versions",
+    "gpus",
+    "duration_s",
+    "steps_taken",
+    "world_size",
+    "notes",
+)
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _default_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".json", ".pt.trace", ".sqlite"):
+        name = name.removesuffix(suffix)
+    return name or str(path)
+
+
+def _gpus(analysis: Any, meta: dict[str, Any]) -> tuple[str, int]:
+    """GPU model(s) that ran kernels, and how many GPUs the job used (0: a CPU-only recording)."""
+    names: list[str] = []
+    count = 0
+    for ra in analysis.ranks:
+        gpu = ra.trace.gpu
+        used = set(gpu.loc[(gpu["kind"] != "sync").to_numpy(), "device"].unique().tolist()) if len(gpu) else set()
+        count += len(used)
+        for d in ra.trace.meta.devices:
+            if d.id in used and d.name not in names:
+                names.append(d.name)
+        if used and not names and ra.trace.meta.devices:
+            names.append(ra.trace.meta.devices[0].name)
+    models = (meta.get("gpus") or {}).get("models") if isinstance(meta.get("gpus"), dict) else None
+    if not names and models:
+        names = [str(m) for m in dict.fromkeys(models)]
+    if count == 0:
+        return (", ".join(names) + " (no kernels recorded)" if names else "none (CPU only)"), 0
+    return ", ".join(names) or "unknown GPU", count
+
+
+def _wall_s(analysis: Any, meta: dict[str, Any]) -> tuple[float | None, str]:
+    duration = meta.get("duration_s")
+    if isinstance(duration, (int, float)) and duration > 0:
+        return float(duration), "meta.json duration_s"
+    spans = [ra.span for ra in analysis.ranks if ra.span[1] > ra.span[0]]
+    if not spans:
+        return None, "unknown"
+    return (max(e for _, e in spans) - min(s for s, _ in spans)) / 1e9, "trace span"
+
+
+def _started_at(analysis: Any, meta: dict[str, Any], path: Path) -> tuple[datetime, str]:
+    ns = meta.get("start_time_ns")
+    if isinstance(ns, int) and ns >= EPOCH_MIN_NS:
+        return _dt(ns), "meta.json start_time_ns"
+    starts = [ra.span[0] for ra in analysis.ranks if ra.span[0] >= EPOCH_MIN_NS]
+    if starts:
+        return _dt(min(starts)), "trace clock"
+    return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc), "file modification time"
+
+
+def _dt(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)

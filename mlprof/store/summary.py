@@ -1,0 +1,176 @@
+"""What the store keeps of an analysis: rows for each table, computed once at ingest.
+
+The dashboard and ``mlprof runs`` read these rows and never re-run the analysis. All
+figures come from :class:`mlprof.analysis.Analysis` and its JSON report; nothing new is
+measured here except two summaries the report does not carry: per-name kernel/op time
+inside the analysed steps (for Compare) and the memory curve at step boundaries with
+its least-squares trend (for the Run page).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlprof.analysis import Analysis
+from mlprof.analyzers.attribution import CATEGORIES
+from mlprof.analyzers.memory_curve import memory_curves
+
+TOP_OPS = 200
+"""Kernels and host ops kept per run (most time first); the rest is one ``(other)`` row."""
+
+
+def step_rows(analysis: Analysis) -> list[dict[str, Any]]:
+    """Per-step attribution rows: every rank, plus rank -1 for the job's view (mean over ranks)."""
+    frames: list[tuple[int, pd.DataFrame]] = [(ra.rank, ra.steps) for ra in analysis.ranks]
+    frames.append((-1, analysis.job_steps()))
+    rows: list[dict[str, Any]] = []
+    for rank, steps in frames:
+        if len(steps) == 0:
+            continue
+        cols = {c: steps[c].to_numpy(np.int64) for c in ("step", "ts", "dur", *CATEGORIES)}
+        for i in range(len(steps)):
+            row = {"rank": rank, "step": int(cols["step"][i]), "start_ns": int(cols["ts"][i])}
+            row["dur_ns"] = int(cols["dur"][i])
+            row.update({f"{c}_ns": int(cols[c][i]) for c in CATEGORIES})
+            rows.append(row)
+    return rows
+
+
+def _windows(steps: pd.DataFrame, span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    if len(steps):
+        starts = steps["ts"].to_numpy(np.int64)
+        return starts, starts + steps["dur"].to_numpy(np.int64)
+    return np.array([span[0]], np.int64), np.array([span[1]], np.int64)
+
+
+def _inside(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    idx = np.searchsorted(starts, ts, side="right") - 1
+    ok = idx >= 0
+    out = np.zeros(len(ts), dtype=bool)
+    out[ok] = ts[ok] < ends[idx[ok]]
+    return out
+
+
+def op_rows(analysis: Analysis) -> list[dict[str, Any]]:
+    """Per kernel name and per host op name: count and ns inside the analysed steps, mean over ranks.
+
+    Host ops are ``cpu_op`` ranges with their inclusive time (an op's children count in
+    it too), so host rows do not add up to the step; they say which ops got slower.
+    """
+    parts: dict[str, list[pd.DataFrame]] = {"kernel": [], "op": []}
+    n_windows = 1
+    for ra in analysis.ranks:
+        starts, ends = _windows(ra.steps, ra.span)
+        n_windows = max(n_windows, len(starts))
+        gpu = ra.trace.gpu
+        kernels = gpu[(gpu["kind"] == "kernel").to_numpy()] if len(gpu) else gpu
+        host = ra.trace.host
+        ops = host[(host["cat"] == "cpu_op").to_numpy()] if len(host) else host
+        for kind, frame in (("kernel", kernels), ("op", ops)):
+            if len(frame) == 0:
+                continue
+            frame = frame[_inside(frame["ts"].to_numpy(np.int64), starts, ends)]
+            grouped = frame.groupby(frame["name"].astype(str), sort=False, observed=True)["dur"].agg(["count", "sum"])
+            parts[kind].append(grouped)
+    rows: list[dict[str, Any]] = []
+    n_ranks = max(len(analysis.ranks), 1)
+    for kind, frames in parts.items():
+        if not frames:
+            continue
+        total = pd.concat(frames).groupby(level=0).sum() / n_ranks
+        total = total.sort_values("sum", ascending=False)
+        head, tail = total.iloc[:TOP_OPS], total.iloc[TOP_OPS:]
+        if len(tail):
+            head = pd.concat(
+                [head, pd.DataFrame({"count": [tail["count"].sum()], "sum": [tail["sum"].sum()]}, index=["(other)"])]
+            )
+        for pos, (name, row) in enumerate(head.iterrows()):
+            rows.append(
+                {
+                    "kind": kind,
+                    "position": pos,
+                    "name": str(name),
+                    "count": round(float(row["count"])),
+                    "total_ns": round(float(row["sum"])),
+                    "ns_per_step": float(row["sum"]) / n_windows,
+                }
+            )
+    return rows
+
+
+def memory_summary(analysis: Analysis) -> list[dict[str, Any]]:
+    """Allocated memory at each step boundary and its straight-line trend, per rank and device."""
+    out: list[dict[str, Any]] = []
+    for ra in analysis.ranks:
+        if len(ra.steps) == 0:
+            continue
+        numbers = ra.steps["step"].to_numpy(np.int64).tolist()
+        starts = dict(zip(numbers, ra.steps["ts"].to_numpy(np.int64).tolist(), strict=True))
+        for curve in memory_curves(ra.trace.memory, ra.steps, ra.trace.host):
+            out.append(
+                {
+                    "rank": ra.rank,
+                    "device": curve.device,
+                    "steps": curve.steps.tolist(),
+                    "step_start_ns": [starts[int(s)] for s in curve.steps],
+                    "boundary_bytes": curve.boundary_bytes.tolist(),
+                    "peak_bytes": curve.peak_bytes.tolist(),
+                    "slope_bytes_per_step": curve.slope_bytes_per_step,
+                    "intercept_bytes": curve.intercept_bytes,
+                    "r2": curve.r2,
+                    "late_slope_bytes_per_step": curve.late_slope_bytes_per_step,
+                }
+            )
+    return out
+
+
+def finding_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Trace findings in ranked order with their plan saving, then counter findings."""
+    plan = {p["rule"]: p for p in report.get("plan", [])}
+    counters = report.get("counters") or {}
+    trace_findings = report.get("findings", []) if report.get("trace") is not None else []
+    rows: list[dict[str, Any]] = []
+    for source, findings in (("trace", trace_findings), ("counters", counters.get("findings", []))):
+        for f in findings:
+            step = plan.get(f["rule"]) if source == "trace" else None
+            rows.append(
+                {
+                    "position": len(rows),
+                    "rule": f["rule"],
+                    "name": f["name"],
+                    "category": f["category"],
+                    "severity": f["severity"],
+                    "title": f["title"],
+                    "expected_speedup": float(f["expected_speedup"]),
+                    "time_lost_ms_per_step": float(f["time_lost_ms_per_step"]),
+                    "confidence": f["confidence"],
+                    "saves_ms_per_step": None if step is None else float(step["saves_ms_per_step"]),
+                    "cumulative_speedup": None if step is None else float(step["cumulative_speedup"]),
+                    "source": source,
+                    "detail": f,
+                }
+            )
+    return rows
+
+
+def counter_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    counters = report.get("counters") or {}
+    return [
+        {
+            "device": int(d["device"]),
+            "samples": int(d["samples"]),
+            "span_s": d["span_s"],
+            "util_mean_pct": d["util_mean_pct"],
+            "util_p5_pct": d["util_p5_pct"],
+            "util_p95_pct": d["util_p95_pct"],
+            "mem_used_max_mib": d["mem_used_max_mib"],
+            "mem_total_mib": d["mem_total_mib"],
+            "mem_growth_mib_per_min": d["mem_growth_mib_per_min"],
+            "sm_active_mean": d["sm_active_mean"],
+            "throttle": d["throttle_share"],
+        }
+        for d in counters.get("devices", [])
+    ]
