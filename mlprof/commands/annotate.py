@@ -1,0 +1,57 @@
+"""``mlprof annotate TRACE -o OUT``: a copy of the trace with the findings drawn on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("annotate")(annotate)
+
+
+def annotate(
+    trace: Path = typer.Argument(..., help="Kineto/Chrome JSON trace (.json, .json.gz), or a folder of rank traces."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="The annotated copy (.json or .json.gz); a folder when TRACE is a folder."
+    ),
+    steps: str | None = typer.Option(None, "--steps", help="Steps to analyse: 16, 16-18, 17-."),
+    step_marker: str | None = typer.Option(None, "--step-marker", help="Regex for host ranges that mark steps."),
+    config: Path | None = typer.Option(None, "--config", help="Thresholds file ([tool.mlprof])."),
+) -> None:
+    """Write a copy of TRACE with every finding as events on an 'mlprof findings' track, with flow arrows to
+    the kernels concerned, for Perfetto or chrome://tracing. The original is never modified."""
+    from mlprof.analysis import analyze_job
+    from mlprof.annotate.writer import annotate_file
+    from mlprof.errors import BadInputError, UsageError
+    from mlprof.rules.config import load_config
+    from mlprof.trace.loader import load_job
+
+    rule_config = load_config(config)
+    try:
+        resolved_in, resolved_out = trace.resolve(), output.resolve()
+    except OSError:
+        resolved_in, resolved_out = trace, output
+    if resolved_in == resolved_out or (trace.is_dir() and resolved_in in resolved_out.parents):
+        raise UsageError(f"-o {output}: would write over or into the input {trace}; choose another path")
+    traces = load_job(trace, step_marker=step_marker)
+    if any(t.meta.format == "nsys" for t in traces):
+        raise BadInputError(f"{trace}: an Nsight Systems export; annotate writes copies of Chrome/Kineto JSON traces")
+    analysis = analyze_job(traces, str(trace), steps, rule_config)
+    if trace.is_dir():
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"-o {output}: TRACE is a folder, so the output must be a folder too")
+        output.mkdir(parents=True, exist_ok=True)
+    reported = {f.rule for f in analysis.findings}
+    for ra in analysis.ranks:
+        source = Path(ra.trace.meta.path)
+        findings = analysis.findings if len(analysis.ranks) == 1 else [f for f in ra.findings if f.rule in reported]
+        target = output / source.name if trace.is_dir() else output
+        result = annotate_file(source, target, findings, ra.trace)
+        print(
+            f"{result.output}: {result.findings} finding(s), {result.events_added} events added "
+            f"({result.flows} flow arrows to kernels)"
+        )
+        for note in result.notes:
+            print(f"  note: {note}")
