@@ -68,7 +68,7 @@ def resolve_store(store: str | None = None) -> StoreLocation:
         url = URL.create("sqlite", database=str(path))
     backend = url.get_backend_name()
     if backend == "postgresql":
-        if url.get_driver_name() != "psycopg":
+        if url.drivername != "postgresql+psycopg":
             url = url.set(drivername="postgresql+psycopg")
     elif backend != "sqlite":
         raise UsageError(f"--store: unsupported database '{backend}'; use a SQLite file or a postgresql:// URL")

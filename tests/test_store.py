@@ -1,0 +1,323 @@
+"""The run store against SQLite and a real PostgreSQL server, on real traces.
+
+PostgreSQL: the ``pg`` fixture starts a throwaway server (Debian's binaries, loopback,
+a free port, run as the ``postgres`` user when we are root) and skips with the reason
+when none can be started. Each test gets its own database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLES, external
+from pg_server import PgServer, start_server
+from sqlalchemy import MetaData, insert, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from mlprof.analysis import analyze_job
+from mlprof.analyzers.attribution import CATEGORIES
+from mlprof.cli import main
+from mlprof.errors import MlprofError, UsageError
+from mlprof.report.json_report import to_json_dict
+from mlprof.store import ingest, resolve_store
+from mlprof.store import queries as q
+from mlprof.store.engine import open_engine
+from mlprof.store.schema import SCHEMA_VERSION, define_tables, ensure_schema, stored_version, version_t
+from mlprof.trace.loader import load_job
+
+REPO = Path(__file__).resolve().parents[1]
+NW0 = "pytorch__kineto/resnet50_num_workers_0"
+NW4 = "pytorch__kineto/resnet50_num_workers_4"
+DLRM = "facebookresearch__param/dlrm_kineto"
+BAD = SAMPLES / "scenarios" / "recorded" / "data_starvation" / "bad"
+SYNTH = SAMPLES / "synthetic"
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    server = start_server()
+    if isinstance(server, str):
+        pytest.skip(f"no PostgreSQL server could be started: {server}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh store URL of each kind; the Parquet cache in tmp_path for both."""
+    monkeypatch.setenv("MLPROF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLPROF_STORE", raising=False)
+    if request.param == "sqlite":
+        return str(tmp_path / "runs.db")
+    server: PgServer = request.getfixturevalue("pg")
+    return server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+def _conn(url: str):  # noqa: ANN202
+    return open_engine(resolve_store(url), read_only=True).connect()
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLPROF_CACHE"] = str(tmp_path / "cache")
+    env.pop("MLPROF_STORE", None)
+    return env
+
+
+# --- what one ingest records --------------------------------------------------------------------
+
+
+def test_ingest_records_what_analyze_reports(store: str, tmp_path: Path) -> None:
+    path = external(NW0)
+    result = ingest(path, tags={"project": "resnet"}, store_url=store)
+    assert result.created and result.name == "resnet50_num_workers_0"
+    report = to_json_dict(analyze_job(load_job(path), str(path)))
+
+    with _conn(store) as conn:
+        run = q.get_run(conn, result.run_id)
+        assert run is not None
+        assert run["steps_analysed"] == 6
+        assert run["step_ms_median"] == pytest.approx(152.469, abs=1e-3)
+        assert run["step_ms_median"] == report["breakdown"]["step_time_ms"]["median"]
+        assert run["gpu_busy_pct"] == report["breakdown"]["gpu_busy_pct"]
+        assert run["gpu"] == "Tesla V100-DGXS-32GB" and run["gpu_count"] == 1
+        assert run["top_rule"] == "DATA001" and run["top_speedup"] == pytest.approx(1.3023, abs=1e-4)
+        assert run["plan_speedup"] == report["plan"][-1]["cumulative_speedup"]
+        assert run["tags"] == {"project": "resnet"}
+        assert run["report"]["findings"] == report["findings"]
+        assert run["started_at"].year == 2021  # the trace's own epoch clock, not the ingest time
+
+        steps = q.run_steps(conn, result.run_id)
+        assert list(steps["step"]) == [s["step"] for s in report["steps"]]
+        cat_sum = steps[[f"{c}_ns" for c in CATEGORIES]].sum(axis=1)
+        assert (cat_sum == steps["dur_ns"]).all()  # the attribution adds up, as stored
+        findings = q.run_findings(conn, result.run_id)
+        assert [f["rule"] for f in findings] == [f["rule"] for f in report["findings"]]
+        assert findings[0]["saves_ms_per_step"] == report["plan"][0]["saves_ms_per_step"]
+        assert "num_workers" in findings[0]["detail"]["fix"]
+        ops = q.run_ops(conn, result.run_id)
+        kernels = ops[ops["kind"] == "kernel"]
+        assert len(kernels) > 10 and kernels["ns_per_step"].is_monotonic_decreasing
+
+    # the Parquet cache holds the parsed tables, identical to a fresh parse
+    trace = load_job(path)[0]
+    folder = resolve_store(store).cache_dir / result.run_key / "rank0"
+    gpu = pq.read_table(folder / "gpu.parquet").to_pandas()
+    assert len(gpu) == len(trace.gpu)
+    np.testing.assert_array_equal(gpu["ts"].to_numpy(), trace.gpu["ts"].to_numpy())
+    assert list(gpu["name"].astype(str)[:50]) == list(trace.gpu["name"].astype(str)[:50])
+
+
+def test_same_inputs_twice_is_one_run(store: str) -> None:
+    path = SYNTH / "data_starvation.json.gz"
+    first = ingest(path, store_url=store)
+    again = ingest(path, name="other name", tags={"x": "y"}, store_url=store)
+    assert first.created and not again.created
+    assert again.run_id == first.run_id and again.run_key == first.run_key
+    with _conn(store) as conn:
+        counts = q.count_rows(conn)
+        assert counts["runs"] == 1
+        assert counts["steps"] == 2 * len(q.run_steps(conn, first.run_id))  # rank 0 and the job view, once
+
+
+def test_run_folder_and_multi_rank_job(store: str) -> None:
+    folder = ingest(BAD, tags={"team": "perf"}, store_url=store)
+    dlrm = ingest(external(DLRM), store_url=store)
+    meta = json.loads((BAD / "meta.json").read_text())
+    with _conn(store) as conn:
+        run = q.get_run(conn, folder.run_id)
+        assert run is not None
+        assert run["name"] == "bad" and run["source_kind"] == "run_folder"
+        assert run["tags"] == {"scenario": "data_starvation", "variant": "bad", "team": "perf"}
+        assert run["git_commit"] == meta["git"]["commit"]
+        assert run["wall_s"] == pytest.approx(meta["duration_s"])
+        assert run["gpu"] == "none (CPU only)" and run["gpu_count"] == 0 and run["gpu_hours"] == 0
+        assert run["top_rule"] == "DATA001" and run["top_speedup"] == pytest.approx(2.807, abs=1e-3)
+
+        job = q.get_run(conn, dlrm.run_id)
+        assert job is not None
+        assert job["ranks"] == 8 and job["world_size"] == 8 and job["gpu_count"] == 8
+        assert job["top_rule"] == "COMM002"
+        steps = q.run_steps(conn, dlrm.run_id, rank=None)
+        assert sorted(steps["rank"].unique()) == [-1, *range(8)]
+        # the job row is the mean over ranks of each step
+        ranks = steps[steps["rank"] >= 0]
+        assert steps[steps["rank"] == -1]["dur_ns"].iloc[0] == round(ranks["dur_ns"].mean())
+
+
+def test_runs_filters_and_sort(store: str) -> None:
+    a = ingest(external(NW0), tags={"project": "resnet", "workers": "0"}, store_url=store)
+    b = ingest(external(NW4), tags={"project": "resnet", "workers": "4"}, store_url=store)
+    c = ingest(BAD, store_url=store)
+    with _conn(store) as conn:
+        by_time = q.list_runs(conn, sort="step_time")
+        assert list(by_time["id"]) == [a.run_id, b.run_id, c.run_id]  # 152.5, 125.1, 18.9 ms
+        assert list(q.list_runs(conn, tags={"workers": "4"})["id"]) == [b.run_id]
+        assert list(q.list_runs(conn, tags={"project": "resnet", "workers": "0"})["id"]) == [a.run_id]
+        assert set(q.list_runs(conn, gpu="v100")["id"]) == {a.run_id, b.run_id}
+        since = pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime()
+        assert list(q.list_runs(conn, since=since)["id"]) == [c.run_id]
+        # values are bound parameters: quotes and wildcards are text, not SQL
+        assert len(q.list_runs(conn, tags={"project": "x' OR '1'='1"})) == 0
+        assert len(q.list_runs(conn, name="%")) == 0
+
+
+# --- atomicity, concurrency, schema versions ---------------------------------------------------
+
+
+def test_crash_mid_ingest_leaves_no_run(store: str, tmp_path: Path) -> None:
+    path = SYNTH / "comm_exposed.json.gz"
+    code = (
+        "import os, sys\n"
+        "from mlprof.store.ingest import ingest\n"
+        "ingest(sys.argv[1], store_url=sys.argv[2], _before_commit=lambda: os._exit(17))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path), store], env=_env(tmp_path), capture_output=True, timeout=120
+    )
+    assert proc.returncode == 17, proc.stderr.decode()[-500:]
+    with _conn(store) as conn:
+        assert stored_version(conn) == SCHEMA_VERSION  # the schema was committed on its own, first
+        assert q.count_rows(conn) == dict.fromkeys(q.count_rows(conn), 0)
+    again = ingest(path, store_url=store)
+    assert again.created
+    with _conn(store) as conn:
+        assert q.count_rows(conn)["runs"] == 1
+
+
+def test_concurrent_ingests_from_processes(store: str, tmp_path: Path) -> None:
+    names = ["comm_exposed", "data_starvation", "healthy", "launch_bound", "data_starvation", "data_starvation"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mlprof", "ingest", str(SYNTH / f"{n}.json.gz"), "--store", store],
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in names
+    ]
+    outputs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), [o[1] for o in outputs]
+    recorded = [o[0] for o in outputs if " recorded in " in o[0]]
+    already = [o[0] for o in outputs if "already recorded" in o[0]]
+    assert len(recorded) == 4 and len(already) == 2
+    with _conn(store) as conn:
+        runs = q.list_runs(conn)
+        assert sorted(runs["name"]) == ["comm_exposed", "data_starvation", "healthy", "launch_bound"]
+        counts = q.count_rows(conn)
+        assert counts["steps"] == sum(len(q.run_steps(conn, int(i), rank=None)) for i in runs["id"])
+        keys = [q.run_key(conn, int(i)) for i in runs["id"]]
+    cache = resolve_store(store).cache_dir
+    assert sorted(p.name for p in cache.iterdir()) == sorted(keys)  # no temporary or duplicate folders
+
+
+def test_schema_upgrades_in_place(store: str) -> None:
+    engine = open_engine(resolve_store(store))
+    v1 = define_tables(MetaData(), version=1)
+    with engine.begin() as conn:
+        ensure_schema(conn, target=1)
+        assert stored_version(conn) == 1
+        conn.execute(
+            insert(v1["runs"]).values(
+                run_key="0" * 64,
+                name="old run",
+                ingested_at=pd.Timestamp("2025-01-01", tz="UTC").to_pydatetime(),
+                source_path="/old",
+                source_kind="file",
+                gpu="A100",
+                gpu_count=1,
+                world_size=1,
+                ranks=1,
+                steps_analysed=3,
+                step_ms_median=10.0,
+                mlprof_version="0.0.1",
+                report_json="{}",
+                extra_json="{}",
+            )
+        )
+    engine.dispose()
+    new = ingest(SYNTH / "healthy.json.gz", store_url=store, model_flops_per_step=1e12)
+    with _conn(store) as conn:
+        assert stored_version(conn) == SCHEMA_VERSION == 2
+        runs = q.list_runs(conn, sort="name")
+        assert list(runs["name"]) == ["healthy", "old run"]
+        flops = dict(conn.execute(text("SELECT name, model_flops_per_step FROM runs")).all())
+        assert flops == {"old run": None, "healthy": 1e12}
+        assert len(q.run_ops(conn, new.run_id)) > 0
+
+    engine = open_engine(resolve_store(store))
+    with engine.begin() as conn:
+        conn.execute(update(version_t).values(version=99))
+    engine.dispose()
+    with pytest.raises(MlprofError, match="schema version 99, newer than this mlprof"):
+        ingest(SYNTH / "launch_bound.json.gz", store_url=store)
+
+
+def test_dashboard_connection_is_read_only(store: str) -> None:
+    ingest(SYNTH / "healthy.json.gz", store_url=store)
+    with _conn(store) as conn, pytest.raises(SQLAlchemyError):
+        conn.execute(text("DELETE FROM runs"))
+    with _conn(store) as conn:
+        assert conn.execute(select(q.runs_t.c.name)).scalars().all() == ["healthy"]
+
+
+# --- locations and the command line -------------------------------------------------------------
+
+
+def test_store_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLPROF_CACHE", raising=False)
+    monkeypatch.delenv("MLPROF_STORE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    default = resolve_store(None)
+    assert default.sqlite_path == tmp_path / ".mlprof" / "mlprof.db"
+    assert default.cache_dir == tmp_path / ".mlprof" / "mlprof.parquet"
+    monkeypatch.setenv("MLPROF_STORE", str(tmp_path / "team.db"))
+    assert resolve_store(None).sqlite_path == tmp_path / "team.db"
+    assert resolve_store(str(tmp_path / "x.db")).sqlite_path == tmp_path / "x.db"  # --store wins
+    pg = resolve_store("postgresql://u:secret@db.example:5433/perf")
+    assert pg.url.drivername == "postgresql+psycopg" and pg.url.port == 5433
+    assert "secret" not in pg.display()
+    assert pg.cache_dir == tmp_path / ".mlprof" / "cache" / "db.example_5433_perf"
+    with pytest.raises(UsageError, match="unsupported database 'mysql'"):
+        resolve_store("mysql://u@h/db")
+
+
+def test_cli_ingest_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.setenv("MLPROF_CACHE", str(tmp_path / "cache"))
+    db = str(tmp_path / "cli.db")
+    assert main(["ingest", str(BAD), "--store", db, "--tag", "project=demo", "--name", "slow loader"]) == 0
+    assert "run 1 'slow loader' recorded" in capsys.readouterr().out
+    assert main(["ingest", str(BAD), "--store", db]) == 0
+    assert "already recorded (same inputs)" in capsys.readouterr().out
+    assert main(["ingest", str(SYNTH / "healthy.json.gz"), "--store", db]) == 0
+    capsys.readouterr()
+    assert main(["runs", "--store", db, "--tag", "project=demo"]) == 0
+    out = capsys.readouterr().out
+    assert "slow loader" in out and "healthy" not in out and "DATA001" in out and "2.81x" in out
+    assert main(["runs", "--store", db, "--sort", "step_time"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("slow loader") < out.index("healthy")  # 18.9 ms before 10 ms
+
+    for argv, message in (
+        (["ingest", str(tmp_path / "missing.json"), "--store", db], "no such file or directory"),
+        (["ingest", str(BAD), "--store", db, "--tag", "novalue"], "write tags as key=value"),
+        (["runs", "--store", db, "--since", "last week"], "write a date as YYYY-MM-DD"),
+        (["runs", "--store", db, "--sort", "speed"], "choose one of"),
+        (["runs", "--store", str(tmp_path / "none.db")], "no run store here yet"),
+        (["dashboard", "--store", str(tmp_path / "none.db")], "no run store here yet"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("mlprof: error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "none.db").exists()  # readers never create a store
