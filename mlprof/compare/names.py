@@ -74,8 +74,9 @@ def name_diff(base: Analysis, new: Analysis) -> NameDiff:
     """Per-step count and time of every kernel/copy/op name in the analysed steps of both runs."""
     b, nb = _job_summary(base)
     n, nn = _job_summary(new)
-    table = b.join(n, how="outer", lsuffix="_b", rsuffix="_n").fillna(0.0)
-    table.columns = ["base_count", "base_ns", "new_count", "new_ns"]
+    b.columns = ["base_count", "base_ns"]
+    n.columns = ["new_count", "new_ns"]
+    table = b.join(n, how="outer").fillna(0.0)
     table = table.reset_index()
     table["change_ns"] = table["new_ns"] - table["base_ns"]
     table["change_count"] = table["new_count"] - table["base_count"]

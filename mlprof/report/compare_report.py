@@ -236,13 +236,9 @@ def comparison_markdown(c: Comparison, gates: list[GateResult] | None = None) ->
             )
     if not any(f.values()):
         lines.append("- no findings in either run")
-    lines += [
-        "",
-        "### Kernel classes (device time per step)",
-        "",
-        "| class | base ms | new ms | change | names base/new |",
-    ]
-    lines.append("|---|---:|---:|---:|---|")
+    if d["kernel_classes"]:
+        lines += ["", "### Kernel classes (device time per step)", ""]
+        lines += ["| class | base ms | new ms | change | names base/new |", "|---|---:|---:|---:|---|"]
     for k in d["kernel_classes"]:
         lines.append(
             f"| {k['class']} | {k['base_ms']:.2f} | {k['new_ms']:.2f} | {k['change_ms']:+.2f} | "
@@ -312,7 +308,8 @@ def comparison_text(c: Comparison, gates: list[GateResult] | None = None) -> str
                 f"  {status:<10}{x['rule']:<10}{x['base_time_lost_ms_per_step']:>8.2f} -> "
                 f"{x['new_time_lost_ms_per_step']:.2f} ms/step  {x['title']}"
             )
-    out += ["", f"  {'kernel class':<16}{'base ms':>10}{'new ms':>10}{'change':>10}"]
+    if d["kernel_classes"]:
+        out += ["", f"  {'kernel class':<16}{'base ms':>10}{'new ms':>10}{'change':>10}"]
     for k in d["kernel_classes"]:
         out.append(f"  {k['class']:<16}{k['base_ms']:>10.2f}{k['new_ms']:>10.2f}{k['change_ms']:>+10.2f}")
     rows = d["kernels"]["top"][:TOP_NAMES_TEXT]
