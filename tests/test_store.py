@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLES, external
 from pg_server import PgServer, start_server
 from sqlalchemy import MetaData, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,6 +33,8 @@ from mlprof.store import queries as q
 from mlprof.store.engine import open_engine
 from mlprof.store.schema import SCHEMA_VERSION, define_tables, ensure_schema, stored_version, version_t
 from mlprof.trace.loader import load_job
+
+from conftest import SAMPLES, external
 
 REPO = Path(__file__).resolve().parents[1]
 NW0 = "pytorch__kineto/resnet50_num_workers_0"
@@ -63,7 +64,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
     return server.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
-def _conn(url: str):  # noqa: ANN202
+def _conn(url: str):
     return open_engine(resolve_store(url), read_only=True).connect()
 
 
