@@ -1,0 +1,142 @@
+"""End to end in a real browser: ``mlprof dashboard`` served on a free port, headless Chromium.
+
+Clicks a run's row in the runs table (the table is a canvas grid; its accessibility
+table gives the row index, the click goes to the row's selection box) and checks that
+the run page shows the ranked findings and draws its charts. The screenshot is kept
+in the test's tmp_path (its path is printed). Skips only when Chromium is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLES, external
+
+CHROMIUM = "/usr/bin/chromium"
+ROW_PX = 35
+"""Row height of Streamlit's data grid (header row included), in CSS pixels."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (Debian package 'chromium')")
+    from mlprof.store import ingest
+
+    env = dict(os.environ, MLPROF_CACHE=str(tmp_path / "cache"))
+    env.pop("MLPROF_STORE", None)
+    db = str(tmp_path / "runs.db")
+    old_cache = os.environ.get("MLPROF_CACHE")
+    os.environ["MLPROF_CACHE"] = env["MLPROF_CACHE"]
+    try:
+        ids = {
+            "nw0": ingest(external("pytorch__kineto/resnet50_num_workers_0"), store_url=db).run_id,
+            "bad": ingest(SAMPLES / "scenarios" / "recorded" / "data_starvation" / "bad", store_url=db).run_id,
+        }
+    finally:
+        if old_cache is None:
+            os.environ.pop("MLPROF_CACHE")
+        else:
+            os.environ["MLPROF_CACHE"] = old_cache
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlprof", "dashboard", "--store", db, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                out = server.stdout.read().decode() if server.stdout else ""
+                pytest.fail(f"mlprof dashboard did not come up: {out[-1000:]}")
+            time.sleep(0.3)
+        yield url, ids
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_click_from_runs_table_into_a_run(dashboard: tuple[str, dict[str, int]], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, ids = dashboard
+    shot = tmp_path / "run_page.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2600})
+            page.goto(url + "/", timeout=60_000)
+            page.get_by_role("heading", name="Runs", exact=True).wait_for(timeout=60_000)
+            grid = page.locator('[data-testid="stDataFrame"]').first
+            grid.wait_for(timeout=30_000)
+            cell = page.locator('[data-testid="stDataFrame"] [role="gridcell"]', has_text="resnet50_num_workers_0")
+            cell.first.wait_for(state="attached", timeout=30_000)
+            row_index = int(cell.first.locator("xpath=..").get_attribute("aria-rowindex") or "0")
+            assert row_index >= 2  # row 1 is the header
+            box = grid.bounding_box()
+            assert box is not None
+            page.mouse.click(box["x"] + 16, box["y"] + ROW_PX * (row_index - 1) + ROW_PX / 2)
+
+            page.get_by_role("heading", name="Ranked fixes").wait_for(timeout=60_000)
+            assert f"page=run&run={ids['nw0']}" in page.url
+            page.get_by_role("heading", name=f"Run {ids['nw0']}: resnet50_num_workers_0").wait_for()
+            first = page.locator('[data-testid="stExpander"]').first
+            assert "1. DATA001 1.30x [critical]" in first.inner_text()
+            assert "num_workers=8" in page.locator('[data-testid="stCode"]').first.inner_text()
+            # the charts are drawn: each has plotly's SVG with its title and at least one trace
+            charts = page.locator(".js-plotly-plot")
+            charts.nth(2).locator(".main-svg").first.wait_for(timeout=60_000)
+            titles = [charts.nth(i).locator(".gtitle").first.text_content() for i in range(charts.count())]
+            assert titles[:3] == [
+                "Cumulative effect of the ranked fixes (ms per step)",
+                "Where each step's time goes",
+                "Timeline around the worst step (shaded)",
+            ]
+            assert charts.nth(1).locator("g.trace.bars").count() == 7  # one stacked series per category
+            assert charts.nth(2).locator("canvas, g.trace").count() >= 1
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
