@@ -10,6 +10,7 @@ patterns were checked against the cuDNN/cuBLAS/ATen names in the real traces und
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -53,6 +54,7 @@ _FOREACH = re.compile(r"multi_tensor_apply|fused_adam|FusedAdam|fused_sgd|_fused
 """Optimizer kernels that already update many parameters per launch."""
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def classify_name(name: str, is_comm: bool = False) -> str:
     if is_comm:
         return "comm"

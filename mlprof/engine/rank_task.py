@@ -15,13 +15,12 @@ which needs the collectives of every rank). What leaves the task is small:
 * a :class:`ReducedTrace`: the trace's metadata, its communication kernels and
   collectives (what the cross-rank rules read), and no other events.
 
-The full trace is dropped before the task returns, so a worker holds one trace at a
+The full trace is dropped when the task returns, so a worker holds one trace at a
 time and the client holds none.
 """
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,10 +91,7 @@ def reduce_rank(source: str, options: TaskOptions) -> RankPartial:
     with local_copy(source) as path:
         trace = load_trace(path, step_marker=options.step_marker, workers=1)
     trace.meta.path = source
-    partial = reduce_trace(trace, options)
-    del trace
-    gc.collect()
-    return partial
+    return reduce_trace(trace, options)
 
 
 def reduce_trace(trace: Trace, options: TaskOptions) -> RankPartial:

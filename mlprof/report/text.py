@@ -9,6 +9,7 @@ from rich.table import Table
 
 from mlprof.analysis import Analysis, CounterAnalysis
 from mlprof.analyzers.attribution import CATEGORIES
+from mlprof.report.cross_rank_text import RANKS_TABLE_MAX, print_cross_rank
 from mlprof.report.json_report import counters_only_json_dict, to_json_dict
 from mlprof.report.speedup import speedup_text
 
@@ -42,7 +43,7 @@ def render_text(analysis: Analysis | CounterAnalysis, console: Console) -> None:
     )
     console.print(f"  steps found by: {tr['step_source']}")
     if bd.get("aggregation"):
-        console.print(f"  job figures below: {bd['aggregation']} (per-rank table at the end)")
+        console.print(f"  job figures below: {bd['aggregation']} (per-rank figures after the breakdown)")
     st = bd.get("step_time_ms") or {}
     if st.get("median") is not None:
         console.print(
@@ -55,8 +56,9 @@ def render_text(analysis: Analysis | CounterAnalysis, console: Console) -> None:
     console.print(_category_table(bd))
     if len(data["steps"]) > 1:
         console.print(_steps_table(data["steps"]))
-    if len(data["ranks"]) > 1:
+    if 1 < len(data["ranks"]) <= RANKS_TABLE_MAX:
         console.print(_ranks_table(data["ranks"]))
+    print_cross_rank(data, console)
     _print_findings(data, console)
     for note in [*data["notes"], *tr["notes"]]:
         console.print(f"[yellow]note:[/yellow] {note}")

@@ -114,7 +114,9 @@ def _carve_out(findings: list[Finding], job_findings: list[Finding]) -> list[Fin
     carved = sum(f.time_lost_ns_per_step for f in job_findings if f.rule == "STRAG001")
     if carved <= 0:
         return findings
+    out = []
     for f in findings:
+        out.append(f)
         if f.rule == "COMM002":
             before = f.time_lost_ns_per_step
             f.time_lost_ns_per_step = max(before - carved, 0.0)
@@ -123,7 +125,9 @@ def _carve_out(findings: list[Finding], job_findings: list[Finding]) -> list[Fin
             f.evidence["wait_ms_per_step_before_straggler"] = ms(before)
             f.evidence["straggler_ms_per_step_claimed_by_STRAG001"] = ms(min(carved, before))
             f.title += f"; {ms(min(carved, before))} ms of it is the straggler's (STRAG001)"
-    return findings
+            if f.time_lost_ns_per_step <= 0:
+                out.pop()  # all of the wait is the straggler's: STRAG001 says it
+    return out
 
 
 OUTLIER_FACTOR = 2.0
@@ -227,13 +231,16 @@ def _merge(
         job.time_lost_ns_per_step = sum(f.time_lost_ns_per_step for f in group) / n
         job.claimed = {k: sum(f.claimed.get(k, 0.0) for f in group) / n for k in worst.claimed}
         job.ranks = sorted(r for f in group for r in f.ranks)
-        per_rank_ms = {str(f.ranks[0]): ms(f.time_lost_ns_per_step) for f in group}
+        shown = group if len(group) <= MAX_RANKS_IN_EVIDENCE else _largest(group, MAX_RANKS_IN_EVIDENCE // 2)
+        per_rank_ms = {str(f.ranks[0]): ms(f.time_lost_ns_per_step) for f in shown}
         job.evidence = {
             "ranks_with_finding": f"{len(group)} of {n}",
             "time_lost_ms_per_step_by_rank": per_rank_ms,
             "worst_rank": worst.ranks[0],
             "worst_rank_evidence": worst.evidence,
         }
+        if len(shown) < len(group):
+            job.evidence["ranks_shown"] = f"the {len(shown)} largest of {len(group)} (all ranks: cross_rank.per_rank)"
         if rule_id == "COMM002" and skew is not None:
             job.title, job.evidence["late_ranks"] = _late_ranks(skew, job.time_lost_ns_per_step)
         else:
@@ -243,8 +250,18 @@ def _merge(
     return merged
 
 
+MAX_RANKS_IN_EVIDENCE = 32
+"""Per-rank figures in a merged finding's evidence: all ranks up to this many, else the largest half of it."""
+
+
+def _largest(group: list[Finding], n: int) -> list[Finding]:
+    return sorted(group, key=lambda f: (-f.time_lost_ns_per_step, f.ranks[0]))[:n]
+
+
 def _late_ranks(skew: RankSkew, mean_wait_ns: float) -> tuple[str, list[dict[str, Any]]]:
     table = skew.per_rank.sort_values(["caused_wait_ns", "last_arrivals"], ascending=False)
+    if len(table) > MAX_RANKS_IN_EVIDENCE:
+        table = table.head(MAX_RANKS_IN_EVIDENCE // 2)
     late = table[table["caused_wait_ns"] > 0]
     rows = [
         {

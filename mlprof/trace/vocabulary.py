@@ -7,6 +7,7 @@ so a new name is added once.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pandas as pd
@@ -51,5 +52,11 @@ DISPATCH_CATS = ("cpu_op", "Operator")
 def names_matching(series: pd.Series, pattern: re.Pattern[str]) -> pd.Series:
     """Boolean mask of a categorical name column, evaluating the regex once per distinct name."""
     categories = series.cat.categories
-    hits = [c for c in categories if pattern.search(c)]
+    hits = [c for c in categories if _matches(pattern, c)]
     return series.isin(hits)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _matches(pattern: re.Pattern[str], name: str) -> bool:
+    """Cached per (pattern, name): the symbol tables of many ranks of a job share most names."""
+    return pattern.search(name) is not None

@@ -1,0 +1,258 @@
+"""Multi-rank jobs: stragglers, clock alignment and imbalance on real and generated jobs; engines agree.
+
+Real inputs: the 8-rank DLRM job (V100, NCCL; its CATALOG row: ranks 1 and 3 hold the
+most NCCL time) and HTA's 2-rank ``trace_filter`` job. Generated input: 64 ranks built
+from DLRM rank 0 by ``benchmarks/make_rank_job.py`` with clocks offset at random and
+one straggler arriving 500 us late at every collective.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlprof.analysis import analyze_job
+from mlprof.cli import main
+from mlprof.engine import analyze_paths
+from mlprof.report.json_report import to_json_dict
+from mlprof.trace.loader import load_job
+
+from conftest import external
+
+DLRM = "facebookresearch__param/dlrm_kineto"
+TRACE_FILTER = "hta/tests/data/trace_filter"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make_rank_job() -> Any:
+    spec = importlib.util.spec_from_file_location("make_rank_job", ROOT / "benchmarks" / "make_rank_job.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_rank_job"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dlrm_job() -> dict[str, Any]:
+    return to_json_dict(analyze_paths(str(external(DLRM)), jobs=1))
+
+
+@pytest.fixture(scope="module")
+def job64(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The generated job analysed by each engine: serial, 2 processes, Dask LocalCluster of 2 workers."""
+    template = external(f"{DLRM}/worker0_step_12.1694128201545.pt.trace.json")
+    out = tmp_path_factory.mktemp("job64")
+    truth = _make_rank_job().make_job(out, 64, 37, template=template, slim=True, seed=3)
+    reports = {
+        "jobs1": to_json_dict(analyze_paths(str(out), jobs=1)),
+        "jobs2": to_json_dict(analyze_paths(str(out), jobs=2)),
+    }
+    if importlib.util.find_spec("dask.distributed") is not None:
+        reports["dask"] = to_json_dict(analyze_paths(str(out), jobs=2, engine="dask", dask_processes=False))
+    return reports, truth
+
+
+def _by_rank(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {row["rank"]: row for row in report["cross_rank"]["per_rank"]}
+
+
+def _finding(report: dict[str, Any], rule: str) -> dict[str, Any]:
+    return next(f for f in report["findings"] if f["rule"] == rule)
+
+
+# ---- the real 8-rank DLRM job ------------------------------------------------------------
+
+
+def test_dlrm_straggler_is_rank_7_and_ranks_1_and_3_wait_most(dlrm_job: dict[str, Any]) -> None:
+    strag = _finding(dlrm_job, "STRAG001")
+    assert strag["category"] == "straggler" and strag["ranks"] == [7]
+    rows = _by_rank(dlrm_job)
+    # Rank 7 arrives last at 5 of the 8 collectives; it comes 1.308 ms after the second-latest rank.
+    assert rows[7]["arrived_last"] == 5 and rows[7]["critical_ms"] == pytest.approx(1.308)
+    assert strag["time_lost_ms_per_step"] == pytest.approx(1.308)
+    # Ranks 1 and 3 hold the most NCCL time (CATALOG): they are the ones waiting, not slow.
+    waiting = sorted(rows.values(), key=lambda r: -r["wait_ms"])
+    assert [r["rank"] for r in waiting[:2]] == [1, 3]
+    assert rows[1]["wait_ms"] == pytest.approx(10.849) and rows[7]["wait_ms"] == pytest.approx(1.375)
+    summary = dlrm_job["cross_rank"]["summary"]
+    # Exposed communication is waiting (imbalance), not bandwidth: 5.66 of 5.86 ms per step.
+    assert summary["imbalance_ms_per_step"] == pytest.approx(5.66)
+    assert summary["bandwidth_ms_per_step"] == pytest.approx(0.2013)
+    assert summary["imbalance_share"] > 0.95
+    assert summary["step_skew"] == pytest.approx(19.901 / 16.126, abs=1e-3)
+    # All 8 GPUs are on one host: the clocks the collectives imply agree within 2 us.
+    assert all(abs(r["clock_offset_us"]) <= 2.0 for r in rows.values())
+    assert dlrm_job["cross_rank"]["groups"] == [
+        {
+            "group": 0,
+            "ranks": "0-7",
+            "n": 8,
+            "step_ms_median": 16.126,
+            "step_ms_max": 19.901,
+            "wait_ms_mean": 5.66,
+            "critical_ms_sum": 1.419,
+            "worst_rank": 7,
+        }
+    ]
+
+
+def test_dlrm_straggler_time_is_not_counted_twice(dlrm_job: dict[str, Any]) -> None:
+    comm = _finding(dlrm_job, "COMM002")
+    strag = _finding(dlrm_job, "STRAG001")
+    assert comm["evidence"]["wait_ms_per_step_before_straggler"] == pytest.approx(5.66)
+    assert comm["time_lost_ms_per_step"] + strag["time_lost_ms_per_step"] == pytest.approx(5.66)
+    planned = {p["rule"]: p["saves_ms_per_step"] for p in dlrm_job["plan"]}
+    assert planned["COMM002"] + planned["STRAG001"] == pytest.approx(5.66, abs=0.002)
+
+
+def test_engine_equals_the_in_memory_job_analysis(dlrm_job: dict[str, Any]) -> None:
+    """Per-rank tasks with compact results give the report of the job analysed with every trace in memory."""
+    path = str(external(DLRM))
+    in_memory = to_json_dict(analyze_job(load_job(path), path))
+    assert in_memory == dlrm_job
+
+
+def test_comm_comp_overlap_per_rank_agrees_with_hta() -> None:
+    hta = pytest.importorskip("hta.trace_analysis")
+    for rel in (TRACE_FILTER, DLRM):
+        path = external(rel)
+        warnings.filterwarnings("ignore")
+        logging.disable(logging.CRITICAL)
+        try:
+            ta = hta.TraceAnalysis(trace_dir=str(path), include_last_profiler_step=True)
+            theirs = ta.get_comm_comp_overlap(visualize=False).set_index("rank")["comp_comm_overlap_pctg"]
+        finally:
+            logging.disable(logging.NOTSET)
+        ours = analyze_paths(str(path), jobs=1)
+        assert len(theirs) == len(ours.ranks)
+        for ra in ours.ranks:
+            assert ra.temporal.comm_comp_overlap_pct == pytest.approx(float(theirs[ra.rank]), abs=0.01), (rel, ra.rank)
+
+
+# ---- HTA's 2-rank trace_filter job -------------------------------------------------------
+
+
+def test_trace_filter_names_rank_1_and_finds_bandwidth_not_imbalance() -> None:
+    report = to_json_dict(analyze_paths(str(external(TRACE_FILTER)), jobs=1))
+    rows = _by_rank(report)
+    assert rows[1]["arrived_last"] == 7 and rows[0]["arrived_last"] == 3
+    assert _finding(report, "STRAG001")["ranks"] == [1]
+    assert rows[1]["critical_ms"] == pytest.approx(61.6505)
+    summary = report["cross_rank"]["summary"]
+    # Most exposed communication here moves bytes: 111.0 ms transfer vs 49.1 ms waiting per step.
+    assert summary["imbalance_share"] == pytest.approx(0.3067, abs=1e-4)
+    assert _finding(report, "COMM001")["time_lost_ms_per_step"] > 0
+    # 170 us between the two hosts' clocks, read from collective ends.
+    assert rows[1]["clock_offset_us"] == pytest.approx(170.0)
+
+
+# ---- 64 generated ranks: the straggler is found, every engine gives the same report --------------
+
+
+def test_generated_64_ranks_straggler_found_clocks_recovered(job64: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    reports, truth = job64
+    report = reports["jobs1"]
+    strag = _finding(report, "STRAG001")
+    assert strag["ranks"] == [truth["straggler"]]
+    rows = _by_rank(report)
+    per_step = truth["collectives_per_rank"] / truth["steps"]
+    # It comes last at every collective, at least `delay` after the second-latest rank.
+    assert rows[37]["arrived_last"] == truth["collectives_per_rank"]
+    assert rows[37]["critical_ms"] >= per_step * truth["delay_us"] / 1000
+    assert rows[37]["critical_ms"] <= per_step * (truth["delay_us"] + truth["jitter_us"]) / 1000
+    assert all(r["critical_ms"] == 0 for k, r in rows.items() if k != 37)
+    # Random host clock offsets (+-2 ms) are recovered from the collectives to within 1 us.
+    for rank, offset_us in enumerate(truth["clock_offsets_us"]):
+        assert rows[rank]["clock_offset_us"] == pytest.approx(offset_us, abs=1.0)
+    groups = report["cross_rank"]["groups"]
+    assert len(groups) == 8 and groups[4]["ranks"] == "32-39" and groups[4]["worst_rank"] == 37
+    assert report["cross_rank"]["summary"]["stragglers"][0]["rank"] == 37
+
+
+def test_generated_64_ranks_identical_across_engines(job64: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    reports, _ = job64
+    if "dask" not in reports:
+        pytest.skip("dask.distributed is not installed")
+    assert reports["jobs1"] == reports["jobs2"] == reports["dask"]
+    assert len(reports["jobs1"]["cross_rank"]["per_rank"]) == 64
+
+
+# ---- inputs: globs, URLs, bad input --------------------------------------------------------------
+
+
+def test_glob_and_fsspec_urls_name_the_same_job(tmp_path: Path) -> None:
+    src = external(TRACE_FILTER)
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "notes.txt").write_text("not a trace")
+    base = to_json_dict(analyze_paths(str(tmp_path), jobs=1))
+    glob = to_json_dict(analyze_paths(str(tmp_path / "sampled_rank-*.json.gz"), jobs=1))
+    url = to_json_dict(analyze_paths(f"file://{tmp_path}", jobs=1))
+    fsspec = pytest.importorskip("fsspec")
+    mem = fsspec.filesystem("memory")
+    for f in src.iterdir():
+        mem.pipe(f"/mlprof-test/{f.name}", f.read_bytes())
+    remote = to_json_dict(analyze_paths("memory://mlprof-test", jobs=1))  # fetched to a temporary copy
+    for report in (glob, url, remote):
+        assert report["findings"] == base["findings"]
+        assert report["cross_rank"] == base["cross_rank"]
+    assert [r["path"] for r in remote["ranks"]] == [
+        "memory://mlprof-test/sampled_rank-0.json.gz",
+        "memory://mlprof-test/sampled_rank-1.json.gz",
+    ]
+
+
+def test_cli_jobs_and_bad_engine_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = str(external(TRACE_FILTER))
+    out = tmp_path / "r.json"
+    assert main(["analyze", src, "--jobs", "2", "-f", "json", "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["schema_version"] == "1.3" and len(report["cross_rank"]["per_rank"]) == 2
+    for args, words in (
+        (["--engine", "spark"], "--engine spark"),
+        (["--jobs", "0"], "--jobs 0"),
+        (["--scheduler", "tcp://127.0.0.1:9"], "--scheduler needs --engine dask"),
+    ):
+        capsys.readouterr()
+        assert main(["analyze", src, *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("mlprof: error:") and words in err[0]
+
+
+def test_duplicate_and_unknown_ranks_are_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = external(f"{TRACE_FILTER}/sampled_rank-0.json.gz")
+    shutil.copy(f, tmp_path / "a.json.gz")
+    shutil.copy(f, tmp_path / "b.json.gz")  # both say distributedInfo.rank 0
+    assert main(["analyze", str(tmp_path), "--jobs", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "rank 0 appears twice" in err
+
+
+def test_text_report_for_many_ranks_shows_groups_and_names_the_straggler(
+    job64: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    from rich.console import Console
+
+    from mlprof.report.cross_rank_text import print_cross_rank
+
+    reports, _ = job64
+    console = Console(record=True, width=140, file=open(os.devnull, "w"))  # noqa: SIM115
+    print_cross_rank(reports["jobs1"], console)
+    text = console.export_text()
+    assert "64 ranks, 8 collectives matched by order" in text
+    assert "Rank groups of 8 (worst 8 of 8" in text
+    lines = text.splitlines()
+    worst = lines[next(i for i, line in enumerate(lines) if "arrived last" in line) + 2]
+    assert worst.split()[1] == "37"  # first row of the ranks everyone waits for
+    group_row = lines[next(i for i, line in enumerate(lines) if "worst rank" in line) + 2]
+    assert "32-39" in group_row and group_row.split()[-2] == "37"
