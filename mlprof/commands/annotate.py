@@ -43,6 +43,7 @@ def annotate(
         if output.exists() and not output.is_dir():
             raise UsageError(f"-o {output}: TRACE is a folder, so the output must be a folder too")
         output.mkdir(parents=True, exist_ok=True)
+        _copy_side_files(trace, output)
     reported = {f.rule for f in analysis.findings}
     for ra in analysis.ranks:
         source = Path(ra.trace.meta.path)
@@ -55,3 +56,18 @@ def annotate(
         )
         for note in result.notes:
             print(f"  note: {note}")
+
+
+def _copy_side_files(source: Path, output: Path) -> None:
+    """An mlprof.profile run folder's meta.json and counters go along, so the copy is a run folder too."""
+    import shutil
+
+    from mlprof.errors import MlprofError
+    from mlprof.trace.loader import RUN_FOLDER_SIDE_FILES
+
+    for side in sorted(source.iterdir()):
+        if side.is_file() and RUN_FOLDER_SIDE_FILES.match(side.name):
+            try:
+                shutil.copy2(side, output / side.name)
+            except OSError as exc:
+                raise MlprofError(f"{output / side.name}: cannot write ({exc.strerror})") from None
