@@ -100,8 +100,9 @@ def render(url: str, run_id: int | None) -> None:
     job = steps[steps["rank"] == -1]
     if len(job):
         st.plotly_chart(figures.step_breakdown(data.category_ms(job)), key="breakdown")
-    _timeline(url, run)
-    _memory(url, run)
+    rank = _timeline(url, run)
+    if rank is not None:
+        _memory(url, run, rank)
     _counters(url, run)
     if int(run["ranks"]) > 1 and len(steps):
         st.subheader("Per rank")
@@ -137,36 +138,38 @@ def _findings(run: dict[str, Any]) -> None:
                 st.caption(f"record next time: {item}")
 
 
-def _timeline(url: str, run: dict[str, Any]) -> None:
+def _timeline(url: str, run: dict[str, Any]) -> int | None:
+    """The timeline of one rank (chosen here for a multi-rank run); returns that rank."""
     st.subheader("Timeline around the worst step")
     ranks = data.cached_ranks(url, run["run_key"])
     if not ranks:
         st.info("The event tables of this run are not in this machine's Parquet cache (MLPROF_CACHE).")
-        return
-    rank = st.selectbox("Rank", ranks, key="timeline_rank") if len(ranks) > 1 else ranks[0]
-    worst = data.worst_step(run["steps"], int(rank))
+        return None
+    rank = int(st.selectbox("Rank", ranks, key="timeline_rank") if len(ranks) > 1 else ranks[0])
+    worst = data.worst_step(run["steps"], rank)
     if worst is None:
         st.info("No steps on this rank.")
-        return
+        return rank
     margin = (worst["end"] - worst["ts"]) // 10
     lo, hi = worst["ts"] - margin, worst["end"] + margin
     bands = data.cached_timeline(url, run["run_key"], int(rank), lo, hi)
     if bands is None or len(bands) == 0:
         st.info("No events in this window.")
-        return
+        return rank
     st.caption(
         f"step {worst['step']} ({(worst['end'] - worst['ts']) / 1e6:.2f} ms) ±10 %; events closer than "
         f"{(hi - lo) / data.TIMELINE_PIXELS / 1e3:.1f} µs on a lane are drawn as one band"
     )
     st.plotly_chart(figures.timeline(bands, lo, (worst["ts"], worst["end"])), key="timeline")
+    return rank
 
 
-def _memory(url: str, run: dict[str, Any]) -> None:
-    trends = [t for t in run["extra"].get("memory", []) if t["rank"] == 0 or len(run["extra"]["memory"]) == 1]
-    memory = data.cached_memory(url, run["run_key"], 0)
+def _memory(url: str, run: dict[str, Any], rank: int) -> None:
+    trends = [t for t in run["extra"].get("memory", []) if t["rank"] == rank]
+    memory = data.cached_memory(url, run["run_key"], rank)
     if memory is None or len(memory) == 0:
         return
-    st.subheader("Memory")
+    st.subheader(f"Memory (rank {rank})" if int(run["ranks"]) > 1 else "Memory")
     origin = int(memory["ts"].min())
     st.plotly_chart(figures.memory_curve(memory, trends, origin), key="memory")
     verdict = run["report"].get("checks", {}).get("verdicts", {}).get("MEM001")
