@@ -50,6 +50,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "fixed": ingest(RECORDED / "data_starvation" / "fixed", tags={"project": "loader"}),
         "leak": ingest(RECORDED / "memory_leak" / "bad"),
         "counters": ingest(counters_run),
+        "healthy": ingest(SAMPLES / "synthetic" / "healthy.json.gz"),
     }
     yield {name: r.run_id for name, r in ids.items()}
     for key, value in old.items():
@@ -187,6 +188,14 @@ def test_compare_page_achieved_vs_predicted(store: dict[str, int]) -> None:
     assert findings.loc["DATA001", "A predicted saving ms/step"] == pytest.approx(12.21, abs=0.01)
     ops = _figures(at)["Kernels and ops that changed most"]["data"][0]
     assert len(_arr(ops["y"])) > 0
+
+
+def test_compare_page_runs_without_findings(store: dict[str, int]) -> None:
+    at = _app(page="compare", a=str(store["healthy"]), b=str(store["counters"]))
+    metrics = _metrics(at)
+    assert metrics["Achieved speedup"] == "1.00x"  # the same trace, with and without counters
+    assert metrics["Predicted by A's findings"] == "1.00x"
+    assert at.markdown[-1].value == "Neither run has findings."
 
 
 def test_url_parameters_are_ids_only(store: dict[str, int]) -> None:

@@ -118,7 +118,7 @@ def diff_runs(a: dict[str, Any], b: dict[str, Any], top_ops: int = 15) -> RunDif
     per_rule = pd.DataFrame(
         rows, columns=["rule", "status", "a_lost_ms", "b_lost_ms", "predicted_saving_ms", "removed_ms", "acted_on"]
     )
-    acted = per_rule[per_rule["acted_on"]]
+    acted = per_rule[per_rule["acted_on"].astype(bool).to_numpy()]
     saved = float(acted["predicted_saving_ms"].fillna(0.0).sum())
     a_plan_step = float(a.get("report", {}).get("checks", {}).get("step_ms") or step_a)
     predicted = a_plan_step / (a_plan_step - saved) if saved and a_plan_step > saved else 1.0
