@@ -88,8 +88,23 @@ def list_runs(
     if limit is not None:
         stmt = stmt.limit(limit)
     frame = pd.DataFrame(conn.execute(stmt).mappings().all(), columns=list(LIST_COLUMNS))
-    frame["tags"] = [run_tags(conn, int(i)) for i in frame["id"]] if len(frame) else []
+    frame["tags"] = _tags_of(conn, [int(i) for i in frame["id"]])
     return frame
+
+
+def _tags_of(conn: Connection, run_ids: list[int]) -> list[dict[str, str]]:
+    """Each run's tags, in the order of ``run_ids``, in one query per 500 runs."""
+    found: dict[int, dict[str, str]] = {i: {} for i in run_ids}
+    for lo in range(0, len(run_ids), 500):
+        chunk = run_ids[lo : lo + 500]
+        stmt = (
+            select(run_tags_t.c.run_id, run_tags_t.c.key, run_tags_t.c.value)
+            .where(run_tags_t.c.run_id.in_(chunk))
+            .order_by(run_tags_t.c.run_id, run_tags_t.c.key)
+        )
+        for run_id, key, value in conn.execute(stmt):
+            found[int(run_id)][str(key)] = str(value)
+    return [found[i] for i in run_ids]
 
 
 def _has_tag(key: str, value: str) -> ColumnElement[bool]:
