@@ -218,3 +218,11 @@ def test_compare_refuses_to_overwrite_an_input(tmp_path: Path, capsys: pytest.Ca
     assert main(["compare", str(trace), str(trace), "-o", str(trace)]) == 2
     assert "would overwrite an input" in capsys.readouterr().err
     assert trace.read_bytes() == original
+
+
+def test_empty_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"traceEvents": []}')
+    assert main(["compare", str(empty), str(SAMPLES / "synthetic" / "healthy.json.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "no recorded activity to compare" in err and err.count("\n") == 1

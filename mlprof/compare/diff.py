@@ -10,6 +10,7 @@ from mlprof.analysis import Analysis
 from mlprof.compare.findings import FindingsDiff, PredictedVsAchieved, diff_findings, predicted_vs_achieved
 from mlprof.compare.names import NameDiff, name_diff
 from mlprof.compare.steps import CategoryChange, StepChange, step_change
+from mlprof.errors import BadInputError
 
 
 @dataclass
@@ -56,6 +57,9 @@ def _step_notes(label: str, analysis: Analysis) -> list[str]:
 
 def compare_analyses(base: Analysis, new: Analysis) -> Comparison:
     step, categories = step_change(base, new)
+    for label, a, ms in (("BASE", base, step.base_ms), ("NEW", new, step.new_ms)):
+        if ms <= 0:
+            raise BadInputError(f"{label} {a.path}: no recorded activity to compare (an empty trace)")
     findings = diff_findings(base.findings, new.findings)
     notes = []
     b_dev = {d.name for ra in base.ranks for d in ra.trace.meta.devices}
