@@ -18,10 +18,11 @@ def annotate(
     ),
     steps: str | None = typer.Option(None, "--steps", help="Steps to analyse: 16, 16-18, 17-."),
     step_marker: str | None = typer.Option(None, "--step-marker", help="Regex for host ranges that mark steps."),
-    config: Path | None = typer.Option(None, "--config", help="Thresholds file ([tool.mlprof])."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Thresholds file (mlprof.toml, or pyproject.toml with tool.mlprof)."
+    ),
 ) -> None:
-    """Write a copy of TRACE with every finding as events on an 'mlprof findings' track, with flow arrows to
-    the kernels concerned, for Perfetto or chrome://tracing. The original is never modified."""
+    """Copy of a trace with the findings on their time ranges, for Perfetto; the original is never modified."""
     from mlprof.analysis import analyze_job
     from mlprof.annotate.writer import annotate_file
     from mlprof.errors import BadInputError, UsageError

@@ -26,7 +26,9 @@ def compare(
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
     steps: str | None = typer.Option(None, "--steps", help="Steps to compare in both runs: 16, 16-18, 17-."),
     step_marker: str | None = typer.Option(None, "--step-marker", help="Regex for host ranges that mark steps."),
-    config: Path | None = typer.Option(None, "--config", help="Thresholds and [tool.mlprof.gates] file."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Thresholds and gates file (mlprof.toml, or pyproject.toml with tool.mlprof)."
+    ),
     max_regression: str | None = typer.Option(
         None, "--max-regression", help="Exit 1 when NEW's mean step is slower than BASE's by more than this (5%)."
     ),
@@ -37,8 +39,7 @@ def compare(
         None, "--fail-on", help="Exit 1 when NEW reports this finding: RULE_OR_CATEGORY[>=SPEEDUP]."
     ),
 ) -> None:
-    """Step time change, where it came from (categories, kernels, ops), findings resolved/new/changed,
-    and each fix's achieved speedup next to the predicted one."""
+    """What changed between two runs: step time, categories, kernels, findings, predicted vs achieved."""
     import msgspec
 
     from mlprof.compare import compare_analyses

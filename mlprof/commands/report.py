@@ -16,9 +16,11 @@ def report(
     output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write."),
     steps: str | None = typer.Option(None, "--steps", help="Steps to analyse: 16, 16-18, 17-."),
     step_marker: str | None = typer.Option(None, "--step-marker", help="Regex for host ranges that mark steps."),
-    config: Path | None = typer.Option(None, "--config", help="Thresholds file ([tool.mlprof])."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Thresholds file (mlprof.toml, or pyproject.toml with tool.mlprof)."
+    ),
 ) -> None:
-    """Step breakdown, ranked fixes and the plan's waterfall as one HTML file (plotly inlined, works offline)."""
+    """A self-contained HTML page: step breakdown, ranked fixes and the plan's waterfall."""
     from mlprof.analysis import analyze_job
     from mlprof.errors import MlprofError, UsageError
     from mlprof.report.html import render_html
