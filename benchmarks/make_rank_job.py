@@ -121,11 +121,12 @@ def make_job(
     events.sort(key=lambda e: e.get("ts", 0) if isinstance(e.get("ts"), (int, float)) else 0)
     comm = [e for e in events if _is_comm_kernel(e)]
     rng = random.Random(seed)
-    u = [[rng.uniform(0.0, jitter_us) for _ in comm] for _ in range(ranks)]
+    # Whole microseconds, like the template's own times (HTA rounds fractional ones).
+    u = [[float(round(rng.uniform(0.0, jitter_us))) for _ in comm] for _ in range(ranks)]
     for k in range(len(comm)):
         u[straggler][k] = jitter_us + delay_us
     leave = [comm[k]["ts"] + jitter_us + delay_us + comm[k]["dur"] for k in range(len(comm))]
-    offsets = [0.0] + [rng.uniform(-clock_skew_us, clock_skew_us) for _ in range(ranks - 1)]
+    offsets = [0.0] + [float(round(rng.uniform(-clock_skew_us, clock_skew_us))) for _ in range(ranks - 1)]
     out_dir.mkdir(parents=True, exist_ok=True)
     header = {k: v for k, v in doc.items() if k != "traceEvents"}
     for r in range(ranks):
@@ -135,7 +136,7 @@ def make_job(
             "distributedInfo": {**header.get("distributedInfo", {}), "rank": r, "world_size": ranks},
             "traceEvents": rank_events(events, arrivals, leave, offsets[r]),
         }
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = json.dumps(body).encode()  # `"rank": N` with a space, as Kineto writes it (HTA finds ranks so)
         name = f"rank-{r}.json"
         if gzip_files:
             (out_dir / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=1))

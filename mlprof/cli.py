@@ -99,8 +99,7 @@ def analyze(
         None,
         "--jobs",
         "-j",
-        help="Ranks read in parallel (processes, or Dask workers for a LocalCluster); default one per core, "
-        "at most 8.",
+        help="Ranks read in parallel (processes, or Dask workers for a LocalCluster); default one per core, at most 8.",
     ),
     engine: str = typer.Option(
         "local", "--engine", help="Where per-rank work runs for a multi-rank job: local (processes) or dask."
@@ -109,6 +108,12 @@ def analyze(
         None,
         "--scheduler",
         help="Dask scheduler address (tcp://HOST:PORT) for --engine dask; without it a LocalCluster is started.",
+    ),
+    low_memory: bool = typer.Option(
+        False,
+        "--low-memory",
+        help="One trace larger than memory: spill it step by step to a temporary folder and analyse one step "
+        "window at a time (needs ProfilerStep markers; slower; see docs/multirank.md).",
     ),
 ) -> None:
     """Where the step time goes, per step and per rank, and what to fix first."""
@@ -146,7 +151,19 @@ def analyze(
     counter_table = _load_counters(counter_paths) if counter_paths else None
     from mlprof.engine.sources import is_job
 
-    if rank is None and counter_table is None and is_job(str(path)):
+    if low_memory:
+        from mlprof.engine.windows import analyze_low_memory
+
+        if counter_table is not None or rank is not None or step_marker is not None or is_job(str(path)):
+            raise UsageError(
+                "--low-memory analyses one trace file by its ProfilerStep ranges, without "
+                "--counters, --rank or --step-marker"
+            )
+        with _progress() as on_progress:
+            analysis = analyze_low_memory(
+                path, config=rule_config, steps_spec=steps, jobs=jobs, on_progress=on_progress
+            )
+    elif rank is None and counter_table is None and is_job(str(path)):
         from mlprof.engine import analyze_paths
         from mlprof.engine.progress import rank_progress
 
@@ -250,6 +267,11 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
         )
     elif counter:
         speedup = "Expected speedup = 1.0: it costs no measured time; the severity says how urgent it is."
+    elif getattr(rule, "job_level", False):
+        speedup = (
+            "Expected speedup = step / (step - time lost per step), step = the mean step over ranks; a job-level "
+            "rule: its time lost is measured across ranks (see detection), not from one rank's causes."
+        )
     else:
         speedup = (
             "Expected speedup = step / (step - time lost per step); the time lost is the trace's own measurement "

@@ -91,7 +91,7 @@ def run_dask(
                 n_workers=max(1, workers),
                 threads_per_worker=1,
                 processes=processes,
-                dashboard_address=None,
+                dashboard_address=":0",  # a free port: never collides with another cluster
             )
             client = Client(cluster)
         with client:

@@ -45,8 +45,9 @@ class Straggler(Rule):
         "collective arrived last. For each rank, `critical_ms` is, over the collectives where it "
         "came last, how much later it came than the second-latest rank, per step: what every "
         "rank's step gains if it arrives with the others. The worst such rank is the finding; "
-        "its time lost is its `critical_ms`, and COMM002 keeps the rest of the wait (the spread "
-        "among the other ranks). The per-rank table and summaries by rank group are in the JSON "
+        "its time lost is its `critical_ms`, capped by the ranks' mean exposed collective wait "
+        "(waiting hidden under compute costs nothing), and COMM002 keeps the rest of the wait "
+        "(the spread among the other ranks). The per-rank table and summaries by rank group are in the JSON "
         "`cross_rank` object.",
         fix="Compare the straggler's row in the per-rank table with the median rank: more "
         "compute means more work (balance the shard or the batch), more idle means a host or "

@@ -1,0 +1,71 @@
+"""``--low-memory``: one trace analysed step window by step window gives the in-memory attribution exactly.
+
+Real traces with ProfilerStep markers: HTA's ``trace_filter`` rank 0 (2 steps) and the
+Kineto ``resnet50_num_workers_0`` trace (6 steps, DataLoader starvation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlprof.analysis import analyze_job
+from mlprof.cli import main
+from mlprof.engine.windows import analyze_low_memory
+from mlprof.trace.loader import load_trace
+
+from conftest import external
+
+TRACES = (
+    "hta/tests/data/trace_filter/sampled_rank-0.json.gz",
+    "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz",
+)
+
+
+@pytest.mark.parametrize("rel", TRACES, ids=lambda r: r.split("/")[-2])
+def test_step_windows_give_the_in_memory_attribution_and_findings(rel: str, tmp_path: Path) -> None:
+    path = external(rel)
+    windowed = analyze_low_memory(path, jobs=1, spill_dir=tmp_path)
+    whole = analyze_job([load_trace(path)], str(path))
+    w, a = windowed.ranks[0], whole.ranks[0]
+    assert len(w.steps) == len(a.steps) >= 2
+    pd.testing.assert_frame_equal(w.steps, a.steps)  # every category of every step, to the ns
+    assert w.causes is not None and a.causes is not None
+    pd.testing.assert_frame_equal(w.causes, a.causes)
+    # Rules that fire in every step lose the same time per step either way.
+    ours = {f.rule: f.time_lost_ns_per_step for f in windowed.findings}
+    theirs = {f.rule: f.time_lost_ns_per_step for f in whole.findings if f.rule != "MEM001"}
+    for rule, lost in theirs.items():
+        steps_fired = next(f for f in windowed.findings if f.rule == rule).evidence["steps_with_finding"]
+        if steps_fired == f"{len(w.steps)} of {len(w.steps)}":
+            assert ours[rule] == pytest.approx(lost, rel=1e-9), rule
+    # The trace-level split covers the steps only: its compute time is the steps' compute category.
+    assert w.temporal.compute_ns == int(a.steps["compute"].sum())
+    assert list(tmp_path.iterdir()) == []  # spill files removed
+
+
+def test_resnet50_low_memory_still_ranks_data_starvation_first() -> None:
+    path = external(TRACES[1])
+    analysis = analyze_low_memory(path, jobs=2)
+    first = analysis.findings[0]
+    assert first.rule == "DATA001"
+    assert first.time_lost_ns_per_step / 1e6 == pytest.approx(35.504, abs=0.001)  # as in memory (test_rules)
+    assert "MEM001" in analysis.diagnosis.verdicts  # type: ignore[union-attr]
+
+
+def test_cli_low_memory_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = external(TRACES[0])
+    out = tmp_path / "r.json"
+    assert main(["analyze", str(path), "--low-memory", "-f", "json", "-o", str(out)]) == 0
+    assert '"step_source": "ProfilerStep"' in out.read_text()
+    no_steps = external("AMD-AGI__TraceLens/b200/eager_trace.json.gz")
+    for args, words in (
+        ([str(no_steps), "--low-memory"], "has none"),
+        ([str(path.parent), "--low-memory"], "one trace file"),
+    ):
+        capsys.readouterr()
+        assert main(["analyze", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
