@@ -141,6 +141,11 @@ def test_ns_timestamps_survive_byte_for_byte(tmp_path: Path) -> None:
             assert bytes(after[key]) == bytes(value), key
     original_events = bytes(before["traceEvents"]).rstrip()[:-1].rstrip()
     assert bytes(after["traceEvents"]).startswith(original_events + b",")
+    # and the whole file is the original with the new events inserted before the array's closing bracket
+    raw_before, raw_after = gzip.decompress(source.read_bytes()), out.read_bytes()
+    cut = raw_before.index(original_events) + len(original_events)
+    tail = raw_before[cut:].lstrip()
+    assert raw_after.startswith(raw_before[:cut] + b",") and raw_after.endswith(tail) and tail.startswith(b"]")
     assert b'"ts": 1712195495519689.047' in bytes(after["traceEvents"])  # ns digits a float64 would round
 
 

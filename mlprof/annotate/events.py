@@ -103,6 +103,21 @@ def finding_events(
     return events
 
 
+def target_correlations(findings: list[Finding], trace: Trace) -> set[int]:
+    """Correlation ids of the kernels the flow arrows will point at (to look up where they sit in the file)."""
+    kernels = trace.gpu[trace.gpu["kind"] != "sync"]
+    k_ts = kernels["ts"].to_numpy(np.int64)
+    k_end = kernels["end"].to_numpy(np.int64)
+    k_corr = kernels["correlation"].to_numpy(np.int64)
+    out: set[int] = set()
+    for f in findings:
+        for a, b in _ranges(f, trace):
+            target = _kernel_for(a, b, k_ts, k_end)
+            if target is not None and k_corr[target] >= 0:
+                out.add(int(k_corr[target]))
+    return out
+
+
 def _args(f: Finding) -> dict[str, Any]:
     return {
         "rule": f.rule,
