@@ -256,3 +256,39 @@ def test_text_report_for_many_ranks_shows_groups_and_names_the_straggler(
     assert worst.split()[1] == "37"  # first row of the ranks everyone waits for
     group_row = lines[next(i for i, line in enumerate(lines) if "worst rank" in line) + 2]
     assert "32-39" in group_row and group_row.split()[-2] == "37"
+
+
+def test_process_group_and_sequence_match_sub_group_collectives(tmp_path: Path) -> None:
+    """Kernels carrying ``Process Group Name``/``Seq`` are matched by them, so a collective of a
+    sub-group (ranks 0 and 1 only) is not confused with the next one of the same name on rank 2."""
+    from mlprof.analyzers.rank_skew import rank_skew
+    from mlprof.trace.loader import load_trace
+
+    from conftest import X, write_trace
+
+    name = "ncclKernel_AllReduce_RING_LL_Sum_float(ncclDevComm*, unsigned long, ncclWork*)"
+    # (pg, seq, leave_us, {rank: arrival_us})
+    colls = [("0", 1, 1000, {0: 200, 1: 600, 2: 400}), ("1", 1, 2000, {0: 1700, 1: 1500})]
+    traces = []
+    for rank, offset in ((0, 0), (1, 5000), (2, 0)):
+        events = [X("user_annotation", "ProfilerStep#1", offset, 3000)]
+        for pg, seq, leave, arrive in colls:
+            if rank in arrive:
+                args = {"device": 0, "stream": 20, "Process Group Name": pg, "Seq": seq, "Collective name": "allreduce"}
+                events.append(X("kernel", name, offset + arrive[rank], leave - arrive[rank], pid=0, tid=20, **args))
+        path = write_trace(tmp_path / f"rank-{rank}.json", events, distributedInfo={"rank": rank, "world_size": 3})
+        traces.append(load_trace(path))
+    skew = rank_skew(traces)
+    assert skew is not None and skew.match_key == "pg+seq" and skew.matched == 2 and skew.unmatched == 0
+    per = skew.per_rank.set_index("rank")
+    assert per["wait_ns"].to_dict() == {0: 400_000, 1: 200_000, 2: 200_000}
+    assert per["last_arrivals"].to_dict() == {0: 1, 1: 1, 2: 0}
+    # Rank 1 came 200 us after rank 2 in group 0; rank 0 came 200 us after rank 1 in group 1.
+    assert per["critical_ns"].to_dict() == {0: 200_000, 1: 200_000, 2: 0}
+    assert per["clock_offset_ns"].to_dict() == {0: 0, 1: 5_000_000, 2: 0}
+    # By order alone only collectives present on every rank count: the sub-group's two kernels are left out.
+    for t in traces:
+        t.collectives = t.collectives.iloc[0:0]
+    by_order = rank_skew(traces)
+    assert by_order is not None and by_order.match_key == "order"
+    assert by_order.matched == 1 and by_order.unmatched == 2
