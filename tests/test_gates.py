@@ -119,6 +119,13 @@ def test_gates_from_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # the command line replaces the file's max_regression
     cfg.write_text('[gates]\nmax_regression = "5%"\nbudgets = {idle_data = "1ms"}\n')
     assert main(["compare", BAD, FIXED, "--config", str(cfg), "--max-regression", "200%", "-o", "/dev/null"]) == 0
+    # budgets from the file apply to a single analysed run too
+    cfg.write_text('[gates]\nbudgets = {idle_data = "10ms", step = "25ms"}\n')
+    assert main(["analyze", BAD, "--config", str(cfg), "-o", "/dev/null"]) == 1  # idle_data 12.21 ms
+    err = capsys.readouterr().err
+    assert "| `--budget idle_data=10ms` | **FAIL** | idle_data 12.212 ms per step |" in err
+    assert "| `--budget step=25ms` | pass | step 18.970 ms per step |" in err
+    assert main(["analyze", FIXED, "--config", str(cfg), "-o", "/dev/null"]) == 0
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[tool.mlprof.gates]\nbudgets = {idle_data = "2ms"}\n')
     gates = load_config(pyproject).gates
