@@ -16,6 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from mlprof.analyzers.intervals import merge
+from mlprof.dashboard import data, figures
 from mlprof.dashboard.timeline import bin_series, merge_bands
 from mlprof.store import ingest
 from mlprof.store.parquet_cache import run_dir
@@ -117,6 +118,21 @@ def test_runs_page_table_filters_trend_and_open(store: dict[str, int]) -> None:
     assert not at.exception
     assert at.query_params["page"] == "run" and at.query_params["run"] == str(store["nw0"])
     assert at.header[0].value == f"Run {store['nw0']}: resnet50_num_workers_0"
+
+
+def test_trend_marks_regressions(store: dict[str, int]) -> None:
+    runs = data.read_runs(os.environ["MLPROF_STORE"])
+    one_line = pd.Series(["all"] * len(runs))
+    slow = figures.regressions(runs, one_line)
+    ordered = runs.sort_values(["started_at", "id"])
+    ratio = ordered["step_ms_median"] / ordered["step_ms_median"].shift(1) - 1
+    expected = set(ordered.loc[ratio > 0.10, "id"])
+    assert expected and set(slow["id"]) == expected
+    names = [t["name"] for t in figures.step_trend(runs, one_line).to_plotly_json()["data"]]
+    assert names == ["all", "regression (> +10% vs previous run)"]
+    # one line per project: resnet went 152.5 -> 125.1 ms, loader 18.9 -> 7.9 ms: no regression
+    by_project = runs["tags"].map(lambda t: t.get("project", "(untagged)"))
+    assert not set(figures.regressions(runs, by_project)["name"]) & {"resnet50_num_workers_4", "fixed"}
 
 
 def test_run_page_single_gpu(store: dict[str, int]) -> None:

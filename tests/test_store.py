@@ -44,8 +44,29 @@ BAD = SAMPLES / "scenarios" / "recorded" / "data_starvation" / "bad"
 SYNTH = SAMPLES / "synthetic"
 
 
+class _ExternalPg(PgServer):
+    """A server the environment provides (``MLPROF_TEST_POSTGRES_URL``, superuser rights to create databases)."""
+
+    def __init__(self, url: str) -> None:
+        self.base = url
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.base.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return self.base.rsplit("/", 1)[0] + "/" + name
+
+    def stop(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PgServer]:
+    given = os.environ.get("MLPROF_TEST_POSTGRES_URL")
+    if given:
+        yield _ExternalPg(given)
+        return
     server = start_server()
     if isinstance(server, str):
         pytest.skip(f"no PostgreSQL server could be started: {server}")
@@ -263,6 +284,18 @@ def test_schema_upgrades_in_place(store: str) -> None:
     engine.dispose()
     with pytest.raises(MlprofError, match="schema version 99, newer than this mlprof"):
         ingest(SYNTH / "launch_bound.json.gz", store_url=store)
+
+
+def test_leftovers_of_dead_ingests_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLPROF_CACHE", str(cache))
+    old, fresh = cache / ".tmp-dead", cache / ".tmp-live"
+    for folder in (old, fresh):
+        (folder / "rank0").mkdir(parents=True)
+    os.utime(old, (0, 0))
+    result = ingest(SYNTH / "healthy.json.gz", store_url=str(tmp_path / "s.db"))
+    assert not old.exists() and fresh.exists()
+    assert (cache / result.run_key / "rank0" / "gpu.parquet").is_file()
 
 
 def test_dashboard_connection_is_read_only(store: str) -> None:

@@ -30,8 +30,21 @@ def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
     return fig
 
 
+REGRESSION = 0.10
+"""A run is marked a regression when its median step is this much above the previous run of its line."""
+
+
+def regressions(runs: pd.DataFrame, group: pd.Series) -> pd.DataFrame:
+    """Runs whose median step is more than REGRESSION above the previous run (by start date) of the same group."""
+    frame = runs.assign(group=group.to_numpy()).dropna(subset=["step_ms_median"])
+    frame = frame.sort_values(["group", "started_at", "id"], kind="stable")
+    previous = frame.groupby("group", sort=False)["step_ms_median"].shift(1)
+    frame = frame.assign(previous_ms=previous, change=frame["step_ms_median"] / previous - 1.0)
+    return frame[frame["change"] > REGRESSION]
+
+
 def step_trend(runs: pd.DataFrame, group: pd.Series) -> go.Figure:
-    """Median step time per run over the run's start date, one line per group (project/tag)."""
+    """Median step time per run over the run's start date, one line per group; regressions marked."""
     fig = go.Figure()
     frame = runs.assign(group=group.to_numpy()).dropna(subset=["step_ms_median"]).sort_values("started_at")
     for name, part in frame.groupby("group", sort=True):
@@ -44,6 +57,19 @@ def step_trend(runs: pd.DataFrame, group: pd.Series) -> go.Figure:
                 text=part["name"],
                 customdata=part["id"],
                 hovertemplate="run %{customdata} %{text}<br>%{x}<br>median step %{y:.2f} ms<extra></extra>",
+            )
+        )
+    slow = regressions(runs, group)
+    if len(slow):
+        fig.add_trace(
+            go.Scatter(
+                x=slow["started_at"],
+                y=slow["step_ms_median"],
+                mode="markers",
+                marker={"symbol": "x", "size": 13, "color": "#d62728"},
+                name=f"regression (> +{REGRESSION:.0%} vs previous run)",
+                text=slow["name"] + " " + (100 * slow["change"]).round(1).astype(str) + " %",
+                hovertemplate="%{text} slower than the previous run<extra></extra>",
             )
         )
     fig.update_yaxes(title="median step (ms)", rangemode="tozero")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def run_dir(cache_dir: Path, run_key: str) -> Path:
 def write_tables(cache_dir: Path, traces: list[Trace], counters: pd.DataFrame | None) -> Path:
     """Write every trace's tables (and the counters) into a new temporary folder under ``cache_dir``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(cache_dir)
     tmp = cache_dir / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
@@ -72,6 +74,21 @@ def publish(tmp: Path, target: Path) -> None:
         os.replace(target, stale)
         shutil.rmtree(stale, ignore_errors=True)
     os.replace(tmp, target)
+
+
+LEFTOVER_AGE_S = 24 * 3600
+
+
+def sweep_leftovers(cache_dir: Path, max_age_s: float = LEFTOVER_AGE_S) -> None:
+    """Remove temporary folders of ingests that died more than ``max_age_s`` ago (never a live one)."""
+    now = time.time()
+    for p in cache_dir.glob(".*-*"):
+        if p.name.startswith((".tmp-", ".stale-")):
+            try:
+                if now - p.stat().st_mtime > max_age_s:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def discard(tmp: Path) -> None:
