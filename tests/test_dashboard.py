@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from mlprof.analyzers.intervals import merge
 from mlprof.dashboard import data, figures
 from mlprof.dashboard.timeline import bin_series, merge_bands
+from mlprof.dashboard.views.run import headline
 from mlprof.store import ingest
 from mlprof.store.parquet_cache import run_dir
 from mlprof.trace.loader import load_job
@@ -159,6 +160,16 @@ def test_run_page_single_gpu(store: dict[str, int]) -> None:
     at.number_input(key="price").set_value(4.0).run()
     plan = float(_metrics(at)["All fixes"].rstrip("x"))
     assert _metrics(at)["Saved per 1,000 steps"] == f"${per_k * (1 - 1 / plan) * 4:,.2f}"
+
+
+def test_mfu_from_the_models_flops(store: dict[str, int]) -> None:
+    run = data.read_run(os.environ["MLPROF_STORE"], store["nw0"])
+    assert run is not None and run["model_flops_per_step"] is None
+    run["model_flops_per_step"] = 2.0e12  # what --flops-per-step records
+    figures_ = headline(run, 2.0)
+    # V100: 125 TFLOP/s dense FP16 tensor peak; mean step 152.955 ms on 1 GPU
+    assert figures_["mfu_pct"] == pytest.approx(100 * 2.0e12 / (0.152955167 * 125e12), rel=1e-6)
+    assert figures_["per_1k_steps_gpu_hours"] == pytest.approx(152.955167 / 3600, rel=1e-6)
 
 
 def test_run_page_multi_rank_heatmap(store: dict[str, int]) -> None:

@@ -306,6 +306,29 @@ def test_dashboard_connection_is_read_only(store: str) -> None:
         assert conn.execute(select(q.runs_t.c.name)).scalars().all() == ["healthy"]
 
 
+def test_dashboard_pages_on_each_database(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    bad = ingest(BAD, store_url=store)
+    fixed = ingest(BAD.parent / "fixed", store_url=store)
+    monkeypatch.setenv("MLPROF_STORE", store)
+    app = str(REPO / "mlprof" / "dashboard" / "app.py")
+    for params in ({}, {"page": "run", "run": str(bad.run_id)}, {"page": "compare", "a": str(bad.run_id)}):
+        at = AppTest.from_file(app, default_timeout=60)
+        for key, value in params.items():
+            at.query_params[key] = value
+        at.query_params["b"] = str(fixed.run_id)
+        at.run()
+        assert not at.exception and not at.error, [e.value for e in at.exception]
+        metrics = {m.label: m.value for m in at.metric}
+        if params.get("page") == "run":
+            assert metrics["Mean step"] == "18.97 ms" and at.expander[0].label.startswith("1. DATA001 2.81x")
+        elif params.get("page") == "compare":
+            assert metrics["Achieved speedup"] == "2.35x"
+        else:
+            assert sorted(at.dataframe[0].value["name"]) == ["bad", "fixed"]
+
+
 # --- locations and the command line -------------------------------------------------------------
 
 

@@ -52,6 +52,16 @@ LIST_COLUMNS = (
     "source_kind",
 )
 
+FLOAT_COLUMNS = (
+    "step_ms_median",
+    "step_ms_mean",
+    "gpu_busy_pct",
+    "top_speedup",
+    "plan_speedup",
+    "plan_step_ms",
+    "gpu_hours",
+)
+
 
 def list_runs(
     conn: Connection,
@@ -88,6 +98,8 @@ def list_runs(
     if limit is not None:
         stmt = stmt.limit(limit)
     frame = pd.DataFrame(conn.execute(stmt).mappings().all(), columns=list(LIST_COLUMNS))
+    for col in FLOAT_COLUMNS:  # all-NULL columns (e.g. GPU busy of CPU-only runs) come back as object
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     frame["tags"] = _tags_of(conn, [int(i) for i in frame["id"]])
     return frame
 
