@@ -50,6 +50,8 @@ def launch(store: str | None, port: int, address: str, headless: bool) -> int:
         "false",
         "--server.fileWatcherType",
         "none",
+        "--client.toolbarMode",
+        "minimal",
     ]
     print(f"mlprof dashboard on http://{address}:{port} over {location.display()} (Ctrl-C to stop)", flush=True)
     try:
