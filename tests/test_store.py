@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -366,6 +368,11 @@ def test_cli_ingest_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     out = capsys.readouterr().out
     assert out.index("slow loader") < out.index("healthy")  # 18.9 ms before 10 ms
 
+    not_a_db = tmp_path / "trace.json.gz"
+    shutil.copy(SYNTH / "healthy.json.gz", not_a_db)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
     for argv, message in (
         (["ingest", str(tmp_path / "missing.json"), "--store", db], "no such file or directory"),
         (["ingest", str(BAD), "--store", db, "--tag", "novalue"], "write tags as key=value"),
@@ -373,8 +380,17 @@ def test_cli_ingest_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
         (["runs", "--store", db, "--sort", "speed"], "choose one of"),
         (["runs", "--store", str(tmp_path / "none.db")], "no run store here yet"),
         (["dashboard", "--store", str(tmp_path / "none.db")], "no run store here yet"),
+        (["ingest", str(BAD), "--store", str(tmp_path)], "cannot use the run store (unable to open database file)"),
+        (["ingest", str(BAD), "--store", str(not_a_db)], "(file is not a database); --store must name"),
+        (["runs", "--store", str(not_a_db)], "(file is not a database)"),
+        (
+            ["runs", "--store", f"postgresql://u@127.0.0.1:{closed_port}/x"],
+            "cannot use the run store (connection failed",
+        ),
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("mlprof: error:") and message in err and err.count("\n") == 1
     assert not (tmp_path / "none.db").exists()  # readers never create a store
+    assert not_a_db.read_bytes() == (SYNTH / "healthy.json.gz").read_bytes()  # a wrong --store is left as it was
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("trace")) == ["trace.json.gz"]

@@ -29,7 +29,7 @@ def print_runs(
     store: str | None,
 ) -> None:
     from mlprof.store import parse_tags, resolve_store
-    from mlprof.store.engine import open_engine
+    from mlprof.store.engine import open_engine, store_errors
     from mlprof.store.queries import SORT_KEYS, list_runs
     from mlprof.store.schema import check_readable
 
@@ -42,7 +42,7 @@ def print_runs(
     location = resolve_store(store)
     engine = open_engine(location, read_only=True)
     try:
-        with engine.connect() as conn:
+        with store_errors(location), engine.connect() as conn:
             check_readable(conn)
             runs = list_runs(conn, tags=tags, since=since_dt, gpu=gpu, sort=sort, limit=limit)
     finally:

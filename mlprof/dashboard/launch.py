@@ -19,7 +19,7 @@ APP = Path(__file__).with_name("app.py")
 
 def launch(store: str | None, port: int, address: str, headless: bool) -> int:
     from mlprof.store import resolve_store
-    from mlprof.store.engine import open_engine
+    from mlprof.store.engine import open_engine, store_errors
     from mlprof.store.schema import check_readable
 
     if not 1 <= port <= 65535:
@@ -27,7 +27,7 @@ def launch(store: str | None, port: int, address: str, headless: bool) -> int:
     location = resolve_store(store)
     engine = open_engine(location, read_only=True)
     try:
-        with engine.connect() as conn:
+        with store_errors(location), engine.connect() as conn:
             check_readable(conn)
     finally:
         engine.dispose()

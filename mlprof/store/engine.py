@@ -9,10 +9,13 @@ sessions set ``default_transaction_read_only``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from mlprof.errors import BadInputError, MlprofError
@@ -63,3 +66,14 @@ def _sqlite_engine(location: StoreLocation, read_only: bool) -> Engine:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextmanager
+def store_errors(location: StoreLocation) -> Iterator[None]:
+    """Turn a database failure (unreachable server, a file that is not a database...) into one error line."""
+    try:
+        yield
+    except DBAPIError as exc:
+        detail = " ".join(str(exc.orig if exc.orig is not None else exc).split())
+        hint = "; --store must name a SQLite database file or a database URL" if "not a database" in detail else ""
+        raise MlprofError(f"{location.display()}: cannot use the run store ({detail}){hint}") from None

@@ -25,13 +25,13 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from mlprof import __version__
 from mlprof.errors import BadInputError, UsageError
 from mlprof.store import parquet_cache
-from mlprof.store.engine import open_engine
-from mlprof.store.location import resolve_store
+from mlprof.store.engine import open_engine, store_errors
+from mlprof.store.location import StoreLocation, resolve_store
 from mlprof.store.schema import (
     counters_t,
     ensure_schema,
@@ -124,40 +124,66 @@ def ingest(
     t0 = time.perf_counter()
     path = Path(path)
     location = resolve_store(store_url)
+    options = _Options(name, tags or {}, config_path, gpu_hours, model_flops_per_step)
     kind, files = input_files(path)
     run_key = content_key(path, files)
     engine = open_engine(location)
     try:
-        with engine.begin() as conn:
-            ensure_schema(conn)
-            existing = _find(conn, run_key)
-        if existing is not None:
-            return IngestResult(existing[0], run_key, existing[1], False, location.display(), time.perf_counter() - t0)
-
-        run, children, traces, counters = _analyse(path, kind, name, tags or {}, config_path, gpu_hours)
-        run["run_key"] = run_key
-        run["model_flops_per_step"] = model_flops_per_step
-        tmp = parquet_cache.write_tables(location.cache_dir, traces, counters)
-        del traces
-        try:
-            with engine.begin() as conn:
-                run_id = _insert_run(conn, run)
-                if run_id is None:  # another process stored the same inputs meanwhile
-                    parquet_cache.discard(tmp)
-                    found = _find(conn, run_key)
-                    assert found is not None
-                    return IngestResult(
-                        found[0], run_key, found[1], False, location.display(), time.perf_counter() - t0
-                    )
-                _insert_children(conn, run_id, children)
-                parquet_cache.publish(tmp, parquet_cache.run_dir(location.cache_dir, run_key))
-                if _before_commit is not None:
-                    _before_commit()
-        finally:
-            parquet_cache.discard(tmp)  # no-op once published
-        return IngestResult(run_id, run_key, run["name"], True, location.display(), time.perf_counter() - t0)
+        with store_errors(location):
+            return _record(engine, location, path, kind, files, run_key, options, _before_commit, t0)
     finally:
         engine.dispose()
+
+
+@dataclass(frozen=True)
+class _Options:
+    name: str | None
+    tags: dict[str, str]
+    config_path: Path | None
+    gpu_hours: float | None
+    model_flops_per_step: float | None
+
+
+def _record(
+    engine: Engine,
+    location: StoreLocation,
+    path: Path,
+    kind: str,
+    files: list[Path],
+    run_key: str,
+    options: _Options,
+    before_commit: Callable[[], None] | None,
+    t0: float,
+) -> IngestResult:
+    """Check for the run, analyse, write the Parquet cache, then insert everything in one transaction."""
+    store = location.display()
+    with engine.begin() as conn:
+        ensure_schema(conn)
+        existing = _find(conn, run_key)
+    if existing is not None:
+        return IngestResult(existing[0], run_key, existing[1], False, store, time.perf_counter() - t0)
+
+    run, children, traces, counters = _analyse(
+        path, kind, files, options.name, options.tags, options.config_path, options.gpu_hours
+    )
+    run["run_key"] = run_key
+    run["model_flops_per_step"] = options.model_flops_per_step
+    tmp = parquet_cache.write_tables(location.cache_dir, traces, counters)
+    del traces
+    try:
+        with engine.begin() as conn:
+            run_id = _insert_run(conn, run)
+            if run_id is None:  # another process stored the same inputs meanwhile
+                found = _find(conn, run_key)
+                assert found is not None
+                return IngestResult(found[0], run_key, found[1], False, store, time.perf_counter() - t0)
+            _insert_children(conn, run_id, children)
+            parquet_cache.publish(tmp, parquet_cache.run_dir(location.cache_dir, run_key))
+            if before_commit is not None:
+                before_commit()
+    finally:
+        parquet_cache.discard(tmp)  # no-op once published
+    return IngestResult(run_id, run_key, run["name"], True, store, time.perf_counter() - t0)
 
 
 def _find(conn: Connection, run_key: str) -> tuple[int, str] | None:
@@ -217,6 +243,7 @@ def _load_run_counters(path: Path, kind: str) -> pd.DataFrame | None:
 def _analyse(
     path: Path,
     kind: str,
+    files: list[Path],
     name: str | None,
     tags: dict[str, str],
     config_path: Path | None,
@@ -263,7 +290,7 @@ def _analyse(
         "meta": {k: meta[k] for k in _META_KEYS if k in meta},
         "memory": memory_summary(analysis),
         "started_at_source": started_source,
-        "inputs": [str(p) for p in sorted(input_files(path)[1])],
+        "inputs": [str(p) for p in files],
         "cached_ranks": [t.meta.rank if t.meta.rank is not None else 0 for t in traces],
     }
     run = {
