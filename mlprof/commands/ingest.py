@@ -31,16 +31,19 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Analyse a trace and record the run (metadata, steps, findings, counters) in the run store."""
+        from mlprof.cli import _progress
         from mlprof.store import ingest, parse_tags
 
-        result = ingest(
-            path,
-            name,
-            parse_tags(tag),
-            store,
-            config_path=config,
-            gpu_hours=gpu_hours,
-            model_flops_per_step=flops_per_step,
-        )
+        with _progress() as on_progress:
+            result = ingest(
+                path,
+                name,
+                parse_tags(tag),
+                store,
+                config_path=config,
+                gpu_hours=gpu_hours,
+                model_flops_per_step=flops_per_step,
+                on_progress=on_progress,
+            )
         verb = "recorded" if result.created else "already recorded (same inputs)"
         print(f"run {result.run_id} '{result.name}' {verb} in {result.store} ({result.seconds:.1f} s)")

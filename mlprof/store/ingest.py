@@ -113,18 +113,20 @@ def ingest(
     config_path: Path | None = None,
     gpu_hours: float | None = None,
     model_flops_per_step: float | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     _before_commit: Callable[[], None] | None = None,
 ) -> IngestResult:
     """Analyse ``path`` and record it; returns the stored run (existing or new).
 
     ``gpu_hours`` overrides what the run cost (e.g. from the scheduler) instead of the
-    recorded wall time times the GPUs. ``_before_commit`` is a test hook run inside the
+    recorded wall time times the GPUs. ``on_progress(done, total)`` reports bytes read.
+    ``_before_commit`` is a test hook run inside the
     transaction, after every row is written, to simulate a crash there.
     """
     t0 = time.perf_counter()
     path = Path(path)
     location = resolve_store(store_url)
-    options = _Options(name, tags or {}, config_path, gpu_hours, model_flops_per_step)
+    options = _Options(name, tags or {}, config_path, gpu_hours, model_flops_per_step, on_progress)
     kind, files = input_files(path)
     run_key = content_key(path, files)
     engine = open_engine(location)
@@ -142,6 +144,7 @@ class _Options:
     config_path: Path | None
     gpu_hours: float | None
     model_flops_per_step: float | None
+    on_progress: Callable[[int, int], None] | None
 
 
 def _record(
@@ -164,7 +167,7 @@ def _record(
         return IngestResult(existing[0], run_key, existing[1], False, store, time.perf_counter() - t0)
 
     run, children, traces, counters = _analyse(
-        path, kind, files, options.name, options.tags, options.config_path, options.gpu_hours
+        path, kind, files, options.name, options.tags, options.config_path, options.gpu_hours, options.on_progress
     )
     run["run_key"] = run_key
     run["model_flops_per_step"] = options.model_flops_per_step
@@ -248,6 +251,7 @@ def _analyse(
     tags: dict[str, str],
     config_path: Path | None,
     gpu_hours: float | None,
+    on_progress: Callable[[int, int], None] | None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], list[Any], pd.DataFrame | None]:
     from mlprof.analysis import analyze_job
     from mlprof.report.json_report import to_json_dict
@@ -255,7 +259,7 @@ def _analyse(
     from mlprof.trace.loader import load_job
 
     meta = _read_meta(path, kind)
-    traces = load_job(path)
+    traces = load_job(path, on_progress=on_progress)
     counters = _load_run_counters(path, kind)
     counter_paths = sorted(str(p) for p in path.glob("counters*")) if counters is not None else None
     analysis = analyze_job(
