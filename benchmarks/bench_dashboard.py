@@ -43,7 +43,7 @@ logging.getLogger("streamlit").setLevel(logging.ERROR)
 url, run_id, repeat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 import plotly.io
 from mlprof.dashboard import data, figures
-from mlprof.dashboard.views.run import headline
+from mlprof.dashboard.costs import headline
 
 def render():
     t = {}

@@ -17,8 +17,8 @@ from streamlit.testing.v1 import AppTest
 
 from mlprof.analyzers.intervals import merge
 from mlprof.dashboard import data, figures
+from mlprof.dashboard.costs import headline
 from mlprof.dashboard.timeline import bin_series, merge_bands
-from mlprof.dashboard.views.run import headline
 from mlprof.store import ingest
 from mlprof.store.parquet_cache import run_dir
 from mlprof.trace.loader import load_job
