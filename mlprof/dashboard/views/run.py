@@ -92,7 +92,7 @@ def _findings(run: dict[str, Any]) -> None:
                 f"confidence {f['confidence']} — {d.get('confidence_reason', '')}"
             )
             st.markdown("Evidence")
-            st.json(d.get("evidence", {}), expanded=True)
+            st.json(d.get("evidence", {}), expanded=1)  # top level open; nested lists fold
             st.markdown("Fix")
             st.code(d.get("fix", ""), language="python")
             for item in d.get("record_next", []):
