@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +158,8 @@ def test_run_page_single_gpu(store: dict[str, int]) -> None:
     # money follows the price: per 1,000 steps = mean step x 1000 x 1 GPU / 3600 s
     per_k = 152.955167 / 3600
     assert metrics["Per 1,000 steps"] == f"{per_k:,.3f} GPU-h"
+    # the trace spans ~1 s on one GPU: shown in GPU-seconds
+    assert re.fullmatch(r"\d\.\d\d GPU-s", metrics["GPU time recorded"]), metrics["GPU time recorded"]
     at.number_input(key="price").set_value(4.0).run()
     plan = float(_metrics(at)["All fixes"].rstrip("x"))
     assert _metrics(at)["Saved per 1,000 steps"] == f"${per_k * (1 - 1 / plan) * 4:,.2f}"

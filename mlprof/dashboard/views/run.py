@@ -12,6 +12,13 @@ from mlprof.dashboard.costs import default_price, headline
 from mlprof.dashboard.views.nav import go
 
 
+def _gpu_time(hours: float | None) -> str:
+    """GPU-hours, or GPU-seconds below 0.01 h (a trace is often a few seconds of the job)."""
+    if hours is None or pd.isna(hours):
+        return "-"
+    return f"{hours:,.2f} GPU-h" if hours >= 0.01 or hours == 0 else f"{hours * 3600:,.2f} GPU-s"
+
+
 def _fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None or pd.isna(value) else pattern.format(value)
 
@@ -45,8 +52,8 @@ def render(url: str, run_id: int | None) -> None:
     cols[3].metric("All fixes", _fmt(h["plan_speedup"], "{:.2f}x"), help="the plan's cumulative expected speedup")
     cols[4].metric("Findings", str(sum(1 for f in run["findings"] if f["source"] == "trace")))
     money = st.columns(4)
-    money[0].metric("GPU-hours recorded", _fmt(h["gpu_hours"], "{:,.4f}"), help=f"source: {run['gpu_hours_source']}")
-    money[1].metric("Fixes would save", _fmt(h["gpu_hours_saved"], "{:,.4f} GPU-h"))
+    money[0].metric("GPU time recorded", _gpu_time(h["gpu_hours"]), help=f"source: {run['gpu_hours_source']}")
+    money[1].metric("Fixes would save", _gpu_time(h["gpu_hours_saved"]))
     money[2].metric("Per 1,000 steps", _fmt(h["per_1k_steps_gpu_hours"], "{:,.3f} GPU-h"))
     money[3].metric(
         "Saved per 1,000 steps",
