@@ -292,3 +292,11 @@ def test_process_group_and_sequence_match_sub_group_collectives(tmp_path: Path) 
     by_order = rank_skew(traces)
     assert by_order is not None and by_order.match_key == "order"
     assert by_order.matched == 1 and by_order.unmatched == 2
+
+
+def test_a_broken_rank_file_is_one_error_line_from_a_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(external(f"{TRACE_FILTER}/sampled_rank-0.json.gz"), tmp_path / "rank-0.json.gz")
+    (tmp_path / "rank-1.json").write_text('{"traceEvents": [')  # a rank cut off mid-write
+    assert main(["analyze", str(tmp_path), "--jobs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mlprof: error: {tmp_path / 'rank-1.json'}: not valid JSON (Input data was truncated)"]

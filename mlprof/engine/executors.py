@@ -87,6 +87,8 @@ def run_dask(
             except (OSError, TimeoutError, ValueError) as exc:
                 raise MlprofError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
         else:
+            # The workers are new processes: they read their log level from the environment at start.
+            os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
             cluster = LocalCluster(
                 n_workers=max(1, workers),
                 threads_per_worker=1,
