@@ -203,10 +203,40 @@ def test_recorded_run_folders_predicted_vs_achieved() -> None:
     assert c.names.by_class().empty  # CPU-only recordings: no device activity to compare
 
 
-def test_run_ids_are_not_resolved_yet(capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_ids_of_the_store_compare_like_their_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``mlprof compare 1 run:2 --store DB`` gives the same report as the two folders they were ingested from."""
+    import shutil
+
+    from mlprof.store.ingest import ingest
+
+    bad, fixed = tmp_path / "bad", tmp_path / "fixed"
+    shutil.copytree(RECORDED / "data_starvation" / "bad", bad)
+    shutil.copytree(RECORDED / "data_starvation" / "fixed", fixed)
+    db = str(tmp_path / "store.db")
+    ids = [ingest(p, store_url=db).run_id for p in (bad, fixed)]
+    assert main(["compare", str(bad), str(fixed), "-f", "json"]) == 0
+    by_path = json.loads(capsys.readouterr().out)
+    assert main(["compare", str(ids[0]), f"run:{ids[1]}", "--store", db, "-f", "json"]) == 0
+    by_id = json.loads(capsys.readouterr().out)
+    assert by_id["step_time_ms"] == by_path["step_time_ms"]
+    assert by_id["step_time_ms"]["speedup"] == pytest.approx(2.35, abs=0.01)
+    assert by_id["predicted_vs_achieved"] == by_path["predicted_vs_achieved"]
+
+    assert main(["compare", "99", str(fixed), "--store", db]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such run" in err
+    (bad / "meta.json").write_text((bad / "meta.json").read_text() + " ")  # the stored run's files changed
+    assert main(["compare", str(ids[0]), str(fixed), "--store", db]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has changed since" in err
+    assert main(["compare", "1", str(fixed), "--store", str(tmp_path / "none.db")]) == 2
+    assert "no run store" in capsys.readouterr().err
+
+
+def test_names_that_are_neither_paths_nor_run_ids(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "run-2024-01-01", str(RECORDED / "data_starvation" / "bad")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "run store is not supported yet" in err
+    assert err.count("\n") == 1 and "nor a run id" in err
     assert main(["compare", "missing/trace.json", str(RECORDED / "data_starvation" / "bad")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
 

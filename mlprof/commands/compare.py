@@ -20,7 +20,9 @@ def register(app: typer.Typer) -> None:
 
 
 def compare(
-    base: str = typer.Argument(..., help="The run before: a trace file or an mlprof.profile run folder."),
+    base: str = typer.Argument(
+        ..., help="The run before: a trace file, an mlprof.profile run folder, or a run id of the store (12, run:12)."
+    ),
     new: str = typer.Argument(..., help="The run after (same kinds as BASE)."),
     fmt: CompareFormat = typer.Option(CompareFormat.text, "--format", "-f", help="Output format."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
@@ -37,6 +39,9 @@ def compare(
     ),
     fail_on: list[str] | None = typer.Option(
         None, "--fail-on", help="Exit 1 when NEW reports this finding: RULE_OR_CATEGORY[>=SPEEDUP]."
+    ),
+    store: str | None = typer.Option(
+        None, "--store", help="Run store for run ids (file path or database URL; default MLPROF_STORE, ~/.mlprof)."
     ),
 ) -> None:
     """What changed between two runs: step time, categories, kernels, findings, predicted vs achieved."""
@@ -60,8 +65,8 @@ def compare(
     for spec in (base, new):
         if output is not None and _same_or_inside(output, Path(spec)):
             raise UsageError(f"--output {output}: would overwrite an input; choose another file")
-    base_a = analyze_run(base, "BASE", steps, rule_config, step_marker)
-    new_a = analyze_run(new, "NEW", steps, rule_config, step_marker)
+    base_a = analyze_run(base, "BASE", steps, rule_config, step_marker, store)
+    new_a = analyze_run(new, "NEW", steps, rule_config, step_marker, store)
     comparison = compare_analyses(base_a, new_a)
     results = check_comparison(comparison, gates) if not gates.empty else None
     if fmt is CompareFormat.json:

@@ -2,36 +2,86 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mlprof.analysis import Analysis
-from mlprof.errors import UsageError
+from mlprof.errors import BadInputError, MlprofError, UsageError
 from mlprof.rules.config import RuleConfig
 
+RUN_ID = re.compile(r"^(?:run:)?(\d+)$")
 
-def resolve_run(spec: str, role: str) -> Path:
-    """A trace file or run folder path. Run ids of the run store are not resolved here yet."""
+
+def resolve_run(spec: str, role: str, store: str | None = None) -> Path:
+    """A trace file or run folder path; ``12`` or ``run:12`` is run 12 of the run store.
+
+    A stored run is compared from the files it was ingested from, and only if they are
+    still there unchanged (the store keys each run on a hash of its inputs): comparing a
+    run with files that changed since would put numbers under the wrong run's name.
+    """
     path = Path(spec)
     try:
         if path.exists():
             return path
     except (OSError, ValueError):
         pass
+    match = RUN_ID.match(spec.strip())
+    if match:
+        return _stored_run_path(int(match.group(1)), role, store)
     looks_like_path = any(ch in spec for ch in "/\\.") or spec.endswith((".json", ".gz"))
     if looks_like_path:
         raise UsageError(f"{role} {spec}: no such file or directory")
     raise UsageError(
-        f"{role} {spec!r}: not a file or folder; comparing run ids from the run store is not supported yet, "
-        "give a trace file or an mlprof.profile run folder"
+        f"{role} {spec!r}: not a file or folder, nor a run id of the run store (12 or run:12); "
+        "give a trace file, an mlprof.profile run folder or a run id from `mlprof runs`"
     )
 
 
+def _stored_run_path(run_id: int, role: str, store: str | None) -> Path:
+    from sqlalchemy import select
+
+    from mlprof.store.engine import open_engine, store_errors
+    from mlprof.store.ingest import content_key, input_files
+    from mlprof.store.location import resolve_store
+    from mlprof.store.schema import runs_t
+
+    location = resolve_store(store)
+    if location.sqlite_path is not None and not location.sqlite_path.is_file():
+        raise UsageError(f"{role} run {run_id}: no run store at {location.display()} (see `mlprof ingest`)")
+    with store_errors(location):
+        engine = open_engine(location, read_only=True)
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(select(runs_t.c.source_path, runs_t.c.run_key).where(runs_t.c.id == run_id)).first()
+        finally:
+            engine.dispose()
+    if row is None:
+        raise UsageError(f"{role} run {run_id}: no such run in {location.display()} (see `mlprof runs`)")
+    source, run_key = Path(row[0]), str(row[1])
+    try:
+        _, files = input_files(source)
+        same = content_key(source, files) == run_key
+    except MlprofError:
+        same = False
+    if not same:
+        raise BadInputError(
+            f"{role} run {run_id}: it was ingested from {source}, which is gone or has changed since; "
+            "compare the trace files themselves"
+        )
+    return source
+
+
 def analyze_run(
-    spec: str, role: str, steps: str | None, config: RuleConfig, step_marker: str | None = None
+    spec: str,
+    role: str,
+    steps: str | None,
+    config: RuleConfig,
+    step_marker: str | None = None,
+    store: str | None = None,
 ) -> Analysis:
     from mlprof.analysis import analyze_job
     from mlprof.trace.loader import load_job
 
-    path = resolve_run(spec, role)
+    path = resolve_run(spec, role, store)
     traces = load_job(path, step_marker=step_marker)
     return analyze_job(traces, str(path), steps, config)
