@@ -300,3 +300,20 @@ def test_a_broken_rank_file_is_one_error_line_from_a_worker(tmp_path: Path, caps
     assert main(["analyze", str(tmp_path), "--jobs", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mlprof: error: {tmp_path / 'rank-1.json'}: not valid JSON (Input data was truncated)"]
+
+
+def test_dask_scheduler_address_runs_the_tasks_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--scheduler``: tasks go to an existing cluster (here one started in this process), which stays up."""
+    distributed = pytest.importorskip("dask.distributed")
+    from mlprof.engine import executors
+    from mlprof.errors import MlprofError
+
+    path = str(external(TRACE_FILTER))
+    expected = to_json_dict(analyze_paths(path, jobs=1))
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
+        remote = to_json_dict(analyze_paths(path, engine="dask", scheduler=cluster.scheduler_address))
+        assert len(cluster.scheduler.workers) == 1  # still running for its owner
+    assert remote == expected
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(MlprofError, match=r"--scheduler tcp://127\.0\.0\.1:9: cannot connect"):
+        analyze_paths(path, engine="dask", scheduler="tcp://127.0.0.1:9")

@@ -19,6 +19,8 @@ from mlprof.errors import MlprofError, UsageError
 T = TypeVar("T")
 R = TypeVar("R")
 ProgressFn = Callable[[int, int], None]
+CONNECT_TIMEOUT_S = 10
+"""How long ``--scheduler`` keeps trying to reach the scheduler before it is an error."""
 
 
 def default_jobs(n_tasks: int) -> int:
@@ -83,7 +85,7 @@ def run_dask(
     try:
         if scheduler:
             try:
-                client = Client(scheduler, timeout="10s")
+                client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
             except (OSError, TimeoutError, ValueError) as exc:
                 raise MlprofError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
         else:
