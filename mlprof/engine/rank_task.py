@@ -170,16 +170,24 @@ def reduce_tables(trace: Trace) -> ReducedTrace:
     return ReducedTrace(
         meta=trace.meta,
         gpu=_compact(comm),
-        runtime=_shared_empty("runtime", _compact(trace.runtime.head(0))),
-        host=_shared_empty("host", _compact(trace.host.head(0))),
-        gpu_annotations=_shared_empty("gpu_annotations", _compact(trace.gpu_annotations.head(0))),
+        runtime=_empty_table("runtime", trace.runtime),
+        host=_empty_table("host", trace.host),
+        gpu_annotations=_empty_table("gpu_annotations", trace.gpu_annotations),
         memory=_compact(memory),
-        flows=_shared_empty("flows", _compact(trace.flows.head(0))),
+        flows=_empty_table("flows", trace.flows),
         collectives=_compact(trace.collectives.reset_index(drop=True)),
         steps=trace.steps,
-        threads=_shared_empty("threads", _compact(trace.threads.head(0))),
+        threads=_empty_table("threads", trace.threads),
         device_activity=trace.has_device_activity,
     )
+
+
+def _empty_table(name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """The table with no rows, the same object for every rank with the same columns."""
+    cached = _SHARED_EMPTY.get(name)
+    if cached is not None and list(cached.columns) == list(frame.columns):
+        return cached
+    return _shared_empty(name, _compact(frame.head(0)))
 
 
 def _compact(frame: pd.DataFrame) -> pd.DataFrame:
