@@ -29,7 +29,7 @@ def print_cross_rank(data: dict[str, Any], console: Console) -> None:
     console.print(
         f"  {s['ranks']} ranks, {s['matched_collectives']} collectives matched by {s['match_key']}"
         f"{', ' + str(s['unmatched_kernels']) + ' kernels unmatched' if s['unmatched_kernels'] else ''}; "
-        f"step time median {s['step_ms_median']:.2f} ms, slowest rank {s['slowest_rank']} "
+        f"median rank's mean step {s['step_ms_median']:.2f} ms, slowest rank {s['slowest_rank']} "
         f"{s['step_ms_max']:.2f} ms{f' (skew {skew:.2f}x)' if skew else ''}",
         highlight=False,
     )
