@@ -123,6 +123,9 @@ def analyze(
     from mlprof.rules.config import load_config
     from mlprof.trace.loader import load_job
 
+    from mlprof.engine.job import check_engine_options
+
+    check_engine_options(jobs, engine, scheduler)  # before any input is read, also for a single trace
     rule_config = load_config(config)
     from mlprof.gates.enforce import analysis_gates, enforce_gates
 

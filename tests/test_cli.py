@@ -86,6 +86,9 @@ def test_text_and_markdown(capsys: pytest.CaptureFixture[str]) -> None:
         (["analyze", "--format", "xml", "x.json"], "Invalid value for '--format'"),
         (["analyze"], "Missing argument"),
         (["analyze", "x.json", "--step-marker", "("], "--step-marker: not a valid regex"),
+        (["analyze", "x.json", "--jobs", "0"], "--jobs 0: must be 1 or more"),
+        (["analyze", "x.json", "--engine", "spark"], "--engine spark: choose one of"),
+        (["analyze", "x.json", "--scheduler", "tcp://h:8786"], "--scheduler needs --engine dask"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:

@@ -29,6 +29,16 @@ ENGINES = ("local", "dask")
 _ORDER = {r.id: i for i, r in enumerate(TRACE_RULES)}
 
 
+def check_engine_options(jobs: int | None, engine: str, scheduler: str | None) -> None:
+    """``--jobs``/``--engine``/``--scheduler`` make sense together, whatever the input turns out to be."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs {jobs}: must be 1 or more")
+    if scheduler and engine != "dask":
+        raise UsageError("--scheduler needs --engine dask")
+
+
 def analyze_paths(
     source: str | list[str],
     *,
@@ -42,12 +52,7 @@ def analyze_paths(
     on_rank_done: ProgressFn | None = None,
 ) -> Analysis:
     """Analyse a job given as a directory, glob, list of files or fsspec URL of per-rank traces."""
-    if engine not in ENGINES:
-        raise UsageError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs {jobs}: must be 1 or more")
-    if scheduler and engine != "dask":
-        raise UsageError("--scheduler needs --engine dask")
+    check_engine_options(jobs, engine, scheduler)
     files = list_sources(source)
     options = TaskOptions(steps_spec=steps_spec, step_marker=step_marker, config=config or RuleConfig())
     n = jobs if jobs is not None else default_jobs(len(files))
