@@ -119,11 +119,10 @@ def analyze(
     """Where the step time goes, per step and per rank, and what to fix first."""
     from mlprof.analysis import analyze_counters, analyze_job
     from mlprof.counters import sniff_counters
+    from mlprof.engine.job import check_engine_options
     from mlprof.errors import UsageError
     from mlprof.rules.config import load_config
     from mlprof.trace.loader import load_job
-
-    from mlprof.engine.job import check_engine_options
 
     check_engine_options(jobs, engine, scheduler)  # before any input is read, also for a single trace
     rule_config = load_config(config)
