@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mlprof.analyzers.intervals import covered
+from mlprof.trace.memo import cached
 from mlprof.trace.model import Trace
 from mlprof.trace.vocabulary import (
     DATALOADER,
@@ -78,7 +79,11 @@ class Layer:
 
 
 def build_layers(trace: Trace) -> list[Layer]:
-    """Interval sets for each category, in priority order."""
+    """Interval sets for each category, in priority order (built once per trace; the causes reuse them)."""
+    return cached(trace, "build_layers", lambda: _build_layers(trace), trace.gpu, trace.host, trace.runtime)
+
+
+def _build_layers(trace: Trace) -> list[Layer]:
     gpu = trace.gpu
     kernels = gpu[gpu["kind"] == "kernel"]
     comm = kernels["is_comm"].to_numpy(dtype=bool)

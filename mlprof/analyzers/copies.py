@@ -14,12 +14,21 @@ import re
 import numpy as np
 import pandas as pd
 
+from mlprof.trace.memo import cached
+
 _DIRECTION = re.compile(r"\b(HtoD|DtoH|DtoD|HtoH|PtoP)\b")
 _PAGEABLE = re.compile(r"Pageable", re.IGNORECASE)
 
 
 def copy_table(gpu: pd.DataFrame) -> pd.DataFrame:
-    """One row per memcpy: ts, end, dur, bytes, direction (HtoD/DtoH/DtoD/...), pageable, correlation."""
+    """One row per memcpy: ts, end, dur, bytes, direction (HtoD/DtoH/DtoD/...), pageable, correlation.
+
+    Built once per ``gpu`` table (the causes and two rules read it); do not edit the result.
+    """
+    return cached(gpu, "copy_table", lambda: _copy_table(gpu))
+
+
+def _copy_table(gpu: pd.DataFrame) -> pd.DataFrame:
     copies = gpu[gpu["kind"] == "memcpy"]
     names = copies["name"].astype("category")
     cats = [str(c) for c in names.cat.categories]
@@ -62,6 +71,10 @@ def bandwidth_gbs(copies: pd.DataFrame) -> float | None:
 
 def runtime_copy_direction(runtime: pd.DataFrame, copies: pd.DataFrame) -> np.ndarray:
     """For each runtime call, the direction of the copy it launched (joined on correlation), else ``""``."""
+    return cached(runtime, "runtime_copy_direction", lambda: _runtime_copy_direction(runtime, copies), copies)
+
+
+def _runtime_copy_direction(runtime: pd.DataFrame, copies: pd.DataFrame) -> np.ndarray:
     out = np.full(len(runtime), "", dtype=object)
     if len(runtime) == 0 or len(copies) == 0:
         return out

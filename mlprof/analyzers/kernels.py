@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from mlprof.trace.build import COMM_KERNEL
+from mlprof.trace.memo import cached
+from mlprof.trace.vocabulary import names_matching
 
 KERNEL_CLASSES: tuple[str, ...] = (
     "comm",
@@ -74,7 +76,14 @@ def classify_name(name: str, is_comm: bool = False) -> str:
 
 
 def kernel_classes(gpu: pd.DataFrame) -> np.ndarray:
-    """Class of every row of ``gpu`` (non-kernel rows get ``""``), classified once per distinct name."""
+    """Class of every row of ``gpu`` (non-kernel rows get ``""``), classified once per distinct name.
+
+    Computed once per ``gpu`` table (read-only result).
+    """
+    return cached(gpu, "kernel_classes", lambda: _kernel_classes(gpu))
+
+
+def _kernel_classes(gpu: pd.DataFrame) -> np.ndarray:
     out = np.full(len(gpu), "", dtype=object)
     if len(gpu) == 0:
         return out
@@ -90,6 +99,8 @@ def kernel_classes(gpu: pd.DataFrame) -> np.ndarray:
 
 
 def is_foreach_optimizer_kernel(names: pd.Series) -> np.ndarray:
+    if isinstance(names.dtype, pd.CategoricalDtype):
+        return np.asarray(names_matching(names, _FOREACH))
     cats = names.astype("category")
     hits = [c for c in cats.cat.categories if _FOREACH.search(str(c))]
     return np.asarray(cats.isin(hits))
@@ -98,8 +109,13 @@ def is_foreach_optimizer_kernel(names: pd.Series) -> np.ndarray:
 def launch_times(gpu: pd.DataFrame, runtime: pd.DataFrame) -> np.ndarray:
     """Host time at which each GPU row was launched (its runtime call's start), else its own start.
 
-    Joined on the CUPTI correlation id, which Kineto and Nsight both record.
+    Joined on the CUPTI correlation id, which Kineto and Nsight both record. Computed once
+    per pair of tables (read-only result).
     """
+    return cached(gpu, "launch_times", lambda: _launch_times(gpu, runtime), runtime)
+
+
+def _launch_times(gpu: pd.DataFrame, runtime: pd.DataFrame) -> np.ndarray:
     ts = gpu["ts"].to_numpy(np.int64).copy()
     if len(runtime) == 0 or len(gpu) == 0:
         return ts

@@ -41,6 +41,8 @@ from typing import Any
 
 import pandas as pd
 
+from mlprof.trace.memo import cached
+
 TABLES: tuple[str, ...] = (
     "gpu",
     "runtime",
@@ -106,7 +108,11 @@ class Trace:
 
     @property
     def has_device_activity(self) -> bool:
-        return bool((self.gpu["kind"] != "sync").any()) if len(self.gpu) else False
+        gpu = self.gpu
+        if not len(gpu):
+            return False
+        # Asked by every rule; once per table.
+        return cached(gpu, "has_device_activity", lambda: bool((gpu["kind"] != "sync").any()))
 
     def table(self, name: str) -> pd.DataFrame:
         if name not in TABLES:

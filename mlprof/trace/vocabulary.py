@@ -10,7 +10,10 @@ from __future__ import annotations
 import functools
 import re
 
+import numpy as np
 import pandas as pd
+
+from mlprof.trace.memo import cached
 
 SYNC_RUNTIME = re.compile(
     r"^(cuda|hip)(DeviceSynchronize|StreamSynchronize|EventSynchronize|Memcpy|MemcpyWithStream|Memcpy2D|MemcpyDtoH)$"
@@ -50,10 +53,22 @@ DISPATCH_CATS = ("cpu_op", "Operator")
 
 
 def names_matching(series: pd.Series, pattern: re.Pattern[str]) -> pd.Series:
-    """Boolean mask of a categorical name column, evaluating the regex once per distinct name."""
-    categories = series.cat.categories
-    hits = [c for c in categories if _matches(pattern, c)]
-    return series.isin(hits)
+    """Boolean mask of a categorical name column, evaluating the regex once per distinct name.
+
+    The per-name answers are kept with the column's categories (which every filtered
+    copy of the table shares), and the mask is a lookup by category code.
+    """
+    table = category_hits(series.cat.categories, pattern)
+    return pd.Series(table[series.cat.codes.to_numpy()], index=series.index, name=series.name, copy=False)
+
+
+def category_hits(categories: pd.Index, pattern: re.Pattern[str]) -> np.ndarray:
+    """Whether ``pattern`` matches each category, plus a final ``False`` (what code -1, a missing name, reads)."""
+
+    def compute() -> np.ndarray:
+        return np.array([_matches(pattern, c) for c in categories.tolist()] + [False], dtype=bool)
+
+    return cached(categories, ("names_matching", pattern), compute)
 
 
 @functools.lru_cache(maxsize=1 << 18)
