@@ -92,10 +92,8 @@ def _build_layers(trace: Trace) -> list[Layer]:
     runtime = trace.runtime
 
     data = host[names_matching(host["name"], DATALOADER)]
-    sync_rt = runtime[names_matching(runtime["name"], SYNC_RUNTIME)]
+    sync_rt, launch_rt, (drain_s, drain_e, _) = sync_launch_drain(runtime)
     sync_ops = host[names_matching(host["name"], SYNC_OPS)]
-    launch_rt = runtime[names_matching(runtime["name"], LAUNCH_RUNTIME)]
-    drain_s, drain_e = _drain_windows(sync_rt, launch_rt)
     dispatch = host[host["cat"].isin(DISPATCH_CATS) & ~names_matching(host["name"], PROFILER_STEP)]
 
     def cols(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -121,10 +119,20 @@ def _build_layers(trace: Trace) -> list[Layer]:
     return layers
 
 
-def _drain_windows(sync_rt: pd.DataFrame, launch_rt: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """From each sync call's end to the next launch on the same host thread."""
-    starts, ends, _ = drain_after(sync_rt, launch_rt)
-    return starts, ends
+def sync_launch_drain(
+    runtime: pd.DataFrame,
+) -> tuple[pd.DataFrame, pd.DataFrame, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The sync calls, the launch calls and :func:`drain_after` of them, once per runtime table.
+
+    The attribution and the causes both need all three; do not edit the frames returned.
+    """
+
+    def compute() -> tuple[pd.DataFrame, pd.DataFrame, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        sync_rt = runtime[names_matching(runtime["name"], SYNC_RUNTIME)]
+        launch_rt = runtime[names_matching(runtime["name"], LAUNCH_RUNTIME)]
+        return sync_rt, launch_rt, drain_after(sync_rt, launch_rt)
+
+    return cached(runtime, "sync_launch_drain", compute)
 
 
 def drain_after(sync_rt: pd.DataFrame, launch_rt: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

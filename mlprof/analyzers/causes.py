@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlprof.analyzers.attribution import CATEGORIES, Layer, build_layers, drain_after, sum_by_window
+from mlprof.analyzers.attribution import CATEGORIES, Layer, build_layers, sum_by_window, sync_launch_drain
 from mlprof.analyzers.copies import copy_table, runtime_copy_direction
 from mlprof.analyzers.enclosing import innermost_enclosing
 from mlprof.analyzers.intervals import covered
@@ -99,10 +99,8 @@ def build_cause_layers(trace: Trace, comm_wait: Intervals | None = None) -> Caus
     launch_h2d = runtime[(rt_dir == "HtoD") & np.asarray(names_matching(runtime["name"], LAUNCH_RUNTIME))]
     alloc = runtime[names_matching(runtime["name"], ALLOC_RUNTIME)]
 
-    sync_rt = runtime[names_matching(runtime["name"], SYNC_RUNTIME)]
-    launch_rt = runtime[names_matching(runtime["name"], LAUNCH_RUNTIME)]
+    sync_rt, _, (d_s, d_e, d_row) = sync_launch_drain(runtime)
     sync_is_h2d = h2d_sync_mask(trace, sync_rt, rt_dir[np.asarray(names_matching(runtime["name"], SYNC_RUNTIME))])
-    d_s, d_e, d_row = drain_after(sync_rt, launch_rt)
     drain_h2d = sync_is_h2d[d_row] if len(d_row) else np.zeros(0, dtype=bool)
     s_s, s_e = _cols(sync_rt)
 
