@@ -1,15 +1,16 @@
 """Splice finding events into a copy of a Chrome/Kineto JSON trace; every original byte is kept.
 
-The output is the input with the new events inserted before the closing bracket of
+The output is the input with the new events inserted after the last event of
 ``traceEvents``: numbers Python could not hold (ns-precision float timestamps, ids
-above int64), key order, whitespace and every other top-level key stay as written.
-The array is located by decoding the top-level object with its values as raw JSON
-(``msgspec.Raw``, zero-copy views of the input), so a ``"traceEvents"`` inside a
-string cannot fool it. Where the kernels the arrows point at sit in the file (their
-``pid``/``tid`` exactly as written) is read with mlprof's streaming reader, one slice
-at a time. Peak memory is about one decompressed copy of the input. The copy is
-written to a temporary file next to the output and renamed into place, so a failed
-write leaves nothing half-written; the input is never opened for writing.
+above int64), key order, whitespace, invalid UTF-8 and every other top-level key stay
+as written. Nothing is held whole: where the kernels the arrows point at sit in the
+file (their ``pid``/``tid`` exactly as written) is read with mlprof's streaming
+reader, one slice at a time; then the input is copied in chunks (gunzipped and
+gzipped on the fly) through :class:`~mlprof.annotate.splice.EventsSplicer`, which
+finds the array's closing bracket by scanning JSON structure. Peak memory is one
+chunk plus the reader's slice, so annotating costs no more memory than analysing.
+The copy is written to a temporary file next to the output and renamed into place,
+so a failed write leaves nothing half-written; the input is never opened for writing.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from __future__ import annotations
 import gzip
 import os
 import tempfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import msgspec
-import numpy as np
 
 from mlprof.annotate.events import KernelRef, finding_events, target_correlations
+from mlprof.annotate.splice import EventsSplicer, SpliceError
 from mlprof.errors import BadInputError, MlprofError, UsageError
 from mlprof.rules.base import Finding
 from mlprof.trace.jsonstream import read_trace_events
@@ -32,8 +35,9 @@ from mlprof.trace.model import Trace
 from mlprof.trace.schema import TraceEvent
 
 _GPU_CATS = {"kernel", "Kernel", "gpu_memcpy", "Memcpy", "gpu_memset", "Memset", "mtia_ccp_events"}
-_SPACE = b" \t\r\n"
 MAX_PID = 2**31 - 1
+COPY_CHUNK_BYTES = 4 << 20
+GZIP_LEVEL = 6
 
 
 @dataclass
@@ -49,49 +53,19 @@ def annotate_file(source: Path, output: Path, findings: list[Finding], trace: Tr
     """Write ``output``: ``source`` plus the findings as events (gzipped when ``output`` ends in ``.gz``)."""
     if _same_file(source, output):
         raise UsageError(f"-o {output}: that is the input trace; mlprof never overwrites it, choose another file")
-    data = _read(source)
-    notes: list[str] = []
-    try:
-        start, close = _events_array(data, source)
-    except UnicodeError:
-        data = data.decode("utf-8", errors="replace").encode()
-        start, close = _events_array(data, source)
-        notes.append("invalid UTF-8 in the input was replaced with U+FFFD in the copy")
-    refs, pid = _kernel_refs(source, target_correlations(findings, trace))
+    refs, pid, repaired_utf8 = _kernel_refs(source, target_correlations(findings, trace))
     added = finding_events(findings, trace, refs, pid)
-    inner_end = close
-    while inner_end > start + 1 and data[inner_end - 1] in _SPACE:
-        inner_end -= 1
-    glue = b"" if inner_end == start + 1 else b","
-    extra = msgspec.json.encode(added)[1:-1]
-    view = memoryview(data)
-    _write(output, [view[:inner_end], glue if extra else b"", extra, view[close:]])
+    notes = []
+    if repaired_utf8:
+        notes.append("the input has invalid UTF-8; the copy keeps those bytes as written (mlprof reads them as U+FFFD)")
+    _copy_with_events(source, output, msgspec.json.encode(added)[1:-1])
     flows = sum(1 for e in added if e.get("ph") == "s")
     return AnnotateResult(output=output, findings=len(findings), events_added=len(added), flows=flows, notes=notes)
 
 
-def _events_array(data: bytes, source: Path) -> tuple[int, int]:
-    """Offsets of the ``[`` and the ``]`` of the top-level ``traceEvents`` array."""
-    try:
-        top = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
-    except msgspec.DecodeError as exc:
-        if "utf-8" in str(exc).lower():
-            raise UnicodeError(str(exc)) from None
-        raise BadInputError(f"{source}: not a JSON trace object ({exc})") from None
-    raw = top.get("traceEvents")
-    if raw is None:
-        raise BadInputError(f"{source}: no traceEvents array; annotate writes Chrome/Kineto JSON traces")
-    size = len(memoryview(raw))
-    start = int(np.frombuffer(raw, dtype=np.uint8).ctypes.data - np.frombuffer(data, dtype=np.uint8).ctypes.data)
-    if not (0 <= start <= len(data) - size and data[start : start + size] == bytes(raw)):
-        raise BadInputError(f"{source}: cannot locate traceEvents in the file")  # pragma: no cover (Raw is a view)
-    if data[start : start + 1] != b"[" or data[start + size - 1 : start + size] != b"]":
-        raise BadInputError(f"{source}: traceEvents is not a JSON array")
-    return start, start + size - 1
-
-
-def _kernel_refs(source: Path, wanted: set[int]) -> tuple[dict[int, KernelRef], int]:
-    """pid/tid as written of the device events with the wanted correlation ids; and a pid no event uses."""
+def _kernel_refs(source: Path, wanted: set[int]) -> tuple[dict[int, KernelRef], int, bool]:
+    """pid/tid as written of the device events with the wanted correlation ids, a pid no event uses, and
+    whether the reader met invalid UTF-8."""
     refs: dict[int, KernelRef] = {}
     pids: set[int] = set()
 
@@ -105,26 +79,13 @@ def _kernel_refs(source: Path, wanted: set[int]) -> tuple[dict[int, KernelRef], 
             if type(corr) is int and corr in wanted and corr not in refs:
                 refs[corr] = KernelRef(e.pid, e.tid)
 
-    read_trace_events(source, on_batch)
+    _, stats = read_trace_events(source, on_batch)
     pid = max((p for p in pids if p < MAX_PID), default=0) + 1
-    return refs, pid
+    return refs, pid, stats.repaired_utf8
 
 
-def _read(path: Path) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(2)
-            fh.seek(0)
-            if head == b"\x1f\x8b":
-                return gzip.GzipFile(fileobj=fh).read()
-            return fh.read()
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: no such file") from None
-    except (OSError, EOFError) as exc:
-        raise BadInputError(f"{path}: cannot read ({exc})") from None
-
-
-def _write(output: Path, parts: list[bytes | memoryview]) -> None:
+def _copy_with_events(source: Path, output: Path, extra: bytes) -> None:
+    """Stream ``source`` into a temporary file beside ``output`` with ``extra`` spliced in, then rename it."""
     folder = output.parent if str(output.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=folder)
@@ -134,15 +95,37 @@ def _write(output: Path, parts: list[bytes | memoryview]) -> None:
         with os.fdopen(fd, "wb") as fh:
             sink: IO[bytes] | gzip.GzipFile = fh
             if output.name.endswith(".gz"):
-                sink = gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=6, mtime=0)
-            for part in parts:
-                sink.write(part)
+                sink = gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=GZIP_LEVEL, mtime=0)
+            splicer = EventsSplicer(sink.write, extra)
+            for chunk in _chunks(source):
+                splicer.feed(chunk)
+            splicer.finish()
             if sink is not fh:
                 sink.close()
         os.replace(tmp, output)
+    except SpliceError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise BadInputError(f"{source}: {exc}; annotate writes Chrome/Kineto JSON traces") from None
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise MlprofError(f"{output}: cannot write ({exc.strerror})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The decompressed bytes of ``path`` in chunks of :data:`COPY_CHUNK_BYTES`."""
+    try:
+        with path.open("rb") as fh:
+            stream: IO[bytes] | gzip.GzipFile = gzip.GzipFile(fileobj=fh) if fh.read(2) == b"\x1f\x8b" else fh
+            fh.seek(0)
+            while chunk := stream.read(COPY_CHUNK_BYTES):
+                yield chunk
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BadInputError(f"{path}: cannot read ({exc})") from None
 
 
 def _same_file(a: Path, b: Path) -> bool:
