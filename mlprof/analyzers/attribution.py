@@ -38,6 +38,7 @@ from mlprof.trace.vocabulary import (
     PROFILER_STEP,
     SYNC_OPS,
     SYNC_RUNTIME,
+    name_mask,
     names_matching,
 )
 
@@ -84,39 +85,44 @@ def build_layers(trace: Trace) -> list[Layer]:
 
 
 def _build_layers(trace: Trace) -> list[Layer]:
+    # Rows are selected from numpy columns, not by filtering the tables: on a small trace
+    # each DataFrame filter costs more than the arithmetic.
     gpu = trace.gpu
-    kernels = gpu[gpu["kind"] == "kernel"]
-    comm = kernels["is_comm"].to_numpy(dtype=bool)
-    copies = gpu[gpu["kind"].isin(["memcpy", "memset"])]
+    g_s, g_e = _cols(gpu)
+    kind = gpu["kind"]
+    is_kernel = (kind == "kernel").to_numpy(dtype=bool)
+    comm = is_kernel & gpu["is_comm"].to_numpy(dtype=bool)
+    compute = is_kernel & ~comm
+    is_copy = kind.isin(["memcpy", "memset"]).to_numpy(dtype=bool)
     host = trace.host
-    runtime = trace.runtime
-
-    data = host[names_matching(host["name"], DATALOADER)]
-    sync_rt, launch_rt, (drain_s, drain_e, _) = sync_launch_drain(runtime)
-    sync_ops = host[names_matching(host["name"], SYNC_OPS)]
-    dispatch = host[host["cat"].isin(DISPATCH_CATS) & ~names_matching(host["name"], PROFILER_STEP)]
-
-    def cols(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        return frame["ts"].to_numpy(np.int64), frame["end"].to_numpy(np.int64)
-
-    k_s, k_e = cols(kernels)
-    layers = [
-        Layer("compute", k_s[~comm], k_e[~comm]),
-        Layer("comm_exposed", k_s[comm], k_e[comm]),
-        Layer("memcpy_exposed", *cols(copies)),
-        Layer("idle_data", *cols(data)),
+    h_s, h_e = _cols(host)
+    names = host["name"]
+    data = name_mask(names, DATALOADER)
+    sync_ops = name_mask(names, SYNC_OPS)
+    dispatch = host["cat"].isin(DISPATCH_CATS).to_numpy(dtype=bool) & ~name_mask(names, PROFILER_STEP)
+    sync_rt, launch_rt, (drain_s, drain_e, _) = sync_launch_drain(trace.runtime)
+    sr_s, sr_e = _cols(sync_rt)
+    lr_s, lr_e = _cols(launch_rt)
+    return [
+        Layer("compute", g_s[compute], g_e[compute]),
+        Layer("comm_exposed", g_s[comm], g_e[comm]),
+        Layer("memcpy_exposed", g_s[is_copy], g_e[is_copy]),
+        Layer("idle_data", h_s[data], h_e[data]),
         Layer(
             "idle_sync",
-            np.concatenate([cols(sync_rt)[0], cols(sync_ops)[0], drain_s]),
-            np.concatenate([cols(sync_rt)[1], cols(sync_ops)[1], drain_e]),
+            np.concatenate([sr_s, h_s[sync_ops], drain_s]),
+            np.concatenate([sr_e, h_e[sync_ops], drain_e]),
         ),
         Layer(
             "idle_launch",
-            np.concatenate([cols(launch_rt)[0], cols(dispatch)[0]]),
-            np.concatenate([cols(launch_rt)[1], cols(dispatch)[1]]),
+            np.concatenate([lr_s, h_s[dispatch]]),
+            np.concatenate([lr_e, h_e[dispatch]]),
         ),
     ]
-    return layers
+
+
+def _cols(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return frame["ts"].to_numpy(np.int64), frame["end"].to_numpy(np.int64)
 
 
 def sync_launch_drain(

@@ -50,7 +50,7 @@ from mlprof.trace.vocabulary import (
     OPTIMIZER_STEP,
     SYNC_OPS,
     SYNC_RUNTIME,
-    names_matching,
+    name_mask,
 )
 
 CAUSES: dict[str, tuple[str, ...]] = {
@@ -81,42 +81,50 @@ def _cols(frame: pd.DataFrame) -> Intervals:
 
 
 def build_cause_layers(trace: Trace, comm_wait: Intervals | None = None) -> CauseLayers:
+    # Rows are selected from numpy columns rather than by filtering tables (see build_layers).
     gpu = trace.gpu
     runtime = trace.runtime
     host = trace.host
     klass = kernel_classes(gpu)
+    g_s, g_e = _cols(gpu)
 
-    optimizer = host[names_matching(host["name"], OPTIMIZER_STEP)]
-    opt_s, opt_e = _cols(optimizer)
+    is_opt = name_mask(host["name"], OPTIMIZER_STEP)
+    h_s, h_e = _cols(host)
+    opt_s, opt_e = h_s[is_opt], h_e[is_opt]
     launched = launch_times(gpu, runtime)
-    in_opt = in_windows(launched, opt_s, opt_e) if len(optimizer) else np.zeros(len(gpu), dtype=bool)
+    in_opt = in_windows(launched, opt_s, opt_e) if len(opt_s) else np.zeros(len(gpu), dtype=bool)
     foreach = is_foreach_optimizer_kernel(gpu["name"]) if len(gpu) else np.zeros(0, dtype=bool)
     memory_bound = klass == "memory_bound"
+    gemm_fp32 = klass == "gemm_fp32"
+    optimizer = memory_bound & in_opt & ~foreach
 
     copies = copy_table(gpu)
-    h2d_copies = copies[copies["direction"] == "HtoD"]
+    c_s, c_e = _cols(copies)
+    h2d = np.asarray(copies["direction"].to_numpy() == "HtoD", dtype=bool)
     rt_dir = runtime_copy_direction(runtime, copies)
-    launch_h2d = runtime[(rt_dir == "HtoD") & np.asarray(names_matching(runtime["name"], LAUNCH_RUNTIME))]
-    alloc = runtime[names_matching(runtime["name"], ALLOC_RUNTIME)]
+    r_s, r_e = _cols(runtime)
+    rt_names = runtime["name"]
+    launch_h2d = (rt_dir == "HtoD") & name_mask(rt_names, LAUNCH_RUNTIME)
+    alloc = name_mask(rt_names, ALLOC_RUNTIME)
 
     sync_rt, _, (d_s, d_e, d_row) = sync_launch_drain(runtime)
-    sync_is_h2d = h2d_sync_mask(trace, sync_rt, rt_dir[np.asarray(names_matching(runtime["name"], SYNC_RUNTIME))])
+    sync_is_h2d = h2d_sync_mask(trace, sync_rt, rt_dir[name_mask(rt_names, SYNC_RUNTIME)])
     drain_h2d = sync_is_h2d[d_row] if len(d_row) else np.zeros(0, dtype=bool)
     s_s, s_e = _cols(sync_rt)
 
     return CauseLayers(
         sets={
-            "compute.gemm_fp32": _cols(gpu[klass == "gemm_fp32"]),
-            "compute.optimizer": _cols(gpu[memory_bound & in_opt & ~foreach]),
-            "compute.memory_bound": _cols(gpu[memory_bound]),
+            "compute.gemm_fp32": (g_s[gemm_fp32], g_e[gemm_fp32]),
+            "compute.optimizer": (g_s[optimizer], g_e[optimizer]),
+            "compute.memory_bound": (g_s[memory_bound], g_e[memory_bound]),
             "comm.wait": comm_wait if comm_wait is not None else _EMPTY,
-            "copy.h2d": _cols(h2d_copies),
+            "copy.h2d": (c_s[h2d], c_e[h2d]),
             "sync.h2d": (
                 np.concatenate([s_s[sync_is_h2d], d_s[drain_h2d]]),
                 np.concatenate([s_e[sync_is_h2d], d_e[drain_h2d]]),
             ),
-            "launch.h2d": _cols(launch_h2d),
-            "launch.alloc": _cols(alloc),
+            "launch.h2d": (r_s[launch_h2d], r_e[launch_h2d]),
+            "launch.alloc": (r_s[alloc], r_e[alloc]),
             "launch.optimizer": (opt_s, opt_e),
             "other.optimizer": (opt_s, opt_e),
         }
@@ -138,11 +146,13 @@ def h2d_sync_mask(trace: Trace, sync_rt: pd.DataFrame, sync_dir: np.ndarray) -> 
     h2d_calls = runtime[rt_dir == "HtoD"]
     if len(h2d_calls) == 0:
         return mask
-    ops = trace.host[trace.host["cat"].isin(DISPATCH_CATS)]
-    ops = ops[~names_matching(ops["name"], SYNC_OPS)]
-    sync_parent = innermost_enclosing(*_qcols(sync_rt), ops)
+    host = trace.host
+    ops = host[host["cat"].isin(DISPATCH_CATS).to_numpy(dtype=bool) & ~name_mask(host["name"], SYNC_OPS)]
     copy_parent = innermost_enclosing(*_qcols(h2d_calls), ops)
     parents = np.unique(copy_parent[copy_parent >= 0])
+    if len(parents) == 0:
+        return mask
+    sync_parent = innermost_enclosing(*_qcols(sync_rt), ops)
     return mask | ((sync_parent >= 0) & np.isin(sync_parent, parents))
 
 

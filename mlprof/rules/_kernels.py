@@ -15,7 +15,7 @@ from mlprof.analyzers.kernels import (
     launch_times,
 )
 from mlprof.rules.base import RankContext
-from mlprof.trace.vocabulary import OPTIMIZER_STEP, names_matching
+from mlprof.trace.vocabulary import OPTIMIZER_STEP, name_mask
 
 
 @dataclass
@@ -31,11 +31,11 @@ def kernel_facts(ctx: RankContext) -> KernelFacts:
     gpu = ctx.trace.gpu
     klass = kernel_classes(gpu)
     host = ctx.trace.host
-    opt = host[names_matching(host["name"], OPTIMIZER_STEP)]
+    is_opt = name_mask(host["name"], OPTIMIZER_STEP)
     launched = launch_times(gpu, ctx.trace.runtime)
     in_opt = (
-        in_windows(launched, opt["ts"].to_numpy(np.int64), opt["end"].to_numpy(np.int64))
-        if len(opt)
+        in_windows(launched, host["ts"].to_numpy(np.int64)[is_opt], host["end"].to_numpy(np.int64)[is_opt])
+        if is_opt.any()
         else np.zeros(len(gpu), dtype=bool)
     )
     foreach = is_foreach_optimizer_kernel(gpu["name"]) if len(gpu) else np.zeros(0, dtype=bool)
@@ -53,21 +53,23 @@ def kernel_facts(ctx: RankContext) -> KernelFacts:
         s, c = chain_savings(ts[idx], dur[idx], stream_key[idx], member[idx])
         saving[idx] += np.where(member[idx], s, 0.0)
         chain[idx] = np.where(member[idx] & (c >= 0), c + (0 if member is not optimizer else 1 << 40), chain[idx])
+    # Kernels inside the analysed windows; rows are chosen before the table is built.
+    keep = is_kernel.copy()
+    keep[keep] = ctx.in_windows(ts[keep])
     frame = pd.DataFrame(
         {
-            "name": gpu["name"].astype(str).to_numpy(),
-            "ts": ts,
-            "end": ts + dur,
-            "dur": dur,
-            "stream": stream_key,
-            "klass": klass,
-            "optimizer": optimizer,
-            "foreach": foreach,
-            "saving": saving,
-            "chain": chain,
+            "name": gpu["name"][keep].astype(str).to_numpy(),
+            "ts": ts[keep],
+            "end": (ts + dur)[keep],
+            "dur": dur[keep],
+            "stream": stream_key[keep],
+            "klass": klass[keep],
+            "optimizer": optimizer[keep],
+            "foreach": foreach[keep],
+            "saving": saving[keep],
+            "chain": chain[keep],
         }
-    )[is_kernel]
-    frame = frame[ctx.in_windows(frame["ts"].to_numpy(np.int64))].reset_index(drop=True)
+    )
     facts = KernelFacts(kernels=frame)
     ctx._kernel_facts = facts  # type: ignore[attr-defined]
     return facts

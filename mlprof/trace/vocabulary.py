@@ -58,8 +58,14 @@ def names_matching(series: pd.Series, pattern: re.Pattern[str]) -> pd.Series:
     The per-name answers are kept with the column's categories (which every filtered
     copy of the table shares), and the mask is a lookup by category code.
     """
+    return pd.Series(name_mask(series, pattern), index=series.index, name=series.name, copy=False)
+
+
+def name_mask(series: pd.Series, pattern: re.Pattern[str]) -> np.ndarray:
+    """:func:`names_matching` as a numpy array (for selecting from numpy columns of the same table)."""
     table = category_hits(series.cat.categories, pattern)
-    return pd.Series(table[series.cat.codes.to_numpy()], index=series.index, name=series.name, copy=False)
+    mask: np.ndarray = table[series.cat.codes.to_numpy()]
+    return mask
 
 
 def category_hits(categories: pd.Index, pattern: re.Pattern[str]) -> np.ndarray:
