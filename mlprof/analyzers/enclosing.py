@@ -30,7 +30,12 @@ def innermost_enclosing(
     query_tid: np.ndarray,
     ranges: pd.DataFrame,
 ) -> np.ndarray:
-    """Row position in ``ranges`` (columns ts, end, tid) of the innermost range containing each query, or -1."""
+    """Row position in ``ranges`` (columns ts, end, tid) of the innermost range containing each query, or -1.
+
+    The innermost range is the latest-starting range on the query's thread that starts at or
+    before the query and ends at or after it, looked for among the :data:`MAX_STEPS_BACK`
+    ranges that start last before the query.
+    """
     out = np.full(len(query_ts), -1, dtype=np.int64)
     if len(ranges) == 0 or len(query_ts) == 0:
         return out
@@ -39,21 +44,78 @@ def innermost_enclosing(
     r_end = ranges["end"].to_numpy(np.int64)
     order = np.lexsort((r_ts, r_tid))
     s_tid, s_ts, s_end = r_tid[order], r_ts[order], r_end[order]
+    q_tid = query_tid.astype(np.int64)
+    q_end = query_end.astype(np.int64)
     # Position of the last range (same tid) starting at or before the query.
     key_ranges = np.stack([s_tid, s_ts], axis=1)
-    pos = _search_pairs(key_ranges, query_tid.astype(np.int64), query_ts.astype(np.int64))
+    pos = _search_pairs(key_ranges, q_tid, query_ts.astype(np.int64))
+    if len(s_end) > SPARSE_TABLE_MAX_RANGES:
+        found = _step_back(pos, q_tid, q_end, s_tid, s_end)
+    else:
+        found = _nearest_back(pos, q_tid, q_end, s_tid, s_end)
+    hit = found >= 0
+    out[hit] = order[found[hit]]
+    return out
+
+
+SPARSE_TABLE_MAX_RANGES = 1 << 20
+"""Up to this many ranges the search uses a table of running maxima (9 int64 copies of the ends);
+above it, the step-by-step search, which needs no extra memory."""
+
+_LEVELS = max(int(MAX_STEPS_BACK - 1).bit_length(), 1)
+
+
+def _nearest_back(
+    pos: np.ndarray, q_tid: np.ndarray, q_end: np.ndarray, s_tid: np.ndarray, s_end: np.ndarray
+) -> np.ndarray:
+    """For each query, the largest j in ``[max(first of its thread, pos - MAX_STEPS_BACK + 1), pos]``
+    with ``s_end[j] >= q_end``, else -1: what :func:`_step_back` finds, in ``log2(MAX_STEPS_BACK)`` steps.
+
+    ``level[k][i]`` is the largest end among the ``2**k`` ranges ending at ``i``; going down the
+    levels, a query skips a block of ``2**k`` ranges that all end before it.
+    """
+    found = np.full(len(pos), -1, dtype=np.int64)
+    valid = pos >= 0
+    if not valid.any():
+        return found
+    first_of_tid = np.searchsorted(s_tid, q_tid, side="left")
+    floor = np.maximum(first_of_tid, pos - (MAX_STEPS_BACK - 1))
+    levels = [s_end]
+    for k in range(1, _LEVELS):
+        prev = levels[-1]
+        half = 1 << (k - 1)
+        nxt = prev.copy()
+        if half < len(prev):
+            np.maximum(prev[half:], prev[:-half], out=nxt[half:])
+        levels.append(nxt)
+    p = np.where(valid, pos, 0)
+    for k in range(_LEVELS - 1, -1, -1):
+        step = 1 << k
+        skip = valid & (p - step + 1 >= floor) & (levels[k][p] < q_end)
+        p = np.where(skip, p - step, p)
+    ok = valid & (p >= floor) & (s_end[np.maximum(p, 0)] >= q_end)
+    found[ok] = p[ok]
+    return found
+
+
+def _step_back(
+    pos: np.ndarray, q_tid: np.ndarray, q_end: np.ndarray, s_tid: np.ndarray, s_end: np.ndarray
+) -> np.ndarray:
+    """Step back from ``pos`` one range at a time (all queries at once), at most :data:`MAX_STEPS_BACK` steps."""
+    found = np.full(len(pos), -1, dtype=np.int64)
+    pos = pos.copy()
     active = np.flatnonzero(pos >= 0)
     for _ in range(MAX_STEPS_BACK):
         if len(active) == 0:
             break
         p = pos[active]
-        ok = (p >= 0) & (s_tid[np.maximum(p, 0)] == query_tid[active])
-        contains = ok & (s_end[np.maximum(p, 0)] >= query_end[active])
-        out[active[contains]] = order[p[contains]]
+        ok = (p >= 0) & (s_tid[np.maximum(p, 0)] == q_tid[active])
+        contains = ok & (s_end[np.maximum(p, 0)] >= q_end[active])
+        found[active[contains]] = p[contains]
         still = ok & ~contains
         pos[active[still]] -= 1
         active = active[still]
-    return out
+    return found
 
 
 def _search_pairs(sorted_pairs: np.ndarray, tid: np.ndarray, ts: np.ndarray) -> np.ndarray:

@@ -1,0 +1,182 @@
+"""The per-trace fast paths give what the direct pandas formulas give, on real traces.
+
+Small ranks were dominated by pandas' fixed cost per operation, so several measurements
+were rewritten (numpy instead of DataFrame filters, one memo per table, a sparse table for
+the enclosing-range search). These tests pin each rewrite to the formula it replaced.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlprof.analysis import measure_trace
+from mlprof.analyzers import enclosing
+from mlprof.analyzers.attribution import build_layers
+from mlprof.analyzers.causes import attribute_causes
+from mlprof.analyzers.copies import copy_table
+from mlprof.analyzers.enclosing import innermost_enclosing
+from mlprof.engine.rank_task import windows
+from mlprof.rules._kernels import kernel_facts, top_names
+from mlprof.rules.base import RankContext
+from mlprof.trace.loader import load_trace
+from mlprof.trace.model import Trace
+from mlprof.trace.vocabulary import (
+    ALLOC_RUNTIME,
+    DATALOADER,
+    LAUNCH_RUNTIME,
+    OPTIMIZER_STEP,
+    PROFILER_STEP,
+    SYNC_OPS,
+    SYNC_RUNTIME,
+    names_matching,
+)
+from tests.conftest import external
+
+DLRM0 = "facebookresearch__param/dlrm_kineto/worker0_step_12.1694128201545.pt.trace.json"
+RESNET = "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz"
+
+
+@pytest.fixture(scope="module")
+def dlrm() -> Trace:
+    return load_trace(external(DLRM0), workers=1)
+
+
+def _context(trace: Trace) -> RankContext:
+    ra = measure_trace(trace)
+    starts, ends = windows(ra)
+    ra.causes = attribute_causes(trace, starts, ends)
+    return RankContext(ra, ra.causes)
+
+
+def test_names_matching_equals_isin_of_the_matching_names(dlrm: Trace) -> None:
+    patterns = (SYNC_RUNTIME, LAUNCH_RUNTIME, ALLOC_RUNTIME, SYNC_OPS, DATALOADER, PROFILER_STEP, OPTIMIZER_STEP)
+    hits = 0
+    for table in (dlrm.host, dlrm.runtime, dlrm.gpu):
+        for pattern in patterns:
+            names = table["name"]
+            expected = names.isin([c for c in names.cat.categories if pattern.search(c)])
+            got = names_matching(names, pattern)
+            pd.testing.assert_series_equal(got, expected)
+            # A filtered copy shares the categories (and the memo) and still gets its own rows right.
+            half = names.iloc[::2]
+            pd.testing.assert_series_equal(names_matching(half, pattern), expected.iloc[::2])
+            hits += int(got.sum())
+    assert hits > 0
+    # A missing name never matches.
+    with_missing = pd.Series(pd.Categorical(["cudaDeviceSynchronize", None, "cudaLaunchKernel"]))
+    assert names_matching(with_missing, SYNC_RUNTIME).tolist() == [True, False, False]
+
+
+def _innermost_reference(q_ts: np.ndarray, q_end: np.ndarray, q_tid: np.ndarray, ranges: pd.DataFrame) -> np.ndarray:
+    """The step-by-step search, forced (the path used above SPARSE_TABLE_MAX_RANGES)."""
+    saved = enclosing.SPARSE_TABLE_MAX_RANGES
+    enclosing.SPARSE_TABLE_MAX_RANGES = -1
+    try:
+        return innermost_enclosing(q_ts, q_end, q_tid, ranges)
+    finally:
+        enclosing.SPARSE_TABLE_MAX_RANGES = saved
+
+
+def test_innermost_enclosing_sparse_table_equals_step_back_on_real_ops(dlrm: Trace) -> None:
+    host, runtime = dlrm.host, dlrm.runtime
+    ops = host[host["cat"] == "cpu_op"]
+    q = (runtime["ts"].to_numpy(np.int64), runtime["end"].to_numpy(np.int64), runtime["tid"].to_numpy(np.int64))
+    got = innermost_enclosing(*q, ops)
+    assert np.array_equal(got, _innermost_reference(*q, ops))
+    assert (got >= 0).sum() > 400  # nearly every runtime call has an enclosing op
+
+
+def test_innermost_enclosing_sparse_table_equals_step_back_on_overlapping_ranges() -> None:
+    # Ranges that do not nest, long runs of siblings (more than MAX_STEPS_BACK), three threads.
+    rng = np.random.default_rng(7)
+    n = 3000
+    ts = np.sort(rng.integers(0, 200_000, n))
+    dur = np.where(rng.random(n) < 0.02, rng.integers(50_000, 150_000, n), rng.integers(1, 60, n))
+    ranges = pd.DataFrame({"ts": ts, "end": ts + dur, "tid": rng.integers(1, 4, n)})
+    m = 2000
+    q_ts = rng.integers(-10, 210_000, m)
+    q_end = q_ts + rng.integers(0, 500, m)
+    q_tid = rng.integers(0, 5, m)  # threads 0 and 4 have no ranges
+    got = innermost_enclosing(q_ts, q_end, q_tid, ranges)
+    expected = _innermost_reference(q_ts, q_end, q_tid, ranges)
+    assert np.array_equal(got, expected)
+    assert 0 < (got >= 0).sum() < m
+    # The search gives up after MAX_STEPS_BACK ranges: a parent 511 siblings back is found, 512 back is not.
+    for siblings, expected_parent in ((enclosing.MAX_STEPS_BACK - 1, 0), (enclosing.MAX_STEPS_BACK, -1)):
+        starts = np.concatenate([[0], 10 + 10 * np.arange(siblings)])
+        ends = np.concatenate([[10**9], 15 + 10 * np.arange(siblings)])
+        chain = pd.DataFrame({"ts": starts, "end": ends, "tid": np.full(siblings + 1, 9)})
+        q = (np.array([10**8]), np.array([10**8 + 1]), np.array([9]))
+        assert innermost_enclosing(*q, chain).tolist() == [expected_parent]
+        assert _innermost_reference(*q, chain).tolist() == [expected_parent]
+
+
+def test_top_names_equals_the_groupby_ranking(dlrm: Trace) -> None:
+    ctx = _context(dlrm)
+    kernels = kernel_facts(ctx).kernels
+    assert len(kernels) > 100
+
+    def reference(frame: pd.DataFrame, n_steps: int) -> list[dict[str, object]]:
+        grouped = (
+            frame.groupby("name").agg(n=("dur", "size"), total=("dur", "sum")).sort_values("total", ascending=False)
+        )
+        return [
+            {
+                "kernel": name[:160],
+                "per_step": round(r.n / n_steps, 1),
+                "ms_per_step": round(r.total / n_steps / 1e6, 3),
+            }
+            for name, r in grouped.head(5).iterrows()
+        ]
+
+    assert top_names(kernels, 1) == reference(kernels, 1)
+    assert top_names(kernels, 3) == reference(kernels, 3)
+    # Ties in total time keep the order pandas gives them.
+    ties = pd.DataFrame({"name": ["b", "a", "c", "b", "d", "e", "f", "g"], "dur": [5, 10, 10, 5, 10, 10, 10, 10]})
+    assert top_names(ties, 2) == reference(ties, 2)
+    assert top_names(kernels.head(0), 1) == []
+
+
+def test_per_step_and_steps_with_equal_the_pandas_sums(dlrm: Trace) -> None:
+    ctx = _context(dlrm)
+    causes = ctx.causes
+    for names in (("compute.other",), ("sync.h2d", "launch.h2d", "copy.h2d"), ("data.loader",), tuple(causes.columns)):
+        assert ctx.per_step(*names) == float(causes[list(names)].sum(axis=1).mean())
+    dur = (ctx.windows["end"] - ctx.windows["ts"]).to_numpy()
+    share = causes[["compute.other"]].sum(axis=1).to_numpy() / np.maximum(dur, 1)
+    expected = [int(s) for s in ctx.windows["step"].to_numpy()[share > 0.01] if s >= 0]
+    assert ctx.steps_with("compute.other", min_share=0.01) == expected
+    with pytest.raises(KeyError):
+        ctx.per_step("no.such.cause")
+
+
+def test_memo_follows_a_replaced_table_and_its_arrays_are_read_only() -> None:
+    trace = load_trace(external(RESNET), workers=1)
+    first = build_layers(trace)
+    assert build_layers(trace) is first
+    assert copy_table(trace.gpu) is copy_table(trace.gpu)
+    with pytest.raises(ValueError, match="read-only"):
+        first[0].starts[0] = 0
+    compute_before = len(first[0].starts)
+    assert compute_before > 0
+    trace.gpu = trace.gpu[trace.gpu["kind"] != "kernel"].reset_index(drop=True)
+    again = build_layers(trace)
+    assert again is not first
+    assert len(again[0].starts) == 0
+    assert trace.has_device_activity == bool(len(trace.gpu))
+
+
+def test_kernel_facts_match_the_full_table_filter(dlrm: Trace) -> None:
+    ctx = _context(dlrm)
+    facts = kernel_facts(ctx).kernels
+    gpu = dlrm.gpu
+    kernels = gpu[gpu["kind"] == "kernel"]
+    inside = kernels[ctx.in_windows(kernels["ts"].to_numpy(np.int64))]
+    assert facts["name"].tolist() == inside["name"].astype(str).tolist()
+    assert facts["ts"].tolist() == inside["ts"].tolist()
+    assert facts["dur"].tolist() == inside["dur"].tolist()
+    assert re.search("nccl", " ".join(facts["name"].unique()))
