@@ -30,12 +30,15 @@ def register(app: typer.Typer) -> None:
             None, "--flops-per-step", help="The model's FLOPs per training step, for MFU on the dashboard."
         ),
     ) -> None:
-        """Analyse a trace and record the run (metadata, steps, findings, counters) in the run store."""
+        """Analyse a trace and record the run (metadata, steps, findings, counters) in the run store.
+
+        A run folder with several profiling cycles (cycles/<K>/) records one run per cycle.
+        """
         from mlprof.cli import _progress
-        from mlprof.store import ingest, parse_tags
+        from mlprof.store import ingest_runs, parse_tags
 
         with _progress() as on_progress:
-            result = ingest(
+            results = ingest_runs(
                 path,
                 name,
                 parse_tags(tag),
@@ -45,5 +48,6 @@ def register(app: typer.Typer) -> None:
                 model_flops_per_step=flops_per_step,
                 on_progress=on_progress,
             )
-        verb = "recorded" if result.created else "already recorded (same inputs)"
-        print(f"run {result.run_id} '{result.name}' {verb} in {result.store} ({result.seconds:.1f} s)")
+        for result in results:
+            verb = "recorded" if result.created else "already recorded (same inputs)"
+            print(f"run {result.run_id} '{result.name}' {verb} in {result.store} ({result.seconds:.1f} s)")

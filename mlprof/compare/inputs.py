@@ -41,7 +41,7 @@ def _stored_run_path(run_id: int, role: str, store: str | None) -> Path:
     from sqlalchemy import select
 
     from mlprof.store.engine import open_engine, store_errors
-    from mlprof.store.ingest import content_key, input_files
+    from mlprof.store.ingest import stored_run_key
     from mlprof.store.location import resolve_store
     from mlprof.store.schema import runs_t
 
@@ -59,8 +59,7 @@ def _stored_run_path(run_id: int, role: str, store: str | None) -> Path:
         raise UsageError(f"{role} run {run_id}: no such run in {location.display()} (see `mlprof runs`)")
     source, run_key = Path(row[0]), str(row[1])
     try:
-        _, files = input_files(source)
-        same = content_key(source, files) == run_key
+        same = stored_run_key(source) == run_key
     except MlprofError:
         same = False
     if not same:

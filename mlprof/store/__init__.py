@@ -8,7 +8,7 @@ event tables.
 
 from __future__ import annotations
 
-from mlprof.store.ingest import IngestResult, ingest, parse_tags
+from mlprof.store.ingest import IngestResult, ingest, ingest_runs, parse_tags
 from mlprof.store.location import StoreLocation, resolve_store
 
-__all__ = ["IngestResult", "StoreLocation", "ingest", "parse_tags", "resolve_store"]
+__all__ = ["IngestResult", "StoreLocation", "ingest", "ingest_runs", "parse_tags", "resolve_store"]

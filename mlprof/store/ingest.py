@@ -7,12 +7,17 @@ analysis, Parquet) is done: a process killed mid-ingest leaves no run behind, an
 concurrent ingests only hold the database for the few milliseconds of their inserts.
 Two processes racing on the same inputs insert one run: the unique ``run_key`` and
 ``INSERT ... ON CONFLICT DO NOTHING`` let the second find the first's run.
+
+An ``mlprof.profile`` run folder with several profiling cycles (``cycles/<K>/``) is
+one run per cycle: each is keyed, analysed and written on its own, so a repeat skips
+the cycles already stored and records only the new ones.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +61,8 @@ class IngestResult:
     """False when the same inputs were already in the store (nothing was written)."""
     store: str
     seconds: float
+    cycle: int | None = None
+    """The profiling cycle of a run folder that has several (``cycles/<K>/``); None otherwise."""
 
 
 def parse_tags(items: list[str] | None) -> dict[str, str]:
@@ -84,6 +91,79 @@ def input_files(path: Path) -> tuple[str, list[Path]]:
         raise BadInputError(f"{path}: cannot list the directory ({exc.strerror})") from None
     kind = "run_folder" if (path / "meta.json").is_file() else "directory"
     return kind, sorted([*traces, *side])
+
+
+CYCLES_DIR = "cycles"
+_CYCLE_NAME = re.compile(r"^[0-9]+$")
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """What one stored run is made of.
+
+    ``root`` is what the user named (its ``meta.json`` and counters, if a run folder);
+    ``traces`` the file or folder the traces are loaded from (``root``, or
+    ``root/cycles/<K>`` for a later profiling cycle); ``files`` every file the run key
+    covers, named relative to ``root`` in the key.
+    """
+
+    root: Path
+    traces: Path
+    kind: str
+    files: list[Path]
+    cycle: int | None = None
+
+
+def profiling_cycles(path: Path) -> list[tuple[int, Path]]:
+    """Later cycles of an ``mlprof.profile`` run folder: ``(K, cycles/K)`` for each that holds traces, by K."""
+    from mlprof.trace.loader import trace_files_in
+
+    folder = path / CYCLES_DIR
+    if not folder.is_dir():
+        return []
+    try:
+        found = [
+            (int(p.name), p)
+            for p in folder.iterdir()
+            if _CYCLE_NAME.match(p.name) and int(p.name) >= 2 and p.is_dir() and trace_files_in(p)
+        ]
+    except OSError as exc:
+        raise BadInputError(f"{folder}: cannot list the directory ({exc.strerror})") from None
+    return sorted(found)
+
+
+def run_inputs(path: Path) -> list[RunInput]:
+    """The runs ``path`` records: one, or one per profiling cycle of a run folder with later cycles."""
+    from mlprof.trace.loader import RUN_FOLDER_SIDE_FILES, trace_files_in
+
+    kind, files = input_files(path)
+    cycles = profiling_cycles(path) if kind == "run_folder" else []
+    if not cycles:
+        return [RunInput(path, path, kind, files)]
+    side = [f for f in files if f.parent == path and RUN_FOLDER_SIDE_FILES.match(f.name)]
+    runs = [RunInput(path, path, kind, files, 1)] if len(files) > len(side) else []
+    for k, folder in cycles:
+        try:
+            traces = trace_files_in(folder)
+        except OSError as exc:
+            raise BadInputError(f"{folder}: cannot list the directory ({exc.strerror})") from None
+        runs.append(RunInput(path, folder, "run_cycle", sorted([*traces, *side]), k))
+    return runs
+
+
+def stored_run_key(source: Path) -> str:
+    """The run key of what a stored run's ``source_path`` holds now (to check it is unchanged).
+
+    A later profiling cycle is stored with ``source_path`` ``<run folder>/cycles/<K>``;
+    its key also covers the run folder's ``meta.json`` and counters.
+    """
+    parent = source.parent
+    if parent.name == CYCLES_DIR and _CYCLE_NAME.match(source.name) and (parent.parent / "meta.json").is_file():
+        for run in run_inputs(parent.parent):
+            if run.traces == source:
+                return content_key(run.root, run.files)
+    _, files = input_files(source)
+    return content_key(source, files)
 
 
 def content_key(path: Path, files: list[Path]) -> str:
@@ -118,23 +198,61 @@ def ingest(
 ) -> IngestResult:
     """Analyse ``path`` and record it; returns the stored run (existing or new).
 
+    A run folder with several profiling cycles records one run per cycle (see
+    :func:`ingest_runs`); this returns the first.
+    """
+    return ingest_runs(
+        path,
+        name,
+        tags,
+        store_url,
+        config_path=config_path,
+        gpu_hours=gpu_hours,
+        model_flops_per_step=model_flops_per_step,
+        on_progress=on_progress,
+        _before_commit=_before_commit,
+    )[0]
+
+
+def ingest_runs(
+    path: str | Path,
+    name: str | None = None,
+    tags: dict[str, str] | None = None,
+    store_url: str | None = None,
+    *,
+    config_path: Path | None = None,
+    gpu_hours: float | None = None,
+    model_flops_per_step: float | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    _before_commit: Callable[[], None] | None = None,
+) -> list[IngestResult]:
+    """Analyse ``path`` and record it: one run, or one per profiling cycle of a run folder with ``cycles/<K>/``.
+
+    Cycle K's run is named ``NAME #cycle K`` and tagged ``cycle=K``, with the run
+    folder's other tags and meta. Each cycle is keyed and written in its own
+    transaction: a repeat records only cycles not stored yet, and an error in one
+    cycle leaves the cycles before it recorded.
+
     ``gpu_hours`` overrides what the run cost (e.g. from the scheduler) instead of the
     recorded wall time times the GPUs. ``on_progress(done, total)`` reports bytes read.
     ``_before_commit`` is a test hook run inside the
     transaction, after every row is written, to simulate a crash there.
     """
-    t0 = time.perf_counter()
     path = Path(path)
     location = resolve_store(store_url)
     options = _Options(name, tags or {}, config_path, gpu_hours, model_flops_per_step, on_progress)
-    kind, files = input_files(path)
-    run_key = content_key(path, files)
+    runs = run_inputs(path)
     engine = open_engine(location)
+    results = []
     try:
         with store_errors(location):
-            return _record(engine, location, path, kind, files, run_key, options, _before_commit, t0)
+            for run in runs:
+                t0 = time.perf_counter()
+                run_key = content_key(run.root, run.files)
+                results.append(_record(engine, location, run, run_key, options, _before_commit, t0))
     finally:
         engine.dispose()
+    return results
 
 
 @dataclass(frozen=True)
@@ -150,9 +268,7 @@ class _Options:
 def _record(
     engine: Engine,
     location: StoreLocation,
-    path: Path,
-    kind: str,
-    files: list[Path],
+    source: RunInput,
     run_key: str,
     options: _Options,
     before_commit: Callable[[], None] | None,
@@ -163,11 +279,12 @@ def _record(
     with engine.begin() as conn:
         ensure_schema(conn)
         existing = _find(conn, run_key)
+    cycle = source.cycle
     if existing is not None:
-        return IngestResult(existing[0], run_key, existing[1], False, store, time.perf_counter() - t0)
+        return IngestResult(existing[0], run_key, existing[1], False, store, time.perf_counter() - t0, cycle)
 
     run, children, traces, counters = _analyse(
-        path, kind, files, options.name, options.tags, options.config_path, options.gpu_hours, options.on_progress
+        source, options.name, options.tags, options.config_path, options.gpu_hours, options.on_progress
     )
     run["run_key"] = run_key
     run["model_flops_per_step"] = options.model_flops_per_step
@@ -179,14 +296,14 @@ def _record(
             if run_id is None:  # another process stored the same inputs meanwhile
                 found = _find(conn, run_key)
                 assert found is not None
-                return IngestResult(found[0], run_key, found[1], False, store, time.perf_counter() - t0)
+                return IngestResult(found[0], run_key, found[1], False, store, time.perf_counter() - t0, cycle)
             _insert_children(conn, run_id, children)
             parquet_cache.publish(tmp, parquet_cache.run_dir(location.cache_dir, run_key))
             if before_commit is not None:
                 before_commit()
     finally:
         parquet_cache.discard(tmp)  # no-op once published
-    return IngestResult(run_id, run_key, run["name"], True, store, time.perf_counter() - t0)
+    return IngestResult(run_id, run_key, run["name"], True, store, time.perf_counter() - t0, cycle)
 
 
 def _find(conn: Connection, run_key: str) -> tuple[int, str] | None:
@@ -213,8 +330,11 @@ def _insert_children(conn: Connection, run_id: int, children: dict[str, list[dic
             conn.execute(table.insert(), [{"run_id": run_id, **r} for r in rows])
 
 
+_RUN_FOLDER_KINDS = ("run_folder", "run_cycle")
+
+
 def _read_meta(path: Path, kind: str) -> dict[str, Any]:
-    if kind != "run_folder":
+    if kind not in _RUN_FOLDER_KINDS:
         return {}
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -227,7 +347,7 @@ def _load_run_counters(path: Path, kind: str) -> pd.DataFrame | None:
     """Counters files of a run folder (``counters.rank<N>.csv``), joined; None when there are none."""
     from mlprof.counters import concat_counters, load_counters
 
-    if kind != "run_folder":
+    if kind not in _RUN_FOLDER_KINDS:
         return None
     paths = sorted(p for p in path.glob("counters*") if p.is_file() and p.stat().st_size > 0)
     tables = [t for t in (load_counters(p) for p in paths) if len(t)]
@@ -244,9 +364,7 @@ def _load_run_counters(path: Path, kind: str) -> pd.DataFrame | None:
 
 
 def _analyse(
-    path: Path,
-    kind: str,
-    files: list[Path],
+    source: RunInput,
     name: str | None,
     tags: dict[str, str],
     config_path: Path | None,
@@ -258,12 +376,13 @@ def _analyse(
     from mlprof.rules.config import load_config
     from mlprof.trace.loader import load_job
 
+    path, kind, cycle = source.root, source.kind, source.cycle
     meta = _read_meta(path, kind)
-    traces = load_job(path, on_progress=on_progress)
+    traces = load_job(source.traces, on_progress=on_progress)
     counters = _load_run_counters(path, kind)
     counter_paths = sorted(str(p) for p in path.glob("counters*")) if counters is not None else None
     analysis = analyze_job(
-        traces, str(path), None, load_config(config_path), counters=counters, counter_paths=counter_paths
+        traces, str(source.traces), None, load_config(config_path), counters=counters, counter_paths=counter_paths
     )
     report = to_json_dict(analysis)
     breakdown = report["breakdown"]
@@ -273,6 +392,8 @@ def _analyse(
         {str(k): str(v) for k, v in (meta.get("tags") or {}).items()} if isinstance(meta.get("tags"), dict) else {}
     )
     all_tags.update(tags)
+    if cycle is not None:
+        all_tags["cycle"] = str(cycle)
     gpu_names, gpu_count = _gpus(analysis, meta)
     wall_s, wall_source = _wall_s(analysis, meta)
     if gpu_hours is not None:
@@ -283,25 +404,28 @@ def _analyse(
     else:
         hours = wall_s * gpu_count / 3600.0 if wall_s is not None else None
         hours_source = wall_source
-    started, started_source = _started_at(analysis, meta, path)
+    started, started_source = _started_at(analysis, meta, source.traces, prefer_trace=cycle is not None)
     findings = finding_rows(report)
     trace_findings = [f for f in findings if f["source"] == "trace"]
     top = trace_findings[0] if trace_findings else (findings[0] if findings else None)
     plan = report["plan"]
     first = traces[0].meta
     git = meta.get("git") if isinstance(meta.get("git"), dict) else {}
-    extra = {
+    extra: dict[str, Any] = {
         "meta": {k: meta[k] for k in _META_KEYS if k in meta},
         "memory": memory_summary(analysis),
         "started_at_source": started_source,
-        "inputs": [str(p) for p in files],
+        "inputs": [str(p) for p in source.files],
         "cached_ranks": [t.meta.rank if t.meta.rank is not None else 0 for t in traces],
     }
+    if cycle is not None:
+        extra["cycle"] = cycle
+    run_name = name or str(meta.get("run") or _default_name(path))
     run = {
-        "name": name or str(meta.get("run") or _default_name(path)),
+        "name": f"{run_name} #cycle {cycle}" if cycle is not None else run_name,
         "ingested_at": datetime.now(timezone.utc),
         "started_at": started,
-        "source_path": str(path.resolve()),
+        "source_path": str(source.traces.resolve()),
         "source_kind": kind,
         "trace_format": first.format,
         "gpu": gpu_names,
@@ -399,14 +523,29 @@ def _wall_s(analysis: Any, meta: dict[str, Any]) -> tuple[float | None, str]:
     return (max(e for _, e in spans) - min(s for s, _ in spans)) / 1e9, "trace span"
 
 
-def _started_at(analysis: Any, meta: dict[str, Any], path: Path) -> tuple[datetime, str]:
+def _started_at(analysis: Any, meta: dict[str, Any], path: Path, *, prefer_trace: bool = False) -> tuple[datetime, str]:
+    """When the run started; for one profiling cycle of several, when that cycle's trace starts."""
     ns = meta.get("start_time_ns")
+    starts = [s for s in (_epoch_start_ns(ra) for ra in analysis.ranks) if s is not None]
+    if prefer_trace and starts:
+        return _dt(min(starts)), "trace clock"
     if isinstance(ns, int) and ns >= EPOCH_MIN_NS:
         return _dt(ns), "meta.json start_time_ns"
-    starts = [ra.span[0] for ra in analysis.ranks if ra.span[0] >= EPOCH_MIN_NS]
     if starts:
         return _dt(min(starts)), "trace clock"
     return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc), "file modification time"
+
+
+def _epoch_start_ns(rank_analysis: Any) -> int | None:
+    """A rank's first event on the Unix-epoch clock: its ``ts`` when already epoch, else ``ts +
+    baseTimeNanoseconds`` (Kineto traces whose timestamps count from a base time); None when neither."""
+    start = int(rank_analysis.span[0])
+    if start >= EPOCH_MIN_NS:
+        return start
+    base = rank_analysis.trace.meta.base_time_ns
+    if base and start + int(base) >= EPOCH_MIN_NS:
+        return start + int(base)
+    return None
 
 
 def _dt(ns: int) -> datetime:
