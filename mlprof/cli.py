@@ -425,8 +425,12 @@ def _cli_framework_error(exc: Exception) -> int | None:
         return 2  # the help text was already printed
     if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
         ctx = getattr(exc, "ctx", None)
-        command = getattr(getattr(ctx, "command", None), "name", None)
-        hint = f" (see 'mlprof {command} --help')" if command and command != "mlprof" else ""
+        names = []  # the subcommand path under the root, e.g. "runs delete"
+        while ctx is not None and getattr(ctx, "parent", None) is not None:
+            names.append(str(ctx.info_name))
+            ctx = ctx.parent
+        command = " ".join(reversed(names))
+        hint = f" (see 'mlprof {command} --help')" if command else ""
         _error(f"{exc.format_message()}{hint}")
         return int(exc.exit_code)
     return None

@@ -394,3 +394,147 @@ def test_cli_ingest_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert not (tmp_path / "none.db").exists()  # readers never create a store
     assert not_a_db.read_bytes() == (SYNTH / "healthy.json.gz").read_bytes()  # a wrong --store is left as it was
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("trace")) == ["trace.json.gz"]
+
+
+# --- profiling cycles of a run folder -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cycles_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real mlprof.profile run folder with three profiling cycles (CPU torch): steps 2-3, 6-7, 10-11."""
+    torch = pytest.importorskip("torch")
+    import mlprof
+
+    out = tmp_path_factory.mktemp("cycles")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = {"wait": 1, "warmup": 1, "active": 2, "every": 4, "repeat": 3}
+    with mlprof.profile(name="cont", out_dir=out, tags={"team": "perf"}, summary=False, nvml=False, **schedule) as run:
+        for _ in range(13):
+            with mlprof.range("forward"):
+                loss = model(torch.randn(4, 8)).square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            run.step()
+    folder = out / "cont"
+    assert sorted(p.name for p in (folder / "cycles").iterdir()) == ["2", "3"]
+    return folder
+
+
+def test_each_profiling_cycle_is_its_own_run(store: str, cycles_run: Path, tmp_path: Path) -> None:
+    from mlprof.store import ingest_runs
+
+    folder = tmp_path / "cont"  # a copy, so cycle 3 can arrive later as it does while a job runs
+    shutil.copytree(cycles_run, folder)
+    (folder / "cycles" / "3").rename(tmp_path / "later")
+    first = ingest_runs(folder, tags={"project": "x"}, store_url=store)
+    assert [(r.cycle, r.name, r.created) for r in first] == [(1, "cont #cycle 1", True), (2, "cont #cycle 2", True)]
+    (tmp_path / "later").rename(folder / "cycles" / "3")
+    second = ingest_runs(folder, tags={"project": "x"}, store_url=store)
+    assert [(r.cycle, r.created) for r in second] == [(1, False), (2, False), (3, True)]
+    assert [r.run_id for r in second[:2]] == [r.run_id for r in first]  # idempotent per cycle
+    assert len({r.run_key for r in second}) == 3
+
+    with _conn(store) as conn:
+        runs = [q.get_run(conn, r.run_id) for r in second]
+        assert [r["name"] for r in runs if r] == ["cont #cycle 1", "cont #cycle 2", "cont #cycle 3"]
+        for k, run in enumerate(runs, 1):
+            assert run is not None
+            assert run["tags"] == {"team": "perf", "project": "x", "cycle": str(k)}
+            assert run["source_kind"] == ("run_folder" if k == 1 else "run_cycle")
+            assert run["source_path"] == str(folder.resolve() if k == 1 else (folder / "cycles" / str(k)).resolve())
+            assert run["extra"]["meta"]["run"] == "cont" and run["extra"]["cycle"] == k
+        steps = [q.run_steps(conn, r.run_id)["step"].tolist() for r in second]
+        assert steps == [[2, 3], [6, 7], [10, 11]]  # each run holds its own cycle's steps
+        started = [r["started_at"] for r in runs if r]
+        assert started[0] < started[1] < started[2]  # each cycle starts when its trace does
+    # a stored cycle is found again by `mlprof compare` (its key covers the run folder's meta.json)
+    assert main(["compare", str(second[0].run_id), str(second[2].run_id), "--store", store]) == 0
+
+
+def test_cli_ingest_prints_one_line_per_cycle(
+    cycles_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLPROF_CACHE", str(tmp_path / "cache"))
+    db = str(tmp_path / "c.db")
+    assert main(["ingest", str(cycles_run), "--store", db, "--name", "job"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" recorded in ")[0] for line in lines] == [
+        "run 1 'job #cycle 1'",
+        "run 2 'job #cycle 2'",
+        "run 3 'job #cycle 3'",
+    ]
+
+
+# --- deleting runs --------------------------------------------------------------------------------
+
+
+def test_delete_runs_removes_rows_and_cache(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keep = ingest(SYNTH / "healthy.json.gz", store_url=store)
+    gone = [ingest(SYNTH / f"{n}.json.gz", store_url=store) for n in ("data_starvation", "launch_bound")]
+    cache = resolve_store(store).cache_dir
+    with _conn(store) as conn:
+        before = q.count_rows(conn)
+    assert all((cache / r.run_key).is_dir() for r in [keep, *gone])
+
+    # unknown ids: one line naming them, nothing deleted (also not the known one given with them)
+    assert main(["runs", "delete", str(gone[0].run_id), "98", "run:99", "--store", store, "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlprof: error: no runs 98, 99 in ") and err.count("\n") == 1
+    assert main(["runs", "delete", "latest", "--store", store, "--yes"]) == 2
+    assert "not a run id" in capsys.readouterr().err
+    with _conn(store) as conn:
+        assert q.count_rows(conn) == before
+
+    assert main(["runs", "delete", str(gone[0].run_id), f"run:{gone[1].run_id}", "--store", store, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"deleted run {gone[0].run_id} 'data_starvation'",
+        f"deleted run {gone[1].run_id} 'launch_bound'",
+    ]
+    with _conn(store) as conn:
+        after = q.count_rows(conn)
+        assert after["runs"] == 1 and q.get_run(conn, gone[0].run_id) is None
+        assert after["steps"] == len(q.run_steps(conn, keep.run_id, rank=None))  # the kept run's rows only
+        assert after["findings"] == len(q.run_findings(conn, keep.run_id))
+        assert after["ops"] == len(q.run_ops(conn, keep.run_id))
+        tag_rows = conn.execute(select(q.run_tags_t.c.run_id)).scalars().all()
+        assert set(tag_rows) <= {keep.run_id}
+    assert sorted(p.name for p in cache.iterdir()) == [keep.run_key]  # no folder left, not even a stale one
+    # the same inputs can be recorded again afterwards
+    again = ingest(SYNTH / "data_starvation.json.gz", store_url=store)
+    assert again.created and (cache / again.run_key / "rank0" / "gpu.parquet").is_file()
+
+
+def test_delete_asks_on_a_terminal_and_refuses_without_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pty
+
+    monkeypatch.setenv("MLPROF_CACHE", str(tmp_path / "cache"))
+    db = str(tmp_path / "d.db")
+    run_id = str(ingest(SYNTH / "healthy.json.gz", store_url=db).run_id)
+    command = [sys.executable, "-m", "mlprof", "runs", "delete", run_id, "--store", db]
+
+    piped = subprocess.run(command, env=_env(tmp_path), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert piped.returncode == 2 and piped.stderr.count("\n") == 1
+    assert f"would delete run(s) {run_id} 'healthy'; pass --yes" in piped.stderr
+
+    def on_terminal(answer: bytes) -> str:
+        controller, terminal = pty.openpty()
+        try:
+            proc = subprocess.Popen(command, env=_env(tmp_path), stdin=terminal, stdout=subprocess.PIPE, text=True)
+            os.write(controller, answer)
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            os.close(controller)
+            os.close(terminal)
+        assert proc.returncode == 0, out
+        return out
+
+    assert "nothing deleted" in on_terminal(b"n\n")
+    with _conn(db) as conn:
+        assert q.count_rows(conn)["runs"] == 1
+    assert f"deleted run {run_id} 'healthy'" in on_terminal(b"y\n")
+    with _conn(db) as conn:
+        assert q.count_rows(conn)["runs"] == 0
