@@ -1,11 +1,11 @@
 """Removing runs from the store: their rows in one transaction, then their Parquet cache folders.
 
 Every row a run owns (tags, steps, findings, counter summaries, op totals, the run
-itself) is deleted in one transaction, so a crash leaves the run whole or gone. The
-run's cache folder is first renamed to a ``.stale-`` name inside that transaction
-(and renamed back if it fails), then removed after the commit: the dashboard never
-sees a run without its folder being complete, and a folder a crash left behind is
-swept by the next ingest (see :func:`mlprof.store.parquet_cache.sweep_leftovers`).
+itself) is deleted in one transaction, so a crash leaves the runs whole or gone. Their
+cache folders are removed only after the commit (renamed to a ``.stale-`` name first,
+so a half-removed folder never sits under a run key): a crash can leave the folder of a
+deleted run behind, never a stored run without its folder. Such a leftover is harmless
+(nothing refers to it) and is replaced if the same inputs are ingested again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from mlprof.errors import BadInputError, MlprofError, UsageError
+from mlprof.errors import BadInputError, UsageError
 from mlprof.store import parquet_cache
 from mlprof.store.engine import open_engine, store_errors
 from mlprof.store.location import StoreLocation, resolve_store
@@ -65,10 +65,9 @@ def find_runs(run_ids: list[int], store_url: str | None = None) -> list[StoredRu
 
 
 def delete_runs(run_ids: list[int], store_url: str | None = None) -> list[StoredRun]:
-    """Delete these runs and their Parquet cache folders; all of them or, on any error, none."""
+    """Delete these runs (all of them or, on any error, none), then their Parquet cache folders."""
     location = _existing_store(store_url)
     engine = open_engine(location)
-    moved: list[tuple[Path, Path]] = []
     try:
         with store_errors(location), engine.begin() as conn:
             check_readable(conn)
@@ -78,27 +77,22 @@ def delete_runs(run_ids: list[int], store_url: str | None = None) -> list[Stored
                 table = TABLES[name]
                 conn.execute(delete(table).where(table.c.run_id.in_(ids)))
             conn.execute(delete(runs_t).where(runs_t.c.id.in_(ids)))
-            for run in runs:
-                folder = parquet_cache.run_dir(location.cache_dir, run.run_key)
-                if folder.exists():
-                    stale = folder.with_name(f".stale-{uuid.uuid4().hex}")
-                    try:
-                        os.replace(folder, stale)
-                    except OSError as exc:
-                        raise MlprofError(
-                            f"{folder}: cannot remove run {run.run_id}'s cached tables ({exc.strerror}); "
-                            "nothing was deleted"
-                        ) from None
-                    moved.append((folder, stale))
-    except BaseException:
-        for folder, stale in moved:  # the rows are still there: so are their folders
-            os.replace(stale, folder)
-        raise
     finally:
         engine.dispose()
-    for _, stale in moved:
-        shutil.rmtree(stale, ignore_errors=True)
+    for run in runs:
+        _remove_folder(parquet_cache.run_dir(location.cache_dir, run.run_key))
     return runs
+
+
+def _remove_folder(folder: Path) -> None:
+    if not folder.exists():
+        return
+    stale = folder.with_name(f".stale-{uuid.uuid4().hex}")
+    try:
+        os.replace(folder, stale)
+    except OSError:
+        stale = folder
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def _existing_store(store_url: str | None) -> StoreLocation:
