@@ -436,6 +436,8 @@ def test_each_profiling_cycle_is_its_own_run(store: str, cycles_run: Path, tmp_p
     assert [(r.cycle, r.created) for r in second] == [(1, False), (2, False), (3, True)]
     assert [r.run_id for r in second[:2]] == [r.run_id for r in first]  # idempotent per cycle
     assert len({r.run_key for r in second}) == 3
+    alone = ingest(folder / "cycles" / "2", store_url=store)  # a cycle folder named on its own is that cycle
+    assert (alone.run_id, alone.cycle, alone.created) == (second[1].run_id, 2, False)
 
     with _conn(store) as conn:
         runs = [q.get_run(conn, r.run_id) for r in second]

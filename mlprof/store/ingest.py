@@ -133,9 +133,17 @@ def profiling_cycles(path: Path) -> list[tuple[int, Path]]:
 
 
 def run_inputs(path: Path) -> list[RunInput]:
-    """The runs ``path`` records: one, or one per profiling cycle of a run folder with later cycles."""
+    """The runs ``path`` records: one, or one per profiling cycle of a run folder with later cycles.
+
+    A cycle folder named on its own (``<run folder>/cycles/<K>``) is that cycle of its run
+    folder: the same key, name and tags as when the whole folder is ingested.
+    """
     from mlprof.trace.loader import RUN_FOLDER_SIDE_FILES, trace_files_in
 
+    if _is_cycle_folder(path):
+        same = [run for run in run_inputs(path.parent.parent) if run.traces == path]
+        if same:
+            return same
     kind, files = input_files(path)
     cycles = profiling_cycles(path) if kind == "run_folder" else []
     if not cycles:
@@ -157,13 +165,19 @@ def stored_run_key(source: Path) -> str:
     A later profiling cycle is stored with ``source_path`` ``<run folder>/cycles/<K>``;
     its key also covers the run folder's ``meta.json`` and counters.
     """
-    parent = source.parent
-    if parent.name == CYCLES_DIR and _CYCLE_NAME.match(source.name) and (parent.parent / "meta.json").is_file():
-        for run in run_inputs(parent.parent):
-            if run.traces == source:
-                return content_key(run.root, run.files)
-    _, files = input_files(source)
-    return content_key(source, files)
+    runs = run_inputs(source)
+    run = next((r for r in runs if r.traces == source), runs[0])
+    return content_key(run.root, run.files)
+
+
+def _is_cycle_folder(path: Path) -> bool:
+    parent = path.parent
+    return (
+        parent.name == CYCLES_DIR
+        and bool(_CYCLE_NAME.match(path.name))
+        and path.is_dir()
+        and (parent.parent / "meta.json").is_file()
+    )
 
 
 def content_key(path: Path, files: list[Path]) -> str:
