@@ -15,10 +15,11 @@ import pytest
 
 from mlprof.analysis import measure_trace
 from mlprof.analyzers import enclosing
-from mlprof.analyzers.attribution import build_layers
+from mlprof.analyzers.attribution import build_layers, drain_after
 from mlprof.analyzers.causes import attribute_causes
-from mlprof.analyzers.copies import copy_table
+from mlprof.analyzers.copies import copy_table, runtime_copy_direction
 from mlprof.analyzers.enclosing import innermost_enclosing
+from mlprof.analyzers.kernels import launch_times
 from mlprof.engine.rank_task import windows
 from mlprof.rules._kernels import kernel_facts, top_names
 from mlprof.rules.base import RankContext
@@ -180,3 +181,65 @@ def test_kernel_facts_match_the_full_table_filter(dlrm: Trace) -> None:
     assert facts["ts"].tolist() == inside["ts"].tolist()
     assert facts["dur"].tolist() == inside["dur"].tolist()
     assert re.search("nccl", " ".join(facts["name"].unique()))
+
+
+def _drain_reference(sync_rt: pd.DataFrame, launch_rt: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-thread groupby formula drain_after replaced."""
+    starts, ends, rows = [], [], []
+    launches = {t: np.sort(f["ts"].to_numpy(np.int64)) for t, f in launch_rt.groupby("tid", observed=True)}
+    positions = pd.Series(np.arange(len(sync_rt)), index=sync_rt.index)
+    for t, frame in sync_rt.groupby("tid", observed=True):
+        launch_ts = launches.get(t)
+        if launch_ts is None:
+            continue
+        sync_end = frame["end"].to_numpy(np.int64)
+        nxt = np.searchsorted(launch_ts, sync_end, side="left")
+        has = nxt < len(launch_ts)
+        starts.append(sync_end[has])
+        ends.append(launch_ts[nxt[has]])
+        rows.append(positions.loc[frame.index].to_numpy(np.int64)[has])
+    return np.concatenate(starts), np.concatenate(ends), np.concatenate(rows)
+
+
+@pytest.mark.parametrize("relative", [DLRM0, RESNET])
+def test_drain_after_equals_the_per_thread_groupby(relative: str) -> None:
+    trace = load_trace(external(relative), workers=1)
+    runtime = trace.runtime
+    sync_rt = runtime[names_matching(runtime["name"], SYNC_RUNTIME)]
+    launch_rt = runtime[names_matching(runtime["name"], LAUNCH_RUNTIME)]
+    got = drain_after(sync_rt, launch_rt)
+    expected = _drain_reference(sync_rt, launch_rt)
+    assert len(got[0]) > 0
+    for a, b in zip(got, expected, strict=True):
+        assert np.array_equal(a, b)
+    # A second thread that syncs but never launches, and one launching only: no window for either.
+    extra = sync_rt.iloc[:3].assign(tid=999_999)
+    mixed_sync = pd.concat([extra, sync_rt], ignore_index=True)
+    mixed_launch = pd.concat([launch_rt, launch_rt.iloc[:2].assign(tid=555_555)], ignore_index=True)
+    for a, b in zip(drain_after(mixed_sync, mixed_launch), _drain_reference(mixed_sync, mixed_launch), strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("relative", [DLRM0, RESNET])
+def test_correlation_joins_equal_the_pandas_joins(relative: str) -> None:
+    trace = load_trace(external(relative), workers=1)
+    gpu, runtime = trace.gpu, trace.runtime
+    # launch_times: first runtime call of each correlation id.
+    rt = runtime.loc[runtime["correlation"] > 0, ["correlation", "ts"]].drop_duplicates("correlation")
+    by_corr = pd.Series(rt["ts"].to_numpy(np.int64), index=rt["correlation"].to_numpy(np.int64))
+    expected = gpu["correlation"].map(by_corr).fillna(gpu["ts"]).to_numpy(np.int64).copy()
+    expected[gpu["correlation"].to_numpy() <= 0] = gpu["ts"].to_numpy(np.int64)[gpu["correlation"].to_numpy() <= 0]
+    assert np.array_equal(launch_times(gpu, runtime), expected)
+    # runtime_copy_direction: direction of the first copy of each correlation id.
+    copies = copy_table(gpu)
+    keyed = copies[copies["correlation"] > 0].drop_duplicates("correlation")
+    lookup = pd.Series(keyed["direction"].to_numpy(), index=keyed["correlation"].to_numpy())
+    hit = pd.Series(runtime["correlation"].to_numpy(np.int64)).map(lookup).fillna("").to_numpy(dtype=object)
+    got = runtime_copy_direction(runtime, copies)
+    assert got.tolist() == hit.tolist()
+    assert (got == "HtoD").sum() > 0
+    # copy_table: the memcpy rows, in order, with their names.
+    memcpy = gpu[gpu["kind"] == "memcpy"]
+    assert copies["name"].tolist() == memcpy["name"].astype(str).tolist()
+    assert copies["ts"].tolist() == memcpy["ts"].tolist()
+    assert copies["correlation"].tolist() == memcpy["correlation"].tolist()

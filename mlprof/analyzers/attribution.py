@@ -142,30 +142,30 @@ def sync_launch_drain(
 
 
 def drain_after(sync_rt: pd.DataFrame, launch_rt: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Drain windows (sync end -> next launch, same thread) and the row position in ``sync_rt`` of each."""
-    starts: list[np.ndarray] = []
-    ends: list[np.ndarray] = []
-    rows: list[np.ndarray] = []
+    """Drain windows (sync end -> next launch, same thread) and the row position in ``sync_rt`` of each.
+
+    Ordered by thread id, then by row within a thread.
+    """
     empty = np.empty(0, np.int64)
     if len(sync_rt) == 0 or len(launch_rt) == 0:
         return empty, empty, empty
-    launches_by_tid = {
-        tid: np.sort(frame["ts"].to_numpy(np.int64)) for tid, frame in launch_rt.groupby("tid", observed=True)
-    }
-    positions = pd.Series(np.arange(len(sync_rt)), index=sync_rt.index)
-    for tid, frame in sync_rt.groupby("tid", observed=True):
-        launch_ts = launches_by_tid.get(tid)
-        if launch_ts is None or len(launch_ts) == 0:
-            continue
-        sync_end = frame["end"].to_numpy(np.int64)
-        nxt = np.searchsorted(launch_ts, sync_end, side="left")
-        has_next = nxt < len(launch_ts)
-        starts.append(sync_end[has_next])
-        ends.append(launch_ts[nxt[has_next]])
-        rows.append(positions.loc[frame.index].to_numpy(np.int64)[has_next])
-    if not starts:
-        return empty, empty, empty
-    return np.concatenate(starts), np.concatenate(ends), np.concatenate(rows)
+    l_tid = launch_rt["tid"].to_numpy(np.int64)
+    l_ts = launch_rt["ts"].to_numpy(np.int64)
+    by_thread = np.lexsort((l_ts, l_tid))
+    l_tid, l_ts = l_tid[by_thread], l_ts[by_thread]
+    s_tid = sync_rt["tid"].to_numpy(np.int64)
+    rows = np.argsort(s_tid, kind="stable")
+    tid = s_tid[rows]
+    sync_end = sync_rt["end"].to_numpy(np.int64)[rows]
+    lo = np.searchsorted(l_tid, tid, side="left")
+    hi = np.searchsorted(l_tid, tid, side="right")
+    nxt = hi.copy()
+    for t in np.unique(tid):  # one search per host thread
+        sel = tid == t
+        a, b = lo[sel][0], hi[sel][0]
+        nxt[sel] = a + np.searchsorted(l_ts[a:b], sync_end[sel], side="left")
+    has_next = nxt < hi
+    return sync_end[has_next], l_ts[nxt[has_next]], rows[has_next].astype(np.int64)
 
 
 def attribute_windows(layers: list[Layer], win_starts: np.ndarray, win_ends: np.ndarray) -> np.ndarray:

@@ -29,24 +29,43 @@ def copy_table(gpu: pd.DataFrame) -> pd.DataFrame:
 
 
 def _copy_table(gpu: pd.DataFrame) -> pd.DataFrame:
-    copies = gpu[gpu["kind"] == "memcpy"]
-    names = copies["name"].astype("category")
-    cats = [str(c) for c in names.cat.categories]
-    direction_of = np.array([_direction(c) for c in cats] + [""], dtype=object)
-    pageable_of = np.array([bool(_PAGEABLE.search(c)) for c in cats] + [False])
-    codes = names.cat.codes.to_numpy()
+    is_copy = (gpu["kind"] == "memcpy").to_numpy(dtype=bool)
+    names = gpu["name"]
+    if not isinstance(names.dtype, pd.CategoricalDtype):
+        names = names.astype("category")
+    categorical: pd.Categorical = names.array  # type: ignore[assignment]
+    direction_of, pageable_of, name_of = _copy_kinds(categorical.categories)
+    codes = categorical.codes[is_copy]
+
+    def col(name: str) -> np.ndarray:
+        return gpu[name].to_numpy(np.int64)[is_copy]
+
     return pd.DataFrame(
         {
-            "ts": copies["ts"].to_numpy(np.int64),
-            "end": copies["end"].to_numpy(np.int64),
-            "dur": copies["dur"].to_numpy(np.int64),
-            "bytes": copies["bytes"].to_numpy(np.int64),
+            "ts": col("ts"),
+            "end": col("end"),
+            "dur": col("dur"),
+            "bytes": col("bytes"),
             "direction": direction_of[codes],
             "pageable": pageable_of[codes],
-            "correlation": copies["correlation"].to_numpy(np.int64),
-            "name": names.astype(str).to_numpy(),
+            "correlation": col("correlation"),
+            "name": name_of[codes],
         }
     )
+
+
+def _copy_kinds(categories: pd.Index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Direction, pageable and the name of each category, then the values for a missing name (code -1)."""
+
+    def compute() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cats = [str(c) for c in categories.tolist()]
+        return (
+            np.array([_direction(c) for c in cats] + [""], dtype=object),
+            np.array([bool(_PAGEABLE.search(c)) for c in cats] + [False]),
+            np.array([*cats, np.nan], dtype=object),
+        )
+
+    return cached(categories, "copy_kinds", compute)
 
 
 def _direction(name: str) -> str:
@@ -78,10 +97,15 @@ def _runtime_copy_direction(runtime: pd.DataFrame, copies: pd.DataFrame) -> np.n
     out = np.full(len(runtime), "", dtype=object)
     if len(runtime) == 0 or len(copies) == 0:
         return out
-    keyed = copies[copies["correlation"] > 0].drop_duplicates("correlation")
-    lookup = pd.Series(keyed["direction"].to_numpy(), index=keyed["correlation"].to_numpy())
+    c_corr = copies["correlation"].to_numpy(np.int64)
+    positive = c_corr > 0
+    # The first copy of each correlation id, sorted by id.
+    keys, first = np.unique(c_corr[positive], return_index=True)
+    if len(keys) == 0:
+        return out
+    direction = np.asarray(copies["direction"].to_numpy(), dtype=object)[positive][first]
     corr = runtime["correlation"].to_numpy(np.int64)
-    hit = pd.Series(corr).map(lookup)
-    mask = hit.notna().to_numpy()
-    out[mask] = hit[mask].to_numpy()
+    pos = np.minimum(np.searchsorted(keys, corr), len(keys) - 1)
+    hit = keys[pos] == corr
+    out[hit] = direction[pos[hit]]
     return out

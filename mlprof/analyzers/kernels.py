@@ -75,6 +75,11 @@ def classify_name(name: str, is_comm: bool = False) -> str:
     return "other"
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _class_of(name: str) -> str:
+    return classify_name(name, bool(COMM_KERNEL.search(name)))
+
+
 def kernel_classes(gpu: pd.DataFrame) -> np.ndarray:
     """Class of every row of ``gpu`` (non-kernel rows get ``""``), classified once per distinct name.
 
@@ -88,11 +93,9 @@ def _kernel_classes(gpu: pd.DataFrame) -> np.ndarray:
     if len(gpu) == 0:
         return out
     names = gpu["name"].astype("category")
-    table = np.array(
-        [classify_name(str(c), bool(COMM_KERNEL.search(str(c)))) for c in names.cat.categories] + [""],
-        dtype=object,
-    )
-    codes = names.cat.codes.to_numpy()
+    categorical: pd.Categorical = names.array  # type: ignore[assignment]
+    table = np.array([_class_of(str(c)) for c in categorical.categories.tolist()] + [""], dtype=object)
+    codes = categorical.codes
     kernels = (gpu["kind"] == "kernel").to_numpy()
     out[kernels] = table[codes[kernels]]
     return out
@@ -119,11 +122,11 @@ def _launch_times(gpu: pd.DataFrame, runtime: pd.DataFrame) -> np.ndarray:
     ts = gpu["ts"].to_numpy(np.int64).copy()
     if len(runtime) == 0 or len(gpu) == 0:
         return ts
-    rt = runtime.loc[runtime["correlation"] > 0, ["correlation", "ts"]].drop_duplicates("correlation")
-    rt_corr = rt["correlation"].to_numpy(np.int64)
-    order = np.argsort(rt_corr)
-    rt_corr = rt_corr[order]
-    rt_ts = rt["ts"].to_numpy(np.int64)[order]
+    all_corr = runtime["correlation"].to_numpy(np.int64)
+    positive = all_corr > 0
+    # The first call of each correlation id, sorted by id (what drop_duplicates then a sort gave).
+    rt_corr, first = np.unique(all_corr[positive], return_index=True)
+    rt_ts = runtime["ts"].to_numpy(np.int64)[positive][first]
     corr = gpu["correlation"].to_numpy(np.int64)
     pos = np.clip(np.searchsorted(rt_corr, corr), 0, max(len(rt_corr) - 1, 0))
     found = (corr > 0) & (len(rt_corr) > 0)

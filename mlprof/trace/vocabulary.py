@@ -63,8 +63,9 @@ def names_matching(series: pd.Series, pattern: re.Pattern[str]) -> pd.Series:
 
 def name_mask(series: pd.Series, pattern: re.Pattern[str]) -> np.ndarray:
     """:func:`names_matching` as a numpy array (for selecting from numpy columns of the same table)."""
-    table = category_hits(series.cat.categories, pattern)
-    mask: np.ndarray = table[series.cat.codes.to_numpy()]
+    categorical: pd.Categorical = series.array  # type: ignore[assignment]
+    table = category_hits(categorical.categories, pattern)
+    mask: np.ndarray = table[categorical.codes]
     return mask
 
 
