@@ -60,8 +60,8 @@ def test_tricky_document_spliced_at_the_right_bracket_whatever_the_chunking(chun
     assert got == expected
     events = msgspec.json.decode(got.removeprefix(b"\xef\xbb\xbf"), type=dict[str, msgspec.Raw])["traceEvents"]
     names = [e.get("name") for e in msgspec.json.decode(events, type=list[dict[str, msgspec.Raw]])]
-    assert [msgspec.json.decode(n) for n in names if n is not None] == ['a]}\\', 'b"}{"', "new", "newer"]
-    assert got.endswith(b'18446744073709551615},' + INSERT + b'  \n\n ] , "after": [1, 2], "z": "]"}\n')
+    assert [msgspec.json.decode(n) for n in names if n is not None] == ["a]}\\", 'b"}{"', "new", "newer"]
+    assert got.endswith(b"18446744073709551615}," + INSERT + b'  \n\n ] , "after": [1, 2], "z": "]"}\n')
     assert _splice(TRICKY, b"", chunk) == TRICKY  # nothing to insert: an exact copy
 
 
