@@ -21,7 +21,7 @@ from mlprof.analyzers.copies import copy_table, runtime_copy_direction
 from mlprof.analyzers.enclosing import innermost_enclosing
 from mlprof.analyzers.kernels import launch_times
 from mlprof.engine.rank_task import windows
-from mlprof.rules._kernels import kernel_facts, top_names
+from mlprof.rules._kernels import kernel_facts, top_names, totals_by_name
 from mlprof.rules.base import RankContext
 from mlprof.trace.loader import load_trace
 from mlprof.trace.model import Trace
@@ -140,6 +140,18 @@ def test_top_names_equals_the_groupby_ranking(dlrm: Trace) -> None:
     ties = pd.DataFrame({"name": ["b", "a", "c", "b", "d", "e", "f", "g"], "dur": [5, 10, 10, 5, 10, 10, 10, 10]})
     assert top_names(ties, 2) == reference(ties, 2)
     assert top_names(kernels.head(0), 1) == []
+    # A missing name is left out, as groupby leaves it out.
+    missing = pd.DataFrame({"name": ["a", np.nan, "b", "a"], "dur": [1, 100, 3, 4]})
+    assert top_names(missing, 1) == reference(missing, 1)
+    # The communication kernels COMM001 lists (real NCCL names).
+    comm = dlrm.gpu[dlrm.gpu["is_comm"]]
+    frame = pd.DataFrame({"name": comm["name"].astype(str).to_numpy(), "dur": comm["dur"].to_numpy(np.int64)})
+    uniq, count, total, order = totals_by_name(frame["name"].to_numpy(), frame["dur"].to_numpy())
+    grouped = frame.groupby("name").agg(n=("dur", "size"), total=("dur", "sum")).sort_values("total", ascending=False)
+    assert [str(u) for u in uniq[order]] == grouped.index.tolist()
+    assert count[order].tolist() == grouped["n"].tolist()
+    assert total[order].tolist() == grouped["total"].tolist()
+    assert len(uniq) >= 2
 
 
 def test_per_step_and_steps_with_equal_the_pandas_sums(dlrm: Trace) -> None:

@@ -75,25 +75,33 @@ def kernel_facts(ctx: RankContext) -> KernelFacts:
     return facts
 
 
-def top_names(frame: pd.DataFrame, n_steps: int, n: int = 5) -> list[dict[str, object]]:
-    """The ``n`` kernel names with the most time: count and ms per step.
+def totals_by_name(names: np.ndarray, dur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct names (sorted), count and total ``dur`` of each, and their order by total, largest first.
 
-    Grouped with numpy (names in sorted order, as a pandas groupby gives them) and ranked
-    with the same pandas sort, so ties come out in the same order.
+    What ``groupby("name").agg(n=size, total=sum).sort_values("total", ascending=False)`` gives
+    (ties in the same order: the ranking is the same pandas sort), without building frames.
     """
-    names = np.asarray(frame["name"].to_numpy(), dtype=object)
-    if len(names) == 0:
-        return []
-    uniq, inverse = np.unique(names, return_inverse=True)
+    names = np.asarray(names, dtype=object)
+    dur = np.asarray(dur, dtype=np.int64)
+    present = ~pd.isna(names)  # groupby drops missing names
+    uniq, inverse = np.unique(names[present], return_inverse=True)
     count = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
     total = np.zeros(len(uniq), dtype=np.int64)
-    np.add.at(total, inverse, frame["dur"].to_numpy(np.int64))
-    order = pd.Series(total).sort_values(ascending=False).index.to_numpy()[:n]
+    np.add.at(total, inverse, dur[present])
+    order = pd.Series(total).sort_values(ascending=False).index.to_numpy()
+    return uniq, count, total, order
+
+
+def top_names(frame: pd.DataFrame, n_steps: int, n: int = 5) -> list[dict[str, object]]:
+    """The ``n`` kernel names with the most time: count and ms per step."""
+    if len(frame) == 0:
+        return []
+    uniq, count, total, order = totals_by_name(frame["name"].to_numpy(), frame["dur"].to_numpy(np.int64))
     return [
         {
             "kernel": str(uniq[i])[:160],
             "per_step": round(count[i] / n_steps, 1),
             "ms_per_step": round(total[i] / n_steps / 1e6, 3),
         }
-        for i in order
+        for i in order[:n]
     ]

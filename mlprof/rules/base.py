@@ -141,7 +141,7 @@ class RankContext:
     @cached_property
     def step_ns(self) -> float:
         w = self.windows
-        return float((w["end"] - w["ts"]).mean()) if len(w) else 0.0
+        return float((w["end"].to_numpy() - w["ts"].to_numpy()).mean()) if len(w) else 0.0
 
     @cached_property
     def _cause_matrix(self) -> tuple[np.ndarray, dict[str, int]]:

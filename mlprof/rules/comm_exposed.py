@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 
+from mlprof.rules._kernels import totals_by_name
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
 
 
@@ -52,12 +52,7 @@ class CommExposed(Rule):
         comm = gpu[(gpu["kind"] == "kernel") & gpu["is_comm"].astype(bool)]
         comm = comm[ctx.in_windows(comm["ts"].to_numpy(np.int64))]
         n_steps = max(ctx.n_windows, 1)
-        by_name = (
-            pd.DataFrame({"name": comm["name"].astype(str).to_numpy(), "dur": comm["dur"].to_numpy(np.int64)})
-            .groupby("name")
-            .agg(n=("dur", "size"), total=("dur", "sum"))
-            .sort_values("total", ascending=False)
-        )
+        names, count, total, order = totals_by_name(comm["name"].astype(str).to_numpy(), comm["dur"].to_numpy(np.int64))
         colls = ctx.trace.collectives
         coll_summary = []
         if len(colls):
@@ -86,8 +81,12 @@ class CommExposed(Rule):
                     "exposed_ms_per_step": ms(exposed),
                     "compute_ms_per_step": ms(compute),
                     "kernels": [
-                        {"kernel": n[:120], "per_step": round(r.n / n_steps, 1), "ms_per_step": ms(r.total / n_steps)}
-                        for n, r in by_name.head(5).iterrows()
+                        {
+                            "kernel": str(names[i])[:120],
+                            "per_step": round(count[i] / n_steps, 1),
+                            "ms_per_step": ms(total[i] / n_steps),
+                        }
+                        for i in order[:5]
                     ],
                     "collectives": coll_summary,
                 },
