@@ -197,9 +197,21 @@ def _compact(frame: pd.DataFrame) -> pd.DataFrame:
     """
     out = frame.copy()
     for col in out.columns:
-        if isinstance(out[col].dtype, pd.CategoricalDtype):
+        dtype = out[col].dtype
+        if isinstance(dtype, pd.CategoricalDtype) and not _all_categories_used(
+            out[col].array.codes, len(dtype.categories)
+        ):
             out[col] = out[col].cat.remove_unused_categories()
     return out
+
+
+def _all_categories_used(codes: np.ndarray, n_categories: int) -> bool:
+    """Nothing to remove (no categories, or every one used): skip the copy of the column."""
+    if n_categories == 0:
+        return True
+    if len(codes) < n_categories:
+        return False
+    return bool(np.bincount(codes[codes >= 0], minlength=n_categories).all())
 
 
 def exposed_comm_intervals(trace: Trace) -> Intervals:

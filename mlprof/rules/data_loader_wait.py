@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
-from mlprof.trace.vocabulary import DATALOADER, names_matching
+from mlprof.trace.vocabulary import DATALOADER, name_mask
 
 
 class DataLoaderWait(Rule):
@@ -47,11 +47,13 @@ class DataLoaderWait(Rule):
         if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
             return []
         host = ctx.trace.host
-        loader = host[names_matching(host["name"], DATALOADER)]
-        loader = loader[ctx.in_windows(loader["ts"].to_numpy(np.int64))]
+        keep = name_mask(host["name"], DATALOADER)
+        keep[keep] = ctx.in_windows(host["ts"].to_numpy(np.int64)[keep])
+        loader = host[keep]
         names = loader["name"].astype(str)
-        single = bool(names.str.contains("_SingleProcessDataLoaderIter").any())
-        multi = bool(names.str.contains("_MultiProcessingDataLoaderIter").any())
+        distinct = sorted(set(names.tolist()))  # a few DataLoader range names
+        single = any("_SingleProcessDataLoaderIter" in n for n in distinct)
+        multi = any("_MultiProcessingDataLoaderIter" in n for n in distinct)
         calls = len(loader)
         mean_call = float(loader["dur"].mean()) if calls else 0.0
         share = lost / ctx.step_ns
@@ -66,7 +68,7 @@ class DataLoaderWait(Rule):
             "dataloader_calls": calls,
             "dataloader_call_mean_ms": ms(mean_call),
             "iterator": "single-process (num_workers=0)" if single else "multi-process" if multi else "unknown",
-            "dataloader_ranges": sorted(set(names.tolist()))[:3],
+            "dataloader_ranges": distinct[:3],
         }
         confidence = "high" if ctx.has_device else "medium"
         reason = (
