@@ -33,7 +33,7 @@ def _copy_table(gpu: pd.DataFrame) -> pd.DataFrame:
     names = gpu["name"]
     if not isinstance(names.dtype, pd.CategoricalDtype):
         names = names.astype("category")
-    categorical: pd.Categorical = names.array  # type: ignore[assignment]
+    categorical: pd.Categorical = names.array
     direction_of, pageable_of, name_of = _copy_kinds(categorical.categories)
     codes = categorical.codes[is_copy]
 

@@ -93,7 +93,7 @@ def _kernel_classes(gpu: pd.DataFrame) -> np.ndarray:
     if len(gpu) == 0:
         return out
     names = gpu["name"].astype("category")
-    categorical: pd.Categorical = names.array  # type: ignore[assignment]
+    categorical: pd.Categorical = names.array
     table = np.array([_class_of(str(c)) for c in categorical.categories.tolist()] + [""], dtype=object)
     codes = categorical.codes
     kernels = (gpu["kind"] == "kernel").to_numpy()

@@ -48,7 +48,7 @@ def cached(owner: object, name: Any, compute: Callable[[], T], *deps: object) ->
     if entry is not None:
         refs, value = entry
         if len(refs) == len(deps) and all(r() is d for r, d in zip(refs, deps, strict=True)):
-            return value  # type: ignore[no-any-return]
+            return value
     value = compute()
     _freeze(value)
     memo[name] = (tuple(weakref.ref(d) for d in deps), value)

@@ -63,7 +63,7 @@ def names_matching(series: pd.Series, pattern: re.Pattern[str]) -> pd.Series:
 
 def name_mask(series: pd.Series, pattern: re.Pattern[str]) -> np.ndarray:
     """:func:`names_matching` as a numpy array (for selecting from numpy columns of the same table)."""
-    categorical: pd.Categorical = series.array  # type: ignore[assignment]
+    categorical: pd.Categorical = series.array
     table = category_hits(categorical.categories, pattern)
     mask: np.ndarray = table[categorical.codes]
     return mask
