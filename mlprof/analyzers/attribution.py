@@ -39,7 +39,6 @@ from mlprof.trace.vocabulary import (
     SYNC_OPS,
     SYNC_RUNTIME,
     name_mask,
-    names_matching,
 )
 
 CATEGORIES: tuple[str, ...] = (
@@ -100,9 +99,8 @@ def _build_layers(trace: Trace) -> list[Layer]:
     data = name_mask(names, DATALOADER)
     sync_ops = name_mask(names, SYNC_OPS)
     dispatch = host["cat"].isin(DISPATCH_CATS).to_numpy(dtype=bool) & ~name_mask(names, PROFILER_STEP)
-    sync_rt, launch_rt, (drain_s, drain_e, _) = sync_launch_drain(trace.runtime)
+    sync_rt, (lr_s, lr_e), (drain_s, drain_e, _) = sync_launch_drain(trace.runtime)
     sr_s, sr_e = _cols(sync_rt)
-    lr_s, lr_e = _cols(launch_rt)
     return [
         Layer("compute", g_s[compute], g_e[compute]),
         Layer("comm_exposed", g_s[comm], g_e[comm]),
@@ -127,16 +125,17 @@ def _cols(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def sync_launch_drain(
     runtime: pd.DataFrame,
-) -> tuple[pd.DataFrame, pd.DataFrame, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The sync calls, the launch calls and :func:`drain_after` of them, once per runtime table.
+) -> tuple[pd.DataFrame, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The sync calls, the launch calls' (ts, end) and :func:`drain_after` of them, once per runtime table.
 
-    The attribution and the causes both need all three; do not edit the frames returned.
+    The attribution and the causes both need them; do not edit what is returned. The launch
+    calls are kept as two arrays, not a table: they are a large share of a big trace.
     """
 
-    def compute() -> tuple[pd.DataFrame, pd.DataFrame, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        sync_rt = runtime[names_matching(runtime["name"], SYNC_RUNTIME)]
-        launch_rt = runtime[names_matching(runtime["name"], LAUNCH_RUNTIME)]
-        return sync_rt, launch_rt, drain_after(sync_rt, launch_rt)
+    def compute() -> tuple[pd.DataFrame, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        sync_rt = runtime[name_mask(runtime["name"], SYNC_RUNTIME)]
+        launch_rt = runtime[name_mask(runtime["name"], LAUNCH_RUNTIME)]
+        return sync_rt, _cols(launch_rt), drain_after(sync_rt, launch_rt)
 
     return cached(runtime, "sync_launch_drain", compute)
 

@@ -42,6 +42,7 @@ from mlprof.analyzers.copies import copy_table, runtime_copy_direction
 from mlprof.analyzers.enclosing import innermost_enclosing
 from mlprof.analyzers.intervals import covered
 from mlprof.analyzers.kernels import in_windows, is_foreach_optimizer_kernel, kernel_classes, launch_times
+from mlprof.trace.memo import forget
 from mlprof.trace.model import Trace
 from mlprof.trace.vocabulary import (
     ALLOC_RUNTIME,
@@ -167,6 +168,8 @@ def attribute_causes(
     layers = build_layers(trace)
     causes = build_cause_layers(trace, comm_wait)
     matrix = _attribute(layers, causes, win_starts.astype(np.int64), win_ends.astype(np.int64))
+    # The layers' last reader in the flow (steps -> causes): do not hold them while the rules run.
+    forget(trace, "build_layers")
     return pd.DataFrame(matrix, columns=list(CAUSE_NAMES))
 
 

@@ -55,6 +55,13 @@ def cached(owner: object, name: Any, compute: Callable[[], T], *deps: object) ->
     return value
 
 
+def forget(owner: object, name: Any) -> None:
+    """Drop one entry (a large one whose last reader is done with it)."""
+    memo = _MEMOS.get(id(owner))
+    if memo is not None:
+        memo.pop(name, None)
+
+
 def _freeze(value: object) -> None:
     if isinstance(value, np.ndarray):
         value.flags.writeable = False
