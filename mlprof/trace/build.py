@@ -11,13 +11,14 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter, itemgetter
+from functools import cache
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mlprof.trace.columns import SymbolTable, to_int64
+from mlprof.trace.columns import SymbolTable, factorize_text, to_int64
 from mlprof.trace.numbers import MISSING_NS, TIME_LIMIT_NS, raw_us_to_ns
 from mlprof.trace.schema import EventArgs, TraceEvent
 
@@ -104,13 +105,19 @@ class TableBuilder:
     def add(self, events: Sequence[TraceEvent]) -> None:
         if not events:
             return
-        cat_codes, cat_uniques = pd.factorize(np.asarray([e.cat for e in events], dtype=object))
-        ph_codes, ph_uniques = pd.factorize(np.asarray([e.ph for e in events], dtype=object))
-        # Family per distinct (cat, ph) pair; -1 codes are missing values.
-        cats = [None, *cat_uniques.tolist()]
-        phs = [None, *ph_uniques.tolist()]
+        cat_values, ph_values = _field(events, "cat"), _field(events, "ph")
+        cat_text, ph_text = factorize_text(cat_values), factorize_text(ph_values)
+        if cat_text is not None and ph_text is not None:
+            (cat_codes, cats), (ph_codes, phs) = cat_text, ph_text
+        else:  # junk types in cat/ph: -1 codes are missing values
+            cat_codes, cat_uniques = pd.factorize(np.asarray(cat_values, dtype=object))
+            ph_codes, ph_uniques = pd.factorize(np.asarray(ph_values, dtype=object))
+            cat_codes, ph_codes = cat_codes + 1, ph_codes + 1
+            cats = [None, *cat_uniques.tolist()]
+            phs = [None, *ph_uniques.tolist()]
+        # Family per distinct (cat, ph) pair.
         table = np.array([[self._classify((c, p)) for p in phs] for c in cats], dtype=np.int8)
-        families = table[cat_codes + 1, ph_codes + 1]
+        families = table[cat_codes, ph_codes]
         instants = np.flatnonzero(families == INSTANT)
         if len(instants):
             is_memory = np.fromiter(
@@ -137,8 +144,8 @@ class TableBuilder:
             store[key].append(value)
 
     def _add_ranges(self, fam: int, sub: list[TraceEvent]) -> None:
-        ts = raw_us_to_ns([e.ts for e in sub])
-        dur = raw_us_to_ns([e.dur for e in sub])
+        ts = raw_us_to_ns(_field(sub, "ts"))
+        dur = raw_us_to_ns(_field(sub, "dur"))
         keep = (ts != MISSING_NS) & (dur != MISSING_NS)
         keep &= dur <= TIME_LIMIT_NS - np.where(keep, ts, 0)  # an end past the limit is corrupt
         if not keep.all():
@@ -148,11 +155,11 @@ class TableBuilder:
             if not sub:
                 return
         dur = np.maximum(dur, 0)
-        args = [e.args if e.args is not None else _EMPTY_ARGS for e in sub]
-        name = self.symbols.encode([e.name for e in sub])
+        args = _args(sub)
+        name = self.symbols.encode(_field(sub, "name"))
 
         def arg(attr: str) -> list[Any]:
-            return list(map(attrgetter(attr), args))
+            return _field(args, attr)
 
         ext = to_int64(arg("external_id"))
         if fam in (GPU, RUNTIME):
@@ -161,10 +168,10 @@ class TableBuilder:
         if fam == GPU:
             kind = self.symbols.encode([_GPU_KIND.get(e.cat, "kernel") for e in sub])  # type: ignore[arg-type]
             device = to_int64(arg("device"))
-            pid = to_int64([e.pid for e in sub])
+            pid = to_int64(_field(sub, "pid"))
             device = np.where(device == -1, pid, device)
             stream = to_int64(arg("stream"))
-            tid = to_int64([e.tid for e in sub])
+            tid = to_int64(_field(sub, "tid"))
             stream = np.where(stream == -1, tid, stream)
             self._append(
                 fam,
@@ -185,26 +192,26 @@ class TableBuilder:
                 name=name,
                 ts=ts,
                 dur=dur,
-                pid=to_int64([e.pid for e in sub]),
-                tid=to_int64([e.tid for e in sub]),
+                pid=to_int64(_field(sub, "pid")),
+                tid=to_int64(_field(sub, "tid")),
                 correlation=to_int64(arg("correlation")),
                 external_id=ext,
             )
         elif fam == GPU_ANNOTATION:
             device = to_int64(arg("device"))
-            device = np.where(device == -1, to_int64([e.pid for e in sub]), device)
+            device = np.where(device == -1, to_int64(_field(sub, "pid")), device)
             stream = to_int64(arg("stream"))
-            stream = np.where(stream == -1, to_int64([e.tid for e in sub]), stream)
+            stream = np.where(stream == -1, to_int64(_field(sub, "tid")), stream)
             self._append(fam, name=name, ts=ts, dur=dur, device=device, stream=stream)
         else:  # HOST
             self._append(
                 fam,
-                cat=self.symbols.encode([e.cat for e in sub]),
+                cat=self.symbols.encode(_field(sub, "cat")),
                 name=name,
                 ts=ts,
                 dur=dur,
-                pid=to_int64([e.pid for e in sub]),
-                tid=to_int64([e.tid for e in sub]),
+                pid=to_int64(_field(sub, "pid")),
+                tid=to_int64(_field(sub, "tid")),
                 external_id=ext,
                 call_stack=self.symbols.encode(arg("call_stack")),
             )
@@ -219,15 +226,15 @@ class TableBuilder:
         ts: np.ndarray,
         dur: np.ndarray,
     ) -> None:
-        coll = [a.collective_name for a in args]
-        idx = [i for i, c in enumerate(coll) if c is not None]
-        if not idx:
+        coll = _field(args, "collective_name")
+        if coll.count(None) == len(coll):  # no collectives (most slices): no index to build
             return
+        idx = [i for i, c in enumerate(coll) if c is not None]
         sel = _take(args, np.asarray(idx))
         pick = np.asarray(idx)
 
         def arg(attr: str) -> list[Any]:
-            return list(map(attrgetter(attr), sel))
+            return _field(sel, attr)
 
         out = self._collectives
         out["source"].append(self.symbols.encode([source] * len(sel)))
@@ -243,17 +250,17 @@ class TableBuilder:
         out["seq"].append(to_int64(arg("seq")))
 
     def _add_memory(self, sub: list[TraceEvent]) -> None:
-        ts = raw_us_to_ns([e.ts for e in sub])
-        args = [e.args if e.args is not None else _EMPTY_ARGS for e in sub]
+        ts = raw_us_to_ns(_field(sub, "ts"))
+        args = _args(sub)
 
         def arg(attr: str) -> list[Any]:
-            return list(map(attrgetter(attr), args))
+            return _field(args, attr)
 
         self._append(
             MEMORY,
             ts=ts,
-            pid=to_int64([e.pid for e in sub]),
-            tid=to_int64([e.tid for e in sub]),
+            pid=to_int64(_field(sub, "pid")),
+            tid=to_int64(_field(sub, "tid")),
             device_type=to_int64(arg("device_type")),
             device_id=to_int64(arg("device_id")),
             addr=to_int64(arg("addr")),
@@ -265,12 +272,12 @@ class TableBuilder:
     def _add_flows(self, sub: list[TraceEvent]) -> None:
         self._append(
             FLOW,
-            cat=self.symbols.encode([e.cat for e in sub]),
-            ph=self.symbols.encode([e.ph for e in sub]),
-            id=to_int64([e.id for e in sub]),
-            ts=raw_us_to_ns([e.ts for e in sub]),
-            pid=to_int64([e.pid for e in sub]),
-            tid=to_int64([e.tid for e in sub]),
+            cat=self.symbols.encode(_field(sub, "cat")),
+            ph=self.symbols.encode(_field(sub, "ph")),
+            id=to_int64(_field(sub, "id")),
+            ts=raw_us_to_ns(_field(sub, "ts")),
+            pid=to_int64(_field(sub, "pid")),
+            tid=to_int64(_field(sub, "tid")),
         )
 
     def _add_meta(self, sub: list[TraceEvent]) -> None:
@@ -347,6 +354,32 @@ class TableBuilder:
             if not (order[1:] > order[:-1]).all():
                 frame = frame.iloc[order].reset_index(drop=True)
         return frame
+
+
+def _field(items: Sequence[Any], attr: str) -> list[Any]:
+    """One attribute of every event (or of every ``args``)."""
+    return _gather(attr)(items)
+
+
+@cache
+def _gather(attr: str) -> Callable[[Sequence[Any]], list[Any]]:
+    """A list comprehension reading ``attr``, compiled once per attribute name.
+
+    ``item.ts`` written out in the code is specialised by the interpreter to a slot read;
+    ``attrgetter``/``getattr`` look the name up on every call: on ``msgspec`` structs that
+    is 3x slower (1.0 ms against 0.3 ms for 12 k events), and a trace reads ~10 fields.
+    """
+    if not attr.isidentifier():
+        raise ValueError(f"not an attribute name: {attr!r}")
+    gather: Callable[[Sequence[Any]], list[Any]] = eval(f"lambda items: [item.{attr} for item in items]")
+    return gather
+
+
+def _args(events: Sequence[TraceEvent]) -> list[EventArgs]:
+    args: list[Any] = _field(events, "args")
+    if None in args:
+        return [a if a is not None else _EMPTY_ARGS for a in args]
+    return args
 
 
 def _take(items: Sequence[Any], idx: np.ndarray) -> list[Any]:

@@ -1,0 +1,153 @@
+"""The vectorised column conversions give exactly what the per-value formulas gave.
+
+`to_int64` used to fall back to `_int_or` value by value once a column held text
+(`"stream 7"` in 2021 Kineto traces), and `SymbolTable.encode` factorised an object
+array with pandas. Both now take vectorised paths; the old formulas are kept here,
+verbatim, and every argument column of real traces is run through both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlprof.trace import jsonstream
+from mlprof.trace.columns import SymbolTable, _int_or, _text, factorize_text, to_int64
+from mlprof.trace.schema import EventArgs, TraceEvent
+
+from conftest import external
+
+REAL_TRACES = [
+    "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz",
+    "hta/tests/data/df_index_resolver/df_index_resolver.json.gz",
+    "facebookresearch__param/dlrm_kineto/worker0_step_12.1694128201545.pt.trace.json",
+]
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
+
+
+def old_to_int64(values: list[Any], missing: int = -1) -> np.ndarray:
+    """`to_int64` before the vectorised path (commit dce93c4)."""
+    n = len(values)
+    try:
+        return np.fromiter(values, dtype=np.int64, count=n)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    try:
+        return np.fromiter((missing if v is None else v for v in values), dtype=np.int64, count=n)
+    except (TypeError, ValueError, OverflowError):
+        return np.fromiter((_int_or(v, missing) for v in values), dtype=np.int64, count=n)
+
+
+def old_encode(symbols: SymbolTable, values: list[Any]) -> np.ndarray:
+    """`SymbolTable.encode` before the dict-based path (commit dce93c4)."""
+    if len(values) == 0:
+        return np.empty(0, dtype=np.int32)
+    local_codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+    mapping = np.fromiter(
+        (symbols.code(u if isinstance(u, str) else _text(u)) for u in uniques),
+        dtype=np.int32,
+        count=len(uniques),
+    )
+    mapping = np.append(mapping, np.int32(0))
+    return mapping[local_codes]
+
+
+def _events(path: Path) -> list[TraceEvent]:
+    batches: list[list[TraceEvent]] = []
+    jsonstream.read_trace_events(path, batches.append)
+    return [e for batch in batches for e in batch]
+
+
+def _columns(events: list[TraceEvent]) -> dict[str, list[Any]]:
+    args = [e.args if e.args is not None else EventArgs() for e in events]
+    cols = {f: [getattr(e, f) for e in events] for f in ("ph", "cat", "name", "pid", "tid", "id")}
+    for f in EventArgs.__struct_fields__:
+        cols[f"args.{f}"] = [getattr(a, f) for a in args]
+    return cols
+
+
+@pytest.mark.parametrize("relative", REAL_TRACES)
+def test_real_columns_convert_as_before(relative: str) -> None:
+    events = _events(external(relative))
+    cols = _columns(events)
+    text_columns = 0
+    for name, values in cols.items():
+        for missing in (-1, 0):
+            np.testing.assert_array_equal(to_int64(values), old_to_int64(values), err_msg=name)
+            np.testing.assert_array_equal(
+                to_int64(values, missing), old_to_int64(values, missing), err_msg=f"{name} missing={missing}"
+            )
+        new_symbols, old_symbols = SymbolTable(), SymbolTable()
+        new_codes, old_codes = new_symbols.encode(values), old_encode(old_symbols, values)
+        assert [new_symbols.strings[c] for c in new_codes] == [old_symbols.strings[c] for c in old_codes], name
+        text_columns += factorize_text(values) is not None
+    assert text_columns >= 5  # cat, ph, name, ... take the dict path
+
+
+def test_resnet_text_tids_take_vectorised_path() -> None:
+    """2021 Kineto writes ``"tid": "stream 7"`` on GPU events and text thread ids: the per-value case."""
+    events = _events(external(REAL_TRACES[0]))
+    tids = [e.tid for e in events]
+    texts = {t for t in tids if isinstance(t, str)}
+    assert any(t.startswith("stream ") for t in texts)
+    got = to_int64(tids)
+    assert (got == old_to_int64(tids)).all()
+    as_text = np.array([isinstance(t, str) for t in tids])
+    numbers = [t.removeprefix("stream ") for t in texts]
+    expected = {int(t) if t.isdigit() else -1 for t in numbers}
+    assert -1 in expected and len(expected) > 2  # thread ids, stream numbers and an empty tid
+    assert set(np.unique(got[as_text]).tolist()) == expected
+    assert (got[~as_text] == [t for t in tids if not isinstance(t, str)]).all()
+
+
+def test_sample_trace_columns_convert_as_before() -> None:
+    for path in sorted(SAMPLES.glob("*.json.gz")):
+        for name, values in _columns(_events(path)).items():
+            np.testing.assert_array_equal(to_int64(values), old_to_int64(values), err_msg=f"{path.name} {name}")
+
+
+ODD_VALUES: list[Any] = [
+    None,
+    0,
+    7,
+    -(2**63),
+    2**63 - 1,
+    2**63,
+    -(2**64),
+    True,
+    False,
+    1.0,
+    2.5,
+    float("nan"),
+    float("inf"),
+    "12",
+    " 12 ",
+    "stream 7",
+    "stream x",
+    "1_000",
+    "-5",
+    "9223372036854775808",
+    "",
+    "abc",
+    "1.5",
+    [1],
+    {"a": 1},
+]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_mixed_columns_convert_as_before(seed: int) -> None:
+    """Random mixtures of every kind of value a lenient decode can hand over."""
+    rng = np.random.default_rng(seed)
+    pool = ODD_VALUES[: 3 + seed % len(ODD_VALUES)]
+    values = [pool[i] for i in rng.integers(0, len(pool), size=int(rng.integers(1, 60)))]
+    for missing in (-1, 0):
+        np.testing.assert_array_equal(to_int64(values, missing), old_to_int64(values, missing))
+    hashable = [v for v in values if not isinstance(v, list | dict)]
+    new_symbols, old_symbols = SymbolTable(), SymbolTable()
+    new_codes, old_codes = new_symbols.encode(hashable), old_encode(old_symbols, hashable)
+    assert [new_symbols.strings[c] for c in new_codes] == [old_symbols.strings[c] for c in old_codes]
