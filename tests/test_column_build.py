@@ -17,7 +17,10 @@ import pytest
 
 from mlprof.trace import jsonstream
 from mlprof.trace.columns import SymbolTable, _int_or, _text, factorize_text, to_int64
+from mlprof.trace.loader import load_trace
 from mlprof.trace.schema import EventArgs, TraceEvent
+from mlprof.trace.steps import find_steps
+from mlprof.trace.vocabulary import PROFILER_STEP, names_matching
 
 from conftest import external
 
@@ -151,3 +154,57 @@ def test_mixed_columns_convert_as_before(seed: int) -> None:
     new_symbols, old_symbols = SymbolTable(), SymbolTable()
     new_codes, old_codes = new_symbols.encode(hashable), old_encode(old_symbols, hashable)
     assert [new_symbols.strings[c] for c in new_codes] == [old_symbols.strings[c] for c in old_codes]
+
+
+def old_profiler_steps(host: pd.DataFrame) -> pd.DataFrame:
+    """The ``ProfilerStep#N`` branch of `find_steps` before the numpy path (commit dce93c4)."""
+    rows = host[names_matching(host["name"], PROFILER_STEP)]
+    rows = rows.drop_duplicates(subset=["name"], keep="first")
+    digits = rows["name"].astype(str).str.extract(PROFILER_STEP.pattern, expand=False)
+    sane = (digits.str.len() <= 18).to_numpy()
+    rows, digits = rows[sane], digits[sane]
+    steps = pd.DataFrame(
+        {
+            "step": digits.astype(np.int64).to_numpy(),
+            "name": rows["name"].astype(str).to_numpy(),
+            "ts": rows["ts"].to_numpy(),
+            "end": rows["end"].to_numpy(),
+        }
+    )
+    steps["dur"] = steps["end"] - steps["ts"]
+    return steps.sort_values("ts", ignore_index=True)
+
+
+STEP_TRACES = [
+    *REAL_TRACES,
+    "hta/tests/data/trace_filter/sampled_rank-0.json.gz",
+    "facebookresearch__param/dlrm_kineto/worker3_step_12.1694128201557.pt.trace.json",
+]
+
+
+@pytest.mark.parametrize("relative", STEP_TRACES)
+def test_profiler_steps_as_before(relative: str) -> None:
+    trace = load_trace(external(relative), workers=1)
+    host = trace.host
+    if not names_matching(host["name"], PROFILER_STEP).any():
+        pytest.skip("no ProfilerStep ranges")
+    steps, marker = find_steps(host, int(host["end"].max()))
+    assert marker == "ProfilerStep" and len(steps) >= 1
+    pd.testing.assert_frame_equal(steps, old_profiler_steps(host), check_exact=True)
+    assert steps["name"].dtype == old_profiler_steps(host)["name"].dtype
+
+
+def test_profiler_steps_dedup_and_junk_as_before() -> None:
+    """Repeated step names keep the first range; step numbers beyond int64 are dropped."""
+    names = ["ProfilerStep#3", "aten::mm", "ProfilerStep#2", "ProfilerStep#3", "ProfilerStep#" + "9" * 19]
+    symbols = SymbolTable()
+    host = pd.DataFrame(
+        {
+            "name": symbols.categorical(symbols.encode(names)),
+            "ts": np.array([50, 10, 0, 70, 90], dtype=np.int64),
+            "end": np.array([60, 20, 40, 80, 95], dtype=np.int64),
+        }
+    )
+    steps, _ = find_steps(host, 100)
+    pd.testing.assert_frame_equal(steps, old_profiler_steps(host), check_exact=True)
+    assert steps["step"].tolist() == [2, 3] and steps["end"].tolist() == [40, 60]
