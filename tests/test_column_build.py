@@ -87,6 +87,15 @@ def test_real_columns_convert_as_before(relative: str) -> None:
         new_symbols, old_symbols = SymbolTable(), SymbolTable()
         new_codes, old_codes = new_symbols.encode(values), old_encode(old_symbols, values)
         assert [new_symbols.strings[c] for c in new_codes] == [old_symbols.strings[c] for c in old_codes], name
+        new_cat = new_symbols.categorical(new_codes)
+        used = np.unique(new_codes)
+        strings = np.array([new_symbols.strings[i] for i in used], dtype=object)
+        order = np.argsort(strings, kind="stable")
+        remap = np.zeros(len(new_symbols.strings), dtype=np.int32)
+        remap[used[order]] = np.arange(len(used), dtype=np.int32)
+        old_cat = pd.Categorical.from_codes(remap[new_codes], categories=strings[order].tolist())
+        pd.testing.assert_extension_array_equal(new_cat, old_cat)
+        assert new_cat.categories.dtype == old_cat.categories.dtype
         text_columns += factorize_text(values) is not None
     assert text_columns >= 5  # cat, ph, name, ... take the dict path
 
