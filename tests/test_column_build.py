@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from mlprof.trace import jsonstream
+from mlprof.trace.build import COMM_KERNEL
 from mlprof.trace.columns import SymbolTable, _int_or, _text, factorize_text, to_int64
 from mlprof.trace.loader import load_trace
 from mlprof.trace.schema import EventArgs, TraceEvent
@@ -217,3 +218,14 @@ def test_profiler_steps_dedup_and_junk_as_before() -> None:
     steps, _ = find_steps(host, 100)
     pd.testing.assert_frame_equal(steps, old_profiler_steps(host), check_exact=True)
     assert steps["step"].tolist() == [2, 3] and steps["end"].tolist() == [40, 60]
+
+
+@pytest.mark.parametrize("relative", STEP_TRACES)
+def test_is_comm_as_before(relative: str) -> None:
+    """``is_comm`` from the cached per-name regex answers equals the ``isin`` formula it replaced."""
+    gpu = load_trace(external(relative), workers=1).gpu
+    comm_names = [c for c in gpu["name"].cat.categories if COMM_KERNEL.search(c)]
+    old = gpu["name"].isin(comm_names) & (gpu["kind"] == "kernel")
+    pd.testing.assert_series_equal(gpu["is_comm"], old, check_names=False)
+    if "dlrm" in relative:
+        assert gpu["is_comm"].sum() > 0  # the DLRM ranks run NCCL all-to-all and all-reduce

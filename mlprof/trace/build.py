@@ -21,6 +21,7 @@ import pandas as pd
 from mlprof.trace.columns import SymbolTable, factorize_text, to_int64
 from mlprof.trace.numbers import MISSING_NS, TIME_LIMIT_NS, raw_us_to_ns
 from mlprof.trace.schema import EventArgs, TraceEvent
+from mlprof.trace.vocabulary import name_mask
 
 # Family codes.
 GPU, RUNTIME, HOST, GPU_ANNOTATION, MEMORY, FLOW, META, SKIP, INSTANT = range(9)
@@ -326,8 +327,9 @@ class TableBuilder:
         }
         gpu = tables["gpu"]
         if len(gpu):
-            comm_names = [c for c in gpu["name"].cat.categories if COMM_KERNEL.search(c)]
-            gpu["is_comm"] = gpu["name"].isin(comm_names) & (gpu["kind"] == "kernel")
+            # Regex answers per distinct name, cached across the ranks of a job (vocabulary).
+            is_kernel = (gpu["kind"] == "kernel").to_numpy()
+            gpu["is_comm"] = name_mask(gpu["name"], COMM_KERNEL) & is_kernel
         else:
             gpu["is_comm"] = pd.Series(dtype=bool)
         threads = pd.DataFrame(self.metadata, columns=["kind", "pid", "tid", "value"])
