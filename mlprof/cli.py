@@ -26,6 +26,7 @@ from rich.progress import (
 )
 
 from mlprof import __version__
+from mlprof.commands._files import refuse_to_overwrite, write_text
 from mlprof.errors import MlprofError
 
 if TYPE_CHECKING:
@@ -130,9 +131,7 @@ def analyze(
 
     gates = analysis_gates(rule_config, fail_on)
     counter_paths = list(counters or [])
-    for source in [path, *counter_paths]:
-        if output is not None and _same_or_inside(output, source):
-            raise UsageError(f"--output {output}: would overwrite the input; choose another file")
+    refuse_to_overwrite(output, [path, *counter_paths])
     if _is_file(path) and sniff_counters(path) is not None:
         for flag, value in (("--rank", rank), ("--steps", steps), ("--step-marker", step_marker)):
             if value is not None:
@@ -317,15 +316,6 @@ def _indent(text: str) -> str:
     return "\n\n".join(out)
 
 
-def _same_or_inside(output: Path, path: Path) -> bool:
-    try:
-        out = output.resolve()
-        src = path.resolve()
-        return out == src or (src.is_dir() and src in out.parents)
-    except OSError:
-        return False  # an unusable path: the reader or the writer reports it
-
-
 def _emit(analysis: object, fmt: OutputFormat, output: Path | None) -> None:
     from mlprof.analysis import Analysis, CounterAnalysis
     from mlprof.report.json_report import counters_only_json_dict, to_json_dict
@@ -348,10 +338,7 @@ def _emit(analysis: object, fmt: OutputFormat, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
     else:
-        try:
-            output.write_text(text)
-        except OSError as exc:
-            raise MlprofError(f"{output}: cannot write ({exc.strerror})") from None
+        write_text(output, text)
 
 
 class _progress:

@@ -193,3 +193,16 @@ def test_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.startswith("mlprof: error: ") and err.count("\n") == 1
     assert not (tmp_path / "out.json").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder of rank traces annotated under a path whose parent is a file: exit 2, one line, nothing written."""
+    source = SAMPLES / "scenarios" / "recorded" / "unfused_optimizer" / "bad"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["annotate", str(source), "-o", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create the folder" in err
+    assert sorted(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"

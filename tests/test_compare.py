@@ -246,7 +246,7 @@ def test_compare_refuses_to_overwrite_an_input(tmp_path: Path, capsys: pytest.Ca
     original = (SAMPLES / "synthetic" / "healthy.json.gz").read_bytes()
     trace.write_bytes(original)
     assert main(["compare", str(trace), str(trace), "-o", str(trace)]) == 2
-    assert "would overwrite an input" in capsys.readouterr().err
+    assert "would write over or into the input" in capsys.readouterr().err
     assert trace.read_bytes() == original
 
 

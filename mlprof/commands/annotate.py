@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mlprof.commands._files import make_folder, refuse_to_overwrite
+
 
 def register(app: typer.Typer) -> None:
     app.command("annotate")(annotate)
@@ -30,12 +32,7 @@ def annotate(
     from mlprof.trace.loader import load_job
 
     rule_config = load_config(config)
-    try:
-        resolved_in, resolved_out = trace.resolve(), output.resolve()
-    except OSError:
-        resolved_in, resolved_out = trace, output
-    if resolved_in == resolved_out or (trace.is_dir() and resolved_in in resolved_out.parents):
-        raise UsageError(f"-o {output}: would write over or into the input {trace}; choose another path")
+    refuse_to_overwrite(output, [trace])
     traces = load_job(trace, step_marker=step_marker)
     if any(t.meta.format == "nsys" for t in traces):
         raise BadInputError(f"{trace}: an Nsight Systems export; annotate writes copies of Chrome/Kineto JSON traces")
@@ -43,7 +40,7 @@ def annotate(
     if trace.is_dir():
         if output.exists() and not output.is_dir():
             raise UsageError(f"-o {output}: TRACE is a folder, so the output must be a folder too")
-        output.mkdir(parents=True, exist_ok=True)
+        make_folder(output)
         _copy_side_files(trace, output)
     reported = {f.rule for f in analysis.findings}
     for ra in analysis.ranks:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from mlprof.commands._files import refuse_to_overwrite, write_text
+
 
 class CompareFormat(str, Enum):
     text = "text"
@@ -49,7 +51,6 @@ def compare(
 
     from mlprof.compare import compare_analyses
     from mlprof.compare.inputs import analyze_run
-    from mlprof.errors import MlprofError, UsageError
     from mlprof.gates import GateConfig, check_comparison, gates_markdown
     from mlprof.gates.spec import parse_budget, parse_fail_on, parse_max_regression
     from mlprof.report.compare_report import comparison_json, comparison_markdown, comparison_text
@@ -62,9 +63,7 @@ def compare(
         None if max_regression is None else parse_max_regression(max_regression),
         [parse_budget(x) for x in budget or []],
     )
-    for spec in (base, new):
-        if output is not None and _same_or_inside(output, Path(spec)):
-            raise UsageError(f"--output {output}: would overwrite an input; choose another file")
+    refuse_to_overwrite(output, [Path(base), Path(new)])
     base_a = analyze_run(base, "BASE", steps, rule_config, step_marker, store)
     new_a = analyze_run(new, "NEW", steps, rule_config, step_marker, store)
     comparison = compare_analyses(base_a, new_a)
@@ -79,19 +78,8 @@ def compare(
     if output is None:
         sys.stdout.write(text)
     else:
-        try:
-            output.write_text(text)
-        except OSError as exc:
-            raise MlprofError(f"{output}: cannot write ({exc.strerror})") from None
+        write_text(output, text)
     if results is not None and not all(r.passed for r in results):
         sys.stdout.flush()
         sys.stderr.write(gates_markdown(results, f"`{base}` -> `{new}`"))
         raise typer.Exit(code=1)
-
-
-def _same_or_inside(output: Path, path: Path) -> bool:
-    try:
-        out, src = output.resolve(), path.resolve()
-        return out == src or (src.is_dir() and src in out.parents)
-    except OSError:
-        return False

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mlprof.commands._files import refuse_to_overwrite, write_text
+
 
 def register(app: typer.Typer) -> None:
     app.command("report")(report)
@@ -22,22 +24,13 @@ def report(
 ) -> None:
     """A self-contained HTML page: step breakdown, ranked fixes and the plan's waterfall."""
     from mlprof.analysis import analyze_job
-    from mlprof.errors import MlprofError, UsageError
     from mlprof.report.html import render_html
     from mlprof.rules.config import load_config
     from mlprof.trace.loader import load_job
 
     rule_config = load_config(config)
-    try:
-        src, out = path.resolve(), output.resolve()
-        if src == out or (path.is_dir() and src in out.parents):
-            raise UsageError(f"-o {output}: would write over or into the input; choose another file")
-    except OSError:
-        pass
+    refuse_to_overwrite(output, [path])
     analysis = analyze_job(load_job(path, step_marker=step_marker), str(path), steps, rule_config)
     page = render_html(analysis)
-    try:
-        output.write_text(page, encoding="utf-8")
-    except OSError as exc:
-        raise MlprofError(f"{output}: cannot write ({exc.strerror})") from None
+    write_text(output, page)
     print(f"{output}: {len(page) / 1e6:.1f} MB, {len(analysis.findings)} finding(s)")
