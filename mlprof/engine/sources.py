@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlprof.errors import BadInputError
-from mlprof.trace.loader import TRACE_SUFFIXES, trace_files_in
+from mlprof.trace.loader import TRACE_SUFFIXES, job_files
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _COLLAPSED_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]{1,}):/(?!/)")
@@ -62,18 +62,7 @@ def list_sources(source: str | list[str]) -> list[str]:
         if not files:
             raise BadInputError(f"{source}: no file matches")
         return files
-    path = Path(source)
-    if not path.exists():
-        raise BadInputError(f"{path}: no such file or directory")
-    if not path.is_dir():
-        return [str(path)]
-    try:
-        found = trace_files_in(path)
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot list the directory ({exc.strerror})") from None
-    if not found:
-        raise BadInputError(f"{path}: directory holds no trace files (*.json, *.json.gz)")
-    return [str(f) for f in found]
+    return [str(f) for f in job_files(Path(source))]
 
 
 def _list_url(url: str) -> list[str]:

@@ -200,21 +200,29 @@ def trace_files_in(directory: Path) -> list[Path]:
     return files
 
 
-def load_job(
-    path: str | Path, *, on_progress: ProgressCallback | None = None, step_marker: str | None = None
-) -> list[Trace]:
-    """A file is one rank; a directory is one job of per-rank trace files."""
-    path = Path(path)
+def job_files(path: Path) -> list[Path]:
+    """The trace files ``path`` names: itself, or the rank traces of a directory; bad paths are one error."""
     if not _exists(path):
         raise BadInputError(f"{path}: no such file or directory")
     if not path.is_dir():
-        return [load_trace(path, on_progress=on_progress, step_marker=step_marker)]
+        return [path]
     try:
         files = trace_files_in(path)
     except OSError as exc:
         raise BadInputError(f"{path}: cannot list the directory ({exc.strerror})") from None
     if not files:
         raise BadInputError(f"{path}: directory holds no trace files (*.json, *.json.gz)")
+    return files
+
+
+def load_job(
+    path: str | Path, *, on_progress: ProgressCallback | None = None, step_marker: str | None = None
+) -> list[Trace]:
+    """A file is one rank; a directory is one job of per-rank trace files."""
+    path = Path(path)
+    files = job_files(path)
+    if not path.is_dir():
+        return [load_trace(path, on_progress=on_progress, step_marker=step_marker)]
     traces = [load_trace(f, on_progress=on_progress, step_marker=step_marker) for f in files]
     seen: dict[int, str] = {}
     for i, tr in enumerate(traces):
@@ -233,4 +241,4 @@ def load_job(
     return sorted(traces, key=lambda t: t.meta.rank if t.meta.rank is not None else -1)
 
 
-__all__ = ["load_job", "load_trace", "trace_files_in"]
+__all__ = ["job_files", "load_job", "load_trace", "trace_files_in"]
