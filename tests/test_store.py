@@ -540,3 +540,38 @@ def test_delete_asks_on_a_terminal_and_refuses_without_one(tmp_path: Path, monke
     assert f"deleted run {run_id} 'healthy'" in on_terminal(b"y\n")
     with _conn(db) as conn:
         assert q.count_rows(conn)["runs"] == 0
+
+
+def test_stored_kernel_and_op_times_match_the_raw_trace(tmp_path: Path) -> None:
+    """DLRM rank 0 (one ProfilerStep): every stored kernel row is the raw JSON's sum of ``dur`` of the kernels of
+    that name launched inside the step, and every op row the sum over cpu_ops starting in it; both the same
+    figures `mlprof compare` matches by name."""
+    from collections import defaultdict
+
+    from mlprof.analyzers.name_totals import rank_events
+
+    path = next(external("facebookresearch__param/dlrm_kineto").glob("worker0_*.json"))
+    events = json.loads(path.read_text())["traceEvents"]
+    (step,) = [e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")]
+    lo, hi = step["ts"], step["ts"] + step["dur"]
+    launch = {e["args"]["correlation"]: e["ts"] for e in events if e.get("cat") == "cuda_runtime"}
+    kernels: dict[str, int] = defaultdict(int)
+    ops: dict[str, int] = defaultdict(int)
+    for e in events:
+        if e.get("cat") == "kernel" and lo <= launch.get(e["args"]["correlation"], e["ts"]) < hi:
+            kernels[e["name"]] += round(e["dur"] * 1000)
+        elif e.get("cat") == "cpu_op" and lo <= e["ts"] < hi:
+            ops[e["name"]] += round(e["dur"] * 1000)
+    result = ingest(path, store_url=str(tmp_path / "s.db"))
+    with open_engine(resolve_store(str(tmp_path / "s.db"))).connect() as conn:
+        stored = q.run_ops(conn, result.run_id)
+    assert len(kernels) > 20 and len(ops) > 20
+    for kind, truth in (("kernel", kernels), ("op", ops)):
+        rows = stored[(stored["kind"] == kind) & (stored["name"] != "(other)")]
+        assert len(rows) == min(len(truth), 200)
+        assert {n: int(v) for n, v in zip(rows["name"], rows["ns_per_step"], strict=True)} == {
+            n: truth[n] for n in rows["name"]
+        }
+    trace = load_job(path)
+    evs, n = rank_events(analyze_job(trace, str(path)).ranks[0])
+    assert n == 1 and int(evs.loc[evs["kind"] == "kernel", "dur"].sum()) == sum(kernels.values())

@@ -17,6 +17,7 @@ import pandas as pd
 from mlprof.analysis import Analysis
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.analyzers.memory_curve import memory_curves
+from mlprof.analyzers.name_totals import rank_events
 
 TOP_OPS = 200
 """Kernels and host ops kept per run (most time first); the rest is one ``(other)`` row."""
@@ -39,42 +40,23 @@ def step_rows(analysis: Analysis) -> list[dict[str, Any]]:
     return rows
 
 
-def _windows(steps: pd.DataFrame, span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    if len(steps):
-        starts = steps["ts"].to_numpy(np.int64)
-        return starts, starts + steps["dur"].to_numpy(np.int64)
-    return np.array([span[0]], np.int64), np.array([span[1]], np.int64)
-
-
-def _inside(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    idx = np.searchsorted(starts, ts, side="right") - 1
-    ok = idx >= 0
-    out = np.zeros(len(ts), dtype=bool)
-    out[ok] = ts[ok] < ends[idx[ok]]
-    return out
-
-
 def op_rows(analysis: Analysis) -> list[dict[str, Any]]:
     """Per kernel name and per host op name: count and ns inside the analysed steps, mean over ranks.
 
-    Host ops are ``cpu_op`` ranges with their inclusive time (an op's children count in
-    it too), so host rows do not add up to the step; they say which ops got slower.
+    Measured by :func:`mlprof.analyzers.name_totals.rank_events`, the same events
+    ``mlprof compare`` matches by name (memcpy/memset rows are left out here). Host ops
+    carry their inclusive time (an op's children count in it too), so host rows do not
+    add up to the step; they say which ops got slower.
     """
     parts: dict[str, list[pd.DataFrame]] = {"kernel": [], "op": []}
     n_windows = 1
     for ra in analysis.ranks:
-        starts, ends = _windows(ra.steps, ra.span)
-        n_windows = max(n_windows, len(starts))
-        gpu = ra.trace.gpu
-        kernels = gpu[(gpu["kind"] == "kernel").to_numpy()] if len(gpu) else gpu
-        host = ra.trace.host
-        ops = host[(host["cat"] == "cpu_op").to_numpy()] if len(host) else host
-        for kind, frame in (("kernel", kernels), ("op", ops)):
-            if len(frame) == 0:
-                continue
-            frame = frame[_inside(frame["ts"].to_numpy(np.int64), starts, ends)]
-            grouped = frame.groupby(frame["name"].astype(str), sort=False, observed=True)["dur"].agg(["count", "sum"])
-            parts[kind].append(grouped)
+        events, windows = rank_events(ra)
+        n_windows = max(n_windows, windows)
+        for kind in parts:
+            frame = events[events["kind"].to_numpy() == kind]
+            if len(frame):
+                parts[kind].append(frame.groupby("name", sort=False)["dur"].agg(["count", "sum"]))
     rows: list[dict[str, Any]] = []
     n_ranks = max(len(analysis.ranks), 1)
     for kind, frames in parts.items():
