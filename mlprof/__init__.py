@@ -2,11 +2,14 @@
 
 The flow is one direction: trace files -> :mod:`mlprof.trace` (columnar tables,
 int64 nanoseconds) -> :mod:`mlprof.analyzers` (measurements) -> :mod:`mlprof.rules`
-(findings) -> :mod:`mlprof.report` (text, JSON, markdown).
+(findings) -> :mod:`mlprof.results` (the report) -> :mod:`mlprof.report` (text, JSON,
+markdown, HTML).
 
+In a notebook: ``mlprof.analyze(path)`` returns a :class:`mlprof.Report` (findings,
+plan, steps and breakdown as DataFrames; ``to_json()``/``Report.from_json()``).
 In a training script: ``mlprof.profile``, ``mlprof.range`` and ``mlprof.step`` (see
-:mod:`mlprof.collectors`). They are loaded on first use, so ``import mlprof`` never
-imports torch.
+:mod:`mlprof.collectors`). Everything is loaded on first use, so ``import mlprof``
+imports neither torch nor pandas.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "profile", "range", "step"]
+__all__ = ["Report", "__version__", "analyze", "profile", "range", "step"]
 
 if TYPE_CHECKING:
+    from mlprof.api import analyze
     from mlprof.collectors.profile import profile, step
     from mlprof.collectors.ranges import range
+    from mlprof.results import Report
 
 _LAZY = {
+    "analyze": "mlprof.api",
+    "Report": "mlprof.results",
     "profile": "mlprof.collectors.profile",
     "step": "mlprof.collectors.profile",
     "range": "mlprof.collectors.ranges",
@@ -29,7 +36,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """Load the in-training-script API on first use (PEP 562)."""
+    """Load the public API on first use (PEP 562): the collectors must not pull pandas into a training job."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mlprof' has no attribute {name!r}")

@@ -46,6 +46,9 @@ class RankAnalysis:
     """Set when this rank was analysed alone (:func:`analyze_trace`)."""
     span_override: tuple[int, int] | None = None
     """The span measured on the full trace, for a rank kept reduced (:mod:`mlprof.engine.rank_task`)."""
+    window_ns: tuple[int, int] | None = None
+    """The stepless window measured on the full trace (set by :func:`measure_trace`): a rank kept reduced
+    holds only its communication kernels, so the window cannot be measured again from it."""
 
     @property
     def span(self) -> tuple[int, int]:
@@ -63,6 +66,8 @@ class RankAnalysis:
         export) is not steady state, and counting it would let a rule claim most of a
         trace that barely ran on the GPU. Without device activity, the whole host span.
         """
+        if self.window_ns is not None:
+            return self.window_ns
         return _analysis_window(self.trace)
 
     @property
@@ -223,7 +228,22 @@ def measure_trace(trace: Trace, steps_spec: str | None = None) -> RankAnalysis:
         whole_trace=whole,
         temporal=temporal_breakdown(trace),
         notes=notes,
+        span_override=_trace_span(trace),
+        window_ns=_analysis_window(trace),
     )
+
+
+def analysed_windows(ra: RankAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (ns) of each window a rank is analysed over: its steps, else the one stepless window.
+
+    The one definition every path uses (in memory, per-rank engine tasks, low memory, the
+    by-name totals), so the causes, the rules' step time and the totals cut the same time.
+    """
+    if len(ra.steps):
+        starts = ra.steps["ts"].to_numpy(np.int64)
+        return starts, starts + ra.steps["dur"].to_numpy(np.int64)
+    lo, hi = ra.window
+    return np.array([lo], np.int64), np.array([max(hi, lo)], np.int64)
 
 
 def _trace_span(trace: Trace) -> tuple[int, int]:
@@ -263,16 +283,24 @@ def analyze_job(
         ra.findings = sorted(findings, key=lambda f: -f.expected_speedup)
     analysis = Analysis(path=path, ranks=ranks, step_filter=steps_spec, diagnosis=diagnosis, skew=skew)
     if counters is not None:
-        ca = analyze_counters(counters, counter_paths or [], config)
-        _align(analysis, ca)
-        analysis.counters = counters
-        analysis.counter_summary = ca
-        has_memory = bool((counters["metric"] == "mem_used_bytes").any())
-        verdict = counter_memory_verdict(ca.diagnosis, ca.trace_window_memory) if has_memory else None
-        if verdict:
-            old = diagnosis.verdicts.get("MEM001")
-            diagnosis.verdicts["MEM001"] = f"{old} | {verdict}" if old else verdict
+        attach_counters(analysis, counters, counter_paths or [], config)
     return analysis
+
+
+def attach_counters(analysis: Analysis, counters: pd.DataFrame, paths: list[str], config: RuleConfig) -> None:
+    """Add GPU counters to a job's analysis: the counter rules, the join to the steps, the memory verdict.
+
+    The same for a job analysed in memory and one combined from per-rank engine tasks.
+    """
+    ca = analyze_counters(counters, paths, config)
+    _align(analysis, ca)
+    analysis.counters = counters
+    analysis.counter_summary = ca
+    has_memory = bool((counters["metric"] == "mem_used_bytes").any())
+    verdict = counter_memory_verdict(ca.diagnosis, ca.trace_window_memory) if has_memory else None
+    if verdict and analysis.diagnosis is not None:
+        old = analysis.diagnosis.verdicts.get("MEM001")
+        analysis.diagnosis.verdicts["MEM001"] = f"{old} | {verdict}" if old else verdict
 
 
 EPOCH_MIN_NS = 10**18
@@ -342,12 +370,7 @@ def _align(analysis: Analysis, ca: CounterAnalysis) -> None:
 def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConfig) -> Diagnosis:
     contexts = []
     for ra in ranks:
-        if len(ra.steps):
-            starts = ra.steps["ts"].to_numpy(np.int64)
-            ends = starts + ra.steps["dur"].to_numpy(np.int64)
-        else:
-            lo, hi = ra.window
-            starts, ends = np.array([lo], np.int64), np.array([max(hi, lo)], np.int64)
+        starts, ends = analysed_windows(ra)
         wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
         ra.causes = attribute_causes(ra.trace, starts, ends, comm_wait=wait)
         contexts.append(RankContext(ra, ra.causes))

@@ -11,7 +11,6 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 import typer
@@ -28,9 +27,6 @@ from rich.progress import (
 from mlprof import __version__
 from mlprof.commands._files import refuse_to_overwrite, write_text
 from mlprof.errors import MlprofError
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 app = typer.Typer(
     name="mlprof",
@@ -118,79 +114,36 @@ def analyze(
     ),
 ) -> None:
     """Where the step time goes, per step and per rank, and what to fix first."""
-    from mlprof.analysis import analyze_counters, analyze_job
-    from mlprof.counters import sniff_counters
+    from mlprof.api import analyze as analyze_source
     from mlprof.engine.job import check_engine_options
-    from mlprof.errors import UsageError
+    from mlprof.gates.enforce import analysis_gates, enforce_gates
     from mlprof.rules.config import load_config
-    from mlprof.trace.loader import load_job
 
     check_engine_options(jobs, engine, scheduler)  # before any input is read, also for a single trace
     rule_config = load_config(config)
-    from mlprof.gates.enforce import analysis_gates, enforce_gates
-
     gates = analysis_gates(rule_config, fail_on)
     counter_paths = list(counters or [])
     refuse_to_overwrite(output, [path, *counter_paths])
-    if _is_file(path) and sniff_counters(path) is not None:
-        for flag, value in (("--rank", rank), ("--steps", steps), ("--step-marker", step_marker)):
-            if value is not None:
-                raise UsageError(f"{flag}: {path} is a counters file, which has no ranks or steps; pass a trace")
-        table = _load_counters([path, *counter_paths])
-        counter_analysis = analyze_counters(table, [str(p) for p in [path, *counter_paths]], rule_config)
-        _emit(counter_analysis, fmt, output)
-        enforce_gates(counter_analysis, gates, str(path))
-        return
-
-    if step_marker is not None:
-        import re
-
-        try:
-            re.compile(step_marker)
-        except re.error as exc:
-            raise UsageError(f"--step-marker: not a valid regex ({exc})") from None
-    counter_table = _load_counters(counter_paths) if counter_paths else None
-    from mlprof.engine.sources import is_job
-
-    if low_memory:
-        from mlprof.engine.windows import analyze_low_memory
-
-        if counter_table is not None or rank is not None or step_marker is not None or is_job(str(path)):
-            raise UsageError(
-                "--low-memory analyses one trace file by its ProfilerStep ranges, without "
-                "--counters, --rank or --step-marker"
-            )
-        with _progress() as on_progress:
-            analysis = analyze_low_memory(
-                path, config=rule_config, steps_spec=steps, jobs=jobs, on_progress=on_progress
-            )
-    elif rank is None and counter_table is None and is_job(str(path)):
-        from mlprof.engine import analyze_paths
+    with _progress() as on_progress:
         from mlprof.engine.progress import rank_progress
 
         with rank_progress() as on_rank_done:
-            analysis = analyze_paths(
-                str(path),
-                steps_spec=steps,
+            report = analyze_source(
+                path,
+                steps=steps,
                 step_marker=step_marker,
                 config=rule_config,
-                jobs=jobs,
+                counters=counter_paths or "auto",
                 engine=engine,
+                jobs=jobs,
+                low_memory=low_memory,
+                rank=rank,
                 scheduler=scheduler,
+                on_progress=on_progress,
                 on_rank_done=on_rank_done,
             )
-    else:
-        with _progress() as on_progress:
-            traces = load_job(path, on_progress=on_progress, step_marker=step_marker)
-        if rank is not None:
-            traces = [t for t in traces if t.meta.rank == rank]
-            if not traces:
-                raise UsageError(f"--rank {rank}: no such rank in {path}")
-        analysis = analyze_job(
-            traces, str(path), steps, rule_config, counters=counter_table, counter_paths=[str(p) for p in counter_paths]
-        )
-    _emit(analysis, fmt, output)
-    enforce_gates(analysis, gates, str(path))
+    _emit(report.analysis, fmt, output)
+    enforce_gates(report.analysis, gates, str(path))
 
 
 def _register_subcommands() -> None:
@@ -200,35 +153,6 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False  # the trace loader reports unusable paths in its own words
-
-
-def _load_counters(paths: list[Path]) -> pd.DataFrame:
-    """Counters files as one table; ``attrs`` say the formats and the time base (``mixed`` if they differ)."""
-    from mlprof.counters import concat_counters, load_counters
-    from mlprof.errors import BadInputError
-
-    tables = [load_counters(p) for p in paths]
-    for p, t in zip(paths, tables, strict=True):
-        if len(t) == 0:
-            raise BadInputError(f"{p}: a {t.attrs.get('format', 'counters')} file without a single readable sample")
-    table = concat_counters(tables)
-    bases = {str(t.attrs.get("time_base", "relative")) for t in tables}
-    notes = [f"{p}: {n}" for p, t in zip(paths, tables, strict=True) for n in t.attrs.get("notes", [])]
-    if len(tables) > 1:
-        notes.append(f"{len(tables)} counters files merged; GPUs with the same index in different files are one GPU")
-    table.attrs = {
-        "time_base": bases.pop() if len(bases) == 1 else "mixed",
-        "format": sorted({str(t.attrs.get("format")) for t in tables}),
-        "notes": notes,
-    }
-    return table
 
 
 @app.command("rules")

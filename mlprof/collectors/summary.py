@@ -16,30 +16,33 @@ TOP_FINDINGS = 3
 
 
 def summary_lines(trace_path: Path) -> list[str]:
-    """Analyse ``trace_path`` and describe it in a few lines (raises on unreadable input)."""
-    from mlprof.analysis import analyze_trace
-    from mlprof.analyzers.attribution import CATEGORIES
-    from mlprof.trace.loader import load_trace
+    """Analyse ``trace_path`` and describe it in a few lines (raises on unreadable input).
 
-    ra = analyze_trace(load_trace(trace_path, workers=1))
+    The analysis is :func:`mlprof.analyze` of the trace, so these lines agree with
+    ``mlprof analyze`` of the same file (thresholds from the project's config included).
+    """
+    from mlprof.api import analyze
+
+    report = analyze(trace_path, counters=None, jobs=1).data  # no reader processes inside a training job
     lines = [f"mlprof: {trace_path}"]
-    totals = ra.category_totals()
-    wall = sum(totals[c] for c in CATEGORIES)
-    if len(ra.steps):
-        dur = ra.steps["dur"]
+    bd = report["breakdown"]
+    cats = bd["categories"]
+    wall = bd["wall_ms"]
+    st = bd["step_time_ms"]
+    if bd["steps_analysed"]:
         lines.append(
-            f"  {len(ra.steps)} steps ({ra.trace.meta.step_source}): step time median {dur.median() / 1e6:.2f} ms, "
-            f"mean {dur.mean() / 1e6:.2f} ms, min {dur.min() / 1e6:.2f} ms, max {dur.max() / 1e6:.2f} ms"
+            f"  {bd['steps_analysed']} steps ({report['trace']['step_source']}): step time median "
+            f"{st['median']:.2f} ms, mean {st['mean']:.2f} ms, min {st['min']:.2f} ms, max {st['max']:.2f} ms"
         )
     else:
-        lines.append(f"  no steps found; the whole trace ({wall / 1e6:.2f} ms) is one window")
+        lines.append(f"  no steps found; the whole trace ({wall:.2f} ms) is one window")
     if wall > 0:
-        busy = sum(totals[c] for c in GPU_BUSY) / wall * 100
-        device = "" if ra.has_device_activity else " (no GPU activity recorded)"
+        busy = sum(cats[c]["ms"] for c in GPU_BUSY) / wall * 100
+        device = "" if report["trace"]["has_device_activity"] else " (no GPU activity recorded)"
         lines.append(f"  GPU busy {busy:.1f}%{device}")
-        top = sorted(CATEGORIES, key=lambda c: -totals[c])[:TOP_CATEGORIES]
-        lines.append("  top: " + ", ".join(f"{c} {totals[c] / wall * 100:.1f}%" for c in top if totals[c] > 0))
-    for finding in list(ra.findings)[:TOP_FINDINGS]:
+        top = sorted(cats, key=lambda c: -cats[c]["ms"])[:TOP_CATEGORIES]
+        lines.append("  top: " + ", ".join(f"{c} {cats[c]['ms'] / wall * 100:.1f}%" for c in top if cats[c]["ms"] > 0))
+    for finding in report["findings"][:TOP_FINDINGS]:
         lines.append("  finding: " + _finding_line(finding))
     return lines
 

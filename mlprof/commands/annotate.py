@@ -25,18 +25,18 @@ def annotate(
     ),
 ) -> None:
     """Copy of a trace with the findings on their time ranges, for Perfetto; the original is never modified."""
-    from mlprof.analysis import analyze_job
     from mlprof.annotate.writer import annotate_file
+    from mlprof.api import analyze
     from mlprof.errors import BadInputError, UsageError
     from mlprof.rules.config import load_config
-    from mlprof.trace.loader import load_job
 
     rule_config = load_config(config)
     refuse_to_overwrite(output, [trace])
-    traces = load_job(trace, step_marker=step_marker)
-    if any(t.meta.format == "nsys" for t in traces):
+    # The findings are the ones `mlprof analyze` reports for the same input (run-folder counters
+    # included); the traces stay in memory because the annotations are drawn on their events.
+    analysis = analyze(trace, steps=steps, step_marker=step_marker, config=rule_config, keep_traces=True).analysis
+    if any(ra.trace.meta.format == "nsys" for ra in analysis.ranks):
         raise BadInputError(f"{trace}: an Nsight Systems export; annotate writes copies of Chrome/Kineto JSON traces")
-    analysis = analyze_job(traces, str(trace), steps, rule_config)
     if trace.is_dir():
         if output.exists() and not output.is_dir():
             raise UsageError(f"-o {output}: TRACE is a folder, so the output must be a folder too")

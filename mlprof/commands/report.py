@@ -21,16 +21,33 @@ def report(
     config: Path | None = typer.Option(
         None, "--config", help="Thresholds file (mlprof.toml, or pyproject.toml with tool.mlprof)."
     ),
+    rank: int | None = typer.Option(None, "--rank", help="Only this rank of a multi-rank directory."),
+    counters: list[Path] | None = typer.Option(
+        None, "--counters", help="GPU counters files recorded with the trace (as for mlprof analyze); repeatable."
+    ),
+    jobs: int | None = typer.Option(None, "--jobs", "-j", help="Ranks read in parallel (as for mlprof analyze)."),
+    low_memory: bool = typer.Option(
+        False, "--low-memory", help="One trace larger than memory, one step window at a time (as for analyze)."
+    ),
 ) -> None:
     """A self-contained HTML page: step breakdown, ranked fixes and the plan's waterfall."""
-    from mlprof.analysis import analyze_job
+    from mlprof.api import analyze
     from mlprof.report.html import render_html
     from mlprof.rules.config import load_config
-    from mlprof.trace.loader import load_job
 
     rule_config = load_config(config)
-    refuse_to_overwrite(output, [path])
-    analysis = analyze_job(load_job(path, step_marker=step_marker), str(path), steps, rule_config)
-    page = render_html(analysis)
+    counter_paths = list(counters or [])
+    refuse_to_overwrite(output, [path, *counter_paths])
+    result = analyze(
+        path,
+        steps=steps,
+        step_marker=step_marker,
+        config=rule_config,
+        counters=counter_paths or "auto",
+        rank=rank,
+        jobs=jobs,
+        low_memory=low_memory,
+    )
+    page = render_html(result.analysis)
     write_text(output, page)
-    print(f"{output}: {len(page) / 1e6:.1f} MB, {len(analysis.findings)} finding(s)")
+    print(f"{output}: {len(page) / 1e6:.1f} MB, {len(result.data['findings'])} finding(s)")

@@ -78,9 +78,10 @@ def analyze_run(
     step_marker: str | None = None,
     store: str | None = None,
 ) -> Analysis:
-    from mlprof.analysis import analyze_job
-    from mlprof.trace.loader import load_job
+    from mlprof.api import analyze
 
     path = resolve_run(spec, role, store)
-    traces = load_job(path, step_marker=step_marker)
-    return analyze_job(traces, str(path), steps, config)
+    # The same analysis as `mlprof analyze PATH` (run-folder counters included); the traces
+    # stay in memory because the comparison reads kernels and ops by name from them.
+    analysis: Analysis = analyze(path, steps=steps, step_marker=step_marker, config=config, keep_traces=True).analysis
+    return analysis

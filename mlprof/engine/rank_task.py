@@ -21,13 +21,14 @@ time and the client holds none.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mlprof.analysis import RankAnalysis, measure_trace
+from mlprof.analysis import RankAnalysis, analysed_windows, measure_trace
 from mlprof.analyzers.causes import attribute_causes
 from mlprof.analyzers.intervals import covered, merge
 from mlprof.analyzers.rank_skew import comm_signature
@@ -131,17 +132,7 @@ def reduce_trace(trace: Trace, options: TaskOptions) -> RankPartial:
         if rule.needs_device and not ctx.has_device:
             continue
         findings.extend(rule.check(ctx, config.thresholds(rule.id)))
-    span = ra.span
-    reduced = reduce_tables(trace)
-    analysis = RankAnalysis(
-        trace=reduced,
-        steps=ra.steps,
-        whole_trace=ra.whole_trace,
-        temporal=ra.temporal,
-        notes=ra.notes,
-        causes=ra.causes,
-    )
-    analysis.span_override = span
+    analysis = dataclasses.replace(ra, trace=reduce_tables(trace), findings=[], diagnosis=None)
     return RankPartial(
         analysis=analysis,
         findings=findings,
@@ -151,13 +142,8 @@ def reduce_trace(trace: Trace, options: TaskOptions) -> RankPartial:
     )
 
 
-def windows(ra: RankAnalysis) -> tuple[np.ndarray, np.ndarray]:
-    """The analysed windows of a rank: its steps, else its whole span (as the job analysis cuts them)."""
-    if len(ra.steps):
-        starts = ra.steps["ts"].to_numpy(np.int64)
-        return starts, starts + ra.steps["dur"].to_numpy(np.int64)
-    lo, hi = ra.span
-    return np.array([lo], np.int64), np.array([max(hi, lo)], np.int64)
+windows = analysed_windows
+"""The analysed windows of a rank (the one definition, :func:`mlprof.analysis.analysed_windows`)."""
 
 
 def reduce_tables(trace: Trace) -> ReducedTrace:

@@ -357,26 +357,6 @@ def _read_meta(path: Path, kind: str) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _load_run_counters(path: Path, kind: str) -> pd.DataFrame | None:
-    """Counters files of a run folder (``counters.rank<N>.csv``), joined; None when there are none."""
-    from mlprof.counters import concat_counters, load_counters
-
-    if kind not in _RUN_FOLDER_KINDS:
-        return None
-    paths = sorted(p for p in path.glob("counters*") if p.is_file() and p.stat().st_size > 0)
-    tables = [t for t in (load_counters(p) for p in paths) if len(t)]
-    if not tables:
-        return None
-    table = concat_counters(tables)
-    bases = {str(t.attrs.get("time_base", "relative")) for t in tables}
-    table.attrs = {
-        "time_base": bases.pop() if len(bases) == 1 else "mixed",
-        "format": sorted({str(t.attrs.get("format")) for t in tables}),
-        "notes": [str(n) for t in tables for n in t.attrs.get("notes", [])],
-    }
-    return table
-
-
 def _analyse(
     source: RunInput,
     name: str | None,
@@ -385,20 +365,24 @@ def _analyse(
     gpu_hours: float | None,
     on_progress: Callable[[int, int], None] | None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], list[Any], pd.DataFrame | None]:
-    from mlprof.analysis import analyze_job
-    from mlprof.report.json_report import to_json_dict
-    from mlprof.rules.config import load_config
-    from mlprof.trace.loader import load_job
+    from mlprof.api import analyze
 
     path, kind, cycle = source.root, source.kind, source.cycle
     meta = _read_meta(path, kind)
-    traces = load_job(source.traces, on_progress=on_progress)
-    counters = _load_run_counters(path, kind)
-    counter_paths = sorted(str(p) for p in path.glob("counters*")) if counters is not None else None
-    analysis = analyze_job(
-        traces, str(source.traces), None, load_config(config_path), counters=counters, counter_paths=counter_paths
+    # The same analysis as `mlprof analyze` of the same input: a run folder's counters are
+    # joined (files without a sample left out with a note), the traces stay in memory for
+    # the per-name totals and the Parquet cache.
+    result = analyze(
+        source.traces,
+        config=config_path,
+        counters="auto" if kind in _RUN_FOLDER_KINDS else None,
+        keep_traces=True,
+        on_progress=on_progress,
     )
-    report = to_json_dict(analysis)
+    analysis = result.analysis
+    traces = [ra.trace for ra in analysis.ranks]
+    counters = analysis.counters
+    report = result.data
     breakdown = report["breakdown"]
     step_ms = breakdown["step_time_ms"]
 

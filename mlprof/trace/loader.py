@@ -216,14 +216,18 @@ def job_files(path: Path) -> list[Path]:
 
 
 def load_job(
-    path: str | Path, *, on_progress: ProgressCallback | None = None, step_marker: str | None = None
+    path: str | Path,
+    *,
+    on_progress: ProgressCallback | None = None,
+    step_marker: str | None = None,
+    workers: int | None = None,
 ) -> list[Trace]:
-    """A file is one rank; a directory is one job of per-rank trace files."""
+    """A file is one rank; a directory is one job of per-rank trace files (``workers``: see :func:`load_trace`)."""
     path = Path(path)
     files = job_files(path)
     if not path.is_dir():
-        return [load_trace(path, on_progress=on_progress, step_marker=step_marker)]
-    traces = [load_trace(f, on_progress=on_progress, step_marker=step_marker) for f in files]
+        return [load_trace(path, on_progress=on_progress, step_marker=step_marker, workers=workers)]
+    traces = [load_trace(f, on_progress=on_progress, step_marker=step_marker, workers=workers) for f in files]
     seen: dict[int, str] = {}
     for i, tr in enumerate(traces):
         if tr.meta.rank is None:

@@ -1,0 +1,187 @@
+"""What an analysis returns: a :class:`Report`, the versioned JSON report with DataFrame views.
+
+``mlprof.analyze(...)`` returns one; every command renders one; ``Report.from_json``
+reads one back from ``mlprof analyze --format json`` output. The report's content is
+the JSON contract (``schema_version``, see :mod:`mlprof.report.json_report` and the
+README), so what a notebook sees, what the CLI prints and what a file holds are the
+same numbers. A report computed in this process also carries the live analysis
+(``report.analysis``: the traces, per-rank tables) for the commands that need more
+than the report (``annotate`` draws on the trace's events); one read back from JSON
+does not.
+
+This module is a leaf: it imports nothing from mlprof but the error types, so
+renderers and notebooks can load a report without the analysis stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pandas as pd
+
+from mlprof.errors import BadInputError
+
+SUPPORTED_MAJOR = "1"
+"""Reports of this schema major version can be read back (a minor bump only adds keys)."""
+
+FINDING_COLUMNS = (
+    "rule",
+    "name",
+    "category",
+    "severity",
+    "title",
+    "expected_speedup",
+    "time_lost_ms_per_step",
+    "step_ms",
+    "confidence",
+)
+"""The leading columns of :attr:`Report.findings` (the rest of each finding's keys follow)."""
+
+
+@dataclass(eq=False)
+class Report:
+    """One analysis, as the versioned JSON report plus DataFrame views of its tables.
+
+    ``data`` is the JSON report itself (plain dicts, lists, str, int, float, None):
+    ``to_json()`` writes it and ``Report.from_json()`` reads it back unchanged. Two
+    reports are equal when their data is.
+    """
+
+    data: dict[str, Any]
+    analysis: Any = field(default=None, repr=False)
+    """The live :class:`mlprof.analysis.Analysis` (or ``CounterAnalysis``) when computed here; None when read."""
+
+    def __post_init__(self) -> None:
+        # Normalise to what JSON holds (tuples -> lists, numpy scalars -> numbers), so a report
+        # read back from its JSON equals the report that wrote it.
+        self.data = msgspec.json.decode(msgspec.json.encode(self.data))
+        version = str(self.data.get("schema_version", ""))
+        if version.split(".", 1)[0] != SUPPORTED_MAJOR:
+            raise BadInputError(
+                f"not an mlprof report of schema 1.x (schema_version {version or 'missing'}); "
+                "write it with `mlprof analyze --format json`"
+            )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Report) and self.data == other.data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- reading and writing -------------------------------------------------------------
+    def to_json(self, indent: int = 2) -> str:
+        """The JSON report, as ``mlprof analyze --format json`` writes it (ends with a newline)."""
+        raw = msgspec.json.encode(self.data)
+        return (msgspec.json.format(raw, indent=indent) if indent else raw).decode() + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report as Python values (a copy)."""
+        result: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self.data))
+        return result
+
+    @classmethod
+    def from_json(cls, source: str | bytes | Path) -> Report:
+        """A report from its JSON text, or from a file holding it (a :class:`~pathlib.Path`)."""
+        text: str | bytes
+        if isinstance(source, Path):
+            try:
+                text = source.read_bytes()
+            except OSError as exc:
+                raise BadInputError(f"{source}: cannot read ({exc.strerror or exc})") from None
+        else:
+            text = source
+        try:
+            data = msgspec.json.decode(text)
+        except msgspec.DecodeError as exc:
+            raise BadInputError(f"not a JSON report ({exc})") from None
+        if not isinstance(data, dict):
+            raise BadInputError("not an mlprof JSON report (the top level is not an object)")
+        return cls(data)
+
+    # -- what it is ----------------------------------------------------------------------
+    @property
+    def schema_version(self) -> str:
+        return str(self.data["schema_version"])
+
+    @property
+    def kind(self) -> str:
+        """``trace`` (a trace or job was analysed) or ``counters`` (a GPU counters file alone)."""
+        return "trace" if self.data.get("trace") is not None else "counters"
+
+    @property
+    def path(self) -> str | None:
+        trace = self.data.get("trace")
+        if trace is not None:
+            return str(trace["path"])
+        paths = (self.data.get("counters") or {}).get("paths") or []
+        return ", ".join(str(p) for p in paths) or None
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.data.get("notes") or [])
+
+    @property
+    def record_next(self) -> list[str]:
+        return list(self.data.get("record_next") or [])
+
+    @property
+    def step_ms(self) -> float | None:
+        """The mean step (ms) the findings' speedups are relative to."""
+        value = (self.data.get("checks") or {}).get("step_ms")
+        return None if value is None else float(value)
+
+    # -- tables --------------------------------------------------------------------------
+    @property
+    def findings(self) -> pd.DataFrame:
+        """One row per finding, ranked (largest expected speedup first)."""
+        rows = self.data.get("findings") or []
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            return pd.DataFrame(columns=list(FINDING_COLUMNS))
+        lead = [c for c in FINDING_COLUMNS if c in frame.columns]
+        return frame[lead + [c for c in frame.columns if c not in lead]]
+
+    @property
+    def plan(self) -> pd.DataFrame:
+        """The fixes in ranked order: ``rule``, ``saves_ms_per_step``, ``step_ms_after``, ``cumulative_speedup``."""
+        columns = ["rule", "saves_ms_per_step", "step_ms_after", "cumulative_speedup"]
+        return pd.DataFrame(self.data.get("plan") or [], columns=columns)
+
+    @property
+    def steps(self) -> pd.DataFrame:
+        """One row per analysed step: ``step``, ``start_ns``, ``dur_ms``, ``<category>_ms`` (job: mean over ranks)."""
+        return pd.DataFrame(self.data.get("steps") or [])
+
+    @property
+    def breakdown(self) -> pd.DataFrame:
+        """One row per category (index): ``ms``, ``pct`` of wall time, ``ms_per_step``, ``meaning``."""
+        bd = self.data.get("breakdown")
+        if not bd:
+            return pd.DataFrame(columns=["ms", "pct", "ms_per_step", "meaning"])
+        frame = pd.DataFrame.from_dict(bd["categories"], orient="index")
+        frame.index.name = "category"
+        return frame
+
+    @property
+    def ranks(self) -> pd.DataFrame:
+        """One row per rank: ``rank``, ``path``, ``step_source``, ``steps`` (count), median step ms, GPU busy %."""
+        rows = [
+            {
+                "rank": r["rank"],
+                "path": r["path"],
+                "step_source": r["step_source"],
+                "steps": len(r["steps"]),
+                "step_ms_median": (r["breakdown"]["step_time_ms"] or {}).get("median"),
+                "gpu_busy_pct": r["breakdown"]["gpu_busy_pct"],
+            }
+            for r in self.data.get("ranks") or []
+        ]
+        columns = ["rank", "path", "step_source", "steps", "step_ms_median", "gpu_busy_pct"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def __repr__(self) -> str:
+        n = len(self.data.get("findings") or [])
+        top = self.data["findings"][0]["rule"] if n else "none"
+        return f"<mlprof Report {self.path!r}: {n} finding(s), top {top}, schema {self.schema_version}>"
