@@ -33,7 +33,14 @@ from mlprof.report.json_report import to_json_dict
 from mlprof.store import ingest, resolve_store
 from mlprof.store import queries as q
 from mlprof.store.engine import open_engine
-from mlprof.store.schema import SCHEMA_VERSION, define_tables, ensure_schema, stored_version, version_t
+from mlprof.store.schema import (
+    SCHEMA_VERSION,
+    check_readable,
+    define_tables,
+    ensure_schema,
+    stored_version,
+    version_t,
+)
 from mlprof.trace.loader import load_job
 
 from conftest import SAMPLES, external
@@ -300,6 +307,26 @@ def test_leftovers_of_dead_ingests_are_swept(tmp_path: Path, monkeypatch: pytest
     assert (cache / result.run_key / "rank0" / "gpu.parquet").is_file()
 
 
+def test_database_of_another_application_is_refused(store: str) -> None:
+    """A database holding another application's tables is not turned into a store (SQLite: see test_store_identity)."""
+    if not store.startswith("postgresql"):
+        pytest.skip("the SQLite cases (header marker) are in test_store_identity.py")
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(resolve_store(store).url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)"))
+        conn.execute(text("INSERT INTO accounts VALUES (1, 'alice')"))
+    with pytest.raises(MlprofError, match="not an mlprof run store"):
+        ingest(SYNTH / "healthy.json.gz", store_url=store)
+    with pytest.raises(MlprofError, match="not an mlprof run store"), _conn(store) as conn:
+        check_readable(conn)
+    with engine.connect() as conn:
+        assert inspect(conn).get_table_names() == ["accounts"]
+        assert conn.execute(text("SELECT owner FROM accounts")).scalars().all() == ["alice"]
+    engine.dispose()
+
+
 def test_dashboard_connection_is_read_only(store: str) -> None:
     ingest(SYNTH / "healthy.json.gz", store_url=store)
     with _conn(store) as conn, pytest.raises(SQLAlchemyError):
@@ -380,8 +407,11 @@ def test_cli_ingest_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
         (["runs", "--store", db, "--sort", "speed"], "choose one of"),
         (["runs", "--store", str(tmp_path / "none.db")], "no run store here yet"),
         (["dashboard", "--store", str(tmp_path / "none.db")], "no run store here yet"),
-        (["ingest", str(BAD), "--store", str(tmp_path)], "cannot use the run store (unable to open database file)"),
-        (["ingest", str(BAD), "--store", str(not_a_db)], "(file is not a database); --store must name"),
+        (["ingest", str(BAD), "--store", str(tmp_path)], "a folder, not a run store"),
+        (
+            ["ingest", str(BAD), "--store", str(not_a_db)],
+            "not an mlprof run store (file is not a database); left unchanged",
+        ),
         (["runs", "--store", str(not_a_db)], "(file is not a database)"),
         (
             ["runs", "--store", f"postgresql://u@127.0.0.1:{closed_port}/x"],

@@ -9,6 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from mlprof.errors import UsageError
+from mlprof.untrusted import term
+
+NAME_CHARS = 200
+"""Run names, tags and GPU names longer than this are shortened in the table (``…``)."""
 
 
 def parse_date(text: str) -> datetime:
@@ -48,9 +52,9 @@ def print_runs(
     finally:
         engine.dispose()
     if len(runs) == 0:
-        console.print(f"no runs match in {location.display()}")
+        console.print(term(f"no runs match in {location.display()}"))
         return
-    table = Table(title=f"runs in {location.display()}", title_justify="left")
+    table = Table(title=term(f"runs in {location.display()}"), title_justify="left")
     for col, justify in (
         ("id", "right"),
         ("name", "left"),
@@ -68,14 +72,14 @@ def print_runs(
     for r in runs.itertuples(index=False):
         table.add_row(
             str(r.id),
-            str(r.name),
+            term(r.name, max_chars=NAME_CHARS),
             _date(r.started_at),
-            " ".join(f"{k}={v}" for k, v in r.tags.items()),
-            str(r.gpu),
+            term(" ".join(f"{k}={v}" for k, v in r.tags.items()), max_chars=NAME_CHARS),
+            term(r.gpu, max_chars=NAME_CHARS),
             str(r.ranks),
             _num(r.step_ms_median, 2),
             _num(r.gpu_busy_pct, 1),
-            str(r.top_rule) if isinstance(r.top_rule, str) else "-",
+            term(r.top_rule) if isinstance(r.top_rule, str) else "-",
             _x(r.top_speedup),
             _x(r.plan_speedup),
         )

@@ -4,7 +4,8 @@ SQLite: WAL journal (readers never block the writer), a 60 s busy timeout (concu
 ingests from many processes queue instead of failing), and every write transaction
 starts with ``BEGIN IMMEDIATE`` so two writers never deadlock upgrading a read lock.
 A read-only engine opens the file with ``mode=ro``. PostgreSQL: psycopg 3; read-only
-sessions set ``default_transaction_read_only``.
+sessions set ``default_transaction_read_only``. Before anything is opened, a SQLite file is
+checked to be an mlprof store (``identity``): a file mlprof did not create is refused unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from mlprof.errors import BadInputError, MlprofError
+from mlprof.errors import MlprofError
+from mlprof.store.identity import check_sqlite_store, connect_read_only, create_sqlite_store
 from mlprof.store.location import StoreLocation
 
 BUSY_TIMEOUT_MS = 60_000
@@ -38,17 +40,18 @@ def _sqlite_engine(location: StoreLocation, read_only: bool) -> Engine:
     path = location.sqlite_path
     if path is None:
         raise MlprofError("an in-memory SQLite store cannot be shared; give a file path")
+    new = check_sqlite_store(path, read_only=read_only)  # nothing is opened or written before this
     if read_only:
-        if not path.is_file():
-            raise BadInputError(f"{path}: no run store here yet; record runs with 'mlprof ingest PATH' first")
-        url = f"sqlite:///file:{path}?mode=ro&uri=true"
+        engine = create_engine("sqlite://", poolclass=NullPool, creator=lambda: connect_read_only(path))
     else:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MlprofError(f"{path.parent}: cannot create the store folder ({exc.strerror})") from None
+        if new:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise MlprofError(f"{path.parent}: cannot create the store folder ({exc.strerror})") from None
+            create_sqlite_store(path)
         url = location.url.render_as_string(hide_password=False)
-    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -63,6 +63,10 @@ FLOAT_COLUMNS = (
 )
 
 
+MAX_LIMIT = 2**62
+"""The largest ``LIMIT`` passed to the database; a larger one (``--limit 10**30``) means all rows."""
+
+
 def list_runs(
     conn: Connection,
     *,
@@ -96,7 +100,7 @@ def list_runs(
     order = column.asc() if sort == "name" else column.desc()
     stmt = stmt.order_by(order.nulls_last(), runs_t.c.id.desc())
     if limit is not None:
-        stmt = stmt.limit(limit)
+        stmt = stmt.limit(min(limit, MAX_LIMIT))  # SQLite and PostgreSQL take a 64-bit LIMIT at most
     frame = pd.DataFrame(conn.execute(stmt).mappings().all(), columns=list(LIST_COLUMNS))
     for col in FLOAT_COLUMNS:  # all-NULL columns (e.g. GPU busy of CPU-only runs) come back as object
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")

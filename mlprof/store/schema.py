@@ -51,6 +51,7 @@ from sqlalchemy.engine import Connection
 
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.errors import MlprofError
+from mlprof.store.identity import check_store_tables, stamp_sqlite
 
 SCHEMA_VERSION = 2
 _PG_LOCK_KEY = 0x6D6C70726F66  # "mlprof": serialises schema upgrades on a shared server
@@ -214,6 +215,8 @@ def ensure_schema(conn: Connection, target: int = SCHEMA_VERSION) -> int:
     """Bring the store to ``target`` inside the caller's transaction; returns the version found."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+    check_store_tables(conn, _where(conn))
+    stamp_sqlite(conn)
     found = stored_version(conn)
     if found > SCHEMA_VERSION:
         raise MlprofError(
@@ -232,9 +235,15 @@ def ensure_schema(conn: Connection, target: int = SCHEMA_VERSION) -> int:
 
 def check_readable(conn: Connection) -> None:
     """Raise a clear error when a read-only viewer meets a store it cannot read as is."""
+    check_store_tables(conn, _where(conn))
     found = stored_version(conn)
     if found == 0:
         raise MlprofError("the run store is empty; record runs with 'mlprof ingest PATH' first")
     if found != SCHEMA_VERSION:
         newer = "newer than this mlprof; upgrade mlprof" if found > SCHEMA_VERSION else "older; run 'mlprof ingest'"
         raise MlprofError(f"the run store is at schema version {found} ({newer} to upgrade it in place)")
+
+
+def _where(conn: Connection) -> str:
+    """The database a connection is on, for messages (no password)."""
+    return conn.engine.url.render_as_string(hide_password=True)
