@@ -23,6 +23,7 @@ from mlprof.dashboard.timeline import bin_series, merge_bands
 from mlprof.store import ingest
 from mlprof.store.parquet_cache import run_dir
 from mlprof.trace.loader import load_job
+from mlprof.untrusted import md_text
 
 from conftest import SAMPLES, external
 
@@ -92,6 +93,11 @@ def _arr(value: Any) -> list[Any]:
     return list(value)
 
 
+def _table(at: AppTest, column: str, not_column: str = "") -> pd.DataFrame:
+    """The first dataframe on the page with ``column`` (and without ``not_column``)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns and not_column not in d.value.columns)
+
+
 def _metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
@@ -119,7 +125,7 @@ def test_runs_page_table_filters_trend_and_open(store: dict[str, int]) -> None:
     at.button(key="open_run").click().run()
     assert not at.exception
     assert at.query_params["page"] == "run" and at.query_params["run"] == str(store["nw0"])
-    assert at.header[0].value == f"Run {store['nw0']}: resnet50_num_workers_0"
+    assert at.header[0].value == f"Run {store['nw0']}: {md_text('resnet50_num_workers_0')}"
 
 
 def test_trend_marks_regressions(store: dict[str, int]) -> None:
@@ -151,7 +157,7 @@ def test_run_page_single_gpu(store: dict[str, int]) -> None:
     assert plan_rules[0] == "step now" and plan_rules[1] == "DATA001" and plan_rules[-1] == "after all fixes"
     breakdown = figs["Where each step's time goes"]["data"]
     assert [t["name"] for t in breakdown][:2] == ["compute", "comm_exposed"] and len(_arr(breakdown[0]["x"])) == 6
-    timeline = figs["Timeline around the worst step (shaded)"]
+    timeline = figs["Timeline of step 16 (shaded: the step)"]  # step 16 is the longest
     lanes = {y for t in timeline["data"] for y in _arr(t["y"]) if y}
     assert "GPU 0 stream 7" in lanes and any(lane.startswith("CPU thread") for lane in lanes)
 
@@ -179,7 +185,13 @@ def test_run_page_multi_rank_heatmap(store: dict[str, int]) -> None:
     at = _app(page="run", run=str(store["dlrm"]))
     assert at.expander[0].label.startswith("1. COMM002")
     heat = _figures(at)["Per rank: dur (ms)"]["data"][0]
-    assert _arr(heat["y"]) == [f"rank {r}" for r in range(8)] and len(_arr(heat["z"])) == 8
+    # STRAG001 names rank 7 on DLRM; its row is marked, every cell carries its number
+    assert _arr(heat["y"]) == [f"rank {r}" for r in range(7)] + ["rank 7 ◀ straggler"]
+    assert len(_arr(heat["z"])) == 8 and heat["texttemplate"] == "%{z:.2f}"
+    run = data.read_run(os.environ["MLPROF_STORE"], store["dlrm"])
+    assert run is not None
+    mine = run["steps"][(run["steps"]["rank"] == 3)]
+    assert _arr(heat["z"])[3][0] == pytest.approx(mine["dur_ns"].iloc[0] / 1e6)
     assert at.selectbox(key="timeline_rank").options == [str(r) for r in range(8)]
     at.selectbox(key="heat_value").select("comm_exposed").run()
     assert "Per rank: comm_exposed (ms)" in _figures(at)
@@ -196,7 +208,7 @@ def test_run_page_memory_curve_with_leak_trend(store: dict[str, int]) -> None:
 
 def test_run_page_counters(store: dict[str, int]) -> None:
     at = _app(page="run", run=str(store["counters"]))
-    table = at.dataframe[0].value
+    table = _table(at, "util_mean_pct")
     assert table["util_mean_pct"].iloc[0] == pytest.approx(57.68, abs=0.01)
     assert table["mem_used_max_mib"].iloc[0] == pytest.approx(10904.0)
     counters = _figures(at)["GPU counters (bytes shown as MiB)"]
@@ -265,3 +277,157 @@ def test_bin_series_keeps_peaks() -> None:
     mem = trace.memory[trace.memory["total_allocated"] >= 0]
     ts, val = bin_series(mem["ts"].to_numpy(np.int64), mem["total_allocated"].to_numpy(np.int64), 50)
     assert len(ts) <= 50 and val.max() == mem["total_allocated"].max()
+
+
+def _shapes(spec: dict[str, Any], color: str = figures.FINDING_COLOR) -> list[dict[str, Any]]:
+    return [s for s in spec["layout"].get("shapes", []) if s.get("fillcolor") == color]
+
+
+def test_timeline_draws_the_findings_ranges_in_any_step(store: dict[str, int]) -> None:
+    url = os.environ["MLPROF_STORE"]
+    run = data.read_run(url, store["nw0"])
+    assert run is not None
+    at = _app(page="run", run=str(store["nw0"]))
+    steps = data.rank_steps(run["steps"], 0)
+    assert [s["step"] for s in steps] == [16, 17, 18, 19, 20, 21]
+    picker = at.selectbox(key="timeline_step")
+    assert (
+        picker.options[0].startswith("step 16 · ") and "longest" in picker.options[0] and "DATA001" in picker.options[0]
+    )
+    # any step can be chosen: step 19 has a DATA001 range and no FUSE001 range
+    picker.select(19).run()
+    spec = _figures(at)["Timeline of step 19 (shaded: the step)"]
+    step = next(s for s in steps if s["step"] == 19)
+    lo = step["ts"] - (step["end"] - step["ts"]) // 10
+    data001 = next(f for f in run["findings"] if f["rule"] == "DATA001")
+    inside = [(a, b) for a, b in data001["detail"]["time_ranges_ns"] if a < step["end"] and b > step["ts"]]
+    assert len(inside) == 1
+    hi = step["end"] + (step["end"] - step["ts"]) // 10
+    expected = {
+        (f["rule"], max(a, lo), min(b, hi))
+        for f in run["findings"]
+        for a, b in f["detail"]["time_ranges_ns"]
+        if a < hi and b > lo
+    }
+    bands = _shapes(spec)
+    assert len(bands) == len(expected)
+    drawn = {(b["name"].removeprefix("finding "), b["x0"], b["x1"]) for b in bands}
+    assert drawn == {(r, (a - lo) / 1e6, (b - lo) / 1e6) for r, a, b in expected}
+    band = next(b for b in bands if b["name"] == "finding DATA001")
+    assert band["x0"] == pytest.approx((inside[0][0] - lo) / 1e6)
+    assert band["x1"] == pytest.approx((inside[0][1] - lo) / 1e6)
+    labels = [a["text"] for a in spec["layout"]["annotations"]]
+    assert sorted(labels) == sorted({r for r, _, _ in expected})
+    # compute, memcpy/memset, host ops and runtime calls each in their own colour
+    colors = {t["name"]: t["line"]["color"] for t in spec["data"] if t.get("mode") == "lines"}
+    assert {"compute", "cpu op", "cuda runtime"} <= set(colors) and len(set(colors.values())) == len(colors)
+
+
+def test_timeline_names_communication_kernels_in_their_own_colour(store: dict[str, int]) -> None:
+    at = _app(page="run", run=str(store["dlrm"]))
+    spec = next(v for k, v in _figures(at).items() if k.startswith("Timeline of step 10 on rank 0"))
+    comm = next(t for t in spec["data"] if t["name"] == "communication")
+    assert comm["line"]["color"] == figures.KIND_COLORS["communication"] != figures.KIND_COLORS["compute"]
+    hovered = {str(t).split("<br>")[0] for t in _arr(comm["text"]) if t}
+    # truth from the trace: the NCCL kernels of rank 0 in the drawn window
+    run = data.read_run(os.environ["MLPROF_STORE"], store["dlrm"])
+    assert run is not None
+    step = data.rank_steps(run["steps"], 0)[0]
+    margin = (step["end"] - step["ts"]) // 10
+    trace = load_job(external("facebookresearch__param/dlrm_kineto"))[0]
+    gpu = trace.gpu
+    window = gpu[(gpu["ts"] < step["end"] + margin) & (gpu["end"] > step["ts"] - margin)]
+    nccl = {str(n) for n in window["name"].astype(str) if "nccl" in n.lower()}
+    assert nccl and hovered and hovered <= nccl
+
+
+def test_kernel_and_operator_tabs_search_and_sort(store: dict[str, int]) -> None:
+    url = os.environ["MLPROF_STORE"]
+    run = data.read_run(url, store["nw0"])
+    assert run is not None
+    rows = run["ops"][run["ops"]["kind"] == "kernel"]
+    at = _app(page="run", run=str(store["nw0"]))
+    table = _table(at, "% of kernel time")
+    assert len(table) == len(rows)
+    top = rows.iloc[0]
+    first = table.iloc[0]
+    assert first["name"] == top["name"] and first["count"] == top["count"]
+    assert first["total ms"] == pytest.approx(top["total_ns"] / 1e6, abs=1e-3)
+    assert first["mean µs"] == pytest.approx(top["total_ns"] / top["count"] / 1e3, abs=1e-3)
+    assert first["% of kernel time"] == pytest.approx(100 * top["total_ns"] / rows["total_ns"].sum(), abs=1e-3)
+    assert table["% of kernel time"].sum() == pytest.approx(100.0, abs=0.05)
+    assert list(table["total ms"]) == sorted(table["total ms"], reverse=True)
+    at.text_input(key="k_search").input("SGEMM").run()
+    found = _table(at, "% of kernel time")
+    expected = rows[rows["name"].str.lower().str.contains("sgemm")]
+    assert len(found) == len(expected) > 0 and all("sgemm" in n.lower() for n in found["name"])
+    at.selectbox(key="k_sort").select("count").run()
+    counts = list(_table(at, "% of kernel time")["count"])
+    assert counts == sorted(counts, reverse=True)
+    ops = _table(at, "mean µs", not_column="% of kernel time")
+    op_rows = run["ops"][run["ops"]["kind"] == "op"]
+    assert len(ops) == len(op_rows) and ops.iloc[0]["name"] == op_rows.iloc[0]["name"]
+    at.text_input(key="o_search").input("aten::conv").run()
+    assert all("aten::conv" in n for n in _table(at, "mean µs", not_column="% of kernel time")["name"])
+
+
+def test_perfetto_window_and_allocating_ops_against_the_trace(store: dict[str, int]) -> None:
+    url = os.environ["MLPROF_STORE"]
+    run = data.read_run(url, store["nw0"])
+    assert run is not None
+    step = next(s for s in data.rank_steps(run["steps"], 0) if s["step"] == 19)
+    found = data.finding_bands(run["findings"], 0, step["ts"], step["end"])
+    doc = json.loads(data.read_window_trace(url, run["run_key"], 0, step["ts"], step["end"], found) or b"")
+    events = [e for e in doc["traceEvents"] if e["ph"] == "X"]
+    marks = [e for e in events if e["cat"] == "mlprof"]
+    assert [e["name"].split(":")[0] for e in marks] == list(found["rule"]) and "DATA001" in found["rule"].tolist()
+    trace = load_job(external("pytorch__kineto/resnet50_num_workers_0"))[0]
+    gpu = trace.gpu[trace.gpu["kind"].astype(str) != "sync"]
+    in_window = gpu[(gpu["ts"] < step["end"]) & (gpu["end"] > step["ts"])]
+    assert sum(1 for e in events if e["cat"] == "gpu") == len(in_window)
+    assert sum(e["dur"] for e in events if e["cat"] == "gpu") == pytest.approx(in_window["dur"].sum() / 1e3)
+
+    leak = data.read_run(url, store["leak"])
+    assert leak is not None
+    lstep = data.rank_steps(leak["steps"], 0)[3]
+    ops = data.read_allocating_ops(url, leak["run_key"], 0, lstep["ts"], lstep["end"], top=1000)
+    assert ops is not None
+    mem = load_job(RECORDED / "memory_leak" / "bad")[0].memory
+    allocs = mem[(mem["ts"] >= lstep["ts"]) & (mem["ts"] < lstep["end"]) & (mem["bytes"] > 0)]
+    assert ops["allocations"].sum() == len(allocs)
+    assert ops["MiB allocated"].sum() == pytest.approx(allocs["bytes"].sum() / (1 << 20), abs=0.01)
+    window = data.read_memory_window(url, leak["run_key"], 0, lstep["ts"], lstep["end"])
+    assert window is not None
+    allocated = window[window["series"] == "allocated"]
+    live = mem[(mem["ts"] >= lstep["ts"]) & (mem["ts"] < lstep["end"]) & (mem["total_allocated"] >= 0)]
+    assert allocated["bytes"].max() == live["total_allocated"].max()
+
+
+def test_runs_page_filters_live_in_the_url(store: dict[str, int]) -> None:
+    at = _app(page="runs", tags="project=loader", sort="step_time")
+    assert set(at.dataframe[0].value["id"]) == {store["bad"], store["fixed"]}
+    assert at.multiselect(key="f_tags").value == ["project=loader"]
+    at.text_input(key="f_name").input("fix").run()
+    assert list(at.dataframe[0].value["name"]) == ["fixed"]
+    assert at.query_params["name"] == "fix" and at.query_params["tags"] == "project=loader"
+    assert at.query_params["sort"] == "step_time"
+    # the columns a user scans first lead the table
+    assert list(at.dataframe[0].value.columns[:6]) == [
+        "name",
+        "started",
+        "median step ms",
+        "top finding",
+        "top speedup",
+        "all fixes",
+    ]
+
+
+def test_compare_with_another_run(store: dict[str, int]) -> None:
+    at = _app(page="run", run=str(store["fixed"]))
+    picker = at.selectbox(key="compare_with")
+    assert store["fixed"] not in picker.options and str(store["fixed"]) not in picker.options
+    picker.select(store["bad"]).run()
+    at.button(key="to_compare").click().run()
+    assert at.query_params["page"] == "compare"
+    assert at.query_params["a"] == str(store["bad"]) and at.query_params["b"] == str(store["fixed"])
+    assert _metrics(at)["Achieved speedup"] == "2.35x"

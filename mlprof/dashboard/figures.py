@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from mlprof.analyzers.attribution import CATEGORIES, CATEGORY_HELP
+from mlprof.untrusted import html_text
 
 CATEGORY_COLORS = {
     "compute": "#2ca02c",
@@ -119,12 +120,54 @@ def step_breakdown(steps_ms: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Where each step's time goes")
 
 
-def timeline(bands: pd.DataFrame, origin_ns: int, step_ns: tuple[int, int]) -> go.Figure:
-    """GPU streams and CPU threads as lanes of merged bands (see :mod:`mlprof.dashboard.timeline`)."""
-    fig = go.Figure()
+KIND_COLORS = {
+    "compute": "#1f77b4",
+    "communication": "#9467bd",
+    "memcpy": "#8c564b",
+    "memset": "#bcbd22",
+    "cpu op": "#ff7f0e",
+    "cuda runtime": "#7f7f7f",
+}
+"""Timeline colours per band kind (:data:`mlprof.dashboard.data.LANE_KINDS`)."""
+FINDING_COLOR = "#d62728"
+
+
+def plotly_text(values: pd.Series, max_chars: int = 120) -> pd.Series:
+    """Trace text made literal for plotly (which reads ``<...>`` in hover text as HTML), once per distinct name."""
+    names = values.astype(str).astype("category")
+    escaped = np.array([html_text(c, max_chars=max_chars) for c in names.cat.categories], dtype=object)
+    return pd.Series(escaped[names.cat.codes.to_numpy()], index=values.index)
+
+
+def timeline(
+    bands: pd.DataFrame,
+    origin_ns: int,
+    step_ns: tuple[int, int],
+    findings: pd.DataFrame | None = None,
+    memory: pd.DataFrame | None = None,
+    title: str = "Timeline",
+) -> go.Figure:
+    """GPU streams and CPU threads as lanes of merged bands, one colour per kind, with each finding's
+    time ranges as a red band labelled with its rule id and, below on the same time axis, memory.
+
+    ``bands`` come from :func:`mlprof.dashboard.data.read_timeline`, ``findings`` from
+    :func:`~mlprof.dashboard.data.finding_bands`, ``memory`` from
+    :func:`~mlprof.dashboard.data.read_memory_window`. x is ms from ``origin_ns``.
+    """
+    from plotly.subplots import make_subplots
+
     lanes = sorted(bands["lane"].unique(), key=lambda s: (not s.startswith("GPU"), s))
-    for kind, color in (("GPU", "#1f77b4"), ("CPU", "#ff7f0e")):
-        part = bands[bands["lane"].str.startswith(kind)]
+    rows = 2 if memory is not None and len(memory) else 1
+    lane_px = 60 + 28 * len(lanes)
+    fig = make_subplots(
+        rows=rows,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.04,
+        row_heights=[lane_px, 200] if rows == 2 else None,
+    )
+    for kind, color in KIND_COLORS.items():
+        part = bands[bands["kind"] == kind]
         if len(part) == 0:
             continue
         n = len(part)
@@ -137,12 +180,12 @@ def timeline(bands: pd.DataFrame, origin_ns: int, step_ns: tuple[int, int]) -> g
         y[1::3] = part["lane"].to_numpy()
         y[2::3] = None
         hover = (
-            part["top_name"].str.slice(0, 80)
-            + " ("
+            plotly_text(part["top_name"])
+            + "<br>"
             + (part["top_dur"] / 1e3).round(1).astype(str)
             + " µs; "
             + part["events"].astype(str)
-            + " events in band)"
+            + " event(s) in this band"
         ).to_numpy()
         text = np.empty(n * 3, dtype=object)
         text[0::3] = hover
@@ -154,17 +197,73 @@ def timeline(bands: pd.DataFrame, origin_ns: int, step_ns: tuple[int, int]) -> g
                 y=y,
                 mode="lines",
                 line={"width": 12, "color": color},
-                name=f"{kind} activity",
+                name=kind,
                 text=text,
-                hovertemplate="%{y}<br>%{x:.3f} ms<br>%{text}<extra></extra>",
+                hovertemplate="%{y}<br>%{x:.3f} ms<br>%{text}<extra>" + kind + "</extra>",
                 connectgaps=False,
-            )
+            ),
+            row=1,
+            col=1,
         )
     lo, hi = (step_ns[0] - origin_ns) / 1e6, (step_ns[1] - origin_ns) / 1e6
-    fig.add_vrect(x0=lo, x1=hi, fillcolor="#d62728", opacity=0.06, line_width=0)
-    fig.update_yaxes(categoryorder="array", categoryarray=lanes[::-1], type="category")
-    fig.update_xaxes(title="ms from window start")
-    return _layout(fig, "Timeline around the worst step (shaded)", height=max(260, 60 + 28 * len(lanes)))
+    fig.add_vrect(x0=lo, x1=hi, fillcolor="#888888", opacity=0.06, line_width=0)
+    if findings is not None and len(findings):
+        labelled: set[str] = set()
+        for rule, a, b in zip(findings["rule"], findings["ts"], findings["end"], strict=True):
+            x0, x1 = (int(a) - origin_ns) / 1e6, (int(b) - origin_ns) / 1e6
+            label: dict[str, Any] = {}
+            if rule not in labelled:  # one label per rule; every range gets a band
+                label = {
+                    "annotation_text": html_text(rule),
+                    "annotation_position": "top left",
+                    "annotation_font_color": FINDING_COLOR,
+                }
+            labelled.add(rule)
+            fig.add_vrect(
+                x0=x0,
+                x1=max(x1, x0 + (hi - lo) / 2000),
+                fillcolor=FINDING_COLOR,
+                opacity=0.18,
+                line_width=1,
+                line_color=FINDING_COLOR,
+                name=f"finding {rule}",
+                **label,
+            )
+    if rows == 2 and memory is not None:
+        for (device, series), part in memory.groupby(["device", "series"], sort=True):
+            fig.add_trace(
+                go.Scatter(
+                    x=(part["ts"].to_numpy(np.int64) - origin_ns) / 1e6,
+                    y=part["bytes"].to_numpy() / MIB,
+                    mode="lines",
+                    line={"shape": "hv", "dash": "dot" if series == "reserved" else "solid"},
+                    name=f"{device} {series}",
+                    hovertemplate=f"{device} {series}<br>%{{x:.3f}} ms<br>%{{y:.2f}} MiB<extra></extra>",
+                ),
+                row=2,
+                col=1,
+            )
+            if series == "allocated" and len(part):
+                peak = int(np.argmax(part["bytes"].to_numpy()))
+                fig.add_trace(
+                    go.Scatter(
+                        x=[(int(part["ts"].iloc[peak]) - origin_ns) / 1e6],
+                        y=[float(part["bytes"].iloc[peak]) / MIB],
+                        mode="markers+text",
+                        marker={"symbol": "triangle-down", "size": 11, "color": FINDING_COLOR},
+                        text=[f"peak {float(part['bytes'].iloc[peak]) / MIB:,.1f} MiB"],
+                        textposition="top center",
+                        name=f"{device} peak in window",
+                        showlegend=False,
+                    ),
+                    row=2,
+                    col=1,
+                )
+        fig.update_yaxes(title="MiB", row=2, col=1)
+    fig.update_yaxes(categoryorder="array", categoryarray=lanes[::-1], type="category", row=1, col=1)
+    fig.update_xaxes(title="ms from window start", row=rows, col=1)
+    fig.update_layout(dragmode="zoom", hovermode="closest")
+    return _layout(fig, title, height=lane_px + (260 if rows == 2 else 40))
 
 
 def memory_curve(memory: pd.DataFrame, trends: list[dict[str, Any]], origin_ns: int) -> go.Figure:
@@ -229,21 +328,28 @@ def counter_series(series: pd.DataFrame, origin_ns: int) -> go.Figure:
     return _layout(fig, "GPU counters (bytes shown as MiB)", height=180 * len(metrics) + 60)
 
 
-def rank_heatmap(steps: pd.DataFrame, value: str = "dur") -> go.Figure:
-    """Ranks x steps, colour = ms of ``value`` (``dur`` or a category)."""
+def rank_heatmap(steps: pd.DataFrame, value: str = "dur", straggler: int | None = None) -> go.Figure:
+    """Ranks x steps, colour and number = ms of ``value`` (``dur`` or a category); the straggler's
+    row (STRAG001's rank, else the rank with the longest total) is marked."""
     ranks = steps[steps["rank"] >= 0]
     grid = ranks.pivot_table(index="rank", columns="step", values=f"{value}_ns", aggfunc="sum") / 1e6
+    if straggler is None and len(grid):
+        totals = ranks.groupby("rank")["dur_ns"].sum()
+        straggler = int(totals.idxmax())
+    labels = [f"rank {r}" + (" ◀ straggler" if r == straggler else "") for r in grid.index]
     fig = go.Figure(
         go.Heatmap(
             z=grid.to_numpy(),
             x=[str(s) for s in grid.columns],
-            y=[f"rank {r}" for r in grid.index],
+            y=labels,
             colorscale="Viridis",
             colorbar={"title": "ms"},
+            texttemplate="%{z:.2f}",
             hovertemplate="%{y}, step %{x}: %{z:.2f} ms<extra></extra>",
         )
     )
     fig.update_xaxes(title="step", type="category")
+    fig.update_yaxes(autorange="reversed")
     return _layout(fig, f"Per rank: {value} (ms)", height=max(260, 80 + 30 * len(grid)))
 
 
