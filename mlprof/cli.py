@@ -348,7 +348,9 @@ def _cli_framework_error(exc: Exception) -> int | None:
 
 
 def _error(message: str) -> None:
-    print(f"mlprof: error: {' '.join(message.split())}", file=sys.stderr)
+    from mlprof.untrusted import plain
+
+    print(f"mlprof: error: {' '.join(plain(message).split())}", file=sys.stderr)  # paths may hold escapes
 
 
 def run() -> None:

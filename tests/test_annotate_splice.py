@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import msgspec
@@ -81,10 +82,22 @@ def test_small_documents(doc: bytes) -> None:
     assert _splice(b'{"traceEvents": [ ]}', INSERT, 3) == b'{"traceEvents": [' + INSERT + b" ]}"
 
 
+def test_bare_array_of_events() -> None:
+    """The Chrome trace format's bare array form (``analyze`` reads it; annotate splices into it too)."""
+    for doc in (b'[{"ph": "X", "ts": 1}, {"ph": "i"} ]\n', b"\xef\xbb\xbf [ ]"):
+        for chunk in (1, 3, len(doc)):
+            out = _splice(doc, INSERT, chunk)
+            close = doc.rindex(b"]")
+            body = doc[:close].rstrip()
+            glue = b"," if body.rstrip().endswith(b"}") else b""
+            assert out == body + glue + INSERT + doc[len(body) :]
+
+
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        (b'[{"ph": "X"}]', "not a JSON object"),
+        (b'"x" [1]', "not a JSON object or array"),
+        (b'[{"ph": "X"}', "not closed"),
         (b'{"events": [{"ph": "X"}]}', "no top-level traceEvents"),
         (b'{"meta": {"traceEvents": [{"ph": "X"}]}}', "no top-level traceEvents"),
         (b'{"note": "\\"traceEvents\\": [", "x": 1}', "no top-level traceEvents"),
@@ -122,7 +135,7 @@ def _inserted_events(copy: bytes, original: bytes) -> bytes:
     return copy[first + 1 : first + rest]  # after the comma
 
 
-def test_invalid_utf8_is_kept_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_utf8_becomes_u_fffd_so_the_copy_is_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     original = gzip.decompress((SAMPLES / "synthetic" / "data_starvation.json.gz").read_bytes())
     name = b'"thread 100 (python3)'
     at = original.index(name)
@@ -132,5 +145,7 @@ def test_invalid_utf8_is_kept_as_written(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["annotate", str(source), "-o", str(tmp_path / "out.json")]) == 0
     assert "invalid UTF-8" in capsys.readouterr().out
     copy = (tmp_path / "out.json").read_bytes()
-    assert copy.startswith(broken[: at + 2]) and source.read_bytes() == broken
+    fixed = broken[: at + 1] + "\ufffd".encode() + broken[at + 2 :]
+    assert copy.startswith(fixed[: at + 4]) and source.read_bytes() == broken
+    assert len(json.loads(copy.decode("utf-8"))["traceEvents"]) > len(json.loads(fixed)["traceEvents"])
     assert load_trace(tmp_path / "out.json").meta.num_events > load_trace(source).meta.num_events

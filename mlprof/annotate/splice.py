@@ -5,7 +5,8 @@ int64, key order, whitespace), so nothing is decoded: the stream is scanned for 
 structure only. Each chunk is scanned with numpy: quotes not escaped by an odd run
 of backslashes toggle "inside a string", and the brackets and braces outside strings
 give the nesting depth. The ``[`` of ``traceEvents`` is the array that opens at depth
-1 (a value of the top-level object) right after the key ``"traceEvents"``, so a
+1 (a value of the top-level object; or the top-level value itself, in the bare array
+form of the Chrome trace format) right after the key ``"traceEvents"``, so a
 ``"traceEvents"`` inside a string or in a nested object cannot fool it; its ``]`` is
 where the depth falls back to 1. Memory is one chunk, whatever the size of the file.
 
@@ -57,6 +58,8 @@ class EventsSplicer:
         self._context = b""  # the last bytes before the chunk being scanned (for the key check)
         self._held_space = b""  # whitespace after the array's last element, written after the insertion
         self._has_elements = False
+        self._junk = False  # something other than whitespace came before the top-level value
+        self._close_depth = 1  # the depth after the events array's "]": 1 in {"traceEvents": [...]}, 0 in [...]
 
     def feed(self, chunk: bytes) -> None:
         data = self._pending + chunk if self._pending else chunk
@@ -105,7 +108,7 @@ class EventsSplicer:
             start = opened + 1
             keep = pos > opened
             pos, depth = pos[keep], depth[keep]
-        closing = np.flatnonzero(depth == 1)
+        closing = np.flatnonzero(depth == self._close_depth)
         if len(closing) == 0:
             self._write_elements(data[start:])
             return
@@ -119,10 +122,16 @@ class EventsSplicer:
 
     def _find_array(self, data: bytes, a: np.ndarray, pos: np.ndarray, depth: np.ndarray) -> int | None:
         """Offset in ``data`` of the ``[`` of ``traceEvents``, or None when it is not in this chunk."""
+        if not self._started:
+            head = data[: int(pos[0])] if len(pos) else data
+            self._junk = self._junk or bool(head.strip(_WHITESPACE + b"\xef\xbb\xbf"))  # not a BOM or space
         if not self._started and len(pos):
-            if a[pos[0]] != ord("{") or int(depth[0]) != 1:
-                raise SpliceError("not a JSON object at the top level")
+            if int(depth[0]) != 1 or self._junk:
+                raise SpliceError("not a JSON object or array at the top level")
             self._started = True
+            if a[pos[0]] == ord("["):  # a bare array of events, a valid Chrome trace form
+                self._close_depth = 0
+                return int(pos[0])
         ended = np.flatnonzero(depth <= 0)
         limit = int(pos[ended[0]]) if len(ended) else len(data)
         candidates = pos[(depth == 2) & (a[pos] == ord("[")) & (pos < limit)]

@@ -1,23 +1,24 @@
 """Splice finding events into a copy of a Chrome/Kineto JSON trace; every original byte is kept.
 
 The output is the input with the new events inserted after the last event of
-``traceEvents``: numbers Python could not hold (ns-precision float timestamps, ids
-above int64), key order, whitespace, invalid UTF-8 and every other top-level key stay
-as written. Nothing is held whole: where the kernels the arrows point at sit in the
+``traceEvents`` (or of a bare top-level array of events): numbers Python could not
+hold (ns-precision float timestamps, ids above int64), key order, whitespace and every
+other top-level key stay as written (invalid UTF-8 becomes U+FFFD, so that the copy is
+valid JSON). Nothing is held whole: where the kernels the arrows point at sit in the
 file (their ``pid``/``tid`` exactly as written) is read with mlprof's streaming
 reader, one slice at a time; then the input is copied in chunks (gunzipped and
 gzipped on the fly) through :class:`~mlprof.annotate.splice.EventsSplicer`, which
 finds the array's closing bracket by scanning JSON structure. Peak memory is one
 chunk plus the reader's slice, so annotating costs no more memory than analysing.
-The copy is written to a temporary file next to the output and renamed into place,
-so a failed write leaves nothing half-written; the input is never opened for writing.
+The copy is written through :func:`mlprof.safe_write.open_output`: a temporary file
+renamed into place (a failed write leaves nothing half-written), or a stream for a
+character device or FIFO; the input is never opened for writing.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
-import os
-import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,8 +29,9 @@ import msgspec
 
 from mlprof.annotate.events import KernelRef, finding_events, target_correlations
 from mlprof.annotate.splice import EventsSplicer, SpliceError
-from mlprof.errors import BadInputError, MlprofError, UsageError
+from mlprof.errors import BadInputError, UsageError
 from mlprof.rules.base import Finding
+from mlprof.safe_write import open_output, same_file
 from mlprof.trace.jsonstream import read_trace_events
 from mlprof.trace.model import Trace
 from mlprof.trace.schema import TraceEvent
@@ -51,14 +53,14 @@ class AnnotateResult:
 
 def annotate_file(source: Path, output: Path, findings: list[Finding], trace: Trace) -> AnnotateResult:
     """Write ``output``: ``source`` plus the findings as events (gzipped when ``output`` ends in ``.gz``)."""
-    if _same_file(source, output):
+    if same_file(source, output):
         raise UsageError(f"-o {output}: that is the input trace; mlprof never overwrites it, choose another file")
     refs, pid, repaired_utf8 = _kernel_refs(source, target_correlations(findings, trace))
     added = finding_events(findings, trace, refs, pid)
     notes = []
     if repaired_utf8:
-        notes.append("the input has invalid UTF-8; the copy keeps those bytes as written (mlprof reads them as U+FFFD)")
-    _copy_with_events(source, output, msgspec.json.encode(added)[1:-1])
+        notes.append("the input has invalid UTF-8; the copy has U+FFFD in its place, so that it is valid JSON")
+    _copy_with_events(source, output, msgspec.json.encode(added)[1:-1], repair_utf8=repaired_utf8)
     flows = sum(1 for e in added if e.get("ph") == "s")
     return AnnotateResult(output=output, findings=len(findings), events_added=len(added), flows=flows, notes=notes)
 
@@ -84,34 +86,37 @@ def _kernel_refs(source: Path, wanted: set[int]) -> tuple[dict[int, KernelRef], 
     return refs, pid, stats.repaired_utf8
 
 
-def _copy_with_events(source: Path, output: Path, extra: bytes) -> None:
-    """Stream ``source`` into a temporary file beside ``output`` with ``extra`` spliced in, then rename it."""
-    folder = output.parent if str(output.parent) else Path(".")
+def _copy_with_events(source: Path, output: Path, extra: bytes, *, repair_utf8: bool = False) -> None:
+    """Stream ``source`` into ``output`` with ``extra`` spliced in (a temporary file renamed into place, or a
+    stream for ``/dev/null``-like outputs; see :mod:`mlprof.safe_write`).
+
+    ``repair_utf8``: invalid UTF-8 is written as U+FFFD, so that the copy is valid JSON
+    (RFC 8259 requires UTF-8); every other byte stays as written.
+    """
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise MlprofError(f"{output}: cannot write ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with open_output(output) as fh:
             sink: IO[bytes] | gzip.GzipFile = fh
             if output.name.endswith(".gz"):
                 sink = gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=GZIP_LEVEL, mtime=0)
             splicer = EventsSplicer(sink.write, extra)
-            for chunk in _chunks(source):
+            chunks = _chunks(source)
+            for chunk in _valid_utf8(chunks) if repair_utf8 else chunks:
                 splicer.feed(chunk)
             splicer.finish()
             if sink is not fh:
                 sink.close()
-        os.replace(tmp, output)
     except SpliceError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise BadInputError(f"{source}: {exc}; annotate writes Chrome/Kineto JSON traces") from None
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise MlprofError(f"{output}: cannot write ({exc.strerror})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def _valid_utf8(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunks with each invalid UTF-8 sequence replaced by U+FFFD (a sequence split across chunks is kept)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    for chunk in chunks:
+        yield decoder.decode(chunk).encode("utf-8")
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail.encode("utf-8")
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
@@ -126,10 +131,3 @@ def _chunks(path: Path) -> Iterator[bytes]:
         raise BadInputError(f"{path}: no such file") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise BadInputError(f"{path}: cannot read ({exc})") from None
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
