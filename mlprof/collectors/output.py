@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -55,10 +56,30 @@ class RunFolder:
 
 
 def run_folder_name(name: str | None, start_ns: int) -> str:
-    """The user's name, else the local start time ``YYYYmmdd-HHMMSS``."""
+    """The user's name made one folder name (:func:`safe_folder_name`), else the local start time
+    ``YYYYmmdd-HHMMSS``."""
     if name:
-        return name
+        return safe_folder_name(name)
     return time.strftime("%Y%m%d-%H%M%S", time.localtime(start_ns / 1e9))
+
+
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
+MAX_NAME_BYTES = 200
+
+
+def safe_folder_name(name: str) -> str:
+    """``name`` as exactly one path component inside ``out_dir``, never outside it.
+
+    Path separators and control characters become ``_``; leading dots become ``_`` (no
+    ``..``, and no hidden folder the loader would skip); the name is cut to
+    :data:`MAX_NAME_BYTES` bytes of UTF-8 (file systems allow 255).
+    ``"../../escape"`` is ``"___.._escape"``.
+    """
+    safe = _UNSAFE.sub("_", name)
+    stripped = safe.lstrip(".")
+    safe = "_" * (len(safe) - len(stripped)) + stripped
+    safe = safe.encode("utf-8", "replace")[:MAX_NAME_BYTES].decode("utf-8", "ignore")
+    return safe or "_"
 
 
 def make_run_folder(out_dir: str | os.PathLike[str], name: str | None, rank: int, start_ns: int) -> RunFolder:

@@ -26,6 +26,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,10 +148,17 @@ class ProfileRun:
 
     def start(self) -> None:
         self._start_ns = time.time_ns()
+        refusal = _cannot_profile_here()
+        if refusal is not None:
+            self.notes.append(refusal)
+            _warn_once(refusal)
+            return  # torch.profiler would take the process down: the job runs unprofiled
         try:
             self._dist = dist_info()
             self._folder = make_run_folder(self.options.out_dir, self.options.name, self.rank, self._start_ns)
             self.path = self._folder.path
+            if self.options.name and self.path.name != self.options.name:
+                self.notes.append(f"run name {self.options.name!r} written as the folder name {self.path.name!r}")
         except Exception as exc:
             self.faults.record("creating the run folder", exc)
             return  # nowhere to write: the job runs unprofiled
@@ -388,6 +396,47 @@ class ProfileRun:
             _write_json(self._folder.meta_path, self.meta)
         except Exception as exc:
             self.faults.record(f"writing {self._folder.meta_path}", exc)
+
+
+_WARNED: set[str] = set()
+
+
+def _cannot_profile_here() -> str | None:
+    """Why torch.profiler must not be started now, or None.
+
+    Starting a second profiler while one records (nested ``mlprof.profile`` contexts, or
+    the user's own ``torch.profiler``), or starting one from a thread other than the main
+    thread, ends the process with a segmentation fault inside Kineto (exit 139), which no
+    ``try`` can catch. So both are detected before torch.profiler is touched.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return (
+            "mlprof.profile was entered from a thread other than the main thread, where torch.profiler crashes "
+            "the process; this run is not profiled (enter mlprof.profile in the main thread)"
+        )
+    if any(run._prof is not None for run in _ACTIVE):
+        return (
+            "mlprof.profile was entered inside another mlprof.profile that is profiling; a second torch.profiler "
+            "would crash the process, so only the outer one profiles"
+        )
+    torch = sys.modules.get("torch")
+    try:
+        busy = torch is not None and bool(torch.autograd.profiler._is_profiler_enabled)
+    except Exception:
+        busy = False
+    if busy:
+        return (
+            "a torch.profiler is already running; a second one would crash the process, so mlprof.profile does not "
+            "profile this run"
+        )
+    return None
+
+
+def _warn_once(message: str) -> None:
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    warnings.warn(f"mlprof: {message}. The job goes on.", RuntimeWarning, stacklevel=4)
 
 
 def check_exported(path: Path) -> None:
