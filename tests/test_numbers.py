@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlprof.trace.numbers import MISSING_NS, raw_us_to_ns
+from mlprof.trace.numbers import MISSING_NS, raw_us_to_ns, sorted_unique
 
 
 def test_float_microseconds_keep_every_nanosecond() -> None:
@@ -36,3 +36,16 @@ def test_matches_decimal_arithmetic(values: list[Decimal]) -> None:
 
 def test_empty_input() -> None:
     assert raw_us_to_ns([]).dtype == np.int64
+
+
+def test_sorted_unique_matches_numpy_unique() -> None:
+    """The sort-based replacement for plain ``np.unique`` gives numpy's own answer (values, dtype, NaN)."""
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 2, 3, 50, 5000):
+        for dtype in (np.int64, np.int32, np.float64):
+            values = rng.integers(-40, 40, size=n).astype(dtype)
+            if dtype == np.float64 and n > 3:
+                values[::4] = np.nan
+            got, want = sorted_unique(values), np.unique(values)
+            assert got.dtype == want.dtype
+            assert np.array_equal(got, want, equal_nan=True)

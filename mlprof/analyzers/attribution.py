@@ -31,6 +31,7 @@ import pandas as pd
 from mlprof.analyzers.intervals import covered
 from mlprof.trace.memo import cached
 from mlprof.trace.model import Trace
+from mlprof.trace.numbers import sorted_unique
 from mlprof.trace.vocabulary import (
     DATALOADER,
     DISPATCH_CATS,
@@ -182,7 +183,7 @@ def attribute_windows(layers: list[Layer], win_starts: np.ndarray, win_ends: np.
         inside = (layer.ends > lo) & (layer.starts < hi)
         cuts.append(np.clip(layer.starts[inside], lo, hi))
         cuts.append(np.clip(layer.ends[inside], lo, hi))
-    points = np.unique(np.concatenate(cuts))
+    points = sorted_unique(np.concatenate(cuts))
     left, right = points[:-1], points[1:]
     width = right - left
     category = np.full(len(left), len(CATEGORIES) - 1, dtype=np.int64)  # idle_other

@@ -44,6 +44,7 @@ from mlprof.analyzers.intervals import covered
 from mlprof.analyzers.kernels import in_windows, is_foreach_optimizer_kernel, kernel_classes, launch_times
 from mlprof.trace.memo import forget
 from mlprof.trace.model import Trace
+from mlprof.trace.numbers import sorted_unique
 from mlprof.trace.vocabulary import (
     ALLOC_RUNTIME,
     DISPATCH_CATS,
@@ -150,7 +151,7 @@ def h2d_sync_mask(trace: Trace, sync_rt: pd.DataFrame, sync_dir: np.ndarray) -> 
     host = trace.host
     ops = host[host["cat"].isin(DISPATCH_CATS).to_numpy(dtype=bool) & ~name_mask(host["name"], SYNC_OPS)]
     copy_parent = innermost_enclosing(*_qcols(h2d_calls), ops)
-    parents = np.unique(copy_parent[copy_parent >= 0])
+    parents = sorted_unique(copy_parent[copy_parent >= 0])
     if len(parents) == 0:
         return mask
     sync_parent = innermost_enclosing(*_qcols(sync_rt), ops)
@@ -185,7 +186,7 @@ def _attribute(layers: list[Layer], causes: CauseLayers, win_starts: np.ndarray,
         inside = (e > lo) & (s < hi)
         cuts.append(np.clip(s[inside], lo, hi))
         cuts.append(np.clip(e[inside], lo, hi))
-    points = np.unique(np.concatenate(cuts))
+    points = sorted_unique(np.concatenate(cuts))
     left, right = points[:-1], points[1:]
     width = right - left
 

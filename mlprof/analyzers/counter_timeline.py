@@ -16,6 +16,7 @@ import pandas as pd
 
 from mlprof.analyzers.counters import hold_ns, linear_trend
 from mlprof.counters.metrics import THROTTLE_REASONS
+from mlprof.trace.numbers import sorted_unique
 
 NS_PER_S = 1_000_000_000
 
@@ -64,7 +65,7 @@ def util_overlap(counters: pd.DataFrame, low_util_pct: float = 10.0) -> UtilOver
     if not series:
         return None
     devices = sorted(series)
-    grid = np.unique(np.concatenate([ts for ts, _ in series.values()]))
+    grid = sorted_unique(np.concatenate([ts for ts, _ in series.values()]))
     ends = np.empty(len(devices), np.int64)
     matrix = np.empty((len(devices), len(grid)), np.float64)
     for i, dev in enumerate(devices):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlprof.trace.numbers import sorted_unique
+
 
 def merge(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Union of intervals as disjoint, sorted ``[start, end)`` intervals."""
@@ -42,7 +44,7 @@ def intersect_total(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.nd
     b_s, b_e = merge(*b)
     if len(a_s) == 0 or len(b_s) == 0:
         return 0
-    points = np.unique(np.concatenate([a_s, a_e, b_s, b_e]))
+    points = sorted_unique(np.concatenate([a_s, a_e, b_s, b_e]))
     left, right = points[:-1], points[1:]
     in_a = covered(a_s, a_e, left)
     in_b = covered(b_s, b_e, left)

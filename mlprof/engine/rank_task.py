@@ -36,6 +36,7 @@ from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.registry import TRACE_RULES
 from mlprof.trace.model import Trace
+from mlprof.trace.numbers import sorted_unique
 
 CROSS_RANK_CAUSES = frozenset({"comm.wait", "comm.transfer"})
 CROSS_RANK_RULES: tuple[str, ...] = tuple(r.id for r in TRACE_RULES if CROSS_RANK_CAUSES & set(r.claims))
@@ -211,7 +212,7 @@ def exposed_comm_intervals(trace: Trace) -> Intervals:
     if len(c_s) == 0:
         return c_s, c_e
     k_s, k_e = merge(ts[~is_comm], end[~is_comm])
-    points = np.unique(np.concatenate([c_s, c_e, k_s, k_e]))
+    points = sorted_unique(np.concatenate([c_s, c_e, k_s, k_e]))
     left, right = points[:-1], points[1:]
     keep = covered(c_s, c_e, left) & ~covered(k_s, k_e, left)
     return merge(left[keep], right[keep])
@@ -232,7 +233,7 @@ def split_comm_wait(
         return out
     w_s, w_e = merge(*wait)
     e_s, e_e = exposed
-    points = np.unique(np.concatenate([e_s, e_e, w_s, w_e, starts, ends]))
+    points = sorted_unique(np.concatenate([e_s, e_e, w_s, w_e, starts, ends]))
     left, right = points[:-1], points[1:]
     both = covered(e_s, e_e, left) & covered(w_s, w_e, left)
     label = np.zeros(len(left), dtype=np.int64)

@@ -63,7 +63,9 @@ class SymbolTable:
         Sorting makes the tables independent of the order strings were first met,
         so a trace read by worker processes is identical to one read sequentially.
         """
-        used = np.unique(codes)
+        # Codes are dense in [0, len(strings)): a count finds the used ones (sorted) in one
+        # pass; np.unique hashes or sorts (~20x slower on a million codes).
+        used = np.flatnonzero(np.bincount(codes, minlength=len(self.strings)))
         strings = np.array([self.strings[i] for i in used], dtype=object)
         order = np.argsort(strings, kind="stable")
         remap = np.zeros(len(self.strings), dtype=np.int32)

@@ -89,3 +89,24 @@ def _parse_one(text: bytes) -> int:
 
 def _slow_parse(raws: Sequence[bytes | memoryview]) -> np.ndarray:
     return np.fromiter((_parse_one(bytes(r)) for r in raws), dtype=np.int64, count=len(raws))
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` for a 1-D numeric array, by sorting.
+
+    numpy >= 2.3 finds plain ``np.unique`` values with a hash table, which on this
+    machine takes ~0.7 s for 800 k distinct int64 against ~6 ms for a sort; the
+    attribution and causes call it on every range boundary of a trace.
+    """
+    flat = np.sort(np.asarray(values).ravel())
+    if len(flat) < 2:
+        return flat
+    keep = np.empty(len(flat), dtype=bool)
+    keep[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=keep[1:])
+    if flat.dtype.kind == "f":  # np.unique keeps one NaN (sorted last)
+        nan = np.isnan(flat)
+        keep &= ~nan
+        if nan.any():
+            keep[np.flatnonzero(nan)[0]] = True
+    return flat[keep]
