@@ -35,7 +35,19 @@ BLOCK_BYTES = 4 << 20
 SLICE_BYTES = 16 << 20
 PARALLEL_SLICE_BYTES = 4 << 20
 """Smaller slices when workers decode: results come back sooner and the pipe stays short."""
-_TRACE_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
+_KEY = b'"traceEvents"'
+_AFTER_KEY = re.compile(rb"\s*:\s*\[")
+_AFTER_KEY_SO_FAR = re.compile(rb"\s*(?::\s*)?")
+_FIRST_BYTE = re.compile(rb"\S")
+HEADER_LIMIT = 64 << 20
+"""Bytes read without finding ``traceEvents`` (or a bare ``[``) before the file is refused:
+Kineto writes a header of a few KB, so this is garbage, or a gzip bomb of whitespace."""
+PENDING_LIMIT = 256 << 20
+"""Bytes of ``traceEvents`` held without one event boundary before the file is refused."""
+GZIP_RATIO_LIMIT = 200
+"""Most a gzip input may inflate (decompressed / compressed bytes so far) past
+:data:`GZIP_RATIO_FROM`: Kineto JSON gzips 10-40x; whitespace and other bombs ~1000x."""
+GZIP_RATIO_FROM = 64 << 20
 _EVENT_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -81,11 +93,22 @@ class _BlockReader:
         self._thread.start()
 
     def _run(self) -> None:
+        inflated = 0
+        gzipped = self._stream is not self._raw
         try:
             while not self._stop.is_set():
                 block = self._stream.read(BLOCK_BYTES)
                 if not block:
                     break
+                inflated += len(block)
+                if gzipped and inflated > GZIP_RATIO_FROM and inflated > GZIP_RATIO_LIMIT * self._raw.tell():
+                    self._queue.put(
+                        BadInputError(
+                            f"{self._path}: not a trace (the gzip data inflates more than {GZIP_RATIO_LIMIT}x: "
+                            f"{inflated >> 20} MB from {self._raw.tell() >> 10} KB; trace JSON compresses 10-40x)"
+                        )
+                    )
+                    return
                 self._queue.put(block)
             self._queue.put(None)
         except (OSError, EOFError, zlib.error) as exc:
@@ -96,6 +119,8 @@ class _BlockReader:
             item = self._queue.get()
             if item is None:
                 return
+            if isinstance(item, BadInputError):
+                raise item
             if isinstance(item, BaseException):
                 raise BadInputError(f"{self._path}: cannot read compressed data ({_describe(item)})")
             if self._on_progress is not None:
@@ -138,6 +163,8 @@ def read_trace_events(
     stats = StreamStats(file_bytes=reader.file_bytes)
     try:
         header = _read(path, reader, on_batch, stats, on_slice)
+    except RecursionError:  # msgspec's depth limit: 100k nested [ or {
+        raise BadInputError(f"{path}: not a trace (JSON nested too deeply to read)") from None
     finally:
         reader.close()
     if stats.events == 0 and stats.not_events:
@@ -154,9 +181,17 @@ def _read(
 ) -> dict[str, Any]:
     buf = bytearray()
     header: bytes | None = None
+    bare = False  # a bare JSON array of events (``[{...}, ...]``), a valid Chrome trace form
+    searched = 0  # bytes of ``buf`` already searched for the key (so the search is linear)
     failed_cut_at = 0  # buffer length at which the last cut attempt failed
+    checked = False
 
     def emit(events: list[TraceEvent]) -> None:
+        nonlocal checked
+        if bare and not checked and events:
+            checked = True
+            if all(ev.ph is None and ev.name is None for ev in events[:100]):
+                raise BadInputError(f"{path}: not a trace (a JSON array, but not of trace events)")
         stats.events += len(events)
         on_batch(events)
 
@@ -166,13 +201,26 @@ def _read(
         if stats.json_bytes == len(block) and buf.startswith(_UTF8_BOM):  # saved by a Windows editor
             del buf[: len(_UTF8_BOM)]
         if header is None:
-            match = _TRACE_EVENTS_KEY.search(buf)
-            if match is None:
-                continue
-            header = bytes(buf[: match.start()])
-            if not header.lstrip().startswith(b"{"):
-                raise BadInputError(f"{path}: not a trace (JSON with no top-level object)")
-            del buf[: match.end()]
+            first = _FIRST_BYTE.search(buf)
+            if first is not None and buf[first.start()] == ord("["):
+                header, bare, on_slice = b"{", True, None  # the consumer decodes it: it checks the events
+                del buf[: first.start() + 1]
+            else:
+                key_at, key_end, searched = _find_key(buf, searched)
+                if key_end is None:
+                    if len(buf) > HEADER_LIMIT:
+                        raise BadInputError(
+                            f"{path}: not a trace (no `traceEvents` list in the first {HEADER_LIMIT >> 20} MB)"
+                        )
+                    continue
+                header = bytes(buf[:key_at])
+                if not header.lstrip().startswith(b"{"):
+                    raise BadInputError(f"{path}: not a trace (JSON with no top-level object)")
+                del buf[:key_end]
+        if len(buf) > PENDING_LIMIT:
+            raise BadInputError(
+                f"{path}: not a trace ({PENDING_LIMIT >> 20} MB inside `traceEvents` without the end of an event)"
+            )
         if on_slice is not None:
             if len(buf) < PARALLEL_SLICE_BYTES:
                 continue
@@ -194,12 +242,36 @@ def _read(
 
     if header is None:
         return _decode_whole_without_key(path, bytes(buf), emit, stats)
+    if bare:
+        tail = bytes(buf).strip()
+        if not tail.endswith(b"]"):  # the Chrome format allows an unterminated array
+            tail = tail.rstrip(b", \n\r\t") + b"]"
+        emit(_decode_piece(b'{"traceEvents":[' + tail + b"}", path, stats).traceEvents)
+        return {}
     tail_doc = _decode_piece(_wrap(buf, len(buf), b""), path, stats)
     emit(tail_doc.traceEvents)
     head_doc = _decode_piece(header + b'"traceEvents":[]}', path, stats)
     meta = _header_fields(head_doc)
     meta.update({k: v for k, v in _header_fields(tail_doc).items() if v is not None})
     return meta
+
+
+def _find_key(buf: bytearray, searched: int) -> tuple[int, int | None, int]:
+    """Start and end of the first ``"traceEvents" : [`` in ``buf`` (end ``None``: not there yet), and how far searched.
+
+    Only bytes not searched before are scanned (plus the overlap a key can straddle):
+    searching the whole buffer again per block was quadratic in the size of a file without the key.
+    """
+    pos = buf.find(_KEY, max(0, searched - len(_KEY) + 1))
+    while pos != -1:
+        after = pos + len(_KEY)
+        match = _AFTER_KEY.match(buf, after)
+        if match is not None:
+            return pos, match.end(), len(buf)
+        if _AFTER_KEY_SO_FAR.fullmatch(buf, after) is not None:  # ``"traceEvents" :`` cut at the block end
+            return pos, None, pos
+        pos = buf.find(_KEY, pos + 1)
+    return -1, None, len(buf)
 
 
 def _wrap(buf: bytearray, end: int, close: bytes) -> bytes:
@@ -373,18 +445,10 @@ def _event_from_raw(raw: msgspec.Raw) -> TraceEvent | None:
 def _decode_whole_without_key(
     path: Path, data: bytes, emit: Callable[[list[TraceEvent]], None], stats: StreamStats
 ) -> dict[str, Any]:
-    """Files without a ``traceEvents`` key: a bare JSON array of events, or not a trace."""
+    """Files without a ``traceEvents`` key (bare arrays are streamed): not a trace."""
     stripped = data.strip()
     if not stripped:
         raise BadInputError(f"{path}: empty file")
-    if stripped.startswith(b"["):
-        if not stripped.endswith(b"]"):  # the Chrome format allows an unterminated array
-            stripped = stripped.rstrip(b", \n\r\t") + b"]"
-        doc = _decode_piece(b'{"traceEvents":' + stripped + b"}", path, stats)
-        if doc.traceEvents and all(ev.ph is None and ev.name is None for ev in doc.traceEvents[:100]):
-            raise BadInputError(f"{path}: not a trace (a JSON array, but not of trace events)")
-        emit(doc.traceEvents)
-        return {}
     try:
         msgspec.json.decode(_repair_utf8(stripped))
     except msgspec.DecodeError as exc:

@@ -47,7 +47,7 @@ def _build_slice(piece: bytes) -> Partial:
             doc = decode_slice(piece, stats)
         except msgspec.ValidationError:  # odd types in some event: keep the good ones
             doc = decode_slice_leniently(piece, stats)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise SliceFailed(str(exc)) from None
     builder = TableBuilder()
     builder.add(doc.traceEvents)
