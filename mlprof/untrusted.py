@@ -101,17 +101,19 @@ def term_line(*parts: str | tuple[str, str] | Text) -> Text:
 # Markdown: every character that can start markup in CommonMark, GFM (tables,
 # strikethrough, autolinks) or Streamlit's dialect (``:emoji:``, ``:red[..]``,
 # ``$math$``) is backslash-escaped; CommonMark allows a backslash before any ASCII
-# punctuation, so the escaped text renders as the original characters.
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#!|~:$&@^=+\-])")
+# punctuation, so the escaped text renders as the original characters. ``(``, ``)``
+# and ``=`` need none once ``[``/``]`` are escaped (no link can form) and the text is
+# one line; a list marker at the very start is escaped.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#!|~:$&@])")
 _MD_WWW = re.compile(r"(?i)(www)\.")  # GFM autolinks a bare www.example.com
-_MD_ORDERED = re.compile(r"^(\d+)([.)])")  # "1. " at the start would begin a list
+_MD_LEADING = re.compile(r"^(\d+)([.)])|^([-+=])")  # "1. ", "- ", "+ " at the start would begin a list
 
 
 def md_text(value: object) -> str:
     """Untrusted text inside markdown prose or a table cell: rendered literally, on one line."""
-    text = _MD_SPECIAL.sub(r"\\\1", plain(value))
+    text = _MD_SPECIAL.sub(r"\\\1", plain(value).lstrip())  # 4 leading spaces would make a code block
     text = _MD_WWW.sub(r"\1\\.", text)
-    return _MD_ORDERED.sub(r"\1\\\2", text)
+    return _MD_LEADING.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", text, count=1)
 
 
 def md_code(value: object, *, table: bool = True) -> str:

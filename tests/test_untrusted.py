@@ -89,8 +89,9 @@ def test_md_text_renders_literally():
     doc = _markdown(md_text(HOSTILE))
     assert doc.tags == ["p"]  # no heading, link, image, emphasis, code, strikethrough or raw HTML
     assert "".join(doc.text).strip() == plain(HOSTILE)
-    assert _markdown(md_text("1. not a list")).tags == ["p"]
-    assert _markdown(md_text("- not a list")).tags == ["p"]
+    for start in ("1. x", "3) x", "- x", "+ x", "* x", "> x", "    x", "= x", "--- x", "<div>x</div>"):
+        doc = _markdown(md_text(start))
+        assert doc.tags == ["p"] and "".join(doc.text).strip() == start.strip(), start
     assert "www\\." in md_text("see www.example.com")  # GFM autolink literal broken
 
 

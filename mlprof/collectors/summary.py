@@ -65,7 +65,9 @@ def print_summary(trace_path: Path, stream: TextIO | None = None) -> bool:
     else:
         ok = True
     try:
-        print(text, file=out, flush=True)
+        from mlprof.untrusted import plain
+
+        print("\n".join(plain(line) for line in text.split("\n")), file=out, flush=True)  # trace names: no escapes
     except Exception:
         return False
     return ok

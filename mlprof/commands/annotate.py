@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mlprof.commands._files import make_folder, refuse_to_overwrite
+from mlprof.untrusted import plain
 
 
 def register(app: typer.Typer) -> None:
@@ -49,11 +50,13 @@ def annotate(
         target = output / source.name if trace.is_dir() else output
         result = annotate_file(source, target, findings, ra.trace)
         print(
-            f"{result.output}: {result.findings} finding(s), {result.events_added} events added "
-            f"({result.flows} flow arrows to kernels)"
+            plain(
+                f"{result.output}: {result.findings} finding(s), {result.events_added} events added "
+                f"({result.flows} flow arrows to kernels)"
+            )
         )
         for note in result.notes:
-            print(f"  note: {note}")
+            print(plain(f"  note: {note}"))
 
 
 def _copy_side_files(source: Path, output: Path) -> None:

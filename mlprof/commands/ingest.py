@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mlprof.untrusted import plain
+
 
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
@@ -50,4 +52,4 @@ def register(app: typer.Typer) -> None:
             )
         for result in results:
             verb = "recorded" if result.created else "already recorded (same inputs)"
-            print(f"run {result.run_id} '{result.name}' {verb} in {result.store} ({result.seconds:.1f} s)")
+            print(plain(f"run {result.run_id} '{result.name}' {verb} in {result.store} ({result.seconds:.1f} s)"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mlprof.commands._files import refuse_to_overwrite, write_text
+from mlprof.untrusted import plain
 
 
 def register(app: typer.Typer) -> None:
@@ -50,4 +51,4 @@ def report(
     )
     page = render_html(result.analysis)
     write_text(output, page)
-    print(f"{output}: {len(page) / 1e6:.1f} MB, {len(result.data['findings'])} finding(s)")
+    print(plain(f"{output}: {len(page) / 1e6:.1f} MB, {len(result.data['findings'])} finding(s)"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from mlprof.untrusted import plain
+
 
 def register(app: typer.Typer) -> None:
     runs_app = typer.Typer(help="List recorded runs, or delete some (mlprof runs delete ID...).")
@@ -45,16 +47,16 @@ def register(app: typer.Typer) -> None:
 
         ids = parse_run_ids(run_ids)
         runs = find_runs(ids, store)
-        listed = ", ".join(f"{r.run_id} '{r.name}'" for r in runs)
+        listed = ", ".join(f"{r.run_id} '{plain(r.name)}'" for r in runs)
         if not yes:
             if not sys.stdin.isatty():
                 raise UsageError(f"would delete run(s) {listed}; pass --yes to delete when stdin is not a terminal")
             for r in runs:
-                print(f"run {r.run_id} '{r.name}' from {r.source_path}")
+                print(plain(f"run {r.run_id} '{r.name}' from {r.source_path}"))
             if not typer.confirm(f"Delete {len(runs)} run(s) and their cached tables?", default=False):
                 print("nothing deleted")
                 return
         for r in delete_runs(ids, store):
-            print(f"deleted run {r.run_id} '{r.name}'")
+            print(plain(f"deleted run {r.run_id} '{r.name}'"))
 
     app.add_typer(runs_app, name="runs")

@@ -33,6 +33,7 @@ from mlprof.analysis import Analysis
 from mlprof.compare.diff import Comparison
 from mlprof.compare.findings import FindingPair, finding_brief
 from mlprof.gates.evaluate import GateResult
+from mlprof.untrusted import md_code, md_text, plain
 
 SCHEMA_VERSION = "1.0"
 TOP_NAMES_JSON = 25
@@ -194,7 +195,7 @@ def _direction(pct: float) -> str:
 def comparison_markdown(c: Comparison, gates: list[GateResult] | None = None) -> str:
     d = comparison_json(c, gates)
     s = d["step_time_ms"]
-    lines = [f"## mlprof compare: `{d['base']['path']}` -> `{d['new']['path']}`", ""]
+    lines = [f"## mlprof compare: {md_code(d['base']['path'])} -> {md_code(d['new']['path'])}", ""]
     lines.append(
         f"Mean step **{s['base']:.2f} ms -> {s['new']:.2f} ms** ({s['change_pct']:+.1f}%, "
         f"{_direction(s['change_pct'])}; {s['speedup']:.2f}x) over {d['base']['steps_analysed']} / "
@@ -231,7 +232,7 @@ def comparison_markdown(c: Comparison, gates: list[GateResult] | None = None) ->
     for status in ("resolved", "new", "changed", "unchanged"):
         for x in f[status]:
             lines.append(
-                f"- **{status}** {x['rule']} ({x['category']}): {x['title']} "
+                f"- **{status}** {x['rule']} ({x['category']}): {md_text(x['title'])} "
                 f"[{x['base_time_lost_ms_per_step']:.2f} -> {x['new_time_lost_ms_per_step']:.2f} ms/step]"
             )
     if not any(f.values()):
@@ -252,13 +253,13 @@ def comparison_markdown(c: Comparison, gates: list[GateResult] | None = None) ->
         lines += ["| name | count base -> new | ms base -> new | change ms |", "|---|---:|---:|---:|"]
         for r in rows:
             lines.append(
-                f"| `{_short(r['name'])}` | {r['base_count']:g} -> {r['new_count']:g} | "
+                f"| {md_code(_short(r['name']))} | {r['base_count']:g} -> {r['new_count']:g} | "
                 f"{r['base_ms']:.3f} -> {r['new_ms']:.3f} | {r['change_ms']:+.3f} |"
             )
     if gates is not None:
         lines += ["", *_gate_lines(gates)]
     if d["notes"]:
-        lines += ["", *[f"> note: {n}" for n in d["notes"]]]
+        lines += ["", *[f"> note: {md_text(n)}" for n in d["notes"]]]
     return "\n".join(lines) + "\n"
 
 
@@ -269,7 +270,7 @@ def _gate_lines(gates: list[GateResult]) -> list[str]:
 
 
 def _short(name: str, width: int = 90) -> str:
-    name = name.replace("|", "\\|").replace("`", "'")
+    name = plain(name)
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
@@ -324,4 +325,4 @@ def comparison_text(c: Comparison, gates: list[GateResult] | None = None) -> str
         for g in gates:
             out.append(f"  gate {'pass' if g.passed else 'FAIL'}: {g.gate}: {g.measured} (limit: {g.limit})")
     out += [f"  note: {n}" for n in d["notes"]]
-    return "\n".join(out) + "\n"
+    return "\n".join(plain(line) for line in out) + "\n"  # names and paths from traces: no escapes reach a terminal

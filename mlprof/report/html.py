@@ -11,13 +11,13 @@ the steps, the ranked fixes and the plan as a waterfall (each fix removes its
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from mlprof import __version__
 from mlprof.analysis import Analysis
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.report.json_report import to_json_dict
+from mlprof.untrusted import html_text
 
 COLORS = {
     "compute": "#2e7d32",
@@ -84,7 +84,7 @@ class _Charts:
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value))
+    return html_text(value)  # escaped, and no control characters or terminal escapes from a trace
 
 
 def _summary(tr: dict[str, Any], bd: dict[str, Any]) -> str:

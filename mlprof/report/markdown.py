@@ -1,4 +1,9 @@
-"""Markdown summary for pasting into a PR, a ticket or a CI comment."""
+"""Markdown summary for pasting into a PR, a ticket or a CI comment.
+
+Text from traces and users (paths, device names, finding titles, notes) goes through
+:func:`mlprof.untrusted.md_text` / :func:`~mlprof.untrusted.md_code`: it renders
+literally, with no heading, link, image or broken table.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,22 @@ from mlprof.analysis import Analysis, CounterAnalysis
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.report.json_report import counters_only_json_dict, to_json_dict
 from mlprof.report.speedup import speedup_text
+from mlprof.untrusted import md_code, md_text
 
 
 def render_markdown(analysis: Analysis | CounterAnalysis) -> str:
     if isinstance(analysis, CounterAnalysis):
         c = counters_only_json_dict(analysis)["counters"]
-        paths = ", ".join(f"`{p}`" for p in c["paths"])
+        paths = ", ".join(md_code(p) for p in c["paths"])
         return "\n".join([f"## mlprof: {paths}", "", *_counters_lines(c, alone=True)]) + "\n"
     data = to_json_dict(analysis)
     tr, bd = data["trace"], data["breakdown"]
-    lines = [f"## mlprof: `{tr['path']}`", ""]
-    device = tr["devices"][0]["name"] if tr["devices"] else "unknown device"
-    lines.append(f"{tr['format']} trace, {len(tr['ranks'])} rank(s), {device}; steps found by {tr['step_source']}.")
+    lines = [f"## mlprof: {md_code(tr['path'])}", ""]
+    device = md_text(tr["devices"][0]["name"]) if tr["devices"] else "unknown device"
+    lines.append(
+        f"{md_text(tr['format'])} trace, {len(tr['ranks'])} rank(s), {device}; "
+        f"steps found by {md_text(tr['step_source'])}."
+    )
     if bd.get("aggregation"):
         lines.append(f"Job figures are the {bd['aggregation']}.")
     st = bd.get("step_time_ms") or {}
@@ -41,10 +50,10 @@ def render_markdown(analysis: Analysis | CounterAnalysis) -> str:
         ]
         for i, f in enumerate(data["findings"], 1):
             lines.append(
-                f"| {i} | {f['rule']} | {f['category']} | {f['title']} | {f['time_lost_ms_per_step']:.2f} | "
+                f"| {i} | {f['rule']} | {f['category']} | {md_text(f['title'])} | {f['time_lost_ms_per_step']:.2f} | "
                 f"{speedup_text(f)} | {f['confidence']} |"
             )
-        lines += ["", *[f"{i}. **{f['rule']}** fix: `{f['fix']}`" for i, f in enumerate(data["findings"], 1)]]
+        lines += ["", *[f"{i}. **{f['rule']}** fix: {md_code(f['fix'])}" for i, f in enumerate(data["findings"], 1)]]
     if len(data.get("plan", [])) > 1:
         lines += ["", "### Plan (fixes applied in order)", "", "| rule | saves ms/step | step ms after | cumulative |"]
         lines.append("|---|---:|---:|---:|")
@@ -54,12 +63,12 @@ def render_markdown(analysis: Analysis | CounterAnalysis) -> str:
                 f"{p['cumulative_speedup']:.2f}x |"
             )
     for rule, verdict in data.get("checks", {}).get("verdicts", {}).items():
-        lines += ["", f"{rule}: {verdict}"]
+        lines += ["", f"{rule}: {md_text(verdict)}"]
     if data.get("record_next"):
-        lines += ["", *[f"- record next time: {item}" for item in data["record_next"]]]
+        lines += ["", *[f"- record next time: {md_text(item)}" for item in data["record_next"]]]
     notes = [*data["notes"], *tr["notes"]]
     if notes:
-        lines += ["", *[f"> note: {n}" for n in notes]]
+        lines += ["", *[f"> note: {md_text(n)}" for n in notes]]
     if data.get("counters"):
         lines += ["", "### GPU counters", "", *_counters_lines(data["counters"], alone=False)]
     return "\n".join(lines) + "\n"
@@ -91,12 +100,12 @@ def _counters_lines(c: dict[str, Any], *, alone: bool) -> list[str]:
     if c["findings"]:
         lines += ["", "| # | rule | title | expected speedup | severity |", "|---|---|---|---:|---|"]
         for i, f in enumerate(c["findings"], 1):
-            lines.append(f"| {i} | {f['rule']} | {f['title']} | {speedup_text(f)} | {f['severity']} |")
-        lines += ["", *[f"{i}. **{f['rule']}** fix: `{f['fix']}`" for i, f in enumerate(c["findings"], 1)]]
+            lines.append(f"| {i} | {f['rule']} | {md_text(f['title'])} | {speedup_text(f)} | {f['severity']} |")
+        lines += ["", *[f"{i}. **{f['rule']}** fix: {md_code(f['fix'])}" for i, f in enumerate(c["findings"], 1)]]
     else:
         lines += ["", f"No counter findings ({len(c['checks']['rules_run'])} counter rules run)."]
     for rule, verdict in c["checks"]["verdicts"].items():
-        lines += ["", f"{rule}: {verdict}"]
-    lines += [f"- record next time: {item}" for item in c["record_next"]]
-    lines += [f"> note: {n}" for n in c["notes"]]
+        lines += ["", f"{rule}: {md_text(verdict)}"]
+    lines += [f"- record next time: {md_text(item)}" for item in c["record_next"]]
+    lines += [f"> note: {md_text(n)}" for n in c["notes"]]
     return lines

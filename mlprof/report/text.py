@@ -1,4 +1,8 @@
-"""Human-readable terminal summary of an analysis (rich)."""
+"""Human-readable terminal summary of an analysis (rich).
+
+Names, paths and notes come from traces and users: they reach the console only as
+:func:`mlprof.untrusted.term` text (no markup, emoji codes, escapes or highlighting).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.report.cross_rank_text import RANKS_TABLE_MAX, print_cross_rank
 from mlprof.report.json_report import counters_only_json_dict, to_json_dict
 from mlprof.report.speedup import speedup_text
+from mlprof.untrusted import term, term_line
 
 MAX_STEP_ROWS = 20
 SHORT = {
@@ -35,13 +40,15 @@ def render_text(analysis: Analysis | CounterAnalysis, console: Console) -> None:
     bd = data["breakdown"]
     device = tr["devices"][0]["name"] if tr["devices"] else "no device properties"
     ranks = tr["ranks"]
-    console.print(f"[bold]mlprof analyze[/bold] {tr['path']}")
+    console.print(term_line(("mlprof analyze", "bold"), " ", tr["path"]))
     console.print(
-        f"  {tr['format']} trace, {len(ranks)} rank{'s' if len(ranks) != 1 else ''}"
-        f"{' of ' + str(tr['world_size']) if tr['world_size'] else ''}, {device}, "
-        f"{tr['json_bytes'] / 1e6:.1f} MB JSON, {tr['events']:,} events"
+        term(
+            f"  {tr['format']} trace, {len(ranks)} rank{'s' if len(ranks) != 1 else ''}"
+            f"{' of ' + str(tr['world_size']) if tr['world_size'] else ''}, {device}, "
+            f"{tr['json_bytes'] / 1e6:.1f} MB JSON, {tr['events']:,} events"
+        )
     )
-    console.print(f"  steps found by: {tr['step_source']}")
+    console.print(term(f"  steps found by: {tr['step_source']}"))
     if bd.get("aggregation"):
         console.print(f"  job figures below: {bd['aggregation']} (per-rank figures after the breakdown)")
     st = bd.get("step_time_ms") or {}
@@ -61,7 +68,7 @@ def render_text(analysis: Analysis | CounterAnalysis, console: Console) -> None:
     print_cross_rank(data, console)
     _print_findings(data, console)
     for note in [*data["notes"], *tr["notes"]]:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(term_line(("note:", "yellow"), " ", note))
     if data.get("counters"):
         console.print()
         _print_counters(data["counters"], console, alone=False)
@@ -69,7 +76,7 @@ def render_text(analysis: Analysis | CounterAnalysis, console: Console) -> None:
 
 def _render_counters_only(data: dict[str, Any], console: Console) -> None:
     c = data["counters"]
-    console.print(f"[bold]mlprof analyze[/bold] {', '.join(c['paths'])}")
+    console.print(term_line(("mlprof analyze", "bold"), " ", ", ".join(c["paths"])))
     _print_counters(c, console, alone=True)
 
 
@@ -81,7 +88,9 @@ def _print_counters(c: dict[str, Any], console: Console, *, alone: bool) -> None
         f"{n} GPU{'s' if n != 1 else ''}, {_duration(span)}, {c['rows']:,} samples, clock: {c['time_base']}"
     )
     if not alone:
-        console.print(f"  from {', '.join(c['paths'])}; joined to steps: {'yes' if c['aligned_to_steps'] else 'no'}")
+        console.print(
+            term(f"  from {', '.join(c['paths'])}; joined to steps: {'yes' if c['aligned_to_steps'] else 'no'}")
+        )
     console.print()
     low_pct = c["devices"][0]["low_util_pct"] if c["devices"] else 10.0
     table = Table(title="Per GPU (counters)", title_justify="left")
@@ -106,7 +115,7 @@ def _print_counters(c: dict[str, Any], console: Console, *, alone: bool) -> None
     during = c.get("during_trace") or []
     if during:
         parts = [f"GPU {r['device']} {_fmt(r['util_mean_pct'], '.1f')}% ({r['util_samples']} samples)" for r in during]
-        console.print("  utilisation during the traced steps: " + "; ".join(parts), markup=False, highlight=False)
+        console.print(term("  utilisation during the traced steps: " + "; ".join(parts)))
     findings = c["findings"]
     if not findings:
         console.print(f"[green]No counter findings[/green] ({len(c['checks']['rules_run'])} counter rules run).")
@@ -116,11 +125,11 @@ def _print_counters(c: dict[str, Any], console: Console, *, alone: bool) -> None
         if not alone:
             console.print("   (counter findings are not in the plan: the trace attributes the idle time they see)")
     for rule, verdict in c["checks"]["verdicts"].items():
-        console.print(f"{rule}: {verdict}", markup=False, highlight=False)
+        console.print(term(f"{rule}: {verdict}"))
     for item in c["record_next"]:
-        console.print(f"[cyan]record next time:[/cyan] {item}")
+        console.print(term_line(("record next time:", "cyan"), " ", item))
     for note in c["notes"]:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(term_line(("note:", "yellow"), " ", note))
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -209,9 +218,9 @@ def _print_findings(data: dict[str, Any], console: Console) -> None:
             )
         console.print(table)
     for rule, verdict in checks.get("verdicts", {}).items():
-        console.print(f"{rule}: {verdict}", markup=False, highlight=False)
+        console.print(term(f"{rule}: {verdict}"))
     for item in data.get("record_next", []):
-        console.print(f"[cyan]record next time:[/cyan] {item}")
+        console.print(term_line(("record next time:", "cyan"), " ", item))
 
 
 def _print_findings_table(findings: list[dict[str, Any]], console: Console, *, title: str, per_step: bool) -> None:
@@ -246,22 +255,25 @@ def _print_findings_table(findings: list[dict[str, Any]], console: Console, *, t
             *lost,
             speedup_text(f),
             *([f["confidence"]] if wide else []),
-            f["title"],
+            term(f["title"], max_chars=TITLE_CHARS),
         )
     console.print(table)
 
 
 def _print_finding_details(findings: list[dict[str, Any]], console: Console, *, confidence: bool) -> None:
     for i, f in enumerate(findings[:MAX_DETAILED], 1):
-        console.print(f"[bold]{i}. {f['rule']} {f['name']}[/bold]: {f['title']}")
+        console.print(term_line((f"{i}. {f['rule']} {f['name']}", "bold"), ": ", f["title"]))
         for key, value in list(_flat(f["evidence"]))[:MAX_EVIDENCE_LINES]:
-            console.print(f"   {key}: {value}", markup=False, highlight=False)
-        console.print(f"   fix: {f['fix']}", markup=False, highlight=False)
+            console.print(term(f"   {key}: {value}", max_chars=EVIDENCE_CHARS))
+        console.print(term(f"   fix: {f['fix']}"))
         if confidence:
-            console.print(f"   confidence {f['confidence']}: {f['confidence_reason']}", markup=False, highlight=False)
+            console.print(term(f"   confidence {f['confidence']}: {f['confidence_reason']}"))
 
 
 MAX_DETAILED = 5
+TITLE_CHARS = 300
+"""A finding title longer than this is shortened in the findings table (the details below show it whole)."""
+EVIDENCE_CHARS = 2000
 NARROW_BELOW = 110
 MAX_EVIDENCE_LINES = 8
 
