@@ -5,6 +5,7 @@
     python benchmarks/bench_overhead.py                  # prints a markdown report
     python benchmarks/bench_overhead.py --append         # ... and appends it to benchmarks/RESULTS.md
     python benchmarks/bench_overhead.py --repeats 30     # more repeats, tighter spread
+    python benchmarks/bench_overhead.py --json o.json    # ... and the medians as JSON (sample_traces/scenarios/gpu)
 
 The same small model (an MLP, SGD) and the same step function, with three
 ``mlprof.range`` calls in it (forward, backward, optimizer), run in five ways:
@@ -26,6 +27,7 @@ the median over repeats and the spread (min-max). Overheads are ratios of median
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -156,7 +158,16 @@ def pct(a: float, b: float) -> str:
     return f"{(a / b - 1) * 100:+.2f}%"
 
 
-def run(repeats: int) -> str:
+def environment(device: str) -> str:
+    """One sentence on the machine: the GPU's name and driver when the run was on one."""
+    cpu = platform.processor() or platform.machine()
+    base = f"{os.cpu_count()}-core {cpu}"
+    if device != "cuda":
+        return f"{base} VM, no GPU ({device} run)"
+    return f"{base}, GPU {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}) ({device} run)"
+
+
+def run(repeats: int, json_path: Path | None = None) -> str:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(1)
     modes = ["none", "inactive", "torch.profiler", "mlprof.profile", "mlprof.profile+summary"]
@@ -186,13 +197,37 @@ def run(repeats: int) -> str:
     med = {m: statistics.median(step_ns[m]) for m in modes}
     loop = {m: statistics.median(loop_ns[m]) for m in modes if loop_ns[m][0] > 0}
     micro = micro_costs()
-    cpu = platform.processor() or platform.machine()
+    nvml_note = (
+        "NVML sampling on (mlprof.profile's default 100 ms)."
+        if device == "cuda"
+        else "NVML sampling was not exercised (no GPU)."
+    )
+    if json_path is not None:
+        json_path.write_text(
+            json.dumps(
+                {
+                    "device": device,
+                    "environment": environment(device),
+                    "repeats": repeats,
+                    "median_step_ns": med,
+                    "step_ns": step_ns,
+                    "median_loop_ns": loop,
+                    "overhead_pct": {
+                        "mlprof.profile_vs_torch.profiler": (med["mlprof.profile"] / med["torch.profiler"] - 1) * 100,
+                        "torch.profiler_vs_none": (med["torch.profiler"] / med["none"] - 1) * 100,
+                        "inactive_vs_none": (med["inactive"] / med["none"] - 1) * 100,
+                    },
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     lines = [
         f"## Collector overhead (`benchmarks/bench_overhead.py`), {time.strftime('%Y-%m-%d')}",
         "",
-        f"Environment: {os.cpu_count()}-core {cpu} VM, no GPU ({device} run), Python {platform.python_version()}, "
+        f"Environment: {environment(device)}, Python {platform.python_version()}, "
         f"torch {torch.__version__}, mlprof {mlprof.__version__}; {repeats} repeats per mode, round-robin; "
-        "MLP 256-512-512-1, batch 64, SGD, one thread. NVML sampling was not exercised (no GPU).",
+        f"MLP 256-512-512-1, batch 64, SGD, one thread. {nvml_note}",
         "",
         "| mode | median step ms | spread over repeats (ms) | overhead | compared with |",
         "|---|---:|---:|---:|---|",
@@ -238,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--append", action="store_true", help="append the report to benchmarks/RESULTS.md")
+    parser.add_argument("--json", type=Path, default=None, help="also write the medians to this JSON file")
     args = parser.parse_args(argv)
-    report = run(args.repeats)
+    report = run(args.repeats, args.json)
     print(report)
     if args.append:
         with (HERE / "RESULTS.md").open("a", encoding="utf-8") as fh:

@@ -289,7 +289,6 @@ class ProfileRun:
     # -- counters ------------------------------------------------------------------
 
     def _start_samplers(self) -> None:
-        from mlprof.collectors.dcgm import DcgmExporterSampler, DcgmiSampler
         from mlprof.collectors.nvml import NvmlSampler, is_library_missing
 
         o = self.options
@@ -311,10 +310,20 @@ class ProfileRun:
                 else:
                     self.faults.record("starting the NVML sampler", exc)
         url = o.dcgm_url or os.environ.get("MLPROF_DCGM_URL")
+        want_dcgmi = o.dcgmi or (o.dcgmi is None and cuda and shutil.which("dcgmi"))
+        if not (url or want_dcgmi):
+            return
+        try:
+            # Imported only when asked for: it pulls in mlprof.counters (the file readers and their
+            # dependencies), which the training process does not need otherwise.
+            from mlprof.collectors.dcgm import DcgmExporterSampler, DcgmiSampler
+        except Exception as exc:
+            self.faults.record("loading the DCGM sampler", exc)
+            return
         dcgm: BackgroundSampler | None = None
         if url:
             dcgm = DcgmExporterSampler(self._sink, self.faults, url, interval_s=o.dcgm_interval_s)
-        elif o.dcgmi or (o.dcgmi is None and cuda and shutil.which("dcgmi")):
+        else:
             dcgm = DcgmiSampler(self._sink, self.faults, interval_s=o.dcgm_interval_s)
         if dcgm is not None:
             try:

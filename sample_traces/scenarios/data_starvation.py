@@ -8,6 +8,11 @@ each step. Fixed: ``num_workers=2, persistent_workers=True``: two worker process
 read the next batches while the model trains, and the ``__next__`` range shrinks to
 taking a ready batch off the queue.
 
+On a GPU (``--device cuda``) the batch is 1024 x 1024 and is read in one go
+(``__getitems__`` sleeps 8 µs per sample, ~8 ms per batch), the model is wider (~3 ms of
+FP32 matmuls per step on an H200), and the fix is the usual pair: ``num_workers=8`` with
+``pin_memory=True``, and the batch copied with ``non_blocking=True``.
+
     python sample_traces/scenarios/data_starvation.py [--fixed] [--out runs] [--steps 5]
 """
 
@@ -24,42 +29,75 @@ from torch.utils.data import DataLoader, Dataset
 BATCH = 32
 FEATURES = 512
 SLEEP_PER_SAMPLE_S = 0.00025
+CUDA_BATCH = 1024
+CUDA_FEATURES = 1024
+CUDA_HIDDEN = 4096
+CUDA_SLEEP_PER_SAMPLE_S = 0.000008
+CUDA_WORKERS = 8
 
 
 class SlowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Random samples that take a fixed time to "read"."""
 
-    def __init__(self, samples: int) -> None:
+    def __init__(self, samples: int, features: int = FEATURES, sleep_s: float = SLEEP_PER_SAMPLE_S) -> None:
         gen = torch.Generator().manual_seed(0)
-        self.x = torch.randn(samples, FEATURES, generator=gen)
+        self.x = torch.randn(samples, features, generator=gen)
         self.y = torch.randn(samples, 1, generator=gen)
+        self.sleep_s = sleep_s
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        time.sleep(SLEEP_PER_SAMPLE_S)
+        time.sleep(self.sleep_s)
         return self.x[index], self.y[index]
+
+
+class SlowBatchDataset(SlowDataset):
+    """The same, read a batch at a time: one sleep per batch (sleeps of a few µs are not precise)."""
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        time.sleep(self.sleep_s * len(indices))
+        return [(self.x[i], self.y[i]) for i in indices]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _harness.parse_args(__doc__ or "", argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    dataset = SlowDataset(BATCH * (_harness.total_steps(args) + 4))
+    dev = _harness.device(args)
+    cuda = dev == "cuda"
+    batch, features, hidden = _harness.pick(args, (BATCH, FEATURES, 1024), (CUDA_BATCH, CUDA_FEATURES, CUDA_HIDDEN))
+    samples = batch * (_harness.total_steps(args) + 4)
+    if cuda:
+        dataset: SlowDataset = SlowBatchDataset(samples, features, CUDA_SLEEP_PER_SAMPLE_S)
+    else:
+        dataset = SlowDataset(samples)
     if args.fixed:
         # Batches come back from the workers through shared memory; naming it by file is cheaper
         # than passing a file descriptor over a socket per tensor (~1.7 ms per batch on this VM).
         torch.multiprocessing.set_sharing_strategy("file_system")
-        loader = DataLoader(dataset, batch_size=BATCH, num_workers=2, persistent_workers=True, prefetch_factor=2)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch,
+            num_workers=CUDA_WORKERS if cuda else 2,
+            persistent_workers=True,
+            prefetch_factor=2,
+            pin_memory=cuda,
+        )
     else:
-        loader = DataLoader(dataset, batch_size=BATCH, num_workers=0)
-    model = nn.Sequential(nn.Linear(FEATURES, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1))
+        loader = DataLoader(dataset, batch_size=batch, num_workers=0)
+    model = nn.Sequential(
+        nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+    ).to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     batches = iter(loader)
+    non_blocking = cuda and args.fixed
 
     def train_step(_: int) -> None:
         x, y = next(batches)
+        if cuda:
+            x, y = x.to(dev, non_blocking=non_blocking), y.to(dev, non_blocking=non_blocking)
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
@@ -69,4 +107,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _harness.main_guard(main)

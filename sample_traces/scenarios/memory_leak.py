@@ -28,10 +28,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _harness.parse_args(__doc__ or "", argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+    dev = _harness.device(args)
+    model = nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1)).to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(BATCH, IN), torch.randn(BATCH, 1)
-    x_val, y_val = torch.randn(BATCH, IN), torch.randn(BATCH, 1)
+    x, y = torch.randn(BATCH, IN).to(dev), torch.randn(BATCH, 1).to(dev)
+    x_val, y_val = torch.randn(BATCH, IN).to(dev), torch.randn(BATCH, 1).to(dev)
     val_losses: list[torch.Tensor] = []
 
     def train_step(_: int) -> None:
@@ -46,4 +47,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _harness.main_guard(main)

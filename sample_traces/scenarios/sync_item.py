@@ -29,11 +29,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _harness.parse_args(__doc__ or "", argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = nn.Sequential(*[m for _ in range(LAYERS) for m in (nn.Linear(WIDTH, WIDTH), nn.ReLU())])
+    dev = _harness.device(args)
+    model = nn.Sequential(*[m for _ in range(LAYERS) for m in (nn.Linear(WIDTH, WIDTH), nn.ReLU())]).to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(BATCH, WIDTH), torch.randn(BATCH, WIDTH)
+    x, y = torch.randn(BATCH, WIDTH).to(dev), torch.randn(BATCH, WIDTH).to(dev)
     log: list[dict[str, float]] = []
-    running = torch.zeros(())
+    running = torch.zeros((), device=dev)
 
     def log_stats(loss_value: float) -> None:
         stats = {"loss": loss_value}
@@ -59,10 +60,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             running = running + loss.detach()  # stays a tensor: no sync
             if (i + 1) % LOG_EVERY == 0:
                 log_stats(running.item() / LOG_EVERY)
-                running = torch.zeros(())
+                running = torch.zeros((), device=dev)
 
     _harness.run_loop(args, "sync_item", train_step, extra={"log_every": 1 if not args.fixed else LOG_EVERY})
 
 
 if __name__ == "__main__":
-    main()
+    _harness.main_guard(main)

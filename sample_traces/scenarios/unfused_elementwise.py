@@ -23,6 +23,9 @@ from torch import nn
 BATCH = 256
 IN = 16
 HIDDEN = 2048
+CUDA_BATCH = 4096
+CUDA_HIDDEN = 4096
+"""On a GPU: a 4096 x 4096 activation (64 MB), so each elementwise op is a memory-bound kernel of tens of µs."""
 SQRT_2_OVER_PI = 0.7978845608028654
 
 
@@ -38,10 +41,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _harness.parse_args(__doc__ or "", argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    lin1, lin2 = nn.Linear(IN, HIDDEN), nn.Linear(HIDDEN, 1)
+    dev = _harness.device(args)
+    batch, hidden = _harness.pick(args, (BATCH, HIDDEN), (CUDA_BATCH, CUDA_HIDDEN))
+    lin1, lin2 = nn.Linear(IN, hidden).to(dev), nn.Linear(hidden, 1).to(dev)
     act = gelu_fused if args.fixed else gelu_unfused
     optimizer = torch.optim.SGD([*lin1.parameters(), *lin2.parameters()], lr=0.01)
-    x, y = torch.randn(BATCH, IN), torch.randn(BATCH, 1)
+    x, y = torch.randn(batch, IN).to(dev), torch.randn(batch, 1).to(dev)
 
     def train_step(_: int) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -53,4 +58,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _harness.main_guard(main)

@@ -29,12 +29,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _harness.parse_args(__doc__ or "", argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
+    dev = _harness.device(args)
+    model = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)]).to(dev)
     if args.fixed:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False)
-    x, y = torch.randn(BATCH, WIDTH), torch.randn(BATCH, WIDTH)
+    x, y = torch.randn(BATCH, WIDTH).to(dev), torch.randn(BATCH, WIDTH).to(dev)
 
     def train_step(_: int) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -46,4 +47,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _harness.main_guard(main)
