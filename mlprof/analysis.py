@@ -6,163 +6,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
 from mlprof.analyzers.attribution import CATEGORIES, attribute_span, attribute_steps
 from mlprof.analyzers.causes import attribute_causes
-from mlprof.analyzers.counter_timeline import MemoryTrend, memory_trends
-from mlprof.analyzers.counters import DeviceCounterSummary, counters_per_step, summarize_devices
+from mlprof.analyzers.counter_timeline import memory_trends
+from mlprof.analyzers.counters import counters_per_step, summarize_devices
 from mlprof.analyzers.rank_skew import RankSkew, rank_skew
-from mlprof.analyzers.temporal import TemporalBreakdown, temporal_breakdown
+from mlprof.analyzers.temporal import temporal_breakdown
 from mlprof.errors import UsageError
+from mlprof.results import Analysis as Analysis
+from mlprof.results import CounterAnalysis as CounterAnalysis
+from mlprof.results import RankAnalysis as RankAnalysis
+from mlprof.results import analysed_windows as analysed_windows
+from mlprof.results import analysis_window, trace_span
 from mlprof.rules.base import RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.counter_base import CounterContext
-from mlprof.rules.engine import CounterDiagnosis, Diagnosis, diagnose, diagnose_counters
+from mlprof.rules.engine import Diagnosis, diagnose, diagnose_counters
 from mlprof.rules.memory_growth import counter_memory_verdict
 from mlprof.trace.model import Trace
-
-
-@dataclass
-class RankAnalysis:
-    """Measurements and findings for one rank's trace."""
-
-    trace: Trace
-    steps: pd.DataFrame
-    """Per-step attribution (ns), see :func:`mlprof.analyzers.attribution.attribute_steps`."""
-    whole_trace: dict[str, int] | None
-    """Attribution of the whole trace span when no steps were found."""
-    temporal: TemporalBreakdown
-    findings: list[Any] = field(default_factory=list)
-    """This rank's findings (ranked); the job's merged findings are on :class:`Analysis`."""
-    notes: list[str] = field(default_factory=list)
-    causes: pd.DataFrame | None = None
-    """ns per cause per analysed window (see :mod:`mlprof.analyzers.causes`)."""
-    diagnosis: Diagnosis | None = None
-    """Set when this rank was analysed alone (:func:`analyze_trace`)."""
-    span_override: tuple[int, int] | None = None
-    """The span measured on the full trace, for a rank kept reduced (:mod:`mlprof.engine.rank_task`)."""
-    window_ns: tuple[int, int] | None = None
-    """The stepless window measured on the full trace (set by :func:`measure_trace`): a rank kept reduced
-    holds only its communication kernels, so the window cannot be measured again from it."""
-
-    @property
-    def span(self) -> tuple[int, int]:
-        """First and last instant of host or device activity in the trace."""
-        if self.span_override is not None:
-            return self.span_override
-        return _trace_span(self.trace)
-
-    @property
-    def window(self) -> tuple[int, int]:
-        """The one window analysed when the trace has no steps.
-
-        With device activity it is the span from the first to the last GPU event: time
-        before the first kernel (imports, model set-up) and after the last (teardown,
-        export) is not steady state, and counting it would let a rule claim most of a
-        trace that barely ran on the GPU. Without device activity, the whole host span.
-        """
-        if self.window_ns is not None:
-            return self.window_ns
-        return _analysis_window(self.trace)
-
-    @property
-    def rank(self) -> int:
-        return self.trace.meta.rank if self.trace.meta.rank is not None else 0
-
-    def category_totals(self) -> dict[str, int]:
-        """ns per category over the analysed steps (or the whole trace)."""
-        if len(self.steps):
-            return {c: int(self.steps[c].sum()) for c in CATEGORIES}
-        return dict(self.whole_trace or dict.fromkeys(CATEGORIES, 0))
-
-    @property
-    def has_device_activity(self) -> bool:
-        return self.trace.has_device_activity
-
-
-@dataclass
-class CounterAnalysis:
-    """GPU counters (nvidia-smi, NVML, DCGM): per-device summaries and the counter rules' findings.
-
-    The result of ``mlprof analyze`` on a counters file alone, and the counters part of an
-    :class:`Analysis` given ``--counters``; then ``aligned`` says whether the samples were
-    joined to the trace's steps and ``notes`` why not.
-    """
-
-    paths: list[str]
-    counters: pd.DataFrame
-    time_base: str
-    """``epoch``, ``epoch (naive local time read as UTC)``, ``relative`` or ``mixed``."""
-    formats: list[str]
-    summaries: list[DeviceCounterSummary]
-    diagnosis: CounterDiagnosis
-    notes: list[str] = field(default_factory=list)
-    aligned: bool = False
-    """True when the samples were joined to the trace's steps (same epoch clock, overlapping times)."""
-    per_step: pd.DataFrame | None = None
-    """One row per (step, device) when aligned, see :func:`mlprof.analyzers.counters.counters_per_step`."""
-    during_trace: pd.DataFrame | None = None
-    """One row per device over the whole analysed trace window when aligned (same columns)."""
-    trace_window_memory: list[MemoryTrend] = field(default_factory=list)
-    """Device memory trend over the analysed trace window, when aligned."""
-
-    @property
-    def findings(self) -> list[Any]:
-        return self.diagnosis.findings
-
-    @property
-    def span_ns(self) -> tuple[int, int]:
-        ts = self.counters["ts"]
-        return (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
-
-
-@dataclass
-class Analysis:
-    """A job: one or more ranks."""
-
-    path: str
-    ranks: list[RankAnalysis]
-    step_filter: str | None = None
-    diagnosis: Diagnosis | None = None
-    skew: RankSkew | None = None
-    counters: pd.DataFrame | None = None
-    """GPU counters given with ``--counters`` (table of :mod:`mlprof.counters.metrics`), if any."""
-    counter_summary: CounterAnalysis | None = None
-    """What the counters say, and whether they could be joined to the steps."""
-
-    @property
-    def findings(self) -> list[Any]:
-        return self.diagnosis.findings if self.diagnosis is not None else []
-
-    @property
-    def has_device_activity(self) -> bool:
-        return any(ra.has_device_activity for ra in self.ranks)
-
-    def job_steps(self) -> pd.DataFrame:
-        """The job's per-step view: each step's categories averaged over the ranks that have it."""
-        frames = [ra.steps for ra in self.ranks if len(ra.steps)]
-        if len(frames) <= 1:
-            return frames[0] if frames else self.ranks[0].steps
-        stacked = pd.concat(frames, ignore_index=True)
-        grouped = stacked.groupby("step", sort=True)
-        mean = grouped[["dur", *CATEGORIES]].mean().round().astype(np.int64)
-        mean.insert(0, "ts", grouped["ts"].min())
-        return mean.reset_index()
-
-    def category_totals(self) -> dict[str, int]:
-        """ns per category over the job's steps (mean over ranks), or the mean whole-trace split."""
-        if len(self.ranks) == 1:
-            return self.ranks[0].category_totals()
-        steps = self.job_steps()
-        if len(steps):
-            return {c: int(steps[c].sum()) for c in CATEGORIES}
-        per_rank = [ra.category_totals() for ra in self.ranks]
-        return {c: round(sum(t[c] for t in per_rank) / len(per_rank)) for c in CATEGORIES}
 
 
 def select_steps(steps: pd.DataFrame, spec: str | None) -> pd.DataFrame:
@@ -207,7 +71,7 @@ def measure_trace(trace: Trace, steps_spec: str | None = None) -> RankAnalysis:
     whole = None
     notes: list[str] = []
     if len(attribution) == 0:
-        span = _analysis_window(trace)
+        span = analysis_window(trace)
         whole = attribute_span(trace, *span) if span[1] > span[0] else dict.fromkeys(CATEGORIES, 0)
         notes.append(
             "no step markers found (no ProfilerStep#, DataLoader __next__ or Optimizer.step ranges); "
@@ -228,37 +92,9 @@ def measure_trace(trace: Trace, steps_spec: str | None = None) -> RankAnalysis:
         whole_trace=whole,
         temporal=temporal_breakdown(trace),
         notes=notes,
-        span_override=_trace_span(trace),
-        window_ns=_analysis_window(trace),
+        span_override=trace_span(trace),
+        window_ns=analysis_window(trace),
     )
-
-
-def analysed_windows(ra: RankAnalysis) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end (ns) of each window a rank is analysed over: its steps, else the one stepless window.
-
-    The one definition every path uses (in memory, per-rank engine tasks, low memory, the
-    by-name totals), so the causes, the rules' step time and the totals cut the same time.
-    """
-    if len(ra.steps):
-        starts = ra.steps["ts"].to_numpy(np.int64)
-        return starts, starts + ra.steps["dur"].to_numpy(np.int64)
-    lo, hi = ra.window
-    return np.array([lo], np.int64), np.array([max(hi, lo)], np.int64)
-
-
-def _trace_span(trace: Trace) -> tuple[int, int]:
-    starts = [int(t["ts"].min()) for t in (trace.host, trace.gpu, trace.runtime) if len(t)]
-    ends = [int(t["end"].max()) for t in (trace.host, trace.gpu, trace.runtime) if len(t)]
-    return (min(starts), max(ends)) if starts else (0, 0)
-
-
-def _analysis_window(trace: Trace) -> tuple[int, int]:
-    gpu = trace.gpu
-    if len(gpu):
-        work = gpu[gpu["kind"] != "sync"]  # device-side sync records are not work
-        if len(work):
-            return int(work["ts"].min()), int(work["end"].max())
-    return _trace_span(trace)
 
 
 def analyze_job(
@@ -372,7 +208,7 @@ def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConf
     for ra in ranks:
         starts, ends = analysed_windows(ra)
         wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
-        ra.causes = attribute_causes(ra.trace, starts, ends, comm_wait=wait)
+        ra.causes = attribute_causes(ra.full_trace, starts, ends, comm_wait=wait)
         contexts.append(RankContext(ra, ra.causes))
     world = ranks[0].trace.meta.world_size if ranks else None
     return diagnose(contexts, config, skew, world)

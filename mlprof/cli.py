@@ -192,7 +192,7 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
         )
     elif counter:
         speedup = "Expected speedup = 1.0: it costs no measured time; the severity says how urgent it is."
-    elif getattr(rule, "job_level", False):
+    elif rule.scope == "job":
         speedup = (
             "Expected speedup = step / (step - time lost per step), step = the mean step over ranks; a job-level "
             "rule: its time lost is measured across ranks (see detection), not from one rank's causes."

@@ -18,7 +18,8 @@ import pytest
 
 import mlprof
 from mlprof.cli import main
-from mlprof.results import Report
+from mlprof.results import ReducedRank, Report
+from mlprof.trace.model import Trace
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "sample_traces" / "synthetic" / "sync_point.json.gz"
@@ -68,6 +69,11 @@ def test_engine_equals_in_memory_equals_rank(tmp_path: Path, stepless: bool) -> 
     alone = mlprof.analyze(job / "rank-0.json.gz", counters=None)
 
     assert engine == in_memory  # the whole JSON report
+    # The engine's ranks came back reduced (their own type, not a trace with emptied tables).
+    assert all(isinstance(ra.trace, ReducedRank) for ra in engine.analysis.ranks)
+    assert all(isinstance(ra.trace, Trace) for ra in in_memory.analysis.ranks)
+    with pytest.raises(TypeError, match="keep_traces"):
+        _ = engine.analysis.ranks[0].full_trace
     assert _essence(engine) == _essence(rank0) == _essence(alone)
     assert len(engine.data["findings"]) >= 1
     if stepless:

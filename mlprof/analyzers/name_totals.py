@@ -7,23 +7,34 @@ call with the same correlation id), or, when the launch was not recorded, to the
 in which it started, as HTA's ``TraceDiff`` assigns GPU events to iterations. A CPU op
 (``cpu_op``/``Operator`` range, ``ProfilerStep#N`` itself excluded) belongs to the step
 in which it started. Without steps, the analysed window is the one the attribution
-uses (:attr:`mlprof.analysis.RankAnalysis.window`).
+uses (:func:`mlprof.analyzers.windows.step_windows`).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import pandas as pd
 
-from mlprof.analysis import RankAnalysis
 from mlprof.analyzers.kernels import kernel_classes, launch_times
+from mlprof.trace.model import Trace
 from mlprof.trace.vocabulary import DISPATCH_CATS, PROFILER_STEP, names_matching
 
 
-def rank_events(ra: RankAnalysis) -> tuple[pd.DataFrame, int]:
+class AnalysedRank(Protocol):
+    """What this measurement reads of a rank's analysis (:class:`mlprof.results.RankAnalysis`)."""
+
+    @property
+    def full_trace(self) -> Trace: ...
+
+    def analysed_windows(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def rank_events(ra: AnalysedRank) -> tuple[pd.DataFrame, int]:
     """kind, klass, name, dur of the device activity and CPU ops inside this rank's analysed windows."""
-    starts, ends = _windows(ra)
-    trace = ra.trace
+    starts, ends = ra.analysed_windows()
+    trace = ra.full_trace
     gpu = trace.gpu[trace.gpu["kind"] != "sync"].reset_index(drop=True)
     gpu_kind = gpu["kind"].astype(str).to_numpy()
     gpu_class = np.where(gpu_kind == "kernel", kernel_classes(gpu), gpu_kind)
@@ -47,14 +58,6 @@ def rank_events(ra: RankAnalysis) -> tuple[pd.DataFrame, int]:
             )
         )
     return pd.concat(parts, ignore_index=True), len(starts)
-
-
-def _windows(ra: RankAnalysis) -> tuple[np.ndarray, np.ndarray]:
-    if len(ra.steps):
-        starts = ra.steps["ts"].to_numpy(np.int64)
-        return starts, starts + ra.steps["dur"].to_numpy(np.int64)
-    lo, hi = ra.window
-    return np.array([lo], np.int64), np.array([max(hi, lo) + 1], np.int64)
 
 
 def _inside(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -17,16 +17,14 @@ from collections.abc import Callable
 from mlprof.analysis import Analysis
 from mlprof.analyzers.rank_skew import match_collectives
 from mlprof.engine.executors import ProgressFn, default_jobs, run_dask, run_local
-from mlprof.engine.rank_task import CROSS_RANK_RULES, RankPartial, TaskOptions, reduce_rank, split_comm_wait, windows
+from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_rank, split_comm_wait, windows
 from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
-from mlprof.rules.engine import diagnose
-from mlprof.rules.registry import TRACE_RULES
+from mlprof.rules.engine import diagnose, registry_order, run_rank
 
 ENGINES = ("local", "dask")
-_ORDER = {r.id: i for i, r in enumerate(TRACE_RULES)}
 
 
 def check_engine_options(jobs: int | None, engine: str, scheduler: str | None) -> None:
@@ -95,14 +93,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions) -> Ana
         ra.causes = split_comm_wait(ra.causes, p.exposed_comm, wait, starts, ends)
         ctx = RankContext(ra, ra.causes)
         ctx.verdicts.update(p.verdicts)
-        found = list(p.findings)
-        for rule in TRACE_RULES:
-            if rule.id not in CROSS_RANK_RULES or rule.id in config.disabled:
-                continue
-            if rule.needs_device and not ctx.has_device:
-                continue
-            found.extend(rule.check(ctx, config.thresholds(rule.id)))
-        found.sort(key=lambda f: _ORDER.get(f.rule, len(_ORDER)))
+        found = registry_order([*p.findings, *run_rank(ctx, config, matched=True)])
         contexts.append(ctx)
         per_rank.append(found)
     world = partials[0].analysis.trace.meta.world_size

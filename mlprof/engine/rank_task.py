@@ -12,8 +12,8 @@ which needs the collectives of every rank). What leaves the task is small:
 * the exposed-communication intervals (communication with no compute kernel
   running), so the client can split the causes into waiting and transfer exactly
   as :func:`mlprof.analyzers.causes.attribute_causes` would with all ranks at hand;
-* a :class:`ReducedTrace`: the trace's metadata, its communication kernels and
-  collectives (what the cross-rank rules read), and no other events.
+* a :class:`mlprof.results.ReducedRank`: the trace's metadata, its communication
+  kernels and collectives (what the cross-rank rules read), and no other events.
 
 The full trace is dropped when the task returns, so a worker holds one trace at a
 time and the client holds none.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,55 +31,18 @@ from mlprof.analysis import RankAnalysis, analysed_windows, measure_trace
 from mlprof.analyzers.causes import attribute_causes
 from mlprof.analyzers.intervals import covered, merge
 from mlprof.analyzers.rank_skew import comm_signature
+from mlprof.results import ReducedRank
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
+from mlprof.rules.engine import run_rank
 from mlprof.rules.registry import TRACE_RULES
 from mlprof.trace.model import Trace
 from mlprof.trace.numbers import sorted_unique
 
-CROSS_RANK_CAUSES = frozenset({"comm.wait", "comm.transfer"})
-CROSS_RANK_RULES: tuple[str, ...] = tuple(r.id for r in TRACE_RULES if CROSS_RANK_CAUSES & set(r.claims))
-"""Rules run on the client, after the ranks are matched: those claiming communication causes."""
+CROSS_RANK_RULES: tuple[str, ...] = tuple(r.id for r in TRACE_RULES if r.scope == "rank" and r.needs_other_ranks)
+"""Rules run on the client, after the ranks are matched (:attr:`mlprof.rules.base.Rule.needs_other_ranks`)."""
 
 Intervals = tuple[np.ndarray, np.ndarray]
-
-
-@dataclass
-class ReducedTrace(Trace):
-    """A trace kept for the job after its rank was analysed: metadata, communication kernels and collectives.
-
-    ``memory`` keeps at most one allocator event (whether the trace had any, and one with
-    ``Total Allocated``), which is all the job-level advice reads.
-    """
-
-    device_activity: bool = False
-    """Whether the full trace had device activity (its ``gpu`` table here holds only communication kernels)."""
-
-    @property
-    def has_device_activity(self) -> bool:
-        return self.device_activity
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Unpickled on the client (a result from a worker): the empty tables of every rank are one object.
-        for name in EMPTY_TABLES:
-            state[name] = _shared_empty(name, state[name])
-        self.__dict__.update(state)
-
-
-EMPTY_TABLES = ("runtime", "host", "gpu_annotations", "flows", "threads")
-"""Tables a reduced trace keeps empty (with their columns and dtypes)."""
-_SHARED_EMPTY: dict[str, pd.DataFrame] = {}
-
-
-def _shared_empty(name: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """One empty frame per table and schema for all ranks of a job: ~35 KB per rank less on the client."""
-    if len(frame):
-        return frame
-    cached = _SHARED_EMPTY.get(name)
-    if cached is not None and cached.dtypes.equals(frame.dtypes):
-        return cached
-    _SHARED_EMPTY[name] = frame
-    return frame
 
 
 @dataclass
@@ -125,14 +87,7 @@ def reduce_trace(trace: Trace, options: TaskOptions) -> RankPartial:
     starts, ends = windows(ra)
     ra.causes = attribute_causes(trace, starts, ends, comm_wait=None)
     ctx = RankContext(ra, ra.causes)
-    findings: list[Finding] = []
-    config = options.config
-    for rule in TRACE_RULES:
-        if rule.id in config.disabled or rule.id in CROSS_RANK_RULES:
-            continue
-        if rule.needs_device and not ctx.has_device:
-            continue
-        findings.extend(rule.check(ctx, config.thresholds(rule.id)))
+    findings = run_rank(ctx, options.config, matched=False)
     analysis = dataclasses.replace(ra, trace=reduce_tables(trace), findings=[], diagnosis=None)
     return RankPartial(
         analysis=analysis,
@@ -147,40 +102,27 @@ windows = analysed_windows
 """The analysed windows of a rank (the one definition, :func:`mlprof.analysis.analysed_windows`)."""
 
 
-def reduce_tables(trace: Trace) -> ReducedTrace:
+def reduce_tables(trace: Trace) -> ReducedRank:
     gpu = trace.gpu
     comm = gpu[(gpu["kind"] == "kernel") & gpu["is_comm"].astype(bool)].reset_index(drop=True)
     memory = trace.memory
     if len(memory):
         with_total = memory[memory["total_allocated"] >= 0]
         memory = (with_total if len(with_total) else memory).head(1).reset_index(drop=True)
-    return ReducedTrace(
+    return ReducedRank(
         meta=trace.meta,
         gpu=_compact(comm),
-        runtime=_empty_table("runtime", trace.runtime),
-        host=_empty_table("host", trace.host),
-        gpu_annotations=_empty_table("gpu_annotations", trace.gpu_annotations),
-        memory=_compact(memory),
-        flows=_empty_table("flows", trace.flows),
         collectives=_compact(trace.collectives.reset_index(drop=True)),
+        memory=_compact(memory),
         steps=trace.steps,
-        threads=_empty_table("threads", trace.threads),
         device_activity=trace.has_device_activity,
     )
-
-
-def _empty_table(name: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """The table with no rows, the same object for every rank with the same columns."""
-    cached = _SHARED_EMPTY.get(name)
-    if cached is not None and list(cached.columns) == list(frame.columns):
-        return cached
-    return _shared_empty(name, _compact(frame.head(0)))
 
 
 def _compact(frame: pd.DataFrame) -> pd.DataFrame:
     """Categorical columns keep only the strings they use, not the trace's whole symbol table.
 
-    A job holds one reduced trace per rank: with the full table each would cost hundreds of KB.
+    A job holds one reduced rank per rank: with the full table each would cost hundreds of KB.
     """
     out = frame.copy()
     for col in out.columns:

@@ -42,11 +42,11 @@ import pandas as pd
 from mlprof.analysis import Analysis, RankAnalysis
 from mlprof.analyzers.temporal import TemporalBreakdown, temporal_breakdown
 from mlprof.engine.executors import ProgressFn, default_jobs, run_local
-from mlprof.engine.rank_task import CROSS_RANK_RULES, RankPartial, TaskOptions, reduce_trace
+from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_trace
 from mlprof.errors import BadInputError, UsageError
 from mlprof.rules.base import NS_PER_MS, Finding, RankContext, ms, top_ranges
 from mlprof.rules.config import RuleConfig
-from mlprof.rules.engine import diagnose
+from mlprof.rules.engine import diagnose, run_rank
 from mlprof.rules.registry import TRACE_RULES
 from mlprof.trace.jsonstream import ProgressCallback, read_trace_events
 from mlprof.trace.numbers import MISSING_NS, raw_us_to_ns
@@ -267,7 +267,7 @@ def _merge(
         "once and was not run; the trace-level split covers the steps only"
     )
     ra = RankAnalysis(trace=trace, steps=steps, whole_trace=None, temporal=temporal, notes=notes, causes=causes)
-    ra.span_override = (min(w.start for w in windows), max(w.end for w in windows))
+    ra.span_override = ra.window_ns = (min(w.start for w in windows), max(w.end for w in windows))
     ctx = RankContext(ra, causes)
     for p in parts:
         for rule_id, text in p.verdicts.items():
@@ -285,11 +285,7 @@ def _merge(
 def _window_findings(p: RankPartial, config: RuleConfig) -> list[Finding]:
     """The window's own findings plus the communication rules (run here: no other rank to wait for)."""
     ctx = RankContext(p.analysis, p.analysis.causes if p.analysis.causes is not None else pd.DataFrame())
-    found = list(p.findings)
-    for rule in TRACE_RULES:
-        if rule.id in CROSS_RANK_RULES and rule.id not in config.disabled and (ctx.has_device or not rule.needs_device):
-            found.extend(rule.check(ctx, config.thresholds(rule.id)))
-    return found
+    return [*p.findings, *run_rank(ctx, config, matched=True)]
 
 
 def _merge_windows(per_window: list[list[Finding]], steps: list[int], step_ns: float) -> list[Finding]:

@@ -9,19 +9,19 @@ removes, measured in this trace, not a multiplier from a table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from mlprof.analyzers.gpu_specs import GpuSpec, spec_for
-
-if TYPE_CHECKING:
-    from mlprof.analysis import RankAnalysis
-
-NS_PER_MS = 1_000_000
+from mlprof.results import NS_PER_MS as NS_PER_MS
+from mlprof.results import Finding as Finding
+from mlprof.results import RankAnalysis, ReducedRank, analysed_windows
+from mlprof.results import plain as plain
+from mlprof.trace.model import Trace
 
 CATEGORIES: tuple[str, ...] = (
     "data_starvation",
@@ -50,74 +50,23 @@ class RuleDoc:
     false_alarms: str
 
 
-@dataclass
-class Finding:
-    rule: str
-    name: str
-    category: str
-    title: str
-    time_lost_ns_per_step: float
-    """Critical-path time per step that the fix removes (mean over analysed steps)."""
-    step_ns: float
-    """Mean step time the speedup is relative to."""
-    confidence: str
-    confidence_reason: str
-    evidence: dict[str, Any]
-    fix: str
-    steps: list[int] = field(default_factory=list)
-    time_ranges_ns: list[tuple[int, int]] = field(default_factory=list)
-    claimed: dict[str, float] = field(default_factory=dict)
-    """ns per step claimed from each cause."""
-    ranks: list[int] = field(default_factory=list)
-    record_next: list[str] = field(default_factory=list)
-    severity_override: str | None = None
-
-    @property
-    def expected_speedup(self) -> float:
-        remaining = self.step_ns - self.time_lost_ns_per_step
-        if self.step_ns <= 0 or remaining <= 0:
-            return 1.0
-        return self.step_ns / remaining
-
-    @property
-    def severity(self) -> str:
-        if self.severity_override is not None:
-            return self.severity_override
-        s = self.expected_speedup
-        return "critical" if s >= 1.25 else "warning" if s >= 1.05 else "info"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "name": self.name,
-            "category": self.category,
-            "severity": self.severity,
-            "title": self.title,
-            "expected_speedup": round(self.expected_speedup, 4),
-            "time_lost_ms_per_step": round(self.time_lost_ns_per_step / NS_PER_MS, 6),
-            "step_ms": round(self.step_ns / NS_PER_MS, 6),
-            "confidence": self.confidence,
-            "confidence_reason": self.confidence_reason,
-            "ranks": self.ranks,
-            "steps": self.steps,
-            "time_ranges_ns": [[int(a), int(b)] for a, b in self.time_ranges_ns],
-            "claimed_ms_per_step": {k: round(v / NS_PER_MS, 6) for k, v in self.claimed.items() if v},
-            "evidence": plain(self.evidence),
-            "fix": self.fix,
-            "record_next": self.record_next,
-        }
-
-
 class RankContext:
     """What a rule may read about one rank: the analysis plus measurements computed on first use."""
 
     def __init__(self, analysis: RankAnalysis, causes: pd.DataFrame) -> None:
         self.analysis = analysis
-        self.trace = analysis.trace
+        self.tables: Trace | ReducedRank = analysis.trace
+        """What every rank has, in memory or reduced by a per-rank task: ``meta``, ``gpu`` (at least the
+        communication kernels), ``collectives``, ``memory``. Job-scope rules read only these."""
         self.causes = causes
         """ns per cause per analysed window (steps, or the whole trace as one window)."""
         self.verdicts: dict[str, str] = {}
         """Rules that looked and found nothing may say why here (e.g. the memory trend they measured)."""
+
+    @property
+    def trace(self) -> Trace:
+        """The rank's full trace (rank-scope rules run where it is read)."""
+        return self.analysis.full_trace
 
     @property
     def rank(self) -> int:
@@ -126,17 +75,10 @@ class RankContext:
     @cached_property
     def windows(self) -> pd.DataFrame:
         """step, ts, end of each analysed window (one synthetic window -1 when there are no steps)."""
+        starts, ends = analysed_windows(self.analysis)
         steps = self.analysis.steps
-        if len(steps):
-            return pd.DataFrame(
-                {
-                    "step": steps["step"].to_numpy(),
-                    "ts": steps["ts"].to_numpy(),
-                    "end": (steps["ts"] + steps["dur"]).to_numpy(),
-                }
-            )
-        lo, hi = self.analysis.window
-        return pd.DataFrame({"step": [-1], "ts": [lo], "end": [hi]})
+        numbers = steps["step"].to_numpy() if len(steps) else np.array([-1])
+        return pd.DataFrame({"step": numbers, "ts": starts, "end": ends})
 
     @cached_property
     def step_ns(self) -> float:
@@ -178,7 +120,7 @@ class RankContext:
 
     @cached_property
     def gpu_spec(self) -> GpuSpec | None:
-        return spec_for(self.trace.meta.devices)
+        return spec_for(self.tables.meta.devices)
 
     def in_windows(self, ts: np.ndarray) -> np.ndarray:
         """Which times fall inside an analysed window."""
@@ -212,6 +154,13 @@ class Rule:
     defaults: ClassVar[dict[str, float]] = {}
     """Thresholds; overridable per team in ``[tool.mlprof.rules.ID]``."""
     needs_device: ClassVar[bool] = True
+    scope: ClassVar[str] = "rank"
+    """``rank``: judged on each rank alone by :meth:`check`, where its trace is read; ``job``: judged once on
+    the whole job by ``check_job`` (it reads the cross-rank view, not one rank)."""
+    needs_other_ranks: ClassVar[bool] = False
+    """A rank rule whose causes are only final once the ranks' collectives are matched (exposed communication
+    split into waiting and transfer): it runs after the match, reading only what every rank keeps
+    (:attr:`RankContext.tables`), so a job analysed by per-rank tasks gives the same findings."""
     doc: ClassVar[RuleDoc]
 
     def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
@@ -222,19 +171,6 @@ class Rule:
         kwargs.setdefault("step_ns", ctx.step_ns)
         kwargs.setdefault("ranks", [ctx.rank])
         return Finding(rule=self.id, name=self.name, category=self.category, **kwargs)
-
-
-def plain(value: Any) -> Any:
-    """Evidence as JSON-ready Python values (numpy scalars and arrays become int/float/list)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def ms(ns: float) -> float:

@@ -16,6 +16,7 @@ class CommExposed(Rule):
     category = "comm_not_overlapped"
     summary = "NCCL/RCCL kernels not hidden under compute on other streams"
     claims = ("comm.transfer",)
+    needs_other_ranks = True
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.03}
     doc = RuleDoc(
         what="Collective or point-to-point communication kernels run while no compute kernel runs "
@@ -48,12 +49,12 @@ class CommExposed(Rule):
         lost = min(exposed, compute)
         if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
             return []
-        gpu = ctx.trace.gpu
+        gpu = ctx.tables.gpu
         comm = gpu[(gpu["kind"] == "kernel") & gpu["is_comm"].astype(bool)]
         comm = comm[ctx.in_windows(comm["ts"].to_numpy(np.int64))]
         n_steps = max(ctx.n_windows, 1)
         names, count, total, order = totals_by_name(comm["name"].astype(str).to_numpy(), comm["dur"].to_numpy(np.int64))
-        colls = ctx.trace.collectives
+        colls = ctx.tables.collectives
         coll_summary = []
         if len(colls):
             c = colls[ctx.in_windows(colls["ts"].to_numpy(np.int64))]

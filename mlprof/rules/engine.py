@@ -11,56 +11,48 @@ in order and recomputes what is left of the step (a waterfall).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mlprof.analyzers.rank_skew import RankSkew
 from mlprof.analyzers.stragglers import CrossRank
-from mlprof.rules.base import NS_PER_MS, Finding, RankContext, ms
+from mlprof.results import NS_PER_MS, Finding
+from mlprof.results import CounterDiagnosis as CounterDiagnosis
+from mlprof.results import Diagnosis as Diagnosis
+from mlprof.results import PlanStep as PlanStep
+from mlprof.rules.base import RankContext, ms
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.counter_base import CounterContext
 from mlprof.rules.registry import COUNTER_RULES, TRACE_RULES
 
 
-@dataclass
-class PlanStep:
-    rule: str
-    title: str
-    saves_ms_per_step: float
-    step_ms_after: float
-    cumulative_speedup: float
+def run_rank(ctx: RankContext, config: RuleConfig, *, matched: bool | None = None) -> list[Finding]:
+    """The rule loop over one rank, the only one: every enabled rank-scope rule, in registry order.
 
-
-@dataclass
-class Diagnosis:
-    findings: list[Finding]
-    plan: list[PlanStep]
-    step_ms: float
-    record_next: list[str] = field(default_factory=list)
-    rules_run: list[str] = field(default_factory=list)
-    below_threshold: int = 0
-    """Findings dropped because their expected speedup was under ``min_speedup``."""
-    verdicts: dict[str, str] = field(default_factory=dict)
-    """Why a rule that looked found nothing (e.g. the measured memory trend), per rule id."""
-    per_rank: list[list[Finding]] = field(default_factory=list)
-    """Each rank's own findings before merging (the same as ``findings`` for one rank)."""
-    cross_rank: CrossRank | None = None
-    """Several ranks: the per-rank table, rank-group summaries and job totals (:mod:`mlprof.analyzers.stragglers`)."""
-    rule_outliers: list[dict[str, Any]] = field(default_factory=list)
-    """Several ranks: per rule, the ranks whose time lost is at least twice the median rank's."""
-
-
-def run_rank(ctx: RankContext, config: RuleConfig) -> list[Finding]:
+    ``matched`` splits the loop for a job analysed by per-rank tasks: ``False`` runs the
+    rules that judge a rank alone (in the task, on the full trace), ``True`` the rules that
+    need the other ranks (:attr:`Rule.needs_other_ranks`, on the client after the match);
+    ``None`` runs both (a job in memory).
+    """
     out: list[Finding] = []
     for rule in TRACE_RULES:
-        if rule.id in config.disabled:
+        if rule.scope != "rank" or rule.id in config.disabled:
+            continue
+        if matched is not None and rule.needs_other_ranks != matched:
             continue
         if rule.needs_device and not ctx.has_device:
             continue
         out.extend(rule.check(ctx, config.thresholds(rule.id)))
     return out
+
+
+def registry_order(findings: list[Finding]) -> list[Finding]:
+    """Findings in the order their rules are registered (as :func:`run_rank` returns them)."""
+    return sorted(findings, key=lambda f: _ORDER.get(f.rule, len(_ORDER)))
+
+
+_ORDER = {r.id: i for i, r in enumerate(TRACE_RULES)}
 
 
 def diagnose(
@@ -160,18 +152,6 @@ def _rule_outliers(per_rank: list[list[Finding]], contexts: list[RankContext]) -
             }
         )
     return out
-
-
-@dataclass
-class CounterDiagnosis:
-    """The counter rules' findings over one counters table (ranked), apart from the trace's plan."""
-
-    findings: list[Finding]
-    rules_run: list[str] = field(default_factory=list)
-    verdicts: dict[str, str] = field(default_factory=dict)
-    below_threshold: int = 0
-    record_next: list[str] = field(default_factory=list)
-    """Counters to add next time for the checks these could not make."""
 
 
 COUNTER_WISHES: dict[str, str] = {
@@ -309,7 +289,7 @@ def _record_next(contexts: list[RankContext], findings: list[Finding], world_siz
         for item in f.record_next:
             if item not in notes:
                 notes.append(item)
-    traces = [c.trace for c in contexts]
+    traces = [c.tables for c in contexts]
     if all(len(t.memory) == 0 for t in traces):
         notes.append("profile_memory=True to check for memory leaks (the trace has no allocator events)")
     elif all(not (t.memory["total_allocated"] >= 0).any() for t in traces):

@@ -13,6 +13,7 @@ class RankWait(Rule):
     category = "comm_not_overlapped"
     summary = "collectives wait for late ranks: some ranks do more work or start later"
     claims = ("comm.wait",)
+    needs_other_ranks = True
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
         what="On some ranks, collective kernels start and then wait for a rank that arrives "

@@ -27,7 +27,7 @@ class Straggler(Rule):
     category = "straggler"
     summary = "one rank arrives last at collectives: every other rank (the whole job) waits for it"
     claims = ()
-    job_level: ClassVar[bool] = True
+    scope = "job"
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.01, "ranks_per_group": 0}
     doc = RuleDoc(
         what="The rank the others wait for: at the job's collectives one rank arrives last, "
@@ -149,7 +149,7 @@ def rank_measures(contexts: list[RankContext]) -> pd.DataFrame:
 
 def _devices_per_host(contexts: list[RankContext]) -> int:
     """Ranks per group in summaries: the devices the first trace lists (one host), else 8."""
-    devices = len(contexts[0].trace.meta.devices) if contexts else 0
+    devices = len(contexts[0].tables.meta.devices) if contexts else 0
     return devices if devices > 0 else 8
 
 

@@ -91,7 +91,7 @@ def memory_summary(analysis: Analysis) -> list[dict[str, Any]]:
             continue
         numbers = ra.steps["step"].to_numpy(np.int64).tolist()
         starts = dict(zip(numbers, ra.steps["ts"].to_numpy(np.int64).tolist(), strict=True))
-        for curve in memory_curves(ra.trace.memory, ra.steps, ra.trace.host):
+        for curve in memory_curves(ra.full_trace.memory, ra.steps, ra.full_trace.host):
             out.append(
                 {
                     "rank": ra.rank,
