@@ -80,6 +80,14 @@ def _class_of(name: str) -> str:
     return classify_name(name, bool(COMM_KERNEL.search(name)))
 
 
+def uses_tensor_cores(names: pd.Series) -> np.ndarray:
+    """Whether each kernel name is a tensor-core kernel's (HMMA/WMMA/xmma, ``h16816``-style tile names,
+    bf16/fp16/tf32 GEMMs, sm80+/nvjet kernels): the names ``gemm_tensor`` is judged by, for any kernel."""
+    cats = names.astype(str).astype("category")
+    table = np.array([bool(_TENSOR.search(str(c))) for c in cats.cat.categories] + [False], dtype=bool)
+    return table[cats.cat.codes.to_numpy()]
+
+
 def kernel_classes(gpu: pd.DataFrame) -> np.ndarray:
     """Class of every row of ``gpu`` (non-kernel rows get ``""``), classified once per distinct name.
 

@@ -17,7 +17,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from mlprof.analyzers.kernels import kernel_classes, launch_times
+from mlprof.analyzers.enclosing import innermost_enclosing
+from mlprof.analyzers.kernels import kernel_classes, launch_times, uses_tensor_cores
 from mlprof.trace.model import Trace
 from mlprof.trace.vocabulary import DISPATCH_CATS, PROFILER_STEP, names_matching
 
@@ -68,3 +69,157 @@ def _inside(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     ok = pos >= 0
     ok[ok] &= ts[ok] < e[pos[ok]]
     return ok
+
+
+KERNEL_VIEW_COLUMNS = ["name", "klass", "count", "total_ns", "tensor_cores", "launched_by"]
+OP_VIEW_COLUMNS = ["name", "count", "total_ns", "self_ns", "device_ns", "call_stack"]
+
+
+def name_views(ra: AnalysedRank) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per kernel name and per CPU op name, the Kernels and Operators views of one rank.
+
+    The same events as :func:`rank_events` (so every total here equals its sum by name):
+    kernels launched in the analysed windows, CPU ops started in them.
+
+    Kernels: ``count``, ``total_ns`` (device time), ``tensor_cores`` (the name is a
+    tensor-core kernel's: HMMA/WMMA/xmma/``*_h16816*``..., see
+    :func:`mlprof.analyzers.kernels.uses_tensor_cores`) and ``launched_by``: the CPU op
+    that launched most of that kernel's time (the innermost ``cpu_op`` enclosing the
+    launching runtime call on its thread), None when launches were not recorded.
+
+    Ops: ``count``, ``total_ns`` (inclusive host time), ``self_ns`` (minus the time of the
+    ops directly nested in it on its thread, at least 0), ``device_ns`` (kernels, copies and memsets
+    whose launch falls directly in the op, not in a nested op) and ``call_stack`` (the
+    most frequent ``Call stack`` recorded with ``with_stack=True``; None without).
+    """
+    starts, ends = ra.analysed_windows()
+    trace = ra.full_trace
+    gpu = trace.gpu[trace.gpu["kind"] != "sync"].reset_index(drop=True)
+    host = trace.host
+    is_op = (host["cat"].isin(DISPATCH_CATS) & ~names_matching(host["name"], PROFILER_STEP)).to_numpy()
+    ops = host[is_op].reset_index(drop=True)
+    op_ts = ops["ts"].to_numpy(np.int64)
+    op_end = op_ts + ops["dur"].to_numpy(np.int64)
+    op_tid = ops["tid"].to_numpy(np.int64)
+    ranges = pd.DataFrame({"ts": op_ts, "end": op_end, "tid": op_tid})
+
+    # the op each device event was launched from: runtime call (same correlation id) -> innermost op
+    runtime = trace.runtime
+    launcher = np.full(len(gpu), -1, dtype=np.int64)
+    if len(runtime) and len(gpu) and len(ops):
+        rt_corr = runtime["correlation"].to_numpy(np.int64)
+        positive = rt_corr > 0
+        corr_sorted, first = np.unique(rt_corr[positive], return_index=True)
+        rt_rows = np.flatnonzero(positive)[first]
+        rt_parent = innermost_enclosing(
+            runtime["ts"].to_numpy(np.int64)[rt_rows],
+            runtime["ts"].to_numpy(np.int64)[rt_rows] + runtime["dur"].to_numpy(np.int64)[rt_rows],
+            runtime["tid"].to_numpy(np.int64)[rt_rows],
+            ranges,
+        )
+        corr = gpu["correlation"].to_numpy(np.int64)
+        pos = np.clip(np.searchsorted(corr_sorted, corr), 0, max(len(corr_sorted) - 1, 0))
+        found = (corr > 0) & (corr_sorted[pos] == corr) if len(corr_sorted) else np.zeros(len(gpu), bool)
+        launcher[found] = rt_parent[pos[found]]
+
+    g_in = _inside(launch_times(gpu, runtime), starts, ends)
+    gpu_dur = gpu["dur"].to_numpy(np.int64)
+    kinds = gpu["kind"].astype(str).to_numpy()
+    k_mask = g_in & (kinds == "kernel")
+    k_cat = gpu["name"].astype("category")
+    k_codes = k_cat.cat.codes.to_numpy()[k_mask]
+    k_names = k_cat.cat.categories.astype(str).to_numpy()
+    k_dur = gpu_dur[k_mask]
+    k_count = np.bincount(k_codes, minlength=len(k_names))
+    k_total = np.bincount(k_codes, weights=k_dur, minlength=len(k_names)).round().astype(np.int64)
+    k_class = np.full(len(k_names), "", dtype=object)
+    k_class[k_codes] = kernel_classes(gpu)[k_mask]
+    present = np.flatnonzero(k_count)
+    launched_name = np.full(len(k_names), None, dtype=object)
+    k_launcher = launcher[k_mask]
+    has = k_launcher >= 0
+    if has.any():
+        pairs = pd.DataFrame({"k": k_codes[has], "op": k_launcher[has], "dur": k_dur[has]})
+        pairs["op"] = ops["name"].astype("category").cat.codes.to_numpy()[pairs["op"].to_numpy()]
+        by_op = pairs.groupby(["k", "op"], sort=False)["dur"].sum().reset_index()
+        top_op = by_op.sort_values("dur", ascending=False, kind="stable").drop_duplicates("k")
+        op_cats = ops["name"].astype("category").cat.categories.astype(str).to_numpy()
+        launched_name[top_op["k"].to_numpy()] = op_cats[top_op["op"].to_numpy()]
+    kernels = pd.DataFrame(
+        {
+            "name": k_names[present],
+            "klass": k_class[present],
+            "count": k_count[present],
+            "total_ns": k_total[present],
+            "launched_by": launched_name[present],
+        }
+    )
+    kernels["tensor_cores"] = uses_tensor_cores(kernels["name"])
+    kernels = kernels.sort_values("total_ns", ascending=False, kind="stable").reset_index(drop=True)
+
+    # ops: self time = own duration minus the ops directly nested in it (their parent is the
+    # innermost op strictly enclosing them: queried just outside the child at either end; of ops
+    # with the same range, the one recorded first encloses the next)
+    o_in = _inside(op_ts, starts, ends)
+    parent = np.full(len(ops), -1, dtype=np.int64)
+    if len(ops):
+        after = innermost_enclosing(op_ts, op_end + 1, op_tid, ranges)
+        before = innermost_enclosing(op_ts - 1, op_end, op_tid, ranges)
+        low = np.iinfo(np.int64).min
+        start_a = np.where(after >= 0, op_ts[np.maximum(after, 0)], low)
+        start_b = np.where(before >= 0, op_ts[np.maximum(before, 0)], low)
+        end_a, end_b = op_end[np.maximum(after, 0)], op_end[np.maximum(before, 0)]
+        inner_b = (start_b > start_a) | ((start_b == start_a) & (before >= 0) & (end_b < end_a))
+        parent = np.where(inner_b, before, after)
+        # ops with the same thread, start and end nest in the order they were recorded: the
+        # innermost of such a group encloses what the group encloses, each member the next one
+        order = np.lexsort((np.arange(len(ops)), -op_end, op_ts, op_tid))
+        same = np.zeros(len(ops), dtype=bool)
+        same[1:] = (
+            (op_tid[order[1:]] == op_tid[order[:-1]])
+            & (op_ts[order[1:]] == op_ts[order[:-1]])
+            & (op_end[order[1:]] == op_end[order[:-1]])
+        )
+        group = np.cumsum(~same) - 1
+        last_pos = np.zeros(group[-1] + 1, dtype=np.int64)
+        np.maximum.at(last_pos, group, np.arange(len(ops)))
+        innermost_of = np.empty(len(ops), dtype=np.int64)
+        innermost_of[order] = order[last_pos[group]]
+        parent = np.where(parent >= 0, innermost_of[np.maximum(parent, 0)], -1)
+        parent[order[same]] = order[np.flatnonzero(same) - 1]
+    child_ns = np.zeros(len(ops), dtype=np.int64)
+    has_parent = parent >= 0
+    np.add.at(child_ns, parent[has_parent], (op_end - op_ts)[has_parent])
+    device_ns = np.zeros(len(ops), dtype=np.int64)
+    launched_gpu = g_in & (launcher >= 0)
+    np.add.at(device_ns, launcher[launched_gpu], gpu_dur[launched_gpu])
+    o_cat = ops["name"].astype("category")
+    o_names = o_cat.cat.categories.astype(str).to_numpy()
+    o_codes = o_cat.cat.codes.to_numpy()[o_in]
+    n = len(o_names)
+    dur = (op_end - op_ts)[o_in]
+    o_count = np.bincount(o_codes, minlength=n)
+    present = np.flatnonzero(o_count)
+    sums = {
+        "total_ns": dur,
+        "self_ns": np.maximum(op_end - op_ts - child_ns, 0)[o_in],
+        "device_ns": device_ns[o_in],
+    }
+    operators = pd.DataFrame({"name": o_names[present], "count": o_count[present]})
+    for key, values in sums.items():
+        operators[key] = np.bincount(o_codes, weights=values, minlength=n).round().astype(np.int64)[present]
+    stack_name = np.full(n, None, dtype=object)
+    if "call_stack" in ops and len(ops):
+        s_cat = ops["call_stack"].astype("category")
+        s_codes = s_cat.cat.codes.to_numpy()[o_in]
+        known = s_codes >= 0
+        if known.any():
+            pairs = pd.DataFrame({"o": o_codes[known], "s": s_codes[known]})
+            common = pairs.groupby(["o", "s"], sort=False).size().reset_index(name="n")
+            common = common.sort_values("n", ascending=False, kind="stable").drop_duplicates("o")
+            stacks = s_cat.cat.categories.astype(str).to_numpy()
+            stack_name[common["o"].to_numpy()] = stacks[common["s"].to_numpy()]
+    stack_name[stack_name == ""] = None
+    operators["call_stack"] = stack_name[present]
+    operators = operators.sort_values("total_ns", ascending=False, kind="stable").reset_index(drop=True)
+    return kernels[KERNEL_VIEW_COLUMNS], operators[OP_VIEW_COLUMNS]

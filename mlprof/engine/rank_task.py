@@ -30,6 +30,7 @@ import pandas as pd
 from mlprof.analysis import RankAnalysis, analysed_windows, measure_trace
 from mlprof.analyzers.causes import attribute_causes
 from mlprof.analyzers.intervals import covered, merge
+from mlprof.analyzers.name_totals import name_views
 from mlprof.analyzers.rank_skew import comm_signature
 from mlprof.results import ReducedRank
 from mlprof.rules.base import Finding, RankContext
@@ -88,7 +89,9 @@ def reduce_trace(trace: Trace, options: TaskOptions) -> RankPartial:
     ra.causes = attribute_causes(trace, starts, ends, comm_wait=None)
     ctx = RankContext(ra, ra.causes)
     findings = run_rank(ctx, options.config, matched=False)
-    analysis = dataclasses.replace(ra, trace=reduce_tables(trace), findings=[], diagnosis=None)
+    analysis = dataclasses.replace(
+        ra, trace=reduce_tables(trace), findings=[], diagnosis=None, name_views=name_views(ra)
+    )
     return RankPartial(
         analysis=analysis,
         findings=findings,

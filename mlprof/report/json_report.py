@@ -29,6 +29,17 @@ removed or renamed key a major bump). Layout::
     cross_rank       (1.3) several ranks: summary (stragglers, step-time skew,
                      imbalance vs bandwidth), groups (per rank group), rule_outliers,
                      per_rank (one row per rank); null for one rank
+    kernels          (1.4) kernels launched in the analysed steps by name, most GPU
+                     time first: count, total_ms, mean_us, ms_per_step, share_pct
+                     (of all kernel time), class, tensor_cores, launched_by (the CPU
+                     op that launched most of its time); several ranks: mean over
+                     ranks, plus worst_rank and worst_rank_total_ms; at most 200
+                     names, the rest in one "(other)" row (mlprof.report.views)
+    operators        (1.4) CPU ops started in the analysed steps by name, most host
+                     time first: count, host_total_ms (inclusive), host_self_ms,
+                     device_ms (device time of what it launched directly), mean_us,
+                     ms_per_step, input_shapes (null: not read yet), call_stack
+                     (most frequent, a list of frames; null without with_stack)
 
 A counters file analysed alone gives the same top-level keys: ``trace`` and
 ``breakdown`` are null, ``steps``/``ranks``/``plan`` empty, ``findings`` the
@@ -49,8 +60,9 @@ from mlprof import __version__
 from mlprof.analysis import Analysis, CounterAnalysis, RankAnalysis
 from mlprof.analyzers.attribution import CATEGORIES, CATEGORY_HELP, gpu_busy_pct
 from mlprof.analyzers.temporal import TemporalBreakdown
+from mlprof.report.views import kernels_and_operators
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 NS_PER_MS = 1_000_000
 
 
@@ -157,6 +169,7 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         top_breakdown = breakdown_dict(analysis.category_totals(), job_steps, analysis.has_device_activity, None)
         top_breakdown["aggregation"] = "mean over ranks"
     diagnosis = analysis.diagnosis
+    kernels, operators = kernels_and_operators(analysis)
     findings = [f.to_dict() for f in analysis.findings]
     notes = sorted({n for ra in analysis.ranks for n in ra.notes})
     plan = [
@@ -188,6 +201,8 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         "notes": notes,
         "counters": None if analysis.counter_summary is None else counters_dict(analysis.counter_summary),
         "cross_rank": cross_rank_dict(analysis),
+        "kernels": kernels,
+        "operators": operators,
     }
 
 
@@ -306,4 +321,6 @@ def counters_only_json_dict(ca: CounterAnalysis) -> dict[str, Any]:
         "record_next": counters["record_next"],
         "notes": counters["notes"],
         "counters": counters,
+        "kernels": [],
+        "operators": [],
     }

@@ -74,6 +74,9 @@ class RankAnalysis:
     window_ns: tuple[int, int] | None = None
     """The stepless window measured on the full trace (set by :func:`measure_trace`): a rank kept reduced
     holds only its communication kernels, so the window cannot be measured again from it."""
+    name_views: tuple[pd.DataFrame, pd.DataFrame] | None = None
+    """Kernels and CPU ops by name (:func:`mlprof.analyzers.name_totals.name_views`) measured on the full
+    trace by a per-rank task, for a rank kept reduced; None when the full trace is at hand."""
 
     @property
     def span(self) -> tuple[int, int]:
