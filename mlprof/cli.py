@@ -298,18 +298,37 @@ class _progress:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: runs the app and turns errors into one line and an exit code."""
+    """Console entry point: runs the app and turns errors into one line and an exit code.
+
+    The command is invoked without click's own ``main``, which turned a closed pipe into
+    exit 1 (the gate code) and Ctrl-C into a blank line before ours.
+    """
+    from mlprof.interrupts import (
+        EXIT_INTERRUPTED,
+        EXIT_TERMINATED,
+        Terminated,
+        pipe_closed,
+        terminate_as_exception,
+    )
+
+    Console.on_broken_pipe = _pipe_closed_in_rich  # type: ignore[method-assign]
     try:
-        # Without standalone mode click returns the code of a typer.Exit (a tripped gate exits 1).
-        result = app(args=argv, standalone_mode=False)
+        with terminate_as_exception():
+            command = typer.main.get_command(app)
+            args = list(sys.argv[1:] if argv is None else argv)
+            with command.make_context("mlprof", args) as ctx:
+                result = command.invoke(ctx)  # a typer.Exit gives its code (a tripped gate exits 1)
     except MlprofError as exc:
         _error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         _error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        _error("terminated")
+        return EXIT_TERMINATED
     except BrokenPipeError:
-        return 0
+        return pipe_closed()
     except MemoryError:
         _error("out of memory while reading the trace")
         return 2
@@ -322,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         _error(f"internal error: {type(exc).__name__}: {exc} (set MLPROF_DEBUG=1 for a traceback; please report it)")
         return 3
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def _pipe_closed_in_rich(self: Console) -> None:
+    """rich's own handler exits 1 (our gate code) on a closed pipe; raise instead, for :func:`main`."""
+    self.quiet = True
+    raise BrokenPipeError(32, "stdout closed")
 
 
 def _cli_framework_error(exc: Exception) -> int | None:

@@ -54,7 +54,40 @@ def launch(store: str | None, port: int, address: str, headless: bool) -> int:
         "minimal",
     ]
     print(f"mlprof dashboard on http://{address}:{port} over {location.display()} (Ctrl-C to stop)", flush=True)
+    return run_child(cmd, env)
+
+
+def run_child(cmd: list[str], env: dict[str, str], grace_s: float = 10.0) -> int:
+    """Run the server until it exits; whatever ends mlprof (Ctrl-C, SIGTERM, an error) ends it too.
+
+    Ctrl-C reaches Streamlit from the terminal as well (same process group), so it is
+    given ``grace_s`` to stop on its own; on SIGTERM (raised here as
+    :class:`~mlprof.interrupts.Terminated`) it is sent SIGTERM, then killed if it lingers.
+    """
+    child = subprocess.Popen(cmd, env=env)
     try:
-        return subprocess.call(cmd, env=env)
+        return child.wait()
     except KeyboardInterrupt:
+        _stop(child, grace_s, send_term=False)
         return 0
+    except BaseException:
+        _stop(child, grace_s, send_term=True)
+        raise
+
+
+def _stop(child: subprocess.Popen[bytes], grace_s: float, *, send_term: bool) -> None:
+    for step in ("wait", "term", "kill"):
+        if child.poll() is not None:
+            return
+        if step == "term" or (step == "wait" and send_term):
+            child.terminate()
+        elif step == "kill":
+            child.kill()
+        try:
+            child.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting politely
+            child.kill()
+            child.wait()
+            return

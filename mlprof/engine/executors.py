@@ -8,13 +8,13 @@ work is ``dask.distributed`` (a ``LocalCluster`` when no scheduler address is gi
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from typing import Any, TypeVar
 
 from mlprof.errors import MlprofError, UsageError
+from mlprof.interrupts import worker_pool
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,18 +41,12 @@ def run_local(
                 on_done(i + 1, total)
         return out
     results: list[Any] = [None] * total
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=context) as pool:
+    with worker_pool(min(jobs, total)) as pool:  # Ctrl-C, SIGTERM or an error: no worker outlives us
         futures = {pool.submit(fn, item, arg): i for i, item in enumerate(items)}
-        try:
-            for done, future in enumerate(as_completed(futures), 1):
-                results[futures[future]] = future.result()
-                if on_done:
-                    on_done(done, total)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+        for done, future in enumerate(as_completed(futures), 1):
+            results[futures[future]] = future.result()
+            if on_done:
+                on_done(done, total)
     return results
 
 

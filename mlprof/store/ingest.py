@@ -83,6 +83,8 @@ def input_files(path: Path) -> tuple[str, list[Path]]:
     if not path.exists():
         raise BadInputError(f"{path}: no such file or directory")
     if not path.is_dir():
+        if not path.is_file():  # a FIFO or a device (/dev/zero) would be hashed forever
+            raise BadInputError(f"{path}: not a regular file (a FIFO, device or socket); give a trace file")
         return "file", [path]
     try:
         traces = trace_files_in(path)
@@ -256,6 +258,8 @@ def ingest_runs(
     location = resolve_store(store_url)
     options = _Options(name, tags or {}, config_path, gpu_hours, model_flops_per_step, on_progress)
     runs = run_inputs(path)
+    new_store = location.sqlite_path is not None and not location.sqlite_path.exists()
+    new_cache = not location.cache_dir.exists()
     engine = open_engine(location)
     results = []
     try:
@@ -264,9 +268,26 @@ def ingest_runs(
                 t0 = time.perf_counter()
                 run_key = content_key(run.root, run.files)
                 results.append(_record(engine, location, run, run_key, options, _before_commit, t0))
-    finally:
+    except BaseException:
         engine.dispose()
+        if not results:  # an error, Ctrl-C or SIGTERM before the first run: leave no store behind
+            _remove_new_store(location, new_store, new_cache)
+        raise
+    engine.dispose()
     return results
+
+
+def _remove_new_store(location: StoreLocation, new_store: bool, new_cache: bool) -> None:
+    """Remove the SQLite store and cache folder this ingest created, if they hold nothing."""
+    path = location.sqlite_path
+    if new_store and path is not None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if new_cache:
+        try:
+            location.cache_dir.rmdir()  # only when empty: a failed run's temporary tables are gone already
+        except OSError:
+            pass
 
 
 @dataclass(frozen=True)

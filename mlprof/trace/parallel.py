@@ -10,15 +10,15 @@ sequentially, where every cut is validated and every error is reported properly.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from mlprof.interrupts import worker_pool
 from mlprof.trace.build import Partial, TableBuilder
 from mlprof.trace.jsonstream import (
     ProgressCallback,
@@ -66,8 +66,7 @@ def read_parallel(
     path: Path, builder: TableBuilder, on_progress: ProgressCallback | None, workers: int
 ) -> tuple[dict[str, Any], StreamStats]:
     """Fill ``builder`` from ``path`` using ``workers`` processes; raises :class:`SliceFailed`."""
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with worker_pool(workers) as pool:  # Ctrl-C, SIGTERM or an error: the workers are stopped
         # Fork every worker now, before the reader thread exists.
         for started in [pool.submit(_noop) for _ in range(workers)]:
             started.result()
