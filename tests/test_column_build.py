@@ -70,6 +70,8 @@ def _columns(events: list[TraceEvent]) -> dict[str, list[Any]]:
     args = [e.args if e.args is not None else EventArgs() for e in events]
     cols = {f: [getattr(e, f) for e in events] for f in ("ph", "cat", "name", "pid", "tid", "id")}
     for f in EventArgs.__struct_fields__:
+        if f == "input_dims":
+            continue  # raw JSON text, not a scalar column (read for a few ops only: build._input_dims)
         cols[f"args.{f}"] = [getattr(a, f) for a in args]
     return cols
 

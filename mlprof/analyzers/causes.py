@@ -8,7 +8,8 @@ exactly) and takes the first cause whose intervals cover it, else the category's
 last, catch-all cause:
 
 ===================  =========================================================
-compute              ``compute.gemm_fp32`` FP32 matmul/conv kernels without tensor
+compute              ``compute.attention`` kernels of an unfused attention chain
+                     (:mod:`mlprof.analyzers.attention`); ``compute.gemm_fp32`` FP32 matmul/conv kernels without tensor
                      cores; ``compute.optimizer`` memory-bound kernels launched
                      inside ``Optimizer.step`` that are not multi-tensor (foreach /
                      fused) kernels; ``compute.memory_bound`` other elementwise,
@@ -24,7 +25,9 @@ idle_sync            ``sync.h2d`` blocking host-to-device copies (the sync belon
 idle_launch          ``launch.h2d`` the host inside a memcpy call that launched a
                      host-to-device copy (staging pageable memory);
                      ``launch.alloc`` ``cudaMalloc``/``cudaFree``; ``launch.optimizer``
-                     host dispatch inside ``Optimizer.step``; ``launch.dispatch``
+                     host dispatch inside ``Optimizer.step``; ``launch.compile``
+                     torch.compile compiling (Dynamo/AOT/Inductor); ``launch.attention``
+                     host dispatch inside an unfused attention chain; ``launch.dispatch``
 idle_other           ``other.optimizer`` Python inside ``Optimizer.step`` outside
                      any op (the per-parameter loop); ``other.host``
 ===================  =========================================================
@@ -37,7 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mlprof.analyzers.attention import attention_chains, chain_spans
 from mlprof.analyzers.attribution import CATEGORIES, Layer, build_layers, sum_by_window, sync_launch_drain
+from mlprof.analyzers.compiled import compile_facts
 from mlprof.analyzers.copies import copy_table, runtime_copy_direction
 from mlprof.analyzers.enclosing import innermost_enclosing
 from mlprof.analyzers.intervals import covered
@@ -56,12 +61,19 @@ from mlprof.trace.vocabulary import (
 )
 
 CAUSES: dict[str, tuple[str, ...]] = {
-    "compute": ("compute.gemm_fp32", "compute.optimizer", "compute.memory_bound", "compute.other"),
+    "compute": ("compute.attention", "compute.gemm_fp32", "compute.optimizer", "compute.memory_bound", "compute.other"),
     "comm_exposed": ("comm.wait", "comm.transfer"),
     "memcpy_exposed": ("copy.h2d", "copy.other"),
     "idle_data": ("data.loader",),
     "idle_sync": ("sync.h2d", "sync.host_read"),
-    "idle_launch": ("launch.h2d", "launch.alloc", "launch.optimizer", "launch.dispatch"),
+    "idle_launch": (
+        "launch.h2d",
+        "launch.alloc",
+        "launch.optimizer",
+        "launch.compile",
+        "launch.attention",
+        "launch.dispatch",
+    ),
     "idle_other": ("other.optimizer", "other.host"),
 }
 CAUSE_NAMES: tuple[str, ...] = tuple(c for cat in CATEGORIES for c in CAUSES[cat])
@@ -114,8 +126,13 @@ def build_cause_layers(trace: Trace, comm_wait: Intervals | None = None) -> Caus
     drain_h2d = sync_is_h2d[d_row] if len(d_row) else np.zeros(0, dtype=bool)
     s_s, s_e = _cols(sync_rt)
 
+    attention = attention_chains(trace)
+    in_attention = attention.kernel_in_chain
+    a_s, a_e = chain_spans(trace)
+
     return CauseLayers(
         sets={
+            "compute.attention": (g_s[in_attention], g_e[in_attention]),
             "compute.gemm_fp32": (g_s[gemm_fp32], g_e[gemm_fp32]),
             "compute.optimizer": (g_s[optimizer], g_e[optimizer]),
             "compute.memory_bound": (g_s[memory_bound], g_e[memory_bound]),
@@ -128,6 +145,8 @@ def build_cause_layers(trace: Trace, comm_wait: Intervals | None = None) -> Caus
             "launch.h2d": (r_s[launch_h2d], r_e[launch_h2d]),
             "launch.alloc": (r_s[alloc], r_e[alloc]),
             "launch.optimizer": (opt_s, opt_e),
+            "launch.compile": compile_facts(trace).compiling,
+            "launch.attention": (a_s, a_e),
             "other.optimizer": (opt_s, opt_e),
         }
     )

@@ -32,6 +32,8 @@ CATEGORIES: tuple[str, ...] = (
     "precision",
     "allocator",
     "host_overhead",
+    "attention",
+    "compile",
 )
 """Finding categories. The first five are the pathologies every report knows by these names."""
 

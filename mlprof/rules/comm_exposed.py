@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from mlprof.analyzers.causes import CAUSES
 from mlprof.rules._kernels import totals_by_name
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
 
@@ -45,7 +46,7 @@ class CommExposed(Rule):
 
     def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
         exposed = ctx.per_step("comm.transfer")
-        compute = ctx.per_step("compute.gemm_fp32", "compute.optimizer", "compute.memory_bound", "compute.other")
+        compute = ctx.per_step(*CAUSES["compute"])
         lost = min(exposed, compute)
         if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
             return []

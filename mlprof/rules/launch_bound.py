@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from mlprof.analyzers.compiled import compile_facts
 from mlprof.rules._kernels import kernel_facts
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
 from mlprof.trace.vocabulary import LAUNCH_RUNTIME, names_matching
@@ -34,7 +35,9 @@ class LaunchBound(Rule):
         "    model = torch.compile(model, mode='reduce-overhead')   # CUDA graphs\n"
         "    # or: g = torch.cuda.CUDAGraph(); with torch.cuda.graph(g): out = model(static_x)\n"
         "    # or a larger batch (with the learning rate scaled accordingly)",
-        false_alarms="A CPU that is slowed by other processes (data workers on the same cores, "
+        false_alarms="Where the trace shows `cudaGraphLaunch`, CUDA graphs are already used: the "
+        "finding then names the host work left between replays and does not advise CUDA graphs. "
+        "A CPU that is slowed by other processes (data workers on the same cores, "
         "profiler overhead with `with_stack=True`) inflates dispatch time. CPU-side work that is "
         "not GPU dispatch but lives inside an op (custom CPU ops) is also counted.",
     )
@@ -53,10 +56,20 @@ class LaunchBound(Rule):
         short = float((k["dur"] < SHORT_KERNEL_NS).mean()) if len(k) else 0.0
         busy_causes = [c for c in ctx.causes.columns if c.startswith(("compute.", "comm.", "copy."))]
         busy = ctx.per_step(*busy_causes) / ctx.step_ns
+        graphs = compile_facts(ctx.trace).graph_launches
+        graph_launches = int(ctx.in_windows(graphs).sum()) if len(graphs) else 0
         title = (
             f"Launch-bound: GPU idle {ms(lost)} ms per step while the host dispatches "
             f"{len(k) / n_steps:.0f} kernels (median kernel {median_kernel / 1000:.1f} us)"
         )
+        fix = "torch.compile(model, mode='reduce-overhead') (CUDA graphs), fewer/larger ops, larger batch"
+        if graph_launches:
+            # CUDA graphs are already replayed: the idle time is the host work left outside them.
+            title += f"; CUDA graphs already in use ({graph_launches / n_steps:.0f} replays per step)"
+            fix = (
+                "capture more of the step in the existing CUDA graphs (fewer graph breaks, static shapes), "
+                "move Python work between replays out of the step, fewer/larger ops, larger batch"
+            )
         return [
             self.finding(
                 ctx,
@@ -73,8 +86,9 @@ class LaunchBound(Rule):
                     "kernels_under_10us_share": round(short, 3),
                     "gpu_busy_share": round(busy, 3),
                     "gpu_idle_dispatching_ms_per_step": ms(lost),
+                    "cuda_graph_launches_per_step": round(graph_launches / n_steps, 1),
                 },
-                fix="torch.compile(model, mode='reduce-overhead') (CUDA graphs), fewer/larger ops, larger batch",
+                fix=fix,
                 steps=[s for s in ctx.windows["step"].tolist() if s >= 0],
                 claimed={"launch.dispatch": lost},
             )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from mlprof.errors import UsageError
 from mlprof.rules.allocator_churn import AllocatorChurn
+from mlprof.rules.attention import UnfusedAttention
 from mlprof.rules.base import Rule
 from mlprof.rules.comm_exposed import CommExposed
+from mlprof.rules.compiled import CompileIssues
 from mlprof.rules.counter_base import CounterRule
 from mlprof.rules.data_loader_wait import DataLoaderWait
 from mlprof.rules.fp32_matmul import Fp32Matmul
@@ -27,9 +29,11 @@ RULES: tuple[Rule, ...] = (
     DataLoaderWait(),
     HostToDeviceCopy(),
     HostSync(),
+    UnfusedAttention(),
     UnfusedElementwise(),
     UnfusedOptimizer(),
     LaunchBound(),
+    CompileIssues(),
     CommExposed(),
     RankWait(),
     Straggler(),

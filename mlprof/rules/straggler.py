@@ -14,11 +14,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from mlprof.analyzers.causes import CAUSES
 from mlprof.analyzers.rank_skew import RankSkew
 from mlprof.analyzers.stragglers import MEASURE_COLUMNS, CrossRank, cross_rank_report
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc
 
-COMPUTE_CAUSES = ("compute.gemm_fp32", "compute.optimizer", "compute.memory_bound", "compute.other")
+COMPUTE_CAUSES = CAUSES["compute"]
 
 
 class Straggler(Rule):

@@ -21,7 +21,7 @@ import pandas as pd
 from mlprof.trace.columns import SymbolTable, factorize_text, to_int64
 from mlprof.trace.numbers import MISSING_NS, TIME_LIMIT_NS, raw_us_to_ns
 from mlprof.trace.schema import EventArgs, TraceEvent
-from mlprof.trace.vocabulary import name_mask
+from mlprof.trace.vocabulary import SHAPE_OPS, name_mask
 
 # Family codes.
 GPU, RUNTIME, HOST, GPU_ANNOTATION, MEMORY, FLOW, META, SKIP, INSTANT = range(9)
@@ -92,6 +92,7 @@ class TableBuilder:
         self.metadata: list[tuple[Any, ...]] = []
         self.categories_seen: set[str] = set()
         self.dropped_no_time = 0
+        self._shape_op = np.zeros(0, dtype=bool)
 
     def _classify(self, key: tuple[Any, Any]) -> int:
         cat, ph = key
@@ -215,8 +216,23 @@ class TableBuilder:
                 tid=to_int64(_field(sub, "tid")),
                 external_id=ext,
                 call_stack=self.symbols.encode(arg("call_stack")),
+                input_dims=self._input_dims(name, args),
             )
             self._add_collectives("host", sub, args, name, ts, dur)
+
+    def _input_dims(self, name: np.ndarray, args: list[EventArgs]) -> np.ndarray:
+        """``Input Dims`` JSON text of the ops in :data:`SHAPE_OPS` (empty for every other op)."""
+        known = self._shape_op
+        if len(known) < len(self.symbols.strings):
+            new = self.symbols.strings[len(known) :]
+            self._shape_op = known = np.concatenate(
+                [known, np.fromiter((SHAPE_OPS.match(t) is not None for t in new), dtype=bool, count=len(new))]
+            )
+        out = np.zeros(len(args), dtype=np.int32)
+        idx = np.flatnonzero(known[name])
+        if len(idx):
+            out[idx] = self.symbols.encode([bytes(args[i].input_dims).decode() or None for i in idx.tolist()])
+        return out
 
     def _add_collectives(
         self,
@@ -424,6 +440,7 @@ _HOST_COLUMNS = {
     "tid": "int",
     "external_id": "int",
     "call_stack": "str",
+    "input_dims": "str",
 }
 _GPU_ANNOTATION_COLUMNS = {"name": "str", "ts": "int", "dur": "int", "device": "int", "stream": "int"}
 _MEMORY_COLUMNS = {

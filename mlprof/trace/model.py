@@ -17,7 +17,8 @@ strings become -1).
     name, ts, end, dur, pid, tid, correlation, external_id
 ``host`` (CPU ops, user annotations, Python functions, other host ranges)
     cat (cpu_op|user_annotation|python_function|...), name, ts, end, dur, pid, tid,
-    external_id, call_stack
+    external_id, call_stack, input_dims (``Input Dims`` JSON text of the ops in
+    ``vocabulary.SHAPE_OPS`` when the trace has ``record_shapes``; empty otherwise)
 ``gpu_annotations`` (``gpu_user_annotation`` ranges drawn on a stream)
     name, ts, end, dur, device, stream
 ``memory`` (``[memory]`` allocator instant events; HTA drops these)

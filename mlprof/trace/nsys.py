@@ -456,6 +456,7 @@ def _nvtx(
         tid=tid,
         external_id=np.full(len(sub), -1, np.int64),
         call_stack=np.zeros(len(sub), np.int32),
+        input_dims=np.zeros(len(sub), np.int32),
     )
     counts = pd.Series(domain[keep]).value_counts()
     meta.extra["nvtx_domains"] = {
@@ -486,6 +487,7 @@ def _osrt(
         tid=tid,
         external_id=np.full(len(frame), -1, np.int64),
         call_stack=np.zeros(len(frame), np.int32),
+        input_dims=np.zeros(len(frame), np.int32),
     )
     return len(frame)
 

@@ -48,6 +48,8 @@ class EventArgs(msgspec.Struct, gc=False, omit_defaults=True):
     pg_desc: Scalar = msgspec.field(default=None, name="Process Group Description")
     seq: Scalar = msgspec.field(default=None, name="Seq")
     call_stack: Scalar = msgspec.field(default=None, name="Call stack")
+    input_dims: msgspec.Raw = msgspec.field(default=RAW_NONE, name="Input Dims")
+    """Kept as raw JSON text (no Python lists built); read only for the ops in ``vocabulary.SHAPE_OPS``."""
     # Metadata events (ph == "M") carry their payload here.
     name: Scalar = None
     labels: Scalar = None

@@ -48,6 +48,13 @@ PROFILER_STEP = re.compile(r"^ProfilerStep#(\d+)$")
 OPTIMIZER_STEP = re.compile(r"^Optimizer\.step#|^Optimizer\.step$|^optimizer\.step$")
 """``torch.optim`` step ranges: the end of a typical training iteration."""
 
+SHAPE_OPS = re.compile(
+    r"^aten::(bmm|baddbmm|matmul|einsum|mm|addmm|linear|softmax|_softmax|_safe_softmax|_softmax_backward_data"
+    r"|scaled_dot_product_attention|_scaled_dot_product_\w+|_native_multi_head_attention"
+    r"|convolution|_convolution|conv[123]d|cudnn_convolution)$"
+)
+"""Ops whose ``Input Dims`` (``record_shapes=True``) the trace model keeps: matmuls, softmax, attention, convs."""
+
 DISPATCH_CATS = ("cpu_op", "Operator")
 """Host categories whose ranges mean the host is busy running framework code."""
 

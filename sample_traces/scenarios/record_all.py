@@ -64,6 +64,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "fix": "Adam(fused=True)",
         "signal": "optimizer_share and optimizer_ops_per_step inside Optimizer.step",
     },
+    "attention": {
+        "pathology": "self-attention (1 x 2 heads x 2048 tokens x 64) as q @ k^T * scale, softmax, @ v: "
+        "the 32 MiB score matrix written out and read back (inference, no_grad)",
+        "fix": "torch.nn.functional.scaled_dot_product_attention(q, k, v) (CPU flash kernel)",
+        "signal": "softmax_calls_per_step, sdpa_calls_per_step and attention_share: union of the top-level "
+        "aten::matmul/mul/softmax (bad) or aten::scaled_dot_product_attention (fixed) ops over step time",
+    },
     "comm_no_overlap": {
         "pathology": "2 ranks (gloo): all_reduce of each of 16 gradients, one by one, after the backward pass",
         "fix": "DistributedDataParallel (bucketed all-reduce started from backward hooks)",
@@ -74,6 +81,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 _STEP = re.compile(r"^ProfilerStep#(\d+)$")
+_ATTENTION_OPS = {"aten::matmul", "aten::mul", "aten::softmax", "aten::scaled_dot_product_attention"}
 _ELEMENTWISE = re.compile(r"^aten::(mul|add|tanh|pow|gelu|gelu_backward|tanh_backward|rsub|sub|div)_?$")
 
 
@@ -149,6 +157,13 @@ def evidence(scenario: str, events: list[dict[str, Any]], steps: list[tuple[int,
             and any(_ns(r["ts"]) <= _ns(e["ts"]) < _ns(r["ts"]) + _ns(r["dur"]) for r in opt_ranges)
         ]
         return {"optimizer_share": share(is_opt), "optimizer_ops_per_step": len(ops) / max(1, len(steps))}
+    if scenario == "attention":
+        is_attn = lambda e: e.get("cat") == "cpu_op" and e["name"] in _ATTENTION_OPS  # noqa: E731
+        return {
+            "softmax_calls_per_step": per_step_count(lambda e: e["name"] == "aten::softmax"),
+            "sdpa_calls_per_step": per_step_count(lambda e: e["name"] == "aten::scaled_dot_product_attention"),
+            "attention_share": share(is_attn),
+        }
     if scenario == "comm_no_overlap":
         is_ar = lambda e: e["name"] in ("gloo:all_reduce", "c10d::allreduce_")  # noqa: E731
         top = lambda e: e["name"] == "c10d::allreduce_"  # noqa: E731
