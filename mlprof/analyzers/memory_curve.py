@@ -121,3 +121,53 @@ def live_sites(dev: pd.DataFrame, lo: int, hi: int, host: pd.DataFrame, top: int
     grouped = frame.groupby("op").agg(total=("bytes", "sum"), n=("bytes", "size"))
     grouped = grouped.sort_values("total", ascending=False).head(top)
     return [{"op": op, "bytes": int(r.total), "allocations": int(r.n)} for op, r in grouped.iterrows()]
+
+
+@dataclass
+class WindowGrowth:
+    """Allocated bytes of one device across a window without steps: what is taken and never given back.
+
+    ``floor(t)`` is the lowest level from ``t`` to the end of the window: memory that is
+    still held at every later instant. A working set that is freed again leaves the floor
+    flat; a leak (or a forward pass that keeps every activation) lifts it.
+    """
+
+    device: str
+    floor_start_bytes: int
+    floor_quarters_bytes: list[int]
+    """The floor at 1/4, 1/2, 3/4 of the window and the level at its end."""
+    end_bytes: int
+    peak_bytes: int
+    live_sites: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def retained_bytes(self) -> int:
+        return self.end_bytes - self.floor_start_bytes
+
+
+def window_growth(memory: pd.DataFrame, lo: int, hi: int, host: pd.DataFrame) -> list[WindowGrowth]:
+    """Per device with ``Total Allocated`` events in ``[lo, hi)``: the floor at the start and each quarter."""
+    if len(memory) == 0 or hi <= lo:
+        return []
+    usable = memory[(memory["total_allocated"] >= 0) & (memory["ts"] >= lo) & (memory["ts"] < hi)]
+    out: list[WindowGrowth] = []
+    for (dtype, did), dev in usable.groupby(["device_type", "device_id"], sort=True):
+        if len(dev) < 3:
+            continue
+        dev = dev.sort_values("ts", kind="stable")
+        ts = dev["ts"].to_numpy(np.int64)
+        total = dev["total_allocated"].to_numpy(np.int64)
+        floor = np.minimum.accumulate(total[::-1])[::-1]
+        at = np.searchsorted(ts, [lo + (hi - lo) * q // 4 for q in (1, 2, 3)], side="left")
+        quarters = [int(floor[min(int(i), len(floor) - 1)]) for i in at] + [int(total[-1])]
+        name = f"{DEVICE_TYPES.get(int(dtype), f'type{int(dtype)}')}:{int(did)}"
+        growth = WindowGrowth(
+            device=name,
+            floor_start_bytes=int(floor[0]),
+            floor_quarters_bytes=quarters,
+            end_bytes=int(total[-1]),
+            peak_bytes=int(total.max()),
+        )
+        growth.live_sites = live_sites(dev, lo, hi, host)
+        out.append(growth)
+    return out

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import ClassVar
 
-from mlprof.analyzers.memory_curve import memory_curves
+from mlprof.analyzers.memory_curve import memory_curves, window_growth
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc
 
 MIB = 1 << 20
@@ -21,6 +22,8 @@ class MemoryLeak(Rule):
         "min_r2": 0.8,
         "min_steps": 4,
         "min_late_ratio": 0.5,
+        "min_window_growth_mib": 2.0,
+        "min_rising_quarters": 3,
     }
     needs_device = False
     doc = RuleDoc(
@@ -38,7 +41,12 @@ class MemoryLeak(Rule):
         "allocator pools filled in the first steps) is not taken for a leak. Growth inside a step "
         "(the forward/backward sawtooth) is not looked at. The evidence lists the ops whose "
         "allocations in the analysed steps are never freed in the trace, and projects the steps "
-        "left until the device is full. The expected speedup is 1.0: it costs memory, not time.",
+        "left until the device is full. The expected speedup is 1.0: it costs memory, not time. "
+        "Without step markers (one window), the rule reads the *floor*: the lowest level from each "
+        "instant to the end of the window, i.e. memory never given back afterwards. It fires when the "
+        "floor rises by at least `min_window_growth_mib` and rises (by 5% of that or more) in at least "
+        "`min_rising_quarters` of the window's four quarters (a trace that merely ends mid-step rises "
+        "in the last quarter only).",
         fix="Keep numbers, not graphs, across steps; free what you cache:\n\n"
         "    losses.append(loss.item())        # not losses.append(loss)\n"
         "    history.append(out.detach().cpu())  # not the live output\n\n"
@@ -51,6 +59,8 @@ class MemoryLeak(Rule):
 
     def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
         steps = ctx.analysis.steps
+        if len(steps) == 0:
+            return self._without_steps(ctx, cfg)
         curves = memory_curves(ctx.trace.memory, steps, ctx.trace.host)
         if not curves:
             return []
@@ -120,3 +130,65 @@ class MemoryLeak(Rule):
         if verdicts:
             ctx.verdicts[self.id] = "; ".join(verdicts)
         return findings
+
+    def _without_steps(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+        lo, hi = (int(v) for v in ctx.windows[["ts", "end"]].to_numpy()[0])
+        findings = []
+        verdicts = []
+        for g in window_growth(ctx.trace.memory, lo, hi, ctx.trace.host):
+            rise = g.retained_bytes
+            levels = [g.floor_start_bytes, *g.floor_quarters_bytes]
+            rising = sum(1 for a, b in itertools.pairwise(levels) if b - a >= 0.05 * max(rise, 1))
+            trend = (
+                f"{g.device}: never-released level {g.floor_start_bytes / MIB:.1f} -> {g.end_bytes / MIB:.1f} MiB "
+                f"across the window (no step markers)"
+            )
+            if rise < cfg["min_window_growth_mib"] * MIB:
+                verdicts.append(f"no leak on {trend}: below {cfg['min_window_growth_mib']} MiB")
+                continue
+            if rising < cfg["min_rising_quarters"]:
+                verdicts.append(f"no steady rise on {trend}: it rises in {rising} of the window's 4 quarters")
+                continue
+            capacity = _capacity(ctx, g.device)
+            title = (
+                f"Memory taken and never released on {g.device}: {g.floor_start_bytes / MIB:.1f} -> "
+                f"{g.end_bytes / MIB:.1f} MiB across the trace (+{rise / MIB:.1f} MiB, no step markers)"
+            )
+            findings.append(
+                self.finding(
+                    ctx,
+                    title=title,
+                    time_lost_ns_per_step=0.0,
+                    confidence="medium",
+                    confidence_reason="no step markers: one window, so a leak cannot be told from one long "
+                    "iteration that keeps what it allocates; the level never falls back in the trace",
+                    evidence={
+                        "device": g.device,
+                        "never_released_at_start_mib": round(g.floor_start_bytes / MIB, 2),
+                        "never_released_by_quarter_mib": [round(b / MIB, 2) for b in g.floor_quarters_bytes],
+                        "rising_quarters": rising,
+                        "allocated_at_end_mib": round(g.end_bytes / MIB, 2),
+                        "peak_mib": round(g.peak_bytes / MIB, 2),
+                        "retained_mib": round(rise / MIB, 2),
+                        "device_capacity_mib": round(capacity / MIB, 1) if capacity else None,
+                        "never_freed_allocations_by_op": g.live_sites,
+                    },
+                    fix="store loss.item() / tensor.detach() instead of live tensors; run inference under "
+                    "torch.no_grad(); call prof.step() each iteration so growth per step can be measured",
+                    severity_override="critical" if capacity and g.peak_bytes > 0.8 * capacity else "warning",
+                    record_next=["prof.step() (or mlprof.step()) each iteration: growth per step needs step markers"],
+                )
+            )
+        if verdicts:
+            ctx.verdicts[self.id] = "; ".join(verdicts)
+        return findings
+
+
+def _capacity(ctx: RankContext, device: str) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    dev_id = int(device.split(":")[1])
+    for d in ctx.trace.meta.devices:
+        if d.id == dev_id and d.total_memory_bytes:
+            return d.total_memory_bytes
+    return ctx.gpu_spec.memory_bytes if ctx.gpu_spec is not None else None
