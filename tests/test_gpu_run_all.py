@@ -29,7 +29,6 @@ import pytest
 
 pytest.importorskip("torch")
 
-import mlprof
 from mlprof.trace.loader import load_job
 
 from conftest import SAMPLES
@@ -44,6 +43,7 @@ TOLERANCE = 0.20
 
 sys.path.insert(0, str(GPU_DIR))
 import run_all  # noqa: E402
+import truth_table  # noqa: E402
 
 BLOCKER = f"""
 import importlib.abc, sys
@@ -140,6 +140,22 @@ def test_memory_rule_on_the_cpu_run(cpu_run: tuple[Path, dict[str, Any]]) -> Non
     assert not _matching(fixed, entry)
 
 
+def test_truth_table_of_the_cpu_run(cpu_run: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]) -> None:
+    out, manifest = cpu_run
+    recorded = out / "unpacked" / "recorded"
+    rows = {r["scenario"]: r for r in truth_table.rows(recorded)}
+    leak = rows["memory_leak"]
+    assert leak["fires_on_bad"] is True and leak["fixed_time_lost_ratio"] == 0.0
+    assert leak["measured"] == manifest["scenarios"]["memory_leak"]["speedup"]["host_median"]
+    launch = rows["launch_bound"]
+    assert launch["status"] == {"bad": "ok", "fixed": "skipped"} and launch["predicted"] is None
+    assert truth_table.main([str(recorded)]) == 0
+    table = capsys.readouterr().out
+    assert "| launch_bound | cuda_graphs | LAUNCH001 | bad: ok; fixed: skipped (the fix (CUDA graphs" in table
+    assert f"| memory_leak | detach_metric | MEM001 | {leak['measured']:.3f}x |" in table
+    assert truth_table.main([str(out / "nowhere")]) == 2
+
+
 def test_run_all_needs_a_gpu_or_cpu_flag(tmp_path: Path) -> None:
     env = _env(tmp_path)
     proc = subprocess.run(
@@ -188,9 +204,8 @@ def _gpu_manifest() -> dict[str, Any]:
 
 @cache
 def _analysis(folder: Path) -> list[dict[str, Any]]:
-    """The findings mlprof reports for a run folder (through the one entry point, counters included)."""
-    findings = mlprof.analyze(folder, jobs=1).findings
-    return findings.to_dict("records") if len(findings) else []
+    """The findings mlprof reports for a run folder (mlprof.analyze, counters included)."""
+    return truth_table.findings(folder)
 
 
 def _gpu_entry(name: str) -> dict[str, Any]:
@@ -207,9 +222,7 @@ def _gpu_entry(name: str) -> dict[str, Any]:
     return entry
 
 
-def _matching(findings: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
-    rule, category = entry["rule"], entry["category"]
-    return [f for f in findings if (f["rule"] == rule if rule else f["category"] == category)]
+_matching = truth_table.matching
 
 
 def test_gpu_recording_machine_is_described() -> None:
