@@ -10,7 +10,7 @@ The children run with the packages the GPU machine lacks (msgspec, sqlalchemy, p
 streamlit) made unimportable, so a recording session there cannot fail on an import.
 
 ``test_gpu_recording_*`` read ``sample_traces/scenarios/gpu/recorded/`` (unpacked from a
-GPU session's ``recorded.tar.gz``) and skip, saying so, until a GPU session has made it.
+GPU session's ``recorded*.tar.gz``) and skip, saying so, until a GPU session has made it.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, A
         [sys.executable, str(RUN_ALL), *args], env=_env(blocker), capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    with tarfile.open(out / "recorded.tar.gz") as tar:
-        tar.extractall(out / "unpacked", filter="data")
+    for archive in sorted(out.glob("recorded*.tar.gz")):
+        with tarfile.open(archive) as tar:
+            tar.extractall(out / "unpacked", filter="data")
     return out, json.loads((out / "manifest.json").read_text())
 
 
@@ -84,6 +85,8 @@ def test_cpu_run_writes_manifest_and_archive(cpu_run: tuple[Path, dict[str, Any]
     assert manifest["device"] == "cpu" and manifest["cpu_mode_note"].startswith("CPU run")
     assert manifest["machine"]["torch"] and manifest["machine"]["gpu"] is None
     assert manifest["overhead"] == {"status": "not run", "why": "--overhead-repeats 0"}
+    assert manifest["archives"] == {"recorded.tar.gz": ["memory_leak", "launch_bound"]}
+    assert manifest["left_out"] == {}
     assert set(manifest["scenarios"]) == {"memory_leak", "launch_bound"}
     leak, launch = manifest["scenarios"]["memory_leak"], manifest["scenarios"]["launch_bound"]
     for entry in (leak["bad"], leak["fixed"], launch["bad"]):
@@ -253,8 +256,25 @@ def test_gpu_recording_rule_fires_on_bad_only_and_predicts_the_speedup(name: str
     assert found, f"{entry['rule'] or entry['category']} did not fire on {name}/bad"
     left = _matching(fixed, entry)
     assert not left or left[0]["time_lost_ms_per_step"] < found[0]["time_lost_ms_per_step"] / 4, left
-    if name == "memory_leak":  # a leak costs memory, not step time
+    if entry["judged_on"] == "memory":  # a leak costs memory, not step time
         return
     measured = entry["speedup"]["host_median"]
     predicted = found[0]["expected_speedup"]
     assert predicted == pytest.approx(measured, rel=TOLERANCE), (predicted, measured)
+
+
+def test_pack_keeps_scenarios_whole_and_archives_under_the_limit(tmp_path: Path) -> None:
+    """The device tool brings back at most 8 files of 16 MiB: scenarios are packed whole, in order."""
+    for name, size in [("a", 600_000), ("b", 500_000), ("c", 900_000), ("d", 3_000_000)]:
+        (tmp_path / name / "bad").mkdir(parents=True)
+        (tmp_path / name / "bad" / "trace.rank0.json.gz").write_bytes(os.urandom(size))
+    groups, left = run_all.pack(tmp_path, ["a", "b", "c", "d", "missing"], 1_300_000)
+    assert groups == [["a", "b"], ["c"]]  # a+b = 1,231,072 bytes with the 64 KiB allowance each
+    assert list(left) == ["d"] and "over the 1 MiB archive limit" in left["d"]
+    many = [f"s{i}" for i in range(run_all.MAX_ARCHIVES + 1)]
+    for name in many:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_bytes(os.urandom(1_000_000))
+    groups, left = run_all.pack(tmp_path, many, 1_100_000)
+    assert groups == [[n] for n in many[: run_all.MAX_ARCHIVES]]
+    assert list(left) == [many[-1]] and left[many[-1]].startswith("no room")

@@ -20,10 +20,14 @@ step wrapped in ``mlprof.range("train_step")``. Each recording is checked (see
     ``trace_step_ns`` read from the trace JSON as exact decimals; the measured speedup
     bad/fixed; the machine (GPU name, driver, torch, CUDA) and the collector overhead
     benchmark repeated on this machine. Also inside the archive as ``recorded/manifest.json``.
-``recorded.tar.gz``
+``recorded.tar.gz`` (and ``recorded-2.tar.gz``... when one would pass ``--archive-mib``)
     ``recorded/<scenario>/{bad,fixed}/`` run folders (``trace.rank<N>.json.gz``,
-    ``meta.json``, ``counters.rank<N>.csv``) and the manifest. Unpack it with
-    ``tar -xzf recorded.tar.gz -C sample_traces/scenarios/gpu/``; tests read that folder.
+    ``meta.json``, ``counters.rank<N>.csv``), the manifest in the first. The device tool
+    brings back at most 8 files of 16 MiB each, so the scenarios are packed whole into at most
+    :data:`MAX_ARCHIVES` archives of at most 15 MiB; a scenario that fits in none is listed in the
+    manifest's ``left_out``. Unpack them all with
+    ``for f in recorded*.tar.gz; do tar -xzf $f -C sample_traces/scenarios/gpu/; done``; tests
+    read that folder.
 ``run_all.log``, ``overhead.md``
     every child's output; the overhead benchmark's report.
 
@@ -61,6 +65,8 @@ sys.path.insert(0, str(SCENARIOS_DIR))
 import _harness  # noqa: E402
 
 EXIT_BAD_INPUT = 2
+MAX_ARCHIVES = 4
+"""With manifest.json, run_all.log and overhead.md: 7 files, under the device tool's 8."""
 VARIANTS = ("bad", "fixed")
 
 
@@ -75,6 +81,8 @@ class Scenario:
     rule: str | None
     """The rule id expected to fire on the bad run and not on the fixed one (None: match by ``category``)."""
     category: str
+    judged_on: str = "speedup"
+    """``speedup``: the prediction is held to the measured speedup; ``memory``: the fix saves memory, not time."""
     gpus: int = 1
     timeout_s: int = 90
     note: str = ""
@@ -147,6 +155,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "val_losses.append(val_loss.detach())",
         "MEM001",
         "memory",
+        judged_on="memory",
     ),
     Scenario(
         "pinned_h2d",
@@ -359,8 +368,8 @@ class Runner:
     def left_s(self) -> float:
         return self.args.budget_s - (time.monotonic() - self.t0)
 
-    def child(self, cmd: list[str], timeout_s: float, env: dict[str, str]) -> tuple[str, int | None, str]:
-        """Run one child; ('ok'|'skipped'|'failed'|'timeout', returncode, last stderr line)."""
+    def child(self, cmd: list[str], timeout_s: float, env: dict[str, str]) -> tuple[str, int | None, str, str]:
+        """Run one child; ('ok'|'skipped'|'failed'|'timeout', returncode, last stderr line, stdout)."""
         self.log.write("$ " + " ".join(cmd) + "\n")
         self.log.flush()
         try:
@@ -371,17 +380,18 @@ class Runner:
             for stream in (exc.stdout, exc.stderr):
                 if stream:
                     self.log.write(stream if isinstance(stream, str) else stream.decode(errors="replace"))
-            return "timeout", None, f"no result within {timeout_s:.0f} s"
+            return "timeout", None, f"no result within {timeout_s:.0f} s", ""
         self.log.write(proc.stdout + proc.stderr)
         self.log.flush()
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         last = lines[-1] if lines else ""
         if proc.returncode == 0:
-            return "ok", 0, ""
+            return "ok", 0, "", proc.stdout
         if proc.returncode == _harness.EXIT_SKIPPED:
             skipped = [ln for ln in lines if ln.startswith("skipped: ")]
-            return "skipped", proc.returncode, (skipped[-1] if skipped else last).removeprefix("skipped: ")
-        return "failed", proc.returncode, last[-300:]
+            reason = (skipped[-1] if skipped else last).removeprefix("skipped: ")
+            return "skipped", proc.returncode, reason, proc.stdout
+        return "failed", proc.returncode, last[-300:], proc.stdout
 
     def record(self, sc: Scenario, variant: str, gpus: int) -> dict[str, Any]:
         script = SCENARIOS_DIR / f"{sc.name}.py"
@@ -416,7 +426,7 @@ class Runner:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         timeout = min(sc.timeout_s * self.args.timeout_scale, left)
         started = time.monotonic()
-        status, rc, why = self.child(cmd, timeout, env)
+        status, rc, why, _ = self.child(cmd, timeout, env)
         entry["status"], entry["seconds"] = status, round(time.monotonic() - started, 1)
         if rc not in (0, None):
             entry["returncode"] = rc
@@ -454,7 +464,7 @@ class Runner:
         if self.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
         started = time.monotonic()
-        status, _, why = self.child(cmd, self.args.overhead_timeout_s, env)
+        status, _, why, stdout = self.child(cmd, self.args.overhead_timeout_s, env)
         result: dict[str, Any] = {"status": status, "seconds": round(time.monotonic() - started, 1)}
         if why:
             result["why"] = why
@@ -470,9 +480,7 @@ class Runner:
                 target_pct=2.0,
                 target_met=pct <= 2.0,
             )
-            # the markdown report is what the benchmark printed: the log's tail after its command line
-            log_text = (self.out / "run_all.log").read_text(encoding="utf-8")
-            report = log_text[log_text.rfind("## Collector overhead") :]
+            report = stdout[stdout.find("## Collector overhead") :]  # the markdown report the benchmark printed
             (self.out / "overhead.md").write_text(report, encoding="utf-8")
         return result
 
@@ -489,7 +497,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else runs-gpu)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU (GPU-only fixes are skipped, and said so)")
     parser.add_argument("--only", action="append", choices=[s.name for s in SCENARIOS], help="just this scenario")
-    parser.add_argument("--steps", type=int, default=12, help="profiled steps per run (default 12, at least 10)")
+    parser.add_argument("--steps", type=int, default=10, help="profiled steps per run (default 10, at least 10)")
     parser.add_argument("--wall-steps", type=int, default=10, help="unprofiled steps before them (default 10)")
     parser.add_argument("--counter-interval", type=float, default=0.1, help="NVML interval, s (default 0.1)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting runs after this (default 420)")
@@ -497,6 +505,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every run's timeout (default 1)")
     parser.add_argument("--overhead-repeats", type=int, default=8, help="overhead benchmark repeats (0: skip)")
     parser.add_argument("--overhead-timeout-s", type=float, default=120.0, help="overhead benchmark timeout")
+    parser.add_argument("--archive-mib", type=float, default=15.0, help="largest archive, MiB (default 15)")
     args = parser.parse_args(argv)
     if args.steps < 10:
         parser.error("--steps must be at least 10 (the manifest's medians and spreads need them)")
@@ -517,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("run_all: no CUDA GPU here (torch.cuda.is_available() is False); use --cpu", file=sys.stderr)
             return EXIT_BAD_INPUT
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("manifest.json", "recorded.tar.gz"):
+    for name in ("manifest.json", *archive_names()):
         if (out / name).exists():
             print(f"run_all: {out / name} exists; give an empty --out folder", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -583,16 +592,56 @@ def main(argv: Sequence[str] | None = None) -> int:
             "total_seconds": round(time.monotonic() - runner.t0, 1),
             "scenarios": scenarios,
         }
-        text = json.dumps(manifest, indent=2) + "\n"
         recorded = stage / "recorded"
         recorded.mkdir(exist_ok=True)
+        groups, left_out = pack(recorded, list(scenarios), int(args.archive_mib * 2**20))
+        manifest["archives"] = {name: names for name, names in zip(archive_names(), groups, strict=False)}
+        manifest["left_out"] = left_out
+        text = json.dumps(manifest, indent=2) + "\n"
         (recorded / "manifest.json").write_text(text)
-        with tarfile.open(out / "recorded.tar.gz", "w:gz") as tar:
-            tar.add(recorded, arcname="recorded")
+        for name, names in manifest["archives"].items():
+            with tarfile.open(out / name, "w:gz") as tar:
+                if name == "recorded.tar.gz":
+                    tar.add(recorded / "manifest.json", arcname="recorded/manifest.json")
+                for scenario in names:
+                    tar.add(recorded / scenario, arcname=f"recorded/{scenario}")
         (out / "manifest.json").write_text(text)
-        runner.say(f"wrote {out / 'manifest.json'} and {out / 'recorded.tar.gz'}")
+        runner.say(f"wrote {out / 'manifest.json'} and {', '.join(manifest['archives'])}")
+        if left_out:
+            runner.say(f"left out (too large for the archives): {left_out}")
         runner.log.close()
     return 0
+
+
+def archive_names() -> list[str]:
+    return ["recorded.tar.gz"] + [f"recorded-{i}.tar.gz" for i in range(2, MAX_ARCHIVES + 1)]
+
+
+def pack(recorded: Path, scenarios: list[str], limit: int) -> tuple[list[list[str]], dict[str, str]]:
+    """Scenarios (whole) into at most MAX_ARCHIVES groups of at most ``limit`` bytes, in order.
+
+    The run folders hold gzipped traces, so their size on disk is about what they add to an archive.
+    """
+    groups: list[list[str]] = [[]]
+    sizes = [0]
+    left_out: dict[str, str] = {}
+    for name in scenarios:
+        folder = recorded / name
+        if not folder.exists():
+            continue
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) + 64 * 1024
+        if size > limit:
+            left_out[name] = f"{size / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB archive limit"
+            continue
+        if sizes[-1] + size > limit:
+            if len(groups) == MAX_ARCHIVES:
+                left_out[name] = f"no room in {MAX_ARCHIVES} archives of {limit / 2**20:.0f} MiB"
+                continue
+            groups.append([])
+            sizes.append(0)
+        groups[-1].append(name)
+        sizes[-1] += size
+    return groups, left_out
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def rows(recorded: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "scenario": name,
             "fix_type": entry["fix_type"],
+            "judged_on": entry.get("judged_on", "speedup"),
             "rule": entry.get("rule") or f"category {entry.get('category')}",
             "status": {v: entry[v]["status"] for v in VARIANTS},
             "why": {v: entry[v].get("why") for v in VARIANTS if entry[v].get("why")},
@@ -64,7 +65,7 @@ def rows(recorded: Path) -> list[dict[str, Any]]:
             row["fires_on_bad"] = bool(bad)
             if bad:
                 row["predicted"] = float(bad[0]["expected_speedup"])
-                if row["measured"]:
+                if row["measured"] and entry.get("judged_on", "speedup") == "speedup":
                     row["error"] = round(row["predicted"] / row["measured"] - 1, 4)
             if bad and entry["fixed"]["status"] == "ok":
                 left = matching(findings(recorded / entry["fixed"]["dir"]), entry)
@@ -98,6 +99,7 @@ def markdown(recorded: Path) -> str:
             lines.append(f"| {r['scenario']} | {r['fix_type']} | {r['rule']} | {why} | | | | | |")
             continue
         error = None if r["error"] is None else r["error"] * 100
+        judged = "(memory, not time)" if r["judged_on"] == "memory" else _fmt(error, "+.1f", "%")
         cells = [
             r["scenario"],
             r["fix_type"],
@@ -105,7 +107,7 @@ def markdown(recorded: Path) -> str:
             _fmt(r["measured"], ".3f", "x"),
             _fmt(r["measured_device"], ".3f", "x"),
             _fmt(r["predicted"], ".3f", "x"),
-            _fmt(error, "+.1f", "%"),
+            judged,
             "yes" if r["fires_on_bad"] else "no",
             _fmt(r["fixed_time_lost_ratio"], ".3f"),
         ]
