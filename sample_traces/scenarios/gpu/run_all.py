@@ -144,9 +144,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         "sdpa",
         "attention written as matmul -> softmax -> matmul (S x S scores materialised)",
         "torch.nn.functional.scaled_dot_product_attention",
-        None,
+        "ATTN001",
         "attention",
-        note="script by the attention-rule work; recorded when sample_traces/scenarios/attention.py exists",
     ),
     Scenario(
         "memory_leak",
