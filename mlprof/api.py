@@ -128,11 +128,9 @@ def analyze(
 
 
 def _report(analysis: Any) -> Report:
-    from mlprof.analysis import Analysis
-    from mlprof.report.json_report import counters_only_json_dict, to_json_dict
+    from mlprof.report.json_report import build_report
 
-    data = to_json_dict(analysis) if isinstance(analysis, Analysis) else counters_only_json_dict(analysis)
-    return Report(data, analysis=analysis)
+    return build_report(analysis)
 
 
 def _rule_config(config: RuleConfig | str | Path | None) -> RuleConfig:

@@ -12,7 +12,6 @@ import sys
 from enum import Enum
 from pathlib import Path
 
-import msgspec
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -25,7 +24,8 @@ from rich.progress import (
 )
 
 from mlprof import __version__
-from mlprof.commands._files import refuse_to_overwrite, write_text
+from mlprof.commands._emit import emit_report
+from mlprof.commands._files import refuse_to_overwrite
 from mlprof.errors import MlprofError
 
 app = typer.Typer(
@@ -43,6 +43,11 @@ class OutputFormat(str, Enum):
     text = "text"
     json = "json"
     markdown = "markdown"
+    html = "html"
+
+
+FORMAT_HELP = "Output format; default: from the -o suffix (.json, .md, .html), else text."
+FORCE_HELP = "Overwrite the -o file if it exists (without it an existing file is left as it is)."
 
 
 def _version(value: bool) -> None:
@@ -65,7 +70,7 @@ def analyze(
         help="Trace file (.json, .json.gz, nsys .sqlite), a directory of per-rank traces, or a GPU counters file "
         "(nvidia-smi CSV, dcgmi dmon, dcgm-exporter metrics) analysed alone.",
     ),
-    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", "-f", help="Output format."),
+    fmt: OutputFormat | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
     rank: int | None = typer.Option(None, "--rank", help="Analyse only this rank of a multi-rank directory."),
     steps: str | None = typer.Option(None, "--steps", help="Steps to analyse: 16, 16-18, 16,18 or 17-."),
     step_marker: str | None = typer.Option(
@@ -74,6 +79,7 @@ def analyze(
         help="Regex for host ranges that mark steps, when the trace has no ProfilerStep.",
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     config: Path | None = typer.Option(
         None,
         "--config",
@@ -123,7 +129,10 @@ def analyze(
     rule_config = load_config(config)
     gates = analysis_gates(rule_config, fail_on)
     counter_paths = list(counters or [])
-    refuse_to_overwrite(output, [path, *counter_paths])
+    refuse_to_overwrite(output, [path, *counter_paths], force=force)
+    from mlprof.report.formats import choose
+
+    choose(fmt.value if fmt else None, output)  # an unknown format fails before the input is read
     with _progress() as on_progress:
         from mlprof.engine.progress import rank_progress
 
@@ -142,7 +151,7 @@ def analyze(
                 on_progress=on_progress,
                 on_rank_done=on_rank_done,
             )
-    _emit(report.analysis, fmt, output)
+    emit_report(report, fmt.value if fmt else None, output)
     enforce_gates(report.analysis, gates, str(path))
 
 
@@ -238,31 +247,6 @@ def _indent(text: str) -> str:
         else:
             out.append(textwrap.fill(block, width=96, initial_indent="  ", subsequent_indent="  "))
     return "\n\n".join(out)
-
-
-def _emit(analysis: object, fmt: OutputFormat, output: Path | None) -> None:
-    from mlprof.analysis import Analysis, CounterAnalysis
-    from mlprof.report.json_report import counters_only_json_dict, to_json_dict
-    from mlprof.report.markdown import render_markdown
-    from mlprof.report.text import render_text
-
-    assert isinstance(analysis, (Analysis, CounterAnalysis))
-    if fmt is OutputFormat.json:
-        data = to_json_dict(analysis) if isinstance(analysis, Analysis) else counters_only_json_dict(analysis)
-        text = msgspec.json.format(msgspec.json.encode(data), indent=2).decode() + "\n"
-    elif fmt is OutputFormat.markdown:
-        text = render_markdown(analysis)
-    else:
-        if output is None:
-            render_text(analysis, Console())
-            return
-        console = Console(record=True, width=140, file=open(os.devnull, "w"))  # noqa: SIM115
-        render_text(analysis, console)
-        text = console.export_text()
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        write_text(output, text)
 
 
 class _progress:

@@ -110,7 +110,9 @@ def test_new_files_follow_the_umask_and_existing_keep_their_mode(trace: Path, tm
         kept = tmp_path / "kept.md"
         kept.write_text("old")
         kept.chmod(0o600)
-        assert main(["analyze", str(trace), "-f", "markdown", "-o", str(kept)]) == 0
+        assert main(["analyze", str(trace), "-f", "markdown", "-o", str(kept)]) == 2  # exists: needs --force
+        assert kept.read_text() == "old"
+        assert main(["analyze", str(trace), "-f", "markdown", "-o", str(kept), "--force"]) == 0
         assert kept.stat().st_mode & 0o777 == 0o600 and kept.read_text().startswith("## mlprof")
     finally:
         os.umask(old)

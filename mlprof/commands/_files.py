@@ -35,8 +35,16 @@ def refuse_to_overwrite(output: Path | None, inputs: list[Path], *, force: bool 
     for source in inputs:
         if same_or_inside(output, source):
             raise UsageError(f"-o {output}: would write over or into the input {source}; choose another path")
-    if not force and not is_stream(output) and output.exists():
+    if not force and not is_stream(output) and _existing_file(output):
         raise UsageError(f"-o {output}: the file exists; pass --force to overwrite it")
+
+
+def _existing_file(output: Path) -> bool:
+    """An existing file (not a folder); an unusable path is left to the writer to report."""
+    try:
+        return output.exists() and not output.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def write_text(output: Path, text: str) -> None:

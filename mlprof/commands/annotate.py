@@ -24,6 +24,7 @@ def annotate(
     config: Path | None = typer.Option(
         None, "--config", help="Thresholds file (mlprof.toml, or pyproject.toml with tool.mlprof)."
     ),
+    force: bool = typer.Option(False, "--force", help="Overwrite annotated copies that already exist."),
 ) -> None:
     """Copy of a trace with the findings on their time ranges, for Perfetto; the original is never modified."""
     from mlprof.annotate.writer import annotate_file
@@ -32,7 +33,13 @@ def annotate(
     from mlprof.rules.config import load_config
 
     rule_config = load_config(config)
-    refuse_to_overwrite(output, [trace])
+    if trace.is_dir() and output.is_dir():  # each rank's copy goes into the folder under its own name
+        from mlprof.trace.loader import job_files
+
+        for source in job_files(trace):
+            refuse_to_overwrite(output / source.name, [trace], force=force)
+    else:
+        refuse_to_overwrite(output, [trace], force=force)
     # The findings are the ones `mlprof analyze` reports for the same input (run-folder counters
     # included); the traces stay in memory because the annotations are drawn on their events.
     analysis = analyze(trace, steps=steps, step_marker=step_marker, config=rule_config, keep_traces=True).analysis

@@ -28,6 +28,7 @@ def compare(
     new: str = typer.Argument(..., help="The run after (same kinds as BASE)."),
     fmt: CompareFormat = typer.Option(CompareFormat.text, "--format", "-f", help="Output format."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the -o file if it exists."),
     steps: str | None = typer.Option(None, "--steps", help="Steps to compare in both runs: 16, 16-18, 17-."),
     step_marker: str | None = typer.Option(None, "--step-marker", help="Regex for host ranges that mark steps."),
     config: Path | None = typer.Option(
@@ -63,7 +64,7 @@ def compare(
         None if max_regression is None else parse_max_regression(max_regression),
         [parse_budget(x) for x in budget or []],
     )
-    refuse_to_overwrite(output, [Path(base), Path(new)])
+    refuse_to_overwrite(output, [Path(base), Path(new)], force=force)
     base_a = analyze_run(base, "BASE", steps, rule_config, step_marker, store)
     new_a = analyze_run(new, "NEW", steps, rule_config, step_marker, store)
     comparison = compare_analyses(base_a, new_a)

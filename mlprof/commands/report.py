@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
 
 def report(
     path: Path = typer.Argument(..., help="Trace file, a folder of rank traces, or an mlprof.profile run folder."),
-    output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write."),
+    output: Path = typer.Option(..., "--output", "-o", help="The report file to write (HTML unless --format)."),
+    fmt: str | None = typer.Option(None, "--format", "-f", help="html (default), json, markdown or text."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the -o file if it exists."),
     steps: str | None = typer.Option(None, "--steps", help="Steps to analyse: 16, 16-18, 17-."),
     step_marker: str | None = typer.Option(None, "--step-marker", help="Regex for host ranges that mark steps."),
     config: Path | None = typer.Option(
@@ -33,12 +35,13 @@ def report(
 ) -> None:
     """A self-contained HTML page: step breakdown, ranked fixes and the plan's waterfall."""
     from mlprof.api import analyze
-    from mlprof.report.html import render_html
+    from mlprof.report.formats import choose
     from mlprof.rules.config import load_config
 
     rule_config = load_config(config)
     counter_paths = list(counters or [])
-    refuse_to_overwrite(output, [path, *counter_paths])
+    refuse_to_overwrite(output, [path, *counter_paths], force=force)
+    chosen = choose(fmt, None, default="html")
     result = analyze(
         path,
         steps=steps,
@@ -49,6 +52,6 @@ def report(
         jobs=jobs,
         low_memory=low_memory,
     )
-    page = render_html(result.analysis)
+    page = chosen.render(result)
     write_text(output, page)
     print(plain(f"{output}: {len(page) / 1e6:.1f} MB, {len(result.data['findings'])} finding(s)"))

@@ -14,9 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from mlprof import __version__
-from mlprof.analysis import Analysis
 from mlprof.analyzers.attribution import CATEGORIES
-from mlprof.report.json_report import to_json_dict
+from mlprof.report.json_report import ReportSource, report_data
 from mlprof.untrusted import html_text
 
 COLORS = {
@@ -38,19 +37,22 @@ code{background:#f5f5f5;padding:1px 3px}.note{color:#555}
 """
 
 
-def render_html(analysis: Analysis) -> str:
-    """The whole page as one string."""
-    data = to_json_dict(analysis)
+def render_html(report: ReportSource) -> str:
+    """The whole page as one string, from a report (a :class:`~mlprof.results.Report` or its JSON dict)."""
+    data = report_data(report)
     tr, bd = data["trace"], data["breakdown"]
-    title = f"mlprof report: {tr['path']}"
+    if tr is None:  # a GPU counters file analysed alone
+        title = f"mlprof report: {', '.join(data['counters']['paths'])}"
+        head = [_counters_summary(data["counters"])]
+    else:
+        title = f"mlprof report: {tr['path']}"
+        head = [_summary(tr, bd), "<h2>Step breakdown</h2>", _category_table(bd)]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        _summary(tr, bd),
-        "<h2>Step breakdown</h2>",
-        _category_table(bd),
+        *head,
     ]
     charts = _Charts()
     parts.append(charts.html(_steps_figure(data["steps"])))
@@ -72,12 +74,17 @@ class _Charts:
 
     def __init__(self) -> None:
         self.inlined = False
+        self.count = 0
 
     def html(self, fig: Any) -> str:
         if fig is None:
             return ""
+        self.count += 1
         out: str = fig.to_html(
-            full_html=False, include_plotlyjs=not self.inlined, config={"displaylogo": False, "responsive": True}
+            full_html=False,
+            include_plotlyjs=not self.inlined,
+            config={"displaylogo": False, "responsive": True},
+            div_id=f"mlprof-chart-{self.count}",  # not a random id: the same report gives the same page
         )
         self.inlined = True
         return out
@@ -101,6 +108,29 @@ def _summary(tr: dict[str, Any], bd: dict[str, Any]) -> str:
     if bd.get("gpu_busy_pct") is not None:
         items.append(f"GPU busy <b>{bd['gpu_busy_pct']:.1f}%</b> of step time")
     return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
+def _counters_summary(c: dict[str, Any]) -> str:
+    """GPU counters alone: what was recorded, and one row per GPU."""
+    head = (
+        f"<ul><li>GPU counters ({_e('/'.join(c['formats']) or 'counters')}), {len(c['devices'])} GPU(s), "
+        f"{c['rows']:,} samples over {c['span_s'] or 0:.1f} s; clock: {_e(c['time_base'])}</li></ul>"
+    )
+    rows = "".join(
+        f"<tr><td class=num>{_e(d['device'])}</td><td class=num>{_num(d['util_mean_pct'], '.1f')}</td>"
+        f"<td class=num>{_num(d['mem_used_max_mib'], '.0f')}</td><td class=num>{_num(d['mem_total_mib'], '.0f')}</td>"
+        f"<td class=num>{_num(d['mem_growth_mib_per_min'], '+.1f')}</td></tr>"
+        for d in c["devices"]
+    )
+    table = (
+        "<h2>Per GPU (counters)</h2><table><tr><th>GPU</th><th>util %</th><th>max MiB used</th><th>MiB total</th>"
+        f"<th>MiB/min growth</th></tr>{rows}</table>"
+    )
+    return head + table
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _category_table(bd: dict[str, Any]) -> str:
@@ -200,7 +230,7 @@ def _plan_table(plan: list[dict[str, Any]]) -> str:
 
 def _notes(data: dict[str, Any]) -> str:
     items = [f"record next time: {_e(r)}" for r in data.get("record_next", [])]
-    items += [_e(n) for n in [*data["notes"], *data["trace"]["notes"]]]
+    items += [_e(n) for n in [*data["notes"], *(data["trace"] or {}).get("notes", [])]]
     items += [f"{_e(rule)}: {_e(v)}" for rule, v in data["checks"].get("verdicts", {}).items()]
     if not items:
         return ""

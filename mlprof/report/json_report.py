@@ -57,12 +57,14 @@ import numpy as np
 import pandas as pd
 
 from mlprof import __version__
-from mlprof.analysis import Analysis, CounterAnalysis, RankAnalysis
 from mlprof.analyzers.attribution import CATEGORIES, CATEGORY_HELP, gpu_busy_pct
 from mlprof.analyzers.temporal import TemporalBreakdown
 from mlprof.report.views import kernels_and_operators
+from mlprof.results import Analysis, CounterAnalysis, RankAnalysis, Report
 
 SCHEMA_VERSION = "1.4"
+ReportSource = Report | Analysis | CounterAnalysis | dict[str, Any]
+"""What a renderer accepts: a Report, its JSON dict, or (for existing callers) the analysis it came from."""
 NS_PER_MS = 1_000_000
 
 
@@ -324,3 +326,18 @@ def counters_only_json_dict(ca: CounterAnalysis) -> dict[str, Any]:
         "kernels": [],
         "operators": [],
     }
+
+
+def build_report(analysis: Analysis | CounterAnalysis) -> Report:
+    """The :class:`~mlprof.results.Report` of an analysis: its JSON report, with the live analysis attached."""
+    data = to_json_dict(analysis) if isinstance(analysis, Analysis) else counters_only_json_dict(analysis)
+    return Report(data, analysis=analysis)
+
+
+def report_data(source: ReportSource) -> dict[str, Any]:
+    """The JSON report a renderer reads: a Report's data, a JSON dict as is, or an analysis's report."""
+    if isinstance(source, Report):
+        return source.data
+    if isinstance(source, dict):
+        return source
+    return build_report(source).data

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlprof.analysis import Analysis, CounterAnalysis
 from mlprof.analyzers.attribution import CATEGORIES
-from mlprof.report.json_report import counters_only_json_dict, to_json_dict
+from mlprof.report.json_report import ReportSource, report_data
 from mlprof.report.speedup import speedup_text
 from mlprof.untrusted import md_code, md_text
 
 
-def render_markdown(analysis: Analysis | CounterAnalysis) -> str:
-    if isinstance(analysis, CounterAnalysis):
-        c = counters_only_json_dict(analysis)["counters"]
+def render_markdown(report: ReportSource) -> str:
+    """A report (a :class:`~mlprof.results.Report` or its JSON dict) as Markdown."""
+    data = report_data(report)
+    if data["trace"] is None:
+        c = data["counters"]
         paths = ", ".join(md_code(p) for p in c["paths"])
         return "\n".join([f"## mlprof: {paths}", "", *_counters_lines(c, alone=True)]) + "\n"
-    data = to_json_dict(analysis)
     tr, bd = data["trace"], data["breakdown"]
     lines = [f"## mlprof: {md_code(tr['path'])}", ""]
     device = md_text(tr["devices"][0]["name"]) if tr["devices"] else "unknown device"

@@ -11,10 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mlprof.analysis import Analysis, CounterAnalysis
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.report.cross_rank_text import RANKS_TABLE_MAX, print_cross_rank
-from mlprof.report.json_report import counters_only_json_dict, to_json_dict
+from mlprof.report.json_report import ReportSource, report_data
 from mlprof.report.speedup import speedup_text
 from mlprof.untrusted import term, term_line
 
@@ -31,11 +30,12 @@ SHORT = {
 """Column labels for the per-step tables; the category table above them spells each one out."""
 
 
-def render_text(analysis: Analysis | CounterAnalysis, console: Console) -> None:
-    if isinstance(analysis, CounterAnalysis):
-        _render_counters_only(counters_only_json_dict(analysis), console)
+def render_text(report: ReportSource, console: Console) -> None:
+    """Print a report (a :class:`~mlprof.results.Report` or its JSON dict) on ``console``."""
+    data = report_data(report)
+    if data["trace"] is None:
+        _render_counters_only(data, console)
         return
-    data = to_json_dict(analysis)
     tr = data["trace"]
     bd = data["breakdown"]
     device = tr["devices"][0]["name"] if tr["devices"] else "no device properties"
