@@ -181,6 +181,16 @@ class Report:
         columns = ["rank", "path", "step_source", "steps", "step_ms_median", "gpu_busy_pct"]
         return pd.DataFrame(rows, columns=columns)
 
+    @property
+    def kernels(self) -> pd.DataFrame:
+        """One row per kernel name over the analysed steps (schema 1.4; empty for older reports)."""
+        return pd.DataFrame(self.data.get("kernels") or [])
+
+    @property
+    def operators(self) -> pd.DataFrame:
+        """One row per CPU operator name over the analysed steps (schema 1.4; empty for older reports)."""
+        return pd.DataFrame(self.data.get("operators") or [])
+
     def __repr__(self) -> str:
         n = len(self.data.get("findings") or [])
         top = self.data["findings"][0]["rule"] if n else "none"
