@@ -21,7 +21,8 @@ from mlprof.trace.vocabulary import OPTIMIZER_STEP, name_mask
 @dataclass
 class KernelFacts:
     kernels: pd.DataFrame
-    """Kernels inside the analysed windows: name, ts, end, dur, stream, klass, optimizer, saving, chain."""
+    """Kernels inside the analysed windows: name, ts, end, dur, stream, klass, optimizer (a per-parameter
+    kernel launched inside ``Optimizer.step``), foreach, in_optimizer (launched inside it), saving, chain."""
 
 
 def kernel_facts(ctx: RankContext) -> KernelFacts:
@@ -66,6 +67,7 @@ def kernel_facts(ctx: RankContext) -> KernelFacts:
             "klass": klass[keep],
             "optimizer": optimizer[keep],
             "foreach": foreach[keep],
+            "in_optimizer": in_opt[keep],
             "saving": saving[keep],
             "chain": chain[keep],
         }

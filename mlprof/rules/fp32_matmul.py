@@ -27,12 +27,17 @@ class Fp32Matmul(Rule):
         "spec table). The time lost is the FP32 matmul time on the critical path "
         "(`compute.gemm_fp32`) times `1 - 1/local_speedup` (default 2x, the conservative end of "
         "what AMP gives on matmuls, well below the peak ratio).",
-        fix="Run the forward pass under autocast (BF16 on Ampere+, FP16 with a GradScaler on "
-        "V100/T4), and allow TF32 for what stays FP32:\n\n"
+        fix="Run the forward pass under autocast. On Ampere and later (compute capability 8.0+: "
+        "A100, H100, L4, RTX 30/40) use BF16 and allow TF32 for what stays FP32; on Volta/Turing "
+        "(V100, T4, RTX 20) there is no BF16 or TF32: use FP16 with a GradScaler. The finding's fix "
+        "names the one for the GPU in the trace:\n\n"
         "    torch.backends.cuda.matmul.allow_tf32 = True\n"
         "    torch.backends.cudnn.allow_tf32 = True\n"
         "    with torch.autocast('cuda', dtype=torch.bfloat16):\n"
-        "        loss = model(x).loss",
+        "        loss = model(x).loss\n"
+        "    # Volta/Turing: scaler = torch.cuda.amp.GradScaler()\n"
+        "    #   with torch.autocast('cuda', dtype=torch.float16): loss = model(x).loss\n"
+        "    #   scaler.scale(loss).backward(); scaler.step(opt); scaler.update()",
         false_alarms="Models that need FP32 for accuracy (some scientific models) or layers kept "
         "in FP32 on purpose. Matmuls too small for tensor cores to matter. Kernel names from "
         "unknown libraries may be misclassified: check the kernels listed.",
@@ -50,27 +55,66 @@ class Fp32Matmul(Rule):
         tensor = k[k["klass"] == "gemm_tensor"]
         n_steps = max(ctx.n_windows, 1)
         device = ctx.trace.meta.devices[0].name if ctx.trace.meta.devices else "unknown"
+        arch, fix, advice = _precision_advice(ctx)
+        spec = ctx.gpu_spec
+        ratio = round(spec.tensor_tflops / spec.fp32_tflops, 1) if spec and spec.tensor_tflops else None
         return [
             self.finding(
                 ctx,
                 title=f"Matmuls run in FP32 without tensor cores ({ms(exposed)} ms per step on {device}): "
-                f"autocast/TF32 saves ~{ms(lost)} ms",
+                f"{advice} saves ~{ms(lost)} ms",
                 time_lost_ns_per_step=lost,
                 confidence="medium",
                 confidence_reason="kernel precision read from names; "
-                f"assumed {cfg['local_speedup']:.1f}x on those kernels",
+                f"assumed {cfg['local_speedup']:.1f}x on those kernels"
+                + (f" (the peak tensor-core/FP32 ratio of this GPU is {ratio}x)" if ratio else ""),
                 evidence={
                     "fp32_matmul_ms_per_step": ms(exposed),
                     "fp32_matmul_kernels_per_step": round(len(fp32) / n_steps, 1),
                     "tensor_core_kernels_per_step": round(len(tensor) / n_steps, 1),
                     "device": device,
+                    "architecture": arch,
+                    "assumed_speedup_on_fp32_matmuls": cfg["local_speedup"],
+                    "peak_tensor_core_to_fp32_ratio": ratio,
                     "top_kernels": top_names(fp32, n_steps),
                 },
-                fix="torch.autocast('cuda', dtype=torch.bfloat16) (FP16 + GradScaler on V100); allow_tf32 = True",
+                fix=fix,
                 steps=[s for s in ctx.windows["step"].tolist() if s >= 0],
                 claimed={"compute.gemm_fp32": lost},
             )
         ]
+
+
+def _compute_capability(ctx: RankContext) -> float | None:
+    for d in ctx.trace.meta.devices:
+        if d.compute_capability:
+            try:
+                return float(d.compute_capability)
+            except ValueError:
+                pass
+    return None
+
+
+def _precision_advice(ctx: RankContext) -> tuple[str, str, str]:
+    """(architecture, fix, short advice) for this GPU: FP16 + GradScaler before Ampere, BF16/TF32 from it."""
+    cc = _compute_capability(ctx)
+    spec = ctx.gpu_spec
+    ampere = cc >= 8.0 if cc is not None else bool(spec and spec.tf32)
+    if ampere:
+        arch = f"sm{round(cc * 10)}" if cc is not None else (spec.name if spec else "Ampere or later")
+        return (
+            f"{arch} (Ampere or later: BF16 and TF32 tensor cores)",
+            "torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True; "
+            "with torch.autocast('cuda', dtype=torch.bfloat16): ...",
+            "BF16 autocast / TF32",
+        )
+    arch = f"sm{round(cc * 10)}" if cc is not None else (spec.name if spec else "pre-Ampere")
+    return (
+        f"{arch} (Volta/Turing: FP16 tensor cores only, no BF16 or TF32)",
+        "scaler = torch.cuda.amp.GradScaler(); with torch.autocast('cuda', dtype=torch.float16): loss = ...; "
+        "scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()",
+        "FP16 autocast + GradScaler",
+    )
 
 
 def _has_tensor_cores(ctx: RankContext) -> bool:
