@@ -85,6 +85,7 @@ def test_cpu_run_writes_manifest_and_archive(cpu_run: tuple[Path, dict[str, Any]
     assert manifest["device"] == "cpu" and manifest["cpu_mode_note"].startswith("CPU run")
     assert manifest["machine"]["torch"] and manifest["machine"]["gpu"] is None
     assert manifest["overhead"] == {"status": "not run", "why": "--overhead-repeats 0"}
+    assert manifest["nvml_tests"]["status"] == "not run"
     assert manifest["archives"] == {"recorded.tar.gz": ["memory_leak", "launch_bound"]}
     assert manifest["left_out"] == {}
     assert set(manifest["scenarios"]) == {"memory_leak", "launch_bound"}
@@ -235,6 +236,7 @@ def test_gpu_recording_machine_is_described() -> None:
     assert manifest["device"] == "cuda" and not manifest["cpu_mode"]
     assert machine["gpu"] and machine["driver"] and machine["torch"] and machine["cuda"]
     assert manifest["overhead"]["status"] == "ok"
+    assert manifest["nvml_tests"]["status"] == "ok" and "passed" in manifest["nvml_tests"]["summary"]
 
 
 @pytest.mark.parametrize("name", [s.name for s in run_all.SCENARIOS])
