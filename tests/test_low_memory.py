@@ -69,3 +69,30 @@ def test_cli_low_memory_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFix
         assert main(["analyze", *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
+
+
+def test_spill_is_compressed_parquet_far_below_the_json(tmp_path: Path) -> None:
+    """The step spill is zstd Parquet: a fraction of the JSON (the JSON spill took ~1.5-2x), read back exactly."""
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    from mlprof.engine import windows as W
+    from mlprof.trace.loader import load_trace_bytes
+
+    path = external(TRACES[1])
+    json_bytes = len(gzip.decompress(path.read_bytes()))
+    steps = W._find_profiler_steps(path, None)
+    windows = W._windows(steps, tmp_path)
+    W._spill(path, windows, None)
+    files = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert files and all(pq.ParquetFile(f).metadata.num_rows >= 0 for f in files)
+    assert sum(f.stat().st_size for f in files) < 0.25 * json_bytes
+    # Each window's document holds exactly the timed events that overlap it, as the whole trace has them.
+    whole = load_trace(path)
+    for w in windows:
+        part = load_trace_bytes(W.window_document(w), w.path)
+        ts, end = whole.gpu["ts"], whole.gpu["end"]
+        gpu = whole.gpu[(ts < w.hi) & (end.where(end > ts, ts + 1) > w.lo)]  # a zero-length event is at ts
+        assert len(part.gpu) == len(gpu)
+        assert part.gpu["ts"].tolist() == gpu["ts"].tolist()

@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mlprof.trace import numbers
 from mlprof.trace.numbers import MISSING_NS, raw_us_to_ns, sorted_unique
 
 
@@ -49,3 +50,26 @@ def test_sorted_unique_matches_numpy_unique() -> None:
             got, want = sorted_unique(values), np.unique(values)
             assert got.dtype == want.dtype
             assert np.array_equal(got, want, equal_nan=True)
+
+
+_EPOCH_US = st.integers(min_value=-(10**17), max_value=10**17)
+
+
+@given(st.lists(_EPOCH_US, min_size=1), st.booleans())
+def test_one_call_layouts_match_decimal_arithmetic(whole: list[int], three_decimals: bool) -> None:
+    """All-integer and all-three-decimal columns (what Kineto writes) take the one-call path, exactly."""
+    values = [Decimal(v) / 1000 if three_decimals else Decimal(v) for v in whole]
+    raws = [format(v, ".3f" if three_decimals else "f").encode() for v in values]
+    limit = 2**62 - 1
+    expected = [int(v * 1000) if abs(v * 1000) <= limit else MISSING_NS for v in values]
+    assert numbers._plain_to_ns(b",".join(raws), len(raws)) is not None
+    assert raw_us_to_ns(raws).tolist() == expected
+
+
+@given(st.lists(st.sampled_from([b"", b"-", b"-.123", b".5", b"1e3", b'"7"', b"1-2", b"--1", b"9" * 19, b"12.5"])))
+def test_one_call_path_declines_what_it_cannot_parse(odd: list[bytes]) -> None:
+    raws = [b"1712195495505582.988", *odd]
+    fast = numbers._plain_to_ns(b",".join(raws), len(raws))
+    one_by_one = numbers._slow_parse(raws)  # the per-value regex path
+    assert fast is None or fast.tolist() == one_by_one.tolist()
+    assert raw_us_to_ns(raws).tolist() == one_by_one.tolist()

@@ -4,13 +4,16 @@ The in-memory reader keeps every event's columns (about 0.7-0.9x the JSON size).
 memory is bounded by the largest step instead:
 
 1. **Find the steps.** A first streaming pass keeps only the ``ProfilerStep#N`` ranges.
-2. **Spill each step.** A second streaming pass writes every event to the spill file of
+2. **Spill each step.** A second streaming pass writes every event to the spill of
    each step window it overlaps, where a window is the step plus half the median step
    on each side (so launches, drains and kernels that cross a step boundary are seen by
-   both steps). A spill file is a small Kineto JSON trace of its own (the header and the
-   metadata events are repeated in each), written in batches; nothing else is kept.
-3. **Analyse window by window** (in ``--jobs`` processes): each spill file is read like a
-   rank (:func:`mlprof.engine.rank_task.reduce_trace`), only its own step is analysed,
+   both steps). A spill is a folder of zstd-compressed Parquet files, one per flushed
+   batch, with one column: the event re-encoded as compact JSON holding only the fields
+   mlprof reads (so a window's events decode exactly as they would from the file); the
+   header and the events without a time (metadata) are stored once for all windows.
+3. **Analyse window by window** (in ``--jobs`` processes): each window's events are read
+   back into one Kineto document in memory and loaded like a rank
+   (:func:`mlprof.engine.rank_task.reduce_trace`), only its own step is analysed,
    and it is reduced to one row of attribution and causes, its findings and the GPU
    totals of the step.
 4. **Merge** on the client: the steps and causes are concatenated (so the attribution is
@@ -20,9 +23,9 @@ memory is bounded by the largest step instead:
 What is not the same as the in-memory analysis: rules see one step at a time, so a rule
 whose threshold is met on average but not in each step may differ; MEM001 (a trend over
 steps) cannot run; the HTA-style trace-level split covers the steps only. Traces without
-``ProfilerStep`` markers are refused (nothing to cut by). The spill files take about
-twice the JSON size on disk (each event is in its own window and, near a boundary, in
-the neighbour's) and are deleted afterwards.
+``ProfilerStep`` markers are refused (nothing to cut by). The spill takes a fraction of
+the JSON size on disk (the JSON spill it replaced took twice the input: each event is in
+its own window and, near a boundary, in the neighbour's) and is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ class StepWindow:
     hi: int
     """What the spill file holds: the step with half a median step of context on each side."""
     path: Path
+    """The window's spill folder (Parquet parts)."""
+    common: Path
+    """Parquet file of the events every window holds, with the trace header in its metadata."""
 
 
 @dataclass
@@ -141,7 +147,15 @@ def _windows(steps: list[tuple[int, int, int]], folder: Path) -> list[StepWindow
     ends[:-1] = np.minimum(ends[:-1], starts[1:])
     margin = int(np.median(ends - starts)) // 2
     return [
-        StepWindow(step=k, start=int(s), end=int(e), lo=int(s) - margin, hi=int(e) + margin, path=folder / f"{k}.json")
+        StepWindow(
+            step=k,
+            start=int(s),
+            end=int(e),
+            lo=int(s) - margin,
+            hi=int(e) + margin,
+            path=folder / f"step{k}",
+            common=folder / "common.parquet",
+        )
         for (k, _, _), s, e in zip(steps, starts, ends, strict=True)
     ]
 
@@ -155,12 +169,12 @@ def _select(windows: list[StepWindow], spec: str) -> list[StepWindow]:
 
 
 def _spill(path: Path, windows: list[StepWindow], on_progress: ProgressCallback | None) -> tuple[dict[str, Any], Any]:
-    """Write each event into the spill file of every window it overlaps; metadata events into all."""
+    """Write each event into the spill of every window it overlaps; metadata events once, for all."""
     lo = np.array([w.lo for w in windows], dtype=np.int64)
     hi = np.array([w.hi for w in windows], dtype=np.int64)
     buffers: list[list[bytes]] = [[] for _ in windows]
     common: list[bytes] = []
-    started = [False] * len(windows)
+    parts = [0] * len(windows)
     pending = 0
 
     def flush() -> None:
@@ -168,11 +182,9 @@ def _spill(path: Path, windows: list[StepWindow], on_progress: ProgressCallback 
         for i, buf in enumerate(buffers):
             if not buf:
                 continue
-            with windows[i].path.open("ab") as fh:
-                if started[i]:
-                    fh.write(b",")
-                fh.write(b",".join(buf))
-            started[i] = True
+            windows[i].path.mkdir(exist_ok=True)
+            _write_events(windows[i].path / f"part{parts[i]:06d}.parquet", buf)
+            parts[i] += 1
             buf.clear()
         pending = 0
 
@@ -204,29 +216,47 @@ def _spill(path: Path, windows: list[StepWindow], on_progress: ProgressCallback 
         if pending >= FLUSH_BYTES:
             flush()
 
-    for w in windows:
-        w.path.write_bytes(b"")
     header, stats = read_trace_events(path, on_batch, on_progress)
     flush()
     prefix = _ENCODER.encode(header)[:-1] + (b"," if header else b"") + b'"traceEvents":['
-    shared = b",".join(common)
-    for i, w in enumerate(windows):
-        body = w.path.read_bytes() if started[i] else b""
-        with w.path.open("wb") as fh:  # prefix + metadata + the window's events, one window at a time
-            fh.write(prefix)
-            fh.write(shared)
-            if shared and body:
-                fh.write(b",")
-            fh.write(body)
-            fh.write(b"]}")
-        del body
+    _write_events(windows[0].common, common, {b"mlprof_prefix": prefix})
     return header, stats
 
 
-def _analyse_window(window: StepWindow, options: TaskOptions) -> WindowResult:
-    from mlprof.trace.loader import load_trace
+def _write_events(target: Path, events: list[bytes], metadata: dict[bytes, bytes] | None = None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    trace = load_trace(window.path, workers=1)
+    table = pa.table({"event": pa.array(events, type=pa.binary())})
+    if metadata:
+        table = table.replace_schema_metadata(metadata)
+    pq.write_table(table, target, compression="zstd")
+
+
+def _read_events(source: Path) -> tuple[list[bytes], dict[bytes, bytes]]:
+    import pyarrow.parquet as pq
+
+    files = sorted(source.iterdir()) if source.is_dir() else [source] if source.exists() else []
+    events: list[bytes] = []
+    metadata: dict[bytes, bytes] = {}
+    for f in files:
+        table = pq.read_table(f)
+        metadata.update(table.schema.metadata or {})
+        events.extend(table.column("event").to_pylist())
+    return events, metadata
+
+
+def window_document(window: StepWindow) -> bytes:
+    """The window's spill as one Kineto JSON document: header, metadata events, then its own events."""
+    shared, metadata = _read_events(window.common)
+    own, _ = _read_events(window.path)
+    return b"".join((metadata[b"mlprof_prefix"], b",".join(shared + own), b"]}"))
+
+
+def _analyse_window(window: StepWindow, options: TaskOptions) -> WindowResult:
+    from mlprof.trace.loader import load_trace_bytes
+
+    trace = load_trace_bytes(window_document(window), window.path)
     own = dataclasses.replace(options, steps_spec=str(window.step))
     partial = reduce_trace(trace, own)
     gpu = trace.gpu

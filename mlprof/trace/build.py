@@ -109,8 +109,14 @@ class TableBuilder:
             return
         cat_values, ph_values = _field(events, "cat"), _field(events, "ph")
         cat_text, ph_text = factorize_text(cat_values), factorize_text(ph_values)
+        cat_sym: np.ndarray | None = None  # symbol code of each event's cat (text cats only)
+        kind_sym: np.ndarray | None = None  # symbol code of each event's GPU kind, from its cat
         if cat_text is not None and ph_text is not None:
             (cat_codes, cats), (ph_codes, phs) = cat_text, ph_text
+            # Per distinct cat, not per event: the host/flow ``cat`` column and the GPU ``kind``.
+            cat_sym = self.symbols.encode(cats)[cat_codes]
+            kinds = [self.symbols.code(_GPU_KIND.get(c, "kernel")) for c in cats]  # type: ignore[arg-type]
+            kind_sym = np.array(kinds, dtype=np.int32)[cat_codes]
         else:  # junk types in cat/ph: -1 codes are missing values
             cat_codes, cat_uniques = pd.factorize(np.asarray(cat_values, dtype=object))
             ph_codes, ph_uniques = pd.factorize(np.asarray(ph_values, dtype=object))
@@ -131,21 +137,25 @@ class TableBuilder:
             if len(idx) == 0:
                 continue
             sub = _take(events, idx)
+            cat = cat_sym[idx] if cat_sym is not None else None
             if fam == META:
                 self._add_meta(sub)
             elif fam == FLOW:
-                self._add_flows(sub)
+                self._add_flows(sub, cat)
             elif fam == MEMORY:
                 self._add_memory(sub)
             else:
-                self._add_ranges(fam, sub)
+                self._add_ranges(fam, sub, cat, kind_sym[idx] if kind_sym is not None else None)
 
     def _append(self, fam: int, **columns: np.ndarray) -> None:
         store = self._cols[fam]
         for key, value in columns.items():
             store[key].append(value)
 
-    def _add_ranges(self, fam: int, sub: list[TraceEvent]) -> None:
+    def _add_ranges(
+        self, fam: int, sub: list[TraceEvent], cat: np.ndarray | None = None, kind: np.ndarray | None = None
+    ) -> None:
+        """``cat``/``kind``: symbol codes of the events' cat and GPU kind when the caller has them."""
         ts = raw_us_to_ns(_field(sub, "ts"))
         dur = raw_us_to_ns(_field(sub, "dur"))
         keep = (ts != MISSING_NS) & (dur != MISSING_NS)
@@ -154,6 +164,8 @@ class TableBuilder:
             self.dropped_no_time += int((~keep).sum())
             sub = _take(sub, np.flatnonzero(keep))
             ts, dur = ts[keep], dur[keep]
+            cat = cat[keep] if cat is not None else None
+            kind = kind[keep] if kind is not None else None
             if not sub:
                 return
         dur = np.maximum(dur, 0)
@@ -168,7 +180,8 @@ class TableBuilder:
             old_ext = to_int64(arg("external_id_old"))
             ext = np.where(ext == -1, old_ext, ext)
         if fam == GPU:
-            kind = self.symbols.encode([_GPU_KIND.get(e.cat, "kernel") for e in sub])  # type: ignore[arg-type]
+            if kind is None:
+                kind = self.symbols.encode([_GPU_KIND.get(e.cat, "kernel") for e in sub])  # type: ignore[arg-type]
             device = to_int64(arg("device"))
             pid = to_int64(_field(sub, "pid"))
             device = np.where(device == -1, pid, device)
@@ -208,7 +221,7 @@ class TableBuilder:
         else:  # HOST
             self._append(
                 fam,
-                cat=self.symbols.encode(_field(sub, "cat")),
+                cat=cat if cat is not None else self.symbols.encode(_field(sub, "cat")),
                 name=name,
                 ts=ts,
                 dur=dur,
@@ -286,10 +299,10 @@ class TableBuilder:
             total_reserved=to_int64(arg("total_reserved")),
         )
 
-    def _add_flows(self, sub: list[TraceEvent]) -> None:
+    def _add_flows(self, sub: list[TraceEvent], cat: np.ndarray | None = None) -> None:
         self._append(
             FLOW,
-            cat=self.symbols.encode(_field(sub, "cat")),
+            cat=cat if cat is not None else self.symbols.encode(_field(sub, "cat")),
             ph=self.symbols.encode(_field(sub, "ph")),
             id=to_int64(_field(sub, "id")),
             ts=raw_us_to_ns(_field(sub, "ts")),

@@ -41,6 +41,8 @@ class SymbolTable:
         """Codes for ``values``; ``None`` is the empty string, other types via ``str``."""
         if len(values) == 0:
             return np.empty(0, dtype=np.int32)
+        if values[0] is None and values.count(None) == len(values):  # an argument most events lack
+            return np.zeros(len(values), dtype=np.int32)
         text = factorize_text(values)
         if text is not None:
             codes, distinct = text
@@ -104,6 +106,8 @@ def _text(value: Any) -> str:
 def to_int64(values: Sequence[Any], missing: int = MISSING_INT) -> np.ndarray:
     """Integers as int64; ``None``, non-numeric text and out-of-range values become ``missing``."""
     n = len(values)
+    if n and values[0] is None and values.count(None) == n:  # an argument this family lacks
+        return np.full(n, missing, dtype=np.int64)
     try:  # fast path: plain ints only (most columns of most families)
         return np.fromiter(values, dtype=np.int64, count=n)
     except (TypeError, ValueError, OverflowError):

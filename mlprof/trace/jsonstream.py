@@ -17,6 +17,7 @@ are decoded from small reconstructed documents.
 from __future__ import annotations
 
 import gzip
+import io
 import queue
 import re
 import threading
@@ -79,12 +80,16 @@ def is_gzip(path: Path) -> bool:
 class _BlockReader:
     """Reads decompressed blocks on a thread, so gunzip overlaps JSON decoding."""
 
-    def __init__(self, path: Path, on_progress: ProgressCallback | None) -> None:
+    def __init__(self, path: Path, on_progress: ProgressCallback | None, data: bytes | None = None) -> None:
         self._path = path
-        self._raw: IO[bytes] = path.open("rb")
-        self.file_bytes = path.stat().st_size
+        if data is None:
+            self._raw: IO[bytes] = path.open("rb")
+            self.file_bytes = path.stat().st_size
+            gzipped = is_gzip(path)
+        else:
+            self._raw, self.file_bytes, gzipped = io.BytesIO(data), len(data), data.startswith(_GZIP_MAGIC)
         self._stream: IO[bytes] = (
-            gzip.GzipFile(fileobj=self._raw, mode="rb") if is_gzip(path) else self._raw  # type: ignore[assignment]
+            gzip.GzipFile(fileobj=self._raw, mode="rb") if gzipped else self._raw  # type: ignore[assignment]
         )
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
         self._on_progress = on_progress
@@ -149,8 +154,9 @@ def read_trace_events(
     on_batch: Callable[[list[TraceEvent]], None],
     on_progress: ProgressCallback | None = None,
     on_slice: Callable[[bytes], None] | None = None,
+    data: bytes | None = None,
 ) -> tuple[dict[str, Any], StreamStats]:
-    """Decode ``path`` and hand its events to ``on_batch`` slice by slice.
+    """Decode ``path`` (or ``data``, the bytes of a trace named ``path``) and hand its events to ``on_batch``.
 
     With ``on_slice``, middle slices are not decoded here but handed over as
     ``{"traceEvents": [...]}`` documents cut at a textual event boundary (for
@@ -159,7 +165,7 @@ def read_trace_events(
     than ``traceEvents`` and the reader's stats. Raises :class:`BadInputError` for
     anything that is not a readable trace.
     """
-    reader = _BlockReader(path, on_progress)
+    reader = _BlockReader(path, on_progress, data)
     stats = StreamStats(file_bytes=reader.file_bytes)
     try:
         header = _read(path, reader, on_batch, stats, on_slice)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import re
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,29 @@ def load_trace(
         return load_nsys(path, step_marker=step_marker)
     if magic.startswith(b"PK\x03\x04"):
         raise BadInputError(f"{path}: a zip archive, not a trace; unpack it first")
+    return _load(path, lambda: _read_tables(path, on_progress, workers), step_marker)
+
+
+def load_trace_bytes(data: bytes, name: str | Path, *, step_marker: str | None = None) -> Trace:
+    """:func:`load_trace` of a Kineto JSON document held in memory (``name`` stands for its path)."""
+    path = Path(name)
+
+    def read() -> tuple[TableBuilder, dict[str, Any], StreamStats]:
+        builder = TableBuilder()
+        header, stats = read_trace_events(path, builder.add, data=data)
+        return builder, header, stats
+
+    return _load(path, read, step_marker)
+
+
+def _load(
+    path: Path, read: Callable[[], tuple[TableBuilder, dict[str, Any], StreamStats]], step_marker: str | None
+) -> Trace:
     # Millions of short-lived objects, no cycles: generational GC passes only cost time.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        builder, header, stats = _read_tables(path, on_progress, workers)
+        builder, header, stats = read()
         tables = builder.finish()
     finally:
         if gc_was_enabled:
@@ -245,4 +264,4 @@ def load_job(
     return sorted(traces, key=lambda t: t.meta.rank if t.meta.rank is not None else -1)
 
 
-__all__ = ["job_files", "load_job", "load_trace", "trace_files_in"]
+__all__ = ["job_files", "load_job", "load_trace", "load_trace_bytes", "trace_files_in"]

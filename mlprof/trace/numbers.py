@@ -40,6 +40,9 @@ def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
     if n == 0:
         return np.empty(0, dtype=np.int64)
     joined = b",".join(raws)
+    fast = _plain_to_ns(joined, n)
+    if fast is not None:
+        return fast
     texts = np.array(joined.split(b","))
     if len(texts) != n:  # a comma inside a value
         return _slow_parse(raws)
@@ -65,6 +68,57 @@ def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
         return _slow_parse(raws)
     out[empty | ~in_range | (out > TIME_LIMIT_NS) | (out < -TIME_LIMIT_NS)] = MISSING_NS
     return out
+
+
+_PLAIN_BYTES = np.zeros(256, dtype=bool)
+_PLAIN_BYTES[list(b"0123456789-.,")] = True
+
+
+def _plain_to_ns(joined: bytes, n: int) -> np.ndarray | None:
+    """The common layouts parsed in one C call, or ``None`` for :func:`raw_us_to_ns`'s general path.
+
+    All integers (2021-2023 Kineto) or all with exactly three decimals (2024+): with the dots
+    removed, the latter are the nanoseconds themselves. ``np.fromstring`` parses int64 text
+    exactly, ~10x faster than splitting into an array of byte strings and ``astype``.
+    Values that could pass int64 before the range check take the general path.
+    """
+    buf = np.frombuffer(joined, dtype=np.uint8)
+    if not _PLAIN_BYTES[buf].all():
+        return None
+    commas = np.flatnonzero(buf == ord(","))
+    if len(commas) != n - 1:
+        return None
+    ends = np.append(commas, len(buf))
+    starts = np.concatenate(([0], commas + 1))
+    lengths = ends - starts
+    if lengths.min() == 0 or lengths.max() > 21:  # sign, 19 digits and a dot at most
+        return None
+    dashes = np.flatnonzero(buf == ord("-"))
+    signed = np.isin(starts, dashes) if len(dashes) else np.zeros(n, dtype=bool)
+    if len(dashes) and (int(signed.sum()) != len(dashes) or bool((lengths[signed] < 2).any())):
+        return None  # a sign only first in a value, and never a whole value
+    dots = np.flatnonzero(buf == ord("."))
+    if len(dots) == 0:
+        micro = True
+    elif len(dots) == n and bool((ends - dots == 4).all()):
+        micro, joined = False, joined.replace(b".", b"")
+    else:
+        return None
+    digits = lengths - signed - (0 if micro else 1)
+    if digits.max() > 19 or bool((buf[starts[digits == 19] + signed[digits == 19]] >= ord("9")).any()):
+        return None  # could pass int64 (9.2e18); below 9e18 every 19-digit value fits
+    try:
+        values = np.fromstring(joined, dtype=np.int64, sep=",")
+    except ValueError:
+        return None
+    if len(values) != n:
+        return None
+    if micro:
+        in_range = (values >= -_WHOLE_LIMIT_US) & (values <= _WHOLE_LIMIT_US)
+        values = np.where(in_range, values, 0) * 1000
+        values[~in_range] = MISSING_NS
+    values[(values > TIME_LIMIT_NS) | (values < -TIME_LIMIT_NS)] = MISSING_NS
+    return values
 
 
 _DECIMAL = re.compile(rb"(-?)(\d+)(?:\.(\d*))?")
