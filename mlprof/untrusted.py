@@ -26,6 +26,9 @@ Streamlit              ``st.text``/``st.code``/dataframes take :func:`plain`;
                        :func:`md_text` escapes)
 =====================  ===============================================================
 
+JSON output keeps names exactly (it is data); :func:`json_text` only writes the
+characters a terminal would act on (C1 controls, bidi overrides) as ``\\uXXXX``.
+
 Every helper is linear in the length of its input (rich's markup and highlighter
 regexes were quadratic in a long unbroken name: a 20 KB kernel name took 3.6 s).
 """
@@ -37,7 +40,7 @@ import re
 
 from rich.text import Text
 
-__all__ = ["html_text", "md_code", "md_text", "plain", "term", "term_line"]
+__all__ = ["html_text", "json_text", "md_code", "md_text", "plain", "term", "term_line"]
 
 # ANSI/VT escape sequences: CSI (ESC [ or the 8-bit 0x9b), OSC (ESC ] .. BEL or ST,
 # used for terminal titles and hyperlinks), DCS/SOS/PM/APC strings, and two-byte
@@ -137,3 +140,16 @@ def md_code(value: object, *, table: bool = True) -> str:
 def html_text(value: object, *, max_chars: int | None = None) -> str:
     """Untrusted text inside HTML (element text or a quoted attribute value)."""
     return html.escape(plain(value, max_chars=max_chars), quote=True)
+
+
+_JSON_RAW = re.compile(r"[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def json_text(encoded: str) -> str:
+    """JSON text with DEL, C1 controls, line separators and bidi controls written as ``\\uXXXX`` escapes.
+
+    The JSON encoder already escapes C0 controls; these others it writes raw, and a
+    ``cat report.json`` would hand them to the terminal. Outside strings JSON has none
+    of them, so the result decodes to exactly the same values.
+    """
+    return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", encoded)

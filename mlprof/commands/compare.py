@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from mlprof.commands._files import refuse_to_overwrite, write_text
+from mlprof.untrusted import json_text
 
 
 class CompareFormat(str, Enum):
@@ -71,7 +72,7 @@ def compare(
     results = check_comparison(comparison, gates) if not gates.empty else None
     if fmt is CompareFormat.json:
         data = comparison_json(comparison, results)
-        text = msgspec.json.format(msgspec.json.encode(data), indent=2).decode() + "\n"
+        text = json_text(msgspec.json.format(msgspec.json.encode(data), indent=2).decode()) + "\n"
     elif fmt is CompareFormat.markdown:
         text = comparison_markdown(comparison, results)
     else:

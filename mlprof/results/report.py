@@ -23,6 +23,7 @@ import msgspec
 import pandas as pd
 
 from mlprof.errors import BadInputError
+from mlprof.untrusted import json_text
 
 SUPPORTED_MAJOR = "1"
 """Reports of this schema major version can be read back (a minor bump only adds keys)."""
@@ -74,7 +75,7 @@ class Report:
     def to_json(self, indent: int = 2) -> str:
         """The JSON report, as ``mlprof analyze --format json`` writes it (ends with a newline)."""
         raw = msgspec.json.encode(self.data)
-        return (msgspec.json.format(raw, indent=indent) if indent else raw).decode() + "\n"
+        return json_text((msgspec.json.format(raw, indent=indent) if indent else raw).decode()) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report as Python values (a copy)."""
