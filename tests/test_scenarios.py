@@ -179,7 +179,8 @@ def test_recording_matches_its_manifest(scenario: str) -> None:
         assert info["trace_step_ns"]["mean"] == round(sum(all_steps) / len(all_steps))
         means[variant] = info["trace_step_ns"]["mean"]
     assert entry["speedup"]["recorded_trace_mean"] == round(means["bad"] / means["fixed"], 3)
-    if scenario != "memory_leak":  # a leak costs memory, not (much) time
+    # a leak costs memory, not (much) time; DataParallel on CPU has no devices to split across
+    if scenario not in ("memory_leak", "data_parallel"):
         assert entry["speedup"]["wall_mean"] > 1.3 and entry["speedup"]["trace_mean"] > 1.3
 
 

@@ -34,6 +34,7 @@ CATEGORIES: tuple[str, ...] = (
     "host_overhead",
     "attention",
     "compile",
+    "data_parallel",
 )
 """Finding categories. The first five are the pathologies every report knows by these names."""
 

@@ -10,6 +10,7 @@ from mlprof.rules.comm_exposed import CommExposed
 from mlprof.rules.compiled import CompileIssues
 from mlprof.rules.counter_base import CounterRule
 from mlprof.rules.data_loader_wait import DataLoaderWait
+from mlprof.rules.data_parallel import DataParallelUsed
 from mlprof.rules.fp32_matmul import Fp32Matmul
 from mlprof.rules.gpu_idle import GpuIdle
 from mlprof.rules.gpu_imbalance import GpuImbalance
@@ -34,6 +35,7 @@ RULES: tuple[Rule, ...] = (
     UnfusedOptimizer(),
     LaunchBound(),
     CompileIssues(),
+    DataParallelUsed(),
     CommExposed(),
     RankWait(),
     Straggler(),

@@ -71,6 +71,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "signal": "softmax_calls_per_step, sdpa_calls_per_step and attention_share: union of the top-level "
         "aten::matmul/mul/softmax (bad) or aten::scaled_dot_product_attention (fixed) ops over step time",
     },
+    "data_parallel": {
+        "pathology": "nn.DataParallel: one process replicates, scatters, runs threads and gathers on every GPU",
+        "fix": "the bare module, as each DistributedDataParallel process runs it (one process per GPU)",
+        "signal": "dp_forward_calls_per_step (DataParallel.forward ranges); on CPU DataParallel has no devices "
+        "and calls the module directly, so the time is the same both ways (detection case)",
+    },
     "comm_no_overlap": {
         "pathology": "2 ranks (gloo): all_reduce of each of 16 gradients, one by one, after the backward pass",
         "fix": "DistributedDataParallel (bucketed all-reduce started from backward hooks)",
@@ -164,6 +170,8 @@ def evidence(scenario: str, events: list[dict[str, Any]], steps: list[tuple[int,
             "sdpa_calls_per_step": per_step_count(lambda e: e["name"] == "aten::scaled_dot_product_attention"),
             "attention_share": share(is_attn),
         }
+    if scenario == "data_parallel":
+        return {"dp_forward_calls_per_step": per_step_count(lambda e: e["name"] == "DataParallel.forward")}
     if scenario == "comm_no_overlap":
         is_ar = lambda e: e["name"] in ("gloo:all_reduce", "c10d::allreduce_")  # noqa: E731
         top = lambda e: e["name"] == "c10d::allreduce_"  # noqa: E731
