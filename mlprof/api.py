@@ -128,7 +128,7 @@ def analyze(
 
 
 def _report(analysis: Any) -> Report:
-    from mlprof.report.json_report import build_report
+    from mlprof.results.schema import build_report
 
     return build_report(analysis)
 

@@ -14,18 +14,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from mlprof import __version__
 from mlprof.commands._emit import emit_report
 from mlprof.commands._files import refuse_to_overwrite
+from mlprof.commands._progress import read_progress as _progress
 from mlprof.errors import MlprofError
 
 app = typer.Typer(
@@ -35,8 +28,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-PROGRESS_MIN_BYTES = 16 << 20
 
 
 class OutputFormat(str, Enum):
@@ -247,38 +238,6 @@ def _indent(text: str) -> str:
         else:
             out.append(textwrap.fill(block, width=96, initial_indent="  ", subsequent_indent="  "))
     return "\n\n".join(out)
-
-
-class _progress:
-    """A progress bar on stderr for large inputs, silent for small ones and non-terminals."""
-
-    def __init__(self) -> None:
-        self._bar: Progress | None = None
-        self._task: object = None
-
-    def __enter__(self) -> _progress:
-        return self
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._bar is None:
-            if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
-                return
-            self._bar = Progress(
-                TextColumn("reading trace"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task("read", total=total)
-        self._bar.update(self._task, completed=done, total=total)  # type: ignore[arg-type]
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import pytest
 from mlprof.cli import main
 from mlprof.errors import UsageError
 from mlprof.gates import parse_budget, parse_fail_on, parse_max_regression
+from mlprof.gates.spec import gates_from_config
 from mlprof.rules.config import load_config
 
 from conftest import SAMPLES, external
@@ -128,8 +129,8 @@ def test_gates_from_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["analyze", FIXED, "--config", str(cfg), "-o", "/dev/null"]) == 0
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[tool.mlprof.gates]\nbudgets = {idle_data = "2ms"}\n')
-    gates = load_config(pyproject).gates
-    assert gates is not None and gates.budgets["idle_data"].ms == 2.0
+    gates = gates_from_config(load_config(pyproject))
+    assert gates.budgets["idle_data"].ms == 2.0
 
 
 @pytest.mark.parametrize(

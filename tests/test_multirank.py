@@ -23,7 +23,7 @@ import pytest
 from mlprof.analysis import analyze_job
 from mlprof.cli import main
 from mlprof.engine import analyze_paths
-from mlprof.report.json_report import to_json_dict
+from mlprof.results.schema import to_json_dict
 from mlprof.trace.loader import load_job
 
 from conftest import external

@@ -29,7 +29,7 @@ from mlprof.analysis import analyze_job
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.cli import main
 from mlprof.errors import MlprofError, UsageError
-from mlprof.report.json_report import to_json_dict
+from mlprof.results.schema import to_json_dict
 from mlprof.store import ingest, resolve_store
 from mlprof.store import queries as q
 from mlprof.store.engine import open_engine

@@ -53,13 +53,13 @@ def compare(
 
     from mlprof.compare import compare_analyses
     from mlprof.compare.inputs import analyze_run
-    from mlprof.gates import GateConfig, check_comparison, gates_markdown
-    from mlprof.gates.spec import parse_budget, parse_fail_on, parse_max_regression
+    from mlprof.gates import check_comparison, gates_markdown
+    from mlprof.gates.spec import gates_from_config, parse_budget, parse_fail_on, parse_max_regression
     from mlprof.report.compare_report import comparison_json, comparison_markdown, comparison_text
     from mlprof.rules.config import load_config
 
     rule_config = load_config(config)
-    file_gates = rule_config.gates if isinstance(rule_config.gates, GateConfig) else GateConfig()
+    file_gates = gates_from_config(rule_config)
     gates = file_gates.merged(
         [parse_fail_on(x) for x in fail_on or []],
         None if max_regression is None else parse_max_regression(max_regression),

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
 
         A run folder with several profiling cycles (cycles/<K>/) records one run per cycle.
         """
-        from mlprof.cli import _progress
+        from mlprof.commands._progress import read_progress as _progress
         from mlprof.store import ingest_runs, parse_tags
 
         with _progress() as on_progress:

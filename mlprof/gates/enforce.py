@@ -8,14 +8,13 @@ from typing import Any
 import typer
 
 from mlprof.gates.evaluate import check_analysis, gates_markdown
-from mlprof.gates.spec import GateConfig, parse_fail_on
+from mlprof.gates.spec import GateConfig, gates_from_config, parse_fail_on
 from mlprof.rules.config import RuleConfig
 
 
 def analysis_gates(config: RuleConfig, fail_on: list[str] | None) -> GateConfig:
     """``[tool.mlprof.gates]`` plus ``--fail-on`` flags (parsed now, so a malformed one exits 2 before reading)."""
-    file_gates = config.gates if isinstance(config.gates, GateConfig) else GateConfig()
-    return file_gates.merged([parse_fail_on(x) for x in fail_on or []], None, [])
+    return gates_from_config(config).merged([parse_fail_on(x) for x in fail_on or []], None, [])
 
 
 def enforce_gates(analysis: Any, gates: GateConfig, subject: str) -> None:

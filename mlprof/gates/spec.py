@@ -9,6 +9,7 @@ from typing import Any
 from mlprof.analyzers.attribution import CATEGORIES as STEP_CATEGORIES
 from mlprof.errors import UsageError
 from mlprof.rules.base import CATEGORIES as FINDING_CATEGORIES
+from mlprof.rules.config import RuleConfig
 from mlprof.rules.registry import BY_ID, RULES
 
 _FAIL_ON = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_\-]*)\s*(?:>=\s*([0-9]*\.?[0-9]+)\s*x?)?\s*$")
@@ -152,3 +153,10 @@ def parse_gate_table(table: Any, source: str, prefix: str) -> GateConfig:
             raise UsageError(f'{source}: \'{prefix}.budgets.{target}\' must be a string such as "2ms" or "5%"')
         cfg.budgets[target] = _budget(target, value, f"{source}: {prefix}.budgets", f"{target}={value}")
     return cfg
+
+
+def gates_from_config(config: RuleConfig) -> GateConfig:
+    """The gates of a thresholds file (``[tool.mlprof.gates]``), parsed; empty when it has none."""
+    if config.gates_table is None:
+        return GateConfig()
+    return parse_gate_table(config.gates_table, config.source or "config", config.gates_key)

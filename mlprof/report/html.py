@@ -3,7 +3,7 @@
 Everything the page needs is inside it: plotly.js is inlined once
 (``include_plotlyjs=True`` on the first chart), no request leaves the page. The
 figures come from the same JSON dict as ``--format json``
-(:func:`mlprof.report.json_report.to_json_dict`), so the page and the JSON never
+(:func:`mlprof.results.schema.to_json_dict`), so the page and the JSON never
 disagree: the step breakdown per step (stacked bars, ms), the categories' share of
 the steps, the ranked fixes and the plan as a waterfall (each fix removes its
 ``saves_ms_per_step`` from the step, in ranked order).
@@ -15,7 +15,7 @@ from typing import Any
 
 from mlprof import __version__
 from mlprof.analyzers.attribution import CATEGORIES
-from mlprof.report.json_report import ReportSource, report_data
+from mlprof.results.schema import ReportSource, report_data
 from mlprof.untrusted import html_text
 
 COLORS = {

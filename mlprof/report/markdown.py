@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from mlprof.analyzers.attribution import CATEGORIES
-from mlprof.report.json_report import ReportSource, report_data
 from mlprof.report.speedup import speedup_text
+from mlprof.results.schema import ReportSource, report_data
 from mlprof.untrusted import md_code, md_text
 
 

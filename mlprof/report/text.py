@@ -13,8 +13,8 @@ from rich.table import Table
 
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.report.cross_rank_text import RANKS_TABLE_MAX, print_cross_rank
-from mlprof.report.json_report import ReportSource, report_data
 from mlprof.report.speedup import speedup_text
+from mlprof.results.schema import ReportSource, report_data
 from mlprof.untrusted import term, term_line
 
 MAX_STEP_ROWS = 20

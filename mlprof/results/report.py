@@ -2,7 +2,7 @@
 
 ``mlprof.analyze(...)`` returns one; every command renders one; ``Report.from_json``
 reads one back from ``mlprof analyze --format json`` output. The report's content is
-the JSON contract (``schema_version``, see :mod:`mlprof.report.json_report` and the
+the JSON contract (``schema_version``, see :mod:`mlprof.results.schema` and the
 README), so what a notebook sees, what the CLI prints and what a file holds are the
 same numbers. A report computed in this process also carries the live analysis
 (``report.analysis``: the traces, per-rank tables) for the commands that need more

@@ -44,8 +44,11 @@ class RuleConfig:
     disabled: set[str] = field(default_factory=set)
     overrides: dict[str, dict[str, float]] = field(default_factory=dict)
     source: str | None = None
-    gates: Any = None
-    """CI gates from ``[tool.mlprof.gates]`` (a :class:`mlprof.gates.GateConfig`), or None."""
+    gates_table: Any = None
+    """``[tool.mlprof.gates]`` as read, or None; :func:`mlprof.gates.spec.gates_from_config` parses it
+    (gates sit above the rules: the rules layer never imports them)."""
+    gates_key: str = "gates"
+    """The table's key as the user wrote it (``tool.mlprof.gates`` or ``gates``), for error messages."""
 
     def thresholds(self, rule_id: str) -> dict[str, float]:
         return {**BY_ID[rule_id].defaults, **self.overrides.get(rule_id, {})}
@@ -110,9 +113,7 @@ def parse_config(table: dict[str, Any], source: str, prefix: str = "") -> RuleCo
             raise UsageError(f"{source}: '{prefix}disable' names unknown rule '{rule_id}'")
         cfg.disabled.add(rule_id.upper())
     if "gates" in table:
-        from mlprof.gates.spec import parse_gate_table
-
-        cfg.gates = parse_gate_table(table["gates"], source, f"{prefix}gates")
+        cfg.gates_table, cfg.gates_key = table["gates"], f"{prefix}gates"
     rules = table.get("rules", {})
     if not isinstance(rules, dict):
         raise UsageError(f"{source}: '{prefix}rules' must be a table of rule ids")

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlprof.analysis import Analysis
 from mlprof.analyzers.name_totals import name_views
+from mlprof.results.measurements import Analysis
 
 TOP = 200
 """Kernel and op names listed in the JSON report; the rest are one ``(other)`` row."""

@@ -59,8 +59,9 @@ import pandas as pd
 from mlprof import __version__
 from mlprof.analyzers.attribution import CATEGORIES, CATEGORY_HELP, gpu_busy_pct
 from mlprof.analyzers.temporal import TemporalBreakdown
-from mlprof.report.views import kernels_and_operators
-from mlprof.results import Analysis, CounterAnalysis, RankAnalysis, Report
+from mlprof.results.measurements import Analysis, CounterAnalysis, RankAnalysis
+from mlprof.results.report import Report
+from mlprof.results.views import kernels_and_operators
 
 SCHEMA_VERSION = "1.4"
 ReportSource = Report | Analysis | CounterAnalysis | dict[str, Any]

@@ -1,0 +1,49 @@
+"""A "reading trace" progress bar on stderr for large inputs (silent for small ones and non-terminals)."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+PROGRESS_MIN_BYTES = 16 << 20
+
+
+class read_progress:
+    """A progress bar on stderr for large inputs, silent for small ones and non-terminals."""
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+        self._task: object = None
+
+    def __enter__(self) -> read_progress:
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+                return
+            self._bar = Progress(
+                TextColumn("reading trace"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("read", total=total)
+        self._bar.update(self._task, completed=done, total=total)  # type: ignore[arg-type]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
