@@ -118,3 +118,11 @@ def test_import_mlprof_stays_cheap() -> None:
     code = "import sys, mlprof; print(sorted(m for m in ('pandas', 'torch', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_low_memory_gives_the_same_steps_kernels_and_operators() -> None:
+    whole = mlprof.analyze(SOURCE, counters=None)
+    windowed = mlprof.analyze(SOURCE, counters=None, low_memory=True, jobs=1)
+    for key in ("steps", "kernels", "operators"):
+        assert windowed.data[key] == whole.data[key], key
+    assert len(whole.data["kernels"]) > 0 and len(whole.data["operators"]) > 0

@@ -298,6 +298,7 @@ def _merge(
     )
     ra = RankAnalysis(trace=trace, steps=steps, whole_trace=None, temporal=temporal, notes=notes, causes=causes)
     ra.span_override = ra.window_ns = (min(w.start for w in windows), max(w.end for w in windows))
+    ra.name_views = _merge_name_views([p.analysis.name_views for p in parts])
     ctx = RankContext(ra, causes)
     for p in parts:
         for rule_id, text in p.verdicts.items():
@@ -351,3 +352,24 @@ def _merge_windows(per_window: list[list[Finding]], steps: list[int], step_ns: f
         )
         out.append(job)
     return out
+
+
+def _merge_name_views(
+    views: list[tuple[pd.DataFrame, pd.DataFrame] | None],
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Kernels and ops by name over every step: each window measured its own step, so the totals add up;
+    a name's other columns come from the window with the most time in it."""
+    if not views or any(v is None for v in views):
+        return None
+    out = []
+    for i, sums in ((0, ["count", "total_ns"]), (1, ["count", "total_ns", "self_ns", "device_ns"])):
+        every = pd.concat([v[i] for v in views if v is not None], ignore_index=True)
+        if len(every) == 0:
+            out.append(every)
+            continue
+        totals = every.groupby("name", sort=False)[sums].sum()
+        rest = [c for c in every.columns if c not in sums and c != "name"]
+        firsts = every.sort_values("total_ns", ascending=False, kind="stable").drop_duplicates("name")
+        merged = totals.join(firsts.set_index("name")[rest]).reset_index()
+        out.append(merged[list(every.columns)].sort_values("total_ns", ascending=False, kind="stable"))
+    return out[0].reset_index(drop=True), out[1].reset_index(drop=True)
