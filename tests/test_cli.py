@@ -162,3 +162,20 @@ def test_low_confidence_speedup_is_written_as_an_upper_bound(capsys: pytest.Capt
     out = capsys.readouterr().out
     assert f"≤{host['expected_speedup']:.2f}x" in out
     assert f"{launch['expected_speedup']:.2f}x" in out and f"≤{launch['expected_speedup']:.2f}x" not in out
+
+
+def test_help_imports_no_data_libraries() -> None:
+    """``mlprof --help`` lists commands without importing pandas, numpy, plotly, SQLAlchemy or Dask."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from mlprof.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "names = ('pandas', 'numpy', 'plotly', 'sqlalchemy', 'dask', 'pyarrow')\n"
+        "heavy = sorted(m for m in names if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out, out

@@ -15,8 +15,10 @@ import typer
 
 
 def register_all(app: typer.Typer) -> None:
-    """Import every module of this package (in name order) and let it register its commands."""
+    """Import every command module of this package (in name order) and let it register its commands."""
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):  # shared helpers, no commands (``_store_table`` imports pandas)
+            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         register = getattr(module, "register", None)
         if register is not None:
