@@ -354,3 +354,54 @@ def test_dashboard_stops_streamlit_on_sigterm(cases: dict[str, Path], capsys: py
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.endswith("mlprof: error: terminated\n"), (proc.returncode, err[-500:])
     assert _group_gone(proc.pid), f"Streamlit {child.pid} still running"
+
+
+# --- the dashboard: untrusted run names, finding titles and kernel names on every page -----------------
+
+
+def test_dashboard_pages_show_hostile_names_literally(cases: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from mlprof.store import ingest
+
+    store = cases["dir"] / "dash_pages" / "runs.db"
+    monkeypatch.setenv("MLPROF_CACHE", str(store.parent / "cache"))
+    monkeypatch.setenv("MLPROF_STORE", str(store))
+    run = ingest(cases["hostile"], name=HOSTILE, tags={"k": HOSTILE}, store_url=str(store))
+    other = ingest(TINY, name="plain", store_url=str(store))
+    app = REPO / "mlprof" / "dashboard" / "app.py"
+    pages = [
+        {},
+        {"page": "run", "run": str(run.run_id)},
+        {"page": "compare", "a": str(run.run_id), "b": str(other.run_id)},
+    ]
+    everything: list[str] = []
+    for params in pages:
+        at = AppTest.from_file(str(app), default_timeout=120)
+        for key, value in params.items():
+            at.query_params[key] = value
+        with _deadline(DEADLINE_S):
+            at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        shown = [str(e.value) for kind in ("title", "header", "subheader", "markdown", "caption") for e in at.get(kind)]
+        shown += [str(e.label) for e in at.get("expander")]
+        for text in shown:
+            assert not CONTROL.search(text), (params, text)
+            tags = _markdown_tags(text)
+            assert not tags & {"img", "a", "h1", "script"}, (params, text, tags)
+        for chart in at.get("plotly_chart"):  # plotly reads <b>, <a href>, <img> in hover text and labels
+            for value in _strings(json.loads(chart.proto.spec)):
+                assert "<script>alert" not in value and "<img" not in value and not CONTROL.search(value), params
+        everything += shown
+    assert any("INJECTED" in t for t in everything)  # the hostile names are on the pages, made literal
+
+
+def _strings(obj: Any) -> Iterator[str]:
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mlprof.dashboard import data
 from mlprof.dashboard.views import compare, nav, run, runs
 from mlprof.errors import MlprofError
+from mlprof.untrusted import md_code, md_text
 
 st.set_page_config(page_title="mlprof runs", layout="wide")
 
@@ -20,7 +21,7 @@ url = location.url.render_as_string(hide_password=False)
 page = nav.current_page()
 with st.sidebar:
     st.title("mlprof")
-    st.caption(location.display())
+    st.caption(md_code(location.display()))
     titles = {"runs": "Runs", "run": "Run", "compare": "Compare"}
     st.session_state["nav_page"] = page
     st.radio("Page", list(titles), format_func=titles.get, key="nav_page", on_change=nav.on_page_change)
@@ -28,7 +29,7 @@ with st.sidebar:
 try:
     data.cached_check(url)
 except (MlprofError, SQLAlchemyError) as exc:
-    st.error(f"cannot read the run store {location.display()}: {exc}")
+    st.error(f"cannot read the run store {md_code(location.display())}: {md_text(exc)}")
     st.stop()
 
 if page == "run":

@@ -55,7 +55,7 @@ def step_trend(runs: pd.DataFrame, group: pd.Series) -> go.Figure:
                 y=part["step_ms_median"],
                 mode="lines+markers",
                 name=str(name),
-                text=part["name"],
+                text=plotly_text(part["name"]),
                 customdata=part["id"],
                 hovertemplate="run %{customdata} %{text}<br>%{x}<br>median step %{y:.2f} ms<extra></extra>",
             )
@@ -69,7 +69,7 @@ def step_trend(runs: pd.DataFrame, group: pd.Series) -> go.Figure:
                 mode="markers",
                 marker={"symbol": "x", "size": 13, "color": "#d62728"},
                 name=f"regression (> +{REGRESSION:.0%} vs previous run)",
-                text=slow["name"] + " " + (100 * slow["change"]).round(1).astype(str) + " %",
+                text=plotly_text(slow["name"]) + " " + (100 * slow["change"]).round(1).astype(str) + " %",
                 hovertemplate="%{text} slower than the previous run<extra></extra>",
             )
         )
@@ -365,7 +365,7 @@ def category_change(categories: pd.DataFrame) -> go.Figure:
 
 def ops_change(ops: pd.DataFrame) -> go.Figure:
     """Kernels and ops whose ms per step changed most (negative: faster)."""
-    labels = ops["kind"] + ": " + ops["name"].str.slice(0, 60)
+    labels = ops["kind"] + ": " + plotly_text(ops["name"], max_chars=60)  # tick labels read HTML too
     colors = np.where(ops["delta_ms"].to_numpy() < 0, "#2ca02c", "#d62728")
     fig = go.Figure(
         go.Bar(
