@@ -123,3 +123,23 @@ def test_other_optimizers_are_named_for_what_they_are(tmp_path: Path, optimizer:
     f = _finding(_optimizer_trace(tmp_path, optimizer, multi_tensor=False), "FUSE002")
     assert f.evidence["diagnosis"] == kind and words in f.fix
     assert "fused=True" not in f.fix
+
+
+CLOVERLEAF = "hpcgroup__pipit/perlmutter-cloverleaf-cuda.sqlite"  # a CUDA/Fortran app's Nsight export
+
+
+def test_no_pytorch_advice_for_a_cuda_application() -> None:
+    ra = analyze_trace(load_trace(external(CLOVERLEAF)))
+    found = {f.rule: f for f in ra.findings}
+    assert {"SYNC001", "DATA002"} <= set(found)
+    pytorch_words = ("DataLoader", ".item()", "torch.", "non_blocking", "pin_memory")
+    for f in ra.findings:
+        assert not any(w in f.fix for w in pytorch_words), (f.rule, f.fix)
+    assert "cudaDeviceSynchronize" in found["SYNC001"].title and "cudaMemcpyAsync" in found["SYNC001"].fix
+    assert "cudaMallocHost" in found["DATA002"].fix
+    assert not any("with_stack" in n for n in ra.diagnosis.record_next)  # type: ignore[union-attr]
+
+
+def test_pytorch_trace_keeps_pytorch_advice() -> None:
+    found = {f.rule: f for f in analyze_trace(load_trace(external(PARAM_RESNET))).findings}
+    assert "pin_memory=True" in found["DATA002"].fix

@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from mlprof.analyzers.copies import bandwidth_gbs, copy_table
+from mlprof.analyzers.framework import is_pytorch
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
 
 PINNED_OVER_PAGEABLE = 2.0
@@ -88,7 +89,10 @@ class HostToDeviceCopy(Rule):
                 confidence_reason="blocking time is measured; the copy speed-up from pinning is "
                 + ("measured from pinned copies in this trace" if bw_pinned else "assumed 2x"),
                 evidence=evidence,
-                fix="DataLoader(..., pin_memory=True) and x.to('cuda', non_blocking=True)",
+                fix="DataLoader(..., pin_memory=True) and x.to('cuda', non_blocking=True)"
+                if is_pytorch(ctx.trace)
+                else "allocate host buffers pinned (cudaMallocHost / cudaHostAlloc) and copy with cudaMemcpyAsync on a "
+                "stream, overlapping the copy with kernels on another stream",
                 steps=ctx.steps_with(*self.claims, min_share=cfg["min_share"]),
                 time_ranges_ns=top_ranges(h2d["ts"].to_numpy(np.int64), h2d["end"].to_numpy(np.int64)),
                 claimed={

@@ -10,6 +10,7 @@ import pandas as pd
 from mlprof.analyzers.causes import h2d_sync_mask
 from mlprof.analyzers.copies import copy_table, runtime_copy_direction
 from mlprof.analyzers.enclosing import innermost_enclosing, source_lines
+from mlprof.analyzers.framework import is_pytorch
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
 from mlprof.trace.vocabulary import DISPATCH_CATS, PROFILER_STEP, SYNC_RUNTIME, names_matching
 
@@ -101,7 +102,18 @@ class HostSync(Rule):
         has_steps = len(ctx.analysis.steps) > 0
         per = f"{len(frame) / n_steps:.1f}x per step" if has_steps else f"{len(frame)}x in the trace"
         title = f"Host waits for the GPU {per} (top: {top}); GPU idles {ms(lost)} ms per step"
-        record_next = [] if ctx.has_stacks else ["with_stack=True to see the Python line of each sync"]
+        if is_pytorch(trace):
+            fix = "accumulate metrics on the device and call .item() every N steps; non_blocking copies"
+            record_next = [] if ctx.has_stacks else ["with_stack=True to see the Python line of each sync"]
+        else:  # a CUDA application, not PyTorch: speak CUDA
+            calls = sorted(set(frame["call"]))
+            title = f"Host waits for the GPU {per} ({', '.join(calls[:3])}); GPU idles {ms(lost)} ms per step"
+            fix = (
+                "remove device-wide waits between launches: cudaDeviceSynchronize only where the host needs the "
+                "result, cudaStreamSynchronize/cudaEventSynchronize on the one stream it needs, "
+                "cudaMemcpyAsync on a stream instead of cudaMemcpy, and overlap the next kernels with the wait"
+            )
+            record_next = []
         return [
             self.finding(
                 ctx,
@@ -114,7 +126,7 @@ class HostSync(Rule):
                     "gpu_idle_ms_per_step": ms(lost),
                     "sites": sites,
                 },
-                fix="accumulate metrics on the device and call .item() every N steps; non_blocking copies",
+                fix=fix,
                 steps=ctx.steps_with("sync.host_read", min_share=cfg["min_share"]),
                 time_ranges_ns=top_ranges(q[0], q[1]),
                 claimed={"sync.host_read": lost},

@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from mlprof.analyzers.compiled import compile_facts
+from mlprof.analyzers.framework import is_pytorch
 from mlprof.rules._kernels import kernel_facts
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
 from mlprof.trace.vocabulary import LAUNCH_RUNTIME, names_matching
@@ -63,6 +64,11 @@ class LaunchBound(Rule):
             f"{len(k) / n_steps:.0f} kernels (median kernel {median_kernel / 1000:.1f} us)"
         )
         fix = "torch.compile(model, mode='reduce-overhead') (CUDA graphs), fewer/larger ops, larger batch"
+        if not is_pytorch(ctx.trace):
+            fix = (
+                "capture the repeated launch sequence in a CUDA graph (cudaStreamBeginCapture / cudaGraphLaunch), "
+                "fuse small kernels, give each kernel more work"
+            )
         if graph_launches:
             # CUDA graphs are already replayed: the idle time is the host work left outside them.
             title += f"; CUDA graphs already in use ({graph_launches / n_steps:.0f} replays per step)"

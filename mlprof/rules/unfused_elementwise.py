@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from mlprof.analyzers.framework import is_pytorch
 from mlprof.rules._kernels import kernel_facts, top_names
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
 
@@ -78,7 +79,9 @@ class UnfusedElementwise(Rule):
                     "compiled_kernels_seen": compiled,
                     "top_kernels": top_names(members, n_steps),
                 },
-                fix="model = torch.compile(model)",
+                fix="model = torch.compile(model)"
+                if is_pytorch(ctx.trace)
+                else "fuse the chained kernels into one kernel (one pass over memory instead of one per kernel)",
                 steps=[s for s in ctx.windows["step"].tolist() if s >= 0],
                 time_ranges_ns=_chain_ranges(chained),
                 claimed={"compute.memory_bound": lost},
