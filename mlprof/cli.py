@@ -109,6 +109,9 @@ def analyze(
         help="One trace larger than memory: spill it step by step to a temporary folder and analyse one step "
         "window at a time (needs ProfilerStep markers; slower; see docs/multirank.md).",
     ),
+    top: int = typer.Option(
+        10, "--top", min=1, max=1000, help="Kernels and operators listed in the text and markdown reports."
+    ),
 ) -> None:
     """Where the step time goes, per step and per rank, and what to fix first."""
     from mlprof.api import analyze as analyze_source
@@ -142,7 +145,7 @@ def analyze(
                 on_progress=on_progress,
                 on_rank_done=on_rank_done,
             )
-    emit_report(report, fmt.value if fmt else None, output)
+    emit_report(report, fmt.value if fmt else None, output, top=top)
     enforce_gates(report.analysis, gates, str(path))
 
 

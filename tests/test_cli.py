@@ -77,7 +77,7 @@ def test_text_and_markdown(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Where the time goes" in text and "idle_data" in text and "median 152.47 ms" in text
     assert main(["analyze", path, "--format", "markdown"]) == 0
     md = capsys.readouterr().out
-    assert md.startswith("## mlprof:") and "| idle_data |" in md
+    assert md.startswith("## mlprof:") and "| `idle_data` |" in md
 
 
 @pytest.mark.parametrize(

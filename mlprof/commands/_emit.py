@@ -12,7 +12,9 @@ if TYPE_CHECKING:
     from mlprof.results.report import Report
 
 
-def emit_report(report: Report, fmt_name: str | None, output: Path | None, default: str = "text") -> None:
+def emit_report(
+    report: Report, fmt_name: str | None, output: Path | None, default: str = "text", top: int | None = None
+) -> None:
     """Render ``report`` as ``--format`` says, else as ``-o``'s suffix says, else ``default``.
 
     Text to a terminal is printed through rich (colours, wrapping); everything else is
@@ -26,9 +28,18 @@ def emit_report(report: Report, fmt_name: str | None, output: Path | None, defau
 
         from mlprof.report.text import render_text
 
-        render_text(report, Console())
+        render_text(report, Console(), *(() if top is None else (top,)))
         return
-    text = fmt.render(report)
+    if top is not None and fmt.name == "markdown":  # --top: how many kernels and operators are listed
+        from mlprof.report.markdown import render_markdown
+
+        text = render_markdown(report, top)
+    elif top is not None and fmt.name == "text":
+        from mlprof.report.formats import text_with_top
+
+        text = text_with_top(report, top)
+    else:
+        text = fmt.render(report)
     if output is None:
         sys.stdout.write(text)
     else:

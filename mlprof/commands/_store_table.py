@@ -5,14 +5,61 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from mlprof.errors import UsageError
-from mlprof.untrusted import term
+from mlprof.untrusted import plain, term
 
 NAME_CHARS = 200
 """Run names, tags and GPU names longer than this are shortened in the table (``…``)."""
+COLUMNS = (
+    ("id", "right", 0),
+    ("name", "left", 0),
+    ("started (UTC)", "left", 0),
+    ("tags", "left", 1),
+    ("GPU", "left", 4),
+    ("ranks", "right", 3),
+    ("step ms (median)", "right", 0),
+    ("GPU busy %", "right", 2),
+    ("top finding", "left", 0),
+    ("speedup", "right", 0),
+    ("all fixes", "right", 0),
+)
+"""Columns in order, with the order in which a narrow terminal drops them (1 first; 0: always shown)."""
+TEXT_COLUMNS = ("name", "tags", "GPU")
+TEXT_MIN = 12
+"""Text columns shorten (with …) down to this many characters; headers and numbers are never cut."""
+
+
+SHORT_LABELS = {"started (UTC)": "started", "step ms (median)": "step ms", "top finding": "top fix"}
+"""Headers on a narrow terminal (the line under the table says what each figure is)."""
+
+
+def fit_columns(rows: list[dict[str, str]], width: int) -> dict[str, tuple[str, int]]:
+    """The columns that fit ``width``: each one's header and width, dropping the least scanned first.
+
+    Headers and numbers keep their whole width; a text column needs at least ``TEXT_MIN``
+    characters and takes what is left. Each column costs 3 more (padding and a rule).
+    When even the columns always shown do not fit, shorter headers are used and the
+    start date loses its time.
+    """
+    for short in (False, True):
+        need: dict[str, tuple[str, int]] = {}
+        for col, _j, _d in COLUMNS:
+            label = SHORT_LABELS.get(col, col) if short else col
+            values = [r[col][:10] if short and col == "started (UTC)" else r[col] for r in rows]
+            size = TEXT_MIN if col in TEXT_COLUMNS else max([len(label), *(len(v) for v in values)])
+            need[col] = (label, size)
+        shown = [col for col, _j, _d in COLUMNS]
+        for col, _j, _d in sorted((c for c in COLUMNS if c[2]), key=lambda c: c[2]):
+            if sum(need[c][1] + 3 for c in shown) <= width:
+                break
+            shown.remove(col)
+        if sum(need[c][1] + 3 for c in shown) <= width:
+            break
+    return {c: need[c] for c in shown}
 
 
 def parse_date(text: str) -> datetime:
@@ -54,35 +101,42 @@ def print_runs(
     if len(runs) == 0:
         console.print(term(f"no runs match in {location.display()}"))
         return
-    table = Table(title=term(f"runs in {location.display()}"), title_justify="left")
-    for col, justify in (
-        ("id", "right"),
-        ("name", "left"),
-        ("started (UTC)", "left"),
-        ("tags", "left"),
-        ("GPU", "left"),
-        ("ranks", "right"),
-        ("step ms (median)", "right"),
-        ("GPU busy %", "right"),
-        ("top finding", "left"),
-        ("speedup", "right"),
-        ("all fixes", "right"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    rows = []
     for r in runs.itertuples(index=False):
-        table.add_row(
-            str(r.id),
-            term(r.name, max_chars=NAME_CHARS),
-            _date(r.started_at),
-            term(" ".join(f"{k}={v}" for k, v in r.tags.items()), max_chars=NAME_CHARS),
-            term(r.gpu, max_chars=NAME_CHARS),
-            str(r.ranks),
-            _num(r.step_ms_median, 2),
-            _num(r.gpu_busy_pct, 1),
-            term(r.top_rule) if isinstance(r.top_rule, str) else "-",
-            _x(r.top_speedup),
-            _x(r.plan_speedup),
+        rows.append(
+            {
+                "id": str(r.id),
+                "name": plain(r.name, max_chars=NAME_CHARS),
+                "started (UTC)": _date(r.started_at),
+                "tags": plain(" ".join(f"{k}={v}" for k, v in r.tags.items()), max_chars=NAME_CHARS),
+                "GPU": plain(r.gpu, max_chars=NAME_CHARS),
+                "ranks": str(r.ranks),
+                "step ms (median)": _num(r.step_ms_median, 2),
+                "GPU busy %": _num(r.gpu_busy_pct, 1),
+                "top finding": plain(r.top_rule) if isinstance(r.top_rule, str) else "-",
+                "speedup": _x(r.top_speedup),
+                "all fixes": _x(r.plan_speedup),
+            }
         )
+    shown = fit_columns(rows, console.width)
+    table = Table(title=term(f"runs in {location.display()}"), title_justify="left", box=box.SIMPLE_HEAD)
+    texts = [c for c in shown if c in TEXT_COLUMNS]
+    spare = console.width - sum(size + 3 for c, (_l, size) in shown.items() if c not in TEXT_COLUMNS) - 2
+    text_width = max(TEXT_MIN, spare // max(len(texts), 1) - 3)
+    for col, justify, _drop in COLUMNS:
+        if col in shown:
+            label, size = shown[col]
+            text = col in TEXT_COLUMNS
+            table.add_column(
+                label,
+                justify=justify,  # type: ignore[arg-type]
+                no_wrap=True,
+                overflow="ellipsis",
+                width=None if text else size,
+                max_width=text_width if text else None,
+            )
+    for row in rows:
+        table.add_row(*(term(row[col][: shown[col][1]] if col == "started (UTC)" else row[col]) for col in shown))
     console.print(table)
     console.print(
         "step ms: median step time over the analysed steps (mean over ranks); speedup: the top finding's expected "

@@ -56,6 +56,18 @@ def _json(report: Report) -> str:
     return report.to_json()
 
 
+def text_with_top(report: Report, top: int) -> str:
+    """The text report as a file holds it (140 columns), listing ``top`` kernels and operators."""
+    from rich.console import Console
+
+    from mlprof.report.text import render_text
+
+    with open(os.devnull, "w") as sink:
+        console = Console(record=True, width=140, file=sink)
+        render_text(report, console, top)
+    return console.export_text()
+
+
 def _text(report: Report) -> str:
     from rich.console import Console
 

@@ -15,6 +15,9 @@ from typing import Any
 
 from mlprof import __version__
 from mlprof.analyzers.attribution import CATEGORIES
+from mlprof.report.name_tables import html_section
+from mlprof.report.verdict import verdict as verdict_parts
+from mlprof.report.verdict import verdict_sentences
 from mlprof.results.schema import ReportSource, report_data
 from mlprof.untrusted import html_text
 
@@ -46,7 +49,7 @@ def render_html(report: ReportSource) -> str:
         head = [_counters_summary(data["counters"])]
     else:
         title = f"mlprof report: {tr['path']}"
-        head = [_summary(tr, bd), "<h2>Step breakdown</h2>", _category_table(bd)]
+        head = [_verdict(data), _summary(tr, bd), "<h2>Step breakdown</h2>", _category_table(bd)]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -59,6 +62,8 @@ def render_html(report: ReportSource) -> str:
     parts += ["<h2>Ranked fixes</h2>", _findings_table(data["findings"])]
     parts.append(charts.html(_plan_figure(data)))
     parts.append(_plan_table(data["plan"]))
+    parts.append(_per_rank(data))
+    parts.append(html_section(data))
     parts.append(_notes(data))
     parts.append(
         f'<p class="note">mlprof {_e(__version__)}. Categories: each instant of a step is attributed to one '
@@ -92,6 +97,50 @@ class _Charts:
 
 def _e(value: Any) -> str:
     return html_text(value)  # escaped, and no control characters or terminal escapes from a trace
+
+
+def _verdict(data: dict[str, Any]) -> str:
+    code = verdict_parts(data)["fix_code"]
+    fix = f"<p><b>Fix:</b> <code>{_e(code)}</code></p>" if code else ""
+    return f"<p><b>Verdict:</b> {_e(verdict_sentences(data))}</p>{fix}"
+
+
+def _per_rank(data: dict[str, Any]) -> str:
+    """Several ranks: one row per rank (its own step time, GPU busy and largest categories); the straggler marked."""
+    ranks = data.get("ranks") or []
+    if len(ranks) < 2:
+        return ""
+    cross = data.get("cross_rank") or {}
+    per = {int(r["rank"]): r for r in cross.get("per_rank") or [] if "rank" in r}
+    summary = cross.get("summary") or {}
+    late = [int(s["rank"]) for s in summary.get("stragglers") or [] if isinstance(s, dict) and "rank" in s]
+    straggler = late[0] if late else None
+    slowest = summary.get("slowest_rank")
+    rows = []
+    for r in ranks:
+        rank = int(r["rank"])
+        b = r["breakdown"]
+        st = b.get("step_time_ms") or {}
+        cats = b.get("categories") or {}
+        top = sorted(CATEGORIES, key=lambda c: -(cats.get(c) or {}).get("ms_per_step", 0.0))[:2]
+        top_text = ", ".join(f"{c} {cats[c]['ms_per_step']:.2f}" for c in top if c in cats)
+        marks = []
+        if rank == straggler:
+            marks.append("straggler: the others wait for it most")
+        if rank == slowest:
+            marks.append("slowest mean step")
+        wait = (per.get(rank) or {}).get("wait_ms")
+        rows.append(
+            f"<tr><td>{rank}{' <b>(' + ', '.join(marks) + ')</b>' if marks else ''}</td>"
+            f"<td class=num>{_num(st.get('mean'), '.2f')}</td><td class=num>{_num(b.get('gpu_busy_pct'), '.1f')}</td>"
+            f"<td class=num>{_num(wait, '.2f')}</td><td>{top_text}</td></tr>"
+        )
+    return (
+        "<h2>Per rank</h2><p class=note>Each rank's own figures (the job's figures above are the mean over ranks). "
+        "wait ms: time per step this rank's collectives wait for later ranks.</p>"
+        "<table><tr><th>rank</th><th>mean step ms</th><th>GPU busy %</th><th>wait ms</th>"
+        f"<th>largest categories (ms/step)</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _summary(tr: dict[str, Any], bd: dict[str, Any]) -> str:

@@ -13,7 +13,10 @@ from rich.table import Table
 
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.report.cross_rank_text import RANKS_TABLE_MAX, print_cross_rank
+from mlprof.report.name_tables import DEFAULT_TOP, kernel_table, operator_table
 from mlprof.report.speedup import speedup_text
+from mlprof.report.verdict import verdict as verdict_parts
+from mlprof.report.verdict import verdict_sentences
 from mlprof.results.schema import ReportSource, report_data
 from mlprof.untrusted import term, term_line
 
@@ -30,8 +33,9 @@ SHORT = {
 """Column labels for the per-step tables; the category table above them spells each one out."""
 
 
-def render_text(report: ReportSource, console: Console) -> None:
-    """Print a report (a :class:`~mlprof.results.Report` or its JSON dict) on ``console``."""
+def render_text(report: ReportSource, console: Console, top: int = DEFAULT_TOP) -> None:
+    """Print a report (a :class:`~mlprof.results.Report` or its JSON dict) on ``console``: the verdict
+    paragraph and the top fix first, then the tables (``top`` kernels and operators)."""
     data = report_data(report)
     if data["trace"] is None:
         _render_counters_only(data, console)
@@ -40,6 +44,7 @@ def render_text(report: ReportSource, console: Console) -> None:
     bd = data["breakdown"]
     device = tr["devices"][0]["name"] if tr["devices"] else "no device properties"
     ranks = tr["ranks"]
+    _print_verdict(data, console)
     console.print(term_line(("mlprof analyze", "bold"), " ", tr["path"]))
     console.print(
         term(
@@ -67,11 +72,23 @@ def render_text(report: ReportSource, console: Console) -> None:
         console.print(_ranks_table(data["ranks"]))
     print_cross_rank(data, console)
     _print_findings(data, console)
+    for table in (kernel_table(data, top, console.width), operator_table(data, top, console.width)):
+        if table is not None:
+            console.print(table)
     for note in [*data["notes"], *tr["notes"]]:
         console.print(term_line(("note:", "yellow"), " ", note))
     if data.get("counters"):
         console.print()
         _print_counters(data["counters"], console, alone=False)
+
+
+def _print_verdict(data: dict[str, Any], console: Console) -> None:
+    """The one-paragraph verdict (wrapped at the terminal's width) and the top fix's code."""
+    console.print(term_line(("Verdict:", "bold"), " ", verdict_sentences(data)))
+    code = verdict_parts(data)["fix_code"]
+    if code:
+        console.print(term_line(("Fix:", "bold green"), " ", code))
+    console.print()
 
 
 def _render_counters_only(data: dict[str, Any], console: Console) -> None:
