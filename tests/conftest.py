@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,86 @@ EXTERNAL = Path(__file__).resolve().parents[1].parent / "shared" / "external_tra
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
 
 
+REQUIRE_EXTERNAL = os.environ.get("MLPROF_REQUIRE_EXTERNAL") == "1"
+"""Set by ``.ci/run`` when ../shared/external_traces is there: then a missing real trace fails, not skips."""
+_used_external: list[bool] = []
+
+
 def external(relative: str) -> Path:
-    """A file under ../shared/external_traces, or skip the test when the folder is absent."""
+    """A file under ../shared/external_traces, or skip the test when the folder is absent.
+
+    The test is marked ``external`` (``pytest -m external`` runs only these; ``-m "not
+    external"`` what a clean clone can run), and the summary counts them.
+    """
+    _used_external.append(True)
     path = EXTERNAL / relative
     if not path.exists():
-        pytest.skip(f"real trace not available: {path}")
+        if REQUIRE_EXTERNAL:
+            pytest.fail(f"external: real trace missing although MLPROF_REQUIRE_EXTERNAL=1: {path}")
+        pytest.skip(f"external: real trace not available: {path}")
     return path
+
+
+_EXTERNAL_OUTCOMES: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    _used_external.clear()
+    yield
+    if _used_external:
+        item.add_marker("external")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and (item.get_closest_marker("external") or "external:" in str(report.longrepr)):
+        _EXTERNAL_OUTCOMES[report.outcome] = _EXTERNAL_OUTCOMES.get(report.outcome, 0) + 1
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that call ``external(`` (directly, through a helper, fixture or constant of their module)
+    are marked before they run, so ``-m external`` / ``-m "not external"`` select them."""
+    import inspect
+    import re
+
+    helpers: dict[object, set[str]] = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        func = getattr(item, "function", None)
+        if module is None or func is None:
+            continue
+        if module not in helpers:
+            names = {"external"}
+            for _ in range(3):  # helpers calling helpers
+                for name, value in vars(module).items():
+                    if callable(value) and getattr(value, "__module__", None) == module.__name__:
+                        try:
+                            text = inspect.getsource(value)
+                        except (OSError, TypeError):
+                            continue
+                        if any(re.search(rf"\b{re.escape(n)}\b", text) for n in names if n != name):
+                            names.add(name)
+            helpers[module] = names
+        try:
+            source = inspect.getsource(func)
+        except (OSError, TypeError):
+            continue
+        used = set(re.findall(r"\b\w+\b", source)) | set(getattr(item, "fixturenames", ()))
+        if used & helpers[module]:
+            item.add_marker("external")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    done = sum(_EXTERNAL_OUTCOMES.values())
+    if done:
+        where = "present" if EXTERNAL.is_dir() else "absent"
+        terminalreporter.write_line(
+            f"external (real traces in ../shared/external_traces, {where}): "
+            + ", ".join(f"{n} {k}" for k, n in _EXTERNAL_OUTCOMES.items() if n)
+        )
 
 
 def write_trace(path: Path, events: list[dict[str, Any]], **header: Any) -> Path:

@@ -206,7 +206,15 @@ def test_allocator_churn_on_param_resnet_only() -> None:
 def test_unfused_optimizer_in_df_index_resolver() -> None:
     f = by_rule(real(DF_INDEX).findings)["FUSE002"]
     assert f.evidence["per_parameter_kernels_per_step"] > 100
-    assert "FUSE002" not in by_rule(real(R50_NW0).findings) or real(R50_NW0)
+    # ResNet-50's SGD steps per parameter too (483 kernel launches inside each Optimizer.step#SGD.step,
+    # counted in the raw JSON), but its optimizer kernels are ~1.3 ms of a 153 ms step: under
+    # min_share (2%), so FUSE002 is not reported by default, and is with min_share 0.
+    assert "FUSE002" not in by_rule(real(R50_NW0).findings)
+    trace = load_trace(external(R50_NW0))
+    loose = analyze_trace(trace, config=RuleConfig(min_speedup=1.0, overrides={"FUSE002": {"min_share": 0.0}}))
+    r50 = by_rule(loose.findings)["FUSE002"]
+    assert 100 < r50.evidence["per_parameter_kernels_per_step"] <= 483
+    assert 0 < r50.time_lost_ns_per_step < 0.02 * r50.step_ns
 
 
 def test_unfused_elementwise_on_resnet50() -> None:
