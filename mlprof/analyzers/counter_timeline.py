@@ -37,6 +37,10 @@ class UtilOverlap:
     mean_util_pct: dict[int, float] = field(default_factory=dict)
     """Per device: time-weighted mean utilisation over the covered time."""
     low_util_pct: float = 10.0
+    startup_idle_ns: int = 0
+    """Part of ``all_low_ns`` before the first sample in which any device is busy (start-up: loading, compiling)."""
+    shutdown_idle_ns: int = 0
+    """Part of ``all_low_ns`` after the last sample in which any device is busy (shutdown, the log left running)."""
 
 
 def _series(counters: pd.DataFrame, metric: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -83,6 +87,14 @@ def util_overlap(counters: pd.DataFrame, low_util_pct: float = 10.0) -> UtilOver
     busy_count = busy.sum(axis=0)
     covered = float(weight.sum())
     safe = np.nan_to_num(matrix)
+    any_busy: np.ndarray = np.asarray(busy.any(axis=0), dtype=bool)
+    startup = shutdown = 0
+    if any_busy.any():
+        first = int(any_busy.argmax())
+        last = len(any_busy) - 1 - int(any_busy[::-1].argmax())
+        idle_weight: np.ndarray = weight * np.asarray(all_low, dtype=np.float64)
+        startup = int(idle_weight[:first].sum())
+        shutdown = int(idle_weight[last + 1 :].sum())
     return UtilOverlap(
         devices=devices,
         covered_ns=int(covered),
@@ -95,6 +107,8 @@ def util_overlap(counters: pd.DataFrame, low_util_pct: float = 10.0) -> UtilOver
             d: float((weight * safe[i]).sum() / covered) if covered > 0 else float("nan") for i, d in enumerate(devices)
         },
         low_util_pct=low_util_pct,
+        startup_idle_ns=startup,
+        shutdown_idle_ns=shutdown,
     )
 
 

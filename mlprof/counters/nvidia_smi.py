@@ -11,6 +11,7 @@ are read the same way.
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -110,5 +111,86 @@ def _devices(frame: pd.DataFrame, fields: dict[str, str], ts: np.ndarray) -> np.
         if name in fields:
             codes, _ = pd.factorize(frame[fields[name]].astype(str).str.strip())
             return codes.astype(np.int64)
-    # no id column: nvidia-smi prints the GPUs of one sample in index order with one timestamp
-    return pd.Series(ts).groupby(ts).cumcount().to_numpy(np.int64)
+    # no id column: nvidia-smi prints the GPUs of one sample in index order, one row each, within a
+    # few ms (each row is stamped when it is read): the rows of one sampling burst are the GPUs
+    memory = to_float(frame[fields["memory.used"]]) if "memory.used" in fields else None
+    return gpu_index_from_bursts(ts, memory)
+
+
+BURST_SPLIT_RATIO = 3.0
+"""A gap between rows this many times longer than the gaps inside a burst starts a new sample."""
+MAX_GPUS = 16
+"""More rows than this per burst is not one sample of a node's GPUs (a single GPU's log with a pause in it)."""
+
+
+def gpu_index_from_bursts(ts: np.ndarray, memory: np.ndarray | None = None) -> np.ndarray:
+    """GPU index of each row of a log without an index column, rows in file order.
+
+    Rows of one sample come in a burst (gaps of microseconds to milliseconds, or equal
+    timestamps), samples are the sampling interval apart: the gap that splits the sorted
+    gaps with the largest ratio separates the two. A burst with as many rows as the usual
+    burst is numbered in order; a shorter one (a GPU's row missing, a line cut) is matched
+    to GPUs by memory used, nearest to each GPU's last value, so one missing row does not
+    shift the others onto the wrong GPU.
+    """
+    n = len(ts)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    gaps: np.ndarray = np.diff(ts.astype(np.int64)).astype(np.float64)
+    threshold = _burst_gap(gaps)
+    if threshold is None:  # no burst structure: one GPU, or no way to tell
+        return np.zeros(n, dtype=np.int64)
+    new_sample = (gaps > threshold) | (gaps < 0)
+    burst = np.concatenate([np.zeros(1, np.int64), np.cumsum(new_sample, dtype=np.int64)])
+    sizes = np.bincount(burst)
+    gpus = int(np.bincount(sizes).argmax())
+    if gpus < 2 or gpus > MAX_GPUS:  # one GPU (its samples merely uneven in time), or not bursts at all
+        return np.zeros(n, dtype=np.int64)
+    starts = np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes)[:-1]])
+    position = np.arange(n) - starts[burst]
+    out = np.where(sizes[burst] >= gpus, position % gpus, -1).astype(np.int64)
+    short = np.flatnonzero(sizes < gpus)
+    if len(short) and memory is not None:
+        # Each GPU's memory as of its full bursts, looked up just before each short burst.
+        by_gpu = [np.flatnonzero(out == g) for g in range(gpus)]
+        for b in short.tolist():
+            rows = np.arange(starts[b], starts[b] + sizes[b])
+            last = np.full(gpus, np.nan)
+            for g, done in enumerate(by_gpu):
+                before = np.searchsorted(done, rows[0]) - 1
+                if before >= 0:
+                    last[g] = memory[done[before]]
+            out[rows] = _match_by_memory(memory[rows], last)
+    elif len(short):
+        out[out < 0] = position[out < 0]
+    return out
+
+
+def _burst_gap(gaps: np.ndarray) -> float | None:
+    """The gap length that separates samples from rows within a sample, or None when there is no such split."""
+    positive = np.sort(np.maximum(gaps[gaps >= 0], 0).astype(np.float64))
+    if len(positive) < 2:
+        return None
+    floor = max(float(positive[-1]) * 1e-6, 1_000.0)  # equal timestamps: a 1 us floor keeps ratios finite
+    g = np.maximum(positive, floor)
+    ratio = g[1:] / g[:-1]
+    i = int(ratio.argmax())
+    if ratio[i] < BURST_SPLIT_RATIO:
+        return None
+    return float(np.sqrt(g[i] * g[i + 1]))
+
+
+def _match_by_memory(values: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Assign the rows of a short burst to distinct GPUs, in order, by memory used nearest each GPU's last value."""
+    k, gpus = len(values), len(last)
+    if np.isnan(last).all() or np.isnan(values).any():
+        return np.arange(k, dtype=np.int64)
+    best: tuple[float, tuple[int, ...]] | None = None
+    # GPUs keep their order within a burst: choose the k of them (in order) that fit best.
+    for combo in itertools.combinations(range(gpus), k):
+        ref = last[list(combo)]
+        cost = float(np.nansum(np.abs(values - ref))) + (1e18 if np.isnan(ref).any() else 0.0)
+        if best is None or cost < best[0]:
+            best = (cost, combo)
+    assert best is not None
+    return np.array(best[1], dtype=np.int64)

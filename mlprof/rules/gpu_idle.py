@@ -28,8 +28,10 @@ class GpuIdle(CounterRule):
         detection="From `gpu_util_pct` samples (NVML `utilization.gpu`: the share of the sample "
         "period in which any kernel ran). Each sample holds until the next one of its GPU; all GPUs "
         "are read at the union of their sample times, and the time in which every GPU is under "
-        "`low_util_pct` is summed over the time all of them have samples. The rule fires when that "
-        "time is at least `min_share` of the covered time. The time lost is that measured time, the "
+        "`low_util_pct` is summed over the time all of them have samples, leaving out the all-idle "
+        "time before the first sample in which any GPU is busy (start-up) and after the last "
+        "(shutdown). The rule fires when that time is at least `min_share` of the covered time."
+        " The time lost is that measured time, the "
         "basis the covered time (a counter finding's 'step' is the whole recording).",
         fix="Find what the job waits for with a short trace of a few steps, then fix that cause "
         "(the trace rules name it: data loading, host syncs, launch overhead):\n\n"
@@ -40,8 +42,9 @@ class GpuIdle(CounterRule):
         "    $ mlprof analyze runs/idle-check --counters gpu.csv\n\n"
         "Typical fixes: `DataLoader(num_workers=8, pin_memory=True, persistent_workers=True)`, "
         "asynchronous checkpointing, evaluation less often or on the GPU.",
-        false_alarms="Start-up (model loading, compilation, dataset indexing) and shutdown count as "
-        "idle: trim the log to the training phase if they are expected. `utilization.gpu` says a "
+        false_alarms="Start-up (model loading, compilation, dataset indexing) before the first busy "
+        "sample and shutdown after the last are set aside (reported, not counted); idle phases in "
+        "between (evaluation, checkpoints) count. `utilization.gpu` says a "
         "kernel ran, not how much of the GPU it used: a busy GPU can still be badly used (look at "
         "DCGM `sm_active`). With coarse sampling (e.g. one sample a minute) short idle gaps are "
         "invisible and long ones are approximate.",
@@ -53,26 +56,36 @@ class GpuIdle(CounterRule):
             if util is None:
                 ctx.verdicts[self.id] = "not judged: the counters have no GPU utilisation samples"
             return []
-        share = util.all_low_ns / util.covered_ns
+        # Idle before the first busy sample (start-up) and after the last (shutdown) is not time to remove.
+        edges = util.startup_idle_ns + util.shutdown_idle_ns
+        idle_ns = util.all_low_ns - edges
+        basis_ns = util.covered_ns - edges
+        if basis_ns <= 0:  # never busy: the whole recording is idle
+            idle_ns, basis_ns = util.all_low_ns, util.covered_ns
+        share = idle_ns / basis_ns
         who = "the GPU was" if len(util.devices) == 1 else f"all {len(util.devices)} GPUs were"
         who_ = who[:1].upper() + who[1:]
         threshold = f"{cfg['low_util_pct']:g}%"
         if share < cfg["min_share"]:
             ctx.verdicts[self.id] = (
-                f"{who} under {threshold} utilisation {share:.1%} of {duration_text(util.covered_ns)} "
+                f"{who} under {threshold} utilisation {share:.1%} of {duration_text(basis_ns)} "
                 f"(below {cfg['min_share']:.0%})"
+                + (f"; start-up/shutdown idle {duration_text(edges)} set aside" if edges else "")
             )
             return []
         samples = int((ctx.counters["metric"] == "gpu_util_pct").sum())
         title = (
             f"{who_} under {threshold} utilisation {share:.0%} of the recorded time "
-            f"({duration_text(util.all_low_ns)} of {duration_text(util.covered_ns)})"
+            f"({duration_text(idle_ns)} of {duration_text(basis_ns)})"
+            + (f"; start-up/shutdown idle {duration_text(edges)} set aside" if edges else "")
         )
         evidence = {
             "low_util_pct": cfg["low_util_pct"],
             "all_idle_share": round(share, 4),
-            "all_idle_s": round(util.all_low_ns / NS_PER_S, 3),
-            "covered_s": round(util.covered_ns / NS_PER_S, 3),
+            "all_idle_s": round(idle_ns / NS_PER_S, 3),
+            "covered_s": round(basis_ns / NS_PER_S, 3),
+            "startup_idle_s_set_aside": round(util.startup_idle_ns / NS_PER_S, 3),
+            "shutdown_idle_s_set_aside": round(util.shutdown_idle_ns / NS_PER_S, 3),
             "devices": util.devices,
             "idle_share_by_device": {str(d): round(util.low_ns[d] / util.covered_ns, 4) for d in util.devices},
             "mean_util_pct_by_device": {str(d): round(util.mean_util_pct[d], 2) for d in util.devices},
@@ -82,11 +95,11 @@ class GpuIdle(CounterRule):
         return [
             self.counter_finding(
                 ctx,
-                util.covered_ns,
+                basis_ns,
                 title=title
                 if not everything
                 else f"{who_} never above {threshold} utilisation: nothing ran on the GPU in the recording",
-                time_lost_ns_per_step=float(util.all_low_ns),
+                time_lost_ns_per_step=float(idle_ns),
                 confidence="medium" if samples >= 10 * len(util.devices) else "low",
                 confidence_reason=f"{samples} utilisation samples; a sample says whether a kernel ran in its "
                 "period, not why the GPU waited (a trace says why)",
