@@ -131,3 +131,27 @@ def test_multi_rank_lists_are_the_mean_over_ranks_with_the_worst_rank() -> None:
         worst = max(per_rank.values())
         assert k["worst_rank_total_ms"] == pytest.approx(worst / 1e6, abs=1e-6)
         assert per_rank[k["worst_rank"]] == worst
+
+
+def test_operator_input_shapes_are_the_most_frequent_input_dims(rank0: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    from collections import Counter
+
+    report, _raw_views = rank0
+    path = next(external(DLRM).glob("worker0_*.json"))
+    events = json.loads(path.read_text())["traceEvents"]
+    (step,) = [e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")]
+    lo, hi = step["ts"], step["ts"] + step["dur"]
+    dims: dict[str, Counter[str]] = {}
+    for e in events:
+        if e.get("cat") == "cpu_op" and lo <= e["ts"] < hi and (e.get("args") or {}).get("Input Dims"):
+            dims.setdefault(e["name"], Counter())[json.dumps(e["args"]["Input Dims"])] += 1
+    ops = {o["name"]: o for o in report["operators"]}
+    checked = 0
+    for name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
+        if name in ops and name in dims:
+            counts = dims[name].most_common()
+            best = [json.loads(text) for text, n in counts if n == counts[0][1]]
+            assert ops[name]["input_shapes"] in best, name
+            checked += 1
+    assert checked >= 2
+    assert ops["aten::copy_"]["input_shapes"] is None  # not a shape op: the reader keeps no dims

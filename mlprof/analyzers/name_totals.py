@@ -72,7 +72,7 @@ def _inside(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 
 KERNEL_VIEW_COLUMNS = ["name", "klass", "count", "total_ns", "tensor_cores", "launched_by"]
-OP_VIEW_COLUMNS = ["name", "count", "total_ns", "self_ns", "device_ns", "call_stack"]
+OP_VIEW_COLUMNS = ["name", "count", "total_ns", "self_ns", "device_ns", "call_stack", "input_dims"]
 
 
 def name_views(ra: AnalysedRank) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,7 +90,9 @@ def name_views(ra: AnalysedRank) -> tuple[pd.DataFrame, pd.DataFrame]:
     Ops: ``count``, ``total_ns`` (inclusive host time), ``self_ns`` (minus the time of the
     ops directly nested in it on its thread, at least 0), ``device_ns`` (kernels, copies and memsets
     whose launch falls directly in the op, not in a nested op) and ``call_stack`` (the
-    most frequent ``Call stack`` recorded with ``with_stack=True``; None without).
+    most frequent ``Call stack`` recorded with ``with_stack=True``; None without) and
+    ``input_dims`` (the most frequent ``Input Dims`` JSON text, which the reader keeps for
+    matmul, softmax and attention ops; None for the others).
     """
     starts, ends = ra.analysed_windows()
     trace = ra.full_trace
@@ -208,18 +210,25 @@ def name_views(ra: AnalysedRank) -> tuple[pd.DataFrame, pd.DataFrame]:
     operators = pd.DataFrame({"name": o_names[present], "count": o_count[present]})
     for key, values in sums.items():
         operators[key] = np.bincount(o_codes, weights=values, minlength=n).round().astype(np.int64)[present]
-    stack_name = np.full(n, None, dtype=object)
-    if "call_stack" in ops and len(ops):
-        s_cat = ops["call_stack"].astype("category")
-        s_codes = s_cat.cat.codes.to_numpy()[o_in]
-        known = s_codes >= 0
-        if known.any():
-            pairs = pd.DataFrame({"o": o_codes[known], "s": s_codes[known]})
-            common = pairs.groupby(["o", "s"], sort=False).size().reset_index(name="n")
-            common = common.sort_values("n", ascending=False, kind="stable").drop_duplicates("o")
-            stacks = s_cat.cat.categories.astype(str).to_numpy()
-            stack_name[common["o"].to_numpy()] = stacks[common["s"].to_numpy()]
-    stack_name[stack_name == ""] = None
-    operators["call_stack"] = stack_name[present]
+    for column in ("call_stack", "input_dims"):
+        operators[column] = _most_frequent(ops, column, o_codes, o_in, n)[present]
     operators = operators.sort_values("total_ns", ascending=False, kind="stable").reset_index(drop=True)
     return kernels[KERNEL_VIEW_COLUMNS], operators[OP_VIEW_COLUMNS]
+
+
+def _most_frequent(ops: pd.DataFrame, column: str, o_codes: np.ndarray, o_in: np.ndarray, n: int) -> np.ndarray:
+    """Per op name (code 0..n-1): the most frequent non-empty value of ``column`` over the ops kept, else None."""
+    out = np.full(n, None, dtype=object)
+    if column not in ops or len(ops) == 0:
+        return out
+    cat = ops[column].astype("category")
+    codes = cat.cat.codes.to_numpy()[o_in]
+    known = codes >= 0
+    if known.any():
+        pairs = pd.DataFrame({"o": o_codes[known], "s": codes[known]})
+        common = pairs.groupby(["o", "s"], sort=False).size().reset_index(name="n")
+        common = common.sort_values("n", ascending=False, kind="stable").drop_duplicates("o")
+        values = cat.cat.categories.astype(str).to_numpy()
+        out[common["o"].to_numpy()] = values[common["s"].to_numpy()]
+    out[out == ""] = None
+    return out

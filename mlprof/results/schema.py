@@ -38,7 +38,8 @@ removed or renamed key a major bump). Layout::
     operators        (1.4) CPU ops started in the analysed steps by name, most host
                      time first: count, host_total_ms (inclusive), host_self_ms,
                      device_ms (device time of what it launched directly), mean_us,
-                     ms_per_step, input_shapes (null: not read yet), call_stack
+                     ms_per_step, input_shapes (most frequent Input Dims of matmul/
+                     softmax/attention ops; null for others), call_stack
                      (most frequent, a list of frames; null without with_stack)
 
 A counters file analysed alone gives the same top-level keys: ``trace`` and

@@ -11,6 +11,7 @@ totals are the whole of the analysed steps' kernel (or op) time.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,16 @@ def _combine(frames: list[pd.DataFrame], sums: list[str], firsts: list[str], n_r
     return table.sort_values("total_ns", ascending=False, kind="stable").reset_index()
 
 
+def _shapes(text: Any) -> Any:
+    """``Input Dims`` as recorded (a JSON list of shapes), parsed; None when not recorded."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def kernels_and_operators(analysis: Analysis, top: int = TOP) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The ``kernels`` and ``operators`` lists of the JSON report (see the module doc and the README)."""
     if not analysis.ranks:
@@ -61,7 +72,7 @@ def kernels_and_operators(analysis: Analysis, top: int = TOP) -> tuple[list[dict
     n_ranks = len(analysis.ranks)
     multi = n_ranks > 1
     kernels = _combine(kernels_by_rank, ["count", "total_ns"], ["klass", "tensor_cores", "launched_by"], n_ranks)
-    ops = _combine(ops_by_rank, ["count", "total_ns", "self_ns", "device_ns"], ["call_stack"], n_ranks)
+    ops = _combine(ops_by_rank, ["count", "total_ns", "self_ns", "device_ns"], ["call_stack", "input_dims"], n_ranks)
     all_kernel_ns = float(kernels["total_ns"].sum())
 
     def head(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series | None]:
@@ -124,7 +135,7 @@ def kernels_and_operators(analysis: Analysis, top: int = TOP) -> tuple[list[dict
         row["host_self_ms"] = _round(cols["self_ns"][i] / 1e6)
         row["device_ms"] = _round(cols["device_ns"][i] / 1e6)
         stack = cols["call_stack"][i]
-        row["input_shapes"] = None  # the reader does not keep "Input Dims" yet
+        row["input_shapes"] = _shapes(cols["input_dims"][i])
         row["call_stack"] = (
             None if stack is None or (isinstance(stack, float) and np.isnan(stack)) else str(stack).split(";")
         )
