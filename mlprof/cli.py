@@ -11,6 +11,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -224,11 +225,22 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
         _indent(doc.false_alarms),
         "",
         "Thresholds (override in [tool.mlprof.rules." + rule.id + "])",
-        *(f"  {k} = {v:g}" for k, v in rule.defaults.items()),
+        *_option_lines(rule),
         "",
         speedup,
     ]
     sys.stdout.write("\n".join(parts) + "\n")
+
+
+def _option_lines(rule: Any) -> list[str]:
+    """``name = default  (unit, lo..hi): meaning`` for each threshold."""
+    lines = []
+    for (name, value), (doc, _) in zip(rule.defaults.items(), rule.options(), strict=True):
+        if doc is None:
+            lines.append(f"  {name} = {value:g}")
+        else:
+            lines.append(f"  {name} = {value:g}  ({doc.unit}; {doc.lo:g}..{doc.hi:g}): {doc.meaning}")
+    return lines or ["  none"]
 
 
 def _indent(text: str) -> str:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from mlprof.analyzers.attention import attention_chains
 from mlprof.rules._kernels import top_names
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms, top_ranges
 
 FP32_BYTES = 4
 """Element size assumed for the bytes a fused kernel must read (the larger, so the cost is not understated)."""
@@ -24,6 +24,22 @@ class UnfusedAttention(Rule):
     summary = "attention as bmm -> softmax -> bmm (S x S score matrix written out); no fused SDPA kernel"
     claims = ("compute.attention", "launch.attention")
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.03, "min_seq_len": 64, "fused_efficiency": 0.5}
+    option_docs: ClassVar[dict[str, Option]] = {
+        "min_seq_len": Option(
+            "min_seq_len",
+            "tokens",
+            1.0,
+            10000000.0,
+            "attention chains with a known sequence length shorter than this are not reported",
+        ),
+        "fused_efficiency": Option(
+            "fused_efficiency",
+            "share of peak FLOP/s (0-1)",
+            0.01,
+            1.0,
+            "the fraction of peak a fused attention kernel is assumed to reach when estimating its time",
+        ),
+    }
     needs_device = False
     doc = RuleDoc(
         what="Attention written out op by op: `scores = q @ k.transpose(-2, -1)`, a scale/mask, "

@@ -145,6 +145,44 @@ class RankContext:
         return len(self.windows)
 
 
+@dataclass(frozen=True)
+class Option:
+    """One threshold of a rule: what ``[tool.mlprof.rules.ID]`` may set, printed by ``mlprof explain``."""
+
+    name: str
+    unit: str
+    lo: float
+    """Smallest accepted value (the config refuses less)."""
+    hi: float
+    """Largest accepted value."""
+    meaning: str
+
+
+COMMON_OPTIONS: dict[str, Option] = {
+    "min_share": Option(
+        "min_share",
+        "share of the step (0-1)",
+        0.0,
+        1.0,
+        "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    ),
+    "low_util_pct": Option(
+        "low_util_pct", "% GPU utilisation", 0.0, 100.0, "a sample under this utilisation counts as an idle GPU"
+    ),
+    "min_r2": Option(
+        "min_r2", "R^2 (0-1)", 0.0, 1.0, "the memory trend must fit a straight line at least this well (R^2)"
+    ),
+    "min_late_ratio": Option(
+        "min_late_ratio",
+        "ratio (0-1)",
+        0.0,
+        1.0,
+        "the growth over the last half must be at least this share of the overall growth (not levelling off)",
+    ),
+}
+"""Options several rules share, documented once (a rule's ``option_docs`` may say more)."""
+
+
 class Rule:
     """Base class: subclasses set the class attributes and implement :meth:`check`."""
 
@@ -156,6 +194,8 @@ class Rule:
     """Causes this rule may claim time from (exclusive across rules)."""
     defaults: ClassVar[dict[str, float]] = {}
     """Thresholds; overridable per team in ``[tool.mlprof.rules.ID]``."""
+    option_docs: ClassVar[dict[str, Option]] = {}
+    """Unit, accepted range and meaning of each threshold not in :data:`COMMON_OPTIONS`."""
     needs_device: ClassVar[bool] = True
     scope: ClassVar[str] = "rank"
     """``rank``: judged on each rank alone by :meth:`check`, where its trace is read; ``job``: judged once on
@@ -168,6 +208,10 @@ class Rule:
 
     def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
         raise NotImplementedError
+
+    def options(self) -> list[tuple[Option | None, float]]:
+        """Each threshold's documentation (None when undocumented: a test fails) and default, in order."""
+        return [(self.option_docs.get(k) or COMMON_OPTIONS.get(k), v) for k, v in self.defaults.items()]
 
     def finding(self, ctx: RankContext, **kwargs: Any) -> Finding:
         """A finding of this rule for one rank, with the rank's step time filled in."""

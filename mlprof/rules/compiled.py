@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from mlprof.analyzers.compiled import compile_facts
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms, top_ranges
 
 
 class CompileIssues(Rule):
@@ -17,6 +17,15 @@ class CompileIssues(Rule):
     summary = "torch.compile graph breaks (eager code between compiled regions) and recompiles inside steps"
     claims = ("launch.compile",)
     defaults: ClassVar[dict[str, float]] = {"min_breaks_per_step": 1.0, "min_share": 0.01}
+    option_docs: ClassVar[dict[str, Option]] = {
+        "min_breaks_per_step": Option(
+            "min_breaks_per_step",
+            "graph breaks per step",
+            0.0,
+            1000000.0,
+            "graph breaks per step from which the compiled region is reported as broken",
+        ),
+    }
     needs_device = False
     doc = RuleDoc(
         what="A compiled model that does not run as one graph: Dynamo split a function at a graph "

@@ -129,11 +129,18 @@ def parse_config(table: dict[str, Any], source: str, prefix: str = "") -> RuleCo
                 raise UsageError(
                     f"{source}: unknown key '{prefix}rules.{rule_id}.{name}' (known: {', '.join(sorted(known))})"
                 )
-            cfg.overrides.setdefault(rid, {})[name] = _number(value, f"{prefix}rules.{rule_id}.{name}", source)
+            number = _number(value, f"{prefix}rules.{rule_id}.{name}", source)
+            doc = dict(zip(known, (d for d, _ in BY_ID[rid].options()), strict=True)).get(name)
+            if doc is not None and not (doc.lo <= number <= doc.hi):
+                raise UsageError(
+                    f"{source}: '{prefix}rules.{rule_id}.{name}' = {number:g} is outside {doc.lo:g}..{doc.hi:g} "
+                    f"({doc.unit}; see 'mlprof explain {rid}')"
+                )
+            cfg.overrides.setdefault(rid, {})[name] = number
     return cfg
 
 
 def _number(value: Any, key: str, source: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise UsageError(f"{source}: '{key}' must be a number, got {value!r}")
     return float(value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from mlprof.rules._kernels import kernel_facts, top_names
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
 
 
 class Fp32Matmul(Rule):
@@ -15,6 +15,15 @@ class Fp32Matmul(Rule):
     summary = "FP32 matmul/convolution kernels on a GPU with tensor cores (no AMP/TF32)"
     claims = ("compute.gemm_fp32",)
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "local_speedup": 2.0}
+    option_docs: ClassVar[dict[str, Option]] = {
+        "local_speedup": Option(
+            "local_speedup",
+            "x (>= 1)",
+            1.0,
+            64.0,
+            "assumed speedup of FP32 matmul/conv kernels once run in TF32/BF16 on tensor cores",
+        ),
+    }
     doc = RuleDoc(
         what="Matrix multiplications and convolutions run as FP32 SIMT kernels (`sgemm`, "
         "`scudnn`, `implicit_convolve_sgemm`) although the GPU has tensor cores.",

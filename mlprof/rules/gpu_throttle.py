@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from mlprof.rules.base import Finding, RuleDoc
+from mlprof.rules.base import Finding, Option, RuleDoc
 from mlprof.rules.counter_base import CounterContext, CounterRule
 
 SLOWDOWN_REASONS: tuple[str, ...] = (
@@ -23,6 +23,15 @@ class GpuThrottle(CounterRule):
     category = "gpu_clocks"
     summary = "GPU clocks held down by thermal/hardware slowdown (counters)"
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "include_power_cap": 0.0}
+    option_docs: ClassVar[dict[str, Option]] = {
+        "include_power_cap": Option(
+            "include_power_cap",
+            "flag (0 or 1)",
+            0.0,
+            1.0,
+            "1 counts power-cap throttling as a slowdown too (0: only thermal and other slowdowns)",
+        ),
+    }
     doc = RuleDoc(
         what="NVML clock event (throttle) reasons show a GPU's clocks reduced by thermal slowdown, "
         "hardware slowdown or the power brake for a noticeable share of the recording.",
@@ -60,7 +69,7 @@ class GpuThrottle(CounterRule):
         quiet = []
         for s in shares:
             share = s.throttled_ns / s.sampled_ns if s.sampled_ns > 0 else 0.0
-            if share < cfg["min_share"]:
+            if share <= 0 or share < cfg["min_share"]:  # min_share 0 still needs some throttled time
                 quiet.append(f"GPU {s.device} throttled {share:.1%} of the time")
                 continue
             by_reason = {k: round(v / s.sampled_ns, 4) for k, v in s.by_reason_ns.items() if k in reasons}

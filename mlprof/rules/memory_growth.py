@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING, ClassVar
 
 from mlprof.analyzers.counter_timeline import MemoryTrend
-from mlprof.rules.base import Finding, RuleDoc
+from mlprof.rules.base import Finding, Option, RuleDoc
 from mlprof.rules.counter_base import CounterContext, CounterRule, duration_text
 
 if TYPE_CHECKING:
@@ -26,6 +26,18 @@ class DeviceMemoryGrowth(CounterRule):
         "min_r2": 0.8,
         "min_samples": 5,
         "min_late_ratio": 0.5,
+    }
+    option_docs: ClassVar[dict[str, Option]] = {
+        "min_growth_mib_per_min": Option(
+            "min_growth_mib_per_min",
+            "MiB per minute",
+            0.0,
+            1000000000.0,
+            "device memory must grow at least this fast to be reported",
+        ),
+        "min_samples": Option(
+            "min_samples", "samples", 2.0, 1000000000.0, "fewer memory samples than this on a GPU are not judged"
+        ),
     }
     doc = RuleDoc(
         what="The device memory in use (`memory.used`, NVML/DCGM framebuffer used) rises steadily "

@@ -6,7 +6,7 @@ import itertools
 from typing import ClassVar
 
 from mlprof.analyzers.memory_curve import memory_curves, window_growth
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc
 
 MIB = 1 << 20
 
@@ -24,6 +24,36 @@ class MemoryLeak(Rule):
         "min_late_ratio": 0.5,
         "min_window_growth_mib": 2.0,
         "min_rising_quarters": 3,
+    }
+    option_docs: ClassVar[dict[str, Option]] = {
+        "min_growth_mib_per_step": Option(
+            "min_growth_mib_per_step",
+            "MiB per step",
+            0.0,
+            1000000000.0,
+            "allocated memory at step starts must grow at least this much per step",
+        ),
+        "min_steps": Option(
+            "min_steps",
+            "steps",
+            2.0,
+            1000000000.0,
+            "fewer analysed steps than this are not judged for a per-step trend",
+        ),
+        "min_window_growth_mib": Option(
+            "min_window_growth_mib",
+            "MiB",
+            0.0,
+            1000000000.0,
+            "without steps: memory taken across the window and never released must exceed this",
+        ),
+        "min_rising_quarters": Option(
+            "min_rising_quarters",
+            "quarters (1-4)",
+            1.0,
+            4.0,
+            "without steps: the memory floor must rise through at least this many of the window's 4 quarters",
+        ),
     }
     needs_device = False
     doc = RuleDoc(

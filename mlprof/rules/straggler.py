@@ -17,7 +17,7 @@ import pandas as pd
 from mlprof.analyzers.causes import CAUSES
 from mlprof.analyzers.rank_skew import RankSkew
 from mlprof.analyzers.stragglers import MEASURE_COLUMNS, CrossRank, cross_rank_report
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc
 
 COMPUTE_CAUSES = CAUSES["compute"]
 
@@ -30,6 +30,15 @@ class Straggler(Rule):
     claims = ()
     scope = "job"
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.01, "ranks_per_group": 0}
+    option_docs: ClassVar[dict[str, Option]] = {
+        "ranks_per_group": Option(
+            "ranks_per_group",
+            "ranks",
+            0.0,
+            1000000.0,
+            "ranks per group (host) in the per-group summaries; 0 = the GPUs per host the trace reports",
+        ),
+    }
     doc = RuleDoc(
         what="The rank the others wait for: at the job's collectives one rank arrives last, "
         "the rest spin inside NCCL until it joins. Also reported: the step-time skew between "

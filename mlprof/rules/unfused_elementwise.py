@@ -9,7 +9,7 @@ import pandas as pd
 
 from mlprof.analyzers.framework import is_pytorch
 from mlprof.rules._kernels import kernel_facts, top_names
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
 
 
 class UnfusedElementwise(Rule):
@@ -19,6 +19,15 @@ class UnfusedElementwise(Rule):
     summary = "chains of memory-bound kernels (elementwise, norm, softmax) that fusion would merge"
     claims = ("compute.memory_bound",)
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.03, "min_chain": 2}
+    option_docs: ClassVar[dict[str, Option]] = {
+        "min_chain": Option(
+            "min_chain",
+            "kernels",
+            2.0,
+            1000000.0,
+            "only chains of at least this many back-to-back memory-bound kernels are counted and claimed",
+        ),
+    }
     doc = RuleDoc(
         what="Runs of consecutive memory-bound kernels on a stream (elementwise, activation, "
         "normalisation, softmax, reductions) that eager PyTorch launches one op at a time.",
@@ -45,6 +54,9 @@ class UnfusedElementwise(Rule):
         k = kernel_facts(ctx).kernels
         members = k[(k["klass"] == "memory_bound") & ~k["optimizer"]]
         chained = members[members["chain"] >= 0]
+        lengths = chained.groupby("chain").size()
+        long_enough = lengths[lengths >= cfg["min_chain"]]
+        chained = chained[chained["chain"].isin(long_enough.index)]  # min_chain decides what is claimed
         if len(chained) == 0:
             return []
         n_steps = max(ctx.n_windows, 1)
@@ -52,8 +64,7 @@ class UnfusedElementwise(Rule):
         lost = min(saving, ctx.per_step("compute.memory_bound"))
         if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
             return []
-        lengths = chained.groupby("chain").size()
-        lengths = lengths[lengths >= cfg["min_chain"]]
+        lengths = long_enough
         spec = ctx.gpu_spec
         compiled = int((k["klass"] == "compiled").sum())
         title = (

@@ -10,7 +10,7 @@ import pandas as pd
 
 from mlprof.analyzers.kernels import in_windows
 from mlprof.rules._kernels import kernel_facts, top_names
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms, top_ranges
 from mlprof.trace.vocabulary import DISPATCH_CATS, OPTIMIZER_STEP, names_matching
 
 
@@ -21,6 +21,15 @@ class UnfusedOptimizer(Rule):
     summary = "per-parameter optimizer kernels (foreach/fused implementation not used)"
     claims = ("compute.optimizer", "launch.optimizer", "other.optimizer")
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.02, "min_kernels_per_step": 8}
+    option_docs: ClassVar[dict[str, Option]] = {
+        "min_kernels_per_step": Option(
+            "min_kernels_per_step",
+            "kernels per step",
+            1.0,
+            1000000000.0,
+            "an optimizer step must launch at least this many per-parameter kernels to be reported",
+        ),
+    }
     needs_device = False
     doc = RuleDoc(
         what="`optimizer.step()` launches several small elementwise kernels per parameter tensor "
