@@ -367,6 +367,8 @@ def test_kernel_and_operator_tabs_search_and_sort(store: dict[str, int]) -> None
     ops = _table(at, "mean µs", not_column="% of kernel time")
     op_rows = run["ops"][run["ops"]["kind"] == "op"]
     assert len(ops) == len(op_rows) and ops.iloc[0]["name"] == op_rows.iloc[0]["name"]
+    # a finding with time ranges links its step as a Perfetto trace (the bytes are tested below)
+    assert any(b.label.startswith("Download step 16 (rank 0) with this finding") for b in at.get("download_button"))
     at.text_input(key="o_search").input("aten::conv").run()
     assert all("aten::conv" in n for n in _table(at, "mean µs", not_column="% of kernel time")["name"])
 

@@ -64,6 +64,9 @@ def test_verdict_and_top_fix_on_the_first_screen(reports: dict[str, Any], name: 
     assert f"Fix: {top['fix']}" in flat  # the fix code, whole, on the first screen
     if len(data["ranks"]) > 1:
         assert f"mean over {len(data['ranks'])} ranks" in flat
+        everything = " ".join(line.strip() for line in lines)
+        assert "(ms/step: mean over ranks; [rank N] in a title: the worst rank's figure)" in everything
+        assert "Top kernels by GPU time (mean over ranks)" in everything
 
 
 @pytest.mark.parametrize("width", [80, 160])

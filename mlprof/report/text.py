@@ -214,7 +214,11 @@ def _print_findings(data: dict[str, Any], console: Console) -> None:
     if not findings:
         console.print(f"[green]No findings[/green] ({len(checks.get('rules_run', []))} rules run).")
     else:
-        _print_findings_table(findings, console, title="Findings, ranked by expected speedup", per_step=True)
+        multi = len(data.get("ranks") or []) > 1
+        title = "Findings, ranked by expected speedup" + (
+            " (ms/step: mean over ranks; \\[rank N] in a title: the worst rank's figure)" if multi else ""
+        )
+        _print_findings_table(findings, console, title=title, per_step=True)
         _print_finding_details(findings, console, confidence=True)
         console.print("   (mlprof explain RULE: what each rule measures, its fix with code, and when it misfires)")
     plan = data.get("plan", [])

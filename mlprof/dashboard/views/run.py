@@ -74,7 +74,7 @@ def render(url: str, run_id: int | None) -> None:
         names.append("Counters")
     tabs = dict(zip(names, st.tabs(names), strict=True))
     with tabs["Fixes"]:
-        _findings(run)
+        _findings(url, run)
         if report.get("plan"):
             st.plotly_chart(figures.waterfall(float(report["checks"]["step_ms"]), report["plan"]), key="waterfall")
         job = steps[steps["rank"] == -1]
@@ -121,7 +121,31 @@ def _compare_picker(url: str, run: dict[str, Any]) -> None:
         go("compare", a=int(pick), b=int(run["id"]))
 
 
-def _findings(run: dict[str, Any]) -> None:
+def _finding_download(url: str, run: dict[str, Any], f: dict[str, Any]) -> None:
+    """A Perfetto download of the step holding the finding's first time range, with every finding drawn on it."""
+    d = f["detail"]
+    rank = int((d.get("ranks") or [0])[0])
+    a = int(d["time_ranges_ns"][0][0])
+    step = next((s for s in data.rank_steps(run["steps"], rank) if s["ts"] <= a < s["end"]), None)
+    lo, hi = (step["ts"], step["end"]) if step else (a, int(d["time_ranges_ns"][0][1]))
+    if rank not in data.cached_ranks(url, run["run_key"]):
+        return
+    found = data.finding_bands(run["findings"], rank, lo, hi)
+    trace = data.cached_window_trace(url, run["run_key"], rank, lo, hi, found)
+    if trace is None:
+        return
+    where = f"step {step['step']}" if step else "its first range"
+    st.download_button(
+        f"Download {where} (rank {rank}) with this finding for Perfetto",
+        trace,
+        file_name=f"run{run['id']}_rank{rank}_{f['rule']}.mlprof.json",
+        mime="application/json",
+        key=f"perfetto_{f['position']}",
+        help="Open in ui.perfetto.dev or chrome://tracing; findings are on the 'mlprof findings' process.",
+    )
+
+
+def _findings(url: str, run: dict[str, Any]) -> None:
     st.subheader("Ranked fixes")
     findings = run["findings"]
     if not findings:
@@ -149,8 +173,9 @@ def _findings(run: dict[str, Any]) -> None:
             if ranges:
                 st.caption(
                     f"{len(ranges)} time range(s) of this finding are drawn as red bands labelled {f['rule']} on the "
-                    "Timeline tab (pick a step marked with it), where the window downloads as a Perfetto trace."
+                    "Timeline tab (pick a step marked with it)."
                 )
+                _finding_download(url, run, f)
             st.markdown("Evidence")
             st.json(d.get("evidence", {}), expanded=1)  # top level open; nested lists fold
             st.markdown("Fix")
