@@ -35,6 +35,7 @@ CATEGORIES: tuple[str, ...] = (
     "attention",
     "compile",
     "data_parallel",
+    "shape_alignment",
 )
 """Finding categories. The first five are the pathologies every report knows by these names."""
 

@@ -22,6 +22,7 @@ from mlprof.rules.launch_bound import LaunchBound
 from mlprof.rules.memory_growth import DeviceMemoryGrowth
 from mlprof.rules.memory_leak import MemoryLeak
 from mlprof.rules.rank_wait import RankWait
+from mlprof.rules.shape_alignment import ShapeAlignment
 from mlprof.rules.straggler import Straggler
 from mlprof.rules.unfused_elementwise import UnfusedElementwise
 from mlprof.rules.unfused_optimizer import UnfusedOptimizer
@@ -41,6 +42,7 @@ RULES: tuple[Rule, ...] = (
     Straggler(),
     MemoryLeak(),
     Fp32Matmul(),
+    ShapeAlignment(),
     AllocatorChurn(),
     HostGaps(),
     GpuIdle(),

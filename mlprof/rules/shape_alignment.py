@@ -1,0 +1,122 @@
+"""SHAPE001: tensor-core GEMMs on misaligned shapes (cuBLAS/CUTLASS picked an align1/align2 kernel)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from mlprof.rules._kernels import kernel_facts, top_names
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+
+MISALIGNED = re.compile(r"(?:tensorop|hmma|imma|[hsi]\d{3,5}gemm|bf16).*_align[12](?:\b|_|>|$)", re.IGNORECASE)
+"""Tensor-core GEMM kernels built for operands aligned to 1 or 2 elements: a dimension (or leading
+dimension) is not a multiple of 8 (16-bit), 4 (TF32) or 16 (8-bit), so the vectorised loads the
+fast variants need cannot be used."""
+MULTIPLE = 8
+"""Dimensions reported as misaligned from recorded shapes: not multiples of this (16-bit tensor cores)."""
+
+
+class ShapeAlignment(Rule):
+    id = "SHAPE001"
+    name = "shape-alignment"
+    category = "shape_alignment"
+    summary = "tensor-core GEMMs with M/N/K not multiples of 8 (align1/align2 kernel variants)"
+    claims = ()
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
+    doc = RuleDoc(
+        what="Matrix multiplies run on tensor cores with a kernel variant for misaligned operands "
+        "(`..._align1`, `..._align2` in CUTLASS/cuBLAS kernel names): some dimension of the GEMM (M, "
+        "N, K or a leading dimension) is not a multiple of 8 elements for FP16/BF16, 4 for TF32 or 16 "
+        "for INT8/FP8.",
+        why="Tensor-core kernels load operands in 16-byte vectors. With a dimension of, say, 50257 "
+        "(GPT-2's vocabulary) or a hidden size of 1000, cuBLAS must fall back to kernels that load "
+        "one or two elements at a time, or to non-tensor-core paths; NVIDIA's guidance measures "
+        "several-fold slower GEMMs for the same FLOPs.",
+        detection="GEMM kernels whose name says tensor cores (`tensorop`, `s1688`, `h16816`, "
+        "`imma`...) and `align1`/`align2`. Their time per step and share of all GEMM time is the "
+        "evidence; with `record_shapes` the ops that launched them (by external id) and their input "
+        "shapes are named, with the dimensions that are not multiples of 8. No time is claimed: how "
+        "much faster the aligned kernel runs is not in this trace.",
+        fix="Pad the odd dimension to a multiple of 8 (16-bit), 16 (8-bit) or 64 to be safe:\n\n"
+        "    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # vocabulary\n"
+        "    hidden = 1024                     # not 1000; heads x head_dim a multiple of 8\n"
+        "    x = F.pad(x, (0, (-x.shape[-1]) % 8))   # pad a feature dim, slice the result back",
+        false_alarms="Small GEMMs where alignment does not matter next to launch cost; shapes fixed "
+        "by the data (an odd number of classes) whose GEMM is a tiny part of the step. FP32 SIMT "
+        "kernels (`simt_sgemm..._align1`) are not tensor-core kernels and are not counted.",
+    )
+
+    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+        k = kernel_facts(ctx).kernels
+        gemm = k[k["klass"].astype(str).str.startswith("gemm")]
+        if len(gemm) == 0 or ctx.step_ns <= 0:
+            return []
+        names = gemm["name"].astype(str)
+        hits = {n: MISALIGNED.search(n) is not None for n in names.unique()}  # once per distinct name
+        bad = gemm[names.map(hits).to_numpy(dtype=bool)]
+        if len(bad) == 0:
+            return []
+        n_steps = max(ctx.n_windows, 1)
+        bad_ns = float(bad["dur"].sum()) / n_steps
+        share = bad_ns / ctx.step_ns
+        if share < cfg["min_share"]:
+            return []
+        gemm_share = float(bad["dur"].sum()) / max(float(gemm["dur"].sum()), 1.0)
+        shapes = _launching_shapes(ctx, bad)
+        title = (
+            f"Tensor-core GEMMs on misaligned shapes: {len(bad) / n_steps:.0f} align1/align2 kernels per step, "
+            f"{ms(bad_ns)} ms ({gemm_share:.0%} of GEMM time)"
+            + (f"; e.g. {shapes[0]['op']} {shapes[0]['input_dims']}" if shapes else "")
+        )
+        return [
+            self.finding(
+                ctx,
+                title=title,
+                time_lost_ns_per_step=0.0,
+                confidence="medium",
+                confidence_reason="alignment read from kernel names; the aligned kernel's speed is not in this trace",
+                evidence={
+                    "misaligned_kernels_per_step": round(len(bad) / n_steps, 1),
+                    "misaligned_gemm_ms_per_step": ms(bad_ns),
+                    "share_of_gemm_time": round(gemm_share, 3),
+                    "share_of_step": round(share, 3),
+                    "top_kernels": top_names(bad, n_steps),
+                    "ops_and_shapes": shapes,
+                },
+                fix="pad the odd GEMM dimension (vocabulary, hidden size, batch x sequence) to a multiple of 8 "
+                "(16-bit) / 16 (8-bit); e.g. resize_token_embeddings(..., pad_to_multiple_of=64)",
+                steps=[s for s in ctx.windows["step"].tolist() if s >= 0],
+                time_ranges_ns=top_ranges(bad["ts"].to_numpy(np.int64), bad["end"].to_numpy(np.int64)),
+                severity_override="warning" if share >= 0.1 else "info",
+            )
+        ]
+
+
+def _launching_shapes(ctx: RankContext, bad: pd.DataFrame) -> list[dict[str, Any]]:
+    """The ops (with recorded shapes) that launched the misaligned kernels, by external id."""
+    gpu = ctx.trace.gpu
+    host = ctx.trace.host
+    if "input_dims" not in host or not (host["input_dims"] != "").any():
+        return []
+    starts = gpu["ts"].to_numpy(np.int64)
+    kernel_ext = gpu["external_id"].to_numpy(np.int64)[np.isin(starts, bad["ts"].to_numpy(np.int64))]
+    ops = host[(host["input_dims"] != "").to_numpy() & np.isin(host["external_id"].to_numpy(np.int64), kernel_ext)]
+    if len(ops) == 0:
+        return []
+    counts = ops.groupby([ops["name"].astype(str), ops["input_dims"].astype(str)]).size()
+    out = []
+    for (op, dims), n in counts.sort_values(ascending=False).head(5).items():
+        out.append({"op": op, "input_dims": dims, "calls": int(n), "dims_not_multiple_of_8": _odd_dims(dims)})
+    return out
+
+
+def _odd_dims(text: str) -> list[int]:
+    try:
+        dims = json.loads(text)
+    except ValueError:
+        return []
+    return sorted({int(d) for shape in dims if isinstance(shape, list) for d in shape[-2:] if int(d) % MULTIPLE})
