@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,31 @@ def test_pack_keeps_scenarios_whole_and_archives_under_the_limit(tmp_path: Path)
     groups, left = run_all.pack(tmp_path, many, 1_100_000)
     assert groups == [[n] for n in many[: run_all.MAX_ARCHIVES]]
     assert list(left) == [many[-1]] and left[many[-1]].startswith("no room")
+
+
+def test_a_run_past_its_timeout_is_ended_with_what_it_started(tmp_path: Path) -> None:
+    """comm_no_overlap spawns two ranks; at its timeout the whole process group goes, the manifest says so."""
+    out = tmp_path / "out"
+    args = ["--cpu", "--out", str(out), "--only", "comm_no_overlap", "--steps", "10", "--wall-steps", "5000"]
+    args += ["--timeout-scale", "0.1", "--overhead-repeats", "0"]  # 12 s instead of 120
+    mark = f"{os.getpid()}-{time.time_ns()}"
+    env = dict(_env(tmp_path), MLPROF_TEST_TIMEOUT_MARK=mark)  # inherited by every descendant
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(RUN_ALL), *args], env=env, capture_output=True, text=True)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # Ending only the child left the ranks holding its output pipes, and run_all waited for them
+    # (measured: 162 s with 500 wall steps, against 51 s); with 5000 they would run for minutes.
+    assert elapsed < 120, elapsed
+    entry = json.loads((out / "manifest.json").read_text())["scenarios"]["comm_no_overlap"]
+    for variant in ("bad", "fixed"):
+        assert entry[variant]["status"] == "timeout" and entry[variant]["why"] == "no result within 12 s"
+    needle = f"MLPROF_TEST_TIMEOUT_MARK={mark}".encode()
+    left = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in environ.read_bytes():
+                left.append(environ.parent.name)
+        except OSError:
+            pass
+    assert not left, f"processes of the timed-out runs still alive: {left}"

@@ -39,6 +39,7 @@ is marked ``not run``. Nothing here downloads anything; every model is built in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import itertools
 import json
@@ -46,6 +47,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -371,26 +373,30 @@ class Runner:
         """Run one child; ('ok'|'skipped'|'failed'|'timeout', returncode, last stderr line, stdout)."""
         self.log.write("$ " + " ".join(cmd) + "\n")
         self.log.flush()
+        # Its own process group, so that a timeout also ends what it started (DataLoader workers,
+        # mp.spawn ranks): left running they would hold the GPU during the next scenario.
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         try:
-            proc = subprocess.run(
-                cmd, cwd=REPO, env=env, timeout=timeout_s, capture_output=True, text=True, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            for stream in (exc.stdout, exc.stderr):
-                if stream:
-                    self.log.write(stream if isinstance(stream, str) else stream.decode(errors="replace"))
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            self.log.write(stdout + stderr)
             return "timeout", None, f"no result within {timeout_s:.0f} s", ""
-        self.log.write(proc.stdout + proc.stderr)
+        self.log.write(stdout + stderr)
         self.log.flush()
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
         last = lines[-1] if lines else ""
         if proc.returncode == 0:
-            return "ok", 0, "", proc.stdout
+            return "ok", 0, "", stdout
         if proc.returncode == _harness.EXIT_SKIPPED:
             skipped = [ln for ln in lines if ln.startswith("skipped: ")]
             reason = (skipped[-1] if skipped else last).removeprefix("skipped: ")
-            return "skipped", proc.returncode, reason, proc.stdout
-        return "failed", proc.returncode, last[-300:], proc.stdout
+            return "skipped", proc.returncode, reason, stdout
+        return "failed", proc.returncode, last[-300:], stdout
 
     def record(self, sc: Scenario, variant: str, gpus: int) -> dict[str, Any]:
         script = SCENARIOS_DIR / f"{sc.name}.py"
