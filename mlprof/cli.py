@@ -170,14 +170,50 @@ def rules_command(
     cfg = load_config(config)
     if cfg.source:
         print(f"thresholds from {cfg.source}")
+    import textwrap
+
+    columns = _terminal_columns()
     width = max(len(r.name) for r in RULES)
+    lead = 10 + width + 2 + 21
     for rule in RULES:
         values = cfg.thresholds(rule.id)
         shown = ", ".join(f"{k}={v:g}" for k, v in values.items())
         state = "  (disabled)" if rule.id in cfg.disabled else ""
-        print(f"{rule.id:<10}{rule.name:<{width + 2}}{rule.category:<21}{rule.summary}{state}")
-        print(f"{'':<10}{'':<{width + 2}}{'':<21}thresholds: {shown}")
-    print("mlprof explain ID: what a rule detects, why it costs time, how it is measured, the fix, false alarms.")
+        if columns >= lead + 60:  # wide: one row per rule, the summary wrapped in its column
+            pad = " " * lead
+            summary = textwrap.fill(rule.summary + state, width=columns - 1, initial_indent=pad, subsequent_indent=pad)[
+                lead:
+            ]
+            print(f"{rule.id:<10}{rule.name:<{width + 2}}{rule.category:<21}{summary}")
+            print(textwrap.fill(f"thresholds: {shown}", width=columns - 1, initial_indent=pad, subsequent_indent=pad))
+        else:  # narrow: the id line, then the summary and thresholds wrapped at word boundaries
+            print(f"{rule.id}  {rule.name}  [{rule.category}]{state}")
+            for text in (rule.summary, f"thresholds: {shown}"):
+                print(textwrap.fill(text, width=columns - 1, initial_indent="    ", subsequent_indent="    "))
+    print(
+        textwrap.fill(
+            "mlprof explain ID: what a rule detects, why it costs time, how it is measured, the fix, false alarms.",
+            width=columns - 1,
+        )
+    )
+
+
+def _wrap_line(line: str) -> str:
+    """A prose line wrapped at word boundaries to the terminal (code, indented four spaces or more, is kept)."""
+    import textwrap
+
+    width = _terminal_columns() - 1
+    indent = line[: len(line) - len(line.lstrip(" "))]
+    if len(line) <= width or len(indent) >= 4:
+        return line
+    return textwrap.fill(line.strip(), width=width, initial_indent=indent, subsequent_indent=indent + "  ")
+
+
+def _terminal_columns() -> int:
+    """The terminal's width (``COLUMNS`` when set), 100 when it cannot be told; text is wrapped to it."""
+    import shutil
+
+    return max(shutil.get_terminal_size((100, 24)).columns, 40)
 
 
 @app.command()
@@ -229,7 +265,7 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
         "",
         speedup,
     ]
-    sys.stdout.write("\n".join(parts) + "\n")
+    sys.stdout.write("\n".join(_wrap_line(line) for line in "\n".join(parts).split("\n")) + "\n")
 
 
 def _option_lines(rule: Any) -> list[str]:
@@ -251,7 +287,8 @@ def _indent(text: str) -> str:
         if block.startswith("    "):
             out.append("\n".join("  " + line for line in block.splitlines()))
         else:
-            out.append(textwrap.fill(block, width=96, initial_indent="  ", subsequent_indent="  "))
+            width = min(96, _terminal_columns() - 1)
+            out.append(textwrap.fill(block, width=width, initial_indent="  ", subsequent_indent="  "))
     return "\n\n".join(out)
 
 

@@ -203,3 +203,26 @@ def test_runs_table_reads_at_80_and_160_columns(tmp_path: Path, width: int) -> N
     body = "\n".join(lines[at + 2 : at + 4])
     for text in ("16.01", "COMM002", "1.37x", "4.55x", "dlrm_kineto", "18.89", "DATA001", "2.81x"):
         assert text in body, text
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_rules_and_explain_wrap_at_word_boundaries(
+    width: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlprof.cli import main
+    from mlprof.rules.registry import RULES
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    assert main(["rules"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) < width
+    flat = " ".join(out.split())
+    for rule in RULES:
+        assert " ".join(rule.summary.split()) in flat, rule.id  # every word whole, in order
+    assert main(["explain", "DATA001"]) == 0
+    text = capsys.readouterr().out
+    prose = [line for line in text.splitlines() if not line.startswith("    ")]
+    assert max(len(line) for line in prose) < width
+    doc = next(r for r in RULES if r.id == "DATA001").doc
+    first_paragraph = doc.what.split("\n\n")[0]
+    assert " ".join(first_paragraph.split()) in " ".join(text.split())
