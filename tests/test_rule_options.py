@@ -82,7 +82,7 @@ def test_trace_rules_at_their_range_ends(rule: Rule, contexts: list[list[RankCon
             if rule.scope == "job":
                 skew = rank_skew([c.tables for c in job]) if len(job) > 1 else None  # type: ignore[misc]
                 step_ns = sum(c.step_ns for c in job) / len(job)
-                found += rule.check_job(job, skew, step_ns, cfg)[0]  # type: ignore[attr-defined]
+                found += rule.check_job(job, skew, step_ns, cfg)[0]
             for f in found:
                 d = f.to_dict()
                 assert math.isfinite(d["expected_speedup"]) and d["expected_speedup"] >= 1.0, (rule.id, name, value)

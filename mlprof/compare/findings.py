@@ -28,6 +28,7 @@ from typing import Any
 
 from mlprof.analysis import Analysis
 from mlprof.rules.base import Finding
+from mlprof.rules.registry import BY_ID
 
 NS_PER_MS = 1_000_000
 CHANGE_MIN_SHARE = 0.10
@@ -113,7 +114,8 @@ class PredictedVsAchieved:
 
 
 def _key(f: Finding) -> tuple[str, str]:
-    return (f.rule, str(f.evidence.get("device", "")) if f.rule == "MEM001" else "")
+    rule = BY_ID.get(f.rule)
+    return (f.rule, rule.merge_key(f) if rule is not None else "")
 
 
 def diff_findings(base: list[Finding], new: list[Finding]) -> FindingsDiff:

@@ -60,8 +60,9 @@ FLUSH_BYTES = 32 << 20
 """Spill buffers are written out when they hold this much in total."""
 _NULL = msgspec.Raw(b"null")
 _ENCODER = msgspec.json.Encoder()
-SKIPPED_RULES = ("MEM001",)
-"""Rules that need several steps at once: not run one step at a time."""
+SKIPPED_RULES = tuple(r.id for r in TRACE_RULES if r.needs_all_steps)
+"""Rules that need several steps at once (:attr:`mlprof.rules.base.Rule.needs_all_steps`): not run one step at
+a time."""
 
 
 @dataclass
@@ -303,7 +304,8 @@ def _merge(
     for p in parts:
         for rule_id, text in p.verdicts.items():
             ctx.verdicts.setdefault(rule_id, text)
-    ctx.verdicts["MEM001"] = "not run with --low-memory (a trend over steps needs all steps at once)"
+    for rule_id in SKIPPED_RULES:
+        ctx.verdicts[rule_id] = "not run with --low-memory (a trend over steps needs all steps at once)"
     per_window = [_window_findings(p, config) for p in parts]
     findings = _merge_windows(per_window, [w.step for w in windows], ctx.step_ns)
     diagnosis = diagnose([ctx], config, None, meta.world_size, per_rank=[findings])

@@ -205,10 +205,41 @@ class Rule:
     """A rank rule whose causes are only final once the ranks' collectives are matched (exposed communication
     split into waiting and transfer): it runs after the match, reading only what every rank keeps
     (:attr:`RankContext.tables`), so a job analysed by per-rank tasks gives the same findings."""
+    overlaps: ClassVar[tuple[str, ...]] = ()
+    """Rules whose claimed time includes this rule's: the engine takes this rule's time out of theirs
+    (:meth:`carve_out`), so the plan counts it once (STRAG001's lateness is part of COMM002's wait)."""
+    needs_all_steps: ClassVar[bool] = False
+    """Judges a trend over all analysed steps at once: not run one step window at a time (--low-memory)."""
     doc: ClassVar[RuleDoc]
 
     def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
         raise NotImplementedError
+
+    def check_job(
+        self, contexts: list[RankContext], skew: Any, step_ns: float, cfg: dict[str, float]
+    ) -> tuple[list[Finding], Any]:
+        """A job-scope rule (:attr:`scope` ``job``): its findings over the whole job and the cross-rank view."""
+        raise NotImplementedError
+
+    def merge_key(self, finding: Finding) -> str:
+        """Findings of this rule with the same key are one job finding when ranks are merged
+        (and are matched by ``mlprof compare``); e.g. one per device for a memory leak."""
+        return ""
+
+    def merged_title(self, job: Finding, worst: Finding, ranks_with: int, ranks: int, skew: Any) -> str:
+        """The title of a finding merged over ``ranks`` ranks (``job`` holds the mean time lost)."""
+        mean = ms(job.time_lost_ns_per_step)
+        return f"{worst.title} [rank {worst.ranks[0]}; {ranks_with} of {ranks} ranks, mean {mean} ms/step]"
+
+    def carve_out(self, finding: Finding, carved_ns: float) -> Finding | None:
+        """Take ``carved_ns`` per step of this rule's time out of ``finding`` (a rule in :attr:`overlaps`);
+        None when nothing of it is left."""
+        before = finding.time_lost_ns_per_step
+        finding.time_lost_ns_per_step = max(before - carved_ns, 0.0)
+        if before > 0:
+            finding.claimed = {k: v * finding.time_lost_ns_per_step / before for k, v in finding.claimed.items()}
+        finding.evidence[f"time_lost_ms_per_step_claimed_by_{self.id}"] = ms(min(carved_ns, before))
+        return finding if finding.time_lost_ns_per_step > 0 else None
 
     def options(self) -> list[tuple[Option | None, float]]:
         """Each threshold's documentation (None when undocumented: a test fails) and default, in order."""

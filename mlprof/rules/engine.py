@@ -24,7 +24,7 @@ from mlprof.results import PlanStep as PlanStep
 from mlprof.rules.base import RankContext, ms
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.counter_base import CounterContext
-from mlprof.rules.registry import COUNTER_RULES, TRACE_RULES
+from mlprof.rules.registry import BY_ID, COUNTER_RULES, TRACE_RULES
 
 
 def run_rank(ctx: RankContext, config: RuleConfig, *, matched: bool | None = None) -> list[Finding]:
@@ -94,32 +94,32 @@ def diagnose(
 def _run_job_rules(
     contexts: list[RankContext], skew: RankSkew | None, step_ns: float, config: RuleConfig
 ) -> tuple[list[Finding], CrossRank | None]:
-    from mlprof.rules.straggler import Straggler
-
-    rule = next(r for r in TRACE_RULES if isinstance(r, Straggler))
-    findings, report = rule.check_job(contexts, skew, step_ns, config.thresholds(rule.id))
-    return ([] if rule.id in config.disabled else findings), report
+    """Every job-scope rule once over the job; the cross-rank view is built even when they are disabled."""
+    findings: list[Finding] = []
+    cross_rank: CrossRank | None = None
+    for rule in TRACE_RULES:
+        if rule.scope != "job":
+            continue
+        found, report = rule.check_job(contexts, skew, step_ns, config.thresholds(rule.id))
+        cross_rank = cross_rank or report
+        if rule.id not in config.disabled:
+            findings.extend(found)
+    return findings, cross_rank
 
 
 def _carve_out(findings: list[Finding], job_findings: list[Finding]) -> list[Finding]:
-    """The straggler's time is part of the collective wait COMM002 claims: count it once."""
-    carved = sum(f.time_lost_ns_per_step for f in job_findings if f.rule == "STRAG001")
-    if carved <= 0:
-        return findings
-    out = []
-    for f in findings:
-        out.append(f)
-        if f.rule == "COMM002":
-            before = f.time_lost_ns_per_step
-            f.time_lost_ns_per_step = max(before - carved, 0.0)
-            if before > 0:
-                f.claimed = {k: v * f.time_lost_ns_per_step / before for k, v in f.claimed.items()}
-            f.evidence["wait_ms_per_step_before_straggler"] = ms(before)
-            f.evidence["straggler_ms_per_step_claimed_by_STRAG001"] = ms(min(carved, before))
-            f.title += f"; {ms(min(carved, before))} ms of it is the straggler's (STRAG001)"
-            if f.time_lost_ns_per_step <= 0:
-                out.pop()  # all of the wait is the straggler's: STRAG001 says it
-    return out
+    """A rule's time that other rules' claims include (:attr:`Rule.overlaps`) is taken out of theirs."""
+    for rule in TRACE_RULES:
+        carved = sum(f.time_lost_ns_per_step for f in job_findings if f.rule == rule.id)
+        if not rule.overlaps or carved <= 0:
+            continue
+        kept = []
+        for f in findings:
+            g = rule.carve_out(f, carved) if f.rule in rule.overlaps else f
+            if g is not None:
+                kept.append(g)
+        findings = kept
+    return findings
 
 
 OUTLIER_FACTOR = 2.0
@@ -200,7 +200,8 @@ def _merge(
     groups: dict[tuple[str, str], list[Finding]] = {}
     for findings in per_rank:
         for f in findings:
-            key = (f.rule, str(f.evidence.get("device", "")) if f.rule == "MEM001" else "")
+            rule = BY_ID.get(f.rule)
+            key = (f.rule, rule.merge_key(f) if rule is not None else "")
             groups.setdefault(key, []).append(f)
     n = len(contexts)
     merged: list[Finding] = []
@@ -221,11 +222,9 @@ def _merge(
         }
         if len(shown) < len(group):
             job.evidence["ranks_shown"] = f"the {len(shown)} largest of {len(group)} (all ranks: cross_rank.per_rank)"
-        if rule_id == "COMM002" and skew is not None:
-            job.title, job.evidence["late_ranks"] = _late_ranks(skew, job.time_lost_ns_per_step)
-        else:
-            mean = ms(job.time_lost_ns_per_step)
-            job.title = f"{worst.title} [rank {worst.ranks[0]}; {len(group)} of {n} ranks, mean {mean} ms/step]"
+        rule = BY_ID.get(rule_id)
+        if rule is not None:
+            job.title = rule.merged_title(job, worst, len(group), n, skew)
         merged.append(job)
     return merged
 
@@ -236,31 +235,6 @@ MAX_RANKS_IN_EVIDENCE = 32
 
 def _largest(group: list[Finding], n: int) -> list[Finding]:
     return sorted(group, key=lambda f: (-f.time_lost_ns_per_step, f.ranks[0]))[:n]
-
-
-def _late_ranks(skew: RankSkew, mean_wait_ns: float) -> tuple[str, list[dict[str, Any]]]:
-    table = skew.per_rank.sort_values(["caused_wait_ns", "last_arrivals"], ascending=False)
-    if len(table) > MAX_RANKS_IN_EVIDENCE:
-        table = table.head(MAX_RANKS_IN_EVIDENCE // 2)
-    late = table[table["caused_wait_ns"] > 0]
-    rows = [
-        {
-            "rank": int(r.rank),
-            "arrived_last": int(r.last_arrivals),
-            "others_waited_ms": ms(r.caused_wait_ns),
-            "own_comm_ms": ms(r.comm_ns),
-            "own_wait_ms": ms(r.wait_ns),
-        }
-        for r in table.itertuples(index=False)
-    ]
-    names = ", ".join(str(int(r)) for r in late["rank"].head(2))
-    waiting = skew.per_rank[skew.per_rank["wait_ns"] > 0].sort_values("wait_ns", ascending=False)
-    most = ", ".join(f"rank {int(r.rank)} {ms(r.wait_ns)} ms" for r in waiting.head(2).itertuples(index=False))
-    title = (
-        f"Exposed communication on {len(waiting)} of {len(skew.ranks)} ranks is mostly waiting for late ranks: "
-        f"{ms(mean_wait_ns)} ms per step (mean); late: rank {names}; waiting most: {most}"
-    )
-    return title, rows
 
 
 def build_plan(findings: list[Finding], step_ns: float) -> list[PlanStep]:

@@ -56,6 +56,11 @@ class MemoryLeak(Rule):
         ),
     }
     needs_device = False
+    needs_all_steps = True
+
+    def merge_key(self, finding: Finding) -> str:
+        return str(finding.evidence.get("device", ""))  # one leak per device
+
     doc = RuleDoc(
         what="The memory still allocated when a step starts grows with every step: something "
         "created in each step survives it.",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from mlprof.analyzers.rank_skew import RankSkew
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
+
+MAX_LATE_ROWS = 32
+"""Ranks in a merged finding's ``late_ranks`` evidence: all up to this many, else the half most waited for
+(as the per-rank figures of every merged finding, :data:`mlprof.rules.engine.MAX_RANKS_IN_EVIDENCE`)."""
 
 
 class RankWait(Rule):
@@ -14,6 +19,14 @@ class RankWait(Rule):
     summary = "collectives wait for late ranks: some ranks do more work or start later"
     claims = ("comm.wait",)
     needs_other_ranks = True
+
+    def merged_title(self, job: Finding, worst: Finding, ranks_with: int, ranks: int, skew: Any) -> str:
+        """Merged over ranks: who is late and who waits most (the matched collectives say it)."""
+        if skew is None:
+            return super().merged_title(job, worst, ranks_with, ranks, skew)
+        title, job.evidence["late_ranks"] = _late_ranks(skew, job.time_lost_ns_per_step)
+        return title
+
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
         what="On some ranks, collective kernels start and then wait for a rank that arrives "
@@ -55,3 +68,28 @@ class RankWait(Rule):
                 claimed={"comm.wait": lost},
             )
         ]
+
+
+def _late_ranks(skew: RankSkew, mean_wait_ns: float) -> tuple[str, list[dict[str, Any]]]:
+    table = skew.per_rank.sort_values(["caused_wait_ns", "last_arrivals"], ascending=False)
+    if len(table) > MAX_LATE_ROWS:
+        table = table.head(MAX_LATE_ROWS // 2)
+    late = table[table["caused_wait_ns"] > 0]
+    rows = [
+        {
+            "rank": int(r.rank),
+            "arrived_last": int(r.last_arrivals),
+            "others_waited_ms": ms(r.caused_wait_ns),
+            "own_comm_ms": ms(r.comm_ns),
+            "own_wait_ms": ms(r.wait_ns),
+        }
+        for r in table.itertuples(index=False)
+    ]
+    names = ", ".join(str(int(r)) for r in late["rank"].head(2))
+    waiting = skew.per_rank[skew.per_rank["wait_ns"] > 0].sort_values("wait_ns", ascending=False)
+    most = ", ".join(f"rank {int(r.rank)} {ms(r.wait_ns)} ms" for r in waiting.head(2).itertuples(index=False))
+    title = (
+        f"Exposed communication on {len(waiting)} of {len(skew.ranks)} ranks is mostly waiting for late ranks: "
+        f"{ms(mean_wait_ns)} ms per step (mean); late: rank {names}; waiting most: {most}"
+    )
+    return title, rows

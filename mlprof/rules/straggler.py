@@ -17,7 +17,7 @@ import pandas as pd
 from mlprof.analyzers.causes import CAUSES
 from mlprof.analyzers.rank_skew import RankSkew
 from mlprof.analyzers.stragglers import MEASURE_COLUMNS, CrossRank, cross_rank_report
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
 
 COMPUTE_CAUSES = CAUSES["compute"]
 
@@ -29,6 +29,19 @@ class Straggler(Rule):
     summary = "one rank arrives last at collectives: every other rank (the whole job) waits for it"
     claims = ()
     scope = "job"
+    overlaps = ("COMM002",)
+
+    def carve_out(self, finding: Finding, carved_ns: float) -> Finding | None:
+        """The straggler's lateness is part of the collective wait COMM002 claims: count it once."""
+        before = finding.time_lost_ns_per_step
+        finding.time_lost_ns_per_step = max(before - carved_ns, 0.0)
+        if before > 0:
+            finding.claimed = {k: v * finding.time_lost_ns_per_step / before for k, v in finding.claimed.items()}
+        finding.evidence["wait_ms_per_step_before_straggler"] = ms(before)
+        finding.evidence["straggler_ms_per_step_claimed_by_STRAG001"] = ms(min(carved_ns, before))
+        finding.title += f"; {ms(min(carved_ns, before))} ms of it is the straggler's (STRAG001)"
+        return finding if finding.time_lost_ns_per_step > 0 else None  # all of it the straggler's: STRAG001 says it
+
     defaults: ClassVar[dict[str, float]] = {"min_share": 0.01, "ranks_per_group": 0}
     option_docs: ClassVar[dict[str, Option]] = {
         "ranks_per_group": Option(
