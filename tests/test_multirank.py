@@ -146,10 +146,12 @@ def test_trace_filter_names_rank_1_and_finds_bandwidth_not_imbalance() -> None:
     report = to_json_dict(analyze_paths(str(external(TRACE_FILTER)), jobs=1))
     rows = _by_rank(report)
     assert rows[1]["arrived_last"] == 7 and rows[0]["arrived_last"] == 3
-    assert _finding(report, "STRAG001")["ranks"] == [1]
     assert rows[1]["critical_ms"] == pytest.approx(61.6505)
-    # Only the exposed part of the wait is claimed: the mean exposed wait over the two ranks.
-    assert _finding(report, "STRAG001")["time_lost_ms_per_step"] == pytest.approx(49.1115)
+    # Matched by order (no sequence numbers), the 10 SendRecv kernels end a median 21.3 ms apart after
+    # clock alignment against a median duration of 43.5 ms: not the same collectives on both ranks
+    # (this is HTA's sampled trace), so no rank is blamed (issue 14) and the verdict says why.
+    assert not any(f["rule"] == "STRAG001" for f in report["findings"])
+    assert "no straggler named" in report["checks"]["verdicts"]["STRAG001"]
     summary = report["cross_rank"]["summary"]
     # Most exposed communication here moves bytes: 111.0 ms transfer vs 49.1 ms waiting per step.
     assert summary["imbalance_share"] == pytest.approx(0.3067, abs=1e-4)

@@ -58,7 +58,9 @@ class RankSkew:
     """``pg+seq`` (process group and sequence number from the trace) or ``order`` (n-th kernel of a name)."""
     collectives: pd.DataFrame = field(default_factory=pd.DataFrame)
     """One row per matched collective: key, name, ranks, last_rank, spread_ns (latest minus earliest
-    aligned arrival), wait_ns (summed over ranks), critical_ns, aligned_start_ns (median)."""
+    aligned arrival), end_spread_ns (latest minus earliest aligned end: near zero when the match is
+    right, since all ranks leave a collective together), median_dur_ns, wait_ns (summed over ranks),
+    critical_ns, aligned_start_ns (median)."""
 
 
 def comm_signature(trace: Trace) -> pd.DataFrame:
@@ -129,6 +131,7 @@ def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankS
     matched["end"] = matched["ts"] + matched["dur"]
     offsets = _clock_offsets(matched, ranks)
     matched["aligned_ts"] = matched["ts"] - matched["rank"].map(offsets).to_numpy(np.int64)
+    matched["aligned_end"] = matched["end"] - matched["rank"].map(offsets).to_numpy(np.int64)
 
     by_key = matched.groupby("key", sort=False)
     first_arrival = by_key["aligned_ts"].transform("min")
@@ -147,6 +150,8 @@ def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankS
             "ranks": by_key["rank"].size(),
             "last_rank": last["rank"],
             "spread_ns": by_key["arrival"].max(),
+            "end_spread_ns": by_key["aligned_end"].max() - by_key["aligned_end"].min(),
+            "median_dur_ns": by_key["dur"].median().round().astype(np.int64),
             "wait_ns": by_key["wait"].sum(),
             "critical_ns": (second.reindex(last.index).fillna(last["dur"]) - last["dur"]).astype(np.int64),
             "aligned_start_ns": by_key["aligned_ts"].min() + by_key["arrival"].median().round().astype(np.int64),

@@ -70,7 +70,12 @@ class Straggler(Rule):
         "rank's step gains if it arrives with the others. The worst such rank is the finding; "
         "its time lost is its `critical_ms`, capped by the ranks' mean exposed collective wait "
         "(waiting hidden under compute costs nothing), and COMM002 keeps the rest of the wait "
-        "(the spread among the other ranks). The per-rank table and summaries by rank group are in the JSON "
+        "(the spread among the other ranks). The finding says why the rank is late: `slow_compute` when "
+        "its compute time per step exceeds the median rank's by at least half its lateness, else "
+        "`host_side` (it computes like the others, its step starts late: data loading, logging, host "
+        "work). Collectives matched by order must end together after clock alignment (within 10% of "
+        "their median duration and 20 us); when they do not, no rank is named and the verdict says the "
+        "matching is unreliable. The per-rank table and summaries by rank group are in the JSON "
         "`cross_rank` object.",
         fix="Compare the straggler's row in the per-rank table with the median rank: more "
         "compute means more work (balance the shard or the batch), more idle means a host or "
@@ -97,6 +102,10 @@ class Straggler(Rule):
         per = report.per_rank
         if skew is None or len(per) == 0 or step_ns <= 0:
             return [], report
+        unreliable = _order_match_unreliable(skew)
+        if unreliable is not None:
+            contexts[0].verdicts[self.id] = unreliable
+            return [], report
         worst = per.sort_values(["critical_ms", "rank"], ascending=[False, True]).iloc[0]
         # The job gains the straggler's lateness only where the others' wait is exposed (not hidden under compute).
         critical_ns = float(worst["critical_ms"]) * 1_000_000
@@ -106,12 +115,14 @@ class Straggler(Rule):
             return [], report
         rank = int(worst["rank"])
         median = per.median(numeric_only=True)
+        cause, cause_text, cause_numbers = _why_late(per, worst)
         s = report.summary
         title = (
             f"Rank {rank} is the straggler: it arrived last at {int(worst['arrived_last'])} of {skew.matched} "
             f"collectives and the other {len(per) - 1} ranks waited {worst['caused_wait_ms']:.3f} ms per step "
             f"(summed); the job waits for it {worst['critical_ms']:.3f} ms per step"
             + (f", {lost / 1e6:.3f} ms of it exposed" if lost < critical_ns else "")
+            + f"; {cause_text}"
         )
         top = per[per["critical_ms"] > 0].sort_values(["critical_ms", "rank"], ascending=[False, True]).head(5)
         evidence: dict[str, Any] = {
@@ -126,6 +137,11 @@ class Straggler(Rule):
             "imbalance_share": s["imbalance_share"],
             "match_key": skew.match_key,
             "matched_collectives": skew.matched,
+            "why_late": cause,
+            **cause_numbers,
+            "collective_end_spread_us_median": round(float(skew.collectives["end_spread_ns"].median()) / 1000, 2)
+            if "end_spread_ns" in skew.collectives
+            else None,
         }
         finding = Finding(
             rule=self.id,
@@ -139,11 +155,69 @@ class Straggler(Rule):
             "assumes the straggler can arrive with the second-latest rank; capped by the ranks' mean exposed "
             "collective wait (wait hidden under compute gains nothing)",
             evidence=evidence,
-            fix=f"find why rank {rank} is late (compare its compute_ms and idle time with the median rank) and "
-            "balance its work or replace its node",
+            fix=(
+                f"rank {rank}'s kernels take longer than the others': balance its share of the work, check its GPU "
+                "(clocks, throttling) or replace its node"
+                if cause == "slow_compute"
+                else f"rank {rank} computes as fast as the others but starts late: look at its host work between "
+                "steps (data loading, logging, checkpointing, Python on rank 0 only) and make it asynchronous or "
+                "spread it over ranks"
+                if cause == "host_side"
+                else f"find why rank {rank} is late (compare its compute_ms and host time with the median rank) and "
+                "balance its work or replace its node"
+            ),
             ranks=[rank],
         )
         return [finding], report
+
+
+ORDER_MATCH_MAX_END_SPREAD = 0.1
+"""Order matching is trusted while the matched collectives' aligned ends lie within this share of their
+median duration of each other (all ranks leave a collective together; a mismatch does not)."""
+ORDER_MATCH_MIN_SPREAD_NS = 20_000
+"""... and within this much absolute time (clock drift and kernel-end jitter stay well below it)."""
+
+
+def _order_match_unreliable(skew: RankSkew) -> str | None:
+    """A sentence saying why the order matching cannot be trusted, or None when it can."""
+    colls = skew.collectives
+    if skew.match_key != "order" or "end_spread_ns" not in colls or len(colls) == 0:
+        return None
+    spread = float(colls["end_spread_ns"].median())
+    dur = float(colls["median_dur_ns"].median())
+    if spread <= max(ORDER_MATCH_MIN_SPREAD_NS, ORDER_MATCH_MAX_END_SPREAD * dur):
+        return None
+    return (
+        f"no straggler named: collectives matched by order end {spread / 1000:.1f} us apart (median) after "
+        f"clock alignment, against a median collective of {dur / 1000:.1f} us; ranks leave a collective "
+        "together, so the n-th kernels are not the same collectives on every rank (a rank recorded more or "
+        "fewer of them). Record process-group sequence numbers (a newer PyTorch) or all ranks over the same steps"
+    )
+
+
+def _why_late(per: pd.DataFrame, worst: pd.Series) -> tuple[str, str, dict[str, float]]:
+    """Slow compute (its kernels take longer) or host-side skew (it computes like the others, starts late)."""
+    median = per.median(numeric_only=True)
+    host = per["step_ms"] - per["compute_ms"] - per["wait_ms"] - per["transfer_ms"]
+    own_host = float(host[per["rank"] == worst["rank"]].iloc[0])
+    compute_excess = float(worst["compute_ms"] - median["compute_ms"])
+    host_excess = own_host - float(host.median())
+    late = float(worst["critical_ms"])
+    numbers = {
+        "compute_ms_over_median": round(compute_excess, 4),
+        "host_ms_over_median": round(host_excess, 4),
+    }
+    if compute_excess >= 0.5 * late and compute_excess >= host_excess:
+        text = f"its kernels take {compute_excess:.3f} ms per step longer than the median rank's"
+        return "slow_compute", text, numbers
+    if compute_excess < 0.5 * late:
+        return (
+            "host_side",
+            f"its compute matches the median rank's ({float(worst['compute_ms']):.3f} vs "
+            f"{float(median['compute_ms']):.3f} ms): it is late from the host side (its step starts late)",
+            numbers,
+        )
+    return "unclear", "neither its compute nor its host time explains the lateness alone", numbers
 
 
 def _row(r: pd.Series) -> dict[str, Any]:
