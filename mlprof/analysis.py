@@ -204,11 +204,17 @@ def _align(analysis: Analysis, ca: CounterAnalysis) -> None:
 
 
 def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConfig) -> Diagnosis:
+    from mlprof.whatif import RankReplay, predict, replay_rank
+
     contexts = []
+    replays: list[RankReplay] = []
     for ra in ranks:
         starts, ends = analysed_windows(ra)
         wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
         ra.causes = attribute_causes(ra.full_trace, starts, ends, comm_wait=wait)
         contexts.append(RankContext(ra, ra.causes))
+        replays.append(replay_rank(ra.trace, ra.rank, starts, ends, ra.steps))
     world = ranks[0].trace.meta.world_size if ranks else None
-    return diagnose(contexts, config, skew, world)
+    diagnosis = diagnose(contexts, config, skew, world)
+    diagnosis.whatif = predict(diagnosis, replays, [c.gpu_spec for c in contexts], config)
+    return diagnosis

@@ -33,7 +33,7 @@ def test_pyproject_tool_mlprof_is_found_from_a_subfolder(tmp_path: Path) -> None
     sub.mkdir(parents=True)
     assert find_config(sub) == tmp_path / "pyproject.toml"
     cfg = load_config(start=sub)
-    assert cfg.thresholds("DATA001") == {"min_share": 0.5}
+    assert cfg.thresholds("DATA001") == {"min_share": 0.5, "ready_batch_ms": 0.3}
     assert cfg.thresholds("SYNC001") == {"min_share": 0.02}
 
 

@@ -98,6 +98,11 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions) -> Ana
         per_rank.append(found)
     world = partials[0].analysis.trace.meta.world_size
     diagnosis = diagnose(contexts, config, skew, world, per_rank=per_rank)
+    from mlprof.whatif import predict
+
+    if all(p.replay is not None for p in partials):
+        specs = [c.gpu_spec for c in contexts]
+        diagnosis.whatif = predict(diagnosis, [p.replay for p in partials], specs, config)
     analyses = []
     for p, findings in zip(partials, diagnosis.per_rank, strict=True):
         p.analysis.findings = sorted(findings, key=lambda f: -f.expected_speedup)

@@ -89,6 +89,9 @@ def reduce_trace(trace: Trace, options: TaskOptions) -> RankPartial:
     ra.causes = attribute_causes(trace, starts, ends, comm_wait=None)
     ctx = RankContext(ra, ra.causes)
     findings = run_rank(ctx, options.config, matched=False)
+    from mlprof.whatif import replay_rank
+
+    replay = replay_rank(trace, ra.rank, starts, ends, ra.steps)
     analysis = dataclasses.replace(
         ra, trace=reduce_tables(trace), findings=[], diagnosis=None, name_views=name_views(ra)
     )
@@ -98,6 +101,7 @@ def reduce_trace(trace: Trace, options: TaskOptions) -> RankPartial:
         verdicts=dict(ctx.verdicts),
         signature=comm_signature(trace),
         exposed_comm=exposed_comm_intervals(trace),
+        replay=replay,
     )
 
 

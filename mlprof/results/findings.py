@@ -54,7 +54,9 @@ class Finding:
         if self.severity_override is not None:
             return self.severity_override
         s = self.expected_speedup
-        return "critical" if s >= 1.25 else "warning" if s >= 1.05 else "info"
+        if s >= 1.25 and self.confidence in ("high", "medium"):
+            return "critical"
+        return "warning" if s >= 1.05 else "info"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,8 @@ class Diagnosis:
     """Several ranks: the per-rank table, rank-group summaries and job totals (:mod:`mlprof.analyzers.stragglers`)."""
     rule_outliers: list[dict[str, Any]] = field(default_factory=list)
     """Several ranks: per rule, the ranks whose time lost is at least twice the median rank's."""
+    whatif: Any = None
+    """The replay (:class:`mlprof.whatif.predict.WhatIf`) when it ran; it set the speedups and the plan."""
 
 
 @dataclass

@@ -41,6 +41,10 @@ removed or renamed key a major bump). Layout::
                      ms_per_step, input_shapes (most frequent Input Dims of matmul/
                      softmax/attention ops; null for others), call_stack
                      (most frequent, a list of frames; null without with_stack)
+    whatif           (1.5) the replay: replay_error_pct (signed, % of the recorded
+                     step; the rank with the largest error), trusted (error within
+                     max_error_pct), plan_source, per_rank (error, graph size,
+                     paced_by per step); findings carry speedup_source
 
 A counters file analysed alone gives the same top-level keys: ``trace`` and
 ``breakdown`` are null, ``steps``/``ranks``/``plan`` empty, ``findings`` the
@@ -64,7 +68,7 @@ from mlprof.results.measurements import Analysis, CounterAnalysis, RankAnalysis
 from mlprof.results.report import Report
 from mlprof.results.views import kernels_and_operators
 
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 ReportSource = Report | Analysis | CounterAnalysis | dict[str, Any]
 """What a renderer accepts: a Report, its JSON dict, or (for existing callers) the analysis it came from."""
 NS_PER_MS = 1_000_000
@@ -207,6 +211,7 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         "cross_rank": cross_rank_dict(analysis),
         "kernels": kernels,
         "operators": operators,
+        "whatif": diagnosis.whatif.to_dict() if diagnosis is not None and diagnosis.whatif is not None else None,
     }
 
 
@@ -327,6 +332,7 @@ def counters_only_json_dict(ca: CounterAnalysis) -> dict[str, Any]:
         "counters": counters,
         "kernels": [],
         "operators": [],
+        "whatif": None,
     }
 
 

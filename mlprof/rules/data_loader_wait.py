@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms, top_ranges
 from mlprof.trace.vocabulary import DATALOADER, name_mask
 
 
@@ -16,7 +16,16 @@ class DataLoaderWait(Rule):
     category = "data_starvation"
     summary = "GPU idle while the host is inside DataLoader __next__"
     claims = ("data.loader",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03, "ready_batch_ms": 0.3}
+    option_docs: ClassVar[dict[str, Option]] = {
+        "ready_batch_ms": Option(
+            "ready_batch_ms",
+            "ms",
+            0.0,
+            100000.0,
+            "what-if replay: what taking an already prepared batch costs the host",
+        ),
+    }
     needs_device = False
     doc = RuleDoc(
         what="The device has nothing to run while the training loop is inside the DataLoader's "

@@ -9,7 +9,7 @@ import numpy as np
 from mlprof.analyzers.compiled import compile_facts
 from mlprof.analyzers.framework import is_pytorch
 from mlprof.rules._kernels import kernel_facts
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
 from mlprof.trace.vocabulary import LAUNCH_RUNTIME, names_matching
 
 SHORT_KERNEL_NS = 10_000
@@ -21,7 +21,16 @@ class LaunchBound(Rule):
     category = "unfused_kernels"
     summary = "GPU idle while the host dispatches ops: kernels shorter than their launch gaps"
     claims = ("launch.dispatch",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "graph_node_us": 2.0}
+    option_docs: ClassVar[dict[str, Option]] = {
+        "graph_node_us": Option(
+            "graph_node_us",
+            "us",
+            0.0,
+            1000.0,
+            "what-if replay: host and device cost of each captured kernel in a CUDA graph",
+        ),
+    }
     doc = RuleDoc(
         what="The device runs out of work while the host is still inside PyTorch ops or kernel "
         "launches: the step is bound by Python and dispatch overhead, not by the GPU.",

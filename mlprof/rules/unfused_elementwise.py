@@ -18,7 +18,7 @@ class UnfusedElementwise(Rule):
     category = "unfused_kernels"
     summary = "chains of memory-bound kernels (elementwise, norm, softmax) that fusion would merge"
     claims = ("compute.memory_bound",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03, "min_chain": 2}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03, "min_chain": 2, "max_gap_us": 5.0}
     option_docs: ClassVar[dict[str, Option]] = {
         "min_chain": Option(
             "min_chain",
@@ -26,6 +26,13 @@ class UnfusedElementwise(Rule):
             2.0,
             1000000.0,
             "only chains of at least this many back-to-back memory-bound kernels are counted and claimed",
+        ),
+        "max_gap_us": Option(
+            "max_gap_us",
+            "us",
+            0.0,
+            1000000.0,
+            "what-if replay: a fused run is cut where the device sat idle longer than this between two kernels",
         ),
     }
     doc = RuleDoc(

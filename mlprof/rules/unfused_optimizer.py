@@ -20,7 +20,12 @@ class UnfusedOptimizer(Rule):
     category = "unfused_kernels"
     summary = "per-parameter optimizer kernels (foreach/fused implementation not used)"
     claims = ("compute.optimizer", "launch.optimizer", "other.optimizer")
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02, "min_kernels_per_step": 8}
+    defaults: ClassVar[dict[str, float]] = {
+        "min_share": 0.02,
+        "min_kernels_per_step": 8,
+        "kernel_floor_us": 2.0,
+        "foreach_launch_us": 30.0,
+    }
     option_docs: ClassVar[dict[str, Option]] = {
         "min_kernels_per_step": Option(
             "min_kernels_per_step",
@@ -28,6 +33,20 @@ class UnfusedOptimizer(Rule):
             1.0,
             1000000000.0,
             "an optimizer step must launch at least this many per-parameter kernels to be reported",
+        ),
+        "kernel_floor_us": Option(
+            "kernel_floor_us",
+            "us",
+            0.0,
+            1000.0,
+            "what-if replay: fixed device cost of each per-parameter kernel that a multi-tensor kernel saves",
+        ),
+        "foreach_launch_us": Option(
+            "foreach_launch_us",
+            "us",
+            0.0,
+            100000.0,
+            "what-if replay: host time of one multi-tensor kernel launch inside Optimizer.step",
         ),
     }
     needs_device = False

@@ -1,0 +1,359 @@
+"""Each rule's fix as an edit of the replay graph, keyed by rule id.
+
+A fix is a function ``(FixContext) -> ReplayGraph | None`` registered with
+:func:`fix`; it selects what it changes from the graph's recorded arrays (inside the
+analysed steps only, so one-off start-up work is never "fixed") and composes the
+edits of :mod:`mlprof.whatif.transforms`. ``None`` means the fix cannot be expressed
+on this trace; the finding then keeps the attribution estimate. The ``doc`` of each
+fix is printed by ``mlprof explain``; its parameters are the rule's thresholds
+(``[tool.mlprof.rules.ID]``), read with ``ctx.param``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlprof.analyzers.gpu_specs import GpuSpec
+from mlprof.whatif.graph import HTOD, KIND_ALLOC, KIND_BLOCKING_COPY, KIND_LAUNCH, MULTI_TENSOR, PAGEABLE, ReplayGraph
+from mlprof.whatif.transforms import (
+    detach_ops,
+    drop_waits,
+    merge_intervals,
+    merge_ops,
+    remove_host_time,
+    set_latency,
+    set_op_durations,
+)
+
+
+@dataclass
+class FixContext:
+    """What a fix reads: the graph to edit (already carrying earlier fixes of a plan) and the trace."""
+
+    graph: ReplayGraph
+    win_starts: np.ndarray
+    """Analysed steps, relative to ``graph.origin``."""
+    win_ends: np.ndarray
+    params: dict[str, float]
+    spec: GpuSpec | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    """The finding's evidence on this rank (measured ratios a fix may reuse)."""
+
+    def param(self, name: str, default: float) -> float:
+        return float(self.params.get(name, default))
+
+    def in_windows(self, t_rel: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.win_starts, t_rel, side="right") - 1
+        ok = pos >= 0
+        ok[ok] &= t_rel[ok] < self.win_ends[pos[ok]]
+        return ok
+
+    def window_of(self, t_rel: np.ndarray) -> np.ndarray:
+        """Index of the analysed step each time falls in, else -1."""
+        pos = np.searchsorted(self.win_starts, t_rel, side="right") - 1
+        return np.where(self.in_windows(t_rel), pos, -1)
+
+    def host_rows(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """Relative (start, end) of the graph's host ranges of a kind (``dataloader``, ``optimizer``) in the steps."""
+        s, e = self.graph.ranges.get(kind, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        keep = self.in_windows(s)
+        return s[keep], e[keep]
+
+    @property
+    def launch_cost_ns(self) -> int:
+        """Median own time of a launch call that does not wait (what an asynchronous call costs)."""
+        g = self.graph
+        sel = (g.h_kind == KIND_LAUNCH) & (g.h_wait < 0)
+        return int(np.median(g.h_end[sel] - g.h_ts[sel])) if sel.any() else 5_000
+
+
+Fix = Callable[[FixContext], "ReplayGraph | None"]
+
+
+@dataclass(frozen=True)
+class FixSpec:
+    rule: str
+    apply: Fix
+    doc: str
+
+
+FIXES: dict[str, FixSpec] = {}
+
+
+def fix(rule: str, doc: str) -> Callable[[Fix], Fix]:
+    """Register ``function`` as the graph edit of ``rule``'s fix; ``doc`` is shown by ``mlprof explain``."""
+
+    def register(function: Fix) -> Fix:
+        FIXES[rule] = FixSpec(rule, function, doc)
+        return function
+
+    return register
+
+
+def _ops_in_windows(ctx: FixContext, mask: np.ndarray) -> np.ndarray:
+    g = ctx.graph
+    return np.flatnonzero(mask & ctx.in_windows(g.g_ts))
+
+
+@fix(
+    "DATA001",
+    "Host time inside each DataLoader `__next__` of the analysed steps is removed except the cost of "
+    "taking a batch that is already prepared (`ready_batch_ms`, default 0.3 ms: what `__next__` costs with "
+    "prefetching workers, as measured on the Kineto ResNet-50 num_workers=4 trace), or the shortest "
+    "`__next__` in the trace if that is shorter. The replay then says how much of it the step gains.",
+)
+def _data_loader(ctx: FixContext) -> ReplayGraph | None:
+    s, e = ctx.host_rows("dataloader")
+    if len(s) == 0:
+        return None
+    keep = min(ctx.param("ready_batch_ms", 0.3) * 1e6, float((e - s).min()))
+    return remove_host_time(ctx.graph, s, e, int(keep))
+
+
+@fix(
+    "DATA002",
+    "Pageable host-to-device copies run at the pinned bandwidth (the pinned/pageable ratio measured in the "
+    "trace, else 2x) and their launch calls no longer wait for them (`non_blocking=True`): each costs what "
+    "an asynchronous launch costs in this trace; the stream synchronize issued by the same copy op is removed.",
+)
+def _h2d(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    pageable = (g.g_flags & PAGEABLE) > 0
+    h2d = (g.g_flags & HTOD) > 0
+    ops = _ops_in_windows(ctx, (g.g_klass == "memcpy") & pageable & h2d)
+    ratio = ctx.evidence.get("bandwidth_ratio_used") or 2.0
+    out = set_op_durations(g, ops, g.g_dur[ops] / float(ratio)) if len(ops) else g
+    items = g.g_launch[ops]
+    items = items[(items >= 0)]
+    items = items[out.h_wait[items] >= 0]
+    syncs = _h2d_sync_items(ctx)
+    if len(items) == 0 and len(syncs) == 0 and len(ops) == 0:
+        return None
+    if len(items):
+        out = drop_waits(out, items, ctx.launch_cost_ns)
+    if len(syncs):
+        out = drop_waits(out, syncs, 0)
+    return out
+
+
+def _h2d_sync_items(ctx: FixContext) -> np.ndarray:
+    """Waiting sync calls that wait for a host-to-device copy (the causes' ``sync.h2d``)."""
+    g = ctx.graph
+    items = np.flatnonzero(g.h_h2d_sync & (g.h_wait >= 0))
+    return items[ctx.in_windows(g.h_ts[items])]
+
+
+@fix(
+    "SYNC001",
+    "Every host call in the analysed steps that waits for the device (synchronize calls, the blocking copy "
+    "inside `.item()`/`.cpu()`), other than those waiting for host-to-device copies (DATA002), stops waiting: "
+    "the value stays on the device. The call itself costs nothing; a blocking copy costs an asynchronous launch.",
+)
+def _sync(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    waiting = np.flatnonzero((g.h_wait >= 0) & ctx.in_windows(g.h_ts))
+    h2d_syncs = _h2d_sync_items(ctx)
+    copies_h2d = np.zeros(len(waiting), dtype=bool)
+    if len(waiting):
+        copies_h2d = (g.h_kind[waiting] == KIND_BLOCKING_COPY) & ((g.g_flags[g.h_wait[waiting]] & HTOD) > 0)
+    waiting = waiting[~copies_h2d & ~np.isin(waiting, h2d_syncs)]
+    if len(waiting) == 0:
+        return None
+    own = np.where(g.h_kind[waiting] == KIND_BLOCKING_COPY, ctx.launch_cost_ns, 0)
+    return drop_waits(g, waiting, own)
+
+
+@fix(
+    "AMP001",
+    "FP32 matmul/convolution kernels of the analysed steps are divided by the device's tensor-core ratio "
+    "(dense FP16/BF16 tensor-core peak over FP32 peak, from the GPU spec table), capped at `local_speedup` "
+    "(default 2.0: what matmuls and convolutions gain in practice once memory traffic counts). On Volta and "
+    "Turing there is no TF32 or bf16: the ratio is the FP16 one and the fix is autocast(float16) + GradScaler.",
+)
+def _amp(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    ops = _ops_in_windows(ctx, g.g_klass == "gemm_fp32")
+    if len(ops) == 0:
+        return None
+    cap = ctx.param("local_speedup", 2.0)
+    spec = ctx.spec
+    ratio = spec.tensor_tflops / spec.fp32_tflops if spec and spec.tensor_tflops else cap
+    factor = max(min(ratio, cap), 1.0)
+    return set_op_durations(g, ops, g.g_dur[ops] / factor)
+
+
+@fix(
+    "COMM001",
+    "Communication kernels of the analysed steps leave their stream: no compute kernel queued behind them or "
+    "waiting for them on another stream waits any more, so they overlap with whatever compute the replay can "
+    "run meanwhile; host calls that waited for them still do. The gain is bounded by their own time.",
+)
+def _comm(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    ops = _ops_in_windows(ctx, g.g_klass == "comm")
+    if len(ops) == 0:
+        return None
+    return detach_ops(g, ops)
+
+
+@fix(
+    "LAUNCH001",
+    "Each stretch of the analysed steps between two kernel launches with no wait for the device and no "
+    "DataLoader call in between is replayed as a captured CUDA graph would run it: the host time between the "
+    "launches shrinks to `graph_node_us` per launch (default 2 us), and on the device each captured op costs "
+    "`graph_node_us` before it starts (the per-node cost of a graph) instead of its recorded launch latency.",
+)
+def _launch(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    launches = np.flatnonzero((g.h_kind == KIND_LAUNCH) & (g.h_wait < 0) & ctx.in_windows(g.h_ts))
+    if len(launches) < 2:
+        return None
+    node = int(ctx.param("graph_node_us", 2.0) * 1000)
+    a, b = launches[:-1], launches[1:]
+    waits_before = np.cumsum(g.h_wait >= 0)
+    same = (waits_before[b] == waits_before[a]) & (ctx.window_of(g.h_ts[a]) == ctx.window_of(g.h_ts[b]))
+    ds, de = ctx.host_rows("dataloader")
+    if len(ds):
+        ms_, me_, _ = merge_intervals(ds, de, np.zeros(len(ds), dtype=np.int64))
+        first_after = np.searchsorted(me_, g.h_ts[a], side="right")
+        clear = (first_after >= len(ms_)) | (ms_[np.clip(first_after, 0, len(ms_) - 1)] >= g.h_ts[b])
+        same &= clear
+    a, b = a[same], b[same]
+    if len(a) == 0:
+        return None
+    out = remove_host_time(g, g.h_ts[a], g.h_ts[b], node)
+    ops = np.flatnonzero(np.isin(out.g_launch, np.concatenate([a, b])))
+    return set_latency(out, ops, node, node)
+
+
+@fix(
+    "FUSE001",
+    "Runs of memory-bound kernels (outside the optimizer) that follow each other on a stream inside one "
+    "analysed step, with at most `max_gap_us` (default 5 us) of idle device between two of them, become one "
+    "kernel launched once: the other launch calls cost nothing. A fused kernel reads its inputs and writes its "
+    "output once; its time is estimated as the run's longest kernel (one kernel's worth of bytes at the "
+    "bandwidth each kernel already reaches). A run is cut at step boundaries and wherever the device waited "
+    "for the host between two kernels: that time is the launches' (LAUNCH001), not the kernels'. With no "
+    "such run the replay gains nothing.",
+)
+def _fuse(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    member = (g.g_klass == "memory_bound") & ~_optimizer_ops(ctx) & ctx.in_windows(g.g_ts)
+    groups = _runs(ctx, member, int(ctx.param("max_gap_us", 5.0) * 1000), int(ctx.param("min_chain", 2)))
+    if not groups:
+        return g
+    return merge_ops(g, groups, np.array([g.g_dur[m].max() for m in groups], dtype=np.float64))
+
+
+def _runs(ctx: FixContext, member: np.ndarray, max_gap: int, min_len: int) -> list[np.ndarray]:
+    """Runs of member ops adjacent on a stream, in one step, with at most ``max_gap`` recorded idle between."""
+    g = ctx.graph
+    idx = np.flatnonzero(member)
+    if len(idx) < 2:
+        return []
+    a, b = idx[:-1], idx[1:]
+    joined = (b == a + 1) & (g.g_stream[a] == g.g_stream[b])
+    joined &= ctx.window_of(g.g_ts[a]) == ctx.window_of(g.g_ts[b])
+    joined &= g.g_ts[b] - (g.g_ts[a] + g.g_dur[a]) <= max_gap
+    run_id = np.concatenate([[0], np.cumsum(~joined)])
+    out = []
+    bounds = np.flatnonzero(np.diff(np.concatenate([[-1], run_id, [run_id[-1] + 1]])))
+    for lo, hi in itertools.pairwise(bounds):
+        if hi - lo >= min_len:
+            out.append(idx[lo:hi])
+    return out
+
+
+def _optimizer_ops(ctx: FixContext) -> np.ndarray:
+    g = ctx.graph
+    s, e = ctx.host_rows("optimizer")
+    if len(s) == 0 or g.n_host == 0:
+        return np.zeros(g.n_gpu, dtype=bool)
+    launch_ts = np.where(g.g_launch >= 0, g.h_ts[np.clip(g.g_launch, 0, None)], g.g_ts)
+    ms_, me_, _ = merge_intervals(s, e, np.zeros(len(s), dtype=np.int64))
+    pos = np.searchsorted(ms_, launch_ts, side="right") - 1
+    ok = pos >= 0
+    ok[ok] &= launch_ts[ok] < me_[pos[ok]]
+    return ok
+
+
+@fix(
+    "FUSE002",
+    "Inside each `Optimizer.step` of the analysed steps, the per-parameter kernels of one name become one "
+    "multi-tensor kernel whose time is their total minus the fixed cost of all but one launch on the device "
+    "(`kernel_floor_us`, default 2 us each), and the host time of the step shrinks to `foreach_launch_us` "
+    "(default 30 us) per multi-tensor kernel. On a CPU-only trace the host time the rule measured in the "
+    "optimizer is removed.",
+)
+def _optimizer(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    s, e = ctx.host_rows("optimizer")
+    if len(s) == 0:
+        return None
+    foreach = (g.g_flags & MULTI_TENSOR) > 0
+    member = _optimizer_ops(ctx) & (g.g_klass == "memory_bound") & ~foreach & ctx.in_windows(g.g_ts)
+    idx = np.flatnonzero(member)
+    if len(idx) == 0:
+        if g.n_gpu:
+            return None
+        per_step = float(ctx.evidence.get("idle_in_optimizer_ms_per_step", 0.0)) * 1e6
+        n_ranges_per_step = len(s) / max(len(ctx.win_starts), 1)
+        keep = np.maximum((e - s) - per_step / max(n_ranges_per_step, 1), 0)
+        return remove_host_time(g, s, e, keep.astype(np.int64))
+    floor = ctx.param("kernel_floor_us", 2.0) * 1000
+    launch_ts = np.where(g.g_launch >= 0, g.h_ts[np.clip(g.g_launch, 0, None)], g.g_ts)
+    rng = np.searchsorted(s, launch_ts[idx], side="right") - 1
+    out = g.copy()
+    codes = g.g_name[idx]
+    key = rng.astype(np.int64) * (int(codes.max()) + 1) + codes
+    order = np.argsort(key, kind="stable")
+    groups = np.split(idx[order], np.flatnonzero(np.diff(key[order])) + 1)
+    for sel in groups:
+        sel = np.sort(sel)
+        total = float(out.g_dur[sel].sum())
+        fused = max(total - (len(sel) - 1) * floor, float(out.g_dur[sel].max()))
+        out.g_dur[sel[0]] = int(fused)
+        out.g_dur[sel[1:]] = 0
+        out.g_gap[sel[1:]] = 0
+    per_range = max(len(groups) / max(len(s), 1), 1.0)
+    keep = int(per_range * ctx.param("foreach_launch_us", 30.0) * 1000)
+    return remove_host_time(out, s, e, keep)
+
+
+@fix(
+    "ALLOC001",
+    "`cudaMalloc`/`cudaFree` calls inside the analysed (steady-state) steps are removed: the caching allocator "
+    "keeps its blocks once `empty_cache()` is gone. Start-up allocations outside those steps stay.",
+)
+def _alloc(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    items = np.flatnonzero((g.h_kind == KIND_ALLOC) & ctx.in_windows(g.h_ts))
+    if len(items) == 0:
+        return None
+    return drop_waits(g, items, 0)
+
+
+@fix(
+    "HOST001",
+    "Not a fix (the trace cannot say what the host did): an upper bound. Host time of the analysed steps "
+    "outside every recorded op and runtime call is removed; the finding's speedup is never above this "
+    "replay, and it stays low confidence.",
+)
+def _host_gaps(ctx: FixContext) -> ReplayGraph | None:
+    cs, ce = ctx.graph.ranges.get("recorded", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    gaps_s: list[np.ndarray] = []
+    gaps_e: list[np.ndarray] = []
+    for ws, we in zip(ctx.win_starts.tolist(), ctx.win_ends.tolist(), strict=True):
+        inside = (ce > ws) & (cs < we)
+        gaps_s.append(np.concatenate([[ws], np.clip(ce[inside], ws, we)]))
+        gaps_e.append(np.concatenate([np.clip(cs[inside], ws, we), [we]]))
+    if not gaps_s:
+        return None
+    gs, ge = np.concatenate(gaps_s), np.concatenate(gaps_e)
+    ok = ge > gs
+    return remove_host_time(ctx.graph, gs[ok], ge[ok], 0)

@@ -1,0 +1,252 @@
+"""Expected speedup by replay, per finding and for the plan.
+
+``speedup = replay(recorded graph) / replay(graph with the fix)``, the mean analysed
+step of every rank summed (a rank where the rule did not fire keeps its step). The
+plan applies fixes cumulatively: at each stage every remaining fix is tried on the
+already-fixed graphs and the one with the largest marginal gain is taken, so the
+waterfall is what the replay says, not a product of separate estimates.
+
+Where the replay cannot be trusted (replay error above
+:data:`~mlprof.whatif.replay.MAX_REPLAY_ERROR_PCT` on some rank) every finding keeps
+its attribution estimate, with confidence ``low`` and a reason that says why. A finding
+whose fix is not a graph edit keeps its attribution estimate (``speedup_source``
+``attribution``); an upper bound (HOST001) caps its speedup at the replay's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlprof.analyzers.gpu_specs import GpuSpec
+from mlprof.results import NS_PER_MS, Finding
+from mlprof.results.findings import Diagnosis, PlanStep
+from mlprof.rules.base import ms
+from mlprof.rules.config import RuleConfig
+from mlprof.whatif.fixes import FIXES, FixContext
+from mlprof.whatif.graph import ReplayGraph
+from mlprof.whatif.replay import MAX_REPLAY_ERROR_PCT, RankReplay
+
+BOUND_ONLY = frozenset({"HOST001"})
+"""Rules whose graph edit is an upper bound, not the fix: the finding stays an attribution estimate."""
+
+MIN_PLAN_GAIN = 1e-4
+"""A fix whose marginal gain is below this share of the step ends the plan."""
+
+
+@dataclass
+class WhatIf:
+    """The replay of a job: per-rank replay checks, and the plan the replay gives."""
+
+    ranks: list[RankReplay]
+    trusted: bool
+    plan_source: str
+    """``replay`` or ``attribution`` (when the replay error is too large)."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def worst(self) -> RankReplay | None:
+        return max(self.ranks, key=lambda r: abs(r.error_pct)) if self.ranks else None
+
+    @property
+    def replay_error_pct(self) -> float:
+        worst = self.worst
+        return worst.error_pct if worst is not None else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        worst = self.worst
+        return {
+            "replay_error_pct": round(self.replay_error_pct, 3),
+            "worst_rank": worst.rank if worst is not None else None,
+            "max_error_pct": MAX_REPLAY_ERROR_PCT,
+            "trusted": self.trusted,
+            "plan_source": self.plan_source,
+            "per_rank": [r.to_dict() for r in self.ranks],
+            "notes": self.notes,
+        }
+
+
+def apply_fix(
+    rr: RankReplay, rule: str, graph: ReplayGraph, params: dict[str, float], spec: GpuSpec | None, evidence: dict
+) -> ReplayGraph | None:
+    """``rule``'s fix applied to ``graph`` (a graph of ``rr``'s rank), or None where it cannot be expressed."""
+    fix_spec = FIXES.get(rule)
+    if fix_spec is None:
+        return None
+    ctx = FixContext(
+        graph=graph,
+        win_starts=graph.rel(rr.win_starts),
+        win_ends=graph.rel(rr.win_ends),
+        params=params,
+        spec=spec,
+        evidence=evidence,
+    )
+    return fix_spec.apply(ctx)
+
+
+def predict(diagnosis: Diagnosis, replays: list[RankReplay], specs: list[GpuSpec | None], config: RuleConfig) -> WhatIf:
+    """Replace each finding's speedup by the replay's where it can, and rebuild the plan (in place)."""
+    trusted = bool(replays) and all(r.ok for r in replays)
+    whatif = WhatIf(ranks=replays, trusted=trusted, plan_source="replay" if trusted else "attribution")
+    findings = diagnosis.findings
+    if not replays:
+        return whatif
+    if not trusted:
+        worst = whatif.worst
+        assert worst is not None
+        reason = (
+            f"replay error {worst.error_pct:+.1f}% on rank {worst.rank} (above {MAX_REPLAY_ERROR_PCT:g}%): "
+            "the dependency graph does not explain this trace, so this is the attribution estimate"
+        )
+        for f in findings:
+            f.speedup_source = "attribution"
+            if f.time_lost_ns_per_step > 0:
+                f.confidence = "low"
+                f.confidence_reason = f"{reason}; {f.confidence_reason}"
+        whatif.notes.append(reason)
+        return whatif
+
+    base_ns = np.array([r.mean_step_ns(r.graph) for r in replays])
+    per_rank = _per_rank_findings(diagnosis, replays)
+
+    def replay_with(rule: str, graphs: list[ReplayGraph]) -> tuple[list[ReplayGraph], np.ndarray, bool]:
+        out_graphs: list[ReplayGraph] = []
+        out_ns = np.empty(len(replays))
+        applied = False
+        params = config.thresholds(rule) if rule in _known_rules() else {}
+        for i, (rr, graph) in enumerate(zip(replays, graphs, strict=True)):
+            rank_finding = per_rank[i].get(rule)
+            fixed = (
+                apply_fix(rr, rule, graph, params, specs[i], rank_finding.evidence)
+                if rank_finding is not None
+                else None
+            )
+            if fixed is None:
+                out_graphs.append(graph)
+                out_ns[i] = np.nan
+            else:
+                applied = True
+                out_graphs.append(fixed)
+                out_ns[i] = rr.mean_step_ns(fixed)
+        return out_graphs, out_ns, applied
+
+    originals = [r.graph for r in replays]
+    replayed: list[Finding] = []
+    for f in findings:
+        f.speedup_source = "attribution"
+        if f.rule not in FIXES or f.time_lost_ns_per_step <= 0:
+            continue
+        _, after_ns, applied = replay_with(f.rule, originals)
+        if not applied:
+            f.evidence["replay"] = "the fix could not be expressed on this trace's graph"
+            continue
+        after = np.where(np.isnan(after_ns), base_ns, after_ns)
+        speedup = float(base_ns.sum() / max(after.sum(), 1.0))
+        attribution = f.expected_speedup
+        f.evidence["attribution_speedup"] = round(attribution, 4)
+        if f.rule in BOUND_ONLY:
+            f.evidence["replay_upper_bound"] = round(speedup, 4)
+            if speedup < attribution:
+                _set_speedup(f, speedup)
+                f.confidence_reason += f"; capped at the replay's upper bound ({speedup:.2f}x)"
+            continue
+        _set_speedup(f, speedup)
+        f.speedup_source = "replay"
+        f.confidence_reason = (
+            f"replay of the trace with the fix applied ({speedup:.2f}x; the attribution estimate was "
+            f"{attribution:.2f}x); {f.confidence_reason}"
+        )
+        replayed.append(f)
+
+    _note_no_gain(diagnosis, config)
+    diagnosis.findings.sort(key=lambda f: (-f.expected_speedup, f.severity != "critical", f.rule))
+    diagnosis.plan = _plan(diagnosis, replays, base_ns, replay_with)
+    return whatif
+
+
+def _set_speedup(f: Finding, speedup: float) -> None:
+    """The finding's time lost becomes what the replay saves (``claimed`` keeps what its causes measured)."""
+    f.time_lost_ns_per_step = f.step_ns * (1.0 - 1.0 / speedup) if speedup > 0 and f.step_ns > 0 else 0.0
+
+
+def _note_no_gain(diagnosis: Diagnosis, config: RuleConfig) -> None:
+    """A finding the replay gives less than ``min_speedup`` stays listed (the pathology is real), saying why."""
+    for f in diagnosis.findings:
+        if f.speedup_source == "replay" and f.expected_speedup < config.min_speedup:
+            f.title += f" (replay: {f.expected_speedup:.2f}x alone; something else paces the step)"
+            f.evidence["replay_note"] = (
+                f"replayed with this fix alone the step gains {f.expected_speedup:.2f}x (attribution estimate "
+                f"{f.evidence.get('attribution_speedup', 1.0):.2f}x): another resource paces the step "
+                "(whatif.per_rank paced_by); it may pay off once the plan's earlier fixes are in"
+            )
+
+
+def _per_rank_findings(diagnosis: Diagnosis, replays: list[RankReplay]) -> list[dict[str, Finding]]:
+    """Each rank's own finding of each rule (its evidence holds the rank's measured ratios)."""
+    by_rank = diagnosis.per_rank if len(diagnosis.per_rank) == len(replays) else [diagnosis.findings]
+    out: list[dict[str, Finding]] = []
+    for found in by_rank:
+        mapping: dict[str, Finding] = {}
+        for f in found:
+            mapping.setdefault(f.rule, f)
+        out.append(mapping)
+    return out
+
+
+def _known_rules() -> frozenset[str]:
+    from mlprof.rules.registry import BY_ID
+
+    return frozenset(BY_ID)
+
+
+def _plan(diagnosis: Diagnosis, replays: list[RankReplay], base_ns: np.ndarray, replay_with: Any) -> list[PlanStep]:
+    step_ms = diagnosis.step_ms
+    candidates = [f for f in diagnosis.findings if f.speedup_source == "replay" and f.confidence != "low"]
+    graphs = [r.graph for r in replays]
+    current = base_ns.copy()
+    total0 = float(base_ns.sum())
+    plan: list[PlanStep] = []
+    while candidates:
+        best: tuple[float, Finding, list[ReplayGraph], np.ndarray] | None = None
+        for f in candidates:
+            new_graphs, ns, applied = replay_with(f.rule, graphs)
+            if not applied:
+                continue
+            after = np.where(np.isnan(ns), current, ns)
+            gain = float(current.sum() - after.sum())
+            if best is None or gain > best[0]:
+                best = (gain, f, new_graphs, after)
+        if best is None or best[0] <= MIN_PLAN_GAIN * total0:
+            break
+        gain, f, graphs, current = best
+        candidates.remove(f)
+        cumulative = total0 / max(float(current.sum()), 1.0)
+        after_ms = step_ms / cumulative
+        before_ms = plan[-1].step_ms_after if plan else step_ms
+        plan.append(
+            PlanStep(
+                rule=f.rule,
+                title=f.title,
+                saves_ms_per_step=round(before_ms - after_ms, 3),
+                step_ms_after=round(after_ms, 3),
+                cumulative_speedup=round(cumulative, 4),
+            )
+        )
+    # Findings the replay cannot express follow, as their attribution estimates say.
+    remaining = (plan[-1].step_ms_after if plan else step_ms) * NS_PER_MS
+    for f in diagnosis.findings:
+        if f.speedup_source == "replay" or f.confidence == "low" or f.time_lost_ns_per_step <= 0:
+            continue
+        remaining = max(remaining - f.time_lost_ns_per_step, 1.0)
+        plan.append(
+            PlanStep(
+                rule=f.rule,
+                title=f.title,
+                saves_ms_per_step=ms(f.time_lost_ns_per_step),
+                step_ms_after=ms(remaining),
+                cumulative_speedup=round(step_ms * NS_PER_MS / remaining, 4),
+            )
+        )
+    return plan
