@@ -264,6 +264,7 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
         *_option_lines(rule),
         "",
         speedup,
+        *_whatif_doc(rule.id),
     ]
     sys.stdout.write("\n".join(_wrap_line(line) for line in "\n".join(parts).split("\n")) + "\n")
 
@@ -277,6 +278,20 @@ def _option_lines(rule: Any) -> list[str]:
         else:
             lines.append(f"  {name} = {value:g}  ({doc.unit}; {doc.lo:g}..{doc.hi:g}): {doc.meaning}")
     return lines or ["  none"]
+
+
+def _whatif_doc(rule_id: str) -> list[str]:
+    """The rule's fix as the replay applies it (mlprof.whatif.fixes), when it has one."""
+    from mlprof.whatif.fixes import FIXES
+
+    fix = FIXES.get(rule_id)
+    if fix is None:
+        return ["", "What-if replay", _indent("No graph edit: the expected speedup is the attribution estimate.")]
+    return [
+        "",
+        "What-if replay (the expected speedup is replay(recorded) / replay(with this edit))",
+        _indent(fix.doc),
+    ]
 
 
 def _indent(text: str) -> str:

@@ -71,6 +71,7 @@ def render_text(report: ReportSource, console: Console, top: int = DEFAULT_TOP) 
     if 1 < len(data["ranks"]) <= RANKS_TABLE_MAX:
         console.print(_ranks_table(data["ranks"]))
     print_cross_rank(data, console)
+    _print_whatif(data, console)
     _print_findings(data, console)
     for table in (kernel_table(data, top, console.width), operator_table(data, top, console.width)):
         if table is not None:
@@ -206,6 +207,32 @@ def _ranks_table(ranks: list[dict[str, Any]]) -> Table:
             *[f"{bd['categories'][c]['ms_per_step']:.2f}" for c in CATEGORIES],
         )
     return table
+
+
+def _print_whatif(data: dict[str, Any], console: Console) -> None:
+    """What paces each step, and whether the replay reproduces the recording (the JSON ``whatif`` object)."""
+    w = data.get("whatif")
+    if not w or not w.get("per_rank"):
+        return
+    console.print()
+    status = "speedups below are replays of the trace" if w["trusted"] else "speedups below are attribution estimates"
+    console.print(
+        term(
+            f"  replay: {w['replay_error_pct']:+.2f}% off the recorded step (rank {w['worst_rank']}; "
+            f"limit {w['max_error_pct']:g}%): {status}"
+        )
+    )
+    for rank in w["per_rank"][:RANKS_TABLE_MAX]:
+        paced = rank["paced_by"]
+        if not paced:
+            continue
+        counts: dict[str, int] = {}
+        for p in paced:
+            counts[p["paced_by"]] = counts.get(p["paced_by"], 0) + 1
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+        summary = ", ".join(f"{name} ({n} of {len(paced)} steps)" for name, n in ranked)
+        prefix = f"rank {rank['rank']}: " if len(w["per_rank"]) > 1 else ""
+        console.print(term(f"  {prefix}paced by {summary}"))
 
 
 def _print_findings(data: dict[str, Any], console: Console) -> None:

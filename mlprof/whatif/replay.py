@@ -21,17 +21,13 @@ from mlprof.trace.model import Trace
 from mlprof.whatif.graph import ReplayGraph, build_graph
 from mlprof.whatif.measure import recorded_timeline, step_durations
 from mlprof.whatif.simulate import simulate
+from mlprof.whatif.transforms import remove_host_time, set_op_durations
 
 MAX_REPLAY_ERROR_PCT = 5.0
 """Above this replay error, predictions fall back to the attribution estimate (confidence low)."""
 
-PACE_GROUPS: dict[str, tuple[str, ...]] = {
-    "GPU compute": ("compute", "memcpy_exposed"),
-    "communication": ("comm_exposed",),
-    "data loading": ("idle_data",),
-    "host": ("idle_sync", "idle_launch", "idle_other"),
-}
-"""Which attribution categories count for which resource when saying what paces a step."""
+PACE_SHARE = 0.9
+"""Pacing probe: each resource's time is scaled to this share and the steps replayed."""
 
 
 @dataclass
@@ -98,20 +94,56 @@ def replay_rank(
         win_ends=ends,
         recorded_ns=float(recorded.mean()) if len(recorded) else 0.0,
         replayed_ns=float(replayed.mean()) if len(replayed) else 0.0,
-        pacing=pacing(steps),
+        pacing=pacing(graph, starts, ends, steps),
         rounds=tl.rounds,
     )
 
 
-def pacing(steps: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per step, the resource that held the step longest: the one to speed up first."""
-    if len(steps) == 0:
+def pacing(graph: ReplayGraph, starts: np.ndarray, ends: np.ndarray, steps: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per step, the resource whose time moves the step most: each of GPU compute, communication, data
+    loading and other host time is made 10% faster in turn and the steps replayed (a critical-path probe)."""
+    if len(starts) == 0:
         return []
-    totals = np.stack([steps[list(cols)].sum(axis=1).to_numpy(np.float64) for cols in PACE_GROUPS.values()], axis=1)
-    names = list(PACE_GROUPS)
-    best = totals.argmax(axis=1)
-    dur = np.maximum(steps["dur"].to_numpy(np.float64), 1.0)
-    return [
-        {"step": int(s), "paced_by": names[b], "share": round(float(totals[i, b] / dur[i]), 3)}
-        for i, (s, b) in enumerate(zip(steps["step"].to_numpy(), best, strict=True))
-    ]
+    base = step_durations(graph, simulate(graph), starts, ends).astype(np.float64)
+    ws, we = graph.rel(starts), graph.rel(ends)
+    comm = graph.g_klass == "comm"
+    ds, de = graph.ranges.get("dataloader", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    inside = (de > ws.min()) & (ds < we.max()) if len(ds) else np.zeros(0, dtype=bool)
+    ds, de = ds[inside], de[inside]
+    host_s, host_e = _complement(ws, we, ds, de)
+    probes = {
+        "GPU compute": set_op_durations(graph, np.flatnonzero(~comm), graph.g_dur[~comm] * PACE_SHARE),
+        "communication": set_op_durations(graph, np.flatnonzero(comm), graph.g_dur[comm] * PACE_SHARE),
+        "data loading": remove_host_time(graph, ds, de, ((de - ds) * PACE_SHARE).astype(np.int64)),
+        "host": remove_host_time(graph, host_s, host_e, ((host_e - host_s) * PACE_SHARE).astype(np.int64)),
+    }
+    gains = np.stack([base - step_durations(g, simulate(g), starts, ends) for g in probes.values()], axis=1)
+    names = list(probes)
+    numbers = steps["step"].to_numpy() if len(steps) == len(starts) else np.full(len(starts), -1)
+    out = []
+    for i in range(len(starts)):
+        best = int(gains[i].argmax())
+        out.append(
+            {
+                "step": int(numbers[i]),
+                "paced_by": names[best] if gains[i, best] > 0 else "none of them alone",
+                "gain_share_at_10pct": round(float(gains[i, best] / max(base[i], 1.0)), 4),
+            }
+        )
+    return out
+
+
+def _complement(ws: np.ndarray, we: np.ndarray, cs: np.ndarray, ce: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The parts of the windows outside the (possibly overlapping) intervals ``cs``-``ce``."""
+    from mlprof.analyzers.intervals import merge
+
+    ms, me = merge(cs, ce)
+    out_s: list[np.ndarray] = []
+    out_e: list[np.ndarray] = []
+    for a, b in zip(ws.tolist(), we.tolist(), strict=True):
+        hit = (me > a) & (ms < b)
+        out_s.append(np.concatenate([[a], np.clip(me[hit], a, b)]))
+        out_e.append(np.concatenate([np.clip(ms[hit], a, b), [b]]))
+    s, e = np.concatenate(out_s), np.concatenate(out_e)
+    ok = e > s
+    return s[ok], e[ok]
