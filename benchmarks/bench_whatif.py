@@ -31,8 +31,10 @@ EXTERNAL = ROOT.parent / "shared" / "external_traces"
 
 def traces() -> list[Path]:
     found = sorted(p for p in EXTERNAL.rglob("*.json*") if p.is_file() and not p.name.endswith("_et.json.gz"))
-    return found + sorted((ROOT / "sample_traces" / "synthetic").glob("*.json.gz")) + sorted(
-        (ROOT / "sample_traces").glob("*.json.gz")
+    return (
+        found
+        + sorted((ROOT / "sample_traces" / "synthetic").glob("*.json.gz"))
+        + sorted((ROOT / "sample_traces").glob("*.json.gz"))
     )
 
 
@@ -42,7 +44,7 @@ def table() -> None:
     for path in traces():
         try:
             ra = analyze_trace(load_trace(path))
-        except Exception as exc:  # noqa: BLE001 - a row saying why, not a stop
+        except Exception as exc:
             print(f"| {path.name} | not a trace: {str(exc)[:60]} |")
             continue
         rr = ra.diagnosis.whatif.ranks[0]  # type: ignore[union-attr]

@@ -213,7 +213,7 @@ def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConf
         wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
         ra.causes = attribute_causes(ra.full_trace, starts, ends, comm_wait=wait)
         contexts.append(RankContext(ra, ra.causes))
-        replays.append(replay_rank(ra.trace, ra.rank, starts, ends, ra.steps))
+        replays.append(replay_rank(ra.full_trace, ra.rank, starts, ends, ra.steps))
     world = ranks[0].trace.meta.world_size if ranks else None
     diagnosis = diagnose(contexts, config, skew, world)
     diagnosis.whatif = predict(diagnosis, replays, [c.gpu_spec for c in contexts], config)

@@ -23,7 +23,7 @@ def _json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
 
 def test_json_contract_on_a_real_trace(capsys: pytest.CaptureFixture[str]) -> None:
     data = _json(capsys, str(external(RESNET0)))
-    assert data["schema_version"] == "1.4"
+    assert data["schema_version"] == "1.5"
     assert {"schema_version", "tool", "trace", "steps", "breakdown", "ranks", "findings", "notes"} <= set(data)
     assert data["trace"]["devices"][0]["name"] == "Tesla V100-DGXS-32GB"
     assert data["trace"]["step_source"] == "ProfilerStep"

@@ -72,7 +72,7 @@ def test_real_nvidia_smi_log_alone_text(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_real_nvidia_smi_log_alone_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = as_json(capsys, external(REAL_LOG))
-    assert data["schema_version"] == "1.4"
+    assert data["schema_version"] == "1.5"
     assert data["trace"] is None and data["ranks"] == [] and data["steps"] == [] and data["findings"] == []
     c = data["counters"]
     assert c["formats"] == ["nvidia-smi"] and c["time_base"] == "epoch" and c["aligned_to_steps"] is False

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mlprof.analyzers",),
     ("mlprof.results",),  # types: findings, measurements, Report and its JSON schema
     ("mlprof.rules",),
+    ("mlprof.whatif",),  # replay of each rule's fix: after the rules, before the analysis that calls it
     ("mlprof.analysis", "mlprof.annotate"),
     ("mlprof.engine",),
     ("mlprof.api",),  # mlprof.analyze(): the one entry point

@@ -221,7 +221,7 @@ def test_cli_jobs_and_bad_engine_options(tmp_path: Path, capsys: pytest.CaptureF
     out = tmp_path / "r.json"
     assert main(["analyze", src, "--jobs", "2", "-f", "json", "-o", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["schema_version"] == "1.4" and len(report["cross_rank"]["per_rank"]) == 2
+    assert report["schema_version"] == "1.5" and len(report["cross_rank"]["per_rank"]) == 2
     for args, words in (
         (["--engine", "spark"], "--engine spark"),
         (["--jobs", "0"], "--jobs 0"),

@@ -93,7 +93,7 @@ def rank0() -> tuple[dict[str, Any], dict[str, Any]]:
 def test_kernels_equal_raw_sums(rank0: tuple[dict[str, Any], dict[str, Any]]) -> None:
     report, raw = rank0
     kernels = {k["name"]: k for k in report["kernels"]}
-    assert report["schema_version"] == "1.4" and len(kernels) == len(raw["kernels"]) > 20
+    assert report["schema_version"] == "1.5" and len(kernels) == len(raw["kernels"]) > 20
     all_ns = sum(raw["kernels"].values())
     for name, truth in raw["kernels"].items():
         k = kernels[name]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,6 +66,8 @@ class RankPartial:
     signature: pd.DataFrame
     exposed_comm: Intervals
     """Merged intervals where a communication kernel runs and no compute kernel does."""
+    replay: Any = None
+    """The rank's replay graph and its check (:class:`mlprof.whatif.RankReplay`); it needs no trace."""
 
     @property
     def rank(self) -> int | None:
