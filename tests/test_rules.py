@@ -235,7 +235,10 @@ def test_unfused_optimizer_in_df_index_resolver() -> None:
     loose = analyze_trace(trace, config=RuleConfig(min_speedup=1.0, overrides={"FUSE002": {"min_share": 0.0}}))
     r50 = by_rule(loose.findings)["FUSE002"]
     assert 100 < r50.evidence["per_parameter_kernels_per_step"] <= 483
-    assert 0 < r50.time_lost_ns_per_step < 0.02 * r50.step_ns
+    # The attribution counts only the optimizer time the GPU sits idle (< 2%); the replay removes the
+    # per-parameter host dispatch, which is on this host-paced step's critical path (issue 13).
+    assert 1.0 < r50.evidence["attribution_speedup"] < 1 / (1 - 0.02)
+    assert r50.speedup_source == "replay" and r50.expected_speedup > r50.evidence["attribution_speedup"]
 
 
 def test_unfused_elementwise_on_resnet50() -> None:
