@@ -36,6 +36,7 @@ CATEGORIES: tuple[str, ...] = (
     "compile",
     "data_parallel",
     "shape_alignment",
+    "small_batch",
 )
 """Finding categories. The first five are the pathologies every report knows by these names."""
 

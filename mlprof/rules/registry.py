@@ -23,6 +23,7 @@ from mlprof.rules.memory_growth import DeviceMemoryGrowth
 from mlprof.rules.memory_leak import MemoryLeak
 from mlprof.rules.rank_wait import RankWait
 from mlprof.rules.shape_alignment import ShapeAlignment
+from mlprof.rules.small_batch import SmallBatch
 from mlprof.rules.straggler import Straggler
 from mlprof.rules.unfused_elementwise import UnfusedElementwise
 from mlprof.rules.unfused_optimizer import UnfusedOptimizer
@@ -43,6 +44,7 @@ RULES: tuple[Rule, ...] = (
     MemoryLeak(),
     Fp32Matmul(),
     ShapeAlignment(),
+    SmallBatch(),
     AllocatorChurn(),
     HostGaps(),
     GpuIdle(),
