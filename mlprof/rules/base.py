@@ -37,6 +37,7 @@ CATEGORIES: tuple[str, ...] = (
     "data_parallel",
     "shape_alignment",
     "small_batch",
+    "startup",
 )
 """Finding categories. The first five are the pathologies every report knows by these names."""
 

@@ -24,6 +24,7 @@ from mlprof.rules.memory_leak import MemoryLeak
 from mlprof.rules.rank_wait import RankWait
 from mlprof.rules.shape_alignment import ShapeAlignment
 from mlprof.rules.small_batch import SmallBatch
+from mlprof.rules.startup import StartupCosts
 from mlprof.rules.straggler import Straggler
 from mlprof.rules.unfused_elementwise import UnfusedElementwise
 from mlprof.rules.unfused_optimizer import UnfusedOptimizer
@@ -45,6 +46,7 @@ RULES: tuple[Rule, ...] = (
     Fp32Matmul(),
     ShapeAlignment(),
     SmallBatch(),
+    StartupCosts(),
     AllocatorChurn(),
     HostGaps(),
     GpuIdle(),
