@@ -40,8 +40,20 @@ class Timeline:
     rounds: int
 
 
+CHUNK = 2048
+"""Host calls per chunk of the time-ordered first pass (see :func:`simulate`)."""
+
+
 def simulate(graph: ReplayGraph, gpu_end: np.ndarray | None = None) -> Timeline:
-    """Replay the graph. ``gpu_end`` is a first guess of device ends (default: the recorded ends)."""
+    """Replay the graph.
+
+    A first pass walks the timeline in chunks of :data:`CHUNK` host calls (and the device ops
+    they launch), alternating host and device passes inside each chunk until it settles, with
+    everything before it final; dependencies point forward in time, so each chunk needs only
+    the few rounds of its own waits. The global alternation then starts from that answer and
+    confirms it (one round, unless an edge pointed across chunks). ``gpu_end`` is a first guess
+    of device ends for the chunks (default: the recorded ends).
+    """
     g = graph
     g_end = (g.g_ts + g.g_dur).astype(np.int64) if gpu_end is None else gpu_end.astype(np.int64)
     seg_first = np.ones(g.n_gpu, dtype=bool)
@@ -49,6 +61,8 @@ def simulate(graph: ReplayGraph, gpu_end: np.ndarray | None = None) -> Timeline:
     c = (g.g_gap + g.g_dur).astype(np.int64)
     csum = _segmented_cumsum(c, seg_first)
     offset = g.g_stream.astype(np.int64) * SEGMENT
+    if g.n_host > CHUNK:
+        g_end = _chunked(g, g_end, c)
     rounds = 0
     h_start = h_end = h_front = np.zeros(0, dtype=np.int64)
     g_start = g_end
@@ -61,6 +75,71 @@ def simulate(graph: ReplayGraph, gpu_end: np.ndarray | None = None) -> Timeline:
         if settled:
             break
     return Timeline(h_start=h_start, h_end=h_end, h_front=h_front, g_start=g_start, g_end=g_end, rounds=rounds)
+
+
+def _chunked(g: ReplayGraph, g_end: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Device ends from a time-ordered pass over chunks of host calls (a first answer, see :func:`simulate`)."""
+    n_h, n_g = g.n_host, g.n_gpu
+    h_chunk = np.arange(n_h, dtype=np.int64) // CHUNK
+    n_chunks = int(h_chunk[-1]) + 1
+    g_chunk = np.where(
+        g.g_launch >= 0,
+        h_chunk[np.clip(g.g_launch, 0, None)],
+        np.clip(np.searchsorted(g.h_ts, g.g_ts, side="right") - 1, 0, None) // CHUNK,
+    )
+    # Along a stream, chunks never go back: an op is simulated no earlier than the ops queued before it.
+    g_chunk = np.maximum.accumulate(g_chunk + g.g_stream * (n_chunks + 1)) - g.g_stream * (n_chunks + 1)
+    order = np.lexsort((g.g_ts, g.g_stream, g_chunk))
+    bounds = np.searchsorted(g_chunk[order], np.arange(n_chunks + 1))
+    n_streams = int(g.g_stream.max()) + 1 if n_g else 0
+    stream_end = np.full(n_streams, NONE, dtype=np.int64)
+    g_end = g_end.copy()
+    h_start = g.h_ts.astype(np.int64).copy()
+    front_prev = 0
+    waits = g.h_wait >= 0
+    step_all = np.maximum(g.h_gap + g.h_base, 0)
+    for k in range(n_chunks):
+        a, b = k * CHUNK, min((k + 1) * CHUNK, n_h)
+        ops = order[bounds[k] : bounds[k + 1]]
+        streams = g.g_stream[ops]
+        first = np.ones(len(ops), dtype=bool)
+        first[1:] = streams[1:] != streams[:-1]
+        cc = c[ops]
+        cs = _segmented_cumsum(cc, first)
+        off = streams * SEGMENT
+        launched = g.g_launch[ops] >= 0
+        dep = g.g_dep[ops]
+        has_dep = dep >= 0
+        for _ in range(MAX_ROUNDS):
+            # host calls of the chunk
+            w = np.full(b - a, NONE, dtype=np.int64)
+            wk = waits[a:b]
+            w[wk] = g_end[g.h_wait[a:b][wk]] + g.h_tail[a:b][wk]
+            step = step_all[a:b]
+            hsum = np.cumsum(step)
+            front = hsum + np.maximum(np.maximum.accumulate(w - hsum), front_prev)
+            prev = np.concatenate([[front_prev], front[:-1]])
+            h_start[a:b] = prev + g.h_gap[a:b]
+            if len(ops) == 0:
+                break
+            # device ops of the chunk, each stream continuing from its last op before the chunk
+            ready = g.g_anchor[ops].copy()
+            ready[launched] = h_start[g.g_launch[ops][launched]] + g.g_lat[ops][launched]
+            if has_dep.any():
+                ready[has_dep] = np.maximum(ready[has_dep], g_end[dep[has_dep]] + g.g_dep_delay[ops][has_dep])
+            ready[first] = np.maximum(ready[first], stream_end[streams[first]])
+            key = ready - (cs - cc) + off
+            end = cs + (np.maximum.accumulate(key) - off)
+            settled = np.array_equal(end, g_end[ops])
+            g_end[ops] = end
+            if settled:
+                break
+        front_prev = int(front[-1]) if b > a else front_prev
+        if len(ops):
+            last = np.ones(len(ops), dtype=bool)
+            last[:-1] = streams[1:] != streams[:-1]
+            stream_end[streams[last]] = g_end[ops][last]
+    return g_end
 
 
 def _segmented_cumsum(c: np.ndarray, seg_first: np.ndarray) -> np.ndarray:
