@@ -35,7 +35,7 @@ US = 1000
 R50_NW0 = "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz"
 R50_NW4 = "pytorch__kineto/resnet50_num_workers_4/worker0.1623213129365.pt.trace.json.gz"
 DF_INDEX = "hta/tests/data/df_index_resolver/df_index_resolver.json.gz"
-TRITON = "hta/tests/data/triton/triton_example.json.gz"
+TRITON = "hta/tests/data/triton_example/triton_example.json.gz"
 DATALOADER = "enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__"
 
 
@@ -240,9 +240,12 @@ def test_optimizer_kernels_become_multi_tensor(tmp_path: Path) -> None:
 
 def test_host_gaps_bound(tmp_path: Path) -> None:
     rr = replayed(tiny(tmp_path))
-    # Outside every recorded op and call: [0,100), [110,200), [510,530), [730,1000) = 480 us removed.
-    # Launch K1 at 0 (K1 20-320), DataLoader 10-310, launch K2 310 (K2 330-530), sync returns 540.
-    assert step_us(rr, apply_fix(rr, "HOST001", rr.graph, {}, None, {})) == 540.0
+    # Outside every recorded op and call: [0,100), [110,200), [510,530), [730,1000) = 480 us, all removed:
+    # launch K1 at 0 (K1 20-320), DataLoader 10-310, launch K2 310 (K2 330-530), sync returns 540.
+    assert step_us(rr, apply_fix(rr, "HOST001", rr.graph, {"removable_share": 1.0}, None, {})) == 540.0
+    # Half of each gap (the default): launch K1 at 50 (K1 70-370), DataLoader 105-405, launch K2 at 405
+    # (K2 425-625), the sync from 425 returns at 635, then 135 us of host: 770.
+    assert step_us(rr, apply_fix(rr, "HOST001", rr.graph, {"removable_share": 0.5}, None, {})) == 770.0
 
 
 # ---- replay of recorded traces ------------------------------------------------------------------

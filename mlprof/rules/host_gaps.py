@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
 
 
 class HostGaps(Rule):
@@ -13,7 +13,16 @@ class HostGaps(Rule):
     category = "host_overhead"
     summary = "GPU idle while the host is outside any recorded op (Python, logging, I/O)"
     claims = ("other.host",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "removable_share": 0.5}
+    option_docs: ClassVar[dict[str, Option]] = {
+        "removable_share": Option(
+            "removable_share",
+            "share (0-1)",
+            0.0,
+            1.0,
+            "what-if bound: the share of unrecorded host time a fix could remove (the trace cannot say what ran)",
+        ),
+    }
     doc = RuleDoc(
         what="Inside steps, the device has no work and the host is not in any PyTorch op, "
         "runtime call or DataLoader: it runs plain Python (metrics, logging, checkpoint "

@@ -340,9 +340,9 @@ def _alloc(ctx: FixContext) -> ReplayGraph | None:
 
 @fix(
     "HOST001",
-    "Not a fix (the trace cannot say what the host did): an upper bound. Host time of the analysed steps "
-    "outside every recorded op and runtime call is removed; the finding's speedup is never above this "
-    "replay, and it stays low confidence.",
+    "Not a fix (the trace cannot say what the host did): an upper bound. `removable_share` (default 0.5) "
+    "of the host time of the analysed steps outside every recorded op and runtime call is removed; the "
+    "finding's speedup is never above this replay, and it stays low confidence.",
 )
 def _host_gaps(ctx: FixContext) -> ReplayGraph | None:
     cs, ce = ctx.graph.ranges.get("recorded", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
@@ -356,4 +356,5 @@ def _host_gaps(ctx: FixContext) -> ReplayGraph | None:
         return None
     gs, ge = np.concatenate(gaps_s), np.concatenate(gaps_e)
     ok = ge > gs
-    return remove_host_time(ctx.graph, gs[ok], ge[ok], 0)
+    keep = ((ge[ok] - gs[ok]) * (1.0 - ctx.param("removable_share", 0.5))).astype(np.int64)
+    return remove_host_time(ctx.graph, gs[ok], ge[ok], keep)
