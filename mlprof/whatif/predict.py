@@ -55,6 +55,21 @@ class WhatIf:
         worst = self.worst
         return worst.error_pct if worst is not None else 0.0
 
+    @property
+    def paces(self) -> str | None:
+        """What paces the steps, in words: the resource most steps (of every rank) are paced by in the replay."""
+        counts: dict[str, int] = {}
+        total = 0
+        for r in self.ranks:
+            for p in r.pacing:
+                counts[p["paced_by"]] = counts.get(p["paced_by"], 0) + 1
+                total += 1
+        if not counts:
+            return None
+        top, n = max(counts.items(), key=lambda kv: kv[1])
+        where = "steps" if len(self.ranks) == 1 else "rank-steps"
+        return f"{top} ({n} of {total} {where}: making it 10% faster shortens the replayed step most)"
+
     def to_dict(self) -> dict[str, Any]:
         worst = self.worst
         return {
@@ -63,6 +78,7 @@ class WhatIf:
             "max_error_pct": MAX_REPLAY_ERROR_PCT,
             "trusted": self.trusted,
             "plan_source": self.plan_source,
+            "paces": self.paces,
             "per_rank": [r.to_dict() for r in self.ranks],
             "notes": self.notes,
         }
