@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from mlprof.rules._kernels import kernel_facts
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
 from mlprof.trace.vocabulary import OPTIMIZER_STEP, name_mask
 
 MIB = 1 << 20
@@ -27,6 +27,28 @@ class SmallBatch(Rule):
         "max_median_kernel_us": 20.0,
         "max_memory_share": 0.1,
         "min_host_share": 0.3,
+    }
+    option_docs: ClassVar[dict[str, Option]] = {
+        "max_busy_share": Option(
+            "max_busy_share", "share of the step (0-1)", 0.0, 1.0, "fire only when the GPU is busy under this share"
+        ),
+        "max_median_kernel_us": Option(
+            "max_median_kernel_us", "us", 0.0, 1e6, "fire only when the median kernel is shorter than this"
+        ),
+        "max_memory_share": Option(
+            "max_memory_share",
+            "share of device memory (0-1)",
+            0.0,
+            1.0,
+            "fire only when peak allocated memory is under this share of the device (when [memory] events exist)",
+        ),
+        "min_host_share": Option(
+            "min_host_share",
+            "share of the step (0-1)",
+            0.0,
+            1.0,
+            "fire only when the host dispatches (GPU idle) at least this share of the step",
+        ),
     }
     doc = RuleDoc(
         what="Each step gives the GPU too little work: the memory in use is a small fraction of the "

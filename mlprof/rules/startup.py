@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc
+from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc
 from mlprof.trace.vocabulary import ALLOC_RUNTIME, DATALOADER, name_mask
 
 NS_PER_MS = 1_000_000
@@ -37,6 +37,16 @@ class StartupCosts(Rule):
     claims = ()
     defaults: ClassVar[dict[str, float]] = {"min_excess_share": 0.2, "min_steps": 3}
     needs_device = False
+    option_docs: ClassVar[dict[str, Option]] = {
+        "min_excess_share": Option(
+            "min_excess_share",
+            "share of the median step (0-1e3)",
+            0.0,
+            1000.0,
+            "report when the first step is longer than the median step by at least this share of it",
+        ),
+        "min_steps": Option("min_steps", "steps", 2.0, 1e6, "steps the trace needs before the first is compared"),
+    }
     doc = RuleDoc(
         what="The first recorded step is much longer than the others because of work done once: "
         "cuDNN choosing algorithms on its first call per shape (all of them with "
@@ -100,6 +110,12 @@ class StartupCosts(Rule):
                 "calls_in_first_step": int(calls[0]),
             }
         first_step = int(steps["step"].to_numpy()[order][0])
+        if not kinds:  # a long first step with none of the known one-off kinds: not shown to be start-up
+            ctx.verdicts[self.id] = (
+                f"first step {excess / NS_PER_MS:.1f} ms longer than the median step, but none of the known "
+                "one-off kinds (cuDNN first calls, DataLoader start, allocations, module loading) explains it"
+            )
+            return []
         analysed = first_step in set(ctx.windows["step"].tolist())
         parts = sorted(kinds.values(), key=lambda k: -k["one_off_ms"])
         listed = ", ".join(f"{p['what'].split(' (')[0]} {p['one_off_ms']:.1f} ms" for p in parts[:3])
@@ -112,9 +128,9 @@ class StartupCosts(Rule):
                 ctx,
                 title=title,
                 time_lost_ns_per_step=0.0,
-                confidence="medium" if kinds else "low",
+                confidence="medium",
                 confidence_reason="the first step's excess over the median step, split by the kinds of one-off "
-                "work found in it" + ("" if kinds else "; none of the known kinds explains it"),
+                "work found in it",
                 evidence={
                     "first_step": first_step,
                     "first_step_ms": round(float(dur[0]) / NS_PER_MS, 3),
