@@ -358,3 +358,42 @@ def _host_gaps(ctx: FixContext) -> ReplayGraph | None:
     ok = ge > gs
     keep = ((ge[ok] - gs[ok]) * (1.0 - ctx.param("removable_share", 0.5))).astype(np.int64)
     return remove_host_time(ctx.graph, gs[ok], ge[ok], keep)
+
+
+@fix(
+    "ATTN001",
+    "Each unfused attention chain of the analysed steps becomes one fused kernel: the kernels launched from "
+    "inside its host span (on its main stream) merge into one op lasting the fused cost ATTN001 estimated "
+    "(the chain's FLOPs at the GPU's peak x `fused_efficiency`, or its Q/K/V/output bytes at the bandwidth; "
+    "without shapes its matmul kernels' time), and the chain's host time other than its two matmul ops is "
+    "removed (on a CPU trace: all but the fused op's estimated time).",
+)
+def _attention(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    s, e = ctx.host_rows("attention")
+    if len(s) == 0:
+        return None
+    ev = ctx.evidence
+    chain_host = float(ev.get("chain_host_ms_per_step") or 0.0)
+    fused_host = float(ev.get("fused_op_host_estimate_ms_per_step") or 0.0)
+    host_keep = min(fused_host / chain_host, 1.0) if chain_host > 0 else 1.0
+    out = g
+    chain_dev = float(ev.get("chain_kernel_ms_per_step") or 0.0)
+    if chain_dev > 0 and g.n_gpu:
+        dev_keep = min(float(ev.get("fused_kernel_estimate_ms_per_step") or chain_dev) / chain_dev, 1.0)
+        launched = g.g_launch >= 0
+        at = np.where(launched, g.h_ts[np.clip(g.g_launch, 0, None)], -1)
+        chain = np.searchsorted(s, at, side="right") - 1
+        inside = launched & (chain >= 0) & (at < e[np.clip(chain, 0, None)])
+        groups, durations = [], []
+        for c in np.unique(chain[inside]).tolist():
+            ops = np.flatnonzero(inside & (chain == c))
+            main = np.bincount(g.g_stream[ops]).argmax() if len(ops) else 0
+            ops = ops[g.g_stream[ops] == main]
+            ops = ops[np.argsort(g.g_ts[ops], kind="stable")]
+            if len(ops):
+                groups.append(ops)
+                durations.append(float(g.g_dur[ops].sum()) * dev_keep)
+        if groups:
+            out = merge_ops(out, groups, np.asarray(durations))
+    return remove_host_time(out, s, e, ((e - s) * host_keep).astype(np.int64))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlprof.analyzers.attention import chain_spans
 from mlprof.analyzers.attribution import sync_launch_drain
 from mlprof.analyzers.causes import h2d_sync_mask
 from mlprof.analyzers.copies import copy_table, runtime_copy_direction
@@ -358,9 +359,11 @@ def _ranges(trace: Trace, origin: int) -> dict[str, tuple[np.ndarray, np.ndarray
     ops = (host["cat"].isin(DISPATCH_CATS).to_numpy(dtype=bool) | data) & ~name_mask(names, PROFILER_STEP)
     rs = np.concatenate([h_s[ops], trace.runtime["ts"].to_numpy(np.int64) - origin])
     re_ = np.concatenate([h_e[ops], trace.runtime["end"].to_numpy(np.int64) - origin])
+    a_s, a_e = chain_spans(trace)
     return {
         "dataloader": (h_s[data], h_e[data]),
         "optimizer": (h_s[opt], h_e[opt]),
+        "attention": (a_s - origin, a_e - origin),
         "recorded": merge(rs, re_),
     }
 
