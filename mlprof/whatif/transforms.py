@@ -105,16 +105,18 @@ def drop_waits(graph: ReplayGraph, items: np.ndarray, own_ns: np.ndarray | int) 
 
 
 def detach_ops(graph: ReplayGraph, ops: np.ndarray) -> ReplayGraph:
-    """Ops move to streams of their own: ops behind them on their old stream and ops of other
-    streams that waited for them no longer do (host calls that waited for them still do)."""
+    """Ops move to a stream of their own (one per old stream, in their old order): ops behind them on
+    their old stream and ops of other streams that waited for them no longer do (host calls that
+    waited for them still do)."""
     g = graph.copy()
     if len(ops) == 0:
         return g
     mask = np.zeros(g.n_gpu, dtype=bool)
     mask[ops] = True
     # Stream-order edges into the op after a detached op become the op before it (or none).
+    # One new stream per old stream: detached ops keep their order among themselves (a NCCL stream is FIFO).
     stream = g.g_stream.copy()
-    stream[mask] = stream.max() + 1 + np.arange(mask.sum())
+    stream[mask] = stream.max() + 1 + stream[mask]
     g.g_dep = np.where((g.g_dep >= 0) & mask[np.clip(g.g_dep, 0, None)], -1, g.g_dep)
     # A detached op's own stream predecessor is gone: it starts when launched (or when recorded, if not).
     unlaunched = mask & (g.g_launch < 0)
