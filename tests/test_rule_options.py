@@ -56,13 +56,16 @@ def _ends(rule: Rule) -> list[tuple[str, float]]:
 
 
 def test_every_option_is_documented_in_range_and_used() -> None:
+    # read by the rule (cfg["name"]) or by the what-if replay of its fix (ctx.param("name", ...))
+    replay = "".join(p.read_text() for p in (ROOT / "mlprof" / "whatif").glob("*.py"))
     for rule in RULES:
         source = inspect.getsource(type(rule))
         for (name, default), (doc, _) in zip(rule.defaults.items(), rule.options(), strict=True):
             assert doc is not None, f"{rule.id}.{name}: no Option (unit, range, meaning)"
             assert doc.name == name and doc.unit and doc.meaning, f"{rule.id}.{name}"
             assert doc.lo <= default <= doc.hi, f"{rule.id}.{name}: default {default} outside {doc.lo}..{doc.hi}"
-            assert f'cfg["{name}"]' in source, f"{rule.id}.{name}: never read by the rule"
+            used = f'cfg["{name}"]' in source or f'param("{name}"' in replay
+            assert used, f"{rule.id}.{name}: never read by the rule or its what-if fix"
 
 
 def test_explain_prints_every_option(capsys: pytest.CaptureFixture[str]) -> None:
