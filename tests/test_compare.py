@@ -64,15 +64,17 @@ def test_kineto_data_starvation_resolved_with_achieved_next_to_predicted(kineto:
     pva = {p.rule: p for p in kineto.predicted}["DATA001"]
     assert pva.status == "resolved"
     assert pva.causes == ("data.loader",)
-    assert pva.predicted_speedup == pytest.approx(1.3023, abs=1e-4)
-    assert pva.predicted_saving_ms == pytest.approx(35.504, abs=0.001)
+    # Predicted: the replay of the DataLoader fix (issue 13); the attribution said 1.3023x / 35.504 ms.
+    assert pva.predicted_speedup == pytest.approx(1.2923, abs=1e-4)
+    assert pva.predicted_saving_ms == pytest.approx(34.598, abs=0.001)
     assert pva.achieved_saving_ms == pytest.approx(35.212, abs=0.001)
     assert pva.achieved_speedup == pytest.approx(1.2991, abs=1e-4)
     assert pva.step_speedup == pytest.approx(152.955 / 142.754, abs=1e-3)
     # Fixes the change did not touch achieved nothing (within 1.2 ms of noise per step).
     for rule in ("AMP001", "LAUNCH001", "FUSE001"):
         p = {p.rule: p for p in kineto.predicted}[rule]
-        assert p.status == "unchanged" and abs(p.achieved_saving_ms) < 1.2
+        # (the replayed prediction itself may move between the runs: "changed" is allowed, issue 13)
+        assert p.status in ("unchanged", "changed") and abs(p.achieved_saving_ms) < 1.2
 
 
 def test_kineto_steady_state_steps(tmp_path: Path) -> None:
@@ -100,7 +102,7 @@ def test_kineto_json_contract(tmp_path: Path) -> None:
     assert [f["rule"] for f in d["findings"]["resolved"]] == ["DATA001"]
     assert sorted(f["rule"] for f in d["findings"]["new"]) == ["DATA002", "HOST001"]
     pva = {p["rule"]: p for p in d["predicted_vs_achieved"]}
-    assert pva["DATA001"]["predicted_speedup"] == pytest.approx(1.3023, abs=1e-4)
+    assert pva["DATA001"]["predicted_speedup"] == pytest.approx(1.2923, abs=1e-4)
     assert pva["DATA001"]["achieved_speedup"] == pytest.approx(1.2991, abs=1e-4)
     assert d["gates"] is None
     assert sum(c["change_ms"] for c in d["categories"]) == pytest.approx(d["step_time_ms"]["change_ms"], abs=1e-4)
@@ -110,7 +112,7 @@ def test_kineto_markdown_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = tmp_path / "c.md"
     assert main(["compare", str(external(KINETO_0)), str(external(KINETO_4)), "-f", "markdown", "-o", str(out)]) == 0
     md = out.read_text()
-    assert "| DATA001 | resolved | 1.30x | 1.30x | 35.50 | 35.21 | 1.07x |" in md
+    assert "| DATA001 | resolved | 1.29x | 1.30x | 34.60 | 35.21 | 1.07x |" in md
     assert "Mostly **idle_data** (-35.21 ms per step" in md
     assert main(["compare", str(external(KINETO_0)), str(external(KINETO_4))]) == 0
     text = capsys.readouterr().out
@@ -197,7 +199,7 @@ def test_recorded_run_folders_predicted_vs_achieved() -> None:
     assert c.step.speedup == pytest.approx(2.35, abs=0.01)
     assert c.main_category is not None and c.main_category.category == "idle_data"
     p = {p.rule: p for p in c.predicted}["DATA001"]
-    assert p.predicted_speedup == pytest.approx(2.81, abs=0.01)
+    assert p.predicted_speedup == pytest.approx(2.69, abs=0.01)  # the replay (attribution: 2.81)
     assert p.achieved_speedup == pytest.approx(2.49, abs=0.01)
     assert p.status == "changed"  # still fires on the fixed run, at 0.85 ms per step
     assert c.names.by_class().empty  # CPU-only recordings: no device activity to compare

@@ -39,7 +39,7 @@ def test_step_windows_give_the_in_memory_attribution_and_findings(rel: str, tmp_
     # --low-memory does not replay: compare with the in-memory attribution estimate (issue 13).
     theirs = {
         f.rule: f.step_ns * (1 - 1 / f.evidence["attribution_speedup"])
-        if f.speedup_source == "replay"
+        if "attribution_speedup" in f.evidence
         else f.time_lost_ns_per_step
         for f in whole.findings
         if f.rule != "MEM001"
@@ -47,7 +47,8 @@ def test_step_windows_give_the_in_memory_attribution_and_findings(rel: str, tmp_
     for rule, lost in theirs.items():
         steps_fired = next(f for f in windowed.findings if f.rule == rule).evidence["steps_with_finding"]
         if steps_fired == f"{len(w.steps)} of {len(w.steps)}":
-            assert ours[rule] == pytest.approx(lost, rel=1e-9), rule
+            # (attribution_speedup is rounded to 4 decimals in the evidence)
+            assert ours[rule] == pytest.approx(lost, rel=1e-3), rule
     # The trace-level split covers the steps only: its compute time is the steps' compute category.
     assert w.temporal.compute_ns == int(a.steps["compute"].sum())
     assert list(tmp_path.iterdir()) == []  # spill files removed

