@@ -192,13 +192,23 @@ def _read(
     searched = 0  # bytes of ``buf`` already searched for the key (so the search is linear)
     failed_cut_at = 0  # buffer length at which the last cut attempt failed
     checked = False
+    probed = 0  # events of a bare array looked at so far (the first 100, across batches)
+
+    def not_events() -> BadInputError:
+        return BadInputError(f"{path}: not a trace (a JSON array, but not of trace events)")
 
     def emit(events: list[TraceEvent]) -> None:
-        nonlocal checked
+        # A bare array is a trace when one of its first 100 elements has a ph or name. They may
+        # arrive over several batches (small slices), so the verdict waits for 100 or the end:
+        # the sliced read must accept exactly what the whole read accepts.
+        nonlocal checked, probed
         if bare and not checked and events:
-            checked = True
-            if all(ev.ph is None and ev.name is None for ev in events[:100]):
-                raise BadInputError(f"{path}: not a trace (a JSON array, but not of trace events)")
+            head = events[: 100 - probed]
+            probed += len(head)
+            if any(ev.ph is not None or ev.name is not None for ev in head):
+                checked = True
+            elif probed >= 100:
+                raise not_events()
         stats.events += len(events)
         on_batch(events)
 
@@ -254,6 +264,8 @@ def _read(
         if not tail.endswith(b"]"):  # the Chrome format allows an unterminated array
             tail = tail.rstrip(b", \n\r\t") + b"]"
         emit(_decode_piece(b'{"traceEvents":[' + tail + b"}", path, stats).traceEvents)
+        if not checked and probed:
+            raise not_events()
         return {}
     tail_doc = _decode_piece(_wrap(buf, len(buf), b""), path, stats)
     emit(tail_doc.traceEvents)
