@@ -14,6 +14,7 @@ from mlprof.analyzers.causes import attribute_causes
 from mlprof.analyzers.counter_timeline import memory_trends
 from mlprof.analyzers.counters import counters_per_step, summarize_devices
 from mlprof.analyzers.rank_skew import RankSkew, rank_skew
+from mlprof.analyzers.steady_state import steady_state
 from mlprof.analyzers.temporal import temporal_breakdown
 from mlprof.errors import UsageError
 from mlprof.results import Analysis as Analysis
@@ -65,8 +66,14 @@ def analyze_trace(trace: Trace, steps_spec: str | None = None, config: RuleConfi
 
 
 def measure_trace(trace: Trace, steps_spec: str | None = None) -> RankAnalysis:
-    """The measurements of one rank (attribution, temporal breakdown), no rules."""
+    """The measurements of one rank (attribution, temporal breakdown), no rules.
+
+    Warm-up, outlier and partial steps are set aside first (:mod:`mlprof.analyzers.steady_state`),
+    so every per-step cost is a steady-state one; ``steps_spec`` (``--steps``) overrides that.
+    """
     steps = select_steps(trace.steps, steps_spec)
+    steady = steady_state(steps, trace, overridden=steps_spec is not None)
+    steps = steady.select(steps)
     attribution = attribute_steps(trace, steps)
     whole = None
     notes: list[str] = []
@@ -94,6 +101,7 @@ def measure_trace(trace: Trace, steps_spec: str | None = None) -> RankAnalysis:
         notes=notes,
         span_override=trace_span(trace),
         window_ns=analysis_window(trace),
+        steady=steady,
     )
 
 

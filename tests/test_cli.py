@@ -126,11 +126,13 @@ def test_gpu_busy_matches_the_catalog(capsys: pytest.CaptureFixture[str]) -> Non
     starved = _json(capsys, str(external(RESNET0)))
     assert all(52 <= b <= 69 for b in _busy_per_step(starved))
     assert starved["breakdown"]["gpu_busy_pct"] == pytest.approx(64.401, abs=0.01)
-    fed = _busy_per_step(
-        _json(capsys, str(external(RESNET0.replace("_0/worker0.1623143566756", "_4/worker0.1623213129365"))))
-    )
+    fed_path = str(external(RESNET0.replace("_0/worker0.1623143566756", "_4/worker0.1623213129365")))
+    fed = _busy_per_step(_json(capsys, fed_path, "--steps", "16-21"))  # every step, warm-up and outlier too
     assert fed[0] == pytest.approx(56, abs=3) and fed[-1] == pytest.approx(50, abs=3)
     assert all(80 <= b <= 87 for b in fed[1:-1])
+    steady = _json(capsys, fed_path)  # by default the first (warm-up) and last (outlier) steps are set aside
+    assert [s["step"] for s in steady["steps"]] == [17, 18, 19, 20]
+    assert all(80 <= b <= 87 for b in _busy_per_step(steady))
 
 
 def test_job_breakdown_is_the_mean_over_ranks_with_the_rank_shape(capsys: pytest.CaptureFixture[str]) -> None:

@@ -154,10 +154,14 @@ def test_resnet50_num_workers_4_has_no_data_starvation_above_a_small_speedup() -
 
 def test_param_resnet_finds_data_starvation_and_blocking_h2d_copies() -> None:
     found = by_rule(real(PARAM_RESNET).findings)
-    assert found["DATA001"].expected_speedup > 1.8  # 222 ms of a 467 ms step waits for data
+    # Steady state: the 4.45 s first iteration (1.9 s of DataLoader worker start-up) is set aside; in the
+    # other 29 steps the GPU still waits ~79 ms of a ~300 ms mean step for data.
+    assert found["DATA001"].expected_speedup > 1.3
     h2d = found["DATA002"]
     assert h2d.category == "data_starvation"
-    assert h2d.evidence["pageable_copies"] == h2d.evidence["h2d_copies"] == 58
+    # 58 before steady state; the raw JSON has 2 pageable H2D copies launched in the warm-up iteration that is
+    # now set aside (60 launched from the first enumerate(DataLoader) on, 58 from the second).
+    assert h2d.evidence["pageable_copies"] == h2d.evidence["h2d_copies"] == 56
     assert h2d.evidence["blocked_host_ms_per_step"] > 5
     assert real(PARAM_RESNET).findings[0].rule == "DATA001"
 
@@ -220,7 +224,11 @@ def test_fp32_matmuls_on_v100_and_not_on_b200() -> None:
 
 
 def test_allocator_churn_on_param_resnet_only() -> None:
-    assert by_rule(real(PARAM_RESNET).findings)["ALLOC001"].evidence["calls_per_step"]
+    # param resnet's allocator calls (32 cudaMalloc, 1.2 s of cudaFree) are start-up work in its first iteration:
+    # churn when every step is analysed, none in the steady state, which sets that iteration aside.
+    every_step = analyze_trace(load_trace(external(PARAM_RESNET)), "0-29")
+    assert by_rule(every_step.findings)["ALLOC001"].evidence["calls_per_step"]
+    assert "ALLOC001" not in by_rule(real(PARAM_RESNET).findings)
     assert "ALLOC001" not in by_rule(real(R50_NW0).findings)
 
 

@@ -1,28 +1,39 @@
-"""What changed between two runs of a job, and why.
+"""What changed between two runs of a job, and did the fix deliver.
 
-``BASE`` and ``NEW`` are each analysed as usual (:func:`mlprof.analysis.analyze_job`);
-:func:`compare_analyses` then measures the differences: the step time, the step
-breakdown categories that moved (they add up to the step, so their changes add up to
-the step-time change), the kernels and ops matched by name whose time or count
-changed, the findings resolved, new and changed, and for every fix the base run
-predicted, the speedup achieved next to the one expected. Reporters in
+One comparison for every front end: ``mlprof compare`` builds a
+:class:`~mlprof.compare.runs.RunSummary` from each analysis it computes, the
+dashboard's Compare page from each run's stored JSON report and per-name table, and
+both call :func:`compare_runs`. A summary holds the run's *steady* steps (warm-up,
+outlier and partial steps set aside, :mod:`mlprof.analyzers.steady_state`).
+
+Measured: the median steady step of both runs and its change (*achieved*), each run's
+step-to-step spread and whether the change is within run-to-run spread
+(:mod:`mlprof.compare.steps`); the breakdown categories of the mean steady step, whose
+changes add up to its change (where freed time went); kernels and ops matched by name
+(:mod:`mlprof.compare.names`); findings resolved, new and changed, and each fix BASE
+predicted next to the measured change (:mod:`mlprof.compare.findings`). Reporters in
 :mod:`mlprof.report.compare_report` only format the :class:`Comparison`.
 """
 
 from __future__ import annotations
 
-from mlprof.compare.diff import Comparison, compare_analyses
+from mlprof.compare.diff import Comparison, compare_analyses, compare_runs
 from mlprof.compare.findings import FindingsDiff, PredictedVsAchieved
 from mlprof.compare.names import NameDiff, name_diff
-from mlprof.compare.steps import CategoryChange, StepChange
+from mlprof.compare.runs import FindingView, RunSummary
+from mlprof.compare.steps import CategoryChange, StepChange, StepStats
 
 __all__ = [
     "CategoryChange",
     "Comparison",
+    "FindingView",
     "FindingsDiff",
     "NameDiff",
     "PredictedVsAchieved",
+    "RunSummary",
     "StepChange",
+    "StepStats",
     "compare_analyses",
+    "compare_runs",
     "name_diff",
 ]

@@ -1,92 +1,116 @@
-"""The comparison of two analysed runs, computed once for every reporter."""
+"""The comparison of two runs, computed once for every reporter (CLI and dashboard)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from mlprof.analysis import Analysis
-from mlprof.compare.findings import FindingsDiff, PredictedVsAchieved, diff_findings, predicted_vs_achieved
+from mlprof.compare.findings import (
+    FindingsDiff,
+    PredictedVsAchieved,
+    diff_findings,
+    predicted_together,
+    predicted_vs_achieved,
+)
 from mlprof.compare.names import NameDiff, name_diff
+from mlprof.compare.runs import RunSummary
 from mlprof.compare.steps import CategoryChange, StepChange, step_change
 from mlprof.errors import BadInputError
+
+if TYPE_CHECKING:
+    from mlprof.analysis import Analysis
+
+FEW_STEPS = 3
+"""Fewer steady steps than this in a run: a note says small changes may be noise."""
 
 
 @dataclass
 class Comparison:
-    base: Analysis
-    new: Analysis
+    base: RunSummary
+    new: RunSummary
     step: StepChange
+    """Achieved: the median steady step of both runs, with the run-to-run band."""
     categories: list[CategoryChange]
-    """Largest change first; their ``change_ms`` sum to ``step.change_ms``."""
+    """Largest change first; their ``change_ms`` sum to the change of the mean steady step."""
     names: NameDiff
     findings: FindingsDiff
     predicted: list[PredictedVsAchieved]
+    predicted_together: float | None
+    """BASE's predicted speedup of the findings NEW acted on, together; None when none was."""
     notes: list[str] = field(default_factory=list)
 
     @property
     def main_category(self) -> CategoryChange | None:
-        """The category that moved most in the direction of the step-time change."""
-        sign = 1.0 if self.step.change_ms >= 0 else -1.0
+        """The category that moved most in the direction of the mean step change."""
+        total = sum(c.change_ms for c in self.categories)
+        sign = 1.0 if total >= 0 else -1.0
         moving = [c for c in self.categories if c.change_ms * sign > 0]
         return moving[0] if moving else None
 
+    @property
+    def freed(self) -> list[CategoryChange]:
+        """Categories that shrank (time freed), largest first."""
+        return [c for c in self.categories if c.change_ms < 0]
 
-MEAN_MEDIAN_GAP_PP = 5.0
-"""A note is added when the mean and median step-time changes differ by more than this (percentage points)."""
-OUTLIER_STEP = 1.25
-"""A step longer than this multiple of its run's median step is named in the notes as an outlier."""
-
-
-def _step_notes(label: str, analysis: Analysis) -> list[str]:
-    steps = analysis.job_steps()
-    if len(steps) == 0:
-        return [f"{label} has no steps: its whole trace is compared as one window"]
-    notes = []
-    if len(steps) < 3:
-        notes.append(f"{label} has only {len(steps)} step(s): step-time changes of a few % may be noise")
-    dur = steps["dur"].to_numpy(np.int64)
-    median = float(np.median(dur))
-    slow = steps[dur > OUTLIER_STEP * median]
-    if len(slow):
-        listed = ", ".join(f"{int(r.step)} ({r.dur / 1e6:.1f} ms)" for r in slow.itertuples(index=False))
-        notes.append(f"{label}: outlier step(s) over {OUTLIER_STEP:g}x its median {median / 1e6:.1f} ms: {listed}")
-    return notes
+    @property
+    def grew(self) -> list[CategoryChange]:
+        """Categories that grew (where freed time reappeared, or a regression), largest first."""
+        return [c for c in self.categories if c.change_ms > 0]
 
 
-def compare_analyses(base: Analysis, new: Analysis) -> Comparison:
+def compare_runs(base: RunSummary, new: RunSummary) -> Comparison:
+    """Compare two runs (from analyses or stored reports); see :mod:`mlprof.compare`."""
     step, categories = step_change(base, new)
-    for label, a, ms in (("BASE", base, step.base_ms), ("NEW", new, step.new_ms)):
-        if ms <= 0:
-            raise BadInputError(f"{label} {a.path}: no recorded activity to compare (an empty trace)")
+    for label, run, stats in (("BASE", base, step.base), ("NEW", new, step.new)):
+        if stats.n == 0 or stats.median_ms <= 0:
+            raise BadInputError(f"{label} {run.path}: no recorded activity to compare (an empty trace)")
     findings = diff_findings(base.findings, new.findings)
-    notes = []
-    b_dev = {d.name for ra in base.ranks for d in ra.trace.meta.devices}
-    n_dev = {d.name for ra in new.ranks for d in ra.trace.meta.devices}
-    if b_dev and n_dev and b_dev != n_dev:
-        notes.append(
-            f"different GPUs: {', '.join(sorted(b_dev))} (base) vs {', '.join(sorted(n_dev))} (new); "
-            "kernel names often differ between GPU generations, so compare kernels by family as well as by name"
-        )
-    if len(base.ranks) != len(new.ranks):
-        notes.append(f"base has {len(base.ranks)} rank(s), new has {len(new.ranks)}: figures are means over ranks")
-    for label, a in (("base", base), ("new", new)):
-        notes.extend(_step_notes(label, a))
-    if step.base_median_ms and step.new_median_ms:
-        median_pct = 100.0 * (step.new_median_ms - step.base_median_ms) / step.base_median_ms
-        if abs(median_pct - step.change_pct) > MEAN_MEDIAN_GAP_PP:
-            notes.append(
-                f"the mean step changed {step.change_pct:+.1f}% but the median {median_pct:+.1f}%: outlier steps "
-                "weigh on the mean; pass --steps to compare the steady-state steps of both runs"
-            )
+    predicted = predicted_vs_achieved(base.findings, findings, step)
     return Comparison(
         base=base,
         new=new,
         step=step,
         categories=categories,
-        names=name_diff(base, new),
+        names=name_diff(base.names, new.names),
         findings=findings,
-        predicted=predicted_vs_achieved(base, new, findings, step.base_ms, step.new_ms),
-        notes=notes,
+        predicted=predicted,
+        predicted_together=predicted_together(predicted),
+        notes=_notes(base, new, step),
     )
+
+
+def compare_analyses(base: Analysis, new: Analysis) -> Comparison:
+    """Compare two analyses computed in this process (``mlprof compare``)."""
+    return compare_runs(RunSummary.from_analysis(base), RunSummary.from_analysis(new))
+
+
+def _notes(base: RunSummary, new: RunSummary, step: StepChange) -> list[str]:
+    notes = [*base.notes, *new.notes]
+    if base.devices and new.devices and base.devices != new.devices:
+        notes.append(
+            f"different GPUs: {', '.join(base.devices)} (base) vs {', '.join(new.devices)} (new); "
+            "kernel names often differ between GPU generations, so compare kernels by family as well as by name"
+        )
+    if len(base.ranks) != len(new.ranks):
+        notes.append(f"base has {len(base.ranks)} rank(s), new has {len(new.ranks)}: figures are means over ranks")
+    for label, run in (("base", base), ("new", new)):
+        if run.stepless:
+            notes.append(f"{label} has no steps: its whole analysed window is compared as one step")
+        elif len(run.steps) < FEW_STEPS:
+            notes.append(f"{label} has only {len(run.steps)} steady step(s): step-time changes of a few % may be noise")
+        if run.set_aside:
+            listed = ", ".join(
+                f"{s['step']} ({s['reason']}, {float(s['dur_ms']):.2f} ms"
+                + (f", rank {s['rank']}" if s.get("rank") is not None and len(run.ranks) > 1 else "")
+                + ")"
+                for s in run.set_aside
+            )
+            notes.append(f"{label}: step(s) set aside from the steady state: {listed}")
+    if step.within_noise:
+        notes.append(
+            f"the median step changed {step.change_pct:+.1f}%, within the run-to-run spread "
+            f"(+/-{step.noise_pct:.1f}%): no measurable change"
+        )
+    elif step.noise_pct is None:
+        notes.append("a run has one steady step: its run-to-run spread is unknown, so a small change may be noise")
+    return notes

@@ -1,4 +1,4 @@
-"""Findings of two runs side by side, and each predicted fix against what was achieved.
+"""Findings of two runs side by side, and each predicted fix next to the measured change.
 
 Findings are matched by rule id (and by device for MEM001, like the job merge in
 :mod:`mlprof.rules.engine`). A finding of BASE absent from NEW is *resolved* (it no
@@ -7,30 +7,35 @@ is *changed* when its time lost per step moved by at least
 :data:`CHANGE_MIN_SHARE` of the base figure (or at least :data:`CHANGE_MIN_MS`) or
 its severity changed, else *unchanged*.
 
-**Predicted vs achieved.** Every finding names the causes it claims time from
-(:mod:`mlprof.analyzers.causes`: ``data.loader``, ``sync.host_read``...; each cause is
-owned by one rule). For each fix BASE predicted:
+**Predicted vs achieved.** For each fix BASE predicted (a finding with time lost):
 
-* ``predicted_saving_ms``: the base finding's time lost per step; ``predicted_speedup``
-  its expected speedup, ``base_step / (base_step - predicted_saving)``.
-* ``achieved_saving_ms``: how much the time of those same causes per step fell from
-  BASE to NEW, measured in both traces; ``achieved_speedup`` the same formula with it,
-  ``base_step / (base_step - achieved_saving)``: the speedup this change alone would give
-  if nothing else moved.
-* ``step_speedup``: ``base_step / new_step``, the whole run, every change included
-  (time freed by one fix can reappear elsewhere, e.g. as host overhead).
+* ``predicted_saving_ms`` / ``predicted_speedup``: what BASE's report said the fix
+  would save per step and the speedup it expected.
+* ``base_lost_ms`` -> ``new_lost_ms``: the finding's own measure in each run (0 in NEW
+  when resolved): whether the change acted on it at all.
+* ``achieved_speedup`` / ``achieved_saving_ms``: the measured change of the whole
+  steady-state step (:mod:`mlprof.compare.steps`, medians), the same figure for every
+  finding, never the drop in the causes the rule itself claimed (that would let a
+  prediction confirm itself: time freed by a fix can reappear elsewhere).
+* ``freed_categories``: the breakdown categories the rule claimed its time from; the
+  comparison's category table says how much those shrank and where time reappeared.
+
+When several findings were acted on, the achieved change is theirs together, next
+to ``predicted_together``: BASE's savings of those findings added (rules claim
+disjoint causes), as one speedup of the step BASE's findings are relative to (so
+one acted-on finding gives exactly its own expected speedup).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from mlprof.analysis import Analysis
-from mlprof.rules.base import Finding
+from mlprof.analyzers.causes import PARENT
+from mlprof.compare.runs import FindingView
+from mlprof.compare.steps import StepChange
 from mlprof.rules.registry import BY_ID
 
-NS_PER_MS = 1_000_000
 CHANGE_MIN_SHARE = 0.10
 """A finding in both runs is *changed* when its time lost moved by 10% of the base figure..."""
 CHANGE_MIN_MS = 1.0
@@ -43,11 +48,11 @@ class FindingPair:
 
     status: str
     """``resolved``, ``new``, ``changed`` or ``unchanged``."""
-    base: Finding | None
-    new: Finding | None
+    base: FindingView | None
+    new: FindingView | None
 
     @property
-    def finding(self) -> Finding:
+    def finding(self) -> FindingView:
         found = self.new if self.new is not None else self.base
         assert found is not None
         return found
@@ -62,11 +67,11 @@ class FindingPair:
 
     @property
     def base_ms(self) -> float:
-        return self.base.time_lost_ns_per_step / NS_PER_MS if self.base is not None else 0.0
+        return self.base.time_lost_ms if self.base is not None else 0.0
 
     @property
     def new_ms(self) -> float:
-        return self.new.time_lost_ns_per_step / NS_PER_MS if self.new is not None else 0.0
+        return self.new.time_lost_ms if self.new is not None else 0.0
 
 
 @dataclass
@@ -84,44 +89,39 @@ class PredictedVsAchieved:
     title: str
     status: str
     """What became of the finding in NEW: ``resolved``, ``changed``, ``unchanged``."""
-    causes: tuple[str, ...]
     predicted_saving_ms: float
     predicted_speedup: float
-    base_cause_ms: float
-    """Time of the claimed causes per step in BASE (at least the predicted saving)."""
-    new_cause_ms: float
-    """Time of the same causes per step in NEW."""
-    base_step_ms: float
-    new_step_ms: float
+    base_lost_ms: float
+    new_lost_ms: float
+    freed_categories: tuple[str, ...]
+    step: StepChange
+    predicted_step_ms: float
+    """The step BASE's prediction is relative to (its mean steady step)."""
 
     @property
-    def achieved_saving_ms(self) -> float:
-        return self.base_cause_ms - self.new_cause_ms
+    def acted_on(self) -> bool:
+        """NEW no longer has the finding, or it *changed* (see :func:`diff_findings`) to less time lost."""
+        return self.status == "resolved" or (self.status == "changed" and self.new_lost_ms < self.base_lost_ms)
 
     @property
     def achieved_speedup(self) -> float:
-        left = self.base_step_ms - self.achieved_saving_ms
-        return self.base_step_ms / left if left > 0 and self.base_step_ms > 0 else 1.0
+        return self.step.speedup
 
     @property
-    def step_speedup(self) -> float:
-        return self.base_step_ms / self.new_step_ms if self.new_step_ms > 0 else 1.0
-
-    @property
-    def achieved_share(self) -> float | None:
-        """Achieved over predicted saving (1.0: the fix delivered what was expected)."""
-        return self.achieved_saving_ms / self.predicted_saving_ms if self.predicted_saving_ms > 0 else None
+    def achieved_saving_ms(self) -> float:
+        return self.step.base_ms - self.step.new_ms
 
 
-def _key(f: Finding) -> tuple[str, str]:
+def _key(f: FindingView) -> tuple[str, str]:
+    """The rule's own merge key (e.g. one MEM001 leak per device); a rule's key reads only the evidence."""
     rule = BY_ID.get(f.rule)
-    return (f.rule, rule.merge_key(f) if rule is not None else "")
+    return (f.rule, rule.merge_key(cast(Any, f)) if rule is not None else "")
 
 
-def diff_findings(base: list[Finding], new: list[Finding]) -> FindingsDiff:
+def diff_findings(base: list[FindingView], new: list[FindingView]) -> FindingsDiff:
     """Match findings by rule and sort them into resolved / new / changed / unchanged."""
     out = FindingsDiff()
-    new_by_key: dict[tuple[str, str], list[Finding]] = {}
+    new_by_key: dict[tuple[str, str], list[FindingView]] = {}
     for f in new:
         new_by_key.setdefault(_key(f), []).append(f)
     for f in base:
@@ -138,61 +138,51 @@ def diff_findings(base: list[Finding], new: list[Finding]) -> FindingsDiff:
     return out
 
 
-def _changed(a: Finding, b: Finding) -> bool:
-    delta = abs(b.time_lost_ns_per_step - a.time_lost_ns_per_step) / NS_PER_MS
-    limit = min(CHANGE_MIN_SHARE * a.time_lost_ns_per_step / NS_PER_MS, CHANGE_MIN_MS)
+def _changed(a: FindingView, b: FindingView) -> bool:
+    delta = abs(b.time_lost_ms - a.time_lost_ms)
+    limit = min(CHANGE_MIN_SHARE * a.time_lost_ms, CHANGE_MIN_MS)
     return a.severity != b.severity or delta >= max(limit, 1e-6)
 
 
-def cause_ms_per_step(analysis: Analysis) -> dict[str, float]:
-    """ms per analysed step of every cause (job view: mean over ranks)."""
-    totals: dict[str, float] = {}
-    ranks = [ra for ra in analysis.ranks if ra.causes is not None and len(ra.causes)]
-    for ra in ranks:
-        assert ra.causes is not None
-        for cause, value in ra.causes.mean(axis=0).items():
-            totals[str(cause)] = totals.get(str(cause), 0.0) + float(value) / NS_PER_MS / len(ranks)
-    return totals
-
-
 def predicted_vs_achieved(
-    base: Analysis, new: Analysis, findings: FindingsDiff, base_step_ms: float, new_step_ms: float
+    base: list[FindingView], findings: FindingsDiff, step: StepChange
 ) -> list[PredictedVsAchieved]:
     """For each base finding that predicted a saving, in the base run's ranked order."""
-    status = {id(p.base): p.status for p in [*findings.resolved, *findings.changed, *findings.unchanged]}
-    base_causes = cause_ms_per_step(base)
-    new_causes = cause_ms_per_step(new)
+    pairs = [*findings.resolved, *findings.changed, *findings.unchanged]
+    by_base = {id(p.base): p for p in pairs}
     out = []
-    for f in base.findings:
-        if f.time_lost_ns_per_step <= 0:
+    for f in base:
+        if f.time_lost_ms <= 0:
             continue
-        causes = tuple(c for c, v in f.claimed.items() if v > 0)
+        pair = by_base.get(id(f))
+        cats = tuple(dict.fromkeys(PARENT.get(c, c) for c, v in f.claimed_ms.items() if v > 0))
         out.append(
             PredictedVsAchieved(
                 rule=f.rule,
                 category=f.category,
                 title=f.title,
-                status=status.get(id(f), "resolved"),
-                causes=causes,
-                predicted_saving_ms=f.time_lost_ns_per_step / NS_PER_MS,
+                status=pair.status if pair is not None else "resolved",
+                predicted_saving_ms=f.time_lost_ms,
                 predicted_speedup=f.expected_speedup,
-                base_cause_ms=sum(base_causes.get(c, 0.0) for c in causes),
-                new_cause_ms=sum(new_causes.get(c, 0.0) for c in causes),
-                base_step_ms=base_step_ms,
-                new_step_ms=new_step_ms,
+                base_lost_ms=f.time_lost_ms,
+                new_lost_ms=pair.new_ms if pair is not None else 0.0,
+                freed_categories=cats,
+                step=step,
+                predicted_step_ms=f.step_ms,
             )
         )
     return out
 
 
-def finding_brief(f: Finding) -> dict[str, Any]:
-    """The fields of a finding a comparison shows (the full finding is in each run's own report)."""
-    return {
-        "rule": f.rule,
-        "name": f.name,
-        "category": f.category,
-        "severity": f.severity,
-        "title": f.title,
-        "expected_speedup": round(f.expected_speedup, 4),
-        "time_lost_ms_per_step": round(f.time_lost_ns_per_step / NS_PER_MS, 6),
-    }
+def predicted_together(predicted: list[PredictedVsAchieved]) -> float | None:
+    """BASE's predicted speedup of the acted-on fixes together, None when none was acted on.
+
+    Their savings add (rules claim disjoint causes), relative to the step BASE's findings
+    are relative to, so one acted-on fix gives exactly its own expected speedup.
+    """
+    acted = [p for p in predicted if p.acted_on]
+    if not acted:
+        return None
+    step_ms = max(p.predicted_step_ms for p in acted)
+    left = step_ms - sum(p.predicted_saving_ms for p in acted)
+    return step_ms / left if left > 0 and step_ms > 0 else None

@@ -69,10 +69,13 @@ class NameDiff:
         return grouped.iloc[order].reset_index(drop=True)
 
 
-def name_diff(base: Analysis, new: Analysis) -> NameDiff:
-    """Per-step count and time of every kernel/copy/op name in the analysed steps of both runs."""
-    b, nb = _job_summary(base)
-    n, nn = _job_summary(new)
+def name_diff(base: pd.DataFrame | None, new: pd.DataFrame | None) -> NameDiff:
+    """Per-step count and time of every kernel/copy/op name in two per-name tables.
+
+    Each table (:func:`analysis_names`, :func:`stored_names`) has ``kind``, ``klass``,
+    ``name``, ``count`` and ``ns`` per step and ``attrs["windows"]``, the steps it covers.
+    """
+    b, n = _indexed(base), _indexed(new)
     b.columns = ["base_count", "base_ns"]
     n.columns = ["new_count", "new_ns"]
     table = b.join(n, how="outer").fillna(0.0)
@@ -81,11 +84,20 @@ def name_diff(base: Analysis, new: Analysis) -> NameDiff:
     table["change_count"] = table["new_count"] - table["base_count"]
     order = np.lexsort((table["name"].to_numpy(str), -table["change_ns"].abs().to_numpy()))
     table = table.iloc[order].reset_index(drop=True)
-    return NameDiff(table=table, base_windows=nb, new_windows=nn)
+    windows = (int((base.attrs if base is not None else {}).get("windows", 0)), 0)
+    windows = (windows[0], int((new.attrs if new is not None else {}).get("windows", 0)))
+    return NameDiff(table=table, base_windows=windows[0], new_windows=windows[1])
 
 
-def _job_summary(analysis: Analysis) -> tuple[pd.DataFrame, int]:
-    """count and ns per step by (kind, name) over all ranks' analysed windows."""
+def _indexed(names: pd.DataFrame | None) -> pd.DataFrame:
+    if names is None or len(names) == 0:
+        index = pd.MultiIndex.from_arrays([[], [], []], names=["kind", "klass", "name"])
+        return pd.DataFrame({"count": pd.Series([], dtype=float), "ns": pd.Series([], dtype=float)}, index=index)
+    return names.set_index(["kind", "klass", "name"])[["count", "ns"]].astype(float)
+
+
+def analysis_names(analysis: Analysis) -> pd.DataFrame:
+    """count and ns per step by (kind, klass, name) over all ranks' analysed (steady) windows."""
     frames = []
     windows = 0
     for ra in analysis.ranks:
@@ -95,7 +107,49 @@ def _job_summary(analysis: Analysis) -> tuple[pd.DataFrame, int]:
     events = pd.concat(frames, ignore_index=True)
     grouped = events.groupby(["kind", "klass", "name"], sort=True)["dur"].agg(["count", "sum"])
     per_step = max(windows, 1)
-    return (
-        pd.DataFrame({"count": grouped["count"] / per_step, "ns": grouped["sum"] / per_step}),
-        windows,
+    out = pd.DataFrame({"count": grouped["count"] / per_step, "ns": grouped["sum"] / per_step}).reset_index()
+    out.attrs["windows"] = windows
+    return out
+
+
+def stored_names(ops: pd.DataFrame, windows: int = 0) -> pd.DataFrame:
+    """The run store's per-name table (``ops``: kind, name, count, total_ns, ns_per_step) in the same shape.
+
+    The store keeps kernels and host ops (not copies), the top names of each and one
+    ``(other)`` row, which is left out here; a kernel's class is read from its name.
+    """
+    from mlprof.analyzers.kernels import classify_name
+
+    if ops is None or len(ops) == 0:
+        return _empty_names()
+    ops = ops[ops["name"] != "(other)"]
+    total = ops["total_ns"].to_numpy(np.float64)
+    per_step = ops["ns_per_step"].to_numpy(np.float64)
+    scale = np.divide(per_step, total, out=np.zeros_like(per_step), where=total > 0)
+    kinds = ops["kind"].astype(str).to_numpy()
+    names = ops["name"].astype(str).to_numpy()
+    klass = np.array([classify_name(n) if k == "kernel" else k for k, n in zip(kinds, names, strict=True)], object)
+    out = pd.DataFrame(
+        {
+            "kind": kinds,
+            "klass": klass,
+            "name": names,
+            "count": ops["count"].to_numpy(np.float64) * scale,
+            "ns": per_step,
+        }
+    )
+    out = out.groupby(["kind", "klass", "name"], sort=True)[["count", "ns"]].sum().reset_index()
+    out.attrs["windows"] = windows
+    return out
+
+
+def _empty_names() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "kind": pd.Series([], dtype=object),
+            "klass": pd.Series([], dtype=object),
+            "name": pd.Series([], dtype=object),
+            "count": pd.Series([], dtype=float),
+            "ns": pd.Series([], dtype=float),
+        }
     )

@@ -42,9 +42,7 @@ def check_analysis(analysis: Analysis | CounterAnalysis, gates: GateConfig) -> l
 
 
 def check_comparison(comparison: Comparison, gates: GateConfig) -> list[GateResult]:
-    """``max_regression`` on the step-time change; ``fail_on`` and budgets on the NEW run."""
-    from mlprof.compare.steps import per_step_categories
-
+    """``max_regression`` on the median steady step's change; ``fail_on`` and budgets on the NEW run."""
     out: list[GateResult] = []
     if gates.max_regression_pct is not None:
         step = comparison.step
@@ -52,14 +50,13 @@ def check_comparison(comparison: Comparison, gates: GateConfig) -> list[GateResu
             GateResult(
                 gate=f"--max-regression {gates.max_regression_pct:g}%",
                 passed=step.change_pct <= gates.max_regression_pct,
-                measured=f"mean step {step.base_ms:.2f} -> {step.new_ms:.2f} ms ({step.change_pct:+.1f}%)",
+                measured=f"median steady step {step.base_ms:.2f} -> {step.new_ms:.2f} ms ({step.change_pct:+.1f}%)",
                 limit=f"at most +{gates.max_regression_pct:g}%",
             )
         )
     out += _fail_on(comparison.new.findings, gates)
     if gates.budgets:
-        cats, _ = per_step_categories(comparison.new)
-        out += _budgets(cats, gates.budgets.values())
+        out += _budgets(comparison.new.category_ms(), gates.budgets.values())
     return out
 
 

@@ -1,12 +1,20 @@
 """Formats of ``mlprof compare``: JSON (the contract), markdown (a PR/CI comment) and text.
 
-JSON layout (``schema_version`` 1.0 of the comparison)::
+JSON layout (``schema_version`` 2.0 of the comparison)::
 
-    base, new          path, format, devices, ranks, steps_analysed, step_source
-    step_time_ms       base, new (mean step), change_ms, change_pct (+ slower, - faster),
-                       speedup (base/new), base_median, new_median, median_change_pct
-    categories         per breakdown category: base_ms, new_ms (per step), change_ms,
-                       share_of_change_pct (sums to 100 over categories), meaning
+    base, new          path, format, devices, ranks, steps_analysed (steady steps),
+                       step_source, step_filter, set_aside (steps left out: rank, step,
+                       dur_ms, reason, detail)
+    step_time_ms       achieved, on the steady steps: statistic, base, new (medians),
+                       change_ms, change_pct (+ slower, - faster), speedup (base/new),
+                       base_spread_pct, new_spread_pct (1.4826 MAD / median), noise_pct
+                       (run-to-run band), within_noise, verdict, base_steps, new_steps,
+                       base_mean, new_mean, mean_change_pct, mean_speedup, base_min,
+                       base_max, new_min, new_max
+    categories         per breakdown category of the mean steady step: base_ms, new_ms,
+                       change_ms, share_of_change_pct (sums to 100), meaning
+    where_time_went    freed (categories that shrank), reappeared (that grew), both as
+                       category + change_ms, and mean_step_change_ms (their sum)
     explained_by       the category that moved most in the direction of the change
     kernel_classes     device time per kernel class (gemm_fp32, gemm_tensor, comm...) per step
     kernels, ops       top names by absolute time change: count and ms per step in each run
@@ -14,12 +22,15 @@ JSON layout (``schema_version`` 1.0 of the comparison)::
                        rule, category, severity, title, expected_speedup,
                        time_lost_ms_per_step (of NEW, or of BASE for resolved ones) and
                        base_/new_time_lost_ms_per_step
-    predicted_vs_achieved  per fix BASE predicted: predicted_saving_ms, predicted_speedup,
-                       achieved_saving_ms, achieved_speedup, step_speedup, status, causes
+    predicted_vs_achieved  per fix BASE predicted: status, acted_on, predicted_saving_ms,
+                       predicted_speedup, base_lost_ms, new_lost_ms, freed_categories,
+                       achieved_speedup, achieved_saving_ms (the whole steady step),
+                       within_noise
+    predicted_together BASE's predicted speedup of the acted-on fixes together, or null
     gates              null, or passed + results (gate, passed, measured, limit)
-    notes              caveats (different GPUs, outlier steps, ...)
+    notes              caveats (different GPUs, set-aside steps, within noise, ...)
 
-Every figure is defined in :mod:`mlprof.compare` (steps, names, findings).
+Every figure is defined in :mod:`mlprof.compare` (runs, steps, names, findings).
 """
 
 from __future__ import annotations
@@ -29,13 +40,13 @@ from typing import Any
 import pandas as pd
 
 from mlprof import __version__
-from mlprof.analysis import Analysis
 from mlprof.compare.diff import Comparison
-from mlprof.compare.findings import FindingPair, finding_brief
+from mlprof.compare.findings import FindingPair
+from mlprof.compare.runs import RunSummary
 from mlprof.gates.evaluate import GateResult
 from mlprof.untrusted import md_code, md_text, plain
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 TOP_NAMES_JSON = 25
 TOP_NAMES_TEXT = 10
 NS_PER_MS = 1_000_000
@@ -45,16 +56,16 @@ def _r(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def _side(a: Analysis) -> dict[str, Any]:
-    meta = a.ranks[0].trace.meta
+def _side(run: RunSummary) -> dict[str, Any]:
     return {
-        "path": a.path,
-        "format": meta.format,
-        "devices": sorted({d.name for ra in a.ranks for d in ra.trace.meta.devices}),
-        "ranks": [ra.rank for ra in a.ranks],
-        "steps_analysed": len(a.job_steps()),
-        "step_source": meta.step_source,
-        "step_filter": a.step_filter,
+        "path": run.path,
+        "format": run.format,
+        "devices": run.devices,
+        "ranks": run.ranks,
+        "steps_analysed": 0 if run.stepless else len(run.steps),
+        "step_source": run.step_source,
+        "step_filter": run.step_filter,
+        "set_aside": run.set_aside,
     }
 
 
@@ -75,7 +86,7 @@ def _names(frame: pd.DataFrame, n: int) -> list[dict[str, Any]]:
 
 
 def _pair(p: FindingPair) -> dict[str, Any]:
-    d = finding_brief(p.finding)
+    d = p.finding.brief()
     d["status"] = p.status
     d["base_time_lost_ms_per_step"] = _r(p.base_ms, 6)
     d["new_time_lost_ms_per_step"] = _r(p.new_ms, 6)
@@ -88,11 +99,6 @@ def _pair(p: FindingPair) -> dict[str, Any]:
 
 def comparison_json(c: Comparison, gates: list[GateResult] | None = None) -> dict[str, Any]:
     s = c.step
-    median_pct = (
-        100.0 * (s.new_median_ms - s.base_median_ms) / s.base_median_ms
-        if s.base_median_ms and s.new_median_ms is not None
-        else None
-    )
     main = c.main_category
     kernels = c.names.of("kernel", "memcpy", "memset")
     ops = c.names.of("op")
@@ -104,15 +110,27 @@ def comparison_json(c: Comparison, gates: list[GateResult] | None = None) -> dic
         "base": _side(c.base),
         "new": _side(c.new),
         "step_time_ms": {
+            "statistic": "median over the steady steps",
             "base": _r(s.base_ms, 6),
             "new": _r(s.new_ms, 6),
             "change_ms": _r(s.change_ms, 6),
             "change_pct": _r(s.change_pct, 3),
             "speedup": _r(s.speedup, 4),
-            "statistic": "mean over the analysed steps",
-            "base_median": _r(s.base_median_ms, 6),
-            "new_median": _r(s.new_median_ms, 6),
-            "median_change_pct": _r(median_pct, 3),
+            "base_spread_pct": _r(s.base.spread_pct, 3),
+            "new_spread_pct": _r(s.new.spread_pct, 3),
+            "noise_pct": _r(s.noise_pct, 3),
+            "within_noise": s.within_noise,
+            "verdict": s.verdict,
+            "base_steps": s.base.n,
+            "new_steps": s.new.n,
+            "base_mean": _r(s.base.mean_ms, 6),
+            "new_mean": _r(s.new.mean_ms, 6),
+            "mean_change_pct": _r(s.mean_change_pct, 3),
+            "mean_speedup": _r(s.mean_speedup, 4),
+            "base_min": _r(s.base.min_ms, 6),
+            "base_max": _r(s.base.max_ms, 6),
+            "new_min": _r(s.new.min_ms, 6),
+            "new_max": _r(s.new.max_ms, 6),
         },
         "categories": [
             {
@@ -125,6 +143,11 @@ def comparison_json(c: Comparison, gates: list[GateResult] | None = None) -> dic
             }
             for x in c.categories
         ],
+        "where_time_went": {
+            "freed": [{"category": x.category, "change_ms": _r(x.change_ms, 6)} for x in c.freed],
+            "reappeared": [{"category": x.category, "change_ms": _r(x.change_ms, 6)} for x in c.grew],
+            "mean_step_change_ms": _r(sum(x.change_ms for x in c.categories), 6),
+        },
         "explained_by": None if main is None else main.category,
         "kernel_classes": [
             {
@@ -170,22 +193,42 @@ def comparison_json(c: Comparison, gates: list[GateResult] | None = None) -> dic
                 "category": p.category,
                 "title": p.title,
                 "status": p.status,
-                "causes": list(p.causes),
+                "acted_on": p.acted_on,
                 "predicted_saving_ms": _r(p.predicted_saving_ms, 6),
                 "predicted_speedup": _r(p.predicted_speedup, 4),
-                "base_cause_ms": _r(p.base_cause_ms, 6),
-                "new_cause_ms": _r(p.new_cause_ms, 6),
-                "achieved_saving_ms": _r(p.achieved_saving_ms, 6),
+                "base_lost_ms": _r(p.base_lost_ms, 6),
+                "new_lost_ms": _r(p.new_lost_ms, 6),
+                "freed_categories": list(p.freed_categories),
                 "achieved_speedup": _r(p.achieved_speedup, 4),
-                "step_speedup": _r(p.step_speedup, 4),
+                "achieved_saving_ms": _r(p.achieved_saving_ms, 6),
+                "within_noise": s.within_noise,
             }
             for p in c.predicted
         ],
+        "predicted_together": _r(c.predicted_together, 4),
         "gates": None
         if gates is None
         else {"passed": all(g.passed for g in gates), "results": [g.to_dict() for g in gates]},
         "notes": c.notes,
     }
+
+
+def _step_line(s: dict[str, Any]) -> str:
+    """The achieved change in words: medians, change, speedup, verdict and the noise band."""
+    band = "" if s["noise_pct"] is None else f"; run-to-run band +/-{s['noise_pct']:.1f}%"
+    return (
+        f"{s['base']:.2f} -> {s['new']:.2f} ms ({s['change_pct']:+.1f}%, {s['verdict']}, {s['speedup']:.2f}x)"
+        f" over {s['base_steps']} / {s['new_steps']} steady steps{band}"
+    )
+
+
+def _went(d: dict[str, Any]) -> str | None:
+    w = d["where_time_went"]
+    if not w["freed"] and not w["reappeared"]:
+        return None
+    freed = ", ".join(f"{x['category']} {x['change_ms']:+.2f}" for x in w["freed"] if abs(x["change_ms"]) >= 0.005)
+    grew = ", ".join(f"{x['category']} {x['change_ms']:+.2f}" for x in w["reappeared"] if abs(x["change_ms"]) >= 0.005)
+    return f"freed: {freed or 'none'}; reappeared: {grew or 'none'} (ms per mean steady step)"
 
 
 def _direction(pct: float) -> str:
@@ -196,19 +239,17 @@ def comparison_markdown(c: Comparison, gates: list[GateResult] | None = None) ->
     d = comparison_json(c, gates)
     s = d["step_time_ms"]
     lines = [f"## mlprof compare: {md_code(d['base']['path'])} -> {md_code(d['new']['path'])}", ""]
+    lines.append(f"Steady step (median) **{_step_line(s)}**.")
     lines.append(
-        f"Mean step **{s['base']:.2f} ms -> {s['new']:.2f} ms** ({s['change_pct']:+.1f}%, "
-        f"{_direction(s['change_pct'])}; {s['speedup']:.2f}x) over {d['base']['steps_analysed']} / "
-        f"{d['new']['steps_analysed']} steps"
-        + (
-            f"; median {s['base_median']:.2f} -> {s['new_median']:.2f} ms ({s['median_change_pct']:+.1f}%)."
-            if s["median_change_pct"] is not None
-            else "."
-        )
+        f"Mean steady step {s['base_mean']:.2f} -> {s['new_mean']:.2f} ms ({s['mean_change_pct']:+.1f}%, "
+        f"{s['mean_speedup']:.2f}x)."
     )
     if d["explained_by"]:
         main = next(x for x in d["categories"] if x["category"] == d["explained_by"])
         lines.append(f"Mostly **{main['category']}** ({main['change_ms']:+.2f} ms per step: {main['meaning']}).")
+    went = _went(d)
+    if went:
+        lines.append(f"Where the time went: {went}.")
     lines += ["", "| category | base ms/step | new ms/step | change | share of change |", "|---|---:|---:|---:|---:|"]
     for x in d["categories"]:
         share = "-" if x["share_of_change_pct"] is None else f"{x['share_of_change_pct']:.0f}%"
@@ -217,15 +258,22 @@ def comparison_markdown(c: Comparison, gates: list[GateResult] | None = None) ->
     if pva:
         lines += [
             "",
-            "### Predicted vs achieved (fixes the base run predicted)",
+            "### Predicted vs achieved (fixes the base run predicted; achieved = the whole steady step)",
             "",
-            "| rule | status | predicted | achieved | ms/step predicted | ms/step achieved | whole step |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| rule | status | predicted | achieved (step) | its time lost ms/step | freed categories |",
+            "|---|---|---:|---:|---:|---|",
         ]
         for p in pva:
+            achieved = f"{p['achieved_speedup']:.2f}x" if p["acted_on"] else "-"
             lines.append(
-                f"| {p['rule']} | {p['status']} | {p['predicted_speedup']:.2f}x | {p['achieved_speedup']:.2f}x | "
-                f"{p['predicted_saving_ms']:.2f} | {p['achieved_saving_ms']:.2f} | {p['step_speedup']:.2f}x |"
+                f"| {p['rule']} | {p['status']} | {p['predicted_speedup']:.2f}x | {achieved} | "
+                f"{p['base_lost_ms']:.2f} -> {p['new_lost_ms']:.2f} | {', '.join(p['freed_categories'])} |"
+            )
+        if d["predicted_together"] is not None:
+            lines.append("")
+            lines.append(
+                f"The fixes acted on predicted {d['predicted_together']:.2f}x together; the steady step "
+                f"achieved {s['speedup']:.2f}x ({s['verdict']})."
             )
     f = d["findings"]
     lines += ["", "### Findings", ""]
@@ -282,26 +330,36 @@ def comparison_text(c: Comparison, gates: list[GateResult] | None = None) -> str
         "mlprof compare",
         f"  base: {d['base']['path']}  ({', '.join(d['base']['devices']) or 'no device properties'})",
         f"  new:  {d['new']['path']}  ({', '.join(d['new']['devices']) or 'no device properties'})",
-        f"  mean step: {s['base']:.2f} -> {s['new']:.2f} ms ({s['change_pct']:+.1f}%, {_direction(s['change_pct'])}, "
-        f"{s['speedup']:.2f}x)",
+        f"  steady step (median): {_step_line(s)}",
+        f"  mean steady step: {s['base_mean']:.2f} -> {s['new_mean']:.2f} ms ({s['mean_change_pct']:+.1f}%, "
+        f"{s['mean_speedup']:.2f}x)",
     ]
-    if s["median_change_pct"] is not None:
-        out.append(
-            f"  median step: {s['base_median']:.2f} -> {s['new_median']:.2f} ms ({s['median_change_pct']:+.1f}%)"
-        )
     if d["explained_by"]:
         out.append(f"  mostly: {d['explained_by']}")
+    went = _went(d)
+    if went:
+        out.append(f"  where the time went: {went}")
     out += ["", f"  {'category':<16}{'base ms':>10}{'new ms':>10}{'change':>10}{'share':>8}"]
     for x in d["categories"]:
         share = "-" if x["share_of_change_pct"] is None else f"{x['share_of_change_pct']:.0f}%"
         out.append(f"  {x['category']:<16}{x['base_ms']:>10.2f}{x['new_ms']:>10.2f}{x['change_ms']:>+10.2f}{share:>8}")
     if d["predicted_vs_achieved"]:
-        out += ["", f"  {'fix':<10}{'status':<11}{'predicted':>10}{'achieved':>10}{'whole step':>12}"]
+        out += [
+            "",
+            f"  {'fix':<10}{'status':<11}{'predicted':>10}{'achieved':>10}  its time lost (ms/step)",
+        ]
         for p in d["predicted_vs_achieved"]:
+            achieved = f"{p['achieved_speedup']:>9.2f}x" if p["acted_on"] else f"{'-':>10}"
             out.append(
-                f"  {p['rule']:<10}{p['status']:<11}{p['predicted_speedup']:>9.2f}x{p['achieved_speedup']:>9.2f}x"
-                f"{p['step_speedup']:>11.2f}x"
+                f"  {p['rule']:<10}{p['status']:<11}{p['predicted_speedup']:>9.2f}x{achieved}"
+                f"  {p['base_lost_ms']:.2f} -> {p['new_lost_ms']:.2f}"
             )
+        out.append(
+            "  (achieved: the measured change of the whole steady step, median, every change included; "
+            "shown for the fixes NEW acted on)"
+        )
+        if d["predicted_together"] is not None:
+            out.append(f"  acted-on fixes together predicted {d['predicted_together']:.2f}x")
     out.append("")
     for status in ("resolved", "new", "changed", "unchanged"):
         for x in d["findings"][status]:

@@ -64,6 +64,7 @@ def render_text(report: ReportSource, console: Console, top: int = DEFAULT_TOP) 
         )
     if bd.get("gpu_busy_pct") is not None:
         console.print(f"  GPU busy: {bd['gpu_busy_pct']:.1f}% of step time")
+    _print_set_aside(data, console)
     console.print()
     console.print(_category_table(bd))
     if len(data["steps"]) > 1:
@@ -90,6 +91,18 @@ def _print_verdict(data: dict[str, Any], console: Console) -> None:
     if code:
         console.print(term_line(("Fix:", "bold green"), " ", code))
     console.print()
+
+
+def _print_set_aside(data: dict[str, Any], console: Console) -> None:
+    """Steps left out of every per-step figure (warm-up, outlier, partial), one line each."""
+    ranks = (data.get("steady_state") or {}).get("ranks", [])
+    several = len(ranks) > 1
+    for r in ranks:
+        for s in r["set_aside"]:
+            where = f"rank {r['rank']} " if several else ""
+            console.print(
+                f"  set aside: {where}step {s['step']} ({s['reason']}): {s['detail']}", markup=False, highlight=False
+            )
 
 
 def _render_counters_only(data: dict[str, Any], console: Console) -> None:

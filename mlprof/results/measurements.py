@@ -16,6 +16,7 @@ from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.analyzers.counter_timeline import MemoryTrend
 from mlprof.analyzers.counters import DeviceCounterSummary
 from mlprof.analyzers.rank_skew import RankSkew
+from mlprof.analyzers.steady_state import SteadyState
 from mlprof.analyzers.temporal import TemporalBreakdown
 from mlprof.analyzers.windows import analysis_window, step_windows, trace_span
 from mlprof.results.findings import CounterDiagnosis, Diagnosis, Finding
@@ -77,6 +78,9 @@ class RankAnalysis:
     name_views: tuple[pd.DataFrame, pd.DataFrame] | None = None
     """Kernels and CPU ops by name (:func:`mlprof.analyzers.name_totals.name_views`) measured on the full
     trace by a per-rank task, for a rank kept reduced; None when the full trace is at hand."""
+    steady: SteadyState | None = None
+    """Which steps are steady state and which were set aside (warm-up, outlier, partial) and why;
+    ``steps`` holds only the steady ones (:mod:`mlprof.analyzers.steady_state`)."""
 
     @property
     def span(self) -> tuple[int, int]:

@@ -45,6 +45,10 @@ removed or renamed key a major bump). Layout::
                      step; the rank with the largest error), trusted (error within
                      max_error_pct), plan_source, per_rank (error, graph size,
                      paced_by per step); findings carry speedup_source
+    steady_state     (1.5) steps set aside from every per-step figure (warm-up,
+                     outlier, partial) and why: per rank, steady_steps, set_aside
+                     (step, dur_ms, reason, detail), median_ms, spread_ms,
+                     overridden_by_steps, notes (also on each ``ranks`` entry)
 
 A counters file analysed alone gives the same top-level keys: ``trace`` and
 ``breakdown`` are null, ``steps``/``ranks``/``plan`` empty, ``findings`` the
@@ -165,6 +169,7 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
             "steps": steps_records(ra.steps),
             "breakdown": rank_breakdown(ra),
             "notes": ra.notes,
+            "steady_state": None if ra.steady is None else ra.steady.to_dict(),
         }
         for ra in analysis.ranks
     ]
@@ -212,6 +217,17 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         "kernels": kernels,
         "operators": operators,
         "whatif": diagnosis.whatif.to_dict() if diagnosis is not None and diagnosis.whatif is not None else None,
+        "steady_state": steady_state_dict(ranks),
+    }
+
+
+def steady_state_dict(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """(1.5) The steps each rank set aside from its per-step figures (:mod:`mlprof.analyzers.steady_state`)."""
+    per_rank = [{"rank": r["rank"], **r["steady_state"]} for r in ranks if r["steady_state"] is not None]
+    return {
+        "overridden_by_steps": any(r["overridden_by_steps"] for r in per_rank),
+        "set_aside_steps": sorted({s["step"] for r in per_rank for s in r["set_aside"]}),
+        "ranks": per_rank,
     }
 
 

@@ -6,6 +6,7 @@ import streamlit as st
 
 from mlprof.dashboard import data, figures
 from mlprof.dashboard.run_diff import diff_runs
+from mlprof.errors import MlprofError
 
 
 def render(url: str, a_id: int | None, b_id: int | None) -> None:
@@ -25,36 +26,56 @@ def render(url: str, a_id: int | None, b_id: int | None) -> None:
     if a is None or b is None:
         st.warning("One of the runs is no longer in the store.")
         return
-    d = diff_runs(a, b)
+    try:
+        d = diff_runs(a, b)
+    except MlprofError as exc:
+        st.warning(str(exc))
+        return
+    c = d.comparison
+    step = c.step
     heads = st.columns(4)
-    heads[0].metric("A mean step", f"{d.step_ms_a:,.2f} ms")
+    heads[0].metric("A median steady step", f"{d.step_ms_a:,.2f} ms")
     heads[1].metric(
-        "B mean step", f"{d.step_ms_b:,.2f} ms", delta=f"{d.step_ms_b - d.step_ms_a:+,.2f} ms", delta_color="inverse"
+        "B median steady step",
+        f"{d.step_ms_b:,.2f} ms",
+        delta=f"{d.step_ms_b - d.step_ms_a:+,.2f} ms",
+        delta_color="inverse",
     )
-    heads[2].metric("Achieved speedup", f"{d.achieved_speedup:.2f}x")
+    heads[2].metric(
+        "Achieved speedup",
+        f"{d.achieved_speedup:.2f}x",
+        help="A median / B median over the steady steps (warm-up and outlier steps set aside); "
+        + (f"run-to-run band +/-{step.noise_pct:.1f}%" if step.noise_pct is not None else "spread unknown"),
+    )
     heads[3].metric(
         "Predicted by A's findings",
-        f"{d.predicted_speedup:.2f}x",
-        help="A's plan savings of the findings B no longer has or has less of; "
-        f"A's whole plan predicted {d.predicted_plan_speedup:.2f}x",
+        "-" if d.predicted_speedup is None else f"{d.predicted_speedup:.2f}x",
+        help="A's predicted savings of the findings B no longer has or has less of, together",
     )
+    st.caption(
+        f"Verdict: {step.verdict} ({step.change_pct:+.1f}% median, over {step.base.n} / {step.new.n} steady steps). "
+        "Same comparison as `mlprof compare` (docs/compare.md)."
+    )
+    for note in c.notes:
+        st.text(f"note: {note}")
     st.plotly_chart(figures.category_change(d.categories), key="cmp_categories")
     st.dataframe(
-        d.categories.round(3).rename(columns={"a_ms": "A ms/step", "b_ms": "B ms/step", "delta_ms": "change ms"}),
+        d.categories.round(3).rename(
+            columns={"a_ms": "A ms/step", "b_ms": "B ms/step", "delta_ms": "change ms (mean steady step)"}
+        ),
         hide_index=True,
         key="cmp_cat_table",
     )
     if len(d.ops):
         st.plotly_chart(figures.ops_change(d.ops), key="cmp_ops")
-    st.subheader("Findings: resolved, new, persisting")
+    st.subheader("Findings: predicted vs achieved")
     if len(d.per_rule):
-        titles = {f["rule"]: f["title"] for f in [*d.resolved, *d.new, *(p["b"] for p in d.persisting)]}
-        table = d.per_rule.assign(title=d.per_rule["rule"].map(titles)).rename(
+        table = d.per_rule.rename(
             columns={
                 "a_lost_ms": "A lost ms/step",
                 "b_lost_ms": "B lost ms/step",
-                "predicted_saving_ms": "A predicted saving ms/step",
-                "removed_ms": "time lost removed ms/step",
+                "predicted_speedup": "A predicted",
+                "achieved_speedup": "achieved (whole steady step)",
                 "acted_on": "acted on",
             }
         )
