@@ -8,6 +8,7 @@ only a profiler that raises on start/step is simulated, by patching torch.profil
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -85,7 +86,10 @@ def test_context_manager_writes_a_run_folder_mlprof_reads(tmp_path: Path, capsys
         assert meta["counters"]["file"] is None and meta["counters"]["rows_written"] == 0
 
     out = capsys.readouterr().out
-    assert "3 steps (ProfilerStep)" in out and "GPU busy" in out and "top:" in out
+    assert "GPU busy" in out and "top:" in out
+    # The three recorded steps: steady ones, plus any set aside (a first step slowed by warm-up, timing-dependent).
+    counted = re.search(r"(\d+) steps \(ProfilerStep(?:; (\d+) more set aside)?", out)
+    assert counted is not None and int(counted.group(1)) + int(counted.group(2) or 0) == 3
 
 
 def test_trace_clock_is_the_counters_clock(tmp_path: Path) -> None:

@@ -439,4 +439,31 @@ def test_compare_with_another_run(store: dict[str, int]) -> None:
     at.button(key="to_compare").click().run()
     assert at.query_params["page"] == "compare"
     assert at.query_params["a"] == str(store["bad"]) and at.query_params["b"] == str(store["fixed"])
-    assert _metrics(at)["Achieved speedup"] == "2.35x"
+    assert _metrics(at)["Achieved speedup"] == "2.40x"  # median steady step 18.89 -> 7.88 ms
+
+
+def test_compare_from_stored_runs_equals_the_cli(store: dict[str, int]) -> None:
+    """The Compare page compares stored reports with `mlprof compare`'s code: same achieved step, same spread,
+    same set-aside steps, same categories and predictions as comparing the trace folders themselves."""
+    from mlprof.dashboard.run_diff import diff_runs
+    from mlprof.report.compare_report import comparison_json
+
+    url = os.environ["MLPROF_STORE"]
+    stored = diff_runs(data.read_run(url, store["nw0"]), data.read_run(url, store["nw4"])).comparison
+    folders = [external(f"pytorch__kineto/resnet50_num_workers_{w}") for w in (0, 4)]
+    cli = compare_analyses(*(analyze_job(load_job(p), str(p)) for p in folders))
+    a, b = comparison_json(stored), comparison_json(cli)
+    assert a["step_time_ms"] == b["step_time_ms"]
+    assert a["step_time_ms"]["speedup"] == pytest.approx(1.2443, abs=1e-4)  # steady medians 152.47 -> 122.53 ms
+    assert [s["step"] for s in a["new"]["set_aside"]] == [16, 21]
+    assert a["categories"] == b["categories"] and a["where_time_went"] == b["where_time_went"]
+    assert a["findings"] == b["findings"]
+    assert a["predicted_vs_achieved"] == b["predicted_vs_achieved"]
+    # Kernels by name: the store keeps the top 200 kernels per run (no copies); those it keeps match exactly.
+    cli_kernels = cli.names.of("kernel").set_index("name")
+    stored_kernels = stored.names.of("kernel").set_index("name")
+    assert len(stored_kernels) > 50
+    both = cli_kernels.loc[stored_kernels.index]
+    np.testing.assert_allclose(stored_kernels["base_ns"], both["base_ns"], rtol=1e-9)
+    np.testing.assert_allclose(stored_kernels["new_ns"], both["new_ns"], rtol=1e-9)
+    np.testing.assert_allclose(stored_kernels["new_count"], both["new_count"], rtol=1e-9)

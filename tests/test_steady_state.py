@@ -190,3 +190,14 @@ def test_cli_reports_set_aside_steps(capsys: pytest.CaptureFixture[str]) -> None
     assert [s["step"] for s in data["steps"]] == [17, 18, 19, 20]
     assert main(["analyze", path]) == 0
     assert "set aside: step 21 (outlier)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_low_memory_sets_aside_the_same_steps(tmp_path: Path) -> None:
+    """--low-memory judges by step times alone: on nw4 it sets aside the same warm-up and outlier steps."""
+    from mlprof.engine.windows import analyze_low_memory
+
+    analysis = analyze_low_memory(external(NW4), jobs=1, spill_dir=tmp_path)
+    ra = analysis.ranks[0]
+    assert ra.steady is not None
+    assert {s.step: s.reason for s in ra.steady.set_aside} == {16: "warm-up", 21: "outlier"}
+    assert ra.steps["step"].tolist() == [17, 18, 19, 20]

@@ -29,8 +29,8 @@ outliers themselves) over all the steps:
 At most half of the steps are set aside (warm-up first, then partial, then the
 farthest outliers); with fewer than three steps nothing is, as there is no median to
 stand on. ``--steps`` overrides the rule: the steps the user named are analysed as
-they are. The thresholds are the module constants below; ``mlprof explain
-steady-state`` prints this text.
+they are. The thresholds are the module constants below; the README's *Steady state*
+section says the same for users.
 """
 
 from __future__ import annotations

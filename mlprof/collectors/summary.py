@@ -30,8 +30,14 @@ def summary_lines(trace_path: Path) -> list[str]:
     wall = bd["wall_ms"]
     st = bd["step_time_ms"]
     if bd["steps_analysed"]:
+        aside = [s for r in (report.get("steady_state") or {}).get("ranks", []) for s in r["set_aside"]]
+        more = (
+            f"; {len(aside)} more set aside: " + ", ".join(f"{s['step']} ({s['reason']})" for s in aside)
+            if aside
+            else ""
+        )
         lines.append(
-            f"  {bd['steps_analysed']} steps ({report['trace']['step_source']}): step time median "
+            f"  {bd['steps_analysed']} steps ({report['trace']['step_source']}{more}): step time median "
             f"{st['median']:.2f} ms, mean {st['mean']:.2f} ms, min {st['min']:.2f} ms, max {st['max']:.2f} ms"
         )
     else:

@@ -10,7 +10,7 @@ steps (a robust relative standard deviation). Two recordings of the same job dif
 at least that much from one step to the next, so a change smaller than
 ``noise = 2 * sqrt(spread_base^2 + spread_new^2)`` is reported as *within run-to-run
 spread* (the four repeats of one run in ``../shared/external_traces``, sidnb13, differ
-by 1-7% with a noise band of 9-15%). With one steady step per run the spread is
+by 1-7% with noise bands of 12-18%). With one steady step per run the spread is
 unknown and no such verdict is given.
 
 **Where the time went.** Every instant of a step is in exactly one breakdown category

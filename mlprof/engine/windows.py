@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from mlprof.analysis import Analysis, RankAnalysis
+from mlprof.analyzers.steady_state import SteadyState, steady_state
 from mlprof.analyzers.temporal import TemporalBreakdown, temporal_breakdown
 from mlprof.engine.executors import ProgressFn, default_jobs, run_local
 from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_trace
@@ -112,13 +113,33 @@ def analyze_low_memory(
         windows = _windows(steps, folder)
         if steps_spec is not None:
             windows = _select(windows, steps_spec)
+        steady = _steady(windows, overridden=steps_spec is not None)
+        windows = [w for w in windows if w.step in set(steady.steady)]
         header, stats = _spill(path, windows, on_progress)
         options = TaskOptions(config=_without(config, SKIPPED_RULES))
         n = jobs if jobs is not None else default_jobs(len(windows))
         results = run_local(_analyse_window, windows, options, n, on_window_done)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return _merge(path, results, windows, config, header, stats.json_bytes, stats.file_bytes, stats.events)
+    analysis = _merge(path, results, windows, config, header, stats.json_bytes, stats.file_bytes, stats.events)
+    analysis.ranks[0].steady = steady
+    return analysis
+
+
+def _steady(windows: list[StepWindow], *, overridden: bool) -> SteadyState:
+    """Warm-up, outlier and partial steps set aside by step times alone (the start-up signals need the events)."""
+    table = pd.DataFrame(
+        {
+            "step": [w.step for w in windows],
+            "ts": [w.start for w in windows],
+            "dur": [w.end - w.start for w in windows],
+        }
+    )
+    steady = steady_state(table, overridden=overridden)
+    if steady.set_aside:
+        note = "--low-memory: steps set aside by their times alone (start-up signals need every event at once)"
+        steady = dataclasses.replace(steady, notes=(*steady.notes, note))
+    return steady
 
 
 def _find_profiler_steps(path: Path, on_progress: ProgressCallback | None) -> list[tuple[int, int, int]]:
