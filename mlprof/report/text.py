@@ -100,9 +100,7 @@ def _print_set_aside(data: dict[str, Any], console: Console) -> None:
     for r in ranks:
         for s in r["set_aside"]:
             where = f"rank {r['rank']} " if several else ""
-            console.print(
-                f"  set aside: {where}step {s['step']} ({s['reason']}): {s['detail']}", markup=False, highlight=False
-            )
+            console.print(term_line(f"  set aside: {where}step {s['step']} ({s['reason']}): {s['detail']}"))
 
 
 def _render_counters_only(data: dict[str, Any], console: Console) -> None:
