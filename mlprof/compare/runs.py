@@ -154,7 +154,7 @@ class RunSummary:
     def from_analysis(cls, analysis: Analysis) -> RunSummary:
         """From an analysis computed in this process: its JSON report plus names measured on its traces."""
         from mlprof.compare.names import analysis_names
-        from mlprof.report.json_report import to_json_dict
+        from mlprof.results.schema import to_json_dict
 
         return cls.from_report(to_json_dict(analysis), analysis_names(analysis))
 
