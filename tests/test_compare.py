@@ -83,24 +83,28 @@ def test_kineto_change_is_attributed_to_data_loading(kineto: Comparison) -> None
 
 
 def test_kineto_data_starvation_prediction_next_to_the_measured_step(kineto: Comparison) -> None:
-    """DATA001 predicted 1.30x; the steady median step improved 1.24x. Achieved is never the drop in the
-    very cause the rule claimed (35.5 ms of data.loader -> 0, which would read 1.30x and confirm itself)."""
+    """DATA001 predicted 1.29x (the replay); the steady median step improved 1.24x, 3.9% below (the issue asks
+    for 15%). Achieved is never the drop in the very cause the rule claimed (35.5 ms of data.loader -> 0,
+    which would read 1.30x and confirm itself)."""
     resolved = {p.rule: p for p in kineto.findings.resolved}
     assert "DATA001" in resolved and resolved["DATA001"].category == "data_starvation"
     pva = {p.rule: p for p in kineto.predicted}["DATA001"]
     assert pva.status == "resolved" and pva.acted_on
     assert pva.freed_categories == ("idle_data",)
-    assert pva.predicted_speedup == pytest.approx(1.3023, abs=1e-4)
-    assert pva.predicted_saving_ms == pytest.approx(35.504, abs=0.001)
+    assert pva.predicted_speedup == pytest.approx(1.2923, abs=1e-4)
+    assert pva.predicted_saving_ms == pytest.approx(34.598, abs=0.001)
+    assert abs(pva.achieved_speedup / pva.predicted_speedup - 1) < 0.05
     assert pva.achieved_speedup == pytest.approx(kineto.step.speedup, rel=1e-12)
     assert pva.achieved_speedup == pytest.approx(1.2443, abs=1e-4)
     assert pva.achieved_saving_ms == pytest.approx(kineto.step.base_ms - kineto.step.new_ms, abs=1e-9)
-    # Only DATA001 was acted on: the change as a whole was predicted to give DATA001's own 1.30x.
+    # Only DATA001 was acted on (resolved): the change as a whole was predicted to give DATA001's own 1.29x.
     assert kineto.predicted_together == pytest.approx(pva.predicted_speedup, abs=1e-4)
     # Fixes the change did not touch were not acted on: no achieved figure is shown for them.
-    for rule in ("AMP001", "LAUNCH001", "FUSE001"):
+    # LAUNCH001's replayed saving shrank (41.6 -> 15.5 ms) because the host is no longer held by the
+    # DataLoader, not because launches were fixed: a finding that only changed is not counted as acted on.
+    for rule, status in (("LAUNCH001", "changed"), ("AMP001", "changed"), ("FUSE001", "unchanged")):
         p = {p.rule: p for p in kineto.predicted}[rule]
-        assert p.status == "unchanged" and not p.acted_on
+        assert p.status == status and not p.acted_on
 
 
 def test_kineto_steps_option_still_overrides(tmp_path: Path) -> None:
@@ -134,7 +138,7 @@ def test_kineto_json_contract(tmp_path: Path) -> None:
         assert all("category" in f for f in d["findings"][status])
     assert [f["rule"] for f in d["findings"]["resolved"]] == ["DATA001"]
     pva = {p["rule"]: p for p in d["predicted_vs_achieved"]}
-    assert pva["DATA001"]["predicted_speedup"] == pytest.approx(1.3023, abs=1e-4)
+    assert pva["DATA001"]["predicted_speedup"] == pytest.approx(1.2923, abs=1e-4)
     assert pva["DATA001"]["achieved_speedup"] == pytest.approx(1.2443, abs=1e-4)
     assert d["gates"] is None
     went = d["where_time_went"]
@@ -147,8 +151,8 @@ def test_kineto_markdown_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = tmp_path / "c.md"
     assert main(["compare", str(external(KINETO_0)), str(external(KINETO_4)), "-f", "markdown", "-o", str(out)]) == 0
     md = out.read_text()
-    assert "| DATA001 | resolved | 1.30x | 1.24x | 35.50 -> 0.00 | idle_data |" in md
-    assert "| AMP001 | unchanged | 1.27x | - |" in md
+    assert "| DATA001 | resolved | 1.29x | 1.24x | 34.60 -> 0.00 | idle_data |" in md
+    assert "| LAUNCH001 | changed | 1.37x | - |" in md
     assert "Mostly **idle_data** (-35.49 ms per step" in md
     assert main(["compare", str(external(KINETO_0)), str(external(KINETO_4))]) == 0
     text = capsys.readouterr().out
@@ -270,7 +274,8 @@ def test_recorded_run_folders_predicted_vs_achieved() -> None:
     assert c.step.speedup == pytest.approx(2.397, abs=0.001)
     assert c.main_category is not None and c.main_category.category == "idle_data"
     p = {p.rule: p for p in c.predicted}["DATA001"]
-    assert p.predicted_speedup == pytest.approx(2.81, abs=0.01)
+    assert p.predicted_speedup == pytest.approx(2.69, abs=0.01)  # the replay (attribution said 2.81x)
+    assert p.acted_on  # still fires at 0.85 ms per step, but idle_data shrank 12.2 -> 0.85 ms
     assert p.achieved_speedup == pytest.approx(c.step.speedup, rel=1e-12)
     assert p.status == "changed"  # still fires on the fixed run, at 0.85 ms per step
     assert c.names.by_class().empty  # CPU-only recordings: no device activity to compare

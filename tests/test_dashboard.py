@@ -227,7 +227,7 @@ def test_compare_page_achieved_vs_predicted(store: dict[str, int]) -> None:
     assert metrics["A median steady step"] == f"{cli.step.base_ms:,.2f} ms" == "18.89 ms"
     assert metrics["B median steady step"] == f"{cli.step.new_ms:,.2f} ms" == "7.88 ms"
     assert metrics["Achieved speedup"] == f"{cli.step.speedup:.2f}x" == "2.40x"
-    assert metrics["Predicted by A's findings"] == "2.81x"  # DATA001's prediction on the bad run
+    assert metrics["Predicted by A's findings"] == "2.69x"  # DATA001's (replayed) prediction on the bad run
     categories = at.dataframe[0].value.set_index("category")
     change = categories["change ms (mean steady step)"].sum()
     assert change == pytest.approx(cli.step.new.mean_ms - cli.step.base.mean_ms, abs=0.002)  # explained exactly

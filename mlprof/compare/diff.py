@@ -65,7 +65,7 @@ def compare_runs(base: RunSummary, new: RunSummary) -> Comparison:
         if stats.n == 0 or stats.median_ms <= 0:
             raise BadInputError(f"{label} {run.path}: no recorded activity to compare (an empty trace)")
     findings = diff_findings(base.findings, new.findings)
-    predicted = predicted_vs_achieved(base.findings, findings, step)
+    predicted = predicted_vs_achieved(base.findings, findings, step, {c.category: c.change_ms for c in categories})
     return Comparison(
         base=base,
         new=new,
@@ -74,7 +74,7 @@ def compare_runs(base: RunSummary, new: RunSummary) -> Comparison:
         names=name_diff(base.names, new.names),
         findings=findings,
         predicted=predicted,
-        predicted_together=predicted_together(predicted),
+        predicted_together=predicted_together(predicted, base.plan),
         notes=_notes(base, new, step),
     )
 

@@ -20,10 +20,9 @@ its severity changed, else *unchanged*.
 * ``freed_categories``: the breakdown categories the rule claimed its time from; the
   comparison's category table says how much those shrank and where time reappeared.
 
-When several findings were acted on, the achieved change is theirs together, next
-to ``predicted_together``: BASE's savings of those findings added (rules claim
-disjoint causes), as one speedup of the step BASE's findings are relative to (so
-one acted-on finding gives exactly its own expected speedup).
+A finding is *acted on* when NEW no longer reports it (resolved). When several were,
+the achieved change is theirs together, next to ``predicted_together``: BASE's plan's
+cumulative speedup after them when they lead its plan, else their savings added.
 """
 
 from __future__ import annotations
@@ -97,11 +96,21 @@ class PredictedVsAchieved:
     step: StepChange
     predicted_step_ms: float
     """The step BASE's prediction is relative to (its mean steady step)."""
+    freed_ms: float = 0.0
+    """How much ``freed_categories`` shrank per mean steady step from BASE to NEW (measured in both)."""
 
     @property
     def acted_on(self) -> bool:
-        """NEW no longer has the finding, or it *changed* (see :func:`diff_findings`) to less time lost."""
-        return self.status == "resolved" or (self.status == "changed" and self.new_lost_ms < self.base_lost_ms)
+        """NEW no longer has the finding (*resolved*), or it *changed* and the categories it claims
+        time from shrank by at least half its predicted saving.
+
+        A finding's time lost can move because another fix changed what paces the step (a
+        launch-bound saving shrinks once the DataLoader no longer holds the host, while the
+        launch idle time itself stays): that is not acting on it.
+        """
+        if self.status == "resolved":
+            return True
+        return self.status == "changed" and self.freed_ms >= 0.5 * self.predicted_saving_ms
 
     @property
     def achieved_speedup(self) -> float:
@@ -145,7 +154,7 @@ def _changed(a: FindingView, b: FindingView) -> bool:
 
 
 def predicted_vs_achieved(
-    base: list[FindingView], findings: FindingsDiff, step: StepChange
+    base: list[FindingView], findings: FindingsDiff, step: StepChange, category_change: dict[str, float] | None = None
 ) -> list[PredictedVsAchieved]:
     """For each base finding that predicted a saving, in the base run's ranked order."""
     pairs = [*findings.resolved, *findings.changed, *findings.unchanged]
@@ -169,20 +178,30 @@ def predicted_vs_achieved(
                 freed_categories=cats,
                 step=step,
                 predicted_step_ms=f.step_ms,
+                freed_ms=-sum((category_change or {}).get(c, 0.0) for c in cats),
             )
         )
     return out
 
 
-def predicted_together(predicted: list[PredictedVsAchieved]) -> float | None:
+def predicted_together(
+    predicted: list[PredictedVsAchieved], plan: list[tuple[str, float]] | None = None
+) -> float | None:
     """BASE's predicted speedup of the acted-on fixes together, None when none was acted on.
 
-    Their savings add (rules claim disjoint causes), relative to the step BASE's findings
-    are relative to, so one acted-on fix gives exactly its own expected speedup.
+    When they are the first fixes of BASE's plan (``plan``: rule and cumulative speedup,
+    in order), the plan's cumulative speedup after them (the replay applies fixes one on
+    top of the other); else their savings added, relative to the step BASE's findings
+    are relative to. One acted-on fix gives exactly its own expected speedup.
     """
     acted = [p for p in predicted if p.acted_on]
     if not acted:
         return None
+    if len(acted) == 1:
+        return acted[0].predicted_speedup
+    rules = {p.rule for p in acted}
+    if plan and {r for r, _ in plan[: len(rules)]} == rules:
+        return plan[len(rules) - 1][1]
     step_ms = max(p.predicted_step_ms for p in acted)
     left = step_ms - sum(p.predicted_saving_ms for p in acted)
     return step_ms / left if left > 0 and step_ms > 0 else None

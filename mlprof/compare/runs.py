@@ -94,6 +94,8 @@ class RunSummary:
     findings: list[FindingView]
     names: pd.DataFrame | None = None
     """Per-name table (kind, klass, name, count, ns per step), when known."""
+    plan: list[tuple[str, float]] = field(default_factory=list)
+    """BASE's plan: rule and cumulative speedup, in order."""
     notes: list[str] = field(default_factory=list)
     stepless: bool = False
     """The run has no steps: its whole analysed window is one pseudo-step."""
@@ -146,6 +148,7 @@ class RunSummary:
             set_aside=set_aside,
             findings=[FindingView.from_dict(f) for f in report.get("findings") or []],
             names=names,
+            plan=[(str(p["rule"]), float(p.get("cumulative_speedup") or 1.0)) for p in report.get("plan") or []],
             notes=notes,
             stepless=stepless,
         )
