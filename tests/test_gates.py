@@ -85,11 +85,14 @@ def test_budgets_per_category(capsys: pytest.CaptureFixture[str]) -> None:
 def test_analyze_fail_on(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", BAD, "--fail-on", "DATA001", "-o", "/dev/null"]) == 1
     err = capsys.readouterr().err
-    assert "| `--fail-on DATA001` | **FAIL** | DATA001 2.81x:" in err
-    assert main(["analyze", BAD, "--fail-on", "data_starvation>=3", "-o", "/dev/null"]) == 0  # 2.81x < 3x
-    assert main(["analyze", FIXED, "--fail-on", "DATA001>=1.2", "-o", "/dev/null"]) == 0  # 1.12x left
-    assert main(["analyze", FIXED, "--fail-on", "DATA001>=1.1", "-o", "/dev/null"]) == 1
-    assert main(["analyze", str(external(KINETO_0)), "--fail-on", "precision>=1.25", "-o", "/dev/null"]) == 1
+    assert "| `--fail-on DATA001` | **FAIL** | DATA001 2.69x:" in err
+    assert main(["analyze", BAD, "--fail-on", "data_starvation>=3", "-o", "/dev/null"]) == 0  # 2.69x < 3x
+    # 1.07x left (replayed; the attribution estimate was 1.12x)
+    assert main(["analyze", FIXED, "--fail-on", "DATA001>=1.1", "-o", "/dev/null"]) == 0
+    assert main(["analyze", FIXED, "--fail-on", "DATA001>=1.05", "-o", "/dev/null"]) == 1
+    # AMP001 replays to ~1.01x on this host-paced step (1.27x by attribution): the gate stays quiet.
+    assert main(["analyze", str(external(KINETO_0)), "--fail-on", "precision>=1.25", "-o", "/dev/null"]) == 0
+    assert main(["analyze", str(external(KINETO_0)), "--fail-on", "data_starvation>=1.25", "-o", "/dev/null"]) == 1
     assert main(["analyze", str(external(KINETO_4)), "--fail-on", "DATA001", "-o", "/dev/null"]) == 0
 
 
