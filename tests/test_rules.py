@@ -163,9 +163,10 @@ def test_param_resnet_finds_data_starvation_and_blocking_h2d_copies() -> None:
     # now set aside (60 launched from the first enumerate(DataLoader) on, 58 from the second).
     assert h2d.evidence["pageable_copies"] == h2d.evidence["h2d_copies"] == 56
     # With every step analysed the copies' syncs block ~9 ms per step, nearly all in the first iteration, now set
-    # aside; in the steady steps they block ~1 ms and the exposed pageable copy time (~20 ms per step) is the loss.
+    # aside; in the steady steps they block ~1 ms and the exposed pageable copy time is what the rule claims
+    # (the replay, which sets time lost, finds the DataLoader paces these steps, so pinning saves little).
     assert h2d.evidence["blocked_host_ms_per_step"] > 0.5
-    assert h2d.time_lost_ns_per_step / MS > 10
+    assert h2d.claimed["copy.h2d"] / MS > 5
     assert real(PARAM_RESNET).findings[0].rule == "DATA001"
 
 
