@@ -33,6 +33,10 @@ BOUND_ONLY = frozenset({"HOST001"})
 """Rules whose graph edit is an upper bound, not the fix: the finding stays an attribution estimate."""
 
 MIN_PLAN_GAIN = 1e-4
+LARGE_GRAPH_OPS = 250_000
+"""Above this many host calls + device ops on a rank, the plan takes the fixes in the order of their
+own replayed gains (one replay per fix) instead of re-choosing the next fix after each one (one replay
+per remaining fix per stage): the replay must stay a small part of ``analyze`` on big traces."""
 """A fix whose marginal gain is below this share of the step ends the plan."""
 
 
@@ -149,12 +153,22 @@ def predict(diagnosis: Diagnosis, replays: list[RankReplay], specs: list[GpuSpec
         return out_graphs, out_ns, applied
 
     originals = [r.graph for r in replays]
+    first_stage: dict[str, tuple[list[ReplayGraph], np.ndarray, bool]] = {}
+
+    def replay_cached(rule: str, graphs: list[ReplayGraph]) -> tuple[list[ReplayGraph], np.ndarray, bool]:
+        # Each fix on the unmodified graphs is replayed once, for its finding and the plan's first stage.
+        if graphs is not originals:
+            return replay_with(rule, graphs)
+        if rule not in first_stage:
+            first_stage[rule] = replay_with(rule, graphs)
+        return first_stage[rule]
+
     replayed: list[Finding] = []
     for f in findings:
         f.speedup_source = "attribution"
         if f.rule not in FIXES or f.time_lost_ns_per_step <= 0:
             continue
-        _, after_ns, applied = replay_with(f.rule, originals)
+        _, after_ns, applied = replay_cached(f.rule, originals)
         if not applied:
             f.evidence["replay"] = "the fix could not be expressed on this trace's graph"
             continue
@@ -178,7 +192,13 @@ def predict(diagnosis: Diagnosis, replays: list[RankReplay], specs: list[GpuSpec
 
     _note_no_gain(diagnosis, config)
     diagnosis.findings.sort(key=lambda f: (-f.expected_speedup, f.severity != "critical", f.rule))
-    diagnosis.plan = _plan(diagnosis, replays, base_ns, replay_with)
+    large = max(r.graph.n_host + r.graph.n_gpu for r in replays) > LARGE_GRAPH_OPS
+    if large:
+        whatif.notes.append(
+            f"more than {LARGE_GRAPH_OPS:,} host calls and device ops on a rank: the plan applies the fixes in "
+            "the order of their own replayed gains (each stage is still replayed with the earlier fixes in)"
+        )
+    diagnosis.plan = _plan(diagnosis, replays, base_ns, replay_cached, originals, greedy=not large)
     return whatif
 
 
@@ -217,16 +237,26 @@ def _known_rules() -> frozenset[str]:
     return frozenset(BY_ID)
 
 
-def _plan(diagnosis: Diagnosis, replays: list[RankReplay], base_ns: np.ndarray, replay_with: Any) -> list[PlanStep]:
+def _plan(
+    diagnosis: Diagnosis,
+    replays: list[RankReplay],
+    base_ns: np.ndarray,
+    replay_with: Any,
+    originals: list[ReplayGraph],
+    *,
+    greedy: bool = True,
+) -> list[PlanStep]:
     step_ms = diagnosis.step_ms
+    # Findings are sorted by their own replayed speedup, so without ``greedy`` the first candidate
+    # is each stage's fix.
     candidates = [f for f in diagnosis.findings if f.speedup_source == "replay" and f.confidence != "low"]
-    graphs = [r.graph for r in replays]
+    graphs = originals
     current = base_ns.copy()
     total0 = float(base_ns.sum())
     plan: list[PlanStep] = []
     while candidates:
         best: tuple[float, Finding, list[ReplayGraph], np.ndarray] | None = None
-        for f in candidates:
+        for f in candidates if greedy else candidates[:1]:
             new_graphs, ns, applied = replay_with(f.rule, graphs)
             if not applied:
                 continue
@@ -235,7 +265,10 @@ def _plan(diagnosis: Diagnosis, replays: list[RankReplay], base_ns: np.ndarray, 
             if best is None or gain > best[0]:
                 best = (gain, f, new_graphs, after)
         if best is None or best[0] <= MIN_PLAN_GAIN * total0:
-            break
+            if greedy:
+                break
+            candidates.pop(0)  # this fix gains nothing on the fixed graph; the next may
+            continue
         gain, f, graphs, current = best
         candidates.remove(f)
         cumulative = total0 / max(float(current.sum()), 1.0)

@@ -45,6 +45,9 @@ class RankReplay:
     """Mean step time of the edge-model replay."""
     pacing: list[dict[str, Any]] = field(default_factory=list)
     rounds: int = 0
+    full_ns: float | None = None
+    """Mean analysed step of the full graph (residuals kept) replayed unmodified: the base every
+    prediction divides by, kept from the pacing probe so it is simulated once."""
 
     @property
     def error_pct(self) -> float:
@@ -56,6 +59,8 @@ class RankReplay:
 
     def mean_step_ns(self, graph: ReplayGraph) -> float:
         """Mean analysed step of a (possibly fixed) graph, replayed with its residuals."""
+        if graph is self.graph and self.full_ns is not None:
+            return self.full_ns
         tl = simulate(graph)
         durations = step_durations(graph, tl, self.win_starts, self.win_ends)
         return float(durations.mean()) if len(durations) else 0.0
@@ -87,6 +92,7 @@ def replay_rank(
     edges.g_gap = np.minimum(edges.g_gap, graph.turnaround_ns)
     tl = simulate(edges)
     replayed = step_durations(edges, tl, starts, ends)
+    base = step_durations(graph, simulate(graph), starts, ends).astype(np.float64) if len(starts) else None
     return RankReplay(
         rank=rank,
         graph=graph,
@@ -94,17 +100,30 @@ def replay_rank(
         win_ends=ends,
         recorded_ns=float(recorded.mean()) if len(recorded) else 0.0,
         replayed_ns=float(replayed.mean()) if len(replayed) else 0.0,
-        pacing=pacing(graph, starts, ends, steps),
+        pacing=pacing(graph, starts, ends, steps, base=base),
         rounds=tl.rounds,
+        full_ns=float(base.mean()) if base is not None and len(base) else None,
     )
 
 
-def pacing(graph: ReplayGraph, starts: np.ndarray, ends: np.ndarray, steps: pd.DataFrame) -> list[dict[str, Any]]:
+def pacing(
+    graph: ReplayGraph,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    steps: pd.DataFrame,
+    base: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
     """Per step, the resource whose time moves the step most: each of GPU compute, communication, data
-    loading and other host time is made 10% faster in turn and the steps replayed (a critical-path probe)."""
+    loading and other host time is made 10% faster in turn and the steps replayed (a critical-path probe).
+
+    ``base``: the unmodified graph's step durations, when the caller has them already. A probe
+    with nothing to speed up (no communication kernels, no DataLoader ranges) gains nothing and
+    is not simulated.
+    """
     if len(starts) == 0:
         return []
-    base = step_durations(graph, simulate(graph), starts, ends).astype(np.float64)
+    if base is None:
+        base = step_durations(graph, simulate(graph), starts, ends).astype(np.float64)
     ws, we = graph.rel(starts), graph.rel(ends)
     comm = graph.g_klass == "comm"
     ds, de = graph.ranges.get("dataloader", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
@@ -117,7 +136,14 @@ def pacing(graph: ReplayGraph, starts: np.ndarray, ends: np.ndarray, steps: pd.D
         "data loading": remove_host_time(graph, ds, de, ((de - ds) * PACE_SHARE).astype(np.int64)),
         "host": remove_host_time(graph, host_s, host_e, ((host_e - host_s) * PACE_SHARE).astype(np.int64)),
     }
-    gains = np.stack([base - step_durations(g, simulate(g), starts, ends) for g in probes.values()], axis=1)
+    empty = {"GPU compute": not (~comm).any(), "communication": not comm.any(), "data loading": len(ds) == 0}
+    gains = np.stack(
+        [
+            np.zeros(len(base)) if empty.get(name, False) else base - step_durations(g, simulate(g), starts, ends)
+            for name, g in probes.items()
+        ],
+        axis=1,
+    )
     names = list(probes)
     numbers = steps["step"].to_numpy() if len(steps) == len(starts) else np.full(len(starts), -1)
     out = []
