@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+import mlprof
 from mlprof.dashboard.views.runs import FIRST_COLUMNS
 
 from conftest import SAMPLES, external
@@ -137,8 +138,10 @@ def test_click_from_runs_table_into_a_run(dashboard: tuple[str, dict[str, int]],
             assert f"page=run&run={ids['nw0']}" in page.url
             page.get_by_role("heading", name=f"Run {ids['nw0']}: resnet50_num_workers_0").wait_for()
             first = page.locator('[data-testid="stExpander"]').first
-            assert "1. DATA001 1.30x [critical]" in first.inner_text()
-            assert "num_workers=8" in page.locator('[data-testid="stCode"]').first.inner_text()
+            top = mlprof.analyze(external("pytorch__kineto/resnet50_num_workers_0")).findings.iloc[0]
+            assert f"1. {top.rule} {top.expected_speedup:.2f}x [{top.severity}]" in first.inner_text()
+            # the top finding's fix code is shown with it
+            assert top.fix.splitlines()[0].strip()[:20] in page.locator('[data-testid="stCode"]').first.inner_text()
             # the charts are drawn: each has plotly's SVG with its title and at least one trace
             charts = page.locator(".js-plotly-plot")
             charts.nth(1).locator(".main-svg").first.wait_for(timeout=60_000)
