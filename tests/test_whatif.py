@@ -36,6 +36,8 @@ R50_NW0 = "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace
 R50_NW4 = "pytorch__kineto/resnet50_num_workers_4/worker0.1623213129365.pt.trace.json.gz"
 DF_INDEX = "hta/tests/data/df_index_resolver/df_index_resolver.json.gz"
 TRITON = "hta/tests/data/triton_example/triton_example.json.gz"
+SIMPLE_ADD = "hta/tests/data/critical_path/simple_add/benchmark_result_493459_1694039959_trace.json.gz"
+ALEXNET = "hta/tests/data/critical_path/alexnet/benchmark_result_2869224_1695835535_trace.json.gz"
 DATALOADER = "enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__"
 
 
@@ -162,6 +164,10 @@ def test_cuda_graph_collapses_dispatch(tmp_path: Path) -> None:
     # ready 2 us after their launch and cost 2 us each before they start: 14-19, 21-26, 28-33, 35-40.
     fixed = apply_fix(rr, "LAUNCH001", rr.graph, {"graph_node_us": 2.0}, None, {})
     assert step_us(rr, fixed) == 66.0
+    # The launches are 30 us apart: with max_dispatch_gap_us at 30 they are still dispatch; at 20 every
+    # stretch is host work a graph would not capture, and the fix has nothing to collapse.
+    assert step_us(rr, apply_fix(rr, "LAUNCH001", rr.graph, {"max_dispatch_gap_us": 30.0}, None, {})) == 66.0
+    assert apply_fix(rr, "LAUNCH001", rr.graph, {"max_dispatch_gap_us": 20.0}, None, {}) is None
     # set_latency alone (no host change): kernels at launch + 2 us instead of + 15 us; the host paces: 150.
     assert step_us(rr, set_latency(rr.graph, np.arange(4), 2 * US, 0)) == 150.0
 
@@ -333,6 +339,11 @@ def test_no_finding_on_shared_traces_above_10x() -> None:
     assert host is None or host.expected_speedup <= 10.0
     for relative in (R50_NW0, R50_NW4, DF_INDEX):
         assert all(f.expected_speedup <= 10.0 for f in real(relative).findings)
+    # HTA's critical-path micro-benchmarks: a harness's host work between launches is not dispatch a CUDA
+    # graph removes (LAUNCH001 replayed 206x on simple_add and 144x on alexnet before max_dispatch_gap_us).
+    for relative in (SIMPLE_ADD, ALEXNET):
+        launch = by_rule(real(relative).findings).get("LAUNCH001")
+        assert launch is None or launch.expected_speedup <= 10.0
 
 
 def test_severity_critical_needs_confidence() -> None:

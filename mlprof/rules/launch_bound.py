@@ -21,7 +21,7 @@ class LaunchBound(Rule):
     category = "unfused_kernels"
     summary = "GPU idle while the host dispatches ops: kernels shorter than their launch gaps"
     claims = ("launch.dispatch",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "graph_node_us": 2.0}
+    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "graph_node_us": 2.0, "max_dispatch_gap_us": 1000.0}
     option_docs: ClassVar[dict[str, Option]] = {
         "graph_node_us": Option(
             "graph_node_us",
@@ -29,6 +29,14 @@ class LaunchBound(Rule):
             0.0,
             1000.0,
             "what-if replay: host and device cost of each captured kernel in a CUDA graph",
+        ),
+        "max_dispatch_gap_us": Option(
+            "max_dispatch_gap_us",
+            "us",
+            1.0,
+            1_000_000.0,
+            "what-if replay: longest host stretch between two launches counted as dispatch a CUDA graph "
+            "removes; longer stretches are other host work and are kept",
         ),
     }
     doc = RuleDoc(

@@ -206,7 +206,9 @@ def _comm(ctx: FixContext) -> ReplayGraph | None:
     "Each stretch of the analysed steps between two kernel launches with no wait for the device and no "
     "DataLoader call in between is replayed as a captured CUDA graph would run it: the host time between the "
     "launches shrinks to `graph_node_us` per launch (default 2 us), and on the device each captured op costs "
-    "`graph_node_us` before it starts (the per-node cost of a graph) instead of its recorded launch latency.",
+    "`graph_node_us` before it starts (the per-node cost of a graph) instead of its recorded launch latency. "
+    "A stretch longer than `max_dispatch_gap_us` (default 1000 us) between two launches is host work a graph "
+    "does not capture (Python between iterations, a harness's own work) and is kept as recorded.",
 )
 def _launch(ctx: FixContext) -> ReplayGraph | None:
     g = ctx.graph
@@ -217,6 +219,9 @@ def _launch(ctx: FixContext) -> ReplayGraph | None:
     a, b = launches[:-1], launches[1:]
     waits_before = np.cumsum(g.h_wait >= 0)
     same = (waits_before[b] == waits_before[a]) & (ctx.window_of(g.h_ts[a]) == ctx.window_of(g.h_ts[b]))
+    # A longer stretch between two launches is host work a graph does not capture (Python between
+    # iterations, a harness's own work), not the dispatch of the next op: it is kept.
+    same &= (g.h_ts[b] - g.h_ts[a]) <= int(ctx.param("max_dispatch_gap_us", 1000.0) * 1000)
     ds, de = ctx.host_rows("dataloader")
     if len(ds):
         ms_, me_, _ = merge_intervals(ds, de, np.zeros(len(ds), dtype=np.int64))
