@@ -119,3 +119,25 @@ def test_render_a_saved_report_and_force(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["render", str(SYNC), "-o", str(tmp_path / "x.html")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mlprof: error:") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"schema_version": "1.5"},  # the version alone
+        {"schema_version": "1.5", "trace": {"path": "x"}, "findings": [{"rule": 3}], "plan": 5},  # wrong types
+    ],
+)
+def test_render_of_an_incomplete_report_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], doc: dict[str, object]
+) -> None:
+    # A JSON object that passes the schema check but is not a whole report: exit 2 with one line (was exit 3,
+    # KeyError 'trace'), and nothing written.
+    saved = tmp_path / "partial.json"
+    saved.write_text(json.dumps(doc))
+    for fmt in ("text", "markdown", "html"):  # (json re-writes the JSON as read)
+        out = tmp_path / f"out.{fmt}"
+        assert main(["render", str(saved), "--format", fmt, "-o", str(out)]) == 2, fmt
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a complete mlprof report" in err and "Traceback" not in err
+        assert not out.exists()

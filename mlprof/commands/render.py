@@ -26,6 +26,19 @@ def render(
     from mlprof.report.formats import choose
     from mlprof.results.report import Report
 
+    from mlprof.errors import BadInputError
+    from mlprof.untrusted import plain
+
     refuse_to_overwrite(output, [report], force=force)
-    choose(fmt, output)
-    emit_report(Report.from_json(report), fmt, output)
+    chosen = choose(fmt, output)
+    loaded = Report.from_json(report)
+    try:
+        # Rendered once before anything is written: a JSON object that is not a whole mlprof report
+        # (hand-edited, truncated, another tool's) fails here, as one line, not halfway through the output.
+        chosen.render(loaded)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise BadInputError(
+            f"{report}: not a complete mlprof report ({type(exc).__name__}: {plain(exc, max_chars=200)}); "
+            "write it with `mlprof analyze --format json`"
+        ) from None
+    emit_report(loaded, fmt, output)
