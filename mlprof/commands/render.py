@@ -23,10 +23,9 @@ def render(
 ) -> None:
     """Render a saved JSON report as text, Markdown or HTML: the same output as analysing the trace again."""
     from mlprof.commands._emit import emit_report
+    from mlprof.errors import BadInputError
     from mlprof.report.formats import choose
     from mlprof.results.report import Report
-
-    from mlprof.errors import BadInputError
     from mlprof.untrusted import plain
 
     refuse_to_overwrite(output, [report], force=force)
