@@ -164,8 +164,8 @@ def rules_command(
     config: Path | None = typer.Option(None, "--config", help="Show thresholds as overridden by this file."),
 ) -> None:
     """List every rule: id, category, what it finds and its thresholds."""
+    from mlprof.rules.catalogue import ENTRIES as RULES
     from mlprof.rules.config import load_config
-    from mlprof.rules.registry import RULES
 
     cfg = load_config(config)
     if cfg.source:
@@ -219,12 +219,11 @@ def _terminal_columns() -> int:
 @app.command()
 def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (dataloader-wait).")) -> None:
     """A rule's documentation: what it detects, why it costs time, detection, fix with code, false alarms."""
-    from mlprof.rules.counter_base import CounterRule
-    from mlprof.rules.registry import get_rule
+    from mlprof.rules.catalogue import get_entry
 
-    rule = get_rule(rule_id)
+    rule = get_entry(rule_id)
     doc = rule.doc
-    counter = isinstance(rule, CounterRule)
+    counter = rule.source == "counters"
     source = "GPU counters" if counter else "trace"
     if counter and rule.category == "gpu_utilisation":
         speedup = (
@@ -264,7 +263,7 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
         *_option_lines(rule),
         "",
         speedup,
-        *_whatif_doc(rule.id),
+        *_whatif_doc(rule.whatif),
     ]
     sys.stdout.write("\n".join(_wrap_line(line) for line in "\n".join(parts).split("\n")) + "\n")
 
@@ -280,17 +279,14 @@ def _option_lines(rule: Any) -> list[str]:
     return lines or ["  none"]
 
 
-def _whatif_doc(rule_id: str) -> list[str]:
+def _whatif_doc(fix: str | None) -> list[str]:
     """The rule's fix as the replay applies it (mlprof.whatif.fixes), when it has one."""
-    from mlprof.whatif.fixes import FIXES
-
-    fix = FIXES.get(rule_id)
     if fix is None:
         return ["", "What-if replay", _indent("No graph edit: the expected speedup is the attribution estimate.")]
     return [
         "",
         "What-if replay (the expected speedup is replay(recorded) / replay(with this edit))",
-        _indent(fix.doc),
+        _indent(fix),
     ]
 
 

@@ -9,7 +9,6 @@ removes, measured in this trace, not a multiplier from a table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -21,6 +20,9 @@ from mlprof.results import NS_PER_MS as NS_PER_MS
 from mlprof.results import Finding as Finding
 from mlprof.results import RankAnalysis, ReducedRank, analysed_windows
 from mlprof.results import plain as plain
+from mlprof.rules.spec import COMMON_OPTIONS as COMMON_OPTIONS
+from mlprof.rules.spec import Option as Option
+from mlprof.rules.spec import RuleDoc as RuleDoc
 from mlprof.trace.model import Trace
 
 CATEGORIES: tuple[str, ...] = (
@@ -42,18 +44,6 @@ CATEGORIES: tuple[str, ...] = (
 """Finding categories. The first five are the pathologies every report knows by these names."""
 
 SEVERITIES = ("critical", "warning", "info")
-
-
-@dataclass(frozen=True)
-class RuleDoc:
-    """Linter-style documentation, printed by ``mlprof explain ID``."""
-
-    what: str
-    why: str
-    detection: str
-    fix: str
-    """Prose plus a short code example (indented four spaces)."""
-    false_alarms: str
 
 
 class RankContext:
@@ -146,44 +136,6 @@ class RankContext:
     @property
     def n_windows(self) -> int:
         return len(self.windows)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One threshold of a rule: what ``[tool.mlprof.rules.ID]`` may set, printed by ``mlprof explain``."""
-
-    name: str
-    unit: str
-    lo: float
-    """Smallest accepted value (the config refuses less)."""
-    hi: float
-    """Largest accepted value."""
-    meaning: str
-
-
-COMMON_OPTIONS: dict[str, Option] = {
-    "min_share": Option(
-        "min_share",
-        "share of the step (0-1)",
-        0.0,
-        1.0,
-        "report only when the time the fix saves is at least this share of the step (or of the recording)",
-    ),
-    "low_util_pct": Option(
-        "low_util_pct", "% GPU utilisation", 0.0, 100.0, "a sample under this utilisation counts as an idle GPU"
-    ),
-    "min_r2": Option(
-        "min_r2", "R^2 (0-1)", 0.0, 1.0, "the memory trend must fit a straight line at least this well (R^2)"
-    ),
-    "min_late_ratio": Option(
-        "min_late_ratio",
-        "ratio (0-1)",
-        0.0,
-        1.0,
-        "the growth over the last half must be at least this share of the overall growth (not levelling off)",
-    ),
-}
-"""Options several rules share, documented once (a rule's ``option_docs`` may say more)."""
 
 
 class Rule:

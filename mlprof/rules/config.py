@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mlprof.errors import UsageError
-from mlprof.rules.registry import BY_ID
+from mlprof.rules.catalogue import BY_ID
 
 if sys.version_info >= (3, 11):
     import tomllib
