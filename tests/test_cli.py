@@ -158,7 +158,7 @@ def test_steps_on_a_trace_without_steps_is_a_usage_error(capsys: pytest.CaptureF
 
 @pytest.mark.parametrize("fmt", ["text", "markdown"])
 def test_low_confidence_speedup_is_written_as_an_upper_bound(capsys: pytest.CaptureFixture[str], fmt: str) -> None:
-    """B200 eager inference: HOST001 (low confidence) reads "≤N.NNx"; LAUNCH001 (high) a plain figure."""
+    """B200 eager inference: HOST001 (low confidence) reads "≤N.NNx"; LAUNCH001 (medium) a plain figure."""
     path = str(external("AMD-AGI__TraceLens/b200/eager_trace.json.gz"))
     assert main(["analyze", path, "--format", "json"]) == 0
     findings = {f["rule"]: f for f in json.loads(capsys.readouterr().out)["findings"]}

@@ -20,7 +20,8 @@ class HostGaps(Rule):
             "share (0-1)",
             0.0,
             1.0,
-            "what-if bound: the share of unrecorded host time a fix could remove (the trace cannot say what ran)",
+            "the share of unrecorded host time a fix is assumed to remove (the trace cannot say what ran): "
+            "the finding's upper bound, in the attribution estimate and in the replay",
         ),
     }
     doc = RuleDoc(
@@ -31,7 +32,11 @@ class HostGaps(Rule):
         "launch the next kernel.",
         detection="Attribution category `idle_other` (cause `other.host`) within analysed steps. "
         "The trace cannot say what the host did; with `with_stack=True` the Python frames in "
-        "those gaps are recorded.",
+        "those gaps are recorded. The speedup is an upper bound, not a prediction: it counts "
+        "`removable_share` (default 0.5) of that idle time as removable, so it is at most "
+        "1 / (1 - removable_share) (2x by default), and the what-if replay with that share of the "
+        "unrecorded host time removed caps it further. It stays low confidence, is written `≤N.NNx`, "
+        "and is left out of the plan.",
         fix="Profile the host side to find the code, then move logging and metric computation off "
         "the hot path (every N steps, or in a background thread):\n\n"
         "    with mlprof.profile(with_stack=True):   # Python frames in the gaps\n"
@@ -48,14 +53,24 @@ class HostGaps(Rule):
         if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
             return []
         record_next = [] if ctx.has_stacks else ["with_stack=True to see which Python code runs in the gaps"]
+        # Not a fix but a bound: only the share of the unrecorded host time a fix could remove counts, never
+        # all of it (removing all host time is not a credible step: 131x on HTA's trace_compare).
+        share = cfg["removable_share"]
+        bound = lost * share
         return [
             self.finding(
                 ctx,
-                title=f"GPU idle {ms(lost)} ms per step while the host is outside any recorded op",
-                time_lost_ns_per_step=lost,
+                title=f"GPU idle {ms(lost)} ms per step while the host is outside any recorded op "
+                f"(bound: {ms(bound)} ms if {share:.0%} of it can go)",
+                time_lost_ns_per_step=bound,
                 confidence="low",
-                confidence_reason="the trace shows the idle time but not what the host was doing",
-                evidence={"gpu_idle_outside_ops_ms_per_step": ms(lost), "share_of_step": round(lost / ctx.step_ns, 4)},
+                confidence_reason="the trace shows the idle time but not what the host was doing: the speedup is "
+                f"an upper bound that assumes removable_share={share:g} of it can be removed",
+                evidence={
+                    "gpu_idle_outside_ops_ms_per_step": ms(lost),
+                    "share_of_step": round(lost / ctx.step_ns, 4),
+                    "removable_share": share,
+                },
                 fix="find the host code in the gaps (with_stack=True / py-spy); log every N steps",
                 steps=ctx.steps_with("other.host", min_share=cfg["min_share"]),
                 claimed={"other.host": lost},

@@ -47,7 +47,9 @@ class LaunchBound(Rule):
         "waits for every launch. Small batches and many small ops make it worse.",
         detection="Attribution cause `launch.dispatch`: the device is idle while the host is "
         "inside a launch call or a `cpu_op` (outside the optimizer, DataLoader and syncs). The "
-        "evidence compares the median kernel time with the host time per launch.",
+        "evidence compares the median kernel time with the host time per launch. Confidence is "
+        "`medium` at most: the replayed CUDA-graph collapse has not been checked against a recorded "
+        "eager/captured pair yet.",
         fix="Remove the per-op host cost: compile the model, capture the step in a CUDA graph, or "
         "give each op more work:\n\n"
         "    model = torch.compile(model, mode='reduce-overhead')   # CUDA graphs\n"
@@ -98,10 +100,16 @@ class LaunchBound(Rule):
                 ctx,
                 title=title,
                 time_lost_ns_per_step=lost,
-                confidence="high" if median_kernel < 2 * max(median_launch, 1.0) else "medium",
-                confidence_reason="kernels are about as short as their launch cost"
-                if median_kernel < 2 * max(median_launch, 1.0)
-                else "kernels are longer than launches; part of the dispatch time may be other host work",
+                # Medium at most: the CUDA-graph collapse the replay applies has not been checked against a
+                # measured before/after pair (no recording of an eager step and its captured twin yet).
+                confidence="medium",
+                confidence_reason=(
+                    "kernels are about as short as their launch cost"
+                    if median_kernel < 2 * max(median_launch, 1.0)
+                    else "kernels are longer than launches; part of the dispatch time may be other host work"
+                )
+                + "; the CUDA-graph fix is a model (dispatch collapsed to graph_node_us per kernel) that no "
+                "recorded before/after pair has checked yet",
                 evidence={
                     "kernels_per_step": round(len(k) / n_steps, 1),
                     "median_kernel_us": round(median_kernel / 1000, 2),
