@@ -301,7 +301,7 @@ CATALOGUE_JSON = r"""
   "doc": {
    "what": "The device runs out of work while the host is still inside PyTorch ops or kernel launches: the step is bound by Python and dispatch overhead, not by the GPU.",
    "why": "Each eager op costs the host several microseconds (Python, dispatcher, `cudaLaunchKernel`). When kernels finish faster than that, the GPU drains its queue and waits for every launch. Small batches and many small ops make it worse.",
-   "detection": "Attribution cause `launch.dispatch`: the device is idle while the host is inside a launch call or a `cpu_op` (outside the optimizer, DataLoader and syncs). The evidence compares the median kernel time with the host time per launch.",
+   "detection": "Attribution cause `launch.dispatch`: the device is idle while the host is inside a launch call or a `cpu_op` (outside the optimizer, DataLoader and syncs). The evidence compares the median kernel time with the host time per launch. Confidence is `medium` at most: the replayed CUDA-graph collapse has not been checked against a recorded eager/captured pair yet.",
    "fix": "Remove the per-op host cost: compile the model, capture the step in a CUDA graph, or give each op more work:\n\n    model = torch.compile(model, mode='reduce-overhead')   # CUDA graphs\n    # or: g = torch.cuda.CUDAGraph(); with torch.cuda.graph(g): out = model(static_x)\n    # or a larger batch (with the learning rate scaled accordingly)",
    "false_alarms": "Where the trace shows `cudaGraphLaunch`, CUDA graphs are already used: the finding then names the host work left between replays and does not advise CUDA graphs. A CPU that is slowed by other processes (data workers on the same cores, profiler overhead with `with_stack=True`) inflates dispatch time. CPU-side work that is not GPU dispatch but lives inside an op (custom CPU ops) is also counted."
   },
@@ -749,13 +749,13 @@ CATALOGUE_JSON = r"""
     "unit": "share (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "what-if bound: the share of unrecorded host time a fix could remove (the trace cannot say what ran)"
+    "meaning": "the share of unrecorded host time a fix is assumed to remove (the trace cannot say what ran): the finding's upper bound, in the attribution estimate and in the replay"
    }
   ],
   "doc": {
    "what": "Inside steps, the device has no work and the host is not in any PyTorch op, runtime call or DataLoader: it runs plain Python (metrics, logging, checkpoint bookkeeping, Python-side data handling) or sleeps.",
    "why": "All of that time is added to the step: the GPU waits for the host to come back and launch the next kernel.",
-   "detection": "Attribution category `idle_other` (cause `other.host`) within analysed steps. The trace cannot say what the host did; with `with_stack=True` the Python frames in those gaps are recorded.",
+   "detection": "Attribution category `idle_other` (cause `other.host`) within analysed steps. The trace cannot say what the host did; with `with_stack=True` the Python frames in those gaps are recorded. The speedup is an upper bound, not a prediction: it counts `removable_share` (default 0.5) of that idle time as removable, so it is at most 1 / (1 - removable_share) (2x by default), and the what-if replay with that share of the unrecorded host time removed caps it further. It stays low confidence, is written `\u2264N.NNx`, and is left out of the plan.",
    "fix": "Profile the host side to find the code, then move logging and metric computation off the hot path (every N steps, or in a background thread):\n\n    with mlprof.profile(with_stack=True):   # Python frames in the gaps\n        train()\n    # or: py-spy record -o host.svg --pid <training pid>\n\nOverlap host work with GPU work by launching the next step's kernels first.",
    "false_alarms": "Profiler overhead itself (especially with `with_stack=True` or `record_shapes=True`) and step-boundary bookkeeping of `prof.step()` show up here. Garbage-collector pauses also land here."
   },
