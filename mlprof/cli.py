@@ -78,6 +78,12 @@ def analyze(
         help="Thresholds file (mlprof.toml or a pyproject.toml with [tool.mlprof]); found from the current "
         "directory up when not given.",
     ),
+    settings: list[str] | None = typer.Option(
+        None,
+        "--set",
+        help="A rule threshold for this run over the config file's: RULE.option=value (DATA001.min_share=0.05; "
+        "names, units and ranges in 'mlprof explain RULE'); repeatable.",
+    ),
     counters: list[Path] | None = typer.Option(
         None,
         "--counters",
@@ -118,10 +124,10 @@ def analyze(
     from mlprof.api import analyze as analyze_source
     from mlprof.engine.job import check_engine_options
     from mlprof.gates.enforce import analysis_gates, enforce_gates
-    from mlprof.rules.config import load_config
+    from mlprof.rules.config import apply_overrides, load_config
 
     check_engine_options(jobs, engine, scheduler)  # before any input is read, also for a single trace
-    rule_config = load_config(config)
+    rule_config = apply_overrides(load_config(config), settings or [])
     gates = analysis_gates(rule_config, fail_on)
     counter_paths = list(counters or [])
     refuse_to_overwrite(output, [path, *counter_paths], force=force)
@@ -177,7 +183,7 @@ def rules_command(
     lead = 10 + width + 2 + 21
     for rule in RULES:
         values = cfg.thresholds(rule.id)
-        shown = ", ".join(f"{k}={v:g}" for k, v in values.items())
+        shown = ", ".join(f"{d.name}={d.show(values[d.name])}" for d in rule.options())
         state = "  (disabled)" if rule.id in cfg.disabled else ""
         if columns >= lead + 60:  # wide: one row per rule, the summary wrapped in its column
             pad = " " * lead
@@ -271,11 +277,10 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
 def _option_lines(rule: Any) -> list[str]:
     """``name = default  (unit, lo..hi): meaning`` for each threshold."""
     lines = []
-    for (name, value), (doc, _) in zip(rule.defaults.items(), rule.options(), strict=True):
-        if doc is None:
-            lines.append(f"  {name} = {value:g}")
-        else:
-            lines.append(f"  {name} = {value:g}  ({doc.unit}; {doc.lo:g}..{doc.hi:g}): {doc.meaning}")
+    for doc in rule.options():
+        kind = "whole number; " if doc.kind == "integer" else ""
+        accepted = doc.unit if doc.kind == "flag" else f"{kind}{doc.unit}; {doc.lo:g}..{doc.hi:g}"
+        lines.append(f"  {doc.name} = {doc.show(doc.default)}  ({accepted}): {doc.meaning}")
     return lines or ["  none"]
 
 

@@ -13,6 +13,7 @@ import gzip
 import inspect
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from mlprof.analysis import analyze_job
 from mlprof.analyzers.rank_skew import rank_skew
 from mlprof.api import load_counters_files
 from mlprof.cli import main
-from mlprof.rules.base import RankContext, Rule
+from mlprof.rules.base import RankContext, Rule, RuleOptions
 from mlprof.rules.config import parse_config
 from mlprof.rules.counter_base import CounterContext, CounterRule
 from mlprof.rules.registry import RULES
@@ -52,34 +53,47 @@ def contexts(tmp_path_factory: pytest.TempPathFactory) -> list[list[RankContext]
 
 
 def _ends(rule: Rule) -> list[tuple[str, float]]:
-    return [(doc.name, end) for doc, _ in rule.options() if doc is not None for end in (doc.lo, doc.hi)]
+    return [(doc.name, end) for doc in rule.options() for end in (doc.lo, doc.hi)]
 
 
-def test_every_option_is_documented_in_range_and_used() -> None:
-    # read by the rule (cfg["name"]) or by the what-if replay of its fix (ctx.param("name", ...))
+def _at(rule: Rule, name: str, value: float) -> RuleOptions:
+    """The rule's typed options with one set to ``value`` (built and range-checked as the config does)."""
+    return rule.options_class.build({name: value})
+
+
+def test_every_option_is_typed_documented_and_in_range() -> None:
+    for rule in RULES:
+        declared = {f.name: f for f in fields(rule.options_class)}
+        assert [d.name for d in rule.options()] == list(declared)
+        for doc in rule.options():
+            assert doc.unit and doc.meaning, f"{rule.id}.{doc.name}"
+            assert doc.lo <= doc.default <= doc.hi, f"{rule.id}.{doc.name}: default outside {doc.lo}..{doc.hi}"
+            typed = {"number": float, "integer": int, "flag": bool}[doc.kind]
+            assert type(getattr(rule.options_class(), doc.name)) is typed, f"{rule.id}.{doc.name}"
+
+
+def test_every_option_is_read_by_the_rule_or_its_fix() -> None:
+    # read as an attribute by the rule's code (the dataclass field) or by the what-if replay of its fix
     replay = "".join(p.read_text() for p in (ROOT / "mlprof" / "whatif").glob("*.py"))
     for rule in RULES:
-        source = inspect.getsource(type(rule))
-        for (name, default), (doc, _) in zip(rule.defaults.items(), rule.options(), strict=True):
-            assert doc is not None, f"{rule.id}.{name}: no Option (unit, range, meaning)"
-            assert doc.name == name and doc.unit and doc.meaning, f"{rule.id}.{name}"
-            assert doc.lo <= default <= doc.hi, f"{rule.id}.{name}: default {default} outside {doc.lo}..{doc.hi}"
-            used = f'cfg["{name}"]' in source or f'param("{name}"' in replay
-            assert used, f"{rule.id}.{name}: never read by the rule or its what-if fix"
+        source = inspect.getsource(inspect.getmodule(type(rule)))  # type: ignore[arg-type]
+        for doc in rule.options():
+            used = f"opts.{doc.name}" in source or f'param("{doc.name}"' in replay
+            assert used, f"{rule.id}.{doc.name}: never read by the rule or its what-if fix"
 
 
 def test_explain_prints_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     for rule in RULES:
         assert main(["explain", rule.id]) == 0
         out = " ".join(capsys.readouterr().out.split())  # explain wraps at the terminal's width
-        for doc, _ in rule.options():
-            assert doc is not None and doc.name in out and " ".join(doc.meaning.split()) in out
+        for doc in rule.options():
+            assert doc.name in out and " ".join(doc.meaning.split()) in out
 
 
 @pytest.mark.parametrize("rule", [r for r in RULES if not isinstance(r, CounterRule)], ids=lambda r: r.id)
 def test_trace_rules_at_their_range_ends(rule: Rule, contexts: list[list[RankContext]]) -> None:
     for name, value in _ends(rule):
-        cfg = {**rule.defaults, name: value}
+        cfg = _at(rule, name, value)
         for job in contexts:
             found = [f for ctx in job for f in rule.check(ctx, cfg)]
             if rule.scope == "job":
@@ -97,7 +111,7 @@ def test_counter_rules_at_their_range_ends(rule: CounterRule) -> None:
     assert table is not None
     for name, value in _ends(rule):
         ctx = CounterContext(table, str(table.attrs["time_base"]))
-        for f in rule.check_counters(ctx, {**rule.defaults, name: value}):
+        for f in rule.check_counters(ctx, _at(rule, name, value)):
             assert math.isfinite(f.to_dict()["expected_speedup"]), (rule.id, name, value)
 
 

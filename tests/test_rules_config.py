@@ -10,7 +10,7 @@ import pytest
 
 from mlprof.cli import main
 from mlprof.rules.config import find_config, load_config
-from mlprof.rules.registry import RULES
+from mlprof.rules.registry import BY_ID, RULES
 
 from conftest import SAMPLES
 
@@ -150,3 +150,47 @@ def test_text_and_markdown_show_findings_and_fix(capsys: pytest.CaptureFixture[s
     assert code == 0 and "| DATA001 |" in out and "num_workers" in out
     code, out, _ = run(capsys, "analyze", STARVED)
     assert code == 0 and "DATA001" in out and "fix:" in out
+
+
+def test_set_overrides_a_threshold_for_one_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # DATA001 fires on the starved trace at its default (the loader wait is ~40% of the step);
+    # --set raises its bar above what it measures
+    code, out, _ = run(capsys, "analyze", STARVED, "-f", "json")
+    assert code == 0 and "DATA001" in rules_in(out)
+    code, out, _ = run(capsys, "analyze", STARVED, "-f", "json", "--set", "data001.min_share=0.9")
+    assert code == 0 and "DATA001" not in rules_in(out)
+    # --set wins over the config file's value
+    cfg = tmp_path / "mlprof.toml"
+    cfg.write_text("[rules.DATA001]\nmin_share = 0.99\n")
+    code, out, _ = run(capsys, "analyze", STARVED, "-f", "json", "--config", str(cfg), "--set", "DATA001.min_share=0")
+    assert code == 0 and "DATA001" in rules_in(out)
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("DATA001.min_share=2", "'DATA001.min_share' = 2 is outside 0..1"),
+        ("FUSE001.min_chain=2.5", "'FUSE001.min_chain' = 2.5 must be a whole number"),
+        ("GPU002.include_power_cap=yes", "'GPU002.include_power_cap' must be true or false"),
+        ("DATA001.min_shar=0.1", "unknown key 'DATA001.min_shar'"),
+        ("DATA999.min_share=0.1", "unknown rule 'DATA999'"),
+        ("DATA001", "expected RULE.option=value"),
+        ('DATA001.min_share="high"', "'DATA001.min_share' must be a number"),
+    ],
+)
+def test_bad_set_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], setting: str, named: str) -> None:
+    code, out, err = run(capsys, "analyze", STARVED, "--set", setting)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and named in err and "Traceback" not in err
+
+
+def test_config_types_whole_numbers_and_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "mlprof.toml"
+    cfg.write_text("[rules.FUSE001]\nmin_chain = 3.0\n[rules.GPU002]\ninclude_power_cap = true\n")
+    loaded = load_config(cfg)
+    fuse = loaded.options("FUSE001", BY_ID["FUSE001"].options_class)
+    gpu = loaded.options("GPU002", BY_ID["GPU002"].options_class)
+    assert fuse.min_chain == 3 and type(fuse.min_chain) is int  # type: ignore[attr-defined]
+    assert gpu.include_power_cap is True  # type: ignore[attr-defined]
+    cfg.write_text("[rules.GPU002]\ninclude_power_cap = 1\n")
+    assert load_config(cfg).thresholds("GPU002")["include_power_cap"] is True

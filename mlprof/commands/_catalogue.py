@@ -44,7 +44,7 @@ def live_catalogue() -> list[dict[str, Any]]:
                 "scope": rule.scope,
                 "claims": list(rule.claims),
                 "defaults": dict(rule.defaults),
-                "options": [None if doc is None else dataclasses.asdict(doc) for doc, _ in rule.options()],
+                "options": [dataclasses.asdict(doc) for doc in rule.options()],
                 "doc": dataclasses.asdict(rule.doc),
                 "whatif": None if fix is None else fix.doc,
             }

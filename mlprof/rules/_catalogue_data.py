@@ -25,14 +25,18 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.03,
+    "kind": "number"
    },
    {
     "name": "ready_batch_ms",
     "unit": "ms",
     "lo": 0.0,
-    "hi": 100000.0,
-    "meaning": "what-if replay: what taking an already prepared batch costs the host"
+    "hi": 100000,
+    "meaning": "what-if replay: what taking an already prepared batch costs the host",
+    "default": 0.3,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -65,7 +69,9 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.02,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -96,7 +102,9 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.02,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -130,21 +138,27 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.03,
+    "kind": "number"
    },
    {
     "name": "min_seq_len",
     "unit": "tokens",
     "lo": 1.0,
     "hi": 10000000.0,
-    "meaning": "attention chains with a known sequence length shorter than this are not reported"
+    "meaning": "attention chains with a known sequence length shorter than this are not reported",
+    "default": 64,
+    "kind": "integer"
    },
    {
     "name": "fused_efficiency",
     "unit": "share of peak FLOP/s (0-1)",
     "lo": 0.01,
     "hi": 1.0,
-    "meaning": "the fraction of peak a fused attention kernel is assumed to reach when estimating its time"
+    "meaning": "the fraction of peak a fused attention kernel is assumed to reach when estimating its time",
+    "default": 0.5,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -177,21 +191,27 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.03,
+    "kind": "number"
    },
    {
     "name": "min_chain",
     "unit": "kernels",
     "lo": 2.0,
     "hi": 1000000.0,
-    "meaning": "only chains of at least this many back-to-back memory-bound kernels are counted and claimed"
+    "meaning": "only chains of at least this many back-to-back memory-bound kernels are counted and claimed",
+    "default": 2,
+    "kind": "integer"
    },
    {
     "name": "max_gap_us",
     "unit": "us",
     "lo": 0.0,
     "hi": 1000000.0,
-    "meaning": "what-if replay: a fused run is cut where the device sat idle longer than this between two kernels"
+    "meaning": "what-if replay: a fused run is cut where the device sat idle longer than this between two kernels",
+    "default": 5.0,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -217,7 +237,7 @@ CATALOGUE_JSON = r"""
   ],
   "defaults": {
    "min_share": 0.02,
-   "min_kernels_per_step": 8,
+   "min_kernels_per_step": 8.0,
    "kernel_floor_us": 2.0,
    "foreach_launch_us": 30.0
   },
@@ -227,28 +247,36 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.02,
+    "kind": "number"
    },
    {
     "name": "min_kernels_per_step",
     "unit": "kernels per step",
     "lo": 1.0,
     "hi": 1000000000.0,
-    "meaning": "an optimizer step must launch at least this many per-parameter kernels to be reported"
+    "meaning": "an optimizer step must launch at least this many per-parameter kernels to be reported",
+    "default": 8.0,
+    "kind": "number"
    },
    {
     "name": "kernel_floor_us",
     "unit": "us",
     "lo": 0.0,
     "hi": 1000.0,
-    "meaning": "what-if replay: fixed device cost of each per-parameter kernel that a multi-tensor kernel saves"
+    "meaning": "what-if replay: fixed device cost of each per-parameter kernel that a multi-tensor kernel saves",
+    "default": 2.0,
+    "kind": "number"
    },
    {
     "name": "foreach_launch_us",
     "unit": "us",
     "lo": 0.0,
-    "hi": 100000.0,
-    "meaning": "what-if replay: host time of one multi-tensor kernel launch inside Optimizer.step"
+    "hi": 100000,
+    "meaning": "what-if replay: host time of one multi-tensor kernel launch inside Optimizer.step",
+    "default": 30.0,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -281,21 +309,27 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.05,
+    "kind": "number"
    },
    {
     "name": "graph_node_us",
     "unit": "us",
     "lo": 0.0,
     "hi": 1000.0,
-    "meaning": "what-if replay: host and device cost of each captured kernel in a CUDA graph"
+    "meaning": "what-if replay: host and device cost of each captured kernel in a CUDA graph",
+    "default": 2.0,
+    "kind": "number"
    },
    {
     "name": "max_dispatch_gap_us",
     "unit": "us",
     "lo": 1.0,
     "hi": 1000000.0,
-    "meaning": "what-if replay: longest host stretch between two launches counted as dispatch a CUDA graph removes; longer stretches are other host work and are kept"
+    "meaning": "what-if replay: longest host stretch between two launches counted as dispatch a CUDA graph removes; longer stretches are other host work and are kept",
+    "default": 1000.0,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -327,14 +361,18 @@ CATALOGUE_JSON = r"""
     "unit": "graph breaks per step",
     "lo": 0.0,
     "hi": 1000000.0,
-    "meaning": "graph breaks per step from which the compiled region is reported as broken"
+    "meaning": "graph breaks per step from which the compiled region is reported as broken",
+    "default": 1.0,
+    "kind": "number"
    },
    {
     "name": "min_share",
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.01,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -384,7 +422,9 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.03,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -415,7 +455,9 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.02,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -445,14 +487,18 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.01,
+    "kind": "number"
    },
    {
     "name": "ranks_per_group",
     "unit": "ranks",
     "lo": 0.0,
     "hi": 1000000.0,
-    "meaning": "ranks per group (host) in the per-group summaries; 0 = the GPUs per host the trace reports"
+    "meaning": "ranks per group (host) in the per-group summaries; 0 = the GPUs per host the trace reports",
+    "default": 0,
+    "kind": "integer"
    }
   ],
   "doc": {
@@ -486,42 +532,54 @@ CATALOGUE_JSON = r"""
     "unit": "MiB per step",
     "lo": 0.0,
     "hi": 1000000000.0,
-    "meaning": "allocated memory at step starts must grow at least this much per step"
+    "meaning": "allocated memory at step starts must grow at least this much per step",
+    "default": 0.25,
+    "kind": "number"
    },
    {
     "name": "min_r2",
     "unit": "R^2 (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "the memory trend must fit a straight line at least this well (R^2)"
+    "meaning": "the memory trend must fit a straight line at least this well (R^2)",
+    "default": 0.8,
+    "kind": "number"
    },
    {
     "name": "min_steps",
     "unit": "steps",
     "lo": 2.0,
     "hi": 1000000000.0,
-    "meaning": "fewer analysed steps than this are not judged for a per-step trend"
+    "meaning": "fewer analysed steps than this are not judged for a per-step trend",
+    "default": 4,
+    "kind": "integer"
    },
    {
     "name": "min_late_ratio",
     "unit": "ratio (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "the growth over the last half must be at least this share of the overall growth (not levelling off)"
+    "meaning": "the growth over the last half must be at least this share of the overall growth (not levelling off)",
+    "default": 0.5,
+    "kind": "number"
    },
    {
     "name": "min_window_growth_mib",
     "unit": "MiB",
     "lo": 0.0,
     "hi": 1000000000.0,
-    "meaning": "without steps: memory taken across the window and never released must exceed this"
+    "meaning": "without steps: memory taken across the window and never released must exceed this",
+    "default": 2.0,
+    "kind": "number"
    },
    {
     "name": "min_rising_quarters",
     "unit": "quarters (1-4)",
     "lo": 1.0,
     "hi": 4.0,
-    "meaning": "without steps: the memory floor must rise through at least this many of the window's 4 quarters"
+    "meaning": "without steps: the memory floor must rise through at least this many of the window's 4 quarters",
+    "default": 3,
+    "kind": "integer"
    }
   ],
   "doc": {
@@ -553,14 +611,18 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.05,
+    "kind": "number"
    },
    {
     "name": "local_speedup",
     "unit": "x (>= 1)",
     "lo": 1.0,
     "hi": 64.0,
-    "meaning": "assumed speedup of FP32 matmul/conv kernels once run in TF32/BF16 on tensor cores"
+    "meaning": "assumed speedup of FP32 matmul/conv kernels once run in TF32/BF16 on tensor cores",
+    "default": 2.0,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -589,7 +651,9 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.02,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -621,28 +685,36 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "fire only when the GPU is busy under this share"
+    "meaning": "fire only when the GPU is busy under this share",
+    "default": 0.5,
+    "kind": "number"
    },
    {
     "name": "max_median_kernel_us",
     "unit": "us",
     "lo": 0.0,
     "hi": 1000000.0,
-    "meaning": "fire only when the median kernel is shorter than this"
+    "meaning": "fire only when the median kernel is shorter than this",
+    "default": 20.0,
+    "kind": "number"
    },
    {
     "name": "max_memory_share",
     "unit": "share of device memory (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "fire only when peak allocated memory is under this share of the device (when [memory] events exist)"
+    "meaning": "fire only when peak allocated memory is under this share of the device (when [memory] events exist)",
+    "default": 0.1,
+    "kind": "number"
    },
    {
     "name": "min_host_share",
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "fire only when the host dispatches (GPU idle) at least this share of the step"
+    "meaning": "fire only when the host dispatches (GPU idle) at least this share of the step",
+    "default": 0.3,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -672,14 +744,18 @@ CATALOGUE_JSON = r"""
     "unit": "share of the median step (0-1e3)",
     "lo": 0.0,
     "hi": 1000.0,
-    "meaning": "report when the first step is longer than the median step by at least this share of it"
+    "meaning": "report when the first step is longer than the median step by at least this share of it",
+    "default": 0.2,
+    "kind": "number"
    },
    {
     "name": "min_steps",
     "unit": "steps",
     "lo": 2.0,
     "hi": 1000000.0,
-    "meaning": "steps the trace needs before the first is compared"
+    "meaning": "steps the trace needs before the first is compared",
+    "default": 3,
+    "kind": "integer"
    }
   ],
   "doc": {
@@ -710,7 +786,9 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.02,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -742,14 +820,18 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.05,
+    "kind": "number"
    },
    {
     "name": "removable_share",
     "unit": "share (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "the share of unrecorded host time a fix is assumed to remove (the trace cannot say what ran): the finding's upper bound, in the attribution estimate and in the replay"
+    "meaning": "the share of unrecorded host time a fix is assumed to remove (the trace cannot say what ran): the finding's upper bound, in the attribution estimate and in the replay",
+    "default": 0.5,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -779,14 +861,18 @@ CATALOGUE_JSON = r"""
     "unit": "% GPU utilisation",
     "lo": 0.0,
     "hi": 100.0,
-    "meaning": "a sample under this utilisation counts as an idle GPU"
+    "meaning": "a sample under this utilisation counts as an idle GPU",
+    "default": 10.0,
+    "kind": "number"
    },
    {
     "name": "min_share",
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.05,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -808,7 +894,7 @@ CATALOGUE_JSON = r"""
   "claims": [],
   "defaults": {
    "min_share": 0.05,
-   "include_power_cap": 0.0
+   "include_power_cap": false
   },
   "options": [
    {
@@ -816,14 +902,18 @@ CATALOGUE_JSON = r"""
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.05,
+    "kind": "number"
    },
    {
     "name": "include_power_cap",
-    "unit": "flag (0 or 1)",
+    "unit": "flag: true or false (or 1, 0)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "1 counts power-cap throttling as a slowdown too (0: only thermal and other slowdowns)"
+    "meaning": "true counts power-cap throttling as a slowdown too (false: only thermal and other slowdowns)",
+    "default": false,
+    "kind": "flag"
    }
   ],
   "doc": {
@@ -853,14 +943,18 @@ CATALOGUE_JSON = r"""
     "unit": "% GPU utilisation",
     "lo": 0.0,
     "hi": 100.0,
-    "meaning": "a sample under this utilisation counts as an idle GPU"
+    "meaning": "a sample under this utilisation counts as an idle GPU",
+    "default": 10.0,
+    "kind": "number"
    },
    {
     "name": "min_share",
     "unit": "share of the step (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)"
+    "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
+    "default": 0.05,
+    "kind": "number"
    }
   ],
   "doc": {
@@ -892,28 +986,36 @@ CATALOGUE_JSON = r"""
     "unit": "MiB per minute",
     "lo": 0.0,
     "hi": 1000000000.0,
-    "meaning": "device memory must grow at least this fast to be reported"
+    "meaning": "device memory must grow at least this fast to be reported",
+    "default": 10.0,
+    "kind": "number"
    },
    {
     "name": "min_r2",
     "unit": "R^2 (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "the memory trend must fit a straight line at least this well (R^2)"
+    "meaning": "the memory trend must fit a straight line at least this well (R^2)",
+    "default": 0.8,
+    "kind": "number"
    },
    {
     "name": "min_samples",
     "unit": "samples",
     "lo": 2.0,
     "hi": 1000000000.0,
-    "meaning": "fewer memory samples than this on a GPU are not judged"
+    "meaning": "fewer memory samples than this on a GPU are not judged",
+    "default": 5,
+    "kind": "integer"
    },
    {
     "name": "min_late_ratio",
     "unit": "ratio (0-1)",
     "lo": 0.0,
     "hi": 1.0,
-    "meaning": "the growth over the last half must be at least this share of the overall growth (not levelling off)"
+    "meaning": "the growth over the last half must be at least this share of the overall growth (not levelling off)",
+    "default": 0.5,
+    "kind": "number"
    }
   ],
   "doc": {

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, top_ranges
 from mlprof.trace.vocabulary import ALLOC_RUNTIME, names_matching
 
 
-class AllocatorChurn(Rule):
+@dataclass(frozen=True)
+class AllocatorChurnOptions(RuleOptions):
+    """ALLOC001's thresholds (``[tool.mlprof.rules.ALLOC001]``, ``mlprof explain ALLOC001``)."""
+
+    min_share: float = common("min_share", 0.02)
+
+
+class AllocatorChurn(Rule[AllocatorChurnOptions]):
     id = "ALLOC001"
+    options_class = AllocatorChurnOptions
     name = "allocator-churn"
     category = "allocator"
     summary = "device malloc/free calls inside steps (torch.cuda.empty_cache, fragmentation)"
     claims = ("launch.alloc",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
         what="`cudaMalloc`/`cudaFree` (or `hipMalloc`/`hipFree`) run inside training steps while the device is idle.",
         why="PyTorch's caching allocator should serve every allocation after the first steps from "
@@ -34,9 +41,9 @@ class AllocatorChurn(Rule):
         "one-off.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: AllocatorChurnOptions) -> list[Finding]:
         lost = ctx.per_step("launch.alloc")
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         runtime = ctx.trace.runtime
         calls = runtime[names_matching(runtime["name"], ALLOC_RUNTIME)]
@@ -56,7 +63,7 @@ class AllocatorChurn(Rule):
                     "gpu_idle_ms_per_step": ms(lost),
                 },
                 fix="remove torch.cuda.empty_cache() from the loop; PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
-                steps=ctx.steps_with("launch.alloc", min_share=cfg["min_share"]),
+                steps=ctx.steps_with("launch.alloc", min_share=opts.min_share),
                 time_ranges_ns=top_ranges(calls["ts"].to_numpy(np.int64), calls["end"].to_numpy(np.int64)),
                 claimed={"launch.alloc": lost},
             )

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlprof.analyzers.attention import attention_chains
 from mlprof.rules._kernels import top_names
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option, top_ranges
 
 FP32_BYTES = 4
 """Element size assumed for the bytes a fused kernel must read (the larger, so the cost is not understated)."""
@@ -17,29 +18,30 @@ HALF_KERNEL = r"Half|BFloat16|half|bf16|fp16|f16"
 """Kernel names of 16-bit work: the fused kernel then runs on tensor cores."""
 
 
-class UnfusedAttention(Rule):
+@dataclass(frozen=True)
+class UnfusedAttentionOptions(RuleOptions):
+    """ATTN001's thresholds (``[tool.mlprof.rules.ATTN001]``, ``mlprof explain ATTN001``)."""
+
+    min_share: float = common("min_share", 0.03)
+    min_seq_len: int = option(
+        64, "tokens", 1.0, 1e7, "attention chains with a known sequence length shorter than this are not reported"
+    )
+    fused_efficiency: float = option(
+        0.5,
+        "share of peak FLOP/s (0-1)",
+        0.01,
+        1.0,
+        "the fraction of peak a fused attention kernel is assumed to reach when estimating its time",
+    )
+
+
+class UnfusedAttention(Rule[UnfusedAttentionOptions]):
     id = "ATTN001"
+    options_class = UnfusedAttentionOptions
     name = "unfused-attention"
     category = "attention"
     summary = "attention as bmm -> softmax -> bmm (S x S score matrix written out); no fused SDPA kernel"
     claims = ("compute.attention", "launch.attention")
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03, "min_seq_len": 64, "fused_efficiency": 0.5}
-    option_docs: ClassVar[dict[str, Option]] = {
-        "min_seq_len": Option(
-            "min_seq_len",
-            "tokens",
-            1.0,
-            10000000.0,
-            "attention chains with a known sequence length shorter than this are not reported",
-        ),
-        "fused_efficiency": Option(
-            "fused_efficiency",
-            "share of peak FLOP/s (0-1)",
-            0.01,
-            1.0,
-            "the fraction of peak a fused attention kernel is assumed to reach when estimating its time",
-        ),
-    }
     needs_device = False
     doc = RuleDoc(
         what="Attention written out op by op: `scores = q @ k.transpose(-2, -1)`, a scale/mask, "
@@ -76,14 +78,14 @@ class UnfusedAttention(Rule):
         "where its softmax backward sits between batched matmuls.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: UnfusedAttentionOptions) -> list[Finding]:
         found = attention_chains(ctx.trace)
         chains = found.chains
         if len(chains) == 0 or ctx.step_ns <= 0:
             return []
         chains = chains[ctx.in_windows(chains["ts"].to_numpy(np.int64))]
         seq = chains["seq_k"].to_numpy(np.int64)
-        chains = chains[(seq < 0) | (seq >= cfg["min_seq_len"])]
+        chains = chains[(seq < 0) | (seq >= opts.min_seq_len)]
         if len(chains) == 0:
             return []
         n_steps = max(ctx.n_windows, 1)
@@ -120,14 +122,14 @@ class UnfusedAttention(Rule):
         if spec is not None and flops and chain_dev > 0:
             half = bool(kernels["name"].astype(str).str.contains(HALF_KERNEL).any())
             peak = spec.tensor_tflops if half and spec.tensor_tflops else spec.fp32_tflops
-            flops_ns = flops / (peak * 1e12 * cfg["fused_efficiency"]) * 1e9
+            flops_ns = flops / (peak * 1e12 * opts.fused_efficiency) * 1e9
             fused_dev = max(flops_ns, io_bytes / (spec.bandwidth_gbs * 1e9) * 1e9)
             cost["peak_tflops_used"] = peak
             cost["peak_is"] = "16-bit tensor core" if half and spec.tensor_tflops else "FP32"
         dev_keep = min(fused_dev / chain_dev, 1.0) if chain_dev > 0 else 1.0
         lost_dev = ctx.per_step("compute.attention") * (1.0 - dev_keep)
         lost = lost_host + lost_dev
-        if lost / ctx.step_ns < cfg["min_share"]:
+        if lost / ctx.step_ns < opts.min_share:
             return []
         share = (ctx.per_step("compute.attention") + ctx.per_step("launch.attention")) / ctx.step_ns
         shapes = _shapes(chains)
@@ -151,7 +153,7 @@ class UnfusedAttention(Rule):
                 time_lost_ns_per_step=lost,
                 confidence="medium",
                 confidence_reason="fused attention costed from the chain's FLOPs (at the GPU's peak times "
-                f"fused_efficiency={cfg['fused_efficiency']}, or on a CPU trace at the rate its other matmuls ran) "
+                f"fused_efficiency={opts.fused_efficiency}, or on a CPU trace at the rate its other matmuls ran) "
                 "and the bytes of Q/K/V/output; without shapes, as the chain's own matmul time",
                 evidence={
                     "chains_per_step": round(len(chains) / n_steps, 1),

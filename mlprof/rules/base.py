@@ -10,7 +10,7 @@ removes, measured in this trace, not a multiplier from a table.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic
 
 import numpy as np
 import pandas as pd
@@ -21,8 +21,13 @@ from mlprof.results import Finding as Finding
 from mlprof.results import RankAnalysis, ReducedRank, analysed_windows
 from mlprof.results import plain as plain
 from mlprof.rules.spec import COMMON_OPTIONS as COMMON_OPTIONS
+from mlprof.rules.spec import NoOptions as NoOptions
 from mlprof.rules.spec import Option as Option
+from mlprof.rules.spec import OptionsT as OptionsT
 from mlprof.rules.spec import RuleDoc as RuleDoc
+from mlprof.rules.spec import RuleOptions as RuleOptions
+from mlprof.rules.spec import common as common
+from mlprof.rules.spec import option as option
 from mlprof.trace.model import Trace
 
 CATEGORIES: tuple[str, ...] = (
@@ -138,8 +143,12 @@ class RankContext:
         return len(self.windows)
 
 
-class Rule:
-    """Base class: subclasses set the class attributes and implement :meth:`check`."""
+class Rule(Generic[OptionsT]):
+    """Base class: subclasses set the class attributes and implement :meth:`check`.
+
+    ``Rule[XOptions]``: the rule's thresholds are an ``XOptions`` (a :class:`RuleOptions`), set as
+    :attr:`options_class`; :meth:`check` receives one built from the defaults and the team's config.
+    """
 
     id: ClassVar[str]
     name: ClassVar[str]
@@ -147,10 +156,8 @@ class Rule:
     summary: ClassVar[str]
     claims: ClassVar[tuple[str, ...]] = ()
     """Causes this rule may claim time from (exclusive across rules)."""
-    defaults: ClassVar[dict[str, float]] = {}
-    """Thresholds; overridable per team in ``[tool.mlprof.rules.ID]``."""
-    option_docs: ClassVar[dict[str, Option]] = {}
-    """Unit, accepted range and meaning of each threshold not in :data:`COMMON_OPTIONS`."""
+    options_class: ClassVar[type[RuleOptions]] = NoOptions
+    """The rule's thresholds (a :class:`RuleOptions` subclass); overridable in ``[tool.mlprof.rules.ID]``."""
     needs_device: ClassVar[bool] = True
     scope: ClassVar[str] = "rank"
     """``rank``: judged on each rank alone by :meth:`check`, where its trace is read; ``job``: judged once on
@@ -166,11 +173,11 @@ class Rule:
     """Judges a trend over all analysed steps at once: not run one step window at a time (--low-memory)."""
     doc: ClassVar[RuleDoc]
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: OptionsT) -> list[Finding]:
         raise NotImplementedError
 
     def check_job(
-        self, contexts: list[RankContext], skew: Any, step_ns: float, cfg: dict[str, float]
+        self, contexts: list[RankContext], skew: Any, step_ns: float, opts: OptionsT
     ) -> tuple[list[Finding], Any]:
         """A job-scope rule (:attr:`scope` ``job``): its findings over the whole job and the cross-rank view."""
         raise NotImplementedError
@@ -195,9 +202,14 @@ class Rule:
         finding.evidence[f"time_lost_ms_per_step_claimed_by_{self.id}"] = ms(min(carved_ns, before))
         return finding if finding.time_lost_ns_per_step > 0 else None
 
-    def options(self) -> list[tuple[Option | None, float]]:
-        """Each threshold's documentation (None when undocumented: a test fails) and default, in order."""
-        return [(self.option_docs.get(k) or COMMON_OPTIONS.get(k), v) for k, v in self.defaults.items()]
+    def options(self) -> tuple[Option, ...]:
+        """Each threshold's documentation and default, in declaration order."""
+        return self.options_class.docs()
+
+    @property
+    def defaults(self) -> dict[str, float]:
+        """The thresholds' defaults by name."""
+        return self.options_class().as_dict()
 
     def finding(self, ctx: RankContext, **kwargs: Any) -> Finding:
         """A finding of this rule for one rank, with the rank's step time filled in."""

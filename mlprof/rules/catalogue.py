@@ -34,15 +34,15 @@ class RuleEntry:
     """``rank`` or ``job`` (see :attr:`mlprof.rules.base.Rule.scope`)."""
     claims: tuple[str, ...]
     defaults: dict[str, float]
-    option_docs: tuple[Option | None, ...]
-    """The documentation of each threshold of :attr:`defaults`, in order (None: undocumented)."""
+    option_docs: tuple[Option, ...]
+    """The documentation, type and default of each threshold, in order."""
     doc: RuleDoc
     whatif: str | None
     """How the what-if replay applies the fix (None: the rule has no graph edit)."""
 
-    def options(self) -> list[tuple[Option | None, float]]:
+    def options(self) -> tuple[Option, ...]:
         """Each threshold's documentation and default, in order (as :meth:`mlprof.rules.base.Rule.options`)."""
-        return list(zip(self.option_docs, self.defaults.values(), strict=True))
+        return self.option_docs
 
 
 def _entry(data: dict[str, Any]) -> RuleEntry:
@@ -55,7 +55,7 @@ def _entry(data: dict[str, Any]) -> RuleEntry:
         scope=data["scope"],
         claims=tuple(data["claims"]),
         defaults=dict(data["defaults"]),
-        option_docs=tuple(None if o is None else Option(**o) for o in data["options"]),
+        option_docs=tuple(Option(**o) for o in data["options"]),
         doc=RuleDoc(**data["doc"]),
         whatif=data["whatif"],
     )

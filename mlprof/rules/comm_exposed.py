@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 
 from mlprof.analyzers.causes import CAUSES
 from mlprof.rules._kernels import totals_by_name
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, top_ranges
 
 
-class CommExposed(Rule):
+@dataclass(frozen=True)
+class CommExposedOptions(RuleOptions):
+    """COMM001's thresholds (``[tool.mlprof.rules.COMM001]``, ``mlprof explain COMM001``)."""
+
+    min_share: float = common("min_share", 0.03)
+
+
+class CommExposed(Rule[CommExposedOptions]):
     id = "COMM001"
+    options_class = CommExposedOptions
     name = "comm-not-overlapped"
     category = "comm_not_overlapped"
     summary = "NCCL/RCCL kernels not hidden under compute on other streams"
     claims = ("comm.transfer",)
     needs_other_ranks = True
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03}
     doc = RuleDoc(
         what="Collective or point-to-point communication kernels run while no compute kernel runs "
         "on the device: the step waits for the network.",
@@ -44,11 +51,11 @@ class CommExposed(Rule):
         "the fix is fewer bytes (compression, larger per-GPU batch, gradient accumulation).",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: CommExposedOptions) -> list[Finding]:
         exposed = ctx.per_step("comm.transfer")
         compute = ctx.per_step(*CAUSES["compute"])
         lost = min(exposed, compute)
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         gpu = ctx.tables.gpu
         comm = gpu[(gpu["kind"] == "kernel") & gpu["is_comm"].astype(bool)]
@@ -93,7 +100,7 @@ class CommExposed(Rule):
                     "collectives": coll_summary,
                 },
                 fix="DDP(bucket_cap_mb=25, gradient_as_bucket_view=True, find_unused_parameters=False); FSDP prefetch",
-                steps=ctx.steps_with("comm.transfer", min_share=cfg["min_share"]),
+                steps=ctx.steps_with("comm.transfer", min_share=opts.min_share),
                 time_ranges_ns=top_ranges(comm["ts"].to_numpy(np.int64), comm["end"].to_numpy(np.int64)),
                 claimed={"comm.transfer": lost},
             )

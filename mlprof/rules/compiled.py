@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 
 from mlprof.analyzers.compiled import compile_facts
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option, top_ranges
 
 
-class CompileIssues(Rule):
+@dataclass(frozen=True)
+class CompileIssuesOptions(RuleOptions):
+    """COMPILE001's thresholds (``[tool.mlprof.rules.COMPILE001]``, ``mlprof explain COMPILE001``)."""
+
+    min_breaks_per_step: float = option(
+        1.0,
+        "graph breaks per step",
+        0.0,
+        1e6,
+        "graph breaks per step from which the compiled region is reported as broken",
+    )
+    min_share: float = common("min_share", 0.01)
+
+
+class CompileIssues(Rule[CompileIssuesOptions]):
     id = "COMPILE001"
+    options_class = CompileIssuesOptions
     name = "compile-breaks"
     category = "compile"
     summary = "torch.compile graph breaks (eager code between compiled regions) and recompiles inside steps"
     claims = ("launch.compile",)
-    defaults: ClassVar[dict[str, float]] = {"min_breaks_per_step": 1.0, "min_share": 0.01}
-    option_docs: ClassVar[dict[str, Option]] = {
-        "min_breaks_per_step": Option(
-            "min_breaks_per_step",
-            "graph breaks per step",
-            0.0,
-            1000000.0,
-            "graph breaks per step from which the compiled region is reported as broken",
-        ),
-    }
     needs_device = False
     doc = RuleDoc(
         what="A compiled model that does not run as one graph: Dynamo split a function at a graph "
@@ -57,7 +62,7 @@ class CompileIssues(Rule):
         "one after the other are not breaks (their regions do not nest).",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: CompileIssuesOptions) -> list[Finding]:
         facts = compile_facts(ctx.trace)
         n_steps = max(ctx.n_windows, 1)
         graph_launches = int(ctx.in_windows(facts.graph_launches).sum()) if len(facts.graph_launches) else 0
@@ -72,8 +77,8 @@ class CompileIssues(Rule):
         compile_windows = sorted({int(s) for s in _window_of(ctx, c_s[in_win])})
         compile_lost = ctx.per_step("launch.compile")
         breaks_per_step = len(breaks) / n_steps
-        has_breaks = breaks_per_step >= cfg["min_breaks_per_step"]
-        has_compile = ctx.step_ns > 0 and compile_lost / ctx.step_ns >= cfg["min_share"]
+        has_breaks = breaks_per_step >= opts.min_breaks_per_step
+        has_compile = ctx.step_ns > 0 and compile_lost / ctx.step_ns >= opts.min_share
         if not has_breaks and not has_compile:
             return []
         data_dependent = bool(breaks["data_dependent"].any()) if len(breaks) else False

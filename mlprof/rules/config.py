@@ -27,6 +27,7 @@ from typing import Any
 
 from mlprof.errors import UsageError
 from mlprof.rules.catalogue import BY_ID
+from mlprof.rules.spec import Option, OptionsT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,7 +43,9 @@ class RuleConfig:
     min_speedup: float = DEFAULT_MIN_SPEEDUP
     """Findings with a smaller expected speedup are not reported (memory leaks always are)."""
     disabled: set[str] = field(default_factory=set)
-    overrides: dict[str, dict[str, float]] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Thresholds set by the team (``[tool.mlprof.rules.ID]``, ``--set``), by rule id; :meth:`options`
+    checks them against each option's documented type and range."""
     source: str | None = None
     gates_table: Any = None
     """``[tool.mlprof.gates]`` as read, or None; :func:`mlprof.gates.spec.gates_from_config` parses it
@@ -50,7 +53,20 @@ class RuleConfig:
     gates_key: str = "gates"
     """The table's key as the user wrote it (``tool.mlprof.gates`` or ``gates``), for error messages."""
 
+    def options(self, rule_id: str, options_class: type[OptionsT]) -> OptionsT:
+        """A rule's typed thresholds (``rule.options_class``): its defaults with the team's overrides.
+
+        The overrides were checked when read; a :class:`RuleConfig` built in code is checked here
+        (UsageError naming the key)."""
+        values = self.overrides.get(rule_id, {})
+        checked = {
+            name: _option_value(rule_id, name, v, self.source or "config", f"rules.{rule_id}")
+            for name, v in values.items()
+        }
+        return options_class.build(checked)
+
     def thresholds(self, rule_id: str) -> dict[str, float]:
+        """The thresholds by name (what ``mlprof rules`` lists and the what-if replay's ``ctx.param`` reads)."""
         return {**BY_ID[rule_id].defaults, **self.overrides.get(rule_id, {})}
 
 
@@ -123,20 +139,44 @@ def parse_config(table: dict[str, Any], source: str, prefix: str = "") -> RuleCo
             raise UsageError(f"{source}: unknown rule '{prefix}rules.{rule_id}' (see 'mlprof rules')")
         if not isinstance(values, dict):
             raise UsageError(f"{source}: '{prefix}rules.{rule_id}' must be a table of thresholds")
-        known = BY_ID[rid].defaults
+        table_key = f"{prefix}rules.{rule_id}"
         for name, value in values.items():
-            if name not in known:
-                raise UsageError(
-                    f"{source}: unknown key '{prefix}rules.{rule_id}.{name}' (known: {', '.join(sorted(known))})"
-                )
-            number = _number(value, f"{prefix}rules.{rule_id}.{name}", source)
-            doc = dict(zip(known, (d for d, _ in BY_ID[rid].options()), strict=True)).get(name)
-            if doc is not None and not (doc.lo <= number <= doc.hi):
-                raise UsageError(
-                    f"{source}: '{prefix}rules.{rule_id}.{name}' = {number:g} is outside {doc.lo:g}..{doc.hi:g} "
-                    f"({doc.unit}; see 'mlprof explain {rid}')"
-                )
-            cfg.overrides.setdefault(rid, {})[name] = number
+            cfg.overrides.setdefault(rid, {})[name] = _option_value(rid, name, value, source, table_key)
+    return cfg
+
+
+def _docs(rule_id: str) -> dict[str, Option]:
+    return {d.name: d for d in BY_ID[rule_id].options()}
+
+
+def _option_value(rule_id: str, name: str, value: Any, source: str, table: str) -> Any:
+    """One threshold checked against its documented type and range; UsageError naming the key otherwise."""
+    docs = _docs(rule_id)
+    doc = docs.get(name)
+    if doc is None:
+        raise UsageError(f"{source}: unknown key '{table}.{name}' (known: {', '.join(sorted(docs)) or 'none'})")
+    try:
+        return doc.convert(value)
+    except ValueError as exc:
+        detail = f"{exc}, got {value!r}" if str(exc).startswith("must be") else f"{exc}"
+        raise UsageError(f"{source}: '{table}.{name}' {detail}; see 'mlprof explain {rule_id}'") from None
+
+
+def apply_overrides(cfg: RuleConfig, settings: list[str], source: str = "--set") -> RuleConfig:
+    """``ID.name=value`` settings (the command line's ``--set``) over ``cfg``, each checked like the config's."""
+    for text in settings:
+        key, sep, raw = text.partition("=")
+        rule_id, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name.strip():
+            raise UsageError(f"{source} {text!r}: expected RULE.option=value, e.g. DATA001.min_share=0.05")
+        rid = rule_id.upper()
+        if rid not in BY_ID:
+            raise UsageError(f"{source} {text!r}: unknown rule '{rule_id}' (see 'mlprof rules')")
+        try:
+            value: Any = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        cfg.overrides.setdefault(rid, {})[name.strip()] = _option_value(rid, name.strip(), value, source, rid)
     return cfg
 
 

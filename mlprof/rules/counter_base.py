@@ -24,7 +24,7 @@ from mlprof.analyzers.counter_timeline import (
     throttle_shares,
     util_overlap,
 )
-from mlprof.rules.base import Finding, RankContext, Rule
+from mlprof.rules.base import Finding, OptionsT, RankContext, Rule
 
 COUNTER_CATEGORIES: tuple[str, ...] = ("gpu_utilisation", "gpu_clocks", "memory_leak")
 
@@ -70,15 +70,15 @@ class CounterContext:
         return memory_trends(self.counters)
 
 
-class CounterRule(Rule):
+class CounterRule(Rule[OptionsT]):
     """A rule that reads counters: implement :meth:`check_counters`; :meth:`check` (traces) finds nothing."""
 
     needs_device: ClassVar[bool] = False
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: OptionsT) -> list[Finding]:
         return []
 
-    def check_counters(self, ctx: CounterContext, cfg: dict[str, float]) -> list[Finding]:
+    def check_counters(self, ctx: CounterContext, opts: OptionsT) -> list[Finding]:
         raise NotImplementedError
 
     def counter_finding(self, ctx: CounterContext, basis_ns: int, **kwargs: Any) -> Finding:

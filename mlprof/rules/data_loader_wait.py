@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option, top_ranges
 from mlprof.trace.vocabulary import DATALOADER, name_mask
 
 
-class DataLoaderWait(Rule):
+@dataclass(frozen=True)
+class DataLoaderWaitOptions(RuleOptions):
+    """DATA001's thresholds (``[tool.mlprof.rules.DATA001]``, ``mlprof explain DATA001``)."""
+
+    min_share: float = common("min_share", 0.03)
+    ready_batch_ms: float = option(
+        0.3, "ms", 0.0, 100000, "what-if replay: what taking an already prepared batch costs the host"
+    )
+
+
+class DataLoaderWait(Rule[DataLoaderWaitOptions]):
     id = "DATA001"
+    options_class = DataLoaderWaitOptions
     name = "dataloader-wait"
     category = "data_starvation"
     summary = "GPU idle while the host is inside DataLoader __next__"
     claims = ("data.loader",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03, "ready_batch_ms": 0.3}
-    option_docs: ClassVar[dict[str, Option]] = {
-        "ready_batch_ms": Option(
-            "ready_batch_ms",
-            "ms",
-            0.0,
-            100000.0,
-            "what-if replay: what taking an already prepared batch costs the host",
-        ),
-    }
     needs_device = False
     doc = RuleDoc(
         what="The device has nothing to run while the training loop is inside the DataLoader's "
@@ -51,9 +52,9 @@ class DataLoaderWait(Rule):
         "on a machine with few cores the gain is smaller than the time shown.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: DataLoaderWaitOptions) -> list[Finding]:
         lost = ctx.per_step("data.loader")
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         host = ctx.trace.host
         keep = name_mask(host["name"], DATALOADER)
@@ -99,7 +100,7 @@ class DataLoaderWait(Rule):
                 confidence_reason=reason,
                 evidence=evidence,
                 fix=fix,
-                steps=ctx.steps_with("data.loader", min_share=cfg["min_share"]),
+                steps=ctx.steps_with("data.loader", min_share=opts.min_share),
                 time_ranges_ns=top_ranges(loader["ts"].to_numpy(np.int64), loader["end"].to_numpy(np.int64)),
                 claimed={"data.loader": lost},
             )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, ms, top_ranges
 from mlprof.trace.vocabulary import name_mask
 
 DP_FORWARD = re.compile(r"^DataParallel\.forward$")
@@ -16,13 +16,18 @@ DP_PHASES = re.compile(r"torch/nn/parallel/(replicate|scatter_gather|parallel_ap
 """Python frames of DataParallel's per-step work (``with_stack=True``): replicate, scatter, parallel_apply, gather."""
 
 
-class DataParallelUsed(Rule):
+@dataclass(frozen=True)
+class DataParallelUsedOptions(RuleOptions):
+    """DP001 has no thresholds."""
+
+
+class DataParallelUsed(Rule[DataParallelUsedOptions]):
     id = "DP001"
+    options_class = DataParallelUsedOptions
     name = "data-parallel"
     category = "data_parallel"
     summary = "nn.DataParallel (replicate/scatter/gather every step, one process for all GPUs) instead of DDP"
     claims = ()
-    defaults: ClassVar[dict[str, float]] = {}
     needs_device = False
     doc = RuleDoc(
         what="The model is wrapped in `torch.nn.DataParallel`: one Python process drives every GPU, "
@@ -49,7 +54,7 @@ class DataParallelUsed(Rule):
         "Notebooks where multi-process launch is impractical may keep it on purpose.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: DataParallelUsedOptions) -> list[Finding]:
         host = ctx.trace.host
         fwd = name_mask(host["name"], DP_FORWARD)
         phases = name_mask(host["name"], DP_PHASES)

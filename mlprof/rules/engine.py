@@ -43,7 +43,7 @@ def run_rank(ctx: RankContext, config: RuleConfig, *, matched: bool | None = Non
             continue
         if rule.needs_device and not ctx.has_device:
             continue
-        out.extend(rule.check(ctx, config.thresholds(rule.id)))
+        out.extend(rule.check(ctx, config.options(rule.id, rule.options_class)))
     return out
 
 
@@ -100,7 +100,7 @@ def _run_job_rules(
     for rule in TRACE_RULES:
         if rule.scope != "job":
             continue
-        found, report = rule.check_job(contexts, skew, step_ns, config.thresholds(rule.id))
+        found, report = rule.check_job(contexts, skew, step_ns, config.options(rule.id, rule.options_class))
         cross_rank = cross_rank or report
         if rule.id not in config.disabled:
             findings.extend(found)
@@ -170,7 +170,7 @@ def diagnose_counters(ctx: CounterContext, config: RuleConfig) -> CounterDiagnos
         if rule.id in config.disabled:
             continue
         run.append(rule.id)
-        findings.extend(rule.check_counters(ctx, config.thresholds(rule.id)))
+        findings.extend(rule.check_counters(ctx, config.options(rule.id, rule.options_class)))
     kept = [f for f in findings if f.expected_speedup >= config.min_speedup or f.time_lost_ns_per_step == 0]
     kept.sort(key=lambda f: (-f.expected_speedup, f.severity != "critical", f.rule))
     wishes = [text for metric, text in COUNTER_WISHES.items() if metric not in ctx.metrics]

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
 from mlprof.rules._kernels import kernel_facts, top_names
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option
 
 
-class Fp32Matmul(Rule):
+@dataclass(frozen=True)
+class Fp32MatmulOptions(RuleOptions):
+    """AMP001's thresholds (``[tool.mlprof.rules.AMP001]``, ``mlprof explain AMP001``)."""
+
+    min_share: float = common("min_share", 0.05)
+    local_speedup: float = option(
+        2.0, "x (>= 1)", 1.0, 64.0, "assumed speedup of FP32 matmul/conv kernels once run in TF32/BF16 on tensor cores"
+    )
+
+
+class Fp32Matmul(Rule[Fp32MatmulOptions]):
     id = "AMP001"
+    options_class = Fp32MatmulOptions
     name = "fp32-matmul"
     category = "precision"
     summary = "FP32 matmul/convolution kernels on a GPU with tensor cores (no AMP/TF32)"
     claims = ("compute.gemm_fp32",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "local_speedup": 2.0}
-    option_docs: ClassVar[dict[str, Option]] = {
-        "local_speedup": Option(
-            "local_speedup",
-            "x (>= 1)",
-            1.0,
-            64.0,
-            "assumed speedup of FP32 matmul/conv kernels once run in TF32/BF16 on tensor cores",
-        ),
-    }
     doc = RuleDoc(
         what="Matrix multiplications and convolutions run as FP32 SIMT kernels (`sgemm`, "
         "`scudnn`, `implicit_convolve_sgemm`) although the GPU has tensor cores.",
@@ -52,12 +53,12 @@ class Fp32Matmul(Rule):
         "unknown libraries may be misclassified: check the kernels listed.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: Fp32MatmulOptions) -> list[Finding]:
         if not _has_tensor_cores(ctx):
             return []
         exposed = ctx.per_step("compute.gemm_fp32")
-        lost = exposed * (1.0 - 1.0 / max(cfg["local_speedup"], 1.0))
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        lost = exposed * (1.0 - 1.0 / max(opts.local_speedup, 1.0))
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         k = kernel_facts(ctx).kernels
         fp32 = k[k["klass"] == "gemm_fp32"]
@@ -75,7 +76,7 @@ class Fp32Matmul(Rule):
                 time_lost_ns_per_step=lost,
                 confidence="medium",
                 confidence_reason="kernel precision read from names; "
-                f"assumed {cfg['local_speedup']:.1f}x on those kernels"
+                f"assumed {opts.local_speedup:.1f}x on those kernels"
                 + (f" (the peak tensor-core/FP32 ratio of this GPU is {ratio}x)" if ratio else ""),
                 evidence={
                     "fp32_matmul_ms_per_step": ms(exposed),
@@ -83,7 +84,7 @@ class Fp32Matmul(Rule):
                     "tensor_core_kernels_per_step": round(len(tensor) / n_steps, 1),
                     "device": device,
                     "architecture": arch,
-                    "assumed_speedup_on_fp32_matmuls": cfg["local_speedup"],
+                    "assumed_speedup_on_fp32_matmuls": opts.local_speedup,
                     "peak_tensor_core_to_fp32_ratio": ratio,
                     "top_kernels": top_names(fp32, n_steps),
                 },

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
-from mlprof.rules.base import Finding, RuleDoc
+from mlprof.rules.base import Finding, RuleDoc, RuleOptions, common
 from mlprof.rules.counter_base import CounterContext, CounterRule, duration_text
 
 NS_PER_S = 1_000_000_000
 
 
-class GpuIdle(CounterRule):
+@dataclass(frozen=True)
+class GpuIdleOptions(RuleOptions):
+    """GPU001's thresholds (``[tool.mlprof.rules.GPU001]``, ``mlprof explain GPU001``)."""
+
+    low_util_pct: float = common("low_util_pct", 10.0)
+    min_share: float = common("min_share", 0.05)
+
+
+class GpuIdle(CounterRule[GpuIdleOptions]):
     id = "GPU001"
+    options_class = GpuIdleOptions
     name = "gpu-idle"
     category = "gpu_utilisation"
     summary = "all GPUs under the utilisation threshold at once (counters)"
-    defaults: ClassVar[dict[str, float]] = {"low_util_pct": 10.0, "min_share": 0.05}
     doc = RuleDoc(
         what="GPU counters (nvidia-smi, NVML, DCGM) show every GPU of the job below `low_util_pct` "
         "utilisation at the same time for a noticeable share of the recording: the whole job is "
@@ -50,8 +58,8 @@ class GpuIdle(CounterRule):
         "invisible and long ones are approximate.",
     )
 
-    def check_counters(self, ctx: CounterContext, cfg: dict[str, float]) -> list[Finding]:
-        util = ctx.util(cfg["low_util_pct"])
+    def check_counters(self, ctx: CounterContext, opts: GpuIdleOptions) -> list[Finding]:
+        util = ctx.util(opts.low_util_pct)
         if util is None or util.covered_ns <= 0:
             if util is None:
                 ctx.verdicts[self.id] = "not judged: the counters have no GPU utilisation samples"
@@ -65,11 +73,11 @@ class GpuIdle(CounterRule):
         share = idle_ns / basis_ns
         who = "the GPU was" if len(util.devices) == 1 else f"all {len(util.devices)} GPUs were"
         who_ = who[:1].upper() + who[1:]
-        threshold = f"{cfg['low_util_pct']:g}%"
-        if share < cfg["min_share"]:
+        threshold = f"{opts.low_util_pct:g}%"
+        if share < opts.min_share:
             ctx.verdicts[self.id] = (
                 f"{who} under {threshold} utilisation {share:.1%} of {duration_text(basis_ns)} "
-                f"(below {cfg['min_share']:.0%})"
+                f"(below {opts.min_share:.0%})"
                 + (f"; start-up/shutdown idle {duration_text(edges)} set aside" if edges else "")
             )
             return []
@@ -80,7 +88,7 @@ class GpuIdle(CounterRule):
             + (f"; start-up/shutdown idle {duration_text(edges)} set aside" if edges else "")
         )
         evidence = {
-            "low_util_pct": cfg["low_util_pct"],
+            "low_util_pct": opts.low_util_pct,
             "all_idle_share": round(share, 4),
             "all_idle_s": round(idle_ns / NS_PER_S, 3),
             "covered_s": round(basis_ns / NS_PER_S, 3),

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
-from mlprof.rules.base import Finding, RuleDoc
+from mlprof.rules.base import Finding, RuleDoc, RuleOptions, common
 from mlprof.rules.counter_base import CounterContext, CounterRule
 
 NS_PER_S = 1_000_000_000
 
 
-class GpuImbalance(CounterRule):
+@dataclass(frozen=True)
+class GpuImbalanceOptions(RuleOptions):
+    """GPU003's thresholds (``[tool.mlprof.rules.GPU003]``, ``mlprof explain GPU003``)."""
+
+    low_util_pct: float = common("low_util_pct", 10.0)
+    min_share: float = common("min_share", 0.05)
+
+
+class GpuImbalance(CounterRule[GpuImbalanceOptions]):
     id = "GPU003"
+    options_class = GpuImbalanceOptions
     name = "gpu-imbalance"
     category = "gpu_utilisation"
     summary = "some GPUs under the utilisation threshold while others work (counters, multi-GPU)"
-    defaults: ClassVar[dict[str, float]] = {"low_util_pct": 10.0, "min_share": 0.05}
     doc = RuleDoc(
         what="In a job with several GPUs, some GPUs are below `low_util_pct` utilisation while at "
         "least one other GPU is busy: the work is not spread over the GPUs the job holds, or a GPU "
@@ -46,8 +54,8 @@ class GpuImbalance(CounterRule):
         "shows up as load.",
     )
 
-    def check_counters(self, ctx: CounterContext, cfg: dict[str, float]) -> list[Finding]:
-        util = ctx.util(cfg["low_util_pct"])
+    def check_counters(self, ctx: CounterContext, opts: GpuImbalanceOptions) -> list[Finding]:
+        util = ctx.util(opts.low_util_pct)
         if util is None or len(util.devices) < 2 or util.covered_ns <= 0:
             return []
         covered = util.covered_ns
@@ -55,19 +63,19 @@ class GpuImbalance(CounterRule):
         lost = sum(alone.values()) / len(util.devices)
         share = lost / covered
         shares = {d: alone[d] / covered for d in util.devices}
-        if share < cfg["min_share"]:
+        if share < opts.min_share:
             ctx.verdicts[self.id] = (
-                f"GPUs idle while others work {share:.1%} of the job's GPU time (below {cfg['min_share']:.0%})"
+                f"GPUs idle while others work {share:.1%} of the job's GPU time (below {opts.min_share:.0%})"
             )
             return []
         worst = sorted(util.devices, key=lambda d: -shares[d])
-        idle = [d for d in worst if shares[d] >= cfg["min_share"]]
+        idle = [d for d in worst if shares[d] >= opts.min_share]
         busy = [d for d in util.devices if d not in idle]
         names = ", ".join(str(d) for d in idle)
         busy_util = sum(util.mean_util_pct[d] for d in busy) / len(busy) if busy else float("nan")
         idle_util = sum(util.mean_util_pct[d] for d in idle) / len(idle)
         title = (
-            f"GPU{'s' if len(idle) > 1 else ''} {names} of {len(util.devices)} under {cfg['low_util_pct']:g}% "
+            f"GPU{'s' if len(idle) > 1 else ''} {names} of {len(util.devices)} under {opts.low_util_pct:g}% "
             f"utilisation while others work ({shares[worst[0]]:.0%} of the time; mean util {idle_util:.0f}% vs "
             f"{busy_util:.0f}% on the others): {share:.0%} of the job's GPU time"
         )
@@ -81,7 +89,7 @@ class GpuImbalance(CounterRule):
                 confidence_reason="utilisation samples of every GPU at the same instants; whether the idle "
                 "GPUs belong to this job is not in the counters",
                 evidence={
-                    "low_util_pct": cfg["low_util_pct"],
+                    "low_util_pct": opts.low_util_pct,
                     "under_used_devices": idle,
                     "idle_while_others_busy_share_by_device": {str(d): round(shares[d], 4) for d in util.devices},
                     "mean_util_pct_by_device": {str(d): round(util.mean_util_pct[d], 2) for d in util.devices},

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from dataclasses import dataclass
 
-from mlprof.rules.base import Finding, Option, RuleDoc
+from mlprof.rules.base import Finding, RuleDoc, RuleOptions, common, option
 from mlprof.rules.counter_base import CounterContext, CounterRule
 
 SLOWDOWN_REASONS: tuple[str, ...] = (
@@ -17,21 +17,26 @@ SLOWDOWN_REASONS: tuple[str, ...] = (
 POWER_CAP = "sw_power_cap"
 
 
-class GpuThrottle(CounterRule):
+@dataclass(frozen=True)
+class GpuThrottleOptions(RuleOptions):
+    """GPU002's thresholds (``[tool.mlprof.rules.GPU002]``, ``mlprof explain GPU002``)."""
+
+    min_share: float = common("min_share", 0.05)
+    include_power_cap: bool = option(
+        False,
+        "flag: true or false (or 1, 0)",
+        0.0,
+        1.0,
+        "true counts power-cap throttling as a slowdown too (false: only thermal and other slowdowns)",
+    )
+
+
+class GpuThrottle(CounterRule[GpuThrottleOptions]):
     id = "GPU002"
+    options_class = GpuThrottleOptions
     name = "gpu-throttled"
     category = "gpu_clocks"
     summary = "GPU clocks held down by thermal/hardware slowdown (counters)"
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "include_power_cap": 0.0}
-    option_docs: ClassVar[dict[str, Option]] = {
-        "include_power_cap": Option(
-            "include_power_cap",
-            "flag (0 or 1)",
-            0.0,
-            1.0,
-            "1 counts power-cap throttling as a slowdown too (0: only thermal and other slowdowns)",
-        ),
-    }
     doc = RuleDoc(
         what="NVML clock event (throttle) reasons show a GPU's clocks reduced by thermal slowdown, "
         "hardware slowdown or the power brake for a noticeable share of the recording.",
@@ -59,8 +64,8 @@ class GpuThrottle(CounterRule):
         "burst are normal. Idle clocks (`gpu_idle`) are never counted.",
     )
 
-    def check_counters(self, ctx: CounterContext, cfg: dict[str, float]) -> list[Finding]:
-        reasons = (*SLOWDOWN_REASONS, POWER_CAP) if cfg["include_power_cap"] >= 1 else SLOWDOWN_REASONS
+    def check_counters(self, ctx: CounterContext, opts: GpuThrottleOptions) -> list[Finding]:
+        reasons = (*SLOWDOWN_REASONS, POWER_CAP) if opts.include_power_cap else SLOWDOWN_REASONS
         shares = ctx.throttles(reasons)
         if not shares:
             ctx.verdicts[self.id] = "not judged: the counters have no throttle reasons (clocks_event_reasons.active)"
@@ -69,7 +74,7 @@ class GpuThrottle(CounterRule):
         quiet = []
         for s in shares:
             share = s.throttled_ns / s.sampled_ns if s.sampled_ns > 0 else 0.0
-            if share <= 0 or share < cfg["min_share"]:  # min_share 0 still needs some throttled time
+            if share <= 0 or share < opts.min_share:  # min_share 0 still needs some throttled time
                 quiet.append(f"GPU {s.device} throttled {share:.1%} of the time")
                 continue
             by_reason = {k: round(v / s.sampled_ns, 4) for k, v in s.by_reason_ns.items() if k in reasons}
@@ -104,7 +109,7 @@ class GpuThrottle(CounterRule):
                 )
             )
         if quiet:
-            ctx.verdicts[self.id] = "; ".join(quiet) + f" (below {cfg['min_share']:.0%})"
+            ctx.verdicts[self.id] = "; ".join(quiet) + f" (below {opts.min_share:.0%})"
         return findings
 
 

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 
 from mlprof.analyzers.copies import bandwidth_gbs, copy_table
 from mlprof.analyzers.framework import is_pytorch
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, top_ranges
 
 PINNED_OVER_PAGEABLE = 2.0
 """Assumed pinned/pageable bandwidth ratio when the trace has no pinned copy to measure."""
 
 
-class HostToDeviceCopy(Rule):
+@dataclass(frozen=True)
+class HostToDeviceCopyOptions(RuleOptions):
+    """DATA002's thresholds (``[tool.mlprof.rules.DATA002]``, ``mlprof explain DATA002``)."""
+
+    min_share: float = common("min_share", 0.02)
+
+
+class HostToDeviceCopy(Rule[HostToDeviceCopyOptions]):
     id = "DATA002"
+    options_class = HostToDeviceCopyOptions
     name = "blocking-h2d-copy"
     category = "data_starvation"
     summary = "pageable or blocking host-to-device copies on the critical path"
     claims = ("copy.h2d", "sync.h2d", "launch.h2d")
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
         what="Batches are copied to the GPU from pageable (not pinned) host memory, or with a "
         "blocking copy, so the copy cannot overlap compute and the host waits for it.",
@@ -44,7 +51,7 @@ class HostToDeviceCopy(Rule):
         "copies are fast.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: HostToDeviceCopyOptions) -> list[Finding]:
         copies = copy_table(ctx.trace.gpu)
         h2d = copies[(copies["direction"] == "HtoD") & ctx.in_windows(copies["ts"].to_numpy(np.int64))]
         if len(h2d) == 0:
@@ -63,7 +70,7 @@ class HostToDeviceCopy(Rule):
             ratio = None
             copy_saving = 0.0
         lost = blocking + copy_saving
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         n_steps = max(ctx.n_windows, 1)
         title = (
@@ -93,7 +100,7 @@ class HostToDeviceCopy(Rule):
                 if is_pytorch(ctx.trace)
                 else "allocate host buffers pinned (cudaMallocHost / cudaHostAlloc) and copy with cudaMemcpyAsync on a "
                 "stream, overlapping the copy with kernels on another stream",
-                steps=ctx.steps_with(*self.claims, min_share=cfg["min_share"]),
+                steps=ctx.steps_with(*self.claims, min_share=opts.min_share),
                 time_ranges_ns=top_ranges(h2d["ts"].to_numpy(np.int64), h2d["end"].to_numpy(np.int64)),
                 claimed={
                     "sync.h2d": ctx.per_step("sync.h2d"),

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option
 
 
-class HostGaps(Rule):
+@dataclass(frozen=True)
+class HostGapsOptions(RuleOptions):
+    """HOST001's thresholds (``[tool.mlprof.rules.HOST001]``, ``mlprof explain HOST001``)."""
+
+    min_share: float = common("min_share", 0.05)
+    removable_share: float = option(
+        0.5,
+        "share (0-1)",
+        0.0,
+        1.0,
+        "the share of unrecorded host time a fix is assumed to remove (the trace cannot say what ran): "
+        "the finding's upper bound, in the attribution estimate and in the replay",
+    )
+
+
+class HostGaps(Rule[HostGapsOptions]):
     id = "HOST001"
+    options_class = HostGapsOptions
     name = "host-side-gaps"
     category = "host_overhead"
     summary = "GPU idle while the host is outside any recorded op (Python, logging, I/O)"
     claims = ("other.host",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "removable_share": 0.5}
-    option_docs: ClassVar[dict[str, Option]] = {
-        "removable_share": Option(
-            "removable_share",
-            "share (0-1)",
-            0.0,
-            1.0,
-            "the share of unrecorded host time a fix is assumed to remove (the trace cannot say what ran): "
-            "the finding's upper bound, in the attribution estimate and in the replay",
-        ),
-    }
     doc = RuleDoc(
         what="Inside steps, the device has no work and the host is not in any PyTorch op, "
         "runtime call or DataLoader: it runs plain Python (metrics, logging, checkpoint "
@@ -48,14 +53,14 @@ class HostGaps(Rule):
         "Garbage-collector pauses also land here.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: HostGapsOptions) -> list[Finding]:
         lost = ctx.per_step("other.host")
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         record_next = [] if ctx.has_stacks else ["with_stack=True to see which Python code runs in the gaps"]
         # Not a fix but a bound: only the share of the unrecorded host time a fix could remove counts, never
         # all of it (removing all host time is not a credible step: 131x on HTA's trace_compare).
-        share = cfg["removable_share"]
+        share = opts.removable_share
         bound = lost * share
         return [
             self.finding(
@@ -72,7 +77,7 @@ class HostGaps(Rule):
                     "removable_share": share,
                 },
                 fix="find the host code in the gaps (with_stack=True / py-spy); log every N steps",
-                steps=ctx.steps_with("other.host", min_share=cfg["min_share"]),
+                steps=ctx.steps_with("other.host", min_share=opts.min_share),
                 claimed={"other.host": lost},
                 record_next=record_next,
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -11,17 +11,24 @@ from mlprof.analyzers.causes import h2d_sync_mask
 from mlprof.analyzers.copies import copy_table, runtime_copy_direction
 from mlprof.analyzers.enclosing import innermost_enclosing, source_lines
 from mlprof.analyzers.framework import is_pytorch
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, top_ranges
 from mlprof.trace.vocabulary import DISPATCH_CATS, PROFILER_STEP, SYNC_RUNTIME, names_matching
 
 
-class HostSync(Rule):
+@dataclass(frozen=True)
+class HostSyncOptions(RuleOptions):
+    """SYNC001's thresholds (``[tool.mlprof.rules.SYNC001]``, ``mlprof explain SYNC001``)."""
+
+    min_share: float = common("min_share", 0.02)
+
+
+class HostSync(Rule[HostSyncOptions]):
     id = "SYNC001"
+    options_class = HostSyncOptions
     name = "host-device-sync"
     category = "sync_point"
     summary = "host waits for the GPU mid-step (.item(), .cpu(), synchronize) and the queue drains"
     claims = ("sync.host_read",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
         what="The training loop reads a value from the GPU (`loss.item()`, `.cpu()`, `.tolist()`, "
         "`nonzero()`, `print(tensor)`, a Python `if` on a tensor) or calls `synchronize()` inside "
@@ -53,9 +60,9 @@ class HostSync(Rule):
         "always removed.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: HostSyncOptions) -> list[Finding]:
         lost = ctx.per_step("sync.host_read")
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         trace = ctx.trace
         runtime = trace.runtime
@@ -127,7 +134,7 @@ class HostSync(Rule):
                     "sites": sites,
                 },
                 fix=fix,
-                steps=ctx.steps_with("sync.host_read", min_share=cfg["min_share"]),
+                steps=ctx.steps_with("sync.host_read", min_share=opts.min_share),
                 time_ranges_ns=top_ranges(q[0], q[1]),
                 claimed={"sync.host_read": lost},
                 record_next=record_next,

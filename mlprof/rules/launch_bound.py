@@ -2,43 +2,44 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 
 from mlprof.analyzers.compiled import compile_facts
 from mlprof.analyzers.framework import is_pytorch
 from mlprof.rules._kernels import kernel_facts
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option
 from mlprof.trace.vocabulary import LAUNCH_RUNTIME, names_matching
 
 SHORT_KERNEL_NS = 10_000
 
 
-class LaunchBound(Rule):
+@dataclass(frozen=True)
+class LaunchBoundOptions(RuleOptions):
+    """LAUNCH001's thresholds (``[tool.mlprof.rules.LAUNCH001]``, ``mlprof explain LAUNCH001``)."""
+
+    min_share: float = common("min_share", 0.05)
+    graph_node_us: float = option(
+        2.0, "us", 0.0, 1000.0, "what-if replay: host and device cost of each captured kernel in a CUDA graph"
+    )
+    max_dispatch_gap_us: float = option(
+        1000.0,
+        "us",
+        1.0,
+        1e6,
+        "what-if replay: longest host stretch between two launches counted as dispatch a CUDA graph "
+        "removes; longer stretches are other host work and are kept",
+    )
+
+
+class LaunchBound(Rule[LaunchBoundOptions]):
     id = "LAUNCH001"
+    options_class = LaunchBoundOptions
     name = "launch-bound"
     category = "unfused_kernels"
     summary = "GPU idle while the host dispatches ops: kernels shorter than their launch gaps"
     claims = ("launch.dispatch",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.05, "graph_node_us": 2.0, "max_dispatch_gap_us": 1000.0}
-    option_docs: ClassVar[dict[str, Option]] = {
-        "graph_node_us": Option(
-            "graph_node_us",
-            "us",
-            0.0,
-            1000.0,
-            "what-if replay: host and device cost of each captured kernel in a CUDA graph",
-        ),
-        "max_dispatch_gap_us": Option(
-            "max_dispatch_gap_us",
-            "us",
-            1.0,
-            1_000_000.0,
-            "what-if replay: longest host stretch between two launches counted as dispatch a CUDA graph "
-            "removes; longer stretches are other host work and are kept",
-        ),
-    }
     doc = RuleDoc(
         what="The device runs out of work while the host is still inside PyTorch ops or kernel "
         "launches: the step is bound by Python and dispatch overhead, not by the GPU.",
@@ -62,9 +63,9 @@ class LaunchBound(Rule):
         "not GPU dispatch but lives inside an op (custom CPU ops) is also counted.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: LaunchBoundOptions) -> list[Finding]:
         lost = ctx.per_step("launch.dispatch")
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         k = kernel_facts(ctx).kernels
         n_steps = max(ctx.n_windows, 1)

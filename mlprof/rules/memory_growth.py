@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mlprof.analyzers.counter_timeline import MemoryTrend
-from mlprof.rules.base import Finding, Option, RuleDoc
+from mlprof.rules.base import Finding, RuleDoc, RuleOptions, common, option
 from mlprof.rules.counter_base import CounterContext, CounterRule, duration_text
 
 if TYPE_CHECKING:
@@ -16,29 +17,24 @@ MIB = 1 << 20
 NS_PER_S = 1_000_000_000
 
 
-class DeviceMemoryGrowth(CounterRule):
+@dataclass(frozen=True)
+class DeviceMemoryGrowthOptions(RuleOptions):
+    """MEM002's thresholds (``[tool.mlprof.rules.MEM002]``, ``mlprof explain MEM002``)."""
+
+    min_growth_mib_per_min: float = option(
+        10.0, "MiB per minute", 0.0, 1e9, "device memory must grow at least this fast to be reported"
+    )
+    min_r2: float = common("min_r2", 0.8)
+    min_samples: int = option(5, "samples", 2.0, 1e9, "fewer memory samples than this on a GPU are not judged")
+    min_late_ratio: float = common("min_late_ratio", 0.5)
+
+
+class DeviceMemoryGrowth(CounterRule[DeviceMemoryGrowthOptions]):
     id = "MEM002"
+    options_class = DeviceMemoryGrowthOptions
     name = "device-memory-growth"
     category = "memory_leak"
     summary = "device memory in use grows steadily over the recording (counters)"
-    defaults: ClassVar[dict[str, float]] = {
-        "min_growth_mib_per_min": 10.0,
-        "min_r2": 0.8,
-        "min_samples": 5,
-        "min_late_ratio": 0.5,
-    }
-    option_docs: ClassVar[dict[str, Option]] = {
-        "min_growth_mib_per_min": Option(
-            "min_growth_mib_per_min",
-            "MiB per minute",
-            0.0,
-            1000000000.0,
-            "device memory must grow at least this fast to be reported",
-        ),
-        "min_samples": Option(
-            "min_samples", "samples", 2.0, 1000000000.0, "fewer memory samples than this on a GPU are not judged"
-        ),
-    }
     doc = RuleDoc(
         what="The device memory in use (`memory.used`, NVML/DCGM framebuffer used) rises steadily "
         "over the recording instead of levelling off after warm-up.",
@@ -66,7 +62,7 @@ class DeviceMemoryGrowth(CounterRule):
         "growth: record longer.",
     )
 
-    def check_counters(self, ctx: CounterContext, cfg: dict[str, float]) -> list[Finding]:
+    def check_counters(self, ctx: CounterContext, opts: DeviceMemoryGrowthOptions) -> list[Finding]:
         trends = ctx.memory
         if not trends:
             ctx.verdicts[self.id] = "not judged: the counters have no memory-used samples"
@@ -77,17 +73,17 @@ class DeviceMemoryGrowth(CounterRule):
             per_min = t.slope_bytes_per_s * 60 / MIB
             late_per_min = t.late_slope_bytes_per_s * 60 / MIB
             trend = f"GPU {t.device}: {per_min:+.1f} MiB/min over {duration_text(t.span_ns)} (r2 {t.r2:.2f})"
-            if t.samples < cfg["min_samples"] or math.isnan(per_min):
-                needed = f"{cfg['min_samples']:g} needed"
+            if t.samples < opts.min_samples or math.isnan(per_min):
+                needed = f"{opts.min_samples:g} needed"
                 verdicts.append(f"GPU {t.device}: not judged, {t.samples} memory samples ({needed})")
                 continue
-            if per_min < cfg["min_growth_mib_per_min"]:
-                verdicts.append(f"no growth on {trend}: below {cfg['min_growth_mib_per_min']:g} MiB/min")
+            if per_min < opts.min_growth_mib_per_min:
+                verdicts.append(f"no growth on {trend}: below {opts.min_growth_mib_per_min:g} MiB/min")
                 continue
-            if t.r2 < cfg["min_r2"]:
-                verdicts.append(f"no steady growth on {trend}: the level moves up and down (r2 < {cfg['min_r2']:g})")
+            if t.r2 < opts.min_r2:
+                verdicts.append(f"no steady growth on {trend}: the level moves up and down (r2 < {opts.min_r2:g})")
                 continue
-            if math.isnan(late_per_min) or late_per_min < cfg["min_late_ratio"] * per_min:
+            if math.isnan(late_per_min) or late_per_min < opts.min_late_ratio * per_min:
                 verdicts.append(f"warm-up, not growth, on {trend}: the second half grows {late_per_min:+.1f} MiB/min")
                 continue
             full_min = None

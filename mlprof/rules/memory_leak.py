@@ -3,58 +3,43 @@
 from __future__ import annotations
 
 import itertools
-from typing import ClassVar
+from dataclasses import dataclass
 
 from mlprof.analyzers.memory_curve import memory_curves, window_growth
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, option
 
 MIB = 1 << 20
 
 
-class MemoryLeak(Rule):
+@dataclass(frozen=True)
+class MemoryLeakOptions(RuleOptions):
+    """MEM001's thresholds (``[tool.mlprof.rules.MEM001]``, ``mlprof explain MEM001``)."""
+
+    min_growth_mib_per_step: float = option(
+        0.25, "MiB per step", 0.0, 1e9, "allocated memory at step starts must grow at least this much per step"
+    )
+    min_r2: float = common("min_r2", 0.8)
+    min_steps: int = option(4, "steps", 2.0, 1e9, "fewer analysed steps than this are not judged for a per-step trend")
+    min_late_ratio: float = common("min_late_ratio", 0.5)
+    min_window_growth_mib: float = option(
+        2.0, "MiB", 0.0, 1e9, "without steps: memory taken across the window and never released must exceed this"
+    )
+    min_rising_quarters: int = option(
+        3,
+        "quarters (1-4)",
+        1.0,
+        4.0,
+        "without steps: the memory floor must rise through at least this many of the window's 4 quarters",
+    )
+
+
+class MemoryLeak(Rule[MemoryLeakOptions]):
     id = "MEM001"
+    options_class = MemoryLeakOptions
     name = "memory-leak"
     category = "memory_leak"
     summary = "memory allocated at step boundaries grows step after step"
     claims = ()
-    defaults: ClassVar[dict[str, float]] = {
-        "min_growth_mib_per_step": 0.25,
-        "min_r2": 0.8,
-        "min_steps": 4,
-        "min_late_ratio": 0.5,
-        "min_window_growth_mib": 2.0,
-        "min_rising_quarters": 3,
-    }
-    option_docs: ClassVar[dict[str, Option]] = {
-        "min_growth_mib_per_step": Option(
-            "min_growth_mib_per_step",
-            "MiB per step",
-            0.0,
-            1000000000.0,
-            "allocated memory at step starts must grow at least this much per step",
-        ),
-        "min_steps": Option(
-            "min_steps",
-            "steps",
-            2.0,
-            1000000000.0,
-            "fewer analysed steps than this are not judged for a per-step trend",
-        ),
-        "min_window_growth_mib": Option(
-            "min_window_growth_mib",
-            "MiB",
-            0.0,
-            1000000000.0,
-            "without steps: memory taken across the window and never released must exceed this",
-        ),
-        "min_rising_quarters": Option(
-            "min_rising_quarters",
-            "quarters (1-4)",
-            1.0,
-            4.0,
-            "without steps: the memory floor must rise through at least this many of the window's 4 quarters",
-        ),
-    }
     needs_device = False
     needs_all_steps = True
 
@@ -92,16 +77,16 @@ class MemoryLeak(Rule):
         "more steps. Memory returned at epoch boundaries is a plateau, not a leak.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: MemoryLeakOptions) -> list[Finding]:
         steps = ctx.analysis.steps
         if len(steps) == 0:
-            return self._without_steps(ctx, cfg)
+            return self._without_steps(ctx, opts)
         curves = memory_curves(ctx.trace.memory, steps, ctx.trace.host)
         if not curves:
             return []
-        if len(steps) < cfg["min_steps"]:
+        if len(steps) < opts.min_steps:
             ctx.verdicts[self.id] = (
-                f"not judged: {len(steps)} steps with allocator events, {int(cfg['min_steps'])} needed for a trend"
+                f"not judged: {len(steps)} steps with allocator events, {int(opts.min_steps)} needed for a trend"
             )
             return []
         findings = []
@@ -112,14 +97,14 @@ class MemoryLeak(Rule):
                 f"{curve.device}: {slope / MIB:+.2f} MiB per step at step start (r2 {curve.r2:.2f}, "
                 f"second half {curve.late_slope_bytes_per_step / MIB:+.2f} MiB per step)"
             )
-            if slope < cfg["min_growth_mib_per_step"] * MIB:
-                verdicts.append(f"no leak on {trend}: below {cfg['min_growth_mib_per_step']} MiB per step")
+            if slope < opts.min_growth_mib_per_step * MIB:
+                verdicts.append(f"no leak on {trend}: below {opts.min_growth_mib_per_step} MiB per step")
                 continue
-            if curve.late_slope_bytes_per_step < cfg["min_late_ratio"] * slope:
+            if curve.late_slope_bytes_per_step < opts.min_late_ratio * slope:
                 verdicts.append(f"warm-up, not a leak, on {trend}: growth flattens in the later steps")
                 continue
-            if curve.r2 < cfg["min_r2"]:
-                verdicts.append(f"no steady leak on {trend}: the level moves up and down (fit below {cfg['min_r2']})")
+            if curve.r2 < opts.min_r2:
+                verdicts.append(f"no steady leak on {trend}: the level moves up and down (fit below {opts.min_r2})")
                 continue
             capacity = None
             if curve.device.startswith("cuda"):
@@ -166,7 +151,7 @@ class MemoryLeak(Rule):
             ctx.verdicts[self.id] = "; ".join(verdicts)
         return findings
 
-    def _without_steps(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def _without_steps(self, ctx: RankContext, opts: MemoryLeakOptions) -> list[Finding]:
         lo, hi = (int(v) for v in ctx.windows[["ts", "end"]].to_numpy()[0])
         findings = []
         verdicts = []
@@ -178,10 +163,10 @@ class MemoryLeak(Rule):
                 f"{g.device}: never-released level {g.floor_start_bytes / MIB:.1f} -> {g.end_bytes / MIB:.1f} MiB "
                 f"across the window (no step markers)"
             )
-            if rise < cfg["min_window_growth_mib"] * MIB:
-                verdicts.append(f"no leak on {trend}: below {cfg['min_window_growth_mib']} MiB")
+            if rise < opts.min_window_growth_mib * MIB:
+                verdicts.append(f"no leak on {trend}: below {opts.min_window_growth_mib} MiB")
                 continue
-            if rising < cfg["min_rising_quarters"]:
+            if rising < opts.min_rising_quarters:
                 verdicts.append(f"no steady rise on {trend}: it rises in {rising} of the window's 4 quarters")
                 continue
             capacity = _capacity(ctx, g.device)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 from mlprof.analyzers.rank_skew import RankSkew
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms
 
 MAX_LATE_ROWS = 32
 """Ranks in a merged finding's ``late_ranks`` evidence: all up to this many, else the half most waited for
 (as the per-rank figures of every merged finding, :data:`mlprof.rules.engine.MAX_RANKS_IN_EVIDENCE`)."""
 
 
-class RankWait(Rule):
+@dataclass(frozen=True)
+class RankWaitOptions(RuleOptions):
+    """COMM002's thresholds (``[tool.mlprof.rules.COMM002]``, ``mlprof explain COMM002``)."""
+
+    min_share: float = common("min_share", 0.02)
+
+
+class RankWait(Rule[RankWaitOptions]):
     id = "COMM002"
+    options_class = RankWaitOptions
     name = "waiting-for-late-rank"
     category = "comm_not_overlapped"
     summary = "collectives wait for late ranks: some ranks do more work or start later"
@@ -27,7 +36,6 @@ class RankWait(Rule):
         title, job.evidence["late_ranks"] = _late_ranks(skew, job.time_lost_ns_per_step)
         return title
 
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
         what="On some ranks, collective kernels start and then wait for a rank that arrives "
         "later; that rank is the straggler the whole job runs at.",
@@ -51,9 +59,9 @@ class RankWait(Rule):
         "Python GC pause) on one rank. Ranks profiled at different steps cannot be matched.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: RankWaitOptions) -> list[Finding]:
         lost = ctx.per_step("comm.wait")
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         return [
             self.finding(
@@ -64,7 +72,7 @@ class RankWait(Rule):
                 confidence_reason="wait inferred from kernel durations matched across ranks",
                 evidence={"wait_ms_per_step": ms(lost)},
                 fix="balance work across ranks; see the late ranks named in the job finding",
-                steps=ctx.steps_with("comm.wait", min_share=cfg["min_share"]),
+                steps=ctx.steps_with("comm.wait", min_share=opts.min_share),
                 claimed={"comm.wait": lost},
             )
         ]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlprof.rules._kernels import kernel_facts, top_names
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, top_ranges
 
 MISALIGNED = re.compile(r"(?:tensorop|hmma|imma|[hsi]\d{3,5}gemm|bf16).*_align[12](?:\b|_|>|$)", re.IGNORECASE)
 """Tensor-core GEMM kernels built for operands aligned to 1 or 2 elements: a dimension (or leading
@@ -20,13 +21,20 @@ MULTIPLE = 8
 """Dimensions reported as misaligned from recorded shapes: not multiples of this (16-bit tensor cores)."""
 
 
-class ShapeAlignment(Rule):
+@dataclass(frozen=True)
+class ShapeAlignmentOptions(RuleOptions):
+    """SHAPE001's thresholds (``[tool.mlprof.rules.SHAPE001]``, ``mlprof explain SHAPE001``)."""
+
+    min_share: float = common("min_share", 0.02)
+
+
+class ShapeAlignment(Rule[ShapeAlignmentOptions]):
     id = "SHAPE001"
+    options_class = ShapeAlignmentOptions
     name = "shape-alignment"
     category = "shape_alignment"
     summary = "tensor-core GEMMs with M/N/K not multiples of 8 (align1/align2 kernel variants)"
     claims = ()
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.02}
     doc = RuleDoc(
         what="Matrix multiplies run on tensor cores with a kernel variant for misaligned operands "
         "(`..._align1`, `..._align2` in CUTLASS/cuBLAS kernel names): some dimension of the GEMM (M, "
@@ -50,7 +58,7 @@ class ShapeAlignment(Rule):
         "kernels (`simt_sgemm..._align1`) are not tensor-core kernels and are not counted.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: ShapeAlignmentOptions) -> list[Finding]:
         k = kernel_facts(ctx).kernels
         gemm = k[k["klass"].astype(str).str.startswith("gemm")]
         if len(gemm) == 0 or ctx.step_ns <= 0:
@@ -63,7 +71,7 @@ class ShapeAlignment(Rule):
         n_steps = max(ctx.n_windows, 1)
         bad_ns = float(bad["dur"].sum()) / n_steps
         share = bad_ns / ctx.step_ns
-        if share < cfg["min_share"]:
+        if share < opts.min_share:
             return []
         gemm_share = float(bad["dur"].sum()) / max(float(gemm["dur"].sum()), 1.0)
         shapes = _launching_shapes(ctx, bad)

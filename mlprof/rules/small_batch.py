@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 
 from mlprof.rules._kernels import kernel_facts
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, ms, option
 from mlprof.trace.vocabulary import OPTIMIZER_STEP, name_mask
 
 MIB = 1 << 20
@@ -16,40 +16,37 @@ TRAINING = re.compile(r"Backward|^autograd::engine|^Optimizer\.step")
 """Host ranges that only training records (the backward pass, the optimizer)."""
 
 
-class SmallBatch(Rule):
+@dataclass(frozen=True)
+class SmallBatchOptions(RuleOptions):
+    """BATCH001's thresholds (``[tool.mlprof.rules.BATCH001]``, ``mlprof explain BATCH001``)."""
+
+    max_busy_share: float = option(
+        0.5, "share of the step (0-1)", 0.0, 1.0, "fire only when the GPU is busy under this share"
+    )
+    max_median_kernel_us: float = option(20.0, "us", 0.0, 1e6, "fire only when the median kernel is shorter than this")
+    max_memory_share: float = option(
+        0.1,
+        "share of device memory (0-1)",
+        0.0,
+        1.0,
+        "fire only when peak allocated memory is under this share of the device (when [memory] events exist)",
+    )
+    min_host_share: float = option(
+        0.3,
+        "share of the step (0-1)",
+        0.0,
+        1.0,
+        "fire only when the host dispatches (GPU idle) at least this share of the step",
+    )
+
+
+class SmallBatch(Rule[SmallBatchOptions]):
     id = "BATCH001"
+    options_class = SmallBatchOptions
     name = "small-batch"
     category = "small_batch"
     summary = "GPU barely used per step: little device memory, short kernels, the host pacing the step"
     claims = ()
-    defaults: ClassVar[dict[str, float]] = {
-        "max_busy_share": 0.5,
-        "max_median_kernel_us": 20.0,
-        "max_memory_share": 0.1,
-        "min_host_share": 0.3,
-    }
-    option_docs: ClassVar[dict[str, Option]] = {
-        "max_busy_share": Option(
-            "max_busy_share", "share of the step (0-1)", 0.0, 1.0, "fire only when the GPU is busy under this share"
-        ),
-        "max_median_kernel_us": Option(
-            "max_median_kernel_us", "us", 0.0, 1e6, "fire only when the median kernel is shorter than this"
-        ),
-        "max_memory_share": Option(
-            "max_memory_share",
-            "share of device memory (0-1)",
-            0.0,
-            1.0,
-            "fire only when peak allocated memory is under this share of the device (when [memory] events exist)",
-        ),
-        "min_host_share": Option(
-            "min_host_share",
-            "share of the step (0-1)",
-            0.0,
-            1.0,
-            "fire only when the host dispatches (GPU idle) at least this share of the step",
-        ),
-    }
     doc = RuleDoc(
         what="Each step gives the GPU too little work: the memory in use is a small fraction of the "
         "device, the kernels are short, and the GPU is idle most of the step while the host "
@@ -74,7 +71,7 @@ class SmallBatch(Rule):
         "Batch size can change convergence; tune the learning rate with it.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: SmallBatchOptions) -> list[Finding]:
         if ctx.step_ns <= 0:
             return []
         busy_causes = [c for c in ctx.causes.columns if str(c).startswith(("compute.", "comm.", "copy."))]
@@ -85,11 +82,11 @@ class SmallBatch(Rule):
         if len(k) == 0:
             return []
         median_us = float(np.median(k["dur"].to_numpy())) / 1000
-        if busy >= cfg["max_busy_share"] or median_us >= cfg["max_median_kernel_us"] or host < cfg["min_host_share"]:
+        if busy >= opts.max_busy_share or median_us >= opts.max_median_kernel_us or host < opts.min_host_share:
             return []
         peak, capacity = _peak_memory(ctx)
         memory_share = peak / capacity if peak is not None and capacity else None
-        if memory_share is not None and memory_share >= cfg["max_memory_share"]:
+        if memory_share is not None and memory_share >= opts.max_memory_share:
             return []
         n_steps = max(ctx.n_windows, 1)
         host_names = ctx.trace.host["name"]

@@ -1,5 +1,10 @@
 """What a rule says about itself, without running: documentation and thresholds.
 
+A rule's thresholds are a frozen :class:`RuleOptions` dataclass (declared next to the
+rule's code, read by it as attributes); each field carries its :class:`Option`
+(unit, accepted range, meaning, default, type), which the config loader, ``--set`` and
+``mlprof explain`` use through the rule catalogue.
+
 Kept free of pandas and numpy so that ``mlprof rules``, ``mlprof explain`` and the
 config loader can read it (through :mod:`mlprof.rules.catalogue`) without importing
 the analysis stack; :mod:`mlprof.rules.base` re-exports these names for the rules.
@@ -7,7 +12,9 @@ the analysis stack; :mod:`mlprof.rules.base` re-exports these names for the rule
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,29 @@ class Option:
     hi: float
     """Largest accepted value."""
     meaning: str
+    default: float = 0.0
+    kind: str = "number"
+    """``number`` (a float), ``integer`` (a whole number) or ``flag`` (true/false, or 1/0)."""
+
+    def show(self, value: float) -> str:
+        """The value as the config file would spell it."""
+        if self.kind == "flag":
+            return "true" if value else "false"
+        return f"{value:g}"
+
+    def convert(self, value: Any) -> float:
+        """``value`` as this option's type, range-checked; ValueError with the reason when it is not accepted."""
+        if self.kind == "flag" and isinstance(value, bool):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError("must be " + ("true or false" if self.kind == "flag" else "a number"))
+        if not (self.lo <= value <= self.hi):
+            raise ValueError(f"= {value:g} is outside {self.lo:g}..{self.hi:g} ({self.unit})")
+        if self.kind in ("integer", "flag") and value != int(value):
+            raise ValueError(f"= {value:g} must be a whole number ({self.unit})")
+        if self.kind == "flag":
+            return bool(value)
+        return int(value) if self.kind == "integer" else float(value)
 
 
 COMMON_OPTIONS: dict[str, Option] = {
@@ -57,4 +87,63 @@ COMMON_OPTIONS: dict[str, Option] = {
         "the growth over the last half must be at least this share of the overall growth (not levelling off)",
     ),
 }
-"""Options several rules share, documented once (a rule's ``option_docs`` may say more)."""
+"""Options several rules share, documented once (:func:`common`)."""
+
+_DOC = "mlprof_option"
+
+
+def option(default: float, unit: str, lo: float, hi: float, meaning: str) -> Any:
+    """A field of a rule's :class:`RuleOptions`: its default and documentation.
+
+    The field's type follows the default: ``bool`` is a flag, ``int`` a whole number, ``float`` a number.
+    """
+    kind = "flag" if isinstance(default, bool) else "integer" if isinstance(default, int) else "number"
+    return field(default=default, metadata={_DOC: Option("", unit, lo, hi, meaning, default, kind)})
+
+
+def common(name: str, default: float) -> Any:
+    """A field documented once in :data:`COMMON_OPTIONS` (``min_share`` and the like)."""
+    doc = COMMON_OPTIONS[name]
+    return field(default=default, metadata={_DOC: replace(doc, default=default)})
+
+
+OptionsT = TypeVar("OptionsT", bound="RuleOptions")
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """A rule's thresholds, typed: the detection code reads them as attributes.
+
+    Subclasses declare each threshold with :func:`option` or :func:`common`; ``[tool.mlprof.rules.ID]``
+    and ``--set ID.name=value`` build an instance with :meth:`build`, which checks every value against
+    its documented range (a value outside it is refused, never clamped).
+    """
+
+    @classmethod
+    def docs(cls) -> tuple[Option, ...]:
+        """Name, unit, accepted range, meaning and default of each threshold, in declaration order."""
+        return tuple(replace(f.metadata[_DOC], name=f.name) for f in fields(cls))
+
+    @classmethod
+    def build(cls: type[OptionsT], values: Mapping[str, Any] | None = None) -> OptionsT:
+        """An instance with ``values`` over the defaults. KeyError for an unknown name, ValueError
+        (``'name' = 7 is outside 0..1 (share)``) for a value of the wrong type or out of range."""
+        docs = {d.name: d for d in cls.docs()}
+        converted: dict[str, Any] = {}
+        for name, value in (values or {}).items():
+            if name not in docs:
+                raise KeyError(name)
+            try:
+                converted[name] = docs[name].convert(value)
+            except ValueError as exc:
+                raise ValueError(f"'{name}' {exc}") from None
+        return cls(**converted)
+
+    def as_dict(self) -> dict[str, float]:
+        """The thresholds by name (for the what-if replay's ``ctx.param`` and ``mlprof rules``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class NoOptions(RuleOptions):
+    """A rule without thresholds."""

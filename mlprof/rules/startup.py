@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, option
 from mlprof.trace.vocabulary import ALLOC_RUNTIME, DATALOADER, name_mask
 
 NS_PER_MS = 1_000_000
@@ -29,24 +30,28 @@ LABELS = {
 }
 
 
-class StartupCosts(Rule):
+@dataclass(frozen=True)
+class StartupCostsOptions(RuleOptions):
+    """STARTUP001's thresholds (``[tool.mlprof.rules.STARTUP001]``, ``mlprof explain STARTUP001``)."""
+
+    min_excess_share: float = option(
+        0.2,
+        "share of the median step (0-1e3)",
+        0.0,
+        1000.0,
+        "report when the first step is longer than the median step by at least this share of it",
+    )
+    min_steps: int = option(3, "steps", 2.0, 1e6, "steps the trace needs before the first is compared")
+
+
+class StartupCosts(Rule[StartupCostsOptions]):
     id = "STARTUP001"
+    options_class = StartupCostsOptions
     name = "startup-costs"
     category = "startup"
     summary = "one-off costs in the first step (cuDNN algorithm search, DataLoader workers, allocations), set aside"
     claims = ()
-    defaults: ClassVar[dict[str, float]] = {"min_excess_share": 0.2, "min_steps": 3}
     needs_device = False
-    option_docs: ClassVar[dict[str, Option]] = {
-        "min_excess_share": Option(
-            "min_excess_share",
-            "share of the median step (0-1e3)",
-            0.0,
-            1000.0,
-            "report when the first step is longer than the median step by at least this share of it",
-        ),
-        "min_steps": Option("min_steps", "steps", 2.0, 1e6, "steps the trace needs before the first is compared"),
-    }
     doc = RuleDoc(
         what="The first recorded step is much longer than the others because of work done once: "
         "cuDNN choosing algorithms on its first call per shape (all of them with "
@@ -72,9 +77,9 @@ class StartupCosts(Rule):
         "cuDNN search again: that is a per-step cost (see COMPILE001 for recompiles).",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: StartupCostsOptions) -> list[Finding]:
         steps = ctx.trace.steps
-        if len(steps) < cfg["min_steps"]:
+        if len(steps) < opts.min_steps:
             return []
         ts = steps["ts"].to_numpy(np.int64)
         end = ts + steps["dur"].to_numpy(np.int64)
@@ -83,7 +88,7 @@ class StartupCosts(Rule):
         dur = end - ts
         typical = float(np.median(dur[1:]))
         excess = float(dur[0] - typical)
-        if typical <= 0 or excess < cfg["min_excess_share"] * typical:
+        if typical <= 0 or excess < opts.min_excess_share * typical:
             return []
         kinds: dict[str, dict[str, Any]] = {}
         for kind, table, pattern in KINDS:

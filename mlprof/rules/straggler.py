@@ -9,7 +9,8 @@ the plan never counts it twice.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,13 +18,28 @@ import pandas as pd
 from mlprof.analyzers.causes import CAUSES
 from mlprof.analyzers.rank_skew import RankSkew
 from mlprof.analyzers.stragglers import MEASURE_COLUMNS, CrossRank, cross_rank_report
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option
 
 COMPUTE_CAUSES = CAUSES["compute"]
 
 
-class Straggler(Rule):
+@dataclass(frozen=True)
+class StragglerOptions(RuleOptions):
+    """STRAG001's thresholds (``[tool.mlprof.rules.STRAG001]``, ``mlprof explain STRAG001``)."""
+
+    min_share: float = common("min_share", 0.01)
+    ranks_per_group: int = option(
+        0,
+        "ranks",
+        0.0,
+        1e6,
+        "ranks per group (host) in the per-group summaries; 0 = the GPUs per host the trace reports",
+    )
+
+
+class Straggler(Rule[StragglerOptions]):
     id = "STRAG001"
+    options_class = StragglerOptions
     name = "straggler-rank"
     category = "straggler"
     summary = "one rank arrives last at collectives: every other rank (the whole job) waits for it"
@@ -42,16 +58,6 @@ class Straggler(Rule):
         finding.title += f"; {ms(min(carved_ns, before))} ms of it is the straggler's (STRAG001)"
         return finding if finding.time_lost_ns_per_step > 0 else None  # all of it the straggler's: STRAG001 says it
 
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.01, "ranks_per_group": 0}
-    option_docs: ClassVar[dict[str, Option]] = {
-        "ranks_per_group": Option(
-            "ranks_per_group",
-            "ranks",
-            0.0,
-            1000000.0,
-            "ranks per group (host) in the per-group summaries; 0 = the GPUs per host the trace reports",
-        ),
-    }
     doc = RuleDoc(
         what="The rank the others wait for: at the job's collectives one rank arrives last, "
         "the rest spin inside NCCL until it joins. Also reported: the step-time skew between "
@@ -90,14 +96,14 @@ class Straggler(Rule):
         "unmatched count says so). In pipeline parallelism the last stage arrives last by design.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: StragglerOptions) -> list[Finding]:
         return []  # job-level only: see check_job
 
     def check_job(
-        self, contexts: list[RankContext], skew: RankSkew | None, step_ns: float, cfg: dict[str, float]
+        self, contexts: list[RankContext], skew: RankSkew | None, step_ns: float, opts: StragglerOptions
     ) -> tuple[list[Finding], CrossRank]:
         """The cross-rank view of the job and, when a rank holds the job back enough, its finding."""
-        group = int(cfg["ranks_per_group"]) or _devices_per_host(contexts)
+        group = int(opts.ranks_per_group) or _devices_per_host(contexts)
         report = cross_rank_report(rank_measures(contexts), skew, group)
         per = report.per_rank
         if skew is None or len(per) == 0 or step_ns <= 0:
@@ -111,7 +117,7 @@ class Straggler(Rule):
         critical_ns = float(worst["critical_ms"]) * 1_000_000
         exposed_wait_ns = float(per["wait_ms"].mean()) * 1_000_000
         lost = min(critical_ns, exposed_wait_ns)
-        if lost / step_ns < cfg["min_share"]:
+        if lost / step_ns < opts.min_share:
             return [], report
         rank = int(worst["rank"])
         median = per.median(numeric_only=True)

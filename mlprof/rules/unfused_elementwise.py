@@ -2,39 +2,44 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from mlprof.analyzers.framework import is_pytorch
 from mlprof.rules._kernels import kernel_facts, top_names
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option
 
 
-class UnfusedElementwise(Rule):
+@dataclass(frozen=True)
+class UnfusedElementwiseOptions(RuleOptions):
+    """FUSE001's thresholds (``[tool.mlprof.rules.FUSE001]``, ``mlprof explain FUSE001``)."""
+
+    min_share: float = common("min_share", 0.03)
+    min_chain: int = option(
+        2,
+        "kernels",
+        2.0,
+        1e6,
+        "only chains of at least this many back-to-back memory-bound kernels are counted and claimed",
+    )
+    max_gap_us: float = option(
+        5.0,
+        "us",
+        0.0,
+        1e6,
+        "what-if replay: a fused run is cut where the device sat idle longer than this between two kernels",
+    )
+
+
+class UnfusedElementwise(Rule[UnfusedElementwiseOptions]):
     id = "FUSE001"
+    options_class = UnfusedElementwiseOptions
     name = "unfused-elementwise"
     category = "unfused_kernels"
     summary = "chains of memory-bound kernels (elementwise, norm, softmax) that fusion would merge"
     claims = ("compute.memory_bound",)
-    defaults: ClassVar[dict[str, float]] = {"min_share": 0.03, "min_chain": 2, "max_gap_us": 5.0}
-    option_docs: ClassVar[dict[str, Option]] = {
-        "min_chain": Option(
-            "min_chain",
-            "kernels",
-            2.0,
-            1000000.0,
-            "only chains of at least this many back-to-back memory-bound kernels are counted and claimed",
-        ),
-        "max_gap_us": Option(
-            "max_gap_us",
-            "us",
-            0.0,
-            1000000.0,
-            "what-if replay: a fused run is cut where the device sat idle longer than this between two kernels",
-        ),
-    }
     doc = RuleDoc(
         what="Runs of consecutive memory-bound kernels on a stream (elementwise, activation, "
         "normalisation, softmax, reductions) that eager PyTorch launches one op at a time.",
@@ -57,19 +62,19 @@ class UnfusedElementwise(Rule):
         "not bandwidth: see LAUNCH001.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: UnfusedElementwiseOptions) -> list[Finding]:
         k = kernel_facts(ctx).kernels
         members = k[(k["klass"] == "memory_bound") & ~k["optimizer"]]
         chained = members[members["chain"] >= 0]
         lengths = chained.groupby("chain").size()
-        long_enough = lengths[lengths >= cfg["min_chain"]]
+        long_enough = lengths[lengths >= opts.min_chain]
         chained = chained[chained["chain"].isin(long_enough.index)]  # min_chain decides what is claimed
         if len(chained) == 0:
             return []
         n_steps = max(ctx.n_windows, 1)
         saving = float(chained["saving"].sum()) / n_steps
         lost = min(saving, ctx.per_step("compute.memory_bound"))
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         lengths = long_enough
         spec = ctx.gpu_spec

@@ -3,52 +3,48 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from mlprof.analyzers.kernels import in_windows
 from mlprof.rules._kernels import kernel_facts, top_names
-from mlprof.rules.base import Finding, Option, RankContext, Rule, RuleDoc, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option, top_ranges
 from mlprof.trace.vocabulary import DISPATCH_CATS, OPTIMIZER_STEP, names_matching
 
 
-class UnfusedOptimizer(Rule):
+@dataclass(frozen=True)
+class UnfusedOptimizerOptions(RuleOptions):
+    """FUSE002's thresholds (``[tool.mlprof.rules.FUSE002]``, ``mlprof explain FUSE002``)."""
+
+    min_share: float = common("min_share", 0.02)
+    min_kernels_per_step: float = option(
+        8.0,
+        "kernels per step",
+        1.0,
+        1e9,
+        "an optimizer step must launch at least this many per-parameter kernels to be reported",
+    )
+    kernel_floor_us: float = option(
+        2.0,
+        "us",
+        0.0,
+        1000.0,
+        "what-if replay: fixed device cost of each per-parameter kernel that a multi-tensor kernel saves",
+    )
+    foreach_launch_us: float = option(
+        30.0, "us", 0.0, 100000, "what-if replay: host time of one multi-tensor kernel launch inside Optimizer.step"
+    )
+
+
+class UnfusedOptimizer(Rule[UnfusedOptimizerOptions]):
     id = "FUSE002"
+    options_class = UnfusedOptimizerOptions
     name = "unfused-optimizer"
     category = "unfused_kernels"
     summary = "per-parameter optimizer kernels (foreach/fused implementation not used)"
     claims = ("compute.optimizer", "launch.optimizer", "other.optimizer")
-    defaults: ClassVar[dict[str, float]] = {
-        "min_share": 0.02,
-        "min_kernels_per_step": 8,
-        "kernel_floor_us": 2.0,
-        "foreach_launch_us": 30.0,
-    }
-    option_docs: ClassVar[dict[str, Option]] = {
-        "min_kernels_per_step": Option(
-            "min_kernels_per_step",
-            "kernels per step",
-            1.0,
-            1000000000.0,
-            "an optimizer step must launch at least this many per-parameter kernels to be reported",
-        ),
-        "kernel_floor_us": Option(
-            "kernel_floor_us",
-            "us",
-            0.0,
-            1000.0,
-            "what-if replay: fixed device cost of each per-parameter kernel that a multi-tensor kernel saves",
-        ),
-        "foreach_launch_us": Option(
-            "foreach_launch_us",
-            "us",
-            0.0,
-            100000.0,
-            "what-if replay: host time of one multi-tensor kernel launch inside Optimizer.step",
-        ),
-    }
     needs_device = False
     doc = RuleDoc(
         what="`optimizer.step()` launches several small elementwise kernels per parameter tensor "
@@ -78,7 +74,7 @@ class UnfusedOptimizer(Rule):
         "or with sparse gradients force the per-tensor loop.",
     )
 
-    def check(self, ctx: RankContext, cfg: dict[str, float]) -> list[Finding]:
+    def check(self, ctx: RankContext, opts: UnfusedOptimizerOptions) -> list[Finding]:
         host = ctx.trace.host
         steps = host[names_matching(host["name"], OPTIMIZER_STEP)]
         steps = steps[ctx.in_windows(steps["ts"].to_numpy(np.int64))]
@@ -89,7 +85,7 @@ class UnfusedOptimizer(Rule):
         if ctx.has_device:
             k = kernel_facts(ctx).kernels
             opt = k[k["optimizer"]]
-            if len(opt) / n_steps < cfg["min_kernels_per_step"]:
+            if len(opt) / n_steps < opts.min_kernels_per_step:
                 return []
             saving = float(opt["saving"].sum()) / n_steps
             compute = min(saving, ctx.per_step("compute.optimizer"))
@@ -107,7 +103,7 @@ class UnfusedOptimizer(Rule):
             names = ops["name"].astype(str)
             if names.str.contains(FOREACH_OP).any():
                 return []
-            if len(ops) / n_steps < cfg["min_kernels_per_step"]:
+            if len(ops) / n_steps < opts.min_kernels_per_step:
                 return []
             compute = 0.0
             in_step_multi = 0
@@ -115,7 +111,7 @@ class UnfusedOptimizer(Rule):
             count = len(ops)
             extra = {"top_ops": names.value_counts().head(5).to_dict()}
         lost = compute + launch
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < cfg["min_share"]:
+        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
             return []
         ranges = sorted(set(steps["name"].astype(str).tolist()))
         optimizers = sorted({_optimizer_name(r) for r in ranges})

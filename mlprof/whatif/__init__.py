@@ -30,7 +30,7 @@ Adding a fix for a new rule (the whole API)::
         return set_op_durations(g, ops, g.g_dur[ops] / ctx.param("factor", 2.0))
 
 ``ctx.param`` reads the rule's thresholds (``[tool.mlprof.rules.NEW001]``; add the
-parameter to the rule's ``defaults`` so the config accepts it), ``ctx.evidence`` the
+parameter to the rule's options dataclass, ``option(...)``, so the config accepts it), ``ctx.evidence`` the
 rule's finding on that rank, ``ctx.in_windows`` keeps edits inside the analysed steps,
 ``ctx.host_rows("dataloader" | "optimizer")`` gives host ranges. The edits are in
 :mod:`mlprof.whatif.transforms` (host time removed, op durations, waits dropped, ops
