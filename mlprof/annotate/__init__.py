@@ -3,10 +3,11 @@
 Findings become Chrome-trace events on their own process, ``mlprof findings`` (one
 track per finding): a complete event over every time range the finding concerns
 (else over the steps it names), an instant event at its first range, and flow
-arrows from each range to the kernel it concerns (the longest kernel running in the
-range, else the first kernel after it: the one the GPU waited for). The original
-file is never modified and never overwritten; every byte of it is kept in the copy,
-the new events are appended to ``traceEvents``.
+arrows from each range to a kernel the finding is about, forward in time
+(:mod:`mlprof.annotate.targets`). In a multi-rank job the straggler's copy is marked
+(:mod:`mlprof.annotate.job`). The original file is never modified and never
+overwritten; every byte of it is kept in the copy, the new events are appended to
+``traceEvents``.
 """
 
 from __future__ import annotations

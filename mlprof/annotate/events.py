@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,11 +9,14 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from mlprof.annotate.targets import Arrow, Targets
 from mlprof.rules.base import NS_PER_MS, Finding
 from mlprof.trace.model import Trace
 
 FINDINGS_PROCESS = "mlprof findings"
 FINDING_CAT = "mlprof_finding"
+MARK_CAT = "mlprof_mark"
+"""Job-level marks on a rank's copy (the straggler), apart from the findings."""
 FLOW_ID_BASE = 0x6D6C70000000
 """Flow ids start here so they cannot meet Kineto's own (correlation-sized) ids."""
 MAX_RANGES = 50
@@ -23,7 +25,7 @@ MAX_RANGES = 50
 
 @dataclass(frozen=True)
 class KernelRef:
-    """Where a kernel sits in the original file: its ``pid``/``tid`` exactly as written."""
+    """Where a device event sits in the original file: its ``pid``/``tid`` exactly as written."""
 
     pid: Any
     tid: Any
@@ -41,28 +43,28 @@ def finding_events(
     trace: Trace,
     kernel_refs: dict[int, KernelRef],
     pid: int,
+    arrows: list[tuple[int, Arrow]] | None = None,
+    marks: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The events to append: process/track names, one slice per range, instants, flows to kernels.
 
-    ``kernel_refs`` maps a kernel's correlation id to its pid/tid in the file;
-    kernels without one get no flow arrow.
+    ``arrows`` (from :func:`finding_arrows`) pairs a finding's index with an arrow;
+    ``kernel_refs`` maps the ``trace.gpu`` row an arrow lands on to that event's
+    pid/tid in the file; arrows to rows without one are dropped. ``marks`` are
+    job-level notes for this rank (e.g. that it is the straggler): each becomes a
+    process label, a track of its own and a global instant event at the trace's start.
     """
     events: list[dict[str, Any]] = [
         {"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": FINDINGS_PROCESS}},
         {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "args": {"sort_index": -1}},
     ]
-    kernels = trace.gpu[trace.gpu["kind"] != "sync"]
-    k_ts = kernels["ts"].to_numpy(np.int64)
-    k_end = kernels["end"].to_numpy(np.int64)
-    k_corr = kernels["correlation"].to_numpy(np.int64)
-    flow_id = FLOW_ID_BASE
     for i, f in enumerate(findings):
         tid = i + 1
         label = f"{f.rule} {f.category} {f.expected_speedup:.2f}x"
         events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": f"#{tid} {label}"}})
         events.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
         args = _args(f)
-        ranges = list(_ranges(f, trace))
+        ranges = _ranges(f, trace)
         for a, b in ranges:
             events.append(
                 {
@@ -76,17 +78,6 @@ def finding_events(
                     "args": args,
                 }
             )
-            target = _kernel_for(a, b, k_ts, k_end)
-            if target is None:
-                continue
-            ref = kernel_refs.get(int(k_corr[target])) if k_corr[target] >= 0 else None
-            if ref is None:
-                continue
-            mid = int(k_ts[target] + (k_end[target] - k_ts[target]) // 2)
-            flow = {"cat": FINDING_CAT, "name": f"{f.rule} -> kernel", "id": flow_id}
-            events.append({"ph": "s", "pid": pid, "tid": tid, "ts": us(a + (b - a) // 2), **flow})
-            events.append({"ph": "f", "bp": "e", "pid": ref.pid, "tid": ref.tid, "ts": us(mid), **flow})
-            flow_id += 1
         if ranges:
             events.append(
                 {
@@ -100,22 +91,54 @@ def finding_events(
                     "args": {"rule": f.rule, "fix": f.fix},
                 }
             )
+    flow_id = FLOW_ID_BASE
+    for i, arrow in arrows if arrows is not None else finding_arrows(findings, trace):
+        ref = kernel_refs.get(arrow.row)
+        if ref is None:
+            continue
+        flow = {"cat": FINDING_CAT, "name": f"{findings[i].rule} -> kernel", "id": flow_id}
+        events.append({"ph": "s", "pid": pid, "tid": i + 1, "ts": us(arrow.start_ns), **flow})
+        events.append({"ph": "f", "bp": "e", "pid": ref.pid, "tid": ref.tid, "ts": us(arrow.end_ns), **flow})
+        flow_id += 1
+    if marks:
+        events.extend(_mark_events(marks, trace, pid, len(findings) + 1))
     return events
 
 
-def target_correlations(findings: list[Finding], trace: Trace) -> set[int]:
-    """Correlation ids of the kernels the flow arrows will point at (to look up where they sit in the file)."""
-    kernels = trace.gpu[trace.gpu["kind"] != "sync"]
-    k_ts = kernels["ts"].to_numpy(np.int64)
-    k_end = kernels["end"].to_numpy(np.int64)
-    k_corr = kernels["correlation"].to_numpy(np.int64)
-    out: set[int] = set()
-    for f in findings:
+def finding_arrows(findings: list[Finding], trace: Trace) -> list[tuple[int, Arrow]]:
+    """(index of the finding, arrow) for every range that has a device event to point at (:mod:`.targets`)."""
+    if not findings or not len(trace.gpu):
+        return []
+    targets = Targets(trace)
+    out: list[tuple[int, Arrow]] = []
+    for i, f in enumerate(findings):
+        rows = np.flatnonzero(targets.candidates(f))
         for a, b in _ranges(f, trace):
-            target = _kernel_for(a, b, k_ts, k_end)
-            if target is not None and k_corr[target] >= 0:
-                out.add(int(k_corr[target]))
+            arrow = targets.arrow(a, b, rows)
+            if arrow is not None:
+                out.append((i, arrow))
     return out
+
+
+def _mark_events(marks: list[str], trace: Trace, pid: int, tid: int) -> list[dict[str, Any]]:
+    lo, hi = _span(trace)
+    text = "; ".join(marks)
+    return [
+        {"ph": "M", "name": "process_labels", "pid": pid, "tid": 0, "args": {"labels": text}},
+        {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": text}},
+        {"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "args": {"sort_index": 0}},
+        {
+            "ph": "X",
+            "cat": MARK_CAT,
+            "name": text,
+            "pid": pid,
+            "tid": tid,
+            "ts": us(lo),
+            "dur": us(max(hi - lo, 1)),
+            "args": {"marks": marks},
+        },
+        {"ph": "i", "s": "g", "cat": MARK_CAT, "name": text, "pid": pid, "tid": tid, "ts": us(lo)},
+    ]
 
 
 def _args(f: Finding) -> dict[str, Any]:
@@ -132,7 +155,7 @@ def _args(f: Finding) -> dict[str, Any]:
     }
 
 
-def _ranges(f: Finding, trace: Trace) -> Iterable[tuple[int, int]]:
+def _ranges(f: Finding, trace: Trace) -> list[tuple[int, int]]:
     """The finding's time ranges; else its steps' windows; else the whole trace."""
     if f.time_ranges_ns:
         return [(int(a), int(b)) for a, b in f.time_ranges_ns[:MAX_RANGES]]
@@ -151,17 +174,3 @@ def _span(trace: Trace) -> tuple[int, int]:
     if not frames:
         return (0, 0)
     return min(int(t["ts"].min()) for t in frames), max(int(t["end"].max()) for t in frames)
-
-
-def _kernel_for(a: int, b: int, k_ts: np.ndarray, k_end: np.ndarray) -> int | None:
-    """The longest kernel overlapping [a, b), else the first that starts at or after ``b``."""
-    if len(k_ts) == 0:
-        return None
-    overlap = (k_ts < b) & (k_end > a)
-    if overlap.any():
-        idx = np.flatnonzero(overlap)
-        return int(idx[np.argmax(np.minimum(k_end[idx], b) - np.maximum(k_ts[idx], a))])
-    after = np.flatnonzero(k_ts >= b)
-    if len(after) == 0:
-        return None
-    return int(after[np.argmin(k_ts[after])])

@@ -26,14 +26,16 @@ from pathlib import Path
 from typing import IO
 
 import msgspec
+import numpy as np
 
-from mlprof.annotate.events import KernelRef, finding_events, target_correlations
+from mlprof.annotate.events import KernelRef, finding_arrows, finding_events
 from mlprof.annotate.splice import EventsSplicer, SpliceError
 from mlprof.errors import BadInputError, UsageError
 from mlprof.rules.base import Finding
 from mlprof.safe_write import open_output, same_file
 from mlprof.trace.jsonstream import read_trace_events
 from mlprof.trace.model import Trace
+from mlprof.trace.numbers import raw_us_to_ns
 from mlprof.trace.schema import TraceEvent
 
 _GPU_CATS = {"kernel", "Kernel", "gpu_memcpy", "Memcpy", "gpu_memset", "Memset", "mtia_ccp_events"}
@@ -51,12 +53,18 @@ class AnnotateResult:
     notes: list[str] = field(default_factory=list)
 
 
-def annotate_file(source: Path, output: Path, findings: list[Finding], trace: Trace) -> AnnotateResult:
-    """Write ``output``: ``source`` plus the findings as events (gzipped when ``output`` ends in ``.gz``)."""
+def annotate_file(
+    source: Path, output: Path, findings: list[Finding], trace: Trace, marks: list[str] | None = None
+) -> AnnotateResult:
+    """Write ``output``: ``source`` plus the findings as events (gzipped when ``output`` ends in ``.gz``).
+
+    ``marks``: job-level notes for this rank's copy (``straggler: rank 7, ...``), drawn apart from the findings.
+    """
     if same_file(source, output):
         raise UsageError(f"-o {output}: that is the input trace; mlprof never overwrites it, choose another file")
-    refs, pid, repaired_utf8 = _kernel_refs(source, target_correlations(findings, trace))
-    added = finding_events(findings, trace, refs, pid)
+    arrows = finding_arrows(findings, trace)
+    refs, pid, repaired_utf8 = _kernel_refs(source, trace, sorted({arrow.row for _, arrow in arrows}))
+    added = finding_events(findings, trace, refs, pid, arrows, marks)
     notes = []
     if repaired_utf8:
         notes.append("the input has invalid UTF-8; the copy has U+FFFD in its place, so that it is valid JSON")
@@ -65,23 +73,46 @@ def annotate_file(source: Path, output: Path, findings: list[Finding], trace: Tr
     return AnnotateResult(output=output, findings=len(findings), events_added=len(added), flows=flows, notes=notes)
 
 
-def _kernel_refs(source: Path, wanted: set[int]) -> tuple[dict[int, KernelRef], int, bool]:
-    """pid/tid as written of the device events with the wanted correlation ids, a pid no event uses, and
-    whether the reader met invalid UTF-8."""
-    refs: dict[int, KernelRef] = {}
+def _kernel_refs(source: Path, trace: Trace, rows: list[int]) -> tuple[dict[int, KernelRef], int, bool]:
+    """pid/tid as written of the device events at these ``trace.gpu`` rows, a pid no event uses, and
+    whether the reader met invalid UTF-8.
+
+    A row is found in the file by its CUPTI correlation id; where several device events share one
+    (the kernels of a CUDA graph launch), by its place among them in time.
+    """
+    gpu = trace.gpu
+    corr_col = gpu["correlation"].to_numpy(np.int64) if len(gpu) else np.zeros(0, dtype=np.int64)
+    device = (gpu["kind"] != "sync").to_numpy() if len(gpu) else np.zeros(0, dtype=bool)
+    wanted: dict[int, list[tuple[int, int]]] = {}  # correlation -> (place among its device events, row)
+    for row in rows:
+        corr = int(corr_col[row])
+        if corr >= 0:
+            same = np.flatnonzero((corr_col == corr) & device)
+            wanted.setdefault(corr, []).append((int(np.searchsorted(same, row)), row))
+    found: dict[int, list[tuple[int, int, KernelRef]]] = {}
     pids: set[int] = set()
+    seen = 0
 
     def on_batch(events: list[TraceEvent]) -> None:
+        nonlocal seen
         for e in events:
+            seen += 1
             if type(e.pid) is int:
                 pids.add(e.pid)
             if e.args is None or e.cat not in _GPU_CATS or e.ph != "X":
                 continue
             corr = e.args.correlation
-            if type(corr) is int and corr in wanted and corr not in refs:
-                refs[corr] = KernelRef(e.pid, e.tid)
+            if type(corr) is int and corr in wanted:
+                ts = int(raw_us_to_ns([bytes(e.ts)])[0])
+                found.setdefault(corr, []).append((ts, seen, KernelRef(e.pid, e.tid)))
 
     _, stats = read_trace_events(source, on_batch)
+    refs: dict[int, KernelRef] = {}
+    for corr, places in wanted.items():
+        events = sorted(found.get(corr, []), key=lambda t: (t[0], t[1]))
+        for place, row in places:
+            if events:
+                refs[row] = events[min(place, len(events) - 1)][2]
     pid = max((p for p in pids if p < MAX_PID), default=0) + 1
     return refs, pid, stats.repaired_utf8
 

@@ -27,6 +27,7 @@ def annotate(
     force: bool = typer.Option(False, "--force", help="Overwrite annotated copies that already exist."),
 ) -> None:
     """Copy of a trace with the findings on their time ranges, for Perfetto; the original is never modified."""
+    from mlprof.annotate.job import rank_findings, straggler_marks
     from mlprof.annotate.writer import annotate_file
     from mlprof.api import analyze
     from mlprof.errors import BadInputError, UsageError
@@ -50,12 +51,12 @@ def annotate(
             raise UsageError(f"-o {output}: TRACE is a folder, so the output must be a folder too")
         make_folder(output)
         _copy_side_files(trace, output)
-    reported = {f.rule for f in analysis.findings}
+    marks = straggler_marks(analysis)
     for ra in analysis.ranks:
         source = Path(ra.trace.meta.path)
-        findings = analysis.findings if len(analysis.ranks) == 1 else [f for f in ra.findings if f.rule in reported]
+        findings = analysis.findings if len(analysis.ranks) == 1 else rank_findings(analysis, ra.rank, ra.findings)
         target = output / source.name if trace.is_dir() else output
-        result = annotate_file(source, target, findings, ra.trace)
+        result = annotate_file(source, target, findings, ra.trace, marks.get(ra.rank))
         print(
             plain(
                 f"{result.output}: {result.findings} finding(s), {result.events_added} events added "
