@@ -1,6 +1,7 @@
 """STARTUP001 on the real param ResNet trace (RTX 2080 Ti): a 4.45 s first step explained by cuDNN's first
-calls, the DataLoader starting and allocations, each checked against the raw JSON; quiet where the first step
-is like the others."""
+calls, the DataLoader starting and allocations, each checked against the raw JSON; on Kineto ResNet-50
+num_workers=4 the warm-up step 16 the report sets aside; quiet where the first step is like the others.
+The warm-up steps are the steady-state verdict's, so the finding and the report's set-aside list agree."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from conftest import external
 
 PARAM_RESNET = "facebookresearch__param/resnet_kineto.json.gz"
 R50_NW0 = "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz"
+R50_NW4 = "pytorch__kineto/resnet50_num_workers_4/worker0.1623213129365.pt.trace.json.gz"
 
 
 def test_param_resnet_first_step_one_off_costs() -> None:
@@ -37,8 +39,13 @@ def test_param_resnet_first_step_one_off_costs() -> None:
     cudnn = re.compile(r"^aten::cudnn_(convolution|batch_norm|convolution_backward|batch_norm_backward)$")
     is_cudnn = lambda e: bool(cudnn.match(e["name"]))  # noqa: E731
     is_loader = lambda e: "DataLoader" in e["name"] and "__next__" in e["name"]  # noqa: E731
-    f = {x.rule: x for x in analyze_trace(load_trace(path)).findings}["STARTUP001"]
+    ra = analyze_trace(load_trace(path))
+    f = {x.rule: x for x in ra.findings}["STARTUP001"]
     assert f.category == "startup" and f.severity == "info" and f.time_lost_ns_per_step == 0
+    # The 4.45 s first iteration is the warm-up step the report sets aside, and it is the finding's.
+    assert ra.steady is not None and [(s.step, s.reason) for s in ra.steady.set_aside] == [(0, "warm-up")]
+    assert f.evidence["warm_up_steps"] == f.steps == [0] and 0 not in ra.steps["step"].tolist()
+    assert durs[0] / 1000 == pytest.approx(4450.612, abs=1e-3)
     ev = f.evidence
     assert ev["first_step_ms"] == pytest.approx(durs[0] / 1000, abs=1e-3)
     assert ev["median_step_ms"] == pytest.approx(median(durs[1:]) / 1000, abs=1e-3)
@@ -52,9 +59,36 @@ def test_param_resnet_first_step_one_off_costs() -> None:
         (in_step(is_loader, 0) - median(loader_others)) / 1000, abs=1e-3
     )
     assert kinds["cudnn_first_calls"]["one_off_ms"] > 2000 and kinds["dataloader_start"]["one_off_ms"] > 1900
+    is_alloc = lambda e: e["name"] in ("cudaMalloc", "cudaFree", "cudaHostAlloc")  # noqa: E731
+    alloc_others = [in_step(is_alloc, i) for i in range(1, len(steps))]
+    assert kinds["allocations"]["one_off_ms"] == pytest.approx(
+        (in_step(is_alloc, 0) - median(alloc_others)) / 1000, abs=1e-3
+    )
     assert "set aside" in f.title and "persistent_workers" in f.fix
 
 
 def test_first_step_like_the_others_is_quiet() -> None:
     ra = analyze_trace(load_trace(external(R50_NW0)))
     assert "STARTUP001" not in {f.rule for f in ra.findings}
+
+
+def test_warm_up_step_set_aside_by_the_report_is_the_finding_on_kineto_nw4() -> None:
+    path = external(R50_NW4)
+    with gzip.open(path, "rt") as fh:
+        events = [e for e in json.load(fh)["traceEvents"] if e.get("ph") == "X"]
+    steps = sorted(
+        (e["ts"], e["dur"], int(e["name"].split("#")[1])) for e in events if e["name"].startswith("ProfilerStep#")
+    )
+    # Truth from the raw JSON: step 16 comes first and is over 20% above the median of all the steps.
+    durs = [d for _, d, _ in steps]
+    assert steps[0][2] == 16 and durs[0] > 1.2 * median(durs)
+    ra = analyze_trace(load_trace(path))
+    assert ra.steady is not None
+    warm = [s.step for s in ra.steady.set_aside if s.reason == "warm-up"]
+    f = {x.rule: x for x in ra.findings}["STARTUP001"]
+    assert warm == f.evidence["warm_up_steps"] == [16]
+    assert 16 not in ra.steps["step"].tolist()
+    steady = [d for _, d, n in steps if n in set(ra.steady.steady)]
+    assert f.evidence["one_off_ms"] == pytest.approx((durs[0] - median(steady)) / 1000, abs=1e-3)
+    # None of the known one-off kinds explains this one: it is reported, with low confidence, never a speedup.
+    assert f.confidence == "low" and f.expected_speedup == 1.0 and f.severity == "info"

@@ -40,7 +40,8 @@ class CompileFacts:
     """Compiled-region ranges: ts, end, tid, frame, compile_id, nested (inside another region on its thread)."""
     breaks: pd.DataFrame
     """One row per nested region (a graph break): ts (outer start), end (nested start), tid, eager_ops (names
-    of the host ops run in between), data_dependent (one of them reads a tensor value)."""
+    of the host ops run in between), data_dependent (one of them reads a tensor value), eager_ts (start of
+    the first of those eager ops, or ``end`` when there are none: the eager stretch is ``[eager_ts, end)``)."""
     compiling: tuple[np.ndarray, np.ndarray]
     """Merged intervals of compilation ranges."""
     compile_ids: list[str]
@@ -113,7 +114,7 @@ def _breaks(
     rows: list[dict[str, object]] = []
     nested = regions[regions["nested"]]
     if len(nested) == 0:
-        return pd.DataFrame({"ts": [], "end": [], "tid": [], "eager_ops": [], "data_dependent": []})
+        return pd.DataFrame({"ts": [], "end": [], "tid": [], "eager_ops": [], "data_dependent": [], "eager_ts": []})
     is_op = host["cat"].isin(DISPATCH_CATS).to_numpy(dtype=bool) & ~name_mask(host["name"], COMPILED_CALL)
     is_sync = name_mask(host["name"], SYNC_OPS)
     cand = np.flatnonzero(is_op)
@@ -122,6 +123,8 @@ def _breaks(
     r_ts = regions["ts"].to_numpy(np.int64)
     r_end = regions["end"].to_numpy(np.int64)
     r_tid = regions["tid"].to_numpy(np.int64)
+    is_call = name_mask(host["name"], COMPILED_CALL) & ~name_mask(host["name"], REGION)
+    calls = np.flatnonzero(is_call)
     for r in nested.itertuples(index=False):
         # The enclosing region: the latest-starting region on the thread that contains this one.
         enc = (r_tid == r.tid) & (r_ts < r.ts) & (r_end >= r.end)
@@ -135,6 +138,26 @@ def _breaks(
                 "tid": int(r.tid),
                 "eager_ops": sorted(set(text[window].tolist())),
                 "data_dependent": bool(is_sync[window].any()),
+                "eager_ts": _eager_start(window, calls, ts, end, tid, lo, int(r.ts), int(r.tid)),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _eager_start(
+    window: np.ndarray, calls: np.ndarray, ts: np.ndarray, end: np.ndarray, tid: np.ndarray, lo: int, hi: int, t: int
+) -> int:
+    """First eager op after the outer region's compiled graph calls (ops inside those calls are compiled code)."""
+    mine = calls[(tid[calls] == t) & (ts[calls] >= lo) & (end[calls] <= hi)]
+    after = int(end[mine].max()) if len(mine) else lo
+    eager = window[ts[window] >= after]
+    return int(ts[eager].min()) if len(eager) else hi
+
+
+def eager_spans(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """Host spans (absolute ns) of the eager code at each graph break: from the first eager op after the
+    outer compiled region's own work to the start of the resume region (what ``fullgraph=True`` compiles)."""
+    b = compile_facts(trace).breaks
+    if len(b) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return b["eager_ts"].to_numpy(np.int64), b["end"].to_numpy(np.int64)

@@ -117,6 +117,21 @@ def is_foreach_optimizer_kernel(names: pd.Series) -> np.ndarray:
     return np.asarray(cats.isin(hits))
 
 
+MISALIGNED_GEMM = re.compile(r"(?:tensorop|hmma|imma|[hsi]\d{3,5}gemm|bf16).*_align[12](?:\b|_|>|$)", re.IGNORECASE)
+"""Tensor-core GEMM kernels built for operands aligned to 1 or 2 elements: a dimension (or leading
+dimension) is not a multiple of 8 (16-bit), 4 (TF32) or 16 (8-bit), so the vectorised loads the
+fast variants need cannot be used (SHAPE001; its fix in the replay scales these kernels)."""
+
+
+def is_misaligned_gemm(names: pd.Series) -> np.ndarray:
+    """Which kernel names are misaligned tensor-core GEMMs (:data:`MISALIGNED_GEMM`), once per distinct name."""
+    if len(names) == 0:
+        return np.zeros(0, dtype=bool)
+    cats = names.astype("category")
+    hits = [c for c in cats.cat.categories if MISALIGNED_GEMM.search(str(c))]
+    return np.asarray(cats.isin(hits))
+
+
 def launch_times(gpu: pd.DataFrame, runtime: pd.DataFrame) -> np.ndarray:
     """Host time at which each GPU row was launched (its runtime call's start), else its own start.
 

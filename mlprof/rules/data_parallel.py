@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from mlprof.analyzers.data_parallel import DP_FORWARD, DP_PHASES
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, ms, top_ranges
 from mlprof.trace.vocabulary import name_mask
-
-DP_FORWARD = re.compile(r"^DataParallel\.forward$")
-"""The range ``nn.DataParallel.forward`` records around every call (PyTorch 1.8+)."""
-DP_PHASES = re.compile(r"torch/nn/parallel/(replicate|scatter_gather|parallel_apply|comm)\.py\(\d+\): (\w+)")
-"""Python frames of DataParallel's per-step work (``with_stack=True``): replicate, scatter, parallel_apply, gather."""
 
 
 @dataclass(frozen=True)

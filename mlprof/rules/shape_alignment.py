@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mlprof.analyzers.kernels import is_misaligned_gemm
 from mlprof.rules._kernels import kernel_facts, top_names
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, top_ranges
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option, top_ranges
 
-MISALIGNED = re.compile(r"(?:tensorop|hmma|imma|[hsi]\d{3,5}gemm|bf16).*_align[12](?:\b|_|>|$)", re.IGNORECASE)
-"""Tensor-core GEMM kernels built for operands aligned to 1 or 2 elements: a dimension (or leading
-dimension) is not a multiple of 8 (16-bit), 4 (TF32) or 16 (8-bit), so the vectorised loads the
-fast variants need cannot be used."""
 MULTIPLE = 8
 """Dimensions reported as misaligned from recorded shapes: not multiples of this (16-bit tensor cores)."""
 
@@ -26,6 +22,14 @@ class ShapeAlignmentOptions(RuleOptions):
     """SHAPE001's thresholds (``[tool.mlprof.rules.SHAPE001]``, ``mlprof explain SHAPE001``)."""
 
     min_share: float = common("min_share", 0.02)
+    aligned_speedup: float = option(
+        1.5,
+        "times faster (>= 1)",
+        1.0,
+        100.0,
+        "how much faster the aligned kernel runs than the align1/align2 one, used by the what-if replay "
+        "when the trace cannot measure it (an assumption: time your padded shape and set it)",
+    )
 
 
 class ShapeAlignment(Rule[ShapeAlignmentOptions]):
@@ -47,8 +51,10 @@ class ShapeAlignment(Rule[ShapeAlignmentOptions]):
         detection="GEMM kernels whose name says tensor cores (`tensorop`, `s1688`, `h16816`, "
         "`imma`...) and `align1`/`align2`. Their time per step and share of all GEMM time is the "
         "evidence; with `record_shapes` the ops that launched them (by external id) and their input "
-        "shapes are named, with the dimensions that are not multiples of 8. No time is claimed: how "
-        "much faster the aligned kernel runs is not in this trace.",
+        "shapes are named, with the dimensions that are not multiples of 8. No time is claimed by the "
+        "attribution: how much faster the aligned kernel runs is not in this trace. The what-if replay "
+        "divides these kernels by `aligned_speedup` (default 1.5, an assumption) and the finding stays low "
+        "confidence, out of the plan, until that ratio is measured.",
         fix="Pad the odd dimension to a multiple of 8 (16-bit), 16 (8-bit) or 64 to be safe:\n\n"
         "    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # vocabulary\n"
         "    hidden = 1024                     # not 1000; heads x head_dim a multiple of 8\n"
@@ -63,9 +69,7 @@ class ShapeAlignment(Rule[ShapeAlignmentOptions]):
         gemm = k[k["klass"].astype(str).str.startswith("gemm")]
         if len(gemm) == 0 or ctx.step_ns <= 0:
             return []
-        names = gemm["name"].astype(str)
-        hits = {n: MISALIGNED.search(n) is not None for n in names.unique()}  # once per distinct name
-        bad = gemm[names.map(hits).to_numpy(dtype=bool)]
+        bad = gemm[is_misaligned_gemm(gemm["name"])]
         if len(bad) == 0:
             return []
         n_steps = max(ctx.n_windows, 1)
@@ -85,8 +89,9 @@ class ShapeAlignment(Rule[ShapeAlignmentOptions]):
                 ctx,
                 title=title,
                 time_lost_ns_per_step=0.0,
-                confidence="medium",
-                confidence_reason="alignment read from kernel names; the aligned kernel's speed is not in this trace",
+                confidence="low",
+                confidence_reason="alignment read from kernel names; the aligned kernel's speed is not in this "
+                f"trace: the replay assumes aligned_speedup={opts.aligned_speedup:g}x for these kernels",
                 evidence={
                     "misaligned_kernels_per_step": round(len(bad) / n_steps, 1),
                     "misaligned_gemm_ms_per_step": ms(bad_ns),

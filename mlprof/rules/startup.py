@@ -1,4 +1,9 @@
-"""STARTUP001 (info): one-off costs of the first step, reported once with their size, not as per-step costs."""
+"""STARTUP001 (info): one-off costs of the warm-up steps, reported once with their size, not as per-step costs.
+
+Which steps are warm-up is not decided here: it is the steady-state rule's verdict
+(:mod:`mlprof.analyzers.steady_state`), the same steps the report lists as set aside, so the
+finding and the report never disagree about which steps were one-off.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, option
+from mlprof.analyzers.steady_state import SteadyState, one_off_ns, steady_state
+from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions
 from mlprof.trace.vocabulary import ALLOC_RUNTIME, DATALOADER, name_mask
 
 NS_PER_MS = 1_000_000
@@ -27,21 +33,13 @@ LABELS = {
     "dataloader_start": "DataLoader start (workers started, first batches)",
     "allocations": "device allocations (cudaMalloc/cudaFree)",
     "module_loading": "lazy CUDA module loading",
+    "lazy_launches": "slow first kernel launches (module loaded inside the launch; time beyond a median launch)",
 }
 
 
 @dataclass(frozen=True)
 class StartupCostsOptions(RuleOptions):
-    """STARTUP001's thresholds (``[tool.mlprof.rules.STARTUP001]``, ``mlprof explain STARTUP001``)."""
-
-    min_excess_share: float = option(
-        0.2,
-        "share of the median step (0-1e3)",
-        0.0,
-        1000.0,
-        "report when the first step is longer than the median step by at least this share of it",
-    )
-    min_steps: int = option(3, "steps", 2.0, 1e6, "steps the trace needs before the first is compared")
+    """STARTUP001 has no thresholds of its own: the warm-up steps are the steady-state rule's."""
 
 
 class StartupCosts(Rule[StartupCostsOptions]):
@@ -49,11 +47,12 @@ class StartupCosts(Rule[StartupCostsOptions]):
     options_class = StartupCostsOptions
     name = "startup-costs"
     category = "startup"
-    summary = "one-off costs in the first step (cuDNN algorithm search, DataLoader workers, allocations), set aside"
+    summary = "one-off costs of the warm-up steps (cuDNN algorithm search, DataLoader workers, allocations), set aside"
     claims = ()
     needs_device = False
+    needs_all_steps = True
     doc = RuleDoc(
-        what="The first recorded step is much longer than the others because of work done once: "
+        what="The first recorded steps are much longer than the others because of work done once: "
         "cuDNN choosing algorithms on its first call per shape (all of them with "
         "`cudnn.benchmark=True`), DataLoader worker processes starting and filling their queues, the "
         "caching allocator's first `cudaMalloc`s, CUDA modules loaded on first launch.",
@@ -62,12 +61,17 @@ class StartupCosts(Rule[StartupCostsOptions]):
         "profile look slow and send you after the wrong fix; left unexplained they look like a "
         "stall. They are reported once, with their size, so you can see them and leave them alone "
         "(or cut them: `persistent_workers=True`, warm-up steps before timing).",
-        detection="Needs at least `min_steps` steps (all of the trace's steps, analysed or not). The "
-        "first step's excess over the median of the others, when at least `min_excess_share` of that "
-        "median, is split by kind: for each, the time in the first step (`aten::cudnn_*` ops, DataLoader "
-        "`__next__`, `cudaMalloc`/`cudaFree`, `cuModuleLoad*`/`cuLibraryLoad*`/`cudaGetFuncBySymbol`) "
-        "minus the median time of that kind in the other steps (kinds can overlap: an allocation made "
-        "inside a cuDNN call counts in both). No time is claimed.",
+        detection="The warm-up steps are the ones the steady-state rule sets aside as `warm-up` (the "
+        "report's *set aside* list; see the README's *Steady state*: leading steps slower than the median "
+        "by max(2 spreads, 20%), or carrying one-off allocator, module-loading or lazy-launch work), judged "
+        "on all of the trace's steps even when `--steps` picks some. Their excess over the median steady "
+        "step is split by kind: for each, the time in the warm-up steps (`aten::cudnn_*` ops, DataLoader "
+        "`__next__`, `cudaMalloc`/`cudaFree`, `cuModuleLoad*`/`cuLibraryLoad*`/`cudaGetFuncBySymbol`, kernel "
+        "launches slower than max(1 ms, 50x the median launch): their time beyond a median launch) minus "
+        "the median time of that kind in a steady step, once per warm-up step (kinds can overlap: an "
+        "allocation made inside a cuDNN call counts in both). A long step that is not a leading one is an "
+        "outlier, not start-up, and is not reported here. No time is claimed and the expected speedup is "
+        "always 1.0: there is no per-step fix, so the what-if replay has no graph edit for it.",
         fix="Nothing to fix per step; to shorten start-up or keep it out of measurements:\n\n"
         "    loader = DataLoader(ds, num_workers=8, persistent_workers=True)  # workers start once\n"
         "    for _ in range(3): train_step(next(it))   # warm up before timing/profiling\n"
@@ -79,17 +83,24 @@ class StartupCosts(Rule[StartupCostsOptions]):
 
     def check(self, ctx: RankContext, opts: StartupCostsOptions) -> list[Finding]:
         steps = ctx.trace.steps
-        if len(steps) < opts.min_steps:
+        if len(steps) == 0:
             return []
-        ts = steps["ts"].to_numpy(np.int64)
-        end = ts + steps["dur"].to_numpy(np.int64)
-        order = np.argsort(ts)
-        ts, end = ts[order], end[order]
+        steady = _verdict(ctx)
+        warm = [s for s in steady.set_aside if s.reason == "warm-up"]
+        if not warm:
+            return []
+        order = np.argsort(steps["ts"].to_numpy(np.int64), kind="stable")
+        numbers = steps["step"].to_numpy(np.int64)[order]
+        ts = steps["ts"].to_numpy(np.int64)[order]
+        end = ts + steps["dur"].to_numpy(np.int64)[order]
         dur = end - ts
-        typical = float(np.median(dur[1:]))
-        excess = float(dur[0] - typical)
-        if typical <= 0 or excess < opts.min_excess_share * typical:
+        is_warm = np.isin(numbers, [s.step for s in warm])
+        is_steady = steady.is_steady(numbers)
+        if not is_steady.any():
             return []
+        typical = float(np.median(dur[is_steady]))
+        excess = float((dur[is_warm] - typical).sum())
+        n_warm = int(is_warm.sum())
         kinds: dict[str, dict[str, Any]] = {}
         for kind, table, pattern in KINDS:
             frame = ctx.trace.host if table == "host" else ctx.trace.runtime
@@ -104,49 +115,71 @@ class StartupCosts(Rule[StartupCostsOptions]):
             inside = (pos >= 0) & (h_ts < end[np.clip(pos, 0, None)])
             per_step = np.bincount(pos[inside], weights=h_dur[inside], minlength=len(ts))
             calls = np.bincount(pos[inside], minlength=len(ts))
-            extra = float(per_step[0] - np.median(per_step[1:]))
-            if extra <= 0.01 * typical:
+            usual = float(np.median(per_step[is_steady]))
+            extra = float(per_step[is_warm].sum()) - n_warm * usual
+            if extra <= 0.01 * typical * n_warm:
                 continue
             kinds[kind] = {
                 "what": LABELS[kind],
-                "first_step_ms": round(per_step[0] / NS_PER_MS, 3),
-                "median_other_steps_ms": round(float(np.median(per_step[1:])) / NS_PER_MS, 3),
+                "warm_up_steps_ms": round(float(per_step[is_warm].sum()) / NS_PER_MS, 3),
+                "median_steady_step_ms": round(usual / NS_PER_MS, 3),
                 "one_off_ms": round(extra / NS_PER_MS, 3),
-                "calls_in_first_step": int(calls[0]),
+                "calls_in_warm_up_steps": int(calls[is_warm].sum()),
             }
-        first_step = int(steps["step"].to_numpy()[order][0])
-        if not kinds:  # a long first step with none of the known one-off kinds: not shown to be start-up
-            ctx.verdicts[self.id] = (
-                f"first step {excess / NS_PER_MS:.1f} ms longer than the median step, but none of the known "
-                "one-off kinds (cuDNN first calls, DataLoader start, allocations, module loading) explains it"
-            )
-            return []
-        analysed = first_step in set(ctx.windows["step"].tolist())
+        lazy = one_off_ns(ctx.trace, ts, end)["lazy launches"]  # kernel launches that loaded their module
+        extra = float(lazy[is_warm].sum()) - n_warm * float(np.median(lazy[is_steady]))
+        if extra > 0.01 * typical * n_warm:
+            kinds["lazy_launches"] = {
+                "what": LABELS["lazy_launches"],
+                "warm_up_steps_ms": round(float(lazy[is_warm].sum()) / NS_PER_MS, 3),
+                "median_steady_step_ms": round(float(np.median(lazy[is_steady])) / NS_PER_MS, 3),
+                "one_off_ms": round(extra / NS_PER_MS, 3),
+            }
+        first = [s.step for s in warm]
         parts = sorted(kinds.values(), key=lambda k: -k["one_off_ms"])
         listed = ", ".join(f"{p['what'].split(' (')[0]} {p['one_off_ms']:.1f} ms" for p in parts[:3])
+        which = f"step {first[0]}" if len(first) == 1 else f"steps {', '.join(str(s) for s in first)}"
         title = (
-            f"Start-up costs, set aside: the first step ({first_step}) took {excess / NS_PER_MS:.1f} ms more than "
-            f"the median step ({typical / NS_PER_MS:.1f} ms)" + (f": {listed}" if listed else "")
+            f"Start-up costs, set aside: warm-up {which} took {excess / NS_PER_MS:.1f} ms more than the median "
+            f"steady step ({typical / NS_PER_MS:.1f} ms)" + (f": {listed}" if listed else "")
         )
+        if not kinds:
+            title += "; none of the known one-off kinds explains it"
+        analysed = set(ctx.windows["step"].tolist())
         return [
             self.finding(
                 ctx,
                 title=title,
                 time_lost_ns_per_step=0.0,
-                confidence="medium",
-                confidence_reason="the first step's excess over the median step, split by the kinds of one-off "
-                "work found in it",
+                confidence="medium" if kinds else "low",
+                confidence_reason="the warm-up steps the steady-state rule set aside, their excess over the median "
+                "steady step split by the kinds of one-off work found in them"
+                + (
+                    ""
+                    if kinds
+                    else "; no known one-off kind (cuDNN, DataLoader, allocator, module loading) explains it"
+                ),
                 evidence={
-                    "first_step": first_step,
+                    "warm_up_steps": first,
+                    "set_aside": [s.to_dict() for s in warm],
+                    "first_step": int(numbers[0]),
                     "first_step_ms": round(float(dur[0]) / NS_PER_MS, 3),
                     "median_step_ms": round(typical / NS_PER_MS, 3),
                     "one_off_ms": round(excess / NS_PER_MS, 3),
-                    "first_step_in_analysed_steps": analysed,
+                    "warm_up_in_analysed_steps": sorted(analysed & set(first)),
                     "by_kind": kinds,
                 },
                 fix="nothing per step; persistent_workers=True, warm-up steps before timing",
-                steps=[first_step],
-                time_ranges_ns=[(int(ts[0]), int(end[0]))],
+                steps=first,
+                time_ranges_ns=[(int(a), int(b)) for a, b in zip(ts[is_warm], end[is_warm], strict=True)],
                 severity_override="info",
             )
         ]
+
+
+def _verdict(ctx: RankContext) -> SteadyState:
+    """The report's steady-state verdict on this rank; judged afresh on all steps when ``--steps`` chose some."""
+    steady = getattr(ctx.analysis, "steady", None)
+    if isinstance(steady, SteadyState) and not steady.overridden:
+        return steady
+    return steady_state(ctx.trace.steps, ctx.trace)

@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from mlprof.analyzers.gpu_specs import GpuSpec
-from mlprof.whatif.graph import HTOD, KIND_ALLOC, KIND_BLOCKING_COPY, KIND_LAUNCH, MULTI_TENSOR, PAGEABLE, ReplayGraph
+from mlprof.whatif.graph import (
+    HTOD,
+    KIND_ALLOC,
+    KIND_BLOCKING_COPY,
+    KIND_LAUNCH,
+    MISALIGNED,
+    MULTI_TENSOR,
+    PAGEABLE,
+    ReplayGraph,
+)
 from mlprof.whatif.transforms import (
     detach_ops,
     drop_waits,
@@ -80,16 +89,19 @@ class FixSpec:
     rule: str
     apply: Fix
     doc: str
+    unclaimed: bool = False
+    """The rule claims no time of its own (what it costs is not a cause the attribution measures: a slow
+    kernel variant, DataParallel's phases): its finding is replayed even though it lost no time."""
 
 
 FIXES: dict[str, FixSpec] = {}
 
 
-def fix(rule: str, doc: str) -> Callable[[Fix], Fix]:
+def fix(rule: str, doc: str, *, unclaimed: bool = False) -> Callable[[Fix], Fix]:
     """Register ``function`` as the graph edit of ``rule``'s fix; ``doc`` is shown by ``mlprof explain``."""
 
     def register(function: Fix) -> Fix:
-        FIXES[rule] = FixSpec(rule, function, doc)
+        FIXES[rule] = FixSpec(rule, function, doc, unclaimed)
         return function
 
     return register
@@ -402,3 +414,111 @@ def _attention(ctx: FixContext) -> ReplayGraph | None:
         if groups:
             out = merge_ops(out, groups, np.asarray(durations))
     return remove_host_time(out, s, e, ((e - s) * host_keep).astype(np.int64))
+
+
+@fix(
+    "SHAPE001",
+    "Misaligned tensor-core GEMM kernels of the analysed steps (`align1`/`align2` variants) are divided by the "
+    "aligned/misaligned throughput ratio: the one measured in this trace when `record_shapes` gives the FLOPs "
+    "of aligned and misaligned GEMM ops alike (achieved FLOP/s of the aligned ones over the misaligned ones), "
+    "else `aligned_speedup` (default 1.5). The default is an assumption, not a measurement: the reference "
+    "notes (ml-perf-notes.md, R09) give no number and say to measure aligned against misaligned GEMMs of "
+    "similar size in the same trace; the finding then stays low confidence. Everything else is unchanged "
+    "(padding adds a little work: not counted).",
+    unclaimed=True,
+)
+def _shape(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    ops = _ops_in_windows(ctx, (g.g_flags & MISALIGNED) > 0)
+    if len(ops) == 0:
+        return None
+    ratio = ctx.evidence.get("aligned_speedup_measured") or ctx.param("aligned_speedup", 1.5)
+    return set_op_durations(g, ops, g.g_dur[ops] / max(float(ratio), 1.0))
+
+
+@fix(
+    "DP001",
+    "DistributedDataParallel does no per-step replicate, scatter or gather: the host time of the analysed "
+    "steps inside `torch/nn/parallel` replicate / scatter / gather frames (and comm's broadcast/scatter/gather, "
+    "not `reduce_add`) is removed, and the device ops launched from inside them (the parameter broadcast and "
+    "the batch and output copies) take no time. `parallel_apply` (each process still runs its replica) and the "
+    "gradient reduction (an all-reduce under DDP) stay as recorded, and so does the GIL contention of the "
+    "replica threads, which the graph cannot separate: the gain is bounded by the time in those phases. "
+    "Needs `with_stack=True` (the frames); with only the `DataParallel.forward` range nothing is edited.",
+    unclaimed=True,
+)
+def _data_parallel(ctx: FixContext) -> ReplayGraph | None:
+    s, e = ctx.host_rows("data_parallel")
+    if len(s) == 0:
+        return None
+    g = ctx.graph
+    ops = _launched_inside(g, s, e)
+    out = set_op_durations(g, ops, np.zeros(len(ops))) if len(ops) else g
+    return remove_host_time(out, s, e, 0)
+
+
+def _launched_inside(g: ReplayGraph, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Device ops whose launch call starts inside one of the (relative) host intervals."""
+    if g.n_gpu == 0 or g.n_host == 0 or len(s) == 0:
+        return np.zeros(0, dtype=np.int64)
+    ms_, me_, _ = merge_intervals(s, e, np.zeros(len(s), dtype=np.int64))
+    launched = g.g_launch >= 0
+    at = g.h_ts[np.clip(g.g_launch, 0, None)]
+    pos = np.searchsorted(ms_, at, side="right") - 1
+    inside = launched & (pos >= 0) & (at < me_[np.clip(pos, 0, None)])
+    return np.flatnonzero(inside)
+
+
+@fix(
+    "COMPILE001",
+    "Graph breaks removed (`fullgraph=True`): at each break of the analysed steps, the host time of the eager "
+    "code between the two compiled graphs (from its first eager op to the resume region) is removed except "
+    "the own time of its kernel launch calls (compiled code still launches each kernel; as LAUNCH001 does for "
+    "a captured region, dispatch is what goes). Where the break is on a tensor value (`.item()`, `if t > 0`), "
+    "host calls in that stretch stop waiting for the device (the condition becomes `torch.where`/`torch.cond`). "
+    "Recompilation seen in two or more analysed steps is removed too (`mark_dynamic`). The eager ops' "
+    "kernels keep their time: fusion across the break is not counted.",
+    unclaimed=True,
+)
+def _compile(ctx: FixContext) -> ReplayGraph | None:
+    g = ctx.graph
+    s, e = ctx.host_rows("graph_break")
+    cs, ce = ctx.host_rows("compiling")
+    recurring = len(ctx.evidence.get("steps_with_compilation") or []) >= 2
+    # Compilation inside a break's stretch (the resume frame compiled on first entry) is not eager code.
+    s, e = _subtract(s, e, *merge_intervals(cs, ce, np.zeros(len(cs), dtype=np.int64))[:2])
+    out: ReplayGraph | None = None
+    if len(s):
+        ms_, me_, _ = merge_intervals(s, e, np.zeros(len(s), dtype=np.int64))
+        launches = np.flatnonzero((g.h_kind == KIND_LAUNCH) & (g.h_wait < 0))
+        pos = np.searchsorted(ms_, g.h_ts[launches], side="right") - 1
+        ok = (pos >= 0) & (g.h_end[launches] <= me_[np.clip(pos, 0, None)])
+        keep = np.zeros(len(ms_), dtype=np.int64)
+        np.add.at(keep, pos[ok], (g.h_end - g.h_ts)[launches[ok]])
+        out = remove_host_time(g, ms_, me_, keep)
+        if ctx.evidence.get("break_on_tensor_value"):
+            waits = np.flatnonzero(g.h_wait >= 0)
+            wpos = np.searchsorted(ms_, g.h_ts[waits], side="right") - 1
+            waits = waits[(wpos >= 0) & (g.h_ts[waits] < me_[np.clip(wpos, 0, None)])]
+            if len(waits):
+                out = drop_waits(out, waits, 0)
+    if len(cs) and recurring:
+        out = remove_host_time(out if out is not None else g, cs, ce, 0)
+    return out
+
+
+def _subtract(s: np.ndarray, e: np.ndarray, cs: np.ndarray, ce: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The parts of the intervals ``[s, e)`` outside the sorted, disjoint intervals ``[cs, ce)``."""
+    if len(cs) == 0 or len(s) == 0:
+        return s, e
+    out_s: list[int] = []
+    out_e: list[int] = []
+    for a, b in zip(s.tolist(), e.tolist(), strict=True):  # few intervals: one per graph break
+        hit = np.flatnonzero((ce > a) & (cs < b))
+        edges = [a, *np.ravel(np.column_stack([cs[hit], ce[hit]])).tolist(), b]
+        for lo, hi in zip(edges[0::2], edges[1::2], strict=True):
+            lo, hi = max(lo, a), min(hi, b)
+            if hi > lo:
+                out_s.append(lo)
+                out_e.append(hi)
+    return np.asarray(out_s, dtype=np.int64), np.asarray(out_e, dtype=np.int64)

@@ -33,9 +33,11 @@ import numpy as np
 from mlprof.analyzers.attention import chain_spans
 from mlprof.analyzers.attribution import sync_launch_drain
 from mlprof.analyzers.causes import h2d_sync_mask
+from mlprof.analyzers.compiled import compile_facts, eager_spans
 from mlprof.analyzers.copies import copy_table, runtime_copy_direction
+from mlprof.analyzers.data_parallel import overhead_spans as dp_overhead_spans
 from mlprof.analyzers.intervals import merge
-from mlprof.analyzers.kernels import is_foreach_optimizer_kernel, kernel_classes
+from mlprof.analyzers.kernels import is_foreach_optimizer_kernel, is_misaligned_gemm, kernel_classes
 from mlprof.trace.model import Trace
 from mlprof.trace.vocabulary import (
     ALLOC_RUNTIME,
@@ -57,7 +59,7 @@ DEFAULT_LATENCY_NS = 5_000
 DEP_TOLERANCE_NS = 2_000
 """A start delay no edge explains is looked up as a cross-stream wait above this."""
 
-PAGEABLE, HTOD, MULTI_TENSOR = 1, 2, 4
+PAGEABLE, HTOD, MULTI_TENSOR, MISALIGNED = 1, 2, 4, 8
 
 KIND_OTHER, KIND_LAUNCH, KIND_SYNC, KIND_BLOCKING_COPY, KIND_ALLOC = 0, 1, 2, 3, 4
 
@@ -107,12 +109,13 @@ class ReplayGraph:
     g_name: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """Code of the op's name (equal codes, equal names)."""
     g_flags: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    """Bits :data:`PAGEABLE`, :data:`HTOD`, :data:`MULTI_TENSOR`."""
+    """Bits :data:`PAGEABLE`, :data:`HTOD`, :data:`MULTI_TENSOR`, :data:`MISALIGNED` (SHAPE001's kernels)."""
     h_h2d_sync: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     """Sync calls issued by an op that copies host-to-device (the causes' ``sync.h2d``)."""
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    """Host ranges the fixes edit (relative): ``dataloader``, ``optimizer``, ``recorded`` (union of every
-    recorded op and runtime call)."""
+    """Host ranges the fixes edit (relative): ``dataloader``, ``optimizer``, ``attention``, ``graph_break``
+    (eager code at torch.compile graph breaks), ``compiling``, ``data_parallel`` (replicate/scatter/gather),
+    ``recorded`` (union of every recorded op and runtime call)."""
     removals: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     """Host time removed by transformations: cumulative-removal curves (x, removed ns up to x)."""
     applied: list[str] = field(default_factory=list)
@@ -259,6 +262,7 @@ def build_graph(trace: Trace) -> ReplayGraph:
         flags |= np.where(np.char.find(text, "Pageable") >= 0, PAGEABLE, 0)
         flags |= np.where(np.char.find(text, "HtoD") >= 0, HTOD, 0)
         flags |= np.where(is_foreach_optimizer_kernel(gpu["name"])[g_rows], MULTI_TENSOR, 0)
+        flags |= np.where(is_misaligned_gemm(gpu["name"])[g_rows], MISALIGNED, 0)
     return ReplayGraph(
         g_name=g_name,
         g_flags=flags,
@@ -360,10 +364,16 @@ def _ranges(trace: Trace, origin: int) -> dict[str, tuple[np.ndarray, np.ndarray
     rs = np.concatenate([h_s[ops], trace.runtime["ts"].to_numpy(np.int64) - origin])
     re_ = np.concatenate([h_e[ops], trace.runtime["end"].to_numpy(np.int64) - origin])
     a_s, a_e = chain_spans(trace)
+    b_s, b_e = eager_spans(trace)
+    d_s, d_e = dp_overhead_spans(trace)
+    c_s, c_e = compile_facts(trace).compiling
     return {
         "dataloader": (h_s[data], h_e[data]),
         "optimizer": (h_s[opt], h_e[opt]),
         "attention": (a_s - origin, a_e - origin),
+        "graph_break": (b_s - origin, b_e - origin),
+        "compiling": (c_s - origin, c_e - origin),
+        "data_parallel": (d_s - origin, d_e - origin),
         "recorded": merge(rs, re_),
     }
 

@@ -166,7 +166,7 @@ def predict(diagnosis: Diagnosis, replays: list[RankReplay], specs: list[GpuSpec
     replayed: list[Finding] = []
     for f in findings:
         f.speedup_source = "attribution"
-        if f.rule not in FIXES or f.time_lost_ns_per_step <= 0:
+        if f.rule not in FIXES or (f.time_lost_ns_per_step <= 0 and not FIXES[f.rule].unclaimed):
             continue
         _, after_ns, applied = replay_cached(f.rule, originals)
         if not applied:

@@ -1,0 +1,207 @@
+"""The replayed fixes of SHAPE001, DP001 and COMPILE001 on tiny traces whose replays are computed by hand,
+and the rules that must never show a per-step speedup (STARTUP001, MEM001, BATCH001) on real recordings.
+
+Every expected number is worked out in the comment above it from the event times written here; the
+replay is never its own truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlprof.analysis import analyze_job, analyze_trace
+from mlprof.trace.loader import load_job, load_trace
+from mlprof.whatif.fixes import FIXES
+from mlprof.whatif.predict import apply_fix
+from mlprof.whatif.replay import RankReplay, replay_rank
+
+from conftest import SAMPLES, X, external, kernel, write_trace
+
+US = 1000
+MISALIGNED = "void cutlass::Kernel<cutlass_80_tensorop_s1688gemm_256x64_16x4_tn_align1>(Params)"
+PARAM_RESNET = "facebookresearch__param/resnet_kineto.json.gz"
+NEG_QUEUE = "hta/tests/data/negative_queue_length_values_check/rank0.json.gz"
+
+
+def runtime(name: str, ts: float, dur: float, corr: int = 0) -> dict[str, Any]:
+    return X("cuda_runtime", name, ts, dur, correlation=corr)
+
+
+def replayed(path: Path) -> RankReplay:
+    trace = load_trace(path)
+    steps = trace.steps
+    return replay_rank(trace, 0, steps["ts"].to_numpy(), steps["end"].to_numpy(), steps.iloc[:0])
+
+
+def step_us(rr: RankReplay, graph: Any) -> float:
+    return rr.mean_step_ns(graph) / US
+
+
+# ---- SHAPE001: misaligned GEMMs scaled by the aligned/misaligned ratio -----------------------------
+
+
+def shape_trace(tmp_path: Path) -> Path:
+    """One 1000 us step: launch at 500 of a 200 us align1 GEMM (520-720), a stream sync from 530 that
+    returns 10 us after it ends (730), then 270 us of Python. A second align1 GEMM after the step."""
+    events = [
+        X("user_annotation", "ProfilerStep#1", 0, 1000),
+        runtime("cudaLaunchKernel", 500, 10, corr=1),
+        kernel(MISALIGNED, 520, 200, corr=1),
+        runtime("cudaStreamSynchronize", 530, 200),
+        runtime("cudaLaunchKernel", 1100, 10, corr=2),
+        kernel(MISALIGNED, 1120, 200, corr=2),
+    ]
+    return write_trace(tmp_path / "shape.json", events)
+
+
+def test_shape_alignment_scales_misaligned_gemms(tmp_path: Path) -> None:
+    rr = replayed(shape_trace(tmp_path))
+    assert step_us(rr, rr.graph) == 1000.0
+    # Ratio 2: the GEMM takes 100 us (520-620), the sync returns at 630, 270 us of Python: 900.
+    assert step_us(rr, apply_fix(rr, "SHAPE001", rr.graph, {"aligned_speedup": 2.0}, None, {})) == 900.0
+    # The default 1.5: 200 / 1.5 = 133.333 us, the sync returns at 663.333: 933.333.
+    fixed = apply_fix(rr, "SHAPE001", rr.graph, {}, None, {})
+    assert step_us(rr, fixed) == pytest.approx(933.333, abs=1e-3)
+    # The GEMM after the step is outside the analysed steps: untouched.
+    assert sorted(fixed.g_dur.tolist()) == [133_333, 200_000]
+    # A ratio measured in the trace (the rule's evidence) wins over the option; below 1 it is taken as 1.
+    measured = {"aligned_speedup_measured": 4.0}
+    assert step_us(rr, apply_fix(rr, "SHAPE001", rr.graph, {"aligned_speedup": 2.0}, None, measured)) == 850.0
+    assert step_us(rr, apply_fix(rr, "SHAPE001", rr.graph, {"aligned_speedup": 0.5}, None, {})) == 1000.0
+
+
+# ---- DP001: replicate / scatter / gather gone under DDP ------------------------------------------
+
+
+def dp_trace(tmp_path: Path) -> Path:
+    """One 1000 us step of a DataParallel forward: replicate [100, 300) launches a 200 us broadcast copy at
+    150 (170-370); parallel_apply [300, 700) launches a 200 us GEMM at 400 (420-620); gather [700, 800)
+    launches a 50 us copy at 710 (730-780); Python to 1000. Launch calls take 10 us, kernels start 20 us
+    after their launch."""
+    frame = "torch/nn/parallel/{}"
+    events = [
+        X("user_annotation", "ProfilerStep#1", 0, 1000),
+        X("user_annotation", "DataParallel.forward", 50, 800),
+        X("python_function", frame.format("replicate.py(118): replicate"), 100, 200),
+        runtime("cudaLaunchKernel", 150, 10, corr=1),
+        kernel("void at::native::copy_kernel", 170, 200, corr=1),
+        X("python_function", frame.format("parallel_apply.py(31): parallel_apply"), 300, 400),
+        runtime("cudaLaunchKernel", 400, 10, corr=2),
+        kernel("ampere_sgemm_128x64_nn", 420, 200, corr=2),
+        X("python_function", frame.format("scatter_gather.py(110): gather"), 700, 100),
+        runtime("cudaLaunchKernel", 710, 10, corr=3),
+        kernel("void at::native::copy_kernel", 730, 50, corr=3),
+    ]
+    return write_trace(tmp_path / "dp.json", events)
+
+
+def test_data_parallel_removes_replicate_and_gather(tmp_path: Path) -> None:
+    rr = replayed(dp_trace(tmp_path))
+    assert step_us(rr, rr.graph) == 1000.0
+    # 200 us (replicate) + 100 us (gather) of host time go, and so do the broadcast and gather copies.
+    # The GEMM's launch moves from 400 to 200 (runs 220-420); the host reaches the step end at 700.
+    fixed = apply_fix(rr, "DP001", rr.graph, {}, None, {})
+    assert step_us(rr, fixed) == 700.0
+    # parallel_apply's GEMM keeps its 200 us; the two copies take none.
+    assert sorted(fixed.g_dur.tolist()) == [0, 0, 200_000]
+
+
+def test_data_parallel_found_on_the_dp_trace_is_replayed(tmp_path: Path) -> None:
+    ra = analyze_trace(load_trace(dp_trace(tmp_path)))
+    f = {x.rule: x for x in ra.findings}["DP001"]
+    # The replay of the whole analysis agrees with the hand-computed 1000 -> 700 us.
+    assert f.speedup_source == "replay" and f.expected_speedup == pytest.approx(1000 / 700, rel=1e-6)
+
+
+# ---- COMPILE001: the eager code at a graph break compiled away -----------------------------------
+
+
+def compile_trace(tmp_path: Path, *extra: dict[str, Any]) -> Path:
+    """One 1000 us step in a compiled region [0, 900) whose graph (CompiledFunction [10, 100), one 100 us
+    kernel launched at 20) is followed by eager code: aten::add [200, 300) launching a 120 us kernel at 250
+    (270-390), aten::item [300, 400) whose stream sync from 320 returns 10 us after that kernel (400); then
+    the resume region [500, 800) launches a 100 us kernel at 520 (540-640); Python to 1000."""
+    events = [
+        X("user_annotation", "ProfilerStep#1", 0, 1000),
+        X("cpu_op", "Torch-Compiled Region: 0/0", 0, 900),
+        X("cpu_op", "CompiledFunction", 10, 90),
+        runtime("cudaLaunchKernel", 20, 10, corr=1),
+        kernel("triton_poi_fused_add_0", 40, 100, corr=1),
+        X("cpu_op", "aten::add", 200, 100),
+        runtime("cudaLaunchKernel", 250, 10, corr=2),
+        kernel("void at::native::vectorized_elementwise_kernel<add>", 270, 120, corr=2),
+        X("cpu_op", "aten::item", 300, 100),
+        runtime("cudaStreamSynchronize", 320, 80),
+        X("cpu_op", "Torch-Compiled Region: 1/0", 500, 300),
+        X("cpu_op", "CompiledFunction", 510, 90),
+        runtime("cudaLaunchKernel", 520, 10, corr=3),
+        kernel("triton_poi_fused_mul_1", 540, 100, corr=3),
+        *extra,
+    ]
+    return write_trace(tmp_path / "compile.json", events)
+
+
+def test_compile_break_collapses_the_eager_dispatch(tmp_path: Path) -> None:
+    rr = replayed(compile_trace(tmp_path))
+    assert step_us(rr, rr.graph) == 1000.0
+    assert rr.graph.h_wait.tolist() == [-1, -1, 1, -1]  # the sync waits for the eager kernel
+    # The eager stretch is [200, 500) (from aten::add to the resume region): 300 us of host, of which the
+    # one launch call's 10 us is kept, so 290 us go, spread evenly over the stretch (290/300 per us). With
+    # the break on a tensor value the sync stops waiting and costs nothing: its 80 us go whole, and the
+    # 77.333 us of the removal that fell on it (a wait, not host time) are not counted twice. The host
+    # reaches the step end 290 - 77.333 + 80 = 292.667 us early: 707.333.
+    fixed = apply_fix(rr, "COMPILE001", rr.graph, {}, None, {"break_on_tensor_value": True})
+    assert step_us(rr, fixed) == pytest.approx(707.333, abs=1e-3)
+    # Not on a tensor value: the sync still waits. The add's launch: 220 us after the first call less
+    # 50 us x 290/300 = 171.667 -> 201.667, its own 10 us less 9.667 -> ends 202.0; its kernel 221.667 to
+    # 341.667. The sync: 60 us after the launch less 58 -> starts 204.0, returns 10 us after the kernel,
+    # 351.667. The resume launch: 120 us after the sync less 100 us x 290/300 -> 375.0, ends 385.0. Then
+    # the 470 us of Python after it: 855.0.
+    assert step_us(rr, apply_fix(rr, "COMPILE001", rr.graph, {}, None, {})) == pytest.approx(855.0, abs=1e-3)
+    # Recompilation in one analysed step is not edited (it may be one-off); a trace without breaks or
+    # compilation has nothing to edit.
+    plain = replayed(shape_trace(tmp_path))
+    assert apply_fix(plain, "COMPILE001", plain.graph, {}, None, {"steps_with_compilation": [1, 2]}) is None
+
+
+def test_compile_break_keeps_one_off_compilation(tmp_path: Path) -> None:
+    # Dynamo compiling the resume frame inside the break's stretch, [400, 480): not eager code. The stretch
+    # is [200, 400) (the launch's 10 us kept: 190 us go, 0.95 per us) and [480, 500) (20 us go). With the
+    # break on a tensor value: 190 - 76 (the share that fell on the 80 us sync) + 80 (the sync) + 20 = 214.
+    rr = replayed(compile_trace(tmp_path, X("cpu_op", "dynamo", 400, 80)))
+    fixed = apply_fix(rr, "COMPILE001", rr.graph, {}, None, {"break_on_tensor_value": True})
+    assert step_us(rr, fixed) == pytest.approx(786.0, abs=1e-3)
+    # Recompiling in two analysed steps recurs: the 80 us of compilation go too.
+    recurring = {"break_on_tensor_value": True, "steps_with_compilation": [1, 2]}
+    assert step_us(rr, apply_fix(rr, "COMPILE001", rr.graph, {}, None, recurring)) == pytest.approx(706.0, abs=1e-3)
+
+
+# ---- rules that never show a per-step speedup -----------------------------------------------------
+
+
+def test_no_graph_edit_for_one_off_or_memory_or_batch_findings() -> None:
+    assert not {"STARTUP001", "MEM001", "BATCH001"} & set(FIXES)
+
+
+def test_startup_is_never_a_speedup() -> None:
+    ra = analyze_trace(load_trace(external(PARAM_RESNET)))
+    f = {x.rule: x for x in ra.findings}["STARTUP001"]
+    assert f.expected_speedup == 1.0 and f.time_lost_ns_per_step == 0 and f.speedup_source == "attribution"
+    assert ra.diagnosis is not None and "STARTUP001" not in {p.rule for p in ra.diagnosis.plan}
+
+
+def test_memory_leak_is_never_a_speedup() -> None:
+    analysis = analyze_job(load_job(SAMPLES / "scenarios" / "recorded" / "memory_leak" / "bad"), "leak")
+    f = {x.rule: x for x in analysis.findings}["MEM001"]
+    assert f.expected_speedup == 1.0 and f.time_lost_ns_per_step == 0 and f.speedup_source == "attribution"
+    assert "MEM001" not in {p.rule for p in analysis.diagnosis.plan}
+
+
+def test_small_batch_is_never_a_speedup() -> None:
+    ra = analyze_trace(load_trace(external(NEG_QUEUE)))
+    f = {x.rule: x for x in ra.findings}["BATCH001"]
+    assert f.expected_speedup == 1.0 and f.time_lost_ns_per_step == 0
+    assert ra.diagnosis is not None and "BATCH001" not in {p.rule for p in ra.diagnosis.plan}
