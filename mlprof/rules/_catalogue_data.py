@@ -382,7 +382,7 @@ CATALOGUE_JSON = r"""
    "fix": "List the breaks and their reasons, then remove them or make them explicit; mark dynamic dimensions so a new size does not recompile:\n\n    explanation = torch._dynamo.explain(model)(x)   # graph_break_count, break_reasons\n    model = torch.compile(model, fullgraph=True)      # fail loudly on a break\n    torch._dynamo.mark_dynamic(x, 0)                  # batch size varies: no recompiles\n    # TORCH_LOGS=graph_breaks,recompiles python train.py\n    # data-dependent `if t > 0:` -> torch.where(t > 0, a, b) or torch.cond",
    "false_alarms": "Breaks placed on purpose (logging, a custom op Dynamo cannot trace) cost little when the eager part is small: check the eager ops listed. Compilation in the first steps of a run, or once per new input size in an evaluation loop, is expected: a single recompilation is reported with low confidence and no time claimed. Separately compiled functions called one after the other are not breaks (their regions do not nest)."
   },
-  "whatif": null
+  "whatif": "Graph breaks removed (`fullgraph=True`): at each break of the analysed steps, the host time of the eager code between the two compiled graphs (from its first eager op to the resume region) is removed except the own time of its kernel launch calls (compiled code still launches each kernel; as LAUNCH001 does for a captured region, dispatch is what goes). Where the break is on a tensor value (`.item()`, `if t > 0`), host calls in that stretch stop waiting for the device (the condition becomes `torch.where`/`torch.cond`). Recompilation seen in two or more analysed steps is removed too (`mark_dynamic`). The eager ops' kernels keep their time: fusion across the break is not counted."
  },
  {
   "id": "DP001",
@@ -401,7 +401,7 @@ CATALOGUE_JSON = r"""
    "fix": "One process per GPU with DistributedDataParallel, started by torchrun:\n\n    # torchrun --nproc_per_node=NUM_GPUS train.py\n    torch.distributed.init_process_group('nccl')\n    local_rank = int(os.environ['LOCAL_RANK']); torch.cuda.set_device(local_rank)\n    model = DDP(model.to(local_rank), device_ids=[local_rank])\n    loader = DataLoader(ds, sampler=DistributedSampler(ds), batch_size=per_gpu_batch)",
    "false_alarms": "`DataParallel` on a machine with one GPU (or none) does no replication and costs almost nothing; the finding then says it drives one device and is informational. Notebooks where multi-process launch is impractical may keep it on purpose."
   },
-  "whatif": null
+  "whatif": "DistributedDataParallel does no per-step replicate, scatter or gather: the host time of the analysed steps inside `torch/nn/parallel` replicate / scatter / gather frames (and comm's broadcast/scatter/gather, not `reduce_add`) is removed, and the device ops launched from inside them (the parameter broadcast and the batch and output copies) take no time. `parallel_apply` (each process still runs its replica) and the gradient reduction (an all-reduce under DDP) stay as recorded, and so does the GIL contention of the replica threads, which the graph cannot separate: the gain is bounded by the time in those phases. Needs `with_stack=True` (the frames); with only the `DataParallel.forward` range nothing is edited."
  },
  {
   "id": "COMM001",
@@ -643,7 +643,8 @@ CATALOGUE_JSON = r"""
   "scope": "rank",
   "claims": [],
   "defaults": {
-   "min_share": 0.02
+   "min_share": 0.02,
+   "aligned_speedup": 1.5
   },
   "options": [
    {
@@ -654,16 +655,25 @@ CATALOGUE_JSON = r"""
     "meaning": "report only when the time the fix saves is at least this share of the step (or of the recording)",
     "default": 0.02,
     "kind": "number"
+   },
+   {
+    "name": "aligned_speedup",
+    "unit": "times faster (>= 1)",
+    "lo": 1.0,
+    "hi": 100.0,
+    "meaning": "how much faster the aligned kernel runs than the align1/align2 one, used by the what-if replay when the trace cannot measure it (an assumption: time your padded shape and set it)",
+    "default": 1.5,
+    "kind": "number"
    }
   ],
   "doc": {
    "what": "Matrix multiplies run on tensor cores with a kernel variant for misaligned operands (`..._align1`, `..._align2` in CUTLASS/cuBLAS kernel names): some dimension of the GEMM (M, N, K or a leading dimension) is not a multiple of 8 elements for FP16/BF16, 4 for TF32 or 16 for INT8/FP8.",
    "why": "Tensor-core kernels load operands in 16-byte vectors. With a dimension of, say, 50257 (GPT-2's vocabulary) or a hidden size of 1000, cuBLAS must fall back to kernels that load one or two elements at a time, or to non-tensor-core paths; NVIDIA's guidance measures several-fold slower GEMMs for the same FLOPs.",
-   "detection": "GEMM kernels whose name says tensor cores (`tensorop`, `s1688`, `h16816`, `imma`...) and `align1`/`align2`. Their time per step and share of all GEMM time is the evidence; with `record_shapes` the ops that launched them (by external id) and their input shapes are named, with the dimensions that are not multiples of 8. No time is claimed: how much faster the aligned kernel runs is not in this trace.",
+   "detection": "GEMM kernels whose name says tensor cores (`tensorop`, `s1688`, `h16816`, `imma`...) and `align1`/`align2`. Their time per step and share of all GEMM time is the evidence; with `record_shapes` the ops that launched them (by external id) and their input shapes are named, with the dimensions that are not multiples of 8. No time is claimed by the attribution: how much faster the aligned kernel runs is not in this trace. The what-if replay divides these kernels by `aligned_speedup` (default 1.5, an assumption) and the finding stays low confidence, out of the plan, until that ratio is measured.",
    "fix": "Pad the odd dimension to a multiple of 8 (16-bit), 16 (8-bit) or 64 to be safe:\n\n    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # vocabulary\n    hidden = 1024                     # not 1000; heads x head_dim a multiple of 8\n    x = F.pad(x, (0, (-x.shape[-1]) % 8))   # pad a feature dim, slice the result back",
    "false_alarms": "Small GEMMs where alignment does not matter next to launch cost; shapes fixed by the data (an odd number of classes) whose GEMM is a tiny part of the step. FP32 SIMT kernels (`simt_sgemm..._align1`) are not tensor-core kernels and are not counted."
   },
-  "whatif": null
+  "whatif": "Misaligned tensor-core GEMM kernels of the analysed steps (`align1`/`align2` variants) are divided by the aligned/misaligned throughput ratio: the one measured in this trace when `record_shapes` gives the FLOPs of aligned and misaligned GEMM ops alike (achieved FLOP/s of the aligned ones over the misaligned ones), else `aligned_speedup` (default 1.5). The default is an assumption, not a measurement: the reference notes (ml-perf-notes.md, R09) give no number and say to measure aligned against misaligned GEMMs of similar size in the same trace; the finding then stays low confidence. Everything else is unchanged (padding adds a little work: not counted)."
  },
  {
   "id": "BATCH001",
@@ -730,38 +740,16 @@ CATALOGUE_JSON = r"""
   "id": "STARTUP001",
   "name": "startup-costs",
   "category": "startup",
-  "summary": "one-off costs in the first step (cuDNN algorithm search, DataLoader workers, allocations), set aside",
+  "summary": "one-off costs of the warm-up steps (cuDNN algorithm search, DataLoader workers, allocations), set aside",
   "source": "trace",
   "scope": "rank",
   "claims": [],
-  "defaults": {
-   "min_excess_share": 0.2,
-   "min_steps": 3
-  },
-  "options": [
-   {
-    "name": "min_excess_share",
-    "unit": "share of the median step (0-1e3)",
-    "lo": 0.0,
-    "hi": 1000.0,
-    "meaning": "report when the first step is longer than the median step by at least this share of it",
-    "default": 0.2,
-    "kind": "number"
-   },
-   {
-    "name": "min_steps",
-    "unit": "steps",
-    "lo": 2.0,
-    "hi": 1000000.0,
-    "meaning": "steps the trace needs before the first is compared",
-    "default": 3,
-    "kind": "integer"
-   }
-  ],
+  "defaults": {},
+  "options": [],
   "doc": {
-   "what": "The first recorded step is much longer than the others because of work done once: cuDNN choosing algorithms on its first call per shape (all of them with `cudnn.benchmark=True`), DataLoader worker processes starting and filling their queues, the caching allocator's first `cudaMalloc`s, CUDA modules loaded on first launch.",
+   "what": "The first recorded steps are much longer than the others because of work done once: cuDNN choosing algorithms on its first call per shape (all of them with `cudnn.benchmark=True`), DataLoader worker processes starting and filling their queues, the caching allocator's first `cudaMalloc`s, CUDA modules loaded on first launch.",
    "why": "These costs are paid once per process (or once per epoch for DataLoader workers without `persistent_workers`), not every step. Counted as per-step time they would make a short profile look slow and send you after the wrong fix; left unexplained they look like a stall. They are reported once, with their size, so you can see them and leave them alone (or cut them: `persistent_workers=True`, warm-up steps before timing).",
-   "detection": "Needs at least `min_steps` steps (all of the trace's steps, analysed or not). The first step's excess over the median of the others, when at least `min_excess_share` of that median, is split by kind: for each, the time in the first step (`aten::cudnn_*` ops, DataLoader `__next__`, `cudaMalloc`/`cudaFree`, `cuModuleLoad*`/`cuLibraryLoad*`/`cudaGetFuncBySymbol`) minus the median time of that kind in the other steps (kinds can overlap: an allocation made inside a cuDNN call counts in both). No time is claimed.",
+   "detection": "The warm-up steps are the ones the steady-state rule sets aside as `warm-up` (the report's *set aside* list; see the README's *Steady state*: leading steps slower than the median by max(2 spreads, 20%), or carrying one-off allocator, module-loading or lazy-launch work), judged on all of the trace's steps even when `--steps` picks some. Their excess over the median steady step is split by kind: for each, the time in the warm-up steps (`aten::cudnn_*` ops, DataLoader `__next__`, `cudaMalloc`/`cudaFree`, `cuModuleLoad*`/`cuLibraryLoad*`/`cudaGetFuncBySymbol`, kernel launches slower than max(1 ms, 50x the median launch): their time beyond a median launch) minus the median time of that kind in a steady step, once per warm-up step (kinds can overlap: an allocation made inside a cuDNN call counts in both). A long step that is not a leading one is an outlier, not start-up, and is not reported here. No time is claimed and the expected speedup is always 1.0: there is no per-step fix, so the what-if replay has no graph edit for it.",
    "fix": "Nothing to fix per step; to shorten start-up or keep it out of measurements:\n\n    loader = DataLoader(ds, num_workers=8, persistent_workers=True)  # workers start once\n    for _ in range(3): train_step(next(it))   # warm up before timing/profiling\n    # profile with schedule(wait=1, warmup=2, active=5): start-up falls in wait/warmup",
    "false_alarms": "A first step that is long for a reason that recurs (an evaluation pass, a checkpoint) is not start-up: compare with later steps. Shapes that change every step make cuDNN search again: that is a per-step cost (see COMPILE001 for recompiles)."
   },
