@@ -17,9 +17,6 @@ import typer
 from rich.console import Console
 
 from mlprof import __version__
-from mlprof.commands._emit import emit_report
-from mlprof.commands._files import refuse_to_overwrite
-from mlprof.commands._progress import read_progress as _progress
 from mlprof.errors import MlprofError
 
 app = typer.Typer(
@@ -122,6 +119,9 @@ def analyze(
 ) -> None:
     """Where the step time goes, per step and per rank, and what to fix first."""
     from mlprof.api import analyze as analyze_source
+    from mlprof.commands._emit import emit_report
+    from mlprof.commands._files import refuse_to_overwrite
+    from mlprof.commands._progress import read_progress as _progress
     from mlprof.engine.job import check_engine_options
     from mlprof.gates.enforce import analysis_gates, enforce_gates
     from mlprof.rules.config import apply_overrides, load_config
