@@ -305,17 +305,35 @@ def _wrap(buf: bytearray, end: int, close: bytes) -> bytes:
 
 def _last_boundary(buf: bytearray) -> int | None:
     """Index of the ``}`` ending the last event that is followed by ``, {`` (textual guess)."""
-    window_start = max(0, len(buf) - (1 << 20))
-    matches = list(_EVENT_BOUNDARY.finditer(bytes(buf[window_start:])))
-    return matches[-1].start() + window_start if matches else None
+    found = _last_boundaries(buf, 1)
+    return found[-1] if found else None
+
+
+_BOUNDARY_WINDOW = 1 << 20
+"""How far back from the end of the buffer a cut is looked for."""
+
+
+def _last_boundaries(buf: bytearray, count: int) -> list[int]:
+    """Starts of the last ``count`` event boundaries in the last :data:`_BOUNDARY_WINDOW` bytes, in order.
+
+    The tail is searched first (64 KB, doubling up to the window) and in place: scanning
+    the whole window per cut, on a copy, was ~10% of the reader's time. Boundaries cannot
+    overlap (each starts with ``}`` and ends with ``{``), so the last ``count`` found in a
+    tail are the last ``count`` of the whole window.
+    """
+    limit = max(0, len(buf) - _BOUNDARY_WINDOW)
+    span = 1 << 16
+    while True:
+        start = max(limit, len(buf) - span)
+        found = [m.start() for m in _EVENT_BOUNDARY.finditer(buf, start)]
+        if len(found) >= count or start == limit:
+            return found[-count:]
+        span *= 2
 
 
 def _cut_and_decode(buf: bytearray, stats: StreamStats) -> tuple[list[TraceEvent], int] | None:
     """Decode the longest prefix of ``buf`` that ends at an event boundary."""
-    window_start = max(0, len(buf) - (1 << 20))
-    window = bytes(buf[window_start:])
-    boundaries = [m.start() + window_start for m in _EVENT_BOUNDARY.finditer(window)]
-    for boundary in reversed(boundaries[-3:]):
+    for boundary in reversed(_last_boundaries(buf, 3)):
         piece = _wrap(buf, boundary + 1, b"]}")
         try:
             doc = decode_slice(piece, stats)
