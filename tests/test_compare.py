@@ -18,6 +18,7 @@ import pytest
 from mlprof.analysis import Analysis, analyze_job
 from mlprof.cli import main
 from mlprof.compare import Comparison, compare_analyses
+from mlprof.report.compare_report import comparison_json, comparison_text
 from mlprof.trace.loader import load_job
 
 from conftest import SAMPLES, external
@@ -155,9 +156,49 @@ def test_kineto_markdown_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "| LAUNCH001 | changed | 1.37x | - |" in md
     assert "Mostly **idle_data** (-35.49 ms per step" in md
     assert main(["compare", str(external(KINETO_0)), str(external(KINETO_4))]) == 0
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
     assert "steady step (median): 152.47 -> 122.53 ms (-19.6%, faster, 1.24x) over 6 / 4 steady steps" in text
-    assert "resolved  DATA001" in text
+    assert "resolved DATA001 34.60 -> 0.00 ms/step" in text
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_kineto_text_reads_at_80_and_160_columns(
+    kineto: Comparison, width: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every line fits; titles, paths and table headers are whole (words never cut, no 3-letter columns)."""
+    text = comparison_text(kineto, width=width)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) < width
+    flat = " ".join(text.split())
+    d = comparison_json(kineto)
+    for status, found in d["findings"].items():
+        for x in found:  # each title whole, its words in order, next to its rule and status
+            assert " ".join(x["title"].split()) in flat, x["rule"]
+            assert f"{status} {x['rule']}" in flat
+    for side in ("base", "new"):  # a path cut only after a "/", every character kept
+        path = d[side]["path"]
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"  {side}:"))
+        below = []
+        for line in lines[at + 1 :]:
+            if not line.startswith(" " * 8):
+                break
+            below.append(line.strip())
+        assert path in lines[at] or "".join(below) == path
+    header = "  category           base ms    new ms    change   share"
+    assert header in lines and "  fix       status      predicted  achieved  time lost ms/step" in lines
+    rows = d["kernels"]["top"][:10]
+    kernel_lines = lines[lines.index("  kernels whose time changed most (per step: count, ms)") + 1 :][: len(rows)]
+    for row, line in zip(rows, kernel_lines, strict=True):
+        name = row["name"]
+        shown = line[35:]  # after the change and counts columns
+        assert shown == name or (shown.endswith("...") and name.startswith(shown[:-3]) and len(shown) >= 40), line
+    # the verdict (the achieved change) within the first lines, at either width
+    assert any("152.47 -> 122.53 ms (-19.6%, faster, 1.24x)" in line for line in lines[:8])
+    if width != 80:
+        return
+    monkeypatch.setenv("COLUMNS", str(width))  # and the CLI fits the terminal it is given
+    assert main(["compare", str(external(KINETO_0)), str(external(KINETO_4))]) == 0
+    assert capsys.readouterr().out == text
 
 
 SIDNB13 = (

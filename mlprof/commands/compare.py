@@ -18,6 +18,10 @@ class CompareFormat(str, Enum):
     markdown = "markdown"
 
 
+TEXT_FILE_WIDTH = 100
+"""Width of the text written with ``-o`` (no terminal to fit)."""
+
+
 def register(app: typer.Typer) -> None:
     app.command("compare")(compare)
 
@@ -76,7 +80,7 @@ def compare(
     elif fmt is CompareFormat.markdown:
         text = comparison_markdown(comparison, results)
     else:
-        text = comparison_text(comparison, results)
+        text = comparison_text(comparison, results, width=_columns() if output is None else TEXT_FILE_WIDTH)
     if output is None:
         sys.stdout.write(text)
     else:
@@ -85,3 +89,10 @@ def compare(
         sys.stdout.flush()
         sys.stderr.write(gates_markdown(results, f"`{base}` -> `{new}`"))
         raise typer.Exit(code=1)
+
+
+def _columns() -> int:
+    """The terminal's width (``COLUMNS`` when set), 100 when it cannot be told."""
+    import shutil
+
+    return max(shutil.get_terminal_size((100, 24)).columns, 40)

@@ -322,51 +322,74 @@ def _short(name: str, width: int = 90) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
-def comparison_text(c: Comparison, gates: list[GateResult] | None = None) -> str:
-    """Plain text for the terminal: the markdown without table pipes would lose alignment, so use fixed columns."""
+TEXT_WIDTH = 100
+"""Width of ``comparison_text`` when the caller does not say (``mlprof compare`` passes the terminal's)."""
+WIDE = 120
+"""From this width on, a finding's title goes on its own row's line; narrower, on the lines below it."""
+
+
+def comparison_text(c: Comparison, gates: list[GateResult] | None = None, width: int = TEXT_WIDTH) -> str:
+    """Plain text for the terminal, every line shorter than ``width``: prose wrapped at word boundaries
+    (paths at ``/``), fixed-width number columns, long kernel names cut with ``...``."""
+    width = max(width, 40) - 1
     d = comparison_json(c, gates)
     s = d["step_time_ms"]
-    out = [
-        "mlprof compare",
-        f"  base: {d['base']['path']}  ({', '.join(d['base']['devices']) or 'no device properties'})",
-        f"  new:  {d['new']['path']}  ({', '.join(d['new']['devices']) or 'no device properties'})",
-        f"  steady step (median): {_step_line(s)}",
-        f"  mean steady step: {s['base_mean']:.2f} -> {s['new_mean']:.2f} ms ({s['mean_change_pct']:+.1f}%, "
+    out = ["mlprof compare"]
+    for label, side in (("base", d["base"]), ("new", d["new"])):
+        devices = ", ".join(side["devices"]) or "no device properties"
+        one_line = f"  {label + ':':<5} {plain(side['path'])}  ({devices})"
+        if len(one_line) <= width:
+            out.append(one_line)
+        else:  # the device, then the path on lines of its own
+            out += _fill(f"{label + ':':<5} {devices}", width, "  ", "        ")
+            out += _path_lines(plain(side["path"]), width, "        ")
+    out += _fill(f"steady step (median): {_step_line(s)}", width, "  ", "    ")
+    out += _fill(
+        f"mean steady step: {s['base_mean']:.2f} -> {s['new_mean']:.2f} ms ({s['mean_change_pct']:+.1f}%, "
         f"{s['mean_speedup']:.2f}x)",
-    ]
+        width,
+        "  ",
+        "    ",
+    )
     if d["explained_by"]:
         out.append(f"  mostly: {d['explained_by']}")
     went = _went(d)
     if went:
-        out.append(f"  where the time went: {went}")
+        out += _fill(f"where the time went: {went}", width, "  ", "    ")
     out += ["", f"  {'category':<16}{'base ms':>10}{'new ms':>10}{'change':>10}{'share':>8}"]
     for x in d["categories"]:
         share = "-" if x["share_of_change_pct"] is None else f"{x['share_of_change_pct']:.0f}%"
         out.append(f"  {x['category']:<16}{x['base_ms']:>10.2f}{x['new_ms']:>10.2f}{x['change_ms']:>+10.2f}{share:>8}")
     if d["predicted_vs_achieved"]:
-        out += [
-            "",
-            f"  {'fix':<10}{'status':<11}{'predicted':>10}{'achieved':>10}  its time lost (ms/step)",
-        ]
+        out += ["", f"  {'fix':<10}{'status':<11}{'predicted':>10}{'achieved':>10}  time lost ms/step"]
         for p in d["predicted_vs_achieved"]:
             achieved = f"{p['achieved_speedup']:>9.2f}x" if p["acted_on"] else f"{'-':>10}"
             out.append(
                 f"  {p['rule']:<10}{p['status']:<11}{p['predicted_speedup']:>9.2f}x{achieved}"
                 f"  {p['base_lost_ms']:.2f} -> {p['new_lost_ms']:.2f}"
             )
-        out.append(
-            "  (achieved: the measured change of the whole steady step, median, every change included; "
-            "shown for the fixes NEW acted on)"
+        out += _fill(
+            "(achieved: the measured change of the whole steady step, median, every change included; "
+            "shown for the fixes NEW acted on)",
+            width,
+            "  ",
+            "   ",
         )
         if d["predicted_together"] is not None:
             out.append(f"  acted-on fixes together predicted {d['predicted_together']:.2f}x")
     out.append("")
     for status in ("resolved", "new", "changed", "unchanged"):
         for x in d["findings"][status]:
-            out.append(
+            head = (
                 f"  {status:<10}{x['rule']:<10}{x['base_time_lost_ms_per_step']:>8.2f} -> "
-                f"{x['new_time_lost_ms_per_step']:.2f} ms/step  {x['title']}"
+                f"{x['new_time_lost_ms_per_step']:>6.2f} ms/step"
             )
+            title = plain(x["title"])
+            if width + 1 >= WIDE:
+                out += _fill(f"{head}  {title}", width, "", " " * (len(head) + 2))
+            else:
+                out.append(head)
+                out += _fill(title, width, "      ", "      ")
     if d["kernel_classes"]:
         out += ["", f"  {'kernel class':<16}{'base ms':>10}{'new ms':>10}{'change':>10}"]
     for k in d["kernel_classes"]:
@@ -375,12 +398,54 @@ def comparison_text(c: Comparison, gates: list[GateResult] | None = None) -> str
     if rows:
         out += ["", "  kernels whose time changed most (per step: count, ms)"]
         for r in rows:
-            out.append(
-                f"  {r['change_ms']:>+9.3f} ms  {r['base_count']:>7g} -> {r['new_count']:<7g} {_short(r['name'], 80)}"
-            )
+            head = f"  {r['change_ms']:>+9.3f} ms  {r['base_count']:>7g} -> {r['new_count']:<7g} "
+            out.append(head + _short(r["name"], min(90, width - len(head))))
     if gates is not None:
         out += [""]
         for g in gates:
-            out.append(f"  gate {'pass' if g.passed else 'FAIL'}: {g.gate}: {g.measured} (limit: {g.limit})")
-    out += [f"  note: {n}" for n in d["notes"]]
+            out += _fill(
+                f"gate {'pass' if g.passed else 'FAIL'}: {g.gate}: {g.measured} (limit: {g.limit})", width, "  ", "    "
+            )
+    for n in d["notes"]:
+        out += _fill(f"note: {n}", width, "  ", "    ")
     return "\n".join(plain(line) for line in out) + "\n"  # names and paths from traces: no escapes reach a terminal
+
+
+def _fill(text: str, width: int, indent: str, hang: str) -> list[str]:
+    """``text`` wrapped at spaces to ``width`` (a word longer than a line is cut at ``/`` when it has one)."""
+    import textwrap
+
+    words = []
+    for word in plain(text).split(" "):
+        words += _split_long(word, width - len(hang)) if len(word) > width - len(hang) else [word]
+    lines = textwrap.wrap(
+        " ".join(words),
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=hang,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return lines or [indent.rstrip()]
+
+
+def _split_long(word: str, room: int) -> list[str]:
+    """A long word (a path) in pieces of at most ``room`` characters, cut after a ``/``; else whole."""
+    if "/" not in word:
+        return [word]
+    pieces: list[str] = []
+    current = ""
+    for part in word.split("/"):
+        part_slash = part + "/"
+        if current and len(current) + len(part_slash) > room:
+            pieces.append(current)
+            current = ""
+        current += part_slash
+    pieces.append(current[:-1])
+    return [p for p in pieces if p]
+
+
+def _path_lines(path: str, width: int, indent: str) -> list[str]:
+    """A path on lines of its own, cut after a ``/`` where it does not fit (its characters all kept, in order)."""
+    room = width - len(indent)
+    return [indent + piece for piece in (_split_long(path, room) if len(path) > room else [path])]
