@@ -10,6 +10,8 @@ of that trace ingested into a temporary store, served by ``mlprof dashboard`` an
 with headless Chromium (Debian's ``/usr/bin/chromium`` through Playwright, as the
 browser tests do) into ``docs/img/run-page.png``. Nothing outside ``docs/`` and the
 README block is written; the store and cache live in a temporary folder.
+``tests/test_readme_sample.py`` regenerates the text and fails when the README or
+``docs/sample-report.txt`` differ from it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ def sample_report() -> str:
     return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
 
 
+def readme_block(text: str) -> str:
+    """The README's sample block for the report ``text``: its first lines, then its findings table."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Findings, ranked")), len(lines))
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("└")), len(lines) - 1)
+    shown = "\n".join([*lines[:HEAD_LINES], "...", *lines[start : end + 1]])
+    return f"{START}\n```text\n$ mlprof analyze {TRACE.relative_to(ROOT)}\n{shown}\n...\n```\n{END}"
+
+
 def write_text() -> None:
     text = sample_report()
     TEXT.write_text(text)
@@ -55,12 +66,7 @@ def write_text() -> None:
     if START in readme and END in readme:
         head, rest = readme.split(START, 1)
         _, tail = rest.split(END, 1)
-        lines = text.splitlines()
-        start = next((i for i, line in enumerate(lines) if line.startswith("Findings, ranked")), len(lines))
-        end = next((i for i in range(start, len(lines)) if lines[i].startswith("└")), len(lines) - 1)
-        shown = "\n".join([*lines[:HEAD_LINES], "...", *lines[start : end + 1]])
-        block = f"{START}\n```text\n$ mlprof analyze {TRACE.relative_to(ROOT)}\n{shown}\n...\n```\n{END}"
-        README.write_text(head + block + tail)
+        README.write_text(head + readme_block(text) + tail)
     print(f"wrote {TEXT.relative_to(ROOT)} and the README block")
 
 
