@@ -62,8 +62,8 @@ class HostSync(Rule[HostSyncOptions]):
 
     def check(self, ctx: RankContext, opts: HostSyncOptions) -> list[Finding]:
         lost = ctx.per_step("sync.host_read")
-        if ctx.step_ns <= 0 or lost / ctx.step_ns < opts.min_share:
-            return []
+        if ctx.step_ns <= 0 or lost <= 0 or lost / ctx.step_ns < opts.min_share:
+            return []  # nothing lost in the analysed steps (a harness's sync outside them is not theirs)
         trace = ctx.trace
         runtime = trace.runtime
         is_sync = np.asarray(names_matching(runtime["name"], SYNC_RUNTIME))
