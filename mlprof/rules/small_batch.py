@@ -60,7 +60,13 @@ class SmallBatch(Rule[SmallBatchOptions]):
         "at least `min_host_share` of the step; and, when the trace has `[memory]` events for the "
         "device, peak allocated memory under `max_memory_share` of the device's memory (without them "
         "the finding has low confidence). No time is claimed: LAUNCH001 owns the dispatch time; this "
-        "finding names the cause and the fix that removes it.",
+        "finding names the cause and the fix that removes it. The what-if replay has no edit for it and "
+        "the finding always shows 1.0x: a larger batch lengthens every kernel by an amount the trace does "
+        "not record (kernels this short grow far less than in proportion) and changes the data loading "
+        "per step, so no step time can be replayed. What the trace does say: the host's dispatch per "
+        "step (`host_dispatch_ms_per_step`) does not depend on the batch, so per sample it shrinks in "
+        "proportion to the batch, and the GPU's busy time per step (`gpu_busy_ms_per_step`) is what a "
+        "larger batch has room to grow into.",
         fix="Training: raise the batch size until memory or throughput stops improving, and scale the "
         "learning rate with it (linearly for SGD, about with the square root for Adam; warm it up). "
         "Inference: batch requests, or replay the step as a CUDA graph:\n\n"
@@ -111,7 +117,8 @@ class SmallBatch(Rule[SmallBatchOptions]):
                 time_lost_ns_per_step=0.0,
                 confidence="medium" if memory_share is not None else "low",
                 confidence_reason="GPU busy share, kernel length and host share measured"
-                + ("; memory in use from [memory] events" if memory_share is not None else "; no [memory] events"),
+                + ("; memory in use from [memory] events" if memory_share is not None else "; no [memory] events")
+                + "; no speedup shown: a larger batch changes kernel times this trace cannot replay",
                 evidence={
                     "gpu_busy_share": round(busy, 3),
                     "host_dispatch_share": round(host, 3),
@@ -122,6 +129,7 @@ class SmallBatch(Rule[SmallBatchOptions]):
                     "memory_share": round(memory_share, 4) if memory_share is not None else None,
                     "training": training,
                     "gpu_busy_ms_per_step": ms(busy * ctx.step_ns),
+                    "host_dispatch_ms_per_step": ms(host * ctx.step_ns),
                 },
                 fix=fix,
                 steps=[s for s in ctx.windows["step"].tolist() if s >= 0],
