@@ -25,7 +25,7 @@ from mlprof.cli import main
 
 from conftest import SAMPLES, external
 
-KERNEL_CATS = {"kernel", "Kernel"}
+KERNEL_CATS = {"kernel", "Kernel", "mtia_ccp_events"}
 COPY_CATS = {"gpu_memcpy", "Memcpy"}
 DEVICE_CATS = KERNEL_CATS | COPY_CATS | {"gpu_memset", "Memset"}
 LAUNCH_CATS = {"cuda_runtime", "Runtime", "cuda_driver"}

@@ -152,6 +152,8 @@ def test_kineto_markdown_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = tmp_path / "c.md"
     assert main(["compare", str(external(KINETO_0)), str(external(KINETO_4)), "-f", "markdown", "-o", str(out)]) == 0
     md = out.read_text()
+    assert md.startswith(f"## mlprof compare: `{Path(KINETO_0).name}` -> `{Path(KINETO_4).name}`")
+    assert "/work/" not in md and str(external(KINETO_0).parent) not in md  # no absolute path to paste into a PR
     assert "| DATA001 | resolved | 1.29x | 1.24x | 34.60 -> 0.00 | idle_data |" in md
     assert "| LAUNCH001 | changed | 1.37x | - |" in md
     assert "Mostly **idle_data** (-35.49 ms per step" in md

@@ -60,6 +60,8 @@ def compare(
     from mlprof.gates import check_comparison, gates_markdown
     from mlprof.gates.spec import gates_from_config, parse_budget, parse_fail_on, parse_max_regression
     from mlprof.report.compare_report import comparison_json, comparison_markdown, comparison_text
+    from mlprof.report.markdown import shown_path
+    from mlprof.untrusted import md_code
     from mlprof.rules.config import load_config
 
     rule_config = load_config(config)
@@ -87,7 +89,7 @@ def compare(
         write_text(output, text)
     if results is not None and not all(r.passed for r in results):
         sys.stdout.flush()
-        sys.stderr.write(gates_markdown(results, f"`{base}` -> `{new}`"))
+        sys.stderr.write(gates_markdown(results, f"{md_code(shown_path(base))} -> {md_code(shown_path(new))}"))
         raise typer.Exit(code=1)
 
 

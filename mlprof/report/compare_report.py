@@ -44,6 +44,7 @@ from mlprof.compare.diff import Comparison
 from mlprof.compare.findings import FindingPair
 from mlprof.compare.runs import RunSummary
 from mlprof.gates.evaluate import GateResult
+from mlprof.report.markdown import shown_path
 from mlprof.untrusted import md_code, md_text, plain
 
 SCHEMA_VERSION = "2.0"
@@ -238,7 +239,8 @@ def _direction(pct: float) -> str:
 def comparison_markdown(c: Comparison, gates: list[GateResult] | None = None) -> str:
     d = comparison_json(c, gates)
     s = d["step_time_ms"]
-    lines = [f"## mlprof compare: {md_code(d['base']['path'])} -> {md_code(d['new']['path'])}", ""]
+    base, new = md_code(shown_path(d["base"]["path"])), md_code(shown_path(d["new"]["path"]))
+    lines = [f"## mlprof compare: {base} -> {new}", ""]
     lines.append(f"Steady step (median) **{_step_line(s)}**.")
     lines.append(
         f"Mean steady step {s['base_mean']:.2f} -> {s['new_mean']:.2f} ms ({s['mean_change_pct']:+.1f}%, "
