@@ -61,8 +61,8 @@ def compare(
     from mlprof.gates.spec import gates_from_config, parse_budget, parse_fail_on, parse_max_regression
     from mlprof.report.compare_report import comparison_json, comparison_markdown, comparison_text
     from mlprof.report.markdown import shown_path
-    from mlprof.untrusted import md_code
     from mlprof.rules.config import load_config
+    from mlprof.untrusted import md_code
 
     rule_config = load_config(config)
     file_gates = gates_from_config(rule_config)
