@@ -73,6 +73,43 @@ def test_shape_alignment_scales_misaligned_gemms(tmp_path: Path) -> None:
     assert step_us(rr, apply_fix(rr, "SHAPE001", rr.graph, {"aligned_speedup": 0.5}, None, {})) == 1000.0
 
 
+def measured_shape_trace(tmp_path: Path) -> Path:
+    """record_shapes: aten::mm 1024 x 1023 x 1024 launches a 400 us align1 GEMM (130-530) that a device
+    sync from 150 waits for (returns at 540); aten::mm 1024 x 1024 x 1024 launches a 100 us align4 GEMM
+    (630-730); Python to the step end at 1000."""
+    aligned = MISALIGNED.replace("align1", "align4")
+
+    def gemm(name: str, ts: float, dur: float, corr: int) -> dict[str, Any]:
+        k = kernel(name, ts, dur, corr=corr)
+        k["args"]["External id"] = corr
+        return k
+
+    events = [
+        X("user_annotation", "ProfilerStep#1", 0, 1000),
+        X("cpu_op", "aten::mm", 100, 20, **{"External id": 1, "Input Dims": [[1024, 1023], [1023, 1024]]}),
+        runtime("cudaLaunchKernel", 110, 5, corr=1),
+        gemm(MISALIGNED, 130, 400, corr=1),
+        runtime("cudaDeviceSynchronize", 150, 390),
+        X("cpu_op", "aten::mm", 600, 20, **{"External id": 2, "Input Dims": [[1024, 1024], [1024, 1024]]}),
+        runtime("cudaLaunchKernel", 610, 5, corr=2),
+        gemm(aligned, 630, 100, corr=2),
+    ]
+    return write_trace(tmp_path / "shapes.json", events)
+
+
+def test_shape_alignment_ratio_measured_from_recorded_shapes(tmp_path: Path) -> None:
+    ra = analyze_trace(load_trace(measured_shape_trace(tmp_path)))
+    f = {x.rule: x for x in ra.findings}["SHAPE001"]
+    # Aligned: 2 * 1024^3 FLOP in 100 us; misaligned: 2 * 1024 * 1023 * 1024 FLOP in 400 us.
+    ratio = (2 * 1024**3 / 100) / (2 * 1024 * 1023 * 1024 / 400)
+    assert f.evidence["aligned_speedup_measured"] == pytest.approx(ratio, abs=1e-4)
+    assert f.confidence == "medium" and "aligned_speedup_assumed" not in f.evidence
+    # Replayed: the align1 GEMM takes 400 / ratio us (130 -> 229.902), the sync returns 10 us later and
+    # the rest of the step follows: 1000 - (400 - 400 / ratio) us.
+    fixed_us = 1000 - (400 - 400 / ratio)
+    assert f.speedup_source == "replay" and f.expected_speedup == pytest.approx(1000 / fixed_us, rel=1e-5)
+
+
 # ---- DP001: replicate / scatter / gather gone under DDP ------------------------------------------
 
 

@@ -153,7 +153,7 @@ def _gemm_ops(
     ts = host["ts"].to_numpy(np.int64)[leaf]
     leaf = leaf[~in_windows(ts, c_s, c_e)] if len(c_s) else leaf
     names = host["name"].astype(str).to_numpy()
-    flops = np.array([_gemm_flops(names[i], dims[i]) for i in leaf.tolist()], dtype=np.int64)
+    flops = np.array([gemm_flops(names[i], dims[i]) for i in leaf.tolist()], dtype=np.int64)
     keep = flops > 0
     return pd.DataFrame(
         {
@@ -164,7 +164,7 @@ def _gemm_ops(
     )
 
 
-def _gemm_flops(name: str, text: str) -> int:
+def gemm_flops(name: str, text: str) -> int:
     """2*M*N*K (times the batch) from an op's ``Input Dims``; 0 when the shapes do not fit."""
     try:
         d = json.loads(text)

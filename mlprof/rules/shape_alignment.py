@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mlprof.analyzers.attention import gemm_flops
 from mlprof.analyzers.kernels import is_misaligned_gemm
 from mlprof.rules._kernels import kernel_facts, top_names
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option, top_ranges
+from mlprof.trace.vocabulary import name_mask
 
 MULTIPLE = 8
 """Dimensions reported as misaligned from recorded shapes: not multiples of this (16-bit tensor cores)."""
+LEAF_GEMMS = re.compile(r"^aten::(mm|addmm|bmm|baddbmm)$")
+"""Matmul ops that launch the GEMM themselves (their ``Input Dims`` give M, N, K)."""
+TENSOR_CORE = r"(?i)tensorop|hmma|imma|[hsi]\d{3,5}gemm|bf16|xmma|gmma"
+"""Kernel names of tensor-core GEMMs (CUTLASS ``tensorop``, cuBLAS ``s1688``/``h16816``, Hopper ``gmma``)."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +59,11 @@ class ShapeAlignment(Rule[ShapeAlignmentOptions]):
         "`imma`...) and `align1`/`align2`. Their time per step and share of all GEMM time is the "
         "evidence; with `record_shapes` the ops that launched them (by external id) and their input "
         "shapes are named, with the dimensions that are not multiples of 8. No time is claimed by the "
-        "attribution: how much faster the aligned kernel runs is not in this trace. The what-if replay "
-        "divides these kernels by `aligned_speedup` (default 1.5, an assumption) and the finding stays low "
-        "confidence, out of the plan, until that ratio is measured.",
+        "attribution. The what-if replay divides these kernels by the aligned/misaligned throughput "
+        "ratio: measured in the trace when `record_shapes` gives the FLOPs (2*M*N*K) of the ops that launched "
+        "aligned and misaligned tensor-core GEMMs of similar size (within 4x in FLOPs; achieved FLOP/s of "
+        "the aligned ones over the misaligned ones, confidence medium), else `aligned_speedup` (default "
+        "1.5, an assumption: the finding then stays low confidence and out of the plan).",
         fix="Pad the odd dimension to a multiple of 8 (16-bit), 16 (8-bit) or 64 to be safe:\n\n"
         "    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # vocabulary\n"
         "    hidden = 1024                     # not 1000; heads x head_dim a multiple of 8\n"
@@ -79,6 +88,7 @@ class ShapeAlignment(Rule[ShapeAlignmentOptions]):
             return []
         gemm_share = float(bad["dur"].sum()) / max(float(gemm["dur"].sum()), 1.0)
         shapes = _launching_shapes(ctx, bad)
+        measured = _measured_ratio(ctx)
         title = (
             f"Tensor-core GEMMs on misaligned shapes: {len(bad) / n_steps:.0f} align1/align2 kernels per step, "
             f"{ms(bad_ns)} ms ({gemm_share:.0%} of GEMM time)"
@@ -89,9 +99,15 @@ class ShapeAlignment(Rule[ShapeAlignmentOptions]):
                 ctx,
                 title=title,
                 time_lost_ns_per_step=0.0,
-                confidence="low",
-                confidence_reason="alignment read from kernel names; the aligned kernel's speed is not in this "
-                f"trace: the replay assumes aligned_speedup={opts.aligned_speedup:g}x for these kernels",
+                confidence="medium" if measured else "low",
+                confidence_reason="alignment read from kernel names; "
+                + (
+                    f"aligned tensor-core GEMMs of similar size ran {measured['aligned_speedup_measured']:.2f}x the "
+                    "FLOP/s of the misaligned ones in this trace (record_shapes): the replay uses that ratio"
+                    if measured
+                    else "the aligned kernel's speed is not in this trace: the replay assumes "
+                    f"aligned_speedup={opts.aligned_speedup:g}x for these kernels"
+                ),
                 evidence={
                     "misaligned_kernels_per_step": round(len(bad) / n_steps, 1),
                     "misaligned_gemm_ms_per_step": ms(bad_ns),
@@ -99,6 +115,7 @@ class ShapeAlignment(Rule[ShapeAlignmentOptions]):
                     "share_of_step": round(share, 3),
                     "top_kernels": top_names(bad, n_steps),
                     "ops_and_shapes": shapes,
+                    **(measured or {"aligned_speedup_assumed": opts.aligned_speedup}),
                 },
                 fix="pad the odd GEMM dimension (vocabulary, hidden size, batch x sequence) to a multiple of 8 "
                 "(16-bit) / 16 (8-bit); e.g. resize_token_embeddings(..., pad_to_multiple_of=64)",
@@ -125,6 +142,53 @@ def _launching_shapes(ctx: RankContext, bad: pd.DataFrame) -> list[dict[str, Any
     for (op, dims), n in counts.sort_values(ascending=False).head(5).items():
         out.append({"op": op, "input_dims": dims, "calls": int(n), "dims_not_multiple_of_8": _odd_dims(dims)})
     return out
+
+
+SIMILAR_FLOPS = 4.0
+"""Aligned GEMM ops within this factor of the misaligned ones' median FLOPs are compared with them."""
+
+
+def _measured_ratio(ctx: RankContext) -> dict[str, Any] | None:
+    """Achieved FLOP/s of aligned over misaligned tensor-core GEMMs of similar size, from recorded shapes.
+
+    Each kernel is joined to the op that launched it by external id; an op's FLOPs
+    (``2*M*N*K``, from ``Input Dims``) are divided by the time of its tensor-core GEMM kernels.
+    None when the trace has no shapes or lacks either side (ml-perf-notes R09: measure it in
+    the same trace, else the ratio is not known).
+    """
+    host, gpu = ctx.trace.host, ctx.trace.gpu
+    if "input_dims" not in host or len(gpu) == 0:
+        return None
+    ts = gpu["ts"].to_numpy(np.int64)
+    gemm = gpu[(gpu["kind"] == "kernel").to_numpy() & ctx.in_windows(ts)]
+    ops = host[(host["input_dims"] != "").to_numpy() & name_mask(host["name"], LEAF_GEMMS)]
+    if len(ops) == 0:
+        return None
+    flops = pd.Series(
+        [gemm_flops(n, d) for n, d in zip(ops["name"].astype(str), ops["input_dims"].astype(str), strict=True)],
+        index=ops["external_id"].to_numpy(np.int64),
+    )
+    flops = flops[(flops > 0) & (flops.index >= 0)].groupby(level=0).first()
+    core = gemm[gemm["name"].astype(str).str.contains(TENSOR_CORE)]
+    ext = core["external_id"].to_numpy(np.int64)
+    bad = is_misaligned_gemm(core["name"])
+    t_bad = core["dur"][bad].groupby(ext[bad]).sum()
+    t_good = core["dur"][~bad].groupby(ext[~bad]).sum()
+    f_bad, f_good = flops.reindex(t_bad.index).dropna(), flops.reindex(t_good.index).dropna()
+    if len(f_bad) == 0 or len(f_good) == 0:
+        return None
+    mid = float(f_bad.median())
+    f_good = f_good[(f_good >= mid / SIMILAR_FLOPS) & (f_good <= mid * SIMILAR_FLOPS)]
+    if len(f_good) == 0:
+        return None
+    rate_bad = float(f_bad.sum()) / float(t_bad[f_bad.index].sum())
+    rate_good = float(f_good.sum()) / float(t_good[f_good.index].sum())
+    return {
+        "aligned_speedup_measured": round(max(rate_good / rate_bad, 1.0), 4),
+        "aligned_gemm_tflops": round(rate_good / 1e3, 3),
+        "misaligned_gemm_tflops": round(rate_bad / 1e3, 3),
+        "ops_compared": {"aligned": len(f_good), "misaligned": len(f_bad)},
+    }
 
 
 def _odd_dims(text: str) -> list[int]:

@@ -420,7 +420,8 @@ def _attention(ctx: FixContext) -> ReplayGraph | None:
     "SHAPE001",
     "Misaligned tensor-core GEMM kernels of the analysed steps (`align1`/`align2` variants) are divided by the "
     "aligned/misaligned throughput ratio: the one measured in this trace when `record_shapes` gives the FLOPs "
-    "of aligned and misaligned GEMM ops alike (achieved FLOP/s of the aligned ones over the misaligned ones), "
+    "of the ops launching aligned and misaligned tensor-core GEMMs of similar size (achieved FLOP/s of the "
+    "aligned ones over the misaligned ones; SHAPE001's `aligned_speedup_measured`), "
     "else `aligned_speedup` (default 1.5). The default is an assumption, not a measurement: the reference "
     "notes (ml-perf-notes.md, R09) give no number and say to measure aligned against misaligned GEMMs of "
     "similar size in the same trace; the finding then stays low confidence. Everything else is unchanged "
