@@ -10,6 +10,7 @@ slice that launched none (a sync call, a DataLoader wait).
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import json
 import re
@@ -86,6 +87,7 @@ def _arrows_checked(source: Path, copy: Path) -> Counter[str]:
     ends = [e for e in added if e.get("ph") == "f" and e.get("cat") == FINDING_CAT]
     assert len(starts) == len(ends)
     counts: Counter[str] = Counter()
+    launches_of_kind: dict[str, list[Decimal]] = {}
     for end in ends:
         start = starts[end["id"]]
         assert start["pid"] == pid and end["bp"] == "e"
@@ -110,8 +112,12 @@ def _arrows_checked(source: Path, copy: Path) -> Counter[str]:
             if a <= k_ts <= b or a <= k_launch <= b:  # runs inside the slice, or was launched from it
                 ok = True
             elif k_launch >= b and k["cat"] in KERNEL_CATS:  # the first of its kind launched after the slice
-                same_kind = [j for j in all_kernels if (pattern is None or pattern.search(j["name"])) and j is not k]
-                ok = not any(a <= launched(j) < k_launch for j in same_kind)
+                if rule not in launches_of_kind:
+                    launches_of_kind[rule] = sorted(
+                        launched(j) for j in all_kernels if pattern is None or pattern.search(j["name"])
+                    )
+                times = launches_of_kind[rule]
+                ok = bisect.bisect_left(times, k_launch) == bisect.bisect_left(times, a)  # none in [a, k_launch)
             if ok:
                 break
         assert ok, f"{rule}: {k['name']!r} (ts {k_ts}, launched {k_launch}) is not about the slice {ranges}"
