@@ -16,6 +16,7 @@ child's ``ru_maxrss`` from GNU time and the PSS of its process tree).
     python benchmarks/bench_vs_hta.py                    # resnet50 nw0 (35 MB) + df_index_resolver x4 (217 MB)
     python benchmarks/bench_vs_hta.py --large            # + the 1 GB tiled trace (HTA takes minutes)
     python benchmarks/bench_vs_hta.py --only resnet50 --repeat 3
+    nice python benchmarks/bench_vs_hta.py --data /tmp/mlprof-bench   # tiled traces outside the repo
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ print("%s" + json.dumps({"s": time.perf_counter() - t, "json": trace.meta.json_b
 """
 
 
-def tiled(copies: int, name: str) -> Path:
-    out = DATA / name
+def tiled(copies: int, name: str, data: Path = DATA) -> Path:
+    out = data / name
     if not out.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [
                 sys.executable,
@@ -109,10 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", help="resnet50 | tiled_x4 | tiled_1gb | startup (repeatable)")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--skip-hta", action="store_true")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        help=f"where the tiled traces are written (default {DATA}; they are 0.2-1 GB: /tmp keeps them out of the repo)",
+    )
     args = p.parse_args(argv)
-    inputs = {"resnet50": lambda: DEFAULT_ROOT / RESNET, "tiled_x4": lambda: tiled(4, "tiled_x4.json")}
+    inputs = {"resnet50": lambda: DEFAULT_ROOT / RESNET, "tiled_x4": lambda: tiled(4, "tiled_x4.json", args.data)}
     if args.large:
-        inputs["tiled_1gb"] = lambda: tiled(19, "tiled_1gb.json")
+        inputs["tiled_1gb"] = lambda: tiled(19, "tiled_1gb.json", args.data)
     wanted = set(args.only or [*inputs, "startup"])
     print(f"Machine: {environment()}; `nproc` {os.cpu_count()}; load average {os.getloadavg()[0]:.1f} at start\n")
     print("| input | JSON MB | mlprof analyze s | HTA s | ratio | mlprof peak MB | x JSON | HTA peak MB |")
