@@ -10,6 +10,8 @@ are test artefacts: kept in the test's tmp_path (the path is printed) and copied
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import shutil
 import socket
@@ -25,7 +27,24 @@ import pytest
 import mlprof
 from mlprof.dashboard.views.runs import FIRST_COLUMNS
 
-from conftest import SAMPLES, external
+from conftest import SAMPLES
+
+STARVED = SAMPLES / "synthetic" / "data_starvation.json.gz"
+"""A synthetic GPU trace (H100, 6 steps, DataLoader waits) with known timings: bundled, so a clean clone runs
+these tests; the AppTests in test_dashboard.py cover the same pages on real traces too (marked external)."""
+
+
+def _json_truth() -> tuple[str, int]:
+    """The kernel with the most GPU time and the longest ProfilerStep, read from the trace JSON itself."""
+    events = json.loads(gzip.decompress(STARVED.read_bytes()))["traceEvents"]
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "kernel":
+            totals[e["name"]] = totals.get(e["name"], 0.0) + e["dur"]
+    steps = [e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")]
+    longest = max(steps, key=lambda e: e["dur"])["name"].split("#")[1]
+    return max(totals, key=lambda k: totals[k]), int(longest)
+
 
 CHROMIUM = "/usr/bin/chromium"
 ROW_PX = 35
@@ -74,7 +93,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, d
     os.environ["MLPROF_CACHE"] = env["MLPROF_CACHE"]
     try:
         ids = {
-            "nw0": ingest(external("pytorch__kineto/resnet50_num_workers_0"), store_url=db).run_id,
+            "starved": ingest(STARVED, store_url=db).run_id,
             "bad": ingest(SAMPLES / "scenarios" / "recorded" / "data_starvation" / "bad", store_url=db).run_id,
         }
     finally:
@@ -126,7 +145,7 @@ def test_click_from_runs_table_into_a_run(dashboard: tuple[str, dict[str, int]],
             page.get_by_role("heading", name="Runs", exact=True).wait_for(timeout=60_000)
             grid = page.locator('[data-testid="stDataFrame"]').first
             grid.wait_for(timeout=30_000)
-            cell = page.locator('[data-testid="stDataFrame"] [role="gridcell"]', has_text="resnet50_num_workers_0")
+            cell = page.locator('[data-testid="stDataFrame"] [role="gridcell"]', has_text="data_starvation")
             cell.first.wait_for(state="attached", timeout=30_000)
             row_index = int(cell.first.locator("xpath=..").get_attribute("aria-rowindex") or "0")
             assert row_index >= 2  # row 1 is the header
@@ -135,10 +154,10 @@ def test_click_from_runs_table_into_a_run(dashboard: tuple[str, dict[str, int]],
             page.mouse.click(box["x"] + 16, box["y"] + ROW_PX * (row_index - 1) + ROW_PX / 2)
 
             page.get_by_role("heading", name="Ranked fixes").wait_for(timeout=60_000)
-            assert f"page=run&run={ids['nw0']}" in page.url
-            page.get_by_role("heading", name=f"Run {ids['nw0']}: resnet50_num_workers_0").wait_for()
+            assert f"page=run&run={ids['starved']}" in page.url
+            page.get_by_role("heading", name=f"Run {ids['starved']}: data_starvation").wait_for()
             first = page.locator('[data-testid="stExpander"]').first
-            top = mlprof.analyze(external("pytorch__kineto/resnet50_num_workers_0")).findings.iloc[0]
+            top = mlprof.analyze(STARVED).findings.iloc[0]
             assert f"1. {top.rule} {top.expected_speedup:.2f}x [{top.severity}]" in first.inner_text()
             # the top finding's fix code is shown with it
             assert top.fix.splitlines()[0].strip()[:20] in page.locator('[data-testid="stCode"]').first.inner_text()
@@ -171,13 +190,14 @@ def test_kernel_tab_and_timeline_with_a_finding_band(dashboard: tuple[str, dict[
     with sync_playwright() as p:
         browser, page = _open(p, 1366, 1400)
         try:
-            page.goto(f"{url}/?page=run&run={ids['nw0']}", timeout=60_000)
+            page.goto(f"{url}/?page=run&run={ids['starved']}", timeout=60_000)
+            top_kernel, longest = _json_truth()
             page.get_by_role("heading", name="Ranked fixes").wait_for(timeout=60_000)
             page.get_by_role("tab", name="Kernels").click()
             grid = page.locator('[data-testid="stDataFrame"]').filter(has_text="% of kernel time")
             grid.first.wait_for(timeout=30_000)
-            # the kernel with the most GPU time in this trace (cuDNN's dgrad, 80.7 ms over 6 steps) is the first row
-            cell = grid.first.locator('[role="gridcell"]', has_text="cudnn::detail::dgrad_engine<float, 512")
+            # the kernel with the most GPU time in the trace (summed from its JSON) is the first row
+            cell = grid.first.locator('[role="gridcell"]', has_text=top_kernel[:60])
             cell.first.wait_for(state="attached", timeout=30_000)
             assert cell.first.locator("xpath=..").get_attribute("aria-rowindex") == "2"
             page.wait_for_timeout(500)
@@ -186,14 +206,14 @@ def test_kernel_tab_and_timeline_with_a_finding_band(dashboard: tuple[str, dict[
             _keep(shot)
 
             page.get_by_role("tab", name="Timeline").click()
-            chart = page.locator(".js-plotly-plot").filter(has_text="Timeline of step 16")
+            chart = page.locator(".js-plotly-plot").filter(has_text=f"Timeline of step {longest}")
             chart.first.locator(".main-svg").first.wait_for(timeout=60_000)
             labels = chart.first.locator(".annotation-text")
             labels.first.wait_for(timeout=30_000)
             texts = {labels.nth(i).text_content() for i in range(labels.count())}
-            assert {"DATA001", "FUSE001"} <= texts
-            # a drawn band: plotly draws each vrect as a path in the shape layer
-            assert chart.first.locator(".shapelayer path").count() >= 3
+            assert "DATA001" in texts
+            # a drawn band: plotly draws each vrect as a path in the shape layer (the step's shading and DATA001's)
+            assert chart.first.locator(".shapelayer path").count() >= 2
             page.wait_for_timeout(500)
             shot = tmp_path / "run_page_timeline.png"
             chart.first.screenshot(path=str(shot))

@@ -330,12 +330,12 @@ def counter_series(series: pd.DataFrame, origin_ns: int) -> go.Figure:
 
 def rank_heatmap(steps: pd.DataFrame, value: str = "dur", straggler: int | None = None) -> go.Figure:
     """Ranks x steps, colour and number = ms of ``value`` (``dur`` or a category); the straggler's
-    row (STRAG001's rank, else the rank with the longest total) is marked."""
+    row (STRAG001's rank, else the rank with the longest total, when the totals differ) is marked."""
     ranks = steps[steps["rank"] >= 0]
     grid = ranks.pivot_table(index="rank", columns="step", values=f"{value}_ns", aggfunc="sum") / 1e6
     if straggler is None and len(grid):
         totals = ranks.groupby("rank")["dur_ns"].sum()
-        straggler = int(totals.idxmax())
+        straggler = int(totals.idxmax()) if totals.max() > totals.min() else None  # equal ranks: none is late
     labels = [f"rank {r}" + (" ◀ straggler" if r == straggler else "") for r in grid.index]
     fig = go.Figure(
         go.Heatmap(
