@@ -166,6 +166,7 @@ def test_dlrm_arrows_and_straggler_mark(tmp_path: Path) -> None:
     assert len(files) == 8
     marked: dict[int, list[dict[str, Any]]] = {}
     arrivals: dict[int, list[Decimal]] = {}
+    strag: dict[int, list[dict[str, Any]]] = {}
     rules: Counter[str] = Counter()
     for f in files:
         rules += _arrows_checked(f, out / f.name)
@@ -177,6 +178,7 @@ def test_dlrm_arrows_and_straggler_mark(tmp_path: Path) -> None:
         arrivals[rank] = comm
         added = _load(out / f.name)[len(raw["traceEvents"]) :]
         marked[rank] = [e for e in added if e.get("cat") == MARK_CAT or e.get("name") == "process_labels"]
+        strag[rank] = [e for e in added if e.get("ph") == "X" and (e.get("args") or {}).get("rule") == "STRAG001"]
     assert rules["DATA002"] > 0 and rules["COMM002"] > 0 and rules["STRAG001"] > 0
     # Independent straggler: the collectives, matched by their order on each rank, and who started each last.
     n = min(len(v) for v in arrivals.values())
@@ -185,6 +187,8 @@ def test_dlrm_arrows_and_straggler_mark(tmp_path: Path) -> None:
     straggler, times = last.most_common(1)[0]
     assert times > n / 2  # a clear straggler, not a tie
     assert [r for r, m in marked.items() if m] == [straggler]
+    assert [r for r, m in strag.items() if m] == [straggler]  # the analysis' STRAG001 names the same rank
+    assert strag[straggler][0]["args"]["title"].startswith(f"Rank {straggler} is the straggler")
     labels = [e for e in marked[straggler] if e.get("name") == "process_labels"]
     assert len(labels) == 1 and labels[0]["args"]["labels"].startswith(f"straggler: rank {straggler}, arrived last at")
     instants = [e for e in marked[straggler] if e.get("ph") == "i" and e.get("s") == "g"]

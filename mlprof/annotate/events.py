@@ -92,11 +92,12 @@ def finding_events(
                 }
             )
     flow_id = FLOW_ID_BASE
+    kinds = trace.gpu["kind"].astype(str).to_numpy() if len(trace.gpu) else []
     for i, arrow in arrows if arrows is not None else finding_arrows(findings, trace):
         ref = kernel_refs.get(arrow.row)
         if ref is None:
             continue
-        flow = {"cat": FINDING_CAT, "name": f"{findings[i].rule} -> kernel", "id": flow_id}
+        flow = {"cat": FINDING_CAT, "name": f"{findings[i].rule} -> {kinds[arrow.row]}", "id": flow_id}
         events.append({"ph": "s", "pid": pid, "tid": i + 1, "ts": us(arrow.start_ns), **flow})
         events.append({"ph": "f", "bp": "e", "pid": ref.pid, "tid": ref.tid, "ts": us(arrow.end_ns), **flow})
         flow_id += 1
