@@ -113,7 +113,7 @@ def finding_arrows(findings: list[Finding], trace: Trace) -> list[tuple[int, Arr
     targets = Targets(trace)
     out: list[tuple[int, Arrow]] = []
     for i, f in enumerate(findings):
-        rows = np.flatnonzero(targets.candidates(f))
+        rows = targets.prepare(np.flatnonzero(targets.candidates(f)))
         for a, b in _ranges(f, trace):
             arrow = targets.arrow(a, b, rows)
             if arrow is not None:

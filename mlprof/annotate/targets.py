@@ -91,30 +91,33 @@ class Targets:
             self._direction = direction
         return np.asarray(self._direction == "HtoD")
 
-    def arrow(self, a: int, b: int, rows: np.ndarray) -> Arrow | None:
-        """The arrow for range [a, b) among ``rows`` (indices of candidate rows), or None."""
-        if len(rows) == 0:
+    def arrow(self, a: int, b: int, rows: np.ndarray | Candidates) -> Arrow | None:
+        """The arrow for range [a, b) among ``rows`` (candidate row indices, or :meth:`prepare`'s), or None."""
+        c = rows if isinstance(rows, Candidates) else self.prepare(rows)
+        if len(c.by_ts) == 0:
             return None
         b = max(b, a + 1)
-        ts, end, launch = self.ts[rows], self.end[rows], self.launch[rows]
         pos = np.searchsorted(self.device_starts, a)
         if pos < len(self.device_starts) and self.device_starts[pos] == a:  # the range is device work
-            return self._first(rows, (ts >= a) & (ts < b), ts, a)
-        i = self._pick((launch >= a) & (launch < b) & (end >= launch), launch, end)
-        if i is not None:  # launched from inside the range
-            return self._make(int(rows[i]), int(launch[i]))
-        return self._first(rows, launch >= b, launch, max(a, b - 1))
+            i = int(np.searchsorted(c.ts_sorted, a, side="left"))
+            return self._make(int(c.by_ts[i]), a) if i < len(c.by_ts) and c.ts_sorted[i] < b else None
+        i = int(np.searchsorted(c.launch_sorted, a, side="left"))
+        if i < len(c.by_launch) and c.launch_sorted[i] < b:  # launched from inside the range
+            return self._make(int(c.by_launch[i]), int(c.launch_sorted[i]))
+        i = int(np.searchsorted(c.launch_sorted, b, side="left"))  # the first launched after it
+        return self._make(int(c.by_launch[i]), max(a, b - 1)) if i < len(c.by_launch) else None
 
-    def _first(self, rows: np.ndarray, mask: np.ndarray, key: np.ndarray, start: int) -> Arrow | None:
-        i = self._pick(mask & (self.end[rows] >= start), key, self.end[rows])
-        return None if i is None else self._make(int(rows[i]), start)
+    def prepare(self, rows: np.ndarray) -> Candidates:
+        """The candidate rows sorted by start and by launch (ties: the one that ends first), for many ranges.
 
-    @staticmethod
-    def _pick(mask: np.ndarray, key: np.ndarray, end: np.ndarray) -> int | None:
-        idx = np.flatnonzero(mask)
-        if len(idx) == 0:
-            return None
-        return int(idx[np.lexsort((end[idx], key[idx]))[0]])
+        Rows that end before their launch call starts (a device clock behind the host's) cannot be
+        pointed at forward in time from their launch; they are left out of the launch order."""
+        ts, end, launch = self.ts[rows], self.end[rows], self.launch[rows]
+        by_ts = rows[np.lexsort((end, ts))]
+        forward = end >= launch
+        kept = rows[forward]
+        by_launch = kept[np.lexsort((end[forward], launch[forward]))]
+        return Candidates(by_ts, self.ts[by_ts], by_launch, self.launch[by_launch])
 
     def _make(self, row: int, start: int) -> Arrow | None:
         k_ts, k_end = int(self.ts[row]), int(self.end[row])
@@ -122,3 +125,13 @@ class Targets:
             return None
         land = max(k_ts + (k_end - k_ts) // 2, start)
         return Arrow(start_ns=start, row=row, end_ns=land)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One finding's candidate rows in two orders, so each range is answered by binary search."""
+
+    by_ts: np.ndarray
+    ts_sorted: np.ndarray
+    by_launch: np.ndarray
+    launch_sorted: np.ndarray
