@@ -7,9 +7,10 @@ Built from the JSON report alone (so text, markdown and HTML say the same thing)
 * the top fix: the first ranked finding's rule, expected speedup (``≤`` for a
   low-confidence bound), time saved per step and title, and the fix itself;
 * all fixes: the plan's cumulative speedup;
-* what paces the step: the what-if replay's answer when the report has one
-  (``whatif.paces`` / ``whatif.paced_by``: text, or an object with ``text``/``summary``);
-  otherwise the attribution category with the most time per step, with what it means.
+* what paces the step: the what-if replay's answer when the report has a ``whatif`` object
+  (its ``paces`` string: the resource pacing most steps, see :mod:`mlprof.whatif.replay`);
+  for a report without a replay (``--low-memory``, a report of schema 1.4 or older) the
+  attribution category with the most time per step, with what it means.
 
 The pieces are plain strings: each renderer escapes them for its output.
 """
@@ -25,14 +26,9 @@ from mlprof.report.speedup import speedup_text
 def _paces(data: dict[str, Any]) -> str | None:
     whatif = data.get("whatif")
     if isinstance(whatif, dict):
-        for key in ("paces", "paced_by", "what_paces_the_step"):
-            value = whatif.get(key)
-            if isinstance(value, str) and value:
-                return value
-            if isinstance(value, dict):
-                for field in ("text", "summary", "verdict"):
-                    if isinstance(value.get(field), str) and value[field]:
-                        return str(value[field])
+        # The report's own answer (mlprof.whatif.predict.WhatIf.paces): one string, or null without steps.
+        value = whatif.get("paces")
+        return value if isinstance(value, str) and value else None
     bd = data.get("breakdown") or {}
     cats = bd.get("categories") or {}
     if not cats:

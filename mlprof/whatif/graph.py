@@ -26,9 +26,11 @@ All times are int64 ns relative to :attr:`ReplayGraph.origin`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from mlprof.analyzers.attention import chain_spans
 from mlprof.analyzers.attribution import sync_launch_drain
@@ -130,8 +132,20 @@ class ReplayGraph:
         return len(self.g_ts)
 
     def copy(self) -> ReplayGraph:
-        """A deep copy: transformations edit copies, never the graph they are given."""
-        return copy.deepcopy(self)
+        """A copy whose arrays and lists are new: transformations edit copies, never the graph they are given.
+
+        Arrays are copied with ``ndarray.copy`` (the object array of kernel classes holds immutable strings,
+        so its references are shared); ``ranges`` and ``removals`` are never edited in place, only
+        replaced or appended to, so their arrays are shared."""
+        out = copy.copy(self)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                setattr(out, f.name, value.copy())
+        out.ranges = dict(self.ranges)
+        out.removals = list(self.removals)
+        out.applied = list(self.applied)
+        return out
 
     def rel(self, t: np.ndarray | int) -> np.ndarray:
         """Recorded absolute ns to graph-relative ns."""
@@ -163,7 +177,7 @@ def build_graph(trace: Trace) -> ReplayGraph:
     g_ts = g_ts_abs - origin
     g_end = g_ts + g_dur
     g_corr = gpu["correlation"].to_numpy(np.int64)[g_rows]
-    kinds = gpu["kind"].astype(str).to_numpy()[g_rows] if len(g_rows) else np.empty(0, dtype=object)
+    kinds = _labels(gpu["kind"], g_rows)
     klass = kernel_classes(gpu)[g_rows] if len(gpu) else np.empty(0, dtype=object)
     g_klass = np.where(kinds == "kernel", klass, kinds).astype(object)
 
@@ -254,13 +268,15 @@ def build_graph(trace: Trace) -> ReplayGraph:
     if n_h and len(g_rows):
         _host_waits(h_ts, h_end, h_kind, h_wait, h_tail, h_base, g_ts, g_end, g_launch, g_klass, launch_ts)
 
-    names_all = gpu["name"].astype(str).to_numpy()[g_rows] if len(g_rows) else np.empty(0, dtype=str)
-    g_name = np.unique(names_all, return_inverse=True)[1].astype(np.int64) if len(g_rows) else np.zeros(0, np.int64)
+    # Name codes and name flags from the distinct names (classified once each, then indexed by row).
+    categories, codes = _categories(gpu["name"], g_rows)
+    g_name = np.unique(codes, return_inverse=True)[1].astype(np.int64) if len(g_rows) else np.zeros(0, np.int64)
     flags = np.zeros(len(g_rows), dtype=np.int64)
     if len(g_rows):
-        text = names_all.astype(str)
-        flags |= np.where(np.char.find(text, "Pageable") >= 0, PAGEABLE, 0)
-        flags |= np.where(np.char.find(text, "HtoD") >= 0, HTOD, 0)
+        text = categories.astype(str)
+        name_flags = np.where(np.char.find(text, "Pageable") >= 0, PAGEABLE, 0)
+        name_flags |= np.where(np.char.find(text, "HtoD") >= 0, HTOD, 0)
+        flags |= name_flags[codes]
         flags |= np.where(is_foreach_optimizer_kernel(gpu["name"])[g_rows], MULTI_TENSOR, 0)
         flags |= np.where(is_misaligned_gemm(gpu["name"])[g_rows], MISALIGNED, 0)
     return ReplayGraph(
@@ -291,6 +307,24 @@ def build_graph(trace: Trace) -> ReplayGraph:
         latency_ns=latency,
         turnaround_ns=turnaround,
     )
+
+
+def _categories(column: pd.Series, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a column (as an object array) and each selected row's index into them."""
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(str).astype("category")
+    cats = np.asarray([*column.cat.categories.astype(str), ""], dtype=object)
+    codes = column.cat.codes.to_numpy()[rows].astype(np.int64)
+    codes[codes < 0] = len(cats) - 1  # a missing value reads as ""
+    return cats, codes
+
+
+def _labels(column: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """The selected rows of a column as strings (object array), converted once per distinct value."""
+    if len(rows) == 0:
+        return np.empty(0, dtype=object)
+    cats, codes = _categories(column, rows)
+    return cats[codes]
 
 
 SYNC_FLOOR_NS = 2_000

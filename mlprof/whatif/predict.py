@@ -63,16 +63,24 @@ class WhatIf:
     def paces(self) -> str | None:
         """What paces the steps, in words: the resource most steps (of every rank) are paced by in the replay."""
         counts: dict[str, int] = {}
+        probed: dict[str, int] = {}
         total = 0
         for r in self.ranks:
             for p in r.pacing:
                 counts[p["paced_by"]] = counts.get(p["paced_by"], 0) + 1
+                probed[p["paced_by"]] = probed.get(p["paced_by"], 0) + (p.get("why") == "probe")
                 total += 1
         if not counts:
             return None
         top, n = max(counts.items(), key=lambda kv: kv[1])
         where = "steps" if len(self.ranks) == 1 else "rank-steps"
-        return f"{top} ({n} of {total} {where}: making it 10% faster shortens the replayed step most)"
+        if top == "none of them alone":
+            why = "making any one of them 10% faster shortens the replayed step by less than 1%"
+        elif probed.get(top, 0) == 0:
+            why = "the device is busy at least 90% of the step"
+        else:
+            why = "making it 10% faster shortens the replayed step most"
+        return f"{top} ({n} of {total} {where}: {why})"
 
     def to_dict(self) -> dict[str, Any]:
         worst = self.worst

@@ -29,6 +29,16 @@ MAX_REPLAY_ERROR_PCT = 5.0
 PACE_SHARE = 0.9
 """Pacing probe: each resource's time is scaled to this share and the steps replayed."""
 
+MIN_PACE_GAIN = 0.01
+"""A probe names the resource pacing a step only if it shortens the replayed step by at least this share
+(a tenth of what a resource holding the whole step would gain at 10%)."""
+
+GPU_BUSY_PACES = 0.9
+"""A step whose device is busy (compute, exposed communication or copies) at least this share of it is paced by
+the device: the other resources share the rest, less than a tenth of the step. The replay's host
+probe can still win such a step when the host's idle wait for the device is recorded as host time
+(no synchronize in the trace: the synthetic healthy trace), so this rule comes first."""
+
 
 @dataclass
 class RankReplay:
@@ -115,6 +125,10 @@ def pacing(
 ) -> list[dict[str, Any]]:
     """Per step, the resource whose time moves the step most: each of GPU compute, communication, data
     loading and other host time is made 10% faster in turn and the steps replayed (a critical-path probe).
+    A step whose device is busy at least :data:`GPU_BUSY_PACES` of it is paced by the device (``why``:
+    ``device busy``); otherwise the probe that gains most names it if it gains at least
+    :data:`MIN_PACE_GAIN` of the step (``why``: ``probe``), else "none of them alone".
+    ``gain_share_at_10pct`` is the named resource's probe gain.
 
     ``base``: the unmodified graph's step durations, when the caller has them already. A probe
     with nothing to speed up (no communication kernels, no DataLoader ranges) gains nothing and
@@ -145,18 +159,42 @@ def pacing(
         axis=1,
     )
     names = list(probes)
-    numbers = steps["step"].to_numpy() if len(steps) == len(starts) else np.full(len(starts), -1)
+    aligned = len(steps) == len(starts)
+    numbers = steps["step"].to_numpy() if aligned else np.full(len(starts), -1)
+    busy, comm_busy = _device_busy(steps, len(starts))
     out = []
     for i in range(len(starts)):
         best = int(gains[i].argmax())
+        share = float(gains[i, best] / max(base[i], 1.0))
+        if busy[i] >= GPU_BUSY_PACES:
+            paced, why = ("communication" if comm_busy[i] else "GPU compute"), "device busy"
+            share = float(gains[i, names.index(paced)] / max(base[i], 1.0))
+        elif share >= MIN_PACE_GAIN:
+            paced, why = names[best], "probe"
+        else:
+            paced, why = "none of them alone", "probe"
         out.append(
             {
                 "step": int(numbers[i]),
-                "paced_by": names[best] if gains[i, best] > 0 else "none of them alone",
-                "gain_share_at_10pct": round(float(gains[i, best] / max(base[i], 1.0)), 4),
+                "paced_by": paced,
+                "why": why,
+                "gain_share_at_10pct": round(share, 4),
+                "device_busy_share": round(float(busy[i]), 4) if aligned else None,
             }
         )
     return out
+
+
+def _device_busy(steps: pd.DataFrame, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per step, the share of it the device is busy (attribution: compute, exposed communication and copies),
+    and whether exposed communication is the larger part of that; zeros when the table does not align."""
+    cols = ("compute", "comm_exposed", "memcpy_exposed")
+    if len(steps) != n or any(c not in steps for c in (*cols, "dur")):
+        return np.zeros(n), np.zeros(n, dtype=bool)
+    dur = steps["dur"].to_numpy(np.float64)
+    busy = sum(steps[c].to_numpy(np.float64) for c in cols)
+    share = np.where(dur > 0, busy / np.maximum(dur, 1.0), 0.0)
+    return share, steps["comm_exposed"].to_numpy(np.float64) > steps["compute"].to_numpy(np.float64)
 
 
 def _complement(ws: np.ndarray, we: np.ndarray, cs: np.ndarray, ce: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

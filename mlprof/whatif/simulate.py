@@ -16,6 +16,7 @@ each round settles at least one more wait; the unmodified graph settles in one).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,7 @@ def simulate(graph: ReplayGraph, gpu_end: np.ndarray | None = None) -> Timeline:
     c = (g.g_gap + g.g_dur).astype(np.int64)
     csum = _segmented_cumsum(c, seg_first)
     offset = g.g_stream.astype(np.int64) * SEGMENT
-    if g.n_host > CHUNK:
+    if g.n_host and g.n_gpu:
         g_end = _chunked(g, g_end, c)
     rounds = 0
     h_start = h_end = h_front = np.zeros(0, dtype=np.int64)
@@ -78,7 +79,16 @@ def simulate(graph: ReplayGraph, gpu_end: np.ndarray | None = None) -> Timeline:
 
 
 def _chunked(g: ReplayGraph, g_end: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Device ends from a time-ordered pass over chunks of host calls (a first answer, see :func:`simulate`)."""
+    """Device ends from a time-ordered pass over chunks of host calls (a first answer, see :func:`simulate`).
+
+    Inside a chunk, host and device passes alternate until the chunk settles. A device pass is
+    one cumulative scan per stream when no op of the chunk waits for another stream; otherwise
+    the chunk's ops are walked once in recorded start order (a topological order: a stream
+    predecessor and a cross-stream predecessor both started earlier in the recording), so a
+    chain of cross-stream waits is resolved in one pass instead of one round per link. A chunk
+    whose waits all point to earlier chunks (final already) is exact after one round and is
+    not passed again to confirm it.
+    """
     n_h, n_g = g.n_host, g.n_gpu
     h_chunk = np.arange(n_h, dtype=np.int64) // CHUNK
     n_chunks = int(h_chunk[-1]) + 1
@@ -87,8 +97,19 @@ def _chunked(g: ReplayGraph, g_end: np.ndarray, c: np.ndarray) -> np.ndarray:
         h_chunk[np.clip(g.g_launch, 0, None)],
         np.clip(np.searchsorted(g.h_ts, g.g_ts, side="right") - 1, 0, None) // CHUNK,
     )
-    # Along a stream, chunks never go back: an op is simulated no earlier than the ops queued before it.
-    g_chunk = np.maximum.accumulate(g_chunk + g.g_stream * (n_chunks + 1)) - g.g_stream * (n_chunks + 1)
+    # Along a stream, chunks never go back: an op is simulated no earlier than the ops queued before it,
+    # nor before the op of another stream it waits for (repeated: such waits can chain).
+    stride = g.g_stream * (n_chunks + 1)
+    has_dep_all = g.g_dep >= 0
+    dops = np.flatnonzero(has_dep_all)
+    for _ in range(64):
+        g_chunk = np.maximum.accumulate(g_chunk + stride) - stride
+        if len(dops) == 0:
+            break
+        pushed = np.maximum(g_chunk[dops], g_chunk[g.g_dep[dops]])
+        if np.array_equal(pushed, g_chunk[dops]):
+            break
+        g_chunk[dops] = pushed
     order = np.lexsort((g.g_ts, g.g_stream, g_chunk))
     bounds = np.searchsorted(g_chunk[order], np.arange(n_chunks + 1))
     n_streams = int(g.g_stream.max()) + 1 if n_g else 0
@@ -98,6 +119,14 @@ def _chunked(g: ReplayGraph, g_end: np.ndarray, c: np.ndarray) -> np.ndarray:
     front_prev = 0
     waits = g.h_wait >= 0
     step_all = np.maximum(g.h_gap + g.h_base, 0)
+    # A chunk is exact after one round when every wait of its host calls points to an earlier chunk and
+    # no op of it waits for an op of a later chunk.
+    late_wait = np.zeros(n_chunks, dtype=bool)
+    if waits.any():
+        items = np.flatnonzero(waits)
+        late_wait[h_chunk[items][g_chunk[g.h_wait[items]] >= h_chunk[items]]] = True
+    if len(dops):
+        late_wait[g_chunk[dops][g_chunk[g.g_dep[dops]] > g_chunk[dops]]] = True
     for k in range(n_chunks):
         a, b = k * CHUNK, min((k + 1) * CHUNK, n_h)
         ops = order[bounds[k] : bounds[k + 1]]
@@ -110,6 +139,17 @@ def _chunked(g: ReplayGraph, g_end: np.ndarray, c: np.ndarray) -> np.ndarray:
         launched = g.g_launch[ops] >= 0
         dep = g.g_dep[ops]
         has_dep = dep >= 0
+        # Cross-stream waits inside the chunk are resolved in one pass over the waiting ops only (in recorded
+        # start order, see _dep_keys); where two of them tie on their recorded start the order is not known,
+        # and the chunk alternates Jacobi rounds until it settles, as a chunk does for its host waits.
+        dl = np.flatnonzero(has_dep)
+        inner_ok = True
+        if len(dl):
+            dl = dl[np.lexsort((dl, g.g_ts[ops[dl]]))]
+            tgt = dep[dl]
+            inner_ok = not bool((g.g_ts[tgt] >= g.g_ts[ops[dl]]).any())
+            if not inner_ok:
+                late_wait[k] = True
         for _ in range(MAX_ROUNDS):
             # host calls of the chunk
             w = np.full(b - a, NONE, dtype=np.int64)
@@ -125,14 +165,17 @@ def _chunked(g: ReplayGraph, g_end: np.ndarray, c: np.ndarray) -> np.ndarray:
             # device ops of the chunk, each stream continuing from its last op before the chunk
             ready = g.g_anchor[ops].copy()
             ready[launched] = h_start[g.g_launch[ops][launched]] + g.g_lat[ops][launched]
-            if has_dep.any():
-                ready[has_dep] = np.maximum(ready[has_dep], g_end[dep[has_dep]] + g.g_dep_delay[ops][has_dep])
             ready[first] = np.maximum(ready[first], stream_end[streams[first]])
             key = ready - (cs - cc) + off
+            if len(dl):
+                if inner_ok:
+                    key[dl] = _dep_keys(g, ops, dl, key, cs, cc, off, streams, g_end)
+                else:
+                    key[dl] = np.maximum(key[dl], g_end[dep[dl]] + g.g_dep_delay[ops[dl]] - (cs - cc)[dl] + off[dl])
             end = cs + (np.maximum.accumulate(key) - off)
             settled = np.array_equal(end, g_end[ops])
             g_end[ops] = end
-            if settled:
+            if settled or not late_wait[k]:
                 break
         front_prev = int(front[-1]) if b > a else front_prev
         if len(ops):
@@ -140,6 +183,72 @@ def _chunked(g: ReplayGraph, g_end: np.ndarray, c: np.ndarray) -> np.ndarray:
             last[:-1] = streams[1:] != streams[:-1]
             stream_end[streams[last]] = g_end[ops][last]
     return g_end
+
+
+def _dep_keys(
+    g: ReplayGraph,
+    ops: np.ndarray,
+    dl: np.ndarray,
+    key: np.ndarray,
+    cs: np.ndarray,
+    cc: np.ndarray,
+    off: np.ndarray,
+    streams: np.ndarray,
+    g_end: np.ndarray,
+) -> np.ndarray:
+    """Scan keys of a chunk's ops that wait for an op of another stream (local positions ``dl``, in recorded
+    start order), each raised by its predecessor's end.
+
+    ``ops`` (by stream, then start) are ascending graph indices. Along a stream ``end[i] = cs[i] +
+    max(key[j], j <= i) - off[i]``: a predecessor's end needs only the cumulative maximum of the keys
+    before it on its stream, which are the plain keys and the raised keys of waiting ops already
+    passed (they started earlier). So one pass over the waiting ops suffices."""
+    base_max = np.maximum.accumulate(key)
+    dep = g.g_dep[ops[dl]]
+    local = np.searchsorted(ops, dep)
+    inside = (local < len(ops)) & (ops[np.clip(local, 0, len(ops) - 1)] == dep)
+    outside_end = g_end[dep] + g.g_dep_delay[ops[dl]]
+    delay = g.g_dep_delay[ops[dl]].tolist()
+    base_key = key[dl].tolist()
+    shift = (off - (cs - cc))[dl].tolist()  # key = ready - (cs - cc) + off
+    tl = local.tolist()
+    ins = inside.tolist()
+    out_end = outside_end.tolist()
+    csl = cs.tolist()
+    offl = off.tolist()
+    bm = base_max.tolist()
+    st = streams.tolist()
+    dpos = dl.tolist()
+    # Per stream: positions of waiting ops passed so far and the running maximum of their raised keys.
+    pos: dict[int, list[int]] = {}
+    best: dict[int, list[int]] = {}
+    out = []
+    for n in range(len(dpos)):
+        if ins[n]:
+            t = tl[n]
+            m = bm[t]
+            ps = pos.get(st[t])
+            if ps:
+                j = bisect_right(ps, t) - 1
+                if j >= 0:
+                    v = best[st[t]][j]
+                    if v > m:
+                        m = v
+            ready = csl[t] + m - offl[t] + delay[n]
+        else:
+            ready = out_end[n]
+        kk = ready + shift[n]
+        if base_key[n] > kk:
+            kk = base_key[n]
+        out.append(kk)
+        d = dpos[n]
+        s = st[d]
+        lst = pos.setdefault(s, [])
+        bl = best.setdefault(s, [])
+        # positions of one stream are appended in start order, which is their order on the stream
+        lst.append(d)
+        bl.append(kk if not bl or kk > bl[-1] else bl[-1])
+    return np.asarray(out, dtype=np.int64)
 
 
 def _segmented_cumsum(c: np.ndarray, seg_first: np.ndarray) -> np.ndarray:
