@@ -1,7 +1,9 @@
 """``--low-memory``: one trace analysed step window by step window gives the in-memory attribution exactly.
 
-Real traces with ProfilerStep markers: HTA's ``trace_filter`` rank 0 (2 steps) and the
-Kineto ``resnet50_num_workers_0`` trace (6 steps, DataLoader starvation).
+Bundled traces (a clean clone runs these): the synthetic data-starvation trace (6 steps, known
+timings) and the recorded CPU run of the data-starvation scenario. Real traces with ProfilerStep
+markers (marked external): HTA's ``trace_filter`` rank 0 (2 steps) and the Kineto
+``resnet50_num_workers_0`` trace (6 steps, DataLoader starvation).
 """
 
 from __future__ import annotations
@@ -16,17 +18,29 @@ from mlprof.cli import main
 from mlprof.engine.windows import analyze_low_memory
 from mlprof.trace.loader import load_trace
 
-from conftest import external
+from conftest import SAMPLES, external
 
 TRACES = (
     "hta/tests/data/trace_filter/sampled_rank-0.json.gz",
     "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz",
 )
+BUNDLED = (
+    SAMPLES / "synthetic" / "data_starvation.json.gz",
+    SAMPLES / "scenarios" / "recorded" / "data_starvation" / "bad" / "trace.rank0.json.gz",
+)
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=["synthetic_data_starvation", "recorded_data_starvation"])
+def test_step_windows_give_the_in_memory_attribution_and_findings(path: Path, tmp_path: Path) -> None:
+    _windows_equal_the_whole_trace(path, tmp_path)
 
 
 @pytest.mark.parametrize("rel", TRACES, ids=lambda r: r.split("/")[-2])
-def test_step_windows_give_the_in_memory_attribution_and_findings(rel: str, tmp_path: Path) -> None:
-    path = external(rel)
+def test_step_windows_on_real_traces(rel: str, tmp_path: Path) -> None:
+    _windows_equal_the_whole_trace(external(rel), tmp_path)
+
+
+def _windows_equal_the_whole_trace(path: Path, tmp_path: Path) -> None:
     windowed = analyze_low_memory(path, jobs=1, spill_dir=tmp_path)
     whole = analyze_job([load_trace(path)], str(path))
     w, a = windowed.ranks[0], whole.ranks[0]
@@ -64,11 +78,11 @@ def test_resnet50_low_memory_still_ranks_data_starvation_first() -> None:
 
 
 def test_cli_low_memory_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = external(TRACES[0])
+    path = BUNDLED[0]
     out = tmp_path / "r.json"
     assert main(["analyze", str(path), "--low-memory", "-f", "json", "-o", str(out)]) == 0
     assert '"step_source": "ProfilerStep"' in out.read_text()
-    no_steps = external("AMD-AGI__TraceLens/b200/eager_trace.json.gz")
+    no_steps = SAMPLES / "synthetic" / "no_profiler_step.json.gz"
     for args, words in (
         ([str(no_steps), "--low-memory"], "has none"),
         ([str(path.parent), "--low-memory"], "one trace file"),

@@ -8,6 +8,7 @@ one straggler arriving 500 us late at every collective.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import logging
@@ -26,7 +27,7 @@ from mlprof.engine import analyze_paths
 from mlprof.results.schema import to_json_dict
 from mlprof.trace.loader import load_job
 
-from conftest import external
+from conftest import SAMPLES, external
 
 DLRM = "facebookresearch__param/dlrm_kineto"
 TRACE_FILTER = "hta/tests/data/trace_filter"
@@ -60,6 +61,17 @@ def job64(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict[str,
     if importlib.util.find_spec("dask.distributed") is not None:
         reports["dask"] = to_json_dict(analyze_paths(str(out), jobs=2, engine="dask", dask_processes=False))
     return reports, truth
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundled two-rank job: the synthetic comm trace (NCCL all-reduce each step) as ranks 0 and 1."""
+    folder = tmp_path_factory.mktemp("two_ranks")
+    doc = json.loads(gzip.decompress((SAMPLES / "synthetic" / "comm_exposed.json.gz").read_bytes()))
+    for rank in (0, 1):
+        ranked = dict(doc, distributedInfo={"rank": rank, "world_size": 2})
+        (folder / f"sampled_rank-{rank}.json.gz").write_bytes(gzip.compress(json.dumps(ranked).encode()))
+    return folder
 
 
 def _by_rank(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -195,8 +207,8 @@ def test_generated_64_ranks_identical_across_engines(job64: tuple[dict[str, Any]
 # ---- inputs: globs, URLs, bad input --------------------------------------------------------------
 
 
-def test_glob_and_fsspec_urls_name_the_same_job(tmp_path: Path) -> None:
-    src = external(TRACE_FILTER)
+def test_glob_and_fsspec_urls_name_the_same_job(tmp_path: Path, two_ranks: Path) -> None:
+    src = two_ranks
     for f in src.iterdir():
         shutil.copy(f, tmp_path / f.name)
     (tmp_path / "notes.txt").write_text("not a trace")
@@ -217,8 +229,8 @@ def test_glob_and_fsspec_urls_name_the_same_job(tmp_path: Path) -> None:
     ]
 
 
-def test_cli_jobs_and_bad_engine_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = str(external(TRACE_FILTER))
+def test_cli_jobs_and_bad_engine_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], two_ranks: Path) -> None:
+    src = str(two_ranks)
     out = tmp_path / "r.json"
     assert main(["analyze", src, "--jobs", "2", "-f", "json", "-o", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -234,8 +246,10 @@ def test_cli_jobs_and_bad_engine_options(tmp_path: Path, capsys: pytest.CaptureF
         assert len(err) == 1 and err[0].startswith("mlprof: error:") and words in err[0]
 
 
-def test_duplicate_and_unknown_ranks_are_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    f = external(f"{TRACE_FILTER}/sampled_rank-0.json.gz")
+def test_duplicate_and_unknown_ranks_are_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], two_ranks: Path
+) -> None:
+    f = two_ranks / "sampled_rank-0.json.gz"
     shutil.copy(f, tmp_path / "a.json.gz")
     shutil.copy(f, tmp_path / "b.json.gz")  # both say distributedInfo.rank 0
     assert main(["analyze", str(tmp_path), "--jobs", "2"]) == 2
@@ -299,21 +313,23 @@ def test_process_group_and_sequence_match_sub_group_collectives(tmp_path: Path) 
     assert by_order.matched == 1 and by_order.unmatched == 2
 
 
-def test_a_broken_rank_file_is_one_error_line_from_a_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    shutil.copy(external(f"{TRACE_FILTER}/sampled_rank-0.json.gz"), tmp_path / "rank-0.json.gz")
+def test_a_broken_rank_file_is_one_error_line_from_a_worker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], two_ranks: Path
+) -> None:
+    shutil.copy(two_ranks / "sampled_rank-0.json.gz", tmp_path / "rank-0.json.gz")
     (tmp_path / "rank-1.json").write_text('{"traceEvents": [')  # a rank cut off mid-write
     assert main(["analyze", str(tmp_path), "--jobs", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mlprof: error: {tmp_path / 'rank-1.json'}: not valid JSON (Input data was truncated)"]
 
 
-def test_dask_scheduler_address_runs_the_tasks_there(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dask_scheduler_address_runs_the_tasks_there(monkeypatch: pytest.MonkeyPatch, two_ranks: Path) -> None:
     """``--scheduler``: tasks go to an existing cluster (here one started in this process), which stays up."""
     distributed = pytest.importorskip("dask.distributed")
     from mlprof.engine import executors
     from mlprof.errors import MlprofError
 
-    path = str(external(TRACE_FILTER))
+    path = str(two_ranks)
     expected = to_json_dict(analyze_paths(path, jobs=1))
     with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
         remote = to_json_dict(analyze_paths(path, engine="dask", scheduler=cluster.scheduler_address))
