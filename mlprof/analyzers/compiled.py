@@ -40,8 +40,9 @@ class CompileFacts:
     """Compiled-region ranges: ts, end, tid, frame, compile_id, nested (inside another region on its thread)."""
     breaks: pd.DataFrame
     """One row per nested region (a graph break): ts (outer start), end (nested start), tid, eager_ops (names
-    of the host ops run in between), data_dependent (one of them reads a tensor value), eager_ts (start of
-    the first of those eager ops, or ``end`` when there are none: the eager stretch is ``[eager_ts, end)``)."""
+    of the host ops run in between), data_dependent (one of them reads a tensor value), and the break's
+    eager stretch ``[eager_ts, resume_ts)``: from the end of the last compiled-graph op before the nested
+    region to the first compiled-graph op inside it (see :func:`eager_spans`)."""
     compiling: tuple[np.ndarray, np.ndarray]
     """Merged intervals of compilation ranges."""
     compile_ids: list[str]
@@ -114,7 +115,9 @@ def _breaks(
     rows: list[dict[str, object]] = []
     nested = regions[regions["nested"]]
     if len(nested) == 0:
-        return pd.DataFrame({"ts": [], "end": [], "tid": [], "eager_ops": [], "data_dependent": [], "eager_ts": []})
+        return pd.DataFrame(
+            {"ts": [], "end": [], "tid": [], "eager_ops": [], "data_dependent": [], "eager_ts": [], "resume_ts": []}
+        )
     is_op = host["cat"].isin(DISPATCH_CATS).to_numpy(dtype=bool) & ~name_mask(host["name"], COMPILED_CALL)
     is_sync = name_mask(host["name"], SYNC_OPS)
     cand = np.flatnonzero(is_op)
@@ -125,6 +128,7 @@ def _breaks(
     r_tid = regions["tid"].to_numpy(np.int64)
     is_call = name_mask(host["name"], COMPILED_CALL) & ~name_mask(host["name"], REGION)
     calls = np.flatnonzero(is_call)
+    graph_aten = np.flatnonzero(is_op & ~is_sync & np.char.startswith(text.astype(str), "aten::"))
     for r in nested.itertuples(index=False):
         # The enclosing region: the latest-starting region on the thread that contains this one.
         enc = (r_tid == r.tid) & (r_ts < r.ts) & (r_end >= r.end)
@@ -138,26 +142,47 @@ def _breaks(
                 "tid": int(r.tid),
                 "eager_ops": sorted(set(text[window].tolist())),
                 "data_dependent": bool(is_sync[window].any()),
-                "eager_ts": _eager_start(window, calls, ts, end, tid, lo, int(r.ts), int(r.tid)),
+                **_stretch(calls, graph_aten, ts, end, tid, lo, int(r.ts), int(r.end), int(r.tid)),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _eager_start(
-    window: np.ndarray, calls: np.ndarray, ts: np.ndarray, end: np.ndarray, tid: np.ndarray, lo: int, hi: int, t: int
-) -> int:
-    """First eager op after the outer region's compiled graph calls (ops inside those calls are compiled code)."""
-    mine = calls[(tid[calls] == t) & (ts[calls] >= lo) & (end[calls] <= hi)]
-    after = int(end[mine].max()) if len(mine) else lo
-    eager = window[ts[window] >= after]
-    return int(ts[eager].min()) if len(eager) else hi
+def _stretch(
+    calls: np.ndarray,
+    graph_aten: np.ndarray,
+    ts: np.ndarray,
+    end: np.ndarray,
+    tid: np.ndarray,
+    lo: int,
+    at: int,
+    hi: int,
+    t: int,
+) -> dict[str, int]:
+    """The eager stretch of one break: end of the last compiled-graph op before the nested region (starting
+    at ``at``, ending at ``hi``, inside an outer region from ``lo``) to the first one inside it.
+
+    Compiled-graph ops are the compiled calls (``CompiledFunction``, ``## Call CompiledFxGraph ##``) where
+    the regions have them; without them (``aot_eager`` inference runs the graph's ATen ops directly) every
+    ATen op that does not read a tensor value. What lies between is the break's cost: the condition read
+    on the host, Python, the cache lookup and guards of the resume frame, its prologue.
+    """
+    mine = (tid == t) & (ts >= lo) & (ts < hi)
+    use_calls = calls[mine[calls]]
+    graph = use_calls if len(use_calls) else graph_aten[mine[graph_aten]]
+    before = graph[end[graph] <= at]
+    inside = graph[ts[graph] >= at]
+    return {
+        "eager_ts": int(end[before].max()) if len(before) else lo,
+        "resume_ts": int(ts[inside].min()) if len(inside) else hi,
+    }
 
 
 def eager_spans(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
-    """Host spans (absolute ns) of the eager code at each graph break: from the first eager op after the
-    outer compiled region's own work to the start of the resume region (what ``fullgraph=True`` compiles)."""
+    """Host spans (absolute ns) of each graph break's eager stretch: from the end of the compiled graph's
+    last op before the resume region to the resume region's first graph op (the spans ``fullgraph=True``
+    would compile away: the condition read, Python, the resume frame's cache lookup, guards and prologue)."""
     b = compile_facts(trace).breaks
     if len(b) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return b["eager_ts"].to_numpy(np.int64), b["end"].to_numpy(np.int64)
+    return b["eager_ts"].to_numpy(np.int64), b["resume_ts"].to_numpy(np.int64)

@@ -472,12 +472,14 @@ def _launched_inside(g: ReplayGraph, s: np.ndarray, e: np.ndarray) -> np.ndarray
 
 @fix(
     "COMPILE001",
-    "Graph breaks removed (`fullgraph=True`): at each break of the analysed steps, the host time of the eager "
-    "code between the two compiled graphs (from its first eager op to the resume region) is removed except "
+    "Graph breaks removed (`fullgraph=True`): at each break of the analysed steps, the host time between the "
+    "two compiled graphs (from the end of the outer graph's last op to the resume region's first graph op: the "
+    "condition read, Python, the resume frame's cache lookup, guards and prologue) is removed except "
     "the own time of its kernel launch calls (compiled code still launches each kernel; as LAUNCH001 does for "
     "a captured region, dispatch is what goes). Where the break is on a tensor value (`.item()`, `if t > 0`), "
     "host calls in that stretch stop waiting for the device (the condition becomes `torch.where`/`torch.cond`). "
-    "Recompilation seen in two or more analysed steps is removed too (`mark_dynamic`). The eager ops' "
+    "Recompilation seen in two or more analysed steps is removed too (`mark_dynamic`); a stretch that holds "
+    "a one-off compilation (the resume frame compiled on entry) is left as recorded. The eager ops' "
     "kernels keep their time: fusion across the break is not counted.",
     unclaimed=True,
 )
@@ -486,8 +488,15 @@ def _compile(ctx: FixContext) -> ReplayGraph | None:
     s, e = ctx.host_rows("graph_break")
     cs, ce = ctx.host_rows("compiling")
     recurring = len(ctx.evidence.get("steps_with_compilation") or []) >= 2
-    # Compilation inside a break's stretch (the resume frame compiled on first entry) is not eager code.
-    s, e = _subtract(s, e, *merge_intervals(cs, ce, np.zeros(len(cs), dtype=np.int64))[:2])
+    # A stretch holding compilation (the resume frame compiled on entry) is a recompiling step's, not the
+    # break's steady cost: it is left as recorded, unless the recompilation recurs (then both go).
+    m_s, m_e, _ = merge_intervals(cs, ce, np.zeros(len(cs), dtype=np.int64))
+    if recurring:
+        s, e = _subtract(s, e, m_s, m_e)
+    elif len(m_s) and len(s):
+        pos = np.searchsorted(m_s, e, side="left") - 1
+        compiling = (pos >= 0) & (m_e[np.clip(pos, 0, None)] > s)
+        s, e = s[~compiling], e[~compiling]
     out: ReplayGraph | None = None
     if len(s):
         ms_, me_, _ = merge_intervals(s, e, np.zeros(len(s), dtype=np.int64))

@@ -77,6 +77,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "signal": "dp_forward_calls_per_step (DataParallel.forward ranges); on CPU DataParallel has no devices "
         "and calls the module directly, so the time is the same both ways (detection case)",
     },
+    "graph_break": {
+        "pathology": "torch.compile(backend='aot_eager') forward with `if h.mean() > 0.1:` after two of its three "
+        "layers: Dynamo splits it into compiled regions with the .item() read and resume frames between them",
+        "fix": "torch.where(h.mean() > 0.1, h * 2, h) and torch.compile(..., fullgraph=True): one graph",
+        "signal": "compiled_regions_per_step, nested_regions_per_step (a region starting inside another on the "
+        "training thread: a resume frame or a frame called from a broken one) and item_calls_per_step",
+    },
     "comm_no_overlap": {
         "pathology": "2 ranks (gloo): all_reduce of each of 16 gradients, one by one, after the backward pass",
         "fix": "DistributedDataParallel (bucketed all-reduce started from backward hooks)",
@@ -172,6 +179,23 @@ def evidence(scenario: str, events: list[dict[str, Any]], steps: list[tuple[int,
         }
     if scenario == "data_parallel":
         return {"dp_forward_calls_per_step": per_step_count(lambda e: e["name"] == "DataParallel.forward")}
+    if scenario == "graph_break":
+        is_region = lambda e: str(e["name"]).startswith("Torch-Compiled Region")  # noqa: E731
+        per_step = _in_steps(events, steps, is_region)
+        nested = [
+            sum(
+                1
+                for a in regions
+                for b in regions
+                if a is not b and _ns(a["ts"]) < _ns(b["ts"]) < _ns(a["ts"]) + _ns(a["dur"])
+            )
+            for regions in per_step
+        ]
+        return {
+            "compiled_regions_per_step": statistics.fmean(len(x) for x in per_step),
+            "nested_regions_per_step": statistics.fmean(nested),
+            "item_calls_per_step": per_step_count(lambda e: e["name"] == "aten::item"),
+        }
     if scenario == "comm_no_overlap":
         is_ar = lambda e: e["name"] in ("gloo:all_reduce", "c10d::allreduce_")  # noqa: E731
         top = lambda e: e["name"] == "c10d::allreduce_"  # noqa: E731
