@@ -184,6 +184,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         gpus=2,
         timeout_s=120,
     ),
+    Scenario(
+        "graph_break",
+        "fullgraph",
+        "torch.compile(backend='aot_eager') forward with two `if h.mean() > 0.1:` graph breaks",
+        "torch.where(...) and torch.compile(..., fullgraph=True): one graph",
+        "COMPILE001",
+        "compile",
+    ),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 
