@@ -8,6 +8,7 @@ recordings (Kineto ResNet-50 num_workers 0 -> 4, the recorded scenario pairs).
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 from functools import cache
@@ -41,6 +42,7 @@ ALEXNET = "hta/tests/data/critical_path/alexnet/benchmark_result_2869224_1695835
 TRACE_COMPARE_BASE = "hta/tests/data/trace_compare/base/base.json.gz"
 TRACE_COMPARE_TEST = "hta/tests/data/trace_compare/test/test.json.gz"
 DLRM = "facebookresearch__param/dlrm_kineto"
+PARAM_RESNET = "facebookresearch__param/resnet_kineto.json.gz"
 CLOVERLEAF = "hpcgroup__pipit/perlmutter-cloverleaf-cuda.sqlite"
 DATALOADER = "enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__"
 
@@ -235,6 +237,30 @@ def test_pageable_copy_becomes_pinned_and_non_blocking(tmp_path: Path) -> None:
     assert step_us(rr, apply_fix(rr, "DATA002", rr.graph, {}, None, {"bandwidth_ratio_used": 2.0})) == 221.0
 
 
+def test_pageable_copy_call_waits_for_its_stream_to_drain(tmp_path: Path) -> None:
+    """A pageable cudaMemcpyAsync [10, 240) waits for kernel K [0, 200) to finish before its copy runs [200, 245):
+    the call returns 5 us before the copy's recorded end (param resnet: up to 36 us, 70 ms of waiting in a
+    90 ms call). The call waits for its copy (tail -5 us), so a faster K lets the host go on earlier."""
+    events = [
+        X("user_annotation", "ProfilerStep#1", 0, 400),
+        runtime("cudaLaunchKernel", 0, 5, corr=1),
+        kernel("void gemm_k", 0, 200, corr=1),
+        runtime("cudaMemcpyAsync", 10, 230, corr=2),
+        X("gpu_memcpy", "Memcpy HtoD (Pageable -> Device)", 200, 45, pid=0, tid=7, device=0, stream=7, correlation=2),
+        runtime("cudaLaunchKernel", 250, 5, corr=3),
+        kernel("void gemm_k2", 260, 40, corr=3),
+    ]
+    rr = replayed(write_trace(tmp_path / "drain.json", events))
+    g = rr.graph
+    assert g.h_wait.tolist() == [-1, 1, -1] and g.h_tail[1] == -5 * US
+    assert step_us(rr, g) == 400.0 and rr.error_pct == 0.0
+    # K halved: K [0, 100), the copy [100, 145), the call returns at 140; K2 launched at 150 (10 us of host
+    # after the call, as recorded) starts 10 us later (9 us latency + 1 us residual) and ends at 200; the step
+    # ends 145 us of host after that launch call: 150 + 5 + 145 = 300.
+    faster = set_op_durations(g, np.array([0]), np.array([100 * US]))
+    assert step_us(rr, faster) == 300.0
+
+
 def test_optimizer_kernels_become_multi_tensor(tmp_path: Path) -> None:
     # Optimizer.step [100, 400): 10 per-parameter add kernels of 10 us, one launched every 30 us.
     events = [X("user_annotation", "ProfilerStep#1", 0, 500), X("user_annotation", "Optimizer.step#SGD.step", 100, 300)]
@@ -343,6 +369,39 @@ def test_launch_bound_plan_is_bounded() -> None:
     # 100 kernels of 5 us per 3.2 ms step: even with free dispatch the GPU needs 0.5 ms plus per-node costs.
     assert plan and plan[-1].cumulative_speedup < 5.0
     assert all(f.expected_speedup < 5.0 for f in ra.findings)
+
+
+def test_param_resnet_pageable_copies_block_the_host_while_the_gpu_drains() -> None:
+    """Param resnet: 56 pageable H2D copies in the steady steps; their cudaMemcpyAsync calls last up to 142 ms,
+    most of it waiting for the previous step's kernels (the copy starts when the stream drains). The
+    attribution claims only the exposed copy time (the GPU is busy during the wait): 1.03x; the replay,
+    where the calls now wait for their copies, lets the host prepare the next batch meanwhile."""
+    ra = real(PARAM_RESNET)
+    h2d = by_rule(ra.findings)["DATA002"]
+    # Independent truth: raw sums of the runtime calls that launched the pageable HtoD copies in the steps.
+    with gzip.open(external(PARAM_RESNET)) as fh:
+        raw = json.loads(fh.read())["traceEvents"]
+    rr = ra.diagnosis.whatif.ranks[0]  # type: ignore[union-attr]
+    starts, ends = rr.win_starts / 1e3, rr.win_ends / 1e3
+    corr = {
+        e["args"]["correlation"]
+        for e in raw
+        if e.get("cat") in ("gpu_memcpy", "Memcpy")
+        and "Pageable -> Device" in e.get("name", "")
+        and any(a <= e["ts"] < b for a, b in zip(starts, ends, strict=True))
+    }
+    calls = [
+        e["dur"]
+        for e in raw
+        if e.get("cat") in ("cuda_runtime", "Runtime") and e.get("args", {}).get("correlation") in corr
+    ]
+    assert len(corr) == len(calls) == 56
+    per_step_ms = sum(calls) / len(starts) / 1e3
+    assert h2d.evidence["host_in_pageable_copy_calls_ms_per_step"] == pytest.approx(per_step_ms, abs=0.01)
+    assert per_step_ms > 3 * h2d.evidence["exposed_copy_ms_per_step"]  # 67.6 ms vs 20.0 ms per step
+    assert "the host waits" in h2d.title
+    assert h2d.speedup_source == "replay" and h2d.evidence["attribution_speedup"] < 1.05
+    assert 1.15 < h2d.expected_speedup < 1.4
 
 
 def test_no_finding_on_shared_traces_above_10x() -> None:

@@ -82,7 +82,7 @@ class ReplayGraph:
     h_wait: np.ndarray
     """Index of the GPU op the call waits for, or -1."""
     h_tail: np.ndarray
-    """Time from that op's end to the call's return."""
+    """Time from that op's end to the call's return (a blocking copy's may be negative, see :data:`COPY_SKEW_NS`)."""
     h_kind: np.ndarray
     h_row: np.ndarray
     """Row of the call in ``trace.runtime``."""
@@ -330,6 +330,10 @@ def _labels(column: pd.Series, rows: np.ndarray) -> np.ndarray:
 SYNC_FLOOR_NS = 2_000
 """Own duration of a sync call that waited (what it costs once the device is done)."""
 
+COPY_SKEW_NS = 50_000
+"""A copy call counts as waiting for its op when the op started during the call and ended at most this long
+after the call returned (see :func:`_host_waits`)."""
+
 
 def _host_waits(
     h_ts: np.ndarray,
@@ -345,9 +349,16 @@ def _host_waits(
     launch_ts: np.ndarray,
 ) -> None:
     """Fill the wait edges in place: each blocking call waits for the op it waited for in the recording."""
-    # A copy whose op ended inside its own launch call (pageable or blocking memcpy) waited for it.
+    # A copy whose op ended inside its own launch call (pageable or blocking memcpy) waited for it; so did one
+    # whose op started while the call ran and ended at most COPY_SKEW_NS after it returned (a pageable
+    # cudaMemcpyAsync waits for its stream to drain, stages the data and returns as the last DMA is
+    # under way; host and device clocks also differ by some microseconds). Its tail is then negative.
     copies = np.flatnonzero((g_launch >= 0) & np.isin(g_klass, ["memcpy", "memset"]))
-    own = copies[(g_end[copies] <= h_end[g_launch[copies]]) & (g_end[copies] > h_ts[g_launch[copies]])]
+    call = g_launch[copies]
+    inside = (g_end[copies] <= h_end[call]) & (g_end[copies] > h_ts[call])
+    skewed = (g_ts[copies] >= h_ts[call]) & (g_ts[copies] < h_end[call]) & (g_end[copies] > h_end[call])
+    skewed &= g_end[copies] <= h_end[call] + COPY_SKEW_NS
+    own = copies[inside | skewed]
     for op in own:
         item = g_launch[op]
         h_wait[item] = op
@@ -371,7 +382,9 @@ def _host_waits(
             h_wait[item] = by_end[k]
     waiting = np.flatnonzero(h_wait >= 0)
     target_end = g_end[h_wait[waiting]]
-    h_tail[waiting] = np.maximum(h_end[waiting] - target_end, 0)
+    tail = h_end[waiting] - target_end
+    copy_call = h_kind[waiting] == KIND_BLOCKING_COPY
+    h_tail[waiting] = np.where(copy_call, np.maximum(tail, -COPY_SKEW_NS), np.maximum(tail, 0))
     h_base[waiting] = np.minimum(h_base[waiting], SYNC_FLOOR_NS)
 
 

@@ -92,11 +92,11 @@ def _chunked(g: ReplayGraph, g_end: np.ndarray, c: np.ndarray) -> np.ndarray:
     n_h, n_g = g.n_host, g.n_gpu
     h_chunk = np.arange(n_h, dtype=np.int64) // CHUNK
     n_chunks = int(h_chunk[-1]) + 1
-    g_chunk = np.where(
-        g.g_launch >= 0,
-        h_chunk[np.clip(g.g_launch, 0, None)],
-        np.clip(np.searchsorted(g.h_ts, g.g_ts, side="right") - 1, 0, None) // CHUNK,
-    )
+    g_chunk = h_chunk[np.clip(g.g_launch, 0, None)]
+    unlaunched = np.flatnonzero(g.g_launch < 0)
+    if len(unlaunched):
+        at = np.searchsorted(g.h_ts, g.g_ts[unlaunched], side="right") - 1
+        g_chunk[unlaunched] = np.clip(at, 0, None) // CHUNK
     # Along a stream, chunks never go back: an op is simulated no earlier than the ops queued before it,
     # nor before the op of another stream it waits for (repeated: such waits can chain).
     stride = g.g_stream * (n_chunks + 1)
@@ -205,19 +205,20 @@ def _dep_keys(
     passed (they started earlier). So one pass over the waiting ops suffices."""
     base_max = np.maximum.accumulate(key)
     dep = g.g_dep[ops[dl]]
-    local = np.searchsorted(ops, dep)
-    inside = (local < len(ops)) & (ops[np.clip(local, 0, len(ops) - 1)] == dep)
-    outside_end = g_end[dep] + g.g_dep_delay[ops[dl]]
-    delay = g.g_dep_delay[ops[dl]].tolist()
+    local = np.clip(np.searchsorted(ops, dep), 0, len(ops) - 1)
+    inside = ops[local] == dep
+    delay_a = g.g_dep_delay[ops[dl]]
+    # Everything the pass reads, gathered at the waiting ops and their predecessors only.
+    out_end = (g_end[dep] + delay_a).tolist()
+    delay = delay_a.tolist()
     base_key = key[dl].tolist()
     shift = (off - (cs - cc))[dl].tolist()  # key = ready - (cs - cc) + off
     tl = local.tolist()
     ins = inside.tolist()
-    out_end = outside_end.tolist()
-    csl = cs.tolist()
-    offl = off.tolist()
-    bm = base_max.tolist()
-    st = streams.tolist()
+    t_end0 = (cs[local] - off[local]).tolist()  # end[t] = cs[t] + max(keys up to t) - off[t]
+    t_bm = base_max[local].tolist()
+    t_st = streams[local].tolist()
+    d_st = streams[dl].tolist()
     dpos = dl.tolist()
     # Per stream: positions of waiting ops passed so far and the running maximum of their raised keys.
     pos: dict[int, list[int]] = {}
@@ -226,27 +227,26 @@ def _dep_keys(
     for n in range(len(dpos)):
         if ins[n]:
             t = tl[n]
-            m = bm[t]
-            ps = pos.get(st[t])
+            m = t_bm[n]
+            ps = pos.get(t_st[n])
             if ps:
                 j = bisect_right(ps, t) - 1
                 if j >= 0:
-                    v = best[st[t]][j]
+                    v = best[t_st[n]][j]
                     if v > m:
                         m = v
-            ready = csl[t] + m - offl[t] + delay[n]
+            ready = t_end0[n] + m + delay[n]
         else:
             ready = out_end[n]
         kk = ready + shift[n]
         if base_key[n] > kk:
             kk = base_key[n]
         out.append(kk)
-        d = dpos[n]
-        s = st[d]
+        s = d_st[n]
         lst = pos.setdefault(s, [])
         bl = best.setdefault(s, [])
         # positions of one stream are appended in start order, which is their order on the stream
-        lst.append(d)
+        lst.append(dpos[n])
         bl.append(kk if not bl or kk > bl[-1] else bl[-1])
     return np.asarray(out, dtype=np.int64)
 
