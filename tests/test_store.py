@@ -7,6 +7,7 @@ when none can be started. Each test gets its own database.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -149,6 +150,56 @@ def test_ingest_records_what_analyze_reports(store: str, tmp_path: Path) -> None
     assert len(gpu) == len(trace.gpu)
     np.testing.assert_array_equal(gpu["ts"].to_numpy(), trace.gpu["ts"].to_numpy())
     assert list(gpu["name"].astype(str)[:50]) == list(trace.gpu["name"].astype(str)[:50])
+
+
+def test_stored_rows_are_the_reports_figures_on_bundled_traces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows are built from the typed results (findings, plan, step summary, counter summaries); they say what
+    the JSON report of the same input says, and the step times are the trace JSON's own ProfilerStep ranges."""
+    import mlprof
+
+    monkeypatch.setenv("MLPROF_CACHE", str(tmp_path / "cache"))
+    url = str(tmp_path / "runs.db")
+    folder = tmp_path / "with_counters"
+    folder.mkdir()
+    shutil.copy(SAMPLES / "synthetic" / "data_starvation.json.gz", folder / "trace.rank0.json.gz")
+    shutil.copy(Path(__file__).parent / "data" / "counters" / "nvidia_smi_units.csv", folder / "counters.rank0.csv")
+    (folder / "meta.json").write_text(json.dumps({"run": "starved"}))
+    result = ingest(folder, store_url=url)
+    report = mlprof.analyze(folder).data
+    doc = json.loads(gzip.decompress((SAMPLES / "synthetic" / "data_starvation.json.gz").read_bytes()))
+    json_ms = sorted(e["dur"] / 1000 for e in doc["traceEvents"] if str(e.get("name", "")).startswith("ProfilerStep#"))
+    with _conn(url) as conn:
+        run = q.get_run(conn, result.run_id)
+        assert run is not None
+        assert run["steps_analysed"] == report["breakdown"]["steps_analysed"] == len(json_ms) == 6
+        assert (
+            run["step_ms_median"]
+            == report["breakdown"]["step_time_ms"]["median"]
+            == pytest.approx(float(np.median(json_ms)), abs=1e-6)
+        )
+        assert run["step_ms_mean"] == report["breakdown"]["step_time_ms"]["mean"]
+        assert run["gpu_busy_pct"] == report["breakdown"]["gpu_busy_pct"]
+        assert run["top_rule"] == report["findings"][0]["rule"] == "DATA001"
+        assert run["top_speedup"] == report["findings"][0]["expected_speedup"]
+        assert run["plan_speedup"] == report["plan"][-1]["cumulative_speedup"]
+        assert run["plan_step_ms"] == report["plan"][-1]["step_ms_after"]
+        findings = q.run_findings(conn, result.run_id)
+        expected = [*report["findings"], *report["counters"]["findings"]]
+        assert [f["detail"] for f in findings] == expected  # each finding as the report has it
+        for row, f in zip(findings, expected, strict=True):
+            assert (row["rule"], row["expected_speedup"], row["time_lost_ms_per_step"], row["severity"]) == (
+                f["rule"],
+                f["expected_speedup"],
+                f["time_lost_ms_per_step"],
+                f["severity"],
+            )
+        assert findings[0]["saves_ms_per_step"] == report["plan"][0]["saves_ms_per_step"]
+        counters = q.run_counters(conn, result.run_id)
+        devices = report["counters"]["devices"]
+        assert len(counters) == len(devices) == 2
+        for row, d in zip(counters.to_dict("records"), devices, strict=True):
+            for key in ("device", "samples", "util_mean_pct", "mem_used_max_mib", "mem_total_mib"):
+                assert row[key] == d[key], key
 
 
 def test_same_inputs_twice_is_one_run(store: str) -> None:

@@ -60,6 +60,7 @@ All durations are milliseconds (float) derived from exact int64 ns.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,42 @@ def steps_records(steps: pd.DataFrame) -> list[dict[str, Any]]:
     return records
 
 
+@dataclass(frozen=True)
+class StepSummary:
+    """The analysed steps in a few figures: the report's ``breakdown`` and the run store's run row share them."""
+
+    steps_analysed: int
+    median_ms: float | None
+    mean_ms: float | None
+    min_ms: float | None
+    max_ms: float | None
+    gpu_busy_pct: float | None
+    """Compute, exposed communication and copies, % of wall time (None without device activity)."""
+
+
+def step_summary(totals: dict[str, int], steps: pd.DataFrame, has_device: bool) -> StepSummary:
+    """Step-time statistics over ``steps`` and the GPU-busy share of ``totals`` (ns per category)."""
+    step_ms = steps["dur"].to_numpy() / NS_PER_MS if len(steps) else np.empty(0)
+    wall = sum(totals.values())
+
+    busy = round(gpu_busy_pct(totals), 3) if wall and has_device else None
+    if not len(step_ms):
+        return StepSummary(0, None, None, None, None, busy)
+    return StepSummary(
+        steps_analysed=len(steps),
+        median_ms=round(float(np.median(step_ms)), 6),
+        mean_ms=round(float(step_ms.mean()), 6),
+        min_ms=round(float(step_ms.min()), 6),
+        max_ms=round(float(step_ms.max()), 6),
+        gpu_busy_pct=busy,
+    )
+
+
+def job_step_summary(analysis: Analysis) -> StepSummary:
+    """:func:`step_summary` of the job's view (one rank: its steps; several: the mean over ranks per step)."""
+    return step_summary(analysis.category_totals(), analysis.job_steps(), analysis.has_device_activity)
+
+
 def breakdown_dict(
     totals: dict[str, int], steps: pd.DataFrame, has_device: bool, temporal: TemporalBreakdown | None
 ) -> dict[str, Any]:
@@ -107,17 +144,17 @@ def breakdown_dict(
         }
         for c in CATEGORIES
     }
-    step_ms = steps["dur"].to_numpy() / NS_PER_MS if len(steps) else np.empty(0)
+    summary = step_summary(totals, steps, has_device)
     return {
         "wall_ms": _ms(wall),
-        "steps_analysed": len(steps),
+        "steps_analysed": summary.steps_analysed,
         "step_time_ms": {
-            "median": round(float(np.median(step_ms)), 6) if len(step_ms) else None,
-            "mean": round(float(step_ms.mean()), 6) if len(step_ms) else None,
-            "min": round(float(step_ms.min()), 6) if len(step_ms) else None,
-            "max": round(float(step_ms.max()), 6) if len(step_ms) else None,
+            "median": summary.median_ms,
+            "mean": summary.mean_ms,
+            "min": summary.min_ms,
+            "max": summary.max_ms,
         },
-        "gpu_busy_pct": round(gpu_busy_pct(totals), 3) if wall and has_device else None,
+        "gpu_busy_pct": summary.gpu_busy_pct,
         "categories": cats,
         "trace_level": None if temporal is None else _trace_level(temporal),
     }

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from mlprof import __version__
 from mlprof.errors import BadInputError, UsageError
+from mlprof.results.schema import job_step_summary
 from mlprof.store import parquet_cache
 from mlprof.store.engine import open_engine, store_errors
 from mlprof.store.location import StoreLocation, resolve_store
@@ -403,9 +404,7 @@ def _analyse(
     analysis = result.analysis
     traces = [ra.trace for ra in analysis.ranks]
     counters = analysis.counters
-    report = result.data
-    breakdown = report["breakdown"]
-    step_ms = breakdown["step_time_ms"]
+    summary = job_step_summary(analysis)
 
     all_tags = (
         {str(k): str(v) for k, v in (meta.get("tags") or {}).items()} if isinstance(meta.get("tags"), dict) else {}
@@ -424,10 +423,12 @@ def _analyse(
         hours = wall_s * gpu_count / 3600.0 if wall_s is not None else None
         hours_source = wall_source
     started, started_source = _started_at(analysis, meta, source.traces, prefer_trace=cycle is not None)
-    findings = finding_rows(report)
+    findings = finding_rows(analysis)
     trace_findings = [f for f in findings if f["source"] == "trace"]
     top = trace_findings[0] if trace_findings else (findings[0] if findings else None)
-    plan = report["plan"]
+    diagnosis = analysis.diagnosis
+    plan = diagnosis.plan if diagnosis is not None else []
+    step_ms_now = round(diagnosis.step_ms, 6) if diagnosis is not None else None
     first = traces[0].meta
     git = meta.get("git") if isinstance(meta.get("git"), dict) else {}
     extra: dict[str, Any] = {
@@ -451,22 +452,22 @@ def _analyse(
         "gpu_count": gpu_count,
         "world_size": int(first.world_size or meta.get("world_size") or len(traces)),
         "ranks": len(traces),
-        "steps_analysed": int(breakdown["steps_analysed"]),
+        "steps_analysed": summary.steps_analysed,
         "step_source": first.step_source,
-        "step_ms_median": step_ms["median"],
-        "step_ms_mean": step_ms["mean"],
-        "gpu_busy_pct": breakdown["gpu_busy_pct"],
+        "step_ms_median": summary.median_ms,
+        "step_ms_mean": summary.mean_ms,
+        "gpu_busy_pct": summary.gpu_busy_pct,
         "wall_s": wall_s,
         "gpu_hours": hours,
         "gpu_hours_source": hours_source,
         "top_rule": top["rule"] if top else None,
         "top_title": top["title"] if top else None,
         "top_speedup": top["expected_speedup"] if top else None,
-        "plan_speedup": plan[-1]["cumulative_speedup"] if plan else 1.0,
-        "plan_step_ms": plan[-1]["step_ms_after"] if plan else report["checks"]["step_ms"],
+        "plan_speedup": plan[-1].cumulative_speedup if plan else 1.0,
+        "plan_step_ms": plan[-1].step_ms_after if plan else step_ms_now,
         "git_commit": (git or {}).get("commit"),
         "mlprof_version": __version__,
-        "report_json": _json(report),
+        "report_json": _json(result.data),  # the report itself, as `mlprof analyze -f json` has it
         "extra_json": _json(extra),
     }
     children = {
@@ -477,7 +478,7 @@ def _analyse(
         ],
         "counters": [
             {**{k: v for k, v in c.items() if k != "throttle"}, "throttle_json": _json(c["throttle"])}
-            for c in counter_rows(report)
+            for c in counter_rows(analysis.counter_summary)
         ],
         "ops": op_rows(analysis),
     }

@@ -1,7 +1,8 @@
 """What the store keeps of an analysis: rows for each table, computed once at ingest.
 
 The dashboard and ``mlprof runs`` read these rows and never re-run the analysis. All
-figures come from :class:`mlprof.analysis.Analysis` and its JSON report; nothing new is
+figures come from the typed results (:class:`mlprof.results.measurements.Analysis`, its
+findings and plan), not from the JSON report's dict; nothing new is
 measured here except two summaries the report does not carry: per-name kernel/op time
 inside the analysed steps (for Compare) and the memory curve at step boundaries with
 its least-squares trend (for the Run page).
@@ -14,11 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlprof.analysis import Analysis
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.analyzers.memory_curve import memory_curves
 from mlprof.analyzers.name_totals import rank_events
+from mlprof.results.measurements import Analysis, CounterAnalysis
 
+NS_PER_MS = 1_000_000
+MIB = 1 << 20
 TOP_OPS = 200
 """Kernels and host ops kept per run (most time first); the rest is one ``(other)`` row."""
 
@@ -109,50 +112,59 @@ def memory_summary(analysis: Analysis) -> list[dict[str, Any]]:
     return out
 
 
-def finding_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Trace findings in ranked order with their plan saving, then counter findings."""
-    plan = {p["rule"]: p for p in report.get("plan", [])}
-    counters = report.get("counters") or {}
-    trace_findings = report.get("findings", []) if report.get("trace") is not None else []
+def finding_rows(analysis: Analysis) -> list[dict[str, Any]]:
+    """Trace findings in ranked order with their plan saving, then counter findings (typed results, the
+    numbers rounded as the JSON report writes them; ``detail`` is the finding as the report has it)."""
+    diagnosis = analysis.diagnosis
+    plan = {p.rule: p for p in (diagnosis.plan if diagnosis is not None else [])}
+    counters = analysis.counter_summary
     rows: list[dict[str, Any]] = []
-    for source, findings in (("trace", trace_findings), ("counters", counters.get("findings", []))):
+    for source, findings in (("trace", analysis.findings), ("counters", counters.findings if counters else [])):
         for f in findings:
-            step = plan.get(f["rule"]) if source == "trace" else None
+            step = plan.get(f.rule) if source == "trace" else None
             rows.append(
                 {
                     "position": len(rows),
-                    "rule": f["rule"],
-                    "name": f["name"],
-                    "category": f["category"],
-                    "severity": f["severity"],
-                    "title": f["title"],
-                    "expected_speedup": float(f["expected_speedup"]),
-                    "time_lost_ms_per_step": float(f["time_lost_ms_per_step"]),
-                    "confidence": f["confidence"],
-                    "saves_ms_per_step": None if step is None else float(step["saves_ms_per_step"]),
-                    "cumulative_speedup": None if step is None else float(step["cumulative_speedup"]),
+                    "rule": f.rule,
+                    "name": f.name,
+                    "category": f.category,
+                    "severity": f.severity,
+                    "title": f.title,
+                    "expected_speedup": round(f.expected_speedup, 4),
+                    "time_lost_ms_per_step": round(f.time_lost_ns_per_step / NS_PER_MS, 6),
+                    "confidence": f.confidence,
+                    "saves_ms_per_step": None if step is None else float(step.saves_ms_per_step),
+                    "cumulative_speedup": None if step is None else float(step.cumulative_speedup),
                     "source": source,
-                    "detail": f,
+                    "detail": f.to_dict(),
                 }
             )
     return rows
 
 
-def counter_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    counters = report.get("counters") or {}
+def counter_rows(counters: CounterAnalysis | None) -> list[dict[str, Any]]:
+    """One row per GPU of the counters' per-device summaries (non-finite figures as None)."""
+    if counters is None:
+        return []
     return [
         {
-            "device": int(d["device"]),
-            "samples": int(d["samples"]),
-            "span_s": d["span_s"],
-            "util_mean_pct": d["util_mean_pct"],
-            "util_p5_pct": d["util_p5_pct"],
-            "util_p95_pct": d["util_p95_pct"],
-            "mem_used_max_mib": d["mem_used_max_mib"],
-            "mem_total_mib": d["mem_total_mib"],
-            "mem_growth_mib_per_min": d["mem_growth_mib_per_min"],
-            "sm_active_mean": d["sm_active_mean"],
-            "throttle": d["throttle_share"],
+            "device": int(s.device),
+            "samples": int(s.samples),
+            "span_s": _finite(s.span_ns / 1e9, 3),
+            "util_mean_pct": _finite(s.util_mean_pct, 2),
+            "util_p5_pct": _finite(s.util_p5_pct, 2),
+            "util_p95_pct": _finite(s.util_p95_pct, 2),
+            "mem_used_max_mib": _finite(s.mem_used_max_bytes / MIB, 1),
+            "mem_total_mib": _finite(s.mem_total_bytes / MIB, 1),
+            "mem_growth_mib_per_min": _finite(s.mem_growth_bytes_per_s * 60 / MIB, 3),
+            "sm_active_mean": _finite(s.sm_active_mean, 4),
+            "throttle": {k: round(v, 4) for k, v in s.throttle_frac.items()},
         }
-        for d in counters.get("devices", [])
+        for s in counters.summaries
     ]
+
+
+def _finite(value: float, digits: int) -> float | None:
+    """Rounded as the JSON report writes it; None where it has no value (NaN)."""
+    value = float(value)
+    return round(value, digits) if np.isfinite(value) else None
