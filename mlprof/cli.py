@@ -245,7 +245,9 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
     else:
         speedup = (
             "Expected speedup = step / (step - time lost per step); the time lost is the trace's own measurement "
-            "of the causes this rule owns: " + (", ".join(rule.claims) or "none (it costs memory, not time)") + "."
+            "of the causes this rule owns: "
+            + (", ".join(rule.claims) or "none (the attribution claims no time for it: see What-if replay)")
+            + "."
         )
     parts = [
         f"{rule.id} {rule.name}  [category: {rule.category}]",
@@ -269,7 +271,7 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
         *_option_lines(rule),
         "",
         speedup,
-        *_whatif_doc(rule.whatif),
+        *_whatif_doc(rule.whatif, bool(rule.claims) or counter or rule.scope == "job"),
     ]
     sys.stdout.write("\n".join(_wrap_line(line) for line in "\n".join(parts).split("\n")) + "\n")
 
@@ -284,10 +286,15 @@ def _option_lines(rule: Any) -> list[str]:
     return lines or ["  none"]
 
 
-def _whatif_doc(fix: str | None) -> list[str]:
+def _whatif_doc(fix: str | None, claims: bool = True) -> list[str]:
     """The rule's fix as the replay applies it (mlprof.whatif.fixes), when it has one."""
     if fix is None:
-        return ["", "What-if replay", _indent("No graph edit: the expected speedup is the attribution estimate.")]
+        text = (
+            "No graph edit: the expected speedup is the attribution estimate."
+            if claims
+            else "No graph edit and no time claimed: the expected speedup is always 1.0 (the detection text says why)."
+        )
+        return ["", "What-if replay", _indent(text)]
     return [
         "",
         "What-if replay (the expected speedup is replay(recorded) / replay(with this edit))",

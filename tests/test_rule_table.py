@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+from mlprof.cli import main
 from mlprof.rules.registry import TRACE_RULES
 from mlprof.whatif.fixes import FIXES
 
@@ -29,3 +32,23 @@ def test_rows_of_the_new_rules_say_what_the_replay_does() -> None:
     for rule in ("BATCH001", "STARTUP001"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {rule} |"))
         assert rule not in FIXES and ("no replay edit" in row or "never a speedup" in row), rule
+
+
+@pytest.mark.parametrize(
+    ("rule", "says"),
+    [
+        ("SHAPE001", "What-if replay (the expected speedup is replay(recorded) / replay(with this edit))"),
+        ("DP001", "What-if replay (the expected speedup is replay(recorded) / replay(with this edit))"),
+        ("COMPILE001", "What-if replay (the expected speedup is replay(recorded) / replay(with this edit))"),
+        ("ATTN001", "What-if replay (the expected speedup is replay(recorded) / replay(with this edit))"),
+        ("STARTUP001", "the expected speedup is always 1.0"),
+        ("MEM001", "the expected speedup is always 1.0"),
+        ("BATCH001", "the expected speedup is always 1.0"),
+        ("STRAG001", "No graph edit: the expected speedup is the attribution estimate."),
+    ],
+)
+def test_explain_says_what_the_replay_does(rule: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", rule]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert says in out, rule
+    assert "it costs memory, not time" not in out.split("Expected speedup")[1]
