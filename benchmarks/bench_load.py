@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE / "data"
+DATA = Path(os.environ.get("MLPROF_BENCH_DATA") or HERE / "data")
+"""Generated inputs (tiled traces, rank jobs: up to a few GB); ``MLPROF_BENCH_DATA=/tmp/x`` puts them outside."""
 MB = 1_000_000
 RESULT_MARK = "BENCH_RESULT "
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None

@@ -138,6 +138,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--hta-timeout", type=float, default=900)
     ap.add_argument("--hta-limit-gb", type=float, default=6.0)
+    ap.add_argument(
+        "--jobs-only", type=int, default=None, help="only `mlprof --jobs N` on a job (no dask, no --jobs 1)"
+    )
     a = ap.parse_args()
     DATA.mkdir(exist_ok=True)
     wanted = a.only or ["dlrm_8", "gen_64", "gen_1024", "large"]
@@ -154,7 +157,9 @@ def main() -> None:
             raise SystemExit(f"unknown input {name}")
         disk, files = input_bytes(path)
         runs: list[tuple[str, list[str]]] = [("mlprof --jobs 1", ["--jobs", "1"]), ("mlprof --jobs 2", ["--jobs", "2"])]
-        if path.is_dir():
+        if path.is_dir() and a.jobs_only is not None:
+            runs = [(f"mlprof --jobs {a.jobs_only}", ["--jobs", str(a.jobs_only)])]
+        elif path.is_dir():
             runs.append(("mlprof --engine dask (2 workers)", ["--engine", "dask", "--jobs", "2"]))
         else:
             runs = [
