@@ -64,6 +64,15 @@ def test_param_resnet_first_step_one_off_costs() -> None:
     assert kinds["allocations"]["one_off_ms"] == pytest.approx(
         (in_step(is_alloc, 0) - median(alloc_others)) / 1000, abs=1e-3
     )
+    # Slow first kernel launches (module loaded inside the launch): launch calls over max(1 ms, 50x the median
+    # launch), their time beyond a median launch; none in the later steps.
+    launches = [e for e in events if re.search(r"LaunchKernel", e["name"])]
+    typical = median(e["dur"] for e in launches)
+    slow = [e for e in launches if e["dur"] > max(1000, 50 * typical)]
+    a, b = steps[0]
+    lazy = sum(e["dur"] - typical for e in slow if a <= e["ts"] < b)
+    assert lazy > 0 and all(a <= e["ts"] < b for e in slow)
+    assert kinds["lazy_launches"]["one_off_ms"] == pytest.approx(lazy / 1000, abs=1e-3)
     assert "set aside" in f.title and "persistent_workers" in f.fix
 
 
