@@ -102,7 +102,11 @@ def replay_rank(
     edges.g_gap = np.minimum(edges.g_gap, graph.turnaround_ns)
     tl = simulate(edges)
     replayed = step_durations(edges, tl, starts, ends)
-    base = step_durations(graph, simulate(graph), starts, ends).astype(np.float64) if len(starts) else None
+    base = (
+        step_durations(graph, simulate(graph, unmodified=True), starts, ends).astype(np.float64)
+        if len(starts)
+        else None
+    )
     return RankReplay(
         rank=rank,
         graph=graph,
@@ -137,7 +141,7 @@ def pacing(
     if len(starts) == 0:
         return []
     if base is None:
-        base = step_durations(graph, simulate(graph), starts, ends).astype(np.float64)
+        base = step_durations(graph, simulate(graph, unmodified=True), starts, ends).astype(np.float64)
     ws, we = graph.rel(starts), graph.rel(ends)
     comm = graph.g_klass == "comm"
     ds, de = graph.ranges.get("dataloader", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
