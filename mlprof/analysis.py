@@ -212,7 +212,9 @@ def _align(analysis: Analysis, ca: CounterAnalysis) -> None:
 
 
 def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConfig) -> Diagnosis:
-    from mlprof.whatif import RankReplay, predict, replay_rank
+    from mlprof.analyzers.rank_skew import comm_signature
+    from mlprof.whatif import RankReplay, replay_rank
+    from mlprof.whatif.job import predict_job
 
     contexts = []
     replays: list[RankReplay] = []
@@ -224,5 +226,7 @@ def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConf
         replays.append(replay_rank(ra.full_trace, ra.rank, starts, ends, ra.steps))
     world = ranks[0].trace.meta.world_size if ranks else None
     diagnosis = diagnose(contexts, config, skew, world)
-    diagnosis.whatif = predict(diagnosis, replays, [c.gpu_spec for c in contexts], config)
+    specs = [c.gpu_spec for c in contexts]
+    signatures = [comm_signature(ra.full_trace) for ra in ranks]
+    diagnosis.whatif = predict_job(diagnosis, replays, signatures, skew, specs, config)
     return diagnosis

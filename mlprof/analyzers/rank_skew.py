@@ -106,8 +106,12 @@ def rank_skew(traces: list[Trace]) -> RankSkew | None:
     return match_collectives(ranks, [comm_signature(t) for t in traces])
 
 
-def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankSkew | None:
-    """Match the ranks' signatures (see :func:`comm_signature`); None with < 2 ranks or a rank without collectives."""
+def matched_kernels(ranks: list[int], signatures: list[pd.DataFrame]) -> tuple[pd.DataFrame, int, bool] | None:
+    """The communication kernels of every rank that match a kernel of the other ranks, each with its ``key``
+    (the same key on every rank for the same collective), the number left unmatched, and whether the key is
+    the process group and sequence number (else the order: n-th kernel of a name, present on every rank).
+    None with < 2 ranks or a rank without collectives. The what-if job replay
+    (:mod:`mlprof.whatif.job`) constrains the same kernels :func:`match_collectives` measures."""
     if len(signatures) < 2 or any(len(s) == 0 for s in signatures):
         return None
     n = len(signatures)
@@ -124,8 +128,15 @@ def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankS
         allk["key"] = allk["name"] + "#" + allk.groupby(["rank", "name"]).cumcount().astype(str)
         counts = allk.groupby("key")["rank"].transform("size")
         keep = counts == n
-    matched = allk[keep].reset_index(drop=True)
-    unmatched = int((~keep).sum())
+    return allk[keep].reset_index(drop=True), int((~keep).sum()), use_seq
+
+
+def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankSkew | None:
+    """Match the ranks' signatures (see :func:`comm_signature`); None with < 2 ranks or a rank without collectives."""
+    keyed = matched_kernels(ranks, signatures)
+    if keyed is None:
+        return None
+    matched, unmatched, use_seq = keyed
     if len(matched) == 0:
         return None
     matched["end"] = matched["ts"] + matched["dur"]
@@ -164,7 +175,7 @@ def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankS
     critical = colls.groupby("last_rank")["critical_ns"].sum()
     last_counts = colls["last_rank"].value_counts()
     per_rank_groups = matched.groupby("rank")
-    comm_ns = pd.Series(allk.groupby("rank")["dur"].sum())
+    comm_ns = pd.Series([int(s["dur"].sum()) for s in signatures], index=np.asarray(ranks, dtype=np.int64))
     per_rank = pd.DataFrame({"rank": np.asarray(ranks, dtype=np.int64)})
     idx = per_rank["rank"]
     per_rank["comm_ns"] = comm_ns.reindex(idx).fillna(0).astype(np.int64).to_numpy()

@@ -98,11 +98,14 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions) -> Ana
         per_rank.append(found)
     world = partials[0].analysis.trace.meta.world_size
     diagnosis = diagnose(contexts, config, skew, world, per_rank=per_rank)
-    from mlprof.whatif import predict
+    from mlprof.whatif.job import predict_job
 
     if all(p.replay is not None for p in partials):
+        # A job's ranks are replayed together, coupled by their matched collectives (mlprof.whatif.job).
+        replays = [p.replay for p in partials]
         specs = [c.gpu_spec for c in contexts]
-        diagnosis.whatif = predict(diagnosis, [p.replay for p in partials], specs, config)
+        signatures = [p.signature for p in partials]
+        diagnosis.whatif = predict_job(diagnosis, replays, signatures, skew, specs, config)
     analyses = []
     for p, findings in zip(partials, diagnosis.per_rank, strict=True):
         p.analysis.findings = sorted(findings, key=lambda f: -f.expected_speedup)

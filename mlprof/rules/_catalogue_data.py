@@ -508,7 +508,7 @@ CATALOGUE_JSON = r"""
    "fix": "Compare the straggler's row in the per-rank table with the median rank: more compute means more work (balance the shard or the batch), more idle means a host or data problem on that node, the same step but late arrival means a slow device or link (check its clocks and NVLink/IB counters). Re-shard by measured cost, for example:\n\n    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)\n    plan = planner.collective_plan(model, sharders, pg)\n    # or bucket variable-length samples so every rank gets the same tokens per step",
    "false_alarms": "With one profiled step a one-off delay (checkpoint write, GC pause, a page fault) on one rank looks like a straggler: profile several steps and check that `arrived_last` repeats. Ranks profiled at different steps cannot be matched (the unmatched count says so). In pipeline parallelism the last stage arrives last by design."
   },
-  "whatif": null
+  "whatif": "Replayed only with the job replay (the ranks simulated together, each matched collective ending no earlier than its last rank's arrival; docs/model.md): the straggler arrives with the second-latest rank. At each matched collective it arrived last at, the stretch of its timeline since its previous collective loses its lead over the second-latest rank: host time when it is late from the host side (time the host waits for the device stays), its compute kernels launched in that stretch scaled down when its kernels are slower (`why_late`). The other ranks then wait only for the next-latest rank, and the job gains what the replay of all ranks together says, at most the straggler's lead."
  },
  {
   "id": "MEM001",

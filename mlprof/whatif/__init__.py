@@ -41,8 +41,20 @@ fix must be imported by :mod:`mlprof.whatif.fixes` (or be that module).
 from __future__ import annotations
 
 from mlprof.whatif.graph import ReplayGraph, build_graph
+from mlprof.whatif.job import JobReplay, build_job
 from mlprof.whatif.predict import WhatIf, predict
 from mlprof.whatif.replay import RankReplay, replay_rank
 from mlprof.whatif.simulate import Timeline, simulate
 
-__all__ = ["RankReplay", "ReplayGraph", "Timeline", "WhatIf", "build_graph", "predict", "replay_rank", "simulate"]
+__all__ = [
+    "JobReplay",
+    "RankReplay",
+    "ReplayGraph",
+    "Timeline",
+    "WhatIf",
+    "build_graph",
+    "build_job",
+    "predict",
+    "replay_rank",
+    "simulate",
+]

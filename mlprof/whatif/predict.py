@@ -16,7 +16,7 @@ whose fix is not a graph edit keeps its attribution estimate (``speedup_source``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from mlprof.rules.config import RuleConfig
 from mlprof.whatif.fixes import FIXES, FixContext
 from mlprof.whatif.graph import ReplayGraph
 from mlprof.whatif.replay import MAX_REPLAY_ERROR_PCT, RankReplay
+
+if TYPE_CHECKING:
+    from mlprof.whatif.job import JobReplay
 
 BOUND_ONLY = frozenset({"HOST001"})
 """Rules whose graph edit is an upper bound, not the fix: the finding stays an attribution estimate."""
@@ -49,6 +52,8 @@ class WhatIf:
     plan_source: str
     """``replay`` or ``attribution`` (when the replay error is too large)."""
     notes: list[str] = field(default_factory=list)
+    job: dict[str, Any] | None = None
+    """How a multi-rank job was replayed (:mod:`mlprof.whatif.job`): the ranks together, or one by one and why."""
 
     @property
     def worst(self) -> RankReplay | None:
@@ -93,6 +98,7 @@ class WhatIf:
             "paces": self.paces,
             "per_rank": [r.to_dict() for r in self.ranks],
             "notes": self.notes,
+            **({"job": self.job} if self.job is not None else {}),
         }
 
 
@@ -114,8 +120,17 @@ def apply_fix(
     return fix_spec.apply(ctx)
 
 
-def predict(diagnosis: Diagnosis, replays: list[RankReplay], specs: list[GpuSpec | None], config: RuleConfig) -> WhatIf:
-    """Replace each finding's speedup by the replay's where it can, and rebuild the plan (in place)."""
+def predict(
+    diagnosis: Diagnosis,
+    replays: list[RankReplay],
+    specs: list[GpuSpec | None],
+    config: RuleConfig,
+    job: JobReplay | None = None,
+) -> WhatIf:
+    """Replace each finding's speedup by the replay's where it can, and rebuild the plan (in place).
+
+    ``job``: the ranks' collectives matched (:mod:`mlprof.whatif.job`); every replay then simulates the
+    ranks together, so a fix on one rank gains only what the other ranks' arrivals allow."""
     trusted = bool(replays) and all(r.ok for r in replays)
     whatif = WhatIf(ranks=replays, trusted=trusted, plan_source="replay" if trusted else "attribution")
     findings = diagnosis.findings
@@ -136,7 +151,13 @@ def predict(diagnosis: Diagnosis, replays: list[RankReplay], specs: list[GpuSpec
         whatif.notes.append(reason)
         return whatif
 
-    base_ns = np.array([r.mean_step_ns(r.graph) for r in replays])
+    from mlprof.whatif.job import JOB_ONLY
+
+    base_ns = (
+        job.step_ns([r.graph for r in replays])
+        if job is not None
+        else np.array([r.mean_step_ns(r.graph) for r in replays])
+    )
     per_rank = _per_rank_findings(diagnosis, replays)
 
     def replay_with(rule: str, graphs: list[ReplayGraph]) -> tuple[list[ReplayGraph], np.ndarray, bool]:
@@ -157,7 +178,9 @@ def predict(diagnosis: Diagnosis, replays: list[RankReplay], specs: list[GpuSpec
             else:
                 applied = True
                 out_graphs.append(fixed)
-                out_ns[i] = rr.mean_step_ns(fixed)
+                out_ns[i] = rr.mean_step_ns(fixed) if job is None else np.nan
+        if job is not None and applied:
+            out_ns = job.step_ns(out_graphs)
         return out_graphs, out_ns, applied
 
     originals = [r.graph for r in replays]
@@ -175,6 +198,8 @@ def predict(diagnosis: Diagnosis, replays: list[RankReplay], specs: list[GpuSpec
     for f in findings:
         f.speedup_source = "attribution"
         if f.rule not in FIXES or (f.time_lost_ns_per_step <= 0 and not FIXES[f.rule].unclaimed):
+            continue
+        if f.rule in JOB_ONLY and job is None:
             continue
         _, after_ns, applied = replay_cached(f.rule, originals)
         if not applied:
@@ -236,6 +261,12 @@ def _per_rank_findings(diagnosis: Diagnosis, replays: list[RankReplay]) -> list[
         for f in found:
             mapping.setdefault(f.rule, f)
         out.append(mapping)
+    # A job-scope finding (STRAG001) is on no rank's list: its fix applies to the ranks it names.
+    for f in diagnosis.findings:
+        if len(replays) > 1 and all(f.rule not in m for m in out):
+            for i, rr in enumerate(replays):
+                if rr.rank in f.ranks:
+                    out[i].setdefault(f.rule, f)
     return out
 
 
