@@ -280,7 +280,9 @@ def test_crash_mid_ingest_leaves_no_run(store: str, tmp_path: Path) -> None:
 
 
 def test_concurrent_ingests_from_processes(store: str, tmp_path: Path) -> None:
-    names = ["comm_exposed", "data_starvation", "healthy", "launch_bound", "data_starvation", "data_starvation"]
+    # two different runs and the same input twice, started together (each process pays its Python start-up:
+    # four, not six, keeps the race and the distinct inserts at two thirds of the time)
+    names = ["comm_exposed", "healthy", "data_starvation", "data_starvation"]
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "mlprof", "ingest", str(SYNTH / f"{n}.json.gz"), "--store", store],
@@ -295,10 +297,10 @@ def test_concurrent_ingests_from_processes(store: str, tmp_path: Path) -> None:
     assert [p.returncode for p in procs] == [0] * len(procs), [o[1] for o in outputs]
     recorded = [o[0] for o in outputs if " recorded in " in o[0]]
     already = [o[0] for o in outputs if "already recorded" in o[0]]
-    assert len(recorded) == 4 and len(already) == 2
+    assert len(recorded) == 3 and len(already) == 1
     with _conn(store) as conn:
         runs = q.list_runs(conn)
-        assert sorted(runs["name"]) == ["comm_exposed", "data_starvation", "healthy", "launch_bound"]
+        assert sorted(runs["name"]) == ["comm_exposed", "data_starvation", "healthy"]
         counts = q.count_rows(conn)
         assert counts["steps"] == sum(len(q.run_steps(conn, int(i), rank=None)) for i in runs["id"])
         keys = [q.run_key(conn, int(i)) for i in runs["id"]]
