@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,118 +133,118 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, d
             server.kill()
 
 
-def test_click_from_runs_table_into_a_run(dashboard: tuple[str, dict[str, int]], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def browser(dashboard: tuple[str, dict[str, int]]) -> Iterator[Any]:
+    """One headless Chromium for the module (each test opens its own page): launching it is seconds."""
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_click_from_runs_table_into_a_run(dashboard: tuple[str, dict[str, int]], browser: Any, tmp_path: Path) -> None:
     url, ids = dashboard
     shot = tmp_path / "run_page.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2600})
-            page.goto(url + "/", timeout=60_000)
-            page.get_by_role("heading", name="Runs", exact=True).wait_for(timeout=60_000)
-            grid = page.locator('[data-testid="stDataFrame"]').first
-            grid.wait_for(timeout=30_000)
-            cell = page.locator('[data-testid="stDataFrame"] [role="gridcell"]', has_text="data_starvation")
-            cell.first.wait_for(state="attached", timeout=30_000)
-            row_index = int(cell.first.locator("xpath=..").get_attribute("aria-rowindex") or "0")
-            assert row_index >= 2  # row 1 is the header
-            box = grid.bounding_box()
-            assert box is not None
-            page.mouse.click(box["x"] + 16, box["y"] + ROW_PX * (row_index - 1) + ROW_PX / 2)
+    page = browser.new_page(viewport={"width": 1400, "height": 2600})
+    try:
+        page.goto(url + "/", timeout=60_000)
+        page.get_by_role("heading", name="Runs", exact=True).wait_for(timeout=60_000)
+        grid = page.locator('[data-testid="stDataFrame"]').first
+        grid.wait_for(timeout=30_000)
+        cell = page.locator('[data-testid="stDataFrame"] [role="gridcell"]', has_text="data_starvation")
+        cell.first.wait_for(state="attached", timeout=30_000)
+        row_index = int(cell.first.locator("xpath=..").get_attribute("aria-rowindex") or "0")
+        assert row_index >= 2  # row 1 is the header
+        box = grid.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + 16, box["y"] + ROW_PX * (row_index - 1) + ROW_PX / 2)
 
-            page.get_by_role("heading", name="Ranked fixes").wait_for(timeout=60_000)
-            assert f"page=run&run={ids['starved']}" in page.url
-            page.get_by_role("heading", name=f"Run {ids['starved']}: data_starvation").wait_for()
-            first = page.locator('[data-testid="stExpander"]').first
-            top = mlprof.analyze(STARVED).findings.iloc[0]
-            assert f"1. {top.rule} {top.expected_speedup:.2f}x [{top.severity}]" in first.inner_text()
-            # the top finding's fix code is shown with it
-            assert top.fix.splitlines()[0].strip()[:20] in page.locator('[data-testid="stCode"]').first.inner_text()
-            # the charts are drawn: each has plotly's SVG with its title and at least one trace
-            charts = page.locator(".js-plotly-plot")
-            charts.nth(1).locator(".main-svg").first.wait_for(timeout=60_000)
-            titles = [charts.nth(i).locator(".gtitle").first.text_content() for i in range(charts.count())]
-            assert titles[:2] == [
-                "Cumulative effect of the ranked fixes (ms per step)",
-                "Where each step's time goes",
-            ]
-            assert charts.nth(1).locator("g.trace.bars").count() == 7  # one stacked series per category
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(shot))
-        finally:
-            browser.close()
+        page.get_by_role("heading", name="Ranked fixes").wait_for(timeout=60_000)
+        assert f"page=run&run={ids['starved']}" in page.url
+        page.get_by_role("heading", name=f"Run {ids['starved']}: data_starvation").wait_for()
+        first = page.locator('[data-testid="stExpander"]').first
+        top = mlprof.analyze(STARVED).findings.iloc[0]
+        assert f"1. {top.rule} {top.expected_speedup:.2f}x [{top.severity}]" in first.inner_text()
+        # the top finding's fix code is shown with it
+        assert top.fix.splitlines()[0].strip()[:20] in page.locator('[data-testid="stCode"]').first.inner_text()
+        # the charts are drawn: each has plotly's SVG with its title and at least one trace
+        charts = page.locator(".js-plotly-plot")
+        charts.nth(1).locator(".main-svg").first.wait_for(timeout=60_000)
+        titles = [charts.nth(i).locator(".gtitle").first.text_content() for i in range(charts.count())]
+        assert titles[:2] == [
+            "Cumulative effect of the ranked fixes (ms per step)",
+            "Where each step's time goes",
+        ]
+        assert charts.nth(1).locator("g.trace.bars").count() == 7  # one stacked series per category
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shot))
+    finally:
+        page.close()
     assert shot.stat().st_size > 10_000
     _keep(shot)
 
 
-def _open(p, width: int, height: int):  # type: ignore[no-untyped-def]
-    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-    return browser, browser.new_page(viewport={"width": width, "height": height})
-
-
-def test_kernel_tab_and_timeline_with_a_finding_band(dashboard: tuple[str, dict[str, int]], tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_kernel_tab_and_timeline_with_a_finding_band(
+    dashboard: tuple[str, dict[str, int]], browser: Any, tmp_path: Path
+) -> None:
     url, ids = dashboard
-    with sync_playwright() as p:
-        browser, page = _open(p, 1366, 1400)
-        try:
-            page.goto(f"{url}/?page=run&run={ids['starved']}", timeout=60_000)
-            top_kernel, longest = _json_truth()
-            page.get_by_role("heading", name="Ranked fixes").wait_for(timeout=60_000)
-            page.get_by_role("tab", name="Kernels").click()
-            grid = page.locator('[data-testid="stDataFrame"]').filter(has_text="% of kernel time")
-            grid.first.wait_for(timeout=30_000)
-            # the kernel with the most GPU time in the trace (summed from its JSON) is the first row
-            cell = grid.first.locator('[role="gridcell"]', has_text=top_kernel[:60])
-            cell.first.wait_for(state="attached", timeout=30_000)
-            assert cell.first.locator("xpath=..").get_attribute("aria-rowindex") == "2"
-            page.wait_for_timeout(500)
-            shot = tmp_path / "run_page_kernels.png"
-            page.screenshot(path=str(shot))
-            _keep(shot)
+    page = browser.new_page(viewport={"width": 1366, "height": 1400})
+    try:
+        page.goto(f"{url}/?page=run&run={ids['starved']}", timeout=60_000)
+        top_kernel, longest = _json_truth()
+        page.get_by_role("heading", name="Ranked fixes").wait_for(timeout=60_000)
+        page.get_by_role("tab", name="Kernels").click()
+        grid = page.locator('[data-testid="stDataFrame"]').filter(has_text="% of kernel time")
+        grid.first.wait_for(timeout=30_000)
+        # the kernel with the most GPU time in the trace (summed from its JSON) is the first row
+        cell = grid.first.locator('[role="gridcell"]', has_text=top_kernel[:60])
+        cell.first.wait_for(state="attached", timeout=30_000)
+        assert cell.first.locator("xpath=..").get_attribute("aria-rowindex") == "2"
+        page.wait_for_timeout(500)
+        shot = tmp_path / "run_page_kernels.png"
+        page.screenshot(path=str(shot))
+        _keep(shot)
 
-            page.get_by_role("tab", name="Timeline").click()
-            chart = page.locator(".js-plotly-plot").filter(has_text=f"Timeline of step {longest}")
-            chart.first.locator(".main-svg").first.wait_for(timeout=60_000)
-            labels = chart.first.locator(".annotation-text")
-            labels.first.wait_for(timeout=30_000)
-            texts = {labels.nth(i).text_content() for i in range(labels.count())}
-            assert "DATA001" in texts
-            # a drawn band: plotly draws each vrect as a path in the shape layer (the step's shading and DATA001's)
-            assert chart.first.locator(".shapelayer path").count() >= 2
-            page.wait_for_timeout(500)
-            shot = tmp_path / "run_page_timeline.png"
-            chart.first.screenshot(path=str(shot))
-            _keep(shot)
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Timeline").click()
+        chart = page.locator(".js-plotly-plot").filter(has_text=f"Timeline of step {longest}")
+        chart.first.locator(".main-svg").first.wait_for(timeout=60_000)
+        labels = chart.first.locator(".annotation-text")
+        labels.first.wait_for(timeout=30_000)
+        texts = {labels.nth(i).text_content() for i in range(labels.count())}
+        assert "DATA001" in texts
+        # a drawn band: plotly draws each vrect as a path in the shape layer (the step's shading and DATA001's)
+        assert chart.first.locator(".shapelayer path").count() >= 2
+        page.wait_for_timeout(500)
+        shot = tmp_path / "run_page_timeline.png"
+        chart.first.screenshot(path=str(shot))
+        _keep(shot)
+    finally:
+        page.close()
 
 
-def test_runs_page_columns_fit_1366px(dashboard: tuple[str, dict[str, int]], tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_runs_page_columns_fit_1366px(dashboard: tuple[str, dict[str, int]], browser: Any, tmp_path: Path) -> None:
     url, _ids = dashboard
-    with sync_playwright() as p:
-        browser, page = _open(p, 1366, 768)
-        try:
-            page.goto(url + "/", timeout=60_000)
-            page.get_by_role("heading", name="Runs", exact=True).wait_for(timeout=60_000)
-            grid = page.locator('[data-testid="stDataFrame"]').first
-            grid.wait_for(timeout=30_000)
-            page.wait_for_timeout(1000)
-            # the grid is a canvas: its visible width is measured here, the columns' widths are the page's
-            visible = page.evaluate(
-                "() => document.querySelector('[data-testid=\"stDataFrame\"] .dvn-scroller').clientWidth"
-            )
-            needed = sum(FIRST_COLUMNS.values()) + ROW_MARKER_PX
-            assert needed <= visible, (needed, visible)
-            header = page.locator('[data-testid="stDataFrame"] [role="columnheader"]')
-            assert [header.nth(i).text_content() for i in range(6)] == list(FIRST_COLUMNS)
-            shot = tmp_path / "runs_page_1366.png"
-            page.screenshot(path=str(shot))
-            _keep(shot)
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    try:
+        page.goto(url + "/", timeout=60_000)
+        page.get_by_role("heading", name="Runs", exact=True).wait_for(timeout=60_000)
+        grid = page.locator('[data-testid="stDataFrame"]').first
+        grid.wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)
+        # the grid is a canvas: its visible width is measured here, the columns' widths are the page's
+        visible = page.evaluate(
+            "() => document.querySelector('[data-testid=\"stDataFrame\"] .dvn-scroller').clientWidth"
+        )
+        needed = sum(FIRST_COLUMNS.values()) + ROW_MARKER_PX
+        assert needed <= visible, (needed, visible)
+        header = page.locator('[data-testid="stDataFrame"] [role="columnheader"]')
+        assert [header.nth(i).text_content() for i in range(6)] == list(FIRST_COLUMNS)
+        shot = tmp_path / "runs_page_1366.png"
+        page.screenshot(path=str(shot))
+        _keep(shot)
+    finally:
+        page.close()
