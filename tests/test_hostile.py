@@ -47,7 +47,6 @@ from conftest import EXTERNAL, SAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = SAMPLES / "cpu_tiny_training.pt.trace.json.gz"
-DLRM = EXTERNAL / "facebookresearch__param" / "dlrm_kineto"
 CLOVERLEAF = EXTERNAL / "hpcgroup__pipit" / "perlmutter-cloverleaf-cuda.sqlite"
 
 HOSTILE = (
@@ -320,12 +319,27 @@ def test_closed_pipe_exits_quietly(cases: dict[str, Path]) -> None:
     assert _group_gone(proc.pid)
 
 
-@pytest.mark.skipif(not DLRM.exists(), reason="needs the 8-rank DLRM trace in ../shared")
+@pytest.fixture(scope="module")
+def many_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundled 64-rank job (the synthetic comm trace as every rank, by benchmarks/make_rank_job.py): seconds
+    of work for two workers, so a signal finds them at it; no ../shared needed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_rank_job", REPO / "benchmarks" / "make_rank_job.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("many_ranks")
+    module.make_job(out, 64, 5, template=SAMPLES / "synthetic" / "comm_exposed.json.gz", seed=1)
+    (out / "manifest.json").unlink()
+    return out
+
+
 @pytest.mark.parametrize(
     ("sig", "code", "line"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
 )
-def test_signal_during_parallel_analyze(sig: signal.Signals, code: int, line: str) -> None:
-    proc = _start("analyze", DLRM, "-j", "2")
+def test_signal_during_parallel_analyze(sig: signal.Signals, code: int, line: str, many_ranks: Path) -> None:
+    proc = _start("analyze", many_ranks, "-j", "2")
     parent = psutil.Process(proc.pid)
     _wait_for(lambda: len(parent.children(recursive=True)) >= 2)  # both workers at work
     workers = parent.children(recursive=True)
@@ -338,10 +352,9 @@ def test_signal_during_parallel_analyze(sig: signal.Signals, code: int, line: st
     assert _group_gone(proc.pid), [w.pid for w in workers if w.is_running()]
 
 
-@pytest.mark.skipif(not DLRM.exists(), reason="needs the 8-rank DLRM trace in ../shared")
-def test_ctrl_c_during_ingest_leaves_no_store(tmp_path: Path) -> None:
+def test_ctrl_c_during_ingest_leaves_no_store(tmp_path: Path, many_ranks: Path) -> None:
     store = tmp_path / "new" / "runs.db"
-    proc = _start("ingest", DLRM, "--store", store)
+    proc = _start("ingest", many_ranks, "--store", store)
     _wait_for(lambda: store.exists() or proc.poll() is not None)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=DEADLINE_S)

@@ -10,6 +10,7 @@ checked to be an mlprof store (``identity``): a file mlprof did not create is re
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,12 @@ from mlprof.store.identity import check_sqlite_store, connect_read_only, create_
 from mlprof.store.location import StoreLocation
 
 BUSY_TIMEOUT_MS = 60_000
+
+# SQLAlchemy logs a connection that fails to close (e.g. Ctrl-C arriving inside ``close()``) with its
+# traceback; with no handler configured Python prints that to stderr ("Exception closing connection ...
+# KeyboardInterrupt") before mlprof's one line. The interruption is reported by mlprof; the pool's log
+# record goes nowhere unless the application configures logging for it.
+logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
 
 
 def open_engine(location: StoreLocation, *, read_only: bool = False) -> Engine:
