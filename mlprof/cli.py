@@ -239,8 +239,10 @@ def explain(rule_id: str = typer.Argument(..., help="Rule id (DATA001) or name (
         speedup = "Expected speedup = 1.0: it costs no measured time; the severity says how urgent it is."
     elif rule.scope == "job":
         speedup = (
-            "Expected speedup = step / (step - time lost per step), step = the mean step over ranks; a job-level "
-            "rule: its time lost is measured across ranks (see detection), not from one rank's causes."
+            "Attribution estimate = step / (step - time lost per step), step = the mean step over ranks; a job-level "
+            "rule: its time lost is measured across ranks (see detection), not from one rank's causes. When the "
+            "ranks are replayed together (JSON whatif.job), the expected speedup is that replay's (What-if replay "
+            "below) and the estimate stays in evidence.attribution_speedup."
         )
     else:
         speedup = (

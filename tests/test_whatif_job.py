@@ -29,7 +29,9 @@ DATA_US = (100, 250, 400)
 """Host time before each rank's first launch of a step (its data loading): rank 2 is the straggler."""
 
 
-def rank_events(rank: int, data_us: int, end_shift_us: tuple[int, int] = (0, 0)) -> list[dict[str, Any]]:
+def rank_events(
+    rank: int, data_us: int, end_shift_us: tuple[int, int] = (0, 0), k_us: int = 200
+) -> list[dict[str, Any]]:
     """Two 700 us steps of one rank. Per step (at S = 0, 700): DataLoader [S, S + d); launch K at S + d (10 us),
     K runs 200 us from 20 us after its launch; launch the all-reduce at S + d + 10 (queued behind K on the same
     stream, so the rank *arrives* when K ends, at S + d + 220); cudaStreamSynchronize from S + d + 20 until the
@@ -40,14 +42,14 @@ def rank_events(rank: int, data_us: int, end_shift_us: tuple[int, int] = (0, 0))
     events: list[dict[str, Any]] = []
     for n, step in enumerate((0, STEP_US)):
         d = data_us
-        arrive = step + d + 220
+        arrive = step + d + 20 + k_us
         end = step + 670 + end_shift_us[n]
         corr = 10 * n + 1
         events += [
             X("user_annotation", f"ProfilerStep#{n + 1}", step, STEP_US),
             X("user_annotation", DATALOADER, step, d),
             X("cuda_runtime", "cudaLaunchKernel", step + d, 10, correlation=corr),
-            kernel("void at::native::vectorized_elementwise_kernel<4, relu>", step + d + 20, 200, corr=corr),
+            kernel("void at::native::vectorized_elementwise_kernel<4, relu>", step + d + 20, k_us, corr=corr),
             X("cuda_runtime", "cudaLaunchKernel", step + d + 10, 10, correlation=corr + 1),
             kernel(NCCL, arrive, end - arrive, corr=corr + 1),
             X("cuda_runtime", "cudaStreamSynchronize", step + d + 20, end + 10 - (step + d + 20)),
@@ -55,13 +57,15 @@ def rank_events(rank: int, data_us: int, end_shift_us: tuple[int, int] = (0, 0))
     return events
 
 
-def write_job(folder: Path, data_us: tuple[int, ...] = DATA_US, shifted: bool = False) -> Path:
+def write_job(
+    folder: Path, data_us: tuple[int, ...] = DATA_US, shifted: bool = False, k_us: tuple[int, ...] = (200, 200, 200)
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for rank, d in enumerate(data_us):
         shift = (200, -200) if shifted and rank == 1 else (0, 0)
         write_trace(
             folder / f"rank-{rank}.json",
-            rank_events(rank, d, shift),
+            rank_events(rank, d, shift, k_us[rank]),
             distributedInfo={"rank": rank, "world_size": len(data_us), "backend": "nccl"},
             deviceProperties=[{"id": 0, "name": "NVIDIA A100-SXM4-80GB"}],
         )
@@ -161,15 +165,30 @@ def test_analyze_replays_the_straggler_fix_on_the_job(synthetic: Any) -> None:
     assert strag["evidence"]["straggler"]["critical_ms"] == pytest.approx(0.15)
 
 
+def test_slow_compute_straggler_fix_scales_its_kernels(tmp_path: Path) -> None:
+    # Every rank loads data for 100 us; rank 2's kernel takes 500 us (the others' 200): it arrives at S + 620,
+    # 300 us after ranks 0 and 1, and the all-reduce ends at S + 670 as before (700 us steps).
+    folder = write_job(tmp_path / "slow", data_us=(100, 100, 100), k_us=(200, 200, 500))
+    assert raw_steps_us(folder) == [700.0, 700.0, 700.0]
+    report = to_json_dict(analyze_paths(str(folder), jobs=1))
+    strag = next(f for f in report["findings"] if f["rule"] == "STRAG001")
+    assert strag["ranks"] == [2] and strag["evidence"]["why_late"] == "slow_compute"
+    # The fix scales rank 2's kernel before each all-reduce by (500 - 300) / 500: it arrives at S + 320 with the
+    # others, the all-reduce ends at S + 370, the sync returns at S + 380, the step ends at S + 400 on every rank.
+    assert strag["speedup_source"] == "replay"
+    assert strag["expected_speedup"] == pytest.approx(700 / 400, abs=1e-4)
+
+
 def test_unreliable_order_matching_falls_back_to_per_rank_replay(tmp_path: Path) -> None:
     # Rank 1's all-reduces end 200 us late in step 1 and 200 us early in step 2: after clock alignment the
     # matched kernels end 200 us apart, which no collective does.
     folder = write_job(tmp_path / "bad", shifted=True)
     _, job = job_of(folder)
-    assert isinstance(job, str) and "unreliable" in job and "replayed on its own" in job
+    assert isinstance(job, str) and job.startswith("matching by order is unreliable: ") and "200.0 us apart" in job
     report = to_json_dict(analyze_paths(str(folder), jobs=1))
     assert report["whatif"]["job"]["model"] == "per-rank"
     assert "unreliable" in report["whatif"]["job"]["reason"]
+    assert any(n.startswith("ranks replayed one by one, not as a job: matching") for n in report["whatif"]["notes"])
     assert all(f["rule"] != "STRAG001" or f["speedup_source"] == "attribution" for f in report["findings"])
 
 

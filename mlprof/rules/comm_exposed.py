@@ -38,7 +38,8 @@ class CommExposed(Rule[CommExposedOptions]):
         "(`nccl*`, `rccl*`) runs and no compute kernel does. The part spent waiting for a late "
         "rank is split off to COMM002 when several ranks are analysed together; the rest is "
         "transfer. Overlap can hide at most the step's compute time, so the time lost is the "
-        "exposed transfer capped by the compute per step.",
+        "exposed transfer capped by the compute per step. On a job the replay of the fix runs all "
+        "ranks together: an overlapped collective still ends no earlier than its last rank's arrival.",
         fix="Let communication start early and run beside compute:\n\n"
         "    model = DDP(model, bucket_cap_mb=25, gradient_as_bucket_view=True,\n"
         "                find_unused_parameters=False, static_graph=True)\n"

@@ -218,7 +218,7 @@ def predict_job(
     whatif = predict(diagnosis, replays, specs, config, job=job if isinstance(job, JobReplay) else None)
     if isinstance(job, str):
         whatif.job = {"model": "per-rank", "reason": job}
-        whatif.notes.append(f"ranks replayed one by one: {job}")
+        whatif.notes.append(f"ranks replayed one by one, not as a job: {job}")
     elif job is not None:
         whatif.job = job.to_dict()
     return whatif
@@ -229,14 +229,14 @@ def build_job(replays: list[RankReplay], signatures: list[pd.DataFrame], skew: R
     if len(replays) < 2:
         return "one rank"
     if skew is None or skew.matched == 0:
-        return "no collective matched on every rank: each rank is replayed on its own"
+        return "no collective matched across the ranks"
     unreliable = _unreliable(skew)
     if unreliable is not None:
         return unreliable
     ranks = [rr.rank for rr in replays]
     keyed = matched_kernels(ranks, signatures)
     if keyed is None or len(keyed[0]) == 0:
-        return "no collective matched on every rank: each rank is replayed on its own"
+        return "no collective matched across the ranks"
     matched = keyed[0]
     codes, uniques = pd.factorize(matched["key"])
     matched = matched.assign(k=codes.astype(np.int64), end=matched["ts"] + matched["dur"])
@@ -265,10 +265,7 @@ def build_job(replays: list[RankReplay], signatures: list[pd.DataFrame], skew: R
             )
         )
     if missing:
-        return (
-            f"{missing} matched collective kernels are not in the ranks' replay graphs: each rank is replayed on "
-            "its own"
-        )
+        return f"{missing} matched collective kernels are not in the ranks' replay graphs"
     k = len(uniques)
     transfer = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
     arrival = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
@@ -284,23 +281,17 @@ def build_job(replays: list[RankReplay], signatures: list[pd.DataFrame], skew: R
         worst = int(np.argmax(np.abs(job.error_pct)))
         return (
             f"job replay error {job.error_pct[worst]:+.1f}% on rank {replays[worst].rank} (above "
-            f"{MAX_REPLAY_ERROR_PCT:g}%): the matched collectives do not explain the ranks' timing, so each rank "
-            "is replayed on its own"
+            f"{MAX_REPLAY_ERROR_PCT:g}%): the matched collectives do not explain the ranks' timing"
         )
     return job
 
 
 def _unreliable(skew: RankSkew) -> str | None:
+    """Why matching by order cannot be trusted (the check STRAG001 makes before naming a rank), or None."""
     from mlprof.rules.straggler import _order_match_unreliable
 
     text = _order_match_unreliable(skew)
-    if text is None:
-        return None
-    return (
-        "collectives matched by order are unreliable ("
-        + text.removeprefix("no straggler named: ")
-        + ("): each rank is replayed on its own")
-    )
+    return None if text is None else "matching by order is unreliable: " + text.removeprefix("no straggler named: ")
 
 
 def _remove_from_gaps(g: ReplayGraph, s: np.ndarray, e: np.ndarray, amount: np.ndarray) -> ReplayGraph | None:
@@ -385,12 +376,14 @@ def _mark_leads(replays: list[RankReplay], colls: list[RankCollectives], arrival
 @fix(
     "STRAG001",
     "Replayed only with the job replay (the ranks simulated together, each matched collective ending no "
-    "earlier than its last rank's arrival; docs/model.md): the straggler arrives with the second-latest rank. "
-    "At each matched collective it arrived last at, the stretch of its timeline since its previous collective "
-    "loses its lead over the second-latest rank: host time when it is late from the host side (time the host "
-    "waits for the device stays), its compute kernels launched in that stretch scaled down when its kernels "
-    "are slower (`why_late`). The other ranks then wait only for the next-latest rank, and the job gains what "
-    "the replay of all ranks together says, at most the straggler's lead.",
+    "earlier than its last rank's arrival; docs/multirank.md): the straggler arrives with the second-latest "
+    "rank. At each matched collective it arrived last at, the stretch of its timeline since its previous "
+    "collective's launch loses its lead over the second-latest rank: from the host gaps between its runtime "
+    "calls (Python, data loading; in proportion to their length) when it is late from the host side, from its "
+    "compute kernels launched in that stretch (scaled down) when its kernels are the slow part (`why_late` "
+    "`slow_compute`). The other ranks then wait only for the next-latest rank, and the job gains what the "
+    "replay of all ranks together says. When the ranks are replayed one by one, the finding keeps its "
+    "attribution estimate.",
 )
 def _straggler(ctx: FixContext) -> ReplayGraph | None:
     g = ctx.graph
