@@ -5,6 +5,7 @@ fallback when matching by order is unreliable, and the real 8-rank DLRM job."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,14 @@ def test_analyze_replays_the_straggler_fix_on_the_job(synthetic: Any) -> None:
     # Rank 2 arrives with rank 1 (150 us earlier at both all-reduces): every rank's step is 550 us.
     assert strag["expected_speedup"] == pytest.approx(700 / 550, abs=1e-4)
     assert strag["evidence"]["straggler"]["critical_ms"] == pytest.approx(0.15)
+    # The text report says how the ranks were replayed.
+    from rich.console import Console
+
+    from mlprof.report.text import _print_whatif
+
+    console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+    _print_whatif(report, console)
+    assert "ranks replayed together: 2 collectives matched (order)" in console.export_text()
 
 
 def test_slow_compute_straggler_fix_scales_its_kernels(tmp_path: Path) -> None:

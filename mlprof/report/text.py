@@ -233,6 +233,18 @@ def _print_whatif(data: dict[str, Any], console: Console) -> None:
             f"limit {w['max_error_pct']:g}%): {status}"
         )
     )
+    job = w.get("job")
+    if job:
+        # How a job's ranks were replayed (mlprof.whatif.job): together, coupled by their collectives, or one by one.
+        console.print(
+            term(
+                f"  ranks replayed together: {job['matched_collectives']} collectives matched ({job['match_key']}), "
+                f"each ending no earlier than its last rank's arrival; job model {job['job_replay_error_pct']:+.2f}% "
+                "off the recorded steps"
+                if job.get("model") == "job"
+                else f"  ranks replayed one by one, not as a job: {job.get('reason', '')}"
+            )
+        )
     for rank in w["per_rank"][:RANKS_TABLE_MAX]:
         paced = rank["paced_by"]
         if not paced:
