@@ -261,6 +261,26 @@ def test_pageable_copy_call_waits_for_its_stream_to_drain(tmp_path: Path) -> Non
     assert step_us(rr, faster) == 300.0
 
 
+def test_async_copy_ending_after_its_call_did_not_wait(tmp_path: Path) -> None:
+    """The same timeline with a device-to-device copy: cudaMemcpyAsync does not wait for the stream there, so
+    a copy that starts during the call and ends 5 us after it is not waited for (B200: 19 such copies start
+    11.8 us into 12 us calls). Only a pageable host-to-device copy or a synchronous cudaMemcpy counts."""
+    for name, api, waited in (
+        ("Memcpy DtoD (Device -> Device)", "cudaMemcpyAsync", False),
+        ("Memcpy HtoD (Pinned -> Device)", "cudaMemcpyAsync", False),
+        ("Memcpy HtoD (Pinned -> Device)", "cudaMemcpy", True),
+    ):
+        events = [
+            X("user_annotation", "ProfilerStep#1", 0, 400),
+            runtime("cudaLaunchKernel", 0, 5, corr=1),
+            kernel("void gemm_k", 0, 200, corr=1),
+            runtime(api, 10, 230, corr=2),
+            X("gpu_memcpy", name, 200, 45, pid=0, tid=7, device=0, stream=7, correlation=2),
+        ]
+        g = replayed(write_trace(tmp_path / "async.json", events)).graph
+        assert bool(g.h_wait[1] == 1) is waited, (name, api)
+
+
 def test_optimizer_kernels_become_multi_tensor(tmp_path: Path) -> None:
     # Optimizer.step [100, 400): 10 per-parameter add kernels of 10 us, one launched every 30 us.
     events = [X("user_annotation", "ProfilerStep#1", 0, 500), X("user_annotation", "Optimizer.step#SGD.step", 100, 300)]
@@ -402,6 +422,9 @@ def test_param_resnet_pageable_copies_block_the_host_while_the_gpu_drains() -> N
     assert "the host waits" in h2d.title
     assert h2d.speedup_source == "replay" and h2d.evidence["attribution_speedup"] < 1.05
     assert 1.15 < h2d.expected_speedup < 1.4
+    # B200's asynchronous device-to-device copies are not waited for: one blocking copy (inside its call).
+    b200 = real("AMD-AGI__TraceLens/b200/eager_trace.json.gz").diagnosis.whatif.ranks[0].graph  # type: ignore[union-attr]
+    assert int((b200.h_kind == 3).sum()) == 1
 
 
 def test_no_finding_on_shared_traces_above_10x() -> None:
