@@ -16,6 +16,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from mlprof.analyzers.intervals import covered, merge
 from mlprof.trace.build import COMM_KERNEL
 from mlprof.trace.memo import cached
 from mlprof.trace.vocabulary import names_matching
@@ -174,8 +175,6 @@ def _launch_times(gpu: pd.DataFrame, runtime: pd.DataFrame) -> np.ndarray:
 
 def in_windows(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Whether each point lies in one of the (possibly overlapping) ``[start, end)`` windows."""
-    from mlprof.analyzers.intervals import covered, merge
-
     s, e = merge(starts.astype(np.int64), ends.astype(np.int64))
     return covered(s, e, points)
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mlprof.analysis import Analysis
+from mlprof.analyzers.kernels import classify_name
 from mlprof.analyzers.name_totals import rank_events
 
 NS_PER_MS = 1_000_000
@@ -118,8 +119,6 @@ def stored_names(ops: pd.DataFrame, windows: int = 0) -> pd.DataFrame:
     The store keeps kernels and host ops (not copies), the top names of each and one
     ``(other)`` row, which is left out here; a kernel's class is read from its name.
     """
-    from mlprof.analyzers.kernels import classify_name
-
     if ops is None or len(ops) == 0:
         return _empty_names()
     ops = ops[ops["name"] != "(other)"]

@@ -24,6 +24,8 @@ import pandas as pd
 
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.analyzers.steady_state import classify_durations
+from mlprof.compare.names import analysis_names
+from mlprof.results.schema import to_json_dict
 
 if TYPE_CHECKING:
     from mlprof.analysis import Analysis
@@ -156,8 +158,6 @@ class RunSummary:
     @classmethod
     def from_analysis(cls, analysis: Analysis) -> RunSummary:
         """From an analysis computed in this process: its JSON report plus names measured on its traces."""
-        from mlprof.compare.names import analysis_names
-        from mlprof.results.schema import to_json_dict
 
         return cls.from_report(to_json_dict(analysis), analysis_names(analysis))
 

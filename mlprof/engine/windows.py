@@ -42,7 +42,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 
-from mlprof.analysis import Analysis, RankAnalysis
+from mlprof.analysis import Analysis, RankAnalysis, select_steps
 from mlprof.analyzers.steady_state import SteadyState, steady_state
 from mlprof.analyzers.temporal import TemporalBreakdown, temporal_breakdown
 from mlprof.engine.executors import ProgressFn, default_jobs, run_local
@@ -183,8 +183,6 @@ def _windows(steps: list[tuple[int, int, int]], folder: Path) -> list[StepWindow
 
 
 def _select(windows: list[StepWindow], spec: str) -> list[StepWindow]:
-    from mlprof.analysis import select_steps
-
     table = pd.DataFrame({"step": [w.step for w in windows]})
     keep = set(select_steps(table, spec)["step"].tolist())
     return [w for w in windows if w.step in keep]

@@ -33,6 +33,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from mlprof import __version__
+from mlprof.api import analyze
 from mlprof.errors import BadInputError, UsageError
 from mlprof.results.schema import job_step_summary
 from mlprof.store import parquet_cache
@@ -48,6 +49,7 @@ from mlprof.store.schema import (
     steps_t,
 )
 from mlprof.store.summary import counter_rows, finding_rows, memory_summary, op_rows, step_rows
+from mlprof.trace.loader import RUN_FOLDER_SIDE_FILES, trace_files_in
 
 EPOCH_MIN_NS = 10**18
 _HASH_CHUNK = 1 << 20
@@ -79,8 +81,6 @@ def parse_tags(items: list[str] | None) -> dict[str, str]:
 
 def input_files(path: Path) -> tuple[str, list[Path]]:
     """The kind of input (``file``, ``run_folder``, ``directory``) and every file its run key covers."""
-    from mlprof.trace.loader import RUN_FOLDER_SIDE_FILES, trace_files_in
-
     if not path.exists():
         raise BadInputError(f"{path}: no such file or directory")
     if not path.is_dir():
@@ -119,8 +119,6 @@ class RunInput:
 
 def profiling_cycles(path: Path) -> list[tuple[int, Path]]:
     """Later cycles of an ``mlprof.profile`` run folder: ``(K, cycles/K)`` for each that holds traces, by K."""
-    from mlprof.trace.loader import trace_files_in
-
     folder = path / CYCLES_DIR
     if not folder.is_dir():
         return []
@@ -141,8 +139,6 @@ def run_inputs(path: Path) -> list[RunInput]:
     A cycle folder named on its own (``<run folder>/cycles/<K>``) is that cycle of its run
     folder: the same key, name and tags as when the whole folder is ingested.
     """
-    from mlprof.trace.loader import RUN_FOLDER_SIDE_FILES, trace_files_in
-
     if _is_cycle_folder(path):
         same = [run for run in run_inputs(path.parent.parent) if run.traces == path]
         if same:
@@ -387,8 +383,6 @@ def _analyse(
     gpu_hours: float | None,
     on_progress: Callable[[int, int], None] | None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], list[Any], pd.DataFrame | None]:
-    from mlprof.api import analyze
-
     path, kind, cycle = source.root, source.kind, source.cycle
     meta = _read_meta(path, kind)
     # The same analysis as `mlprof analyze` of the same input: a run folder's counters are

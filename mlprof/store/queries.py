@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from mlprof.analyzers.attribution import CATEGORIES
-from mlprof.store.schema import counters_t, findings_t, ops_t, run_tags_t, runs_t, steps_t
+from mlprof.store.schema import TABLES, counters_t, findings_t, ops_t, run_tags_t, runs_t, steps_t
 
 SORT_KEYS = {
     "date": runs_t.c.started_at,
@@ -197,8 +197,6 @@ def run_key(conn: Connection, run_id: int) -> str | None:
 
 def count_rows(conn: Connection) -> dict[str, int]:
     """Rows per table (what tests and ``mlprof runs`` check for consistency)."""
-    from mlprof.store.schema import TABLES
-
     return {
         name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
         for name, table in TABLES.items()
