@@ -31,7 +31,7 @@ DATA_US = (100, 250, 400)
 
 
 def rank_events(
-    rank: int, data_us: int, end_shift_us: tuple[int, int] = (0, 0), k_us: int = 200
+    rank: int, data_us: int, end_shift_us: tuple[int, int] = (0, 0), k_us: int = 200, steps: int = 2
 ) -> list[dict[str, Any]]:
     """Two 700 us steps of one rank. Per step (at S = 0, 700): DataLoader [S, S + d); launch K at S + d (10 us),
     K runs 200 us from 20 us after its launch; launch the all-reduce at S + d + 10 (queued behind K on the same
@@ -41,10 +41,11 @@ def rank_events(
     The all-reduce ends when the last rank (rank 2, d = 400) has arrived, + 50 us of transfer: at S + 670 on every
     rank (``end_shift_us`` moves one step's end on this rank, to break the matching on purpose)."""
     events: list[dict[str, Any]] = []
-    for n, step in enumerate((0, STEP_US)):
+    for n in range(steps):
+        step = n * STEP_US
         d = data_us
         arrive = step + d + 20 + k_us
-        end = step + 670 + end_shift_us[n]
+        end = step + 670 + (end_shift_us[n] if n < 2 else 0)
         corr = 10 * n + 1
         events += [
             X("user_annotation", f"ProfilerStep#{n + 1}", step, STEP_US),
@@ -59,14 +60,18 @@ def rank_events(
 
 
 def write_job(
-    folder: Path, data_us: tuple[int, ...] = DATA_US, shifted: bool = False, k_us: tuple[int, ...] = (200, 200, 200)
+    folder: Path,
+    data_us: tuple[int, ...] = DATA_US,
+    shifted: bool = False,
+    k_us: tuple[int, ...] = (200, 200, 200),
+    steps: int = 2,
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for rank, d in enumerate(data_us):
         shift = (200, -200) if shifted and rank == 1 else (0, 0)
         write_trace(
             folder / f"rank-{rank}.json",
-            rank_events(rank, d, shift, k_us[rank]),
+            rank_events(rank, d, shift, k_us[rank], steps),
             distributedInfo={"rank": rank, "world_size": len(data_us), "backend": "nccl"},
             deviceProperties=[{"id": 0, "name": "NVIDIA A100-SXM4-80GB"}],
         )
@@ -144,6 +149,17 @@ def test_fix_on_a_rank_that_is_not_the_straggler_gains_nothing(synthetic: Any) -
     assert (job.step_ns(fixed) / US).tolist() == pytest.approx([700.0, 700.0, 700.0], abs=1e-3)
     assert sum(job.step_ns(graphs)) / sum(job.step_ns(fixed)) == pytest.approx(1.0, abs=1e-9)
     assert per_rank_speedup(replays, fixed) == pytest.approx(2100 / 2000, abs=1e-5)  # what one-by-one claims
+
+
+def test_a_chain_of_collectives_settles_in_few_passes(tmp_path: Path) -> None:
+    # 40 steps, each rank's host waiting for every all-reduce: a chain of 40 collectives. Passes that took
+    # each kernel's start as simulated would settle one collective per pass (41 passes); the sweep moves each
+    # start with the end of the rank's previous collective and checks it by simulating: 2 passes.
+    replays, job = job_of(write_job(tmp_path / "long", steps=40))
+    assert isinstance(job, JobReplay)
+    fixed = [*[rr.graph for rr in replays[:2]], data_removed(replays[2], 100)]
+    assert (job.step_ns(fixed) / US).tolist() == pytest.approx([550.0, 550.0, 550.0], abs=1e-3)
+    assert job.passes[-1] <= 3 and job.unsettled == 0
 
 
 def test_fix_on_every_rank(synthetic: Any) -> None:
