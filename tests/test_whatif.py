@@ -681,3 +681,22 @@ def test_cross_stream_chain_by_hand(tmp_path: Path) -> None:
     tl = simulate(half)
     assert sorted((tl.g_end / US).tolist()) == [0.5, 50.0, 110.0, 170.0, 230.0]
     assert tl.g_end.tolist() == brute_force_ends(half)
+
+
+def test_a_rule_cannot_make_a_low_confidence_finding_critical() -> None:
+    f = Finding(
+        rule="MEM001",
+        name="memory-leak",
+        category="memory",
+        title="t",
+        time_lost_ns_per_step=0.0,
+        step_ns=1.0,
+        confidence="low",
+        confidence_reason="few steps",
+        evidence={},
+        fix="",
+        severity_override="critical",
+    )
+    assert f.severity == "warning"
+    f.confidence = "medium"
+    assert f.severity == "critical"

@@ -52,6 +52,9 @@ class Finding:
     @property
     def severity(self) -> str:
         if self.severity_override is not None:
+            # Critical needs confidence high or medium, whatever set it (issue 13).
+            if self.severity_override == "critical" and self.confidence not in ("high", "medium"):
+                return "warning"
             return self.severity_override
         s = self.expected_speedup
         if s >= 1.25 and self.confidence in ("high", "medium"):
