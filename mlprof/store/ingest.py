@@ -257,16 +257,19 @@ def ingest_runs(
     runs = run_inputs(path)
     new_store = location.sqlite_path is not None and not location.sqlite_path.exists()
     new_cache = not location.cache_dir.exists()
-    engine = open_engine(location)
+    engine: Engine | None = None
     results = []
     try:
+        # Opened inside the try: Ctrl-C while the new SQLite file is being set up removes it too.
+        engine = open_engine(location)
         with store_errors(location):
             for run in runs:
                 t0 = time.perf_counter()
                 run_key = content_key(run.root, run.files)
                 results.append(_record(engine, location, run, run_key, options, _before_commit, t0))
     except BaseException:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
         if not results:  # an error, Ctrl-C or SIGTERM before the first run: leave no store behind
             _remove_new_store(location, new_store, new_cache)
         raise
