@@ -31,7 +31,12 @@ DATA_US = (100, 250, 400)
 
 
 def rank_events(
-    rank: int, data_us: int, end_shift_us: tuple[int, int] = (0, 0), k_us: int = 200, steps: int = 2
+    rank: int,
+    data_us: int,
+    end_shift_us: tuple[int, int] = (0, 0),
+    k_us: int = 200,
+    steps: int = 2,
+    late_us: int = 0,
 ) -> list[dict[str, Any]]:
     """Two 700 us steps of one rank. Per step (at S = 0, 700): DataLoader [S, S + d); launch K at S + d (10 us),
     K runs 200 us from 20 us after its launch; launch the all-reduce at S + d + 10 (queued behind K on the same
@@ -44,18 +49,25 @@ def rank_events(
     for n in range(steps):
         step = n * STEP_US
         d = data_us
-        arrive = step + d + 20 + k_us
+        arrive = step + d + 20 + late_us + k_us
         end = step + 670 + (end_shift_us[n] if n < 2 else 0)
         corr = 10 * n + 1
         events += [
             X("user_annotation", f"ProfilerStep#{n + 1}", step, STEP_US),
             X("user_annotation", DATALOADER, step, d),
             X("cuda_runtime", "cudaLaunchKernel", step + d, 10, correlation=corr),
-            kernel("void at::native::vectorized_elementwise_kernel<4, relu>", step + d + 20, k_us, corr=corr),
+            kernel("void at::native::vectorized_elementwise_kernel<4, relu>", step + d + 20 + late_us, k_us, corr=corr),
             X("cuda_runtime", "cudaLaunchKernel", step + d + 10, 10, correlation=corr + 1),
             kernel(NCCL, arrive, end - arrive, corr=corr + 1),
             X("cuda_runtime", "cudaStreamSynchronize", step + d + 20, end + 10 - (step + d + 20)),
         ]
+        if late_us:
+            # Ten 0.2 us kernels during the data loading, each 5 us after its launch onto an idle stream: the
+            # trace's typical launch latency, so the late kernel's extra delay is something no edge explains.
+            for i in range(10):
+                at = step + 1 + 6 * i
+                events.append(X("cuda_runtime", "cudaLaunchKernel", at, 0.5, correlation=1000 * (n + 1) + i))
+                events.append(kernel("void tiny_kernel", at + 5, 0.2, corr=1000 * (n + 1) + i))
     return events
 
 
@@ -65,13 +77,14 @@ def write_job(
     shifted: bool = False,
     k_us: tuple[int, ...] = (200, 200, 200),
     steps: int = 2,
+    late_us: tuple[int, ...] = (0, 0, 0),
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for rank, d in enumerate(data_us):
         shift = (200, -200) if shifted and rank == 1 else (0, 0)
         write_trace(
             folder / f"rank-{rank}.json",
-            rank_events(rank, d, shift, k_us[rank], steps),
+            rank_events(rank, d, shift, k_us[rank], steps, late_us[rank]),
             distributedInfo={"rank": rank, "world_size": len(data_us), "backend": "nccl"},
             deviceProperties=[{"id": 0, "name": "NVIDIA A100-SXM4-80GB"}],
         )
@@ -202,6 +215,18 @@ def test_slow_compute_straggler_fix_scales_its_kernels(tmp_path: Path) -> None:
     # others, the all-reduce ends at S + 370, the sync returns at S + 380, the step ends at S + 400 on every rank.
     assert strag["speedup_source"] == "replay"
     assert strag["expected_speedup"] == pytest.approx(700 / 400, abs=1e-4)
+
+
+def test_a_rank_whose_own_replay_is_off_keeps_the_job_one_by_one(tmp_path: Path) -> None:
+    # Rank 0's kernel starts 170 us after its launch where the trace's launches take 5 us, with nothing in the
+    # trace to say why: its own (edge-model) replay starts it 165 us earlier and its step comes out 165 us short.
+    folder = write_job(tmp_path / "late", late_us=(150, 0, 0))
+    assert raw_steps_us(folder) == [700.0, 700.0, 700.0]
+    replays, job = job_of(folder)
+    assert replays[0].error_pct == pytest.approx(-100 * 165 / 700, abs=0.01)
+    assert isinstance(job, str) and job.startswith("rank 0's own replay is -23.6% off its recorded steps")
+    report = to_json_dict(analyze_paths(str(folder), jobs=1))
+    assert report["whatif"]["job"]["model"] == "per-rank" and not report["whatif"]["trusted"]
 
 
 def test_unreliable_order_matching_falls_back_to_per_rank_replay(tmp_path: Path) -> None:

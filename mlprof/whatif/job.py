@@ -283,6 +283,13 @@ def build_job(replays: list[RankReplay], signatures: list[pd.DataFrame], skew: R
     """The job replay of the ranks (in rank order), or a sentence saying why the ranks are replayed one by one."""
     if len(replays) < 2:
         return "one rank"
+    untrusted = [rr for rr in replays if not rr.ok]
+    if untrusted:
+        worst = max(untrusted, key=lambda rr: abs(rr.error_pct))
+        return (
+            f"rank {worst.rank}'s own replay is {worst.error_pct:+.1f}% off its recorded steps (above "
+            f"{MAX_REPLAY_ERROR_PCT:g}%): the findings keep their attribution estimates"
+        )
     if skew is None or skew.matched == 0:
         return "no collective matched across the ranks"
     unreliable = _unreliable(skew)
@@ -333,9 +340,9 @@ def build_job(replays: list[RankReplay], signatures: list[pd.DataFrame], skew: R
         job._base[id(rr.graph)] = simulate(rr.graph)
     job.check()
     if not job.ok:
-        worst = int(np.argmax(np.abs(job.error_pct)))
+        at = int(np.argmax(np.abs(job.error_pct)))
         return (
-            f"job replay error {job.error_pct[worst]:+.1f}% on rank {replays[worst].rank} (above "
+            f"job replay error {job.error_pct[at]:+.1f}% on rank {replays[at].rank} (above "
             f"{MAX_REPLAY_ERROR_PCT:g}%): the matched collectives do not explain the ranks' timing"
         )
     return job
