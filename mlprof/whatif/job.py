@@ -276,6 +276,11 @@ def predict_job(
         whatif.notes.append(f"ranks replayed one by one, not as a job: {job}")
     elif job is not None:
         whatif.job = job.to_dict()
+        if job.unsettled:
+            whatif.notes.append(
+                f"{job.unsettled} job replays stopped after {MAX_PASSES} passes before their collectives settled: "
+                "the speedups they gave are approximate"
+            )
     return whatif
 
 
