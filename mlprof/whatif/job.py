@@ -24,8 +24,9 @@ collectives' end times (:attr:`~mlprof.analyzers.rank_skew.RankSkew.per_rank`
 
 A kernel's duration depends on the other ranks' starts and its start on its own rank's
 earlier collectives, so the ranks are simulated in passes: each pass replays every rank
-whose collective durations changed with :func:`mlprof.whatif.simulate.simulate`
-(unchanged: a per-node earliest-end constraint expressed as a duration), then sets the
+whose collective durations changed with :func:`mlprof.whatif.simulate.simulate` (the
+simulator is unchanged: each kernel's earliest end across ranks is expressed as its
+duration), then sets the
 durations by a sweep over the collectives in time order that moves each kernel's start
 with the end of its rank's previous collective (a guess the next pass checks); it stops
 when no duration moves, a fixed point (unique: every constraint points forward in time). A
@@ -35,8 +36,8 @@ each start as simulated, took ``n + 1``); where the guess is wrong, no more than
 The check of the job model (:meth:`JobReplay.check`): the edge-model graph of each rank
 (:func:`mlprof.whatif.replay.replay_rank`: residual delays no edge explains removed)
 replayed with every matched collective ending at ``max(s_r, A_k) + T_k`` in rank ``r``'s
-clock (no recorded end used), against the recorded steps. Its per-rank error is the
-``job_replay_error_pct`` of the JSON ``whatif.job`` object.
+clock (no recorded end used), against the recorded steps: ``per_rank_error_pct`` of the JSON
+``whatif.job`` object, and ``job_replay_error_pct``, the largest of them.
 """
 
 from __future__ import annotations
