@@ -51,20 +51,46 @@ def terminate_as_exception() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_DEFERRED = {signal.SIGINT, signal.SIGTERM}
+
+
 def quiet_worker() -> None:
     """Initializer of worker processes: Ctrl-C is the parent's to handle, SIGTERM ends the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)  # forked while the parent held them back
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back (delivered when this ends) in the main thread.
+
+    A signal that lands while the workers are forked raises in an at-fork callback (logging's
+    lock release), where Python prints "Exception ignored" and drops it: the interrupted
+    command then ran to the end and exited 0. Held back, it is raised just after the fork.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager
 def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of forked :func:`quiet_worker` processes; leaving it by an exception (Ctrl-C, SIGTERM,
-    an error) stops the workers at once instead of waiting for their tasks, so none outlives mlprof."""
+    an error) stops the workers at once instead of waiting for their tasks, so none outlives mlprof.
+
+    The workers are forked at once (a first, empty task) with Ctrl-C and SIGTERM held back."""
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=quiet_worker
     )
     try:
+        with signals_deferred():
+            pool.submit(int)  # forks every worker now (fork pools start all workers on the first task)
         yield pool
     except BaseException:
         stop_workers(pool)
