@@ -15,6 +15,7 @@ whose fix is not a graph edit keeps its attribution estimate (``speedup_source``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ from mlprof.whatif.replay import MAX_REPLAY_ERROR_PCT, RankReplay
 
 if TYPE_CHECKING:
     from mlprof.whatif.job import JobReplay
+
+Stage = Callable[[], list[ReplayGraph]]
+"""The fixed graphs of one plan stage, made when the plan takes the stage."""
 
 BOUND_ONLY = frozenset({"HOST001"})
 """Rules whose graph edit is an upper bound, not the fix: the finding stays an attribution estimate."""
@@ -160,39 +164,47 @@ def predict(
     )
     per_rank = _per_rank_findings(diagnosis, replays)
 
-    def replay_with(rule: str, graphs: list[ReplayGraph]) -> tuple[list[ReplayGraph], np.ndarray, bool]:
+    def fixed(rule: str, graphs: list[ReplayGraph], i: int) -> ReplayGraph | None:
+        rank_finding = per_rank[i].get(rule)
+        if rank_finding is None:
+            return None
+        params = config.thresholds(rule) if rule in _known_rules() else {}
+        return apply_fix(replays[i], rule, graphs[i], params, specs[i], rank_finding.evidence)
+
+    def fixed_graphs(rule: str, graphs: list[ReplayGraph]) -> list[ReplayGraph]:
+        return [g if (fg := fixed(rule, graphs, i)) is None else fg for i, g in enumerate(graphs)]
+
+    def replay_with(rule: str, graphs: list[ReplayGraph]) -> tuple[Stage, np.ndarray, bool]:
         out_graphs: list[ReplayGraph] = []
         out_ns = np.empty(len(replays))
         applied = False
-        params = config.thresholds(rule) if rule in _known_rules() else {}
         for i, (rr, graph) in enumerate(zip(replays, graphs, strict=True)):
-            rank_finding = per_rank[i].get(rule)
-            fixed = (
-                apply_fix(rr, rule, graph, params, specs[i], rank_finding.evidence)
-                if rank_finding is not None
-                else None
-            )
-            if fixed is None:
+            fg = fixed(rule, graphs, i)
+            if fg is None:
                 out_graphs.append(graph)
                 out_ns[i] = np.nan
             else:
                 applied = True
-                out_graphs.append(fixed)
-                out_ns[i] = rr.mean_step_ns(fixed) if job is None else np.nan
+                out_graphs.append(fg)
+                out_ns[i] = rr.mean_step_ns(fg) if job is None else np.nan
         if job is not None and applied:
             out_ns = job.step_ns(out_graphs)
-        return out_graphs, out_ns, applied
+        return (lambda: out_graphs), out_ns, applied
 
     originals = [r.graph for r in replays]
-    first_stage: dict[str, tuple[list[ReplayGraph], np.ndarray, bool]] = {}
+    first_stage: dict[str, tuple[np.ndarray, bool]] = {}
 
-    def replay_cached(rule: str, graphs: list[ReplayGraph]) -> tuple[list[ReplayGraph], np.ndarray, bool]:
-        # Each fix on the unmodified graphs is replayed once, for its finding and the plan's first stage.
+    def replay_cached(rule: str, graphs: list[ReplayGraph]) -> tuple[Stage, np.ndarray, bool]:
+        # Each fix on the unmodified graphs is replayed once, for its finding and the plan's first stage. Its
+        # fixed graphs are not kept until the plan (a copy of every rank's graph per fix set the peak memory of
+        # analyze on large traces): the plan applies the fix it takes again, without replaying it.
         if graphs is not originals:
             return replay_with(rule, graphs)
         if rule not in first_stage:
-            first_stage[rule] = replay_with(rule, graphs)
-        return first_stage[rule]
+            _, ns, applied = replay_with(rule, graphs)
+            first_stage[rule] = (ns, applied)
+        ns, applied = first_stage[rule]
+        return (lambda: fixed_graphs(rule, originals)), ns, applied
 
     replayed: list[Finding] = []
     for f in findings:
@@ -294,7 +306,7 @@ def _plan(
     total0 = float(base_ns.sum())
     plan: list[PlanStep] = []
     while candidates:
-        best: tuple[float, Finding, list[ReplayGraph], np.ndarray] | None = None
+        best: tuple[float, Finding, Stage, np.ndarray] | None = None
         for f in candidates if greedy else candidates[:1]:
             new_graphs, ns, applied = replay_with(f.rule, graphs)
             if not applied:
@@ -308,7 +320,9 @@ def _plan(
                 break
             candidates.pop(0)  # this fix gains nothing on the fixed graph; the next may
             continue
-        gain, f, graphs, current = best
+        gain, f, stage, current = best
+        best = None
+        graphs = stage()
         candidates.remove(f)
         cumulative = total0 / max(float(current.sum()), 1.0)
         after_ms = step_ms / cumulative
