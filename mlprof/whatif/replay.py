@@ -11,6 +11,7 @@ prediction changes only what the fix changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,20 +149,23 @@ def pacing(
     inside = (de > ws.min()) & (ds < we.max()) if len(ds) else np.zeros(0, dtype=bool)
     ds, de = ds[inside], de[inside]
     host_s, host_e = _complement(ws, we, ds, de)
-    probes = {
-        "GPU compute": set_op_durations(graph, np.flatnonzero(~comm), graph.g_dur[~comm] * PACE_SHARE),
-        "communication": set_op_durations(graph, np.flatnonzero(comm), graph.g_dur[comm] * PACE_SHARE),
-        "data loading": remove_host_time(graph, ds, de, ((de - ds) * PACE_SHARE).astype(np.int64)),
-        "host": remove_host_time(graph, host_s, host_e, ((host_e - host_s) * PACE_SHARE).astype(np.int64)),
+    # Each probe's graph is made when it is replayed and dropped after (four copies of the graph alive at once
+    # set the peak memory of the replay on large traces).
+    probes: dict[str, Callable[[], ReplayGraph]] = {
+        "GPU compute": lambda: set_op_durations(graph, np.flatnonzero(~comm), graph.g_dur[~comm] * PACE_SHARE),
+        "communication": lambda: set_op_durations(graph, np.flatnonzero(comm), graph.g_dur[comm] * PACE_SHARE),
+        "data loading": lambda: remove_host_time(graph, ds, de, ((de - ds) * PACE_SHARE).astype(np.int64)),
+        "host": lambda: remove_host_time(graph, host_s, host_e, ((host_e - host_s) * PACE_SHARE).astype(np.int64)),
     }
     empty = {"GPU compute": not (~comm).any(), "communication": not comm.any(), "data loading": len(ds) == 0}
-    gains = np.stack(
-        [
-            np.zeros(len(base)) if empty.get(name, False) else base - step_durations(g, simulate(g), starts, ends)
-            for name, g in probes.items()
-        ],
-        axis=1,
-    )
+
+    def gain(name: str) -> np.ndarray:
+        if empty.get(name, False):
+            return np.zeros(len(base))
+        g = probes[name]()
+        return base - step_durations(g, simulate(g), starts, ends)
+
+    gains = np.stack([gain(name) for name in probes], axis=1)
     names = list(probes)
     aligned = len(steps) == len(starts)
     numbers = steps["step"].to_numpy() if aligned else np.full(len(starts), -1)
