@@ -120,6 +120,14 @@ def X(cat: str, name: str, ts: float, dur: float, pid: Any = 1, tid: Any = 1, **
     return ev
 
 
+def opts(rule: str, **values: Any) -> Any:
+    """``rule``'s typed options (what its detection and its what-if fix read), ``values`` over the defaults,
+    range-checked like the config's."""
+    from mlprof.rules.registry import BY_ID
+
+    return BY_ID[rule].options_class.build(values)
+
+
 def kernel(name: str, ts: float, dur: float, stream: int = 7, corr: int = 0) -> dict[str, Any]:
     return X("kernel", name, ts, dur, pid=0, tid=stream, device=0, stream=stream, correlation=corr)
 

@@ -138,24 +138,9 @@ def test_explain_prints_every_option(capsys: pytest.CaptureFixture[str]) -> None
             assert doc.name in out and " ".join(doc.meaning.split()) in out
 
 
-class _Reads(dict):  # type: ignore[type-arg]
-    """The what-if replay's parameters (``ctx.param`` reads ``params.get``), noting which are read."""
-
-    def __init__(self, values: dict[str, float], seen: set[str]) -> None:
-        super().__init__(values)
-        self.seen = seen
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.seen.add(key)
-        return super().get(key, default)
-
-    def __getitem__(self, key: str) -> Any:
-        self.seen.add(key)
-        return super().__getitem__(key)
-
-
 def _recording(cls: type[RuleOptions], seen: set[str]) -> type[RuleOptions]:
-    """A subclass of the rule's options that notes which thresholds the code reads."""
+    """A subclass of the rule's options that notes which thresholds the code reads (the rule's detection
+    and its what-if fix read the same object)."""
     names = {f.name for f in fields(cls)}
 
     class Recording(cls):  # type: ignore[valid-type,misc]
@@ -191,9 +176,8 @@ def _run(rule: Rule, values: dict[str, float], inputs: Inputs, seen: set[str]) -
         for i, rr in enumerate(whatif.ranks if whatif is not None and rule.id in FIXES else []):
             mine = [f for f in per_rank[i] if f.rule == rule.id]
             if mine:
-                params = _Reads({f.name: object.__getattribute__(opts, f.name) for f in fields(opts)}, seen)
                 spec = spec_for(job.ranks[i].trace.meta.devices)
-                fixed = apply_fix(rr, rule.id, rr.graph, params, spec, mine[0].evidence)
+                fixed = apply_fix(rr, rule.id, rr.graph, opts, spec, mine[0].evidence)
                 out.append(None if fixed is None else rr.mean_step_ns(fixed))
         for f in found:
             speedup = f.to_dict()["expected_speedup"]
@@ -251,7 +235,7 @@ def test_every_option_is_read_and_changes_a_decision(rule: Rule, inputs: Inputs)
     replay = "".join(p.read_text() for p in (ROOT / "mlprof" / "whatif").glob("*.py"))
     source = inspect.getsource(inspect.getmodule(type(rule)))  # type: ignore[arg-type]
     for name in unread:
-        assert f"opts.{name}" in source or f'param("{name}"' in replay, f"{rule.id}.{name}: not in the code"
+        assert f"opts.{name}" in source or f"ctx.opts.{name}" in replay, f"{rule.id}.{name}: not in the code"
     assert names - changes == set(UNCHANGED.get(rule.id, {})), f"{rule.id}: same decisions at both ends"
 
 

@@ -94,7 +94,7 @@ def test_causes_sum_to_categories_exactly_on_real_traces() -> None:
 
 
 def test_claims_never_exceed_the_step_and_plan_is_the_cumulative_replay() -> None:
-    from mlprof.whatif.predict import apply_fix
+    from mlprof.whatif.predict import apply_fix, rule_options
 
     for relative in (R50_NW0, PARAM_RESNET, PARAM_LINEAR, DF_INDEX):
         ra = real(relative)
@@ -115,7 +115,7 @@ def test_claims_never_exceed_the_step_and_plan_is_the_cumulative_replay() -> Non
         for p in replayed:
             f = found[p.rule]
             fixed = apply_fix(
-                rr, p.rule, graph, RuleConfig().thresholds(p.rule), spec_for(ra.trace.meta.devices), f.evidence
+                rr, p.rule, graph, rule_options(RuleConfig(), p.rule), spec_for(ra.trace.meta.devices), f.evidence
             )
             assert fixed is not None
             graph = fixed

@@ -18,7 +18,7 @@ from mlprof.trace.loader import load_trace
 from mlprof.whatif.predict import apply_fix
 from mlprof.whatif.replay import replay_rank
 
-from conftest import external
+from conftest import external, opts
 
 DLRM_RANK0 = "facebookresearch__param/dlrm_kineto/worker0_step_12.1694128201545.pt.trace.json"
 MI300 = "AMD-AGI__TraceLens/mi300/resnet_act_checkpoint.json.gz"
@@ -80,7 +80,7 @@ def test_mi300_harness_synchronize_is_neither_a_finding_nor_a_replayed_wait() ->
     names = trace.runtime["name"].astype(str).to_numpy()[rr.graph.h_row]
     harness = np.flatnonzero(names == "hipDeviceSynchronize")
     assert len(harness) == 1 and rr.graph.h_wait[harness[0]] >= 0
-    assert apply_fix(rr, "SYNC001", rr.graph, {}, None, {}) is None
+    assert apply_fix(rr, "SYNC001", rr.graph, opts("SYNC001"), None, {}) is None
 
 
 def test_source_line_is_the_innermost_user_frame_of_the_stack() -> None:

@@ -22,7 +22,6 @@ import pytest
 from mlprof.analysis import RankAnalysis, analyze_job, analyze_trace
 from mlprof.rules.base import Finding
 from mlprof.trace.loader import load_job, load_trace
-from mlprof.whatif.fixes import FixContext
 from mlprof.whatif.graph import build_graph
 from mlprof.whatif.measure import recorded_timeline, step_durations
 from mlprof.whatif.predict import apply_fix
@@ -30,7 +29,7 @@ from mlprof.whatif.replay import RankReplay, replay_rank
 from mlprof.whatif.simulate import simulate
 from mlprof.whatif.transforms import detach_ops, drop_waits, merge_ops, remove_host_time, set_latency, set_op_durations
 
-from conftest import EXTERNAL, SAMPLES, X, external, kernel, write_trace
+from conftest import EXTERNAL, SAMPLES, X, external, kernel, opts, write_trace
 
 US = 1000
 R50_NW0 = "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz"
@@ -85,10 +84,6 @@ def step_us(rr: RankReplay, graph: Any) -> float:
     return rr.mean_step_ns(graph) / US
 
 
-def fix_ctx(rr: RankReplay, **params: float) -> FixContext:
-    return FixContext(rr.graph, rr.graph.rel(rr.win_starts), rr.graph.rel(rr.win_ends), dict(params))
-
-
 def test_tiny_graph_has_the_recorded_edges_and_replays_exactly(tmp_path: Path) -> None:
     rr = replayed(tiny(tmp_path))
     g = rr.graph
@@ -112,14 +107,14 @@ def test_remove_host_time_data_loader(tmp_path: Path) -> None:
     # Keeping 250 us (a batch that takes 250 us to hand over): K2 launched at 450 runs 470-670, the sync
     # returns at 680: 950. The DATA001 fix does the same with ready_batch_ms.
     assert step_us(rr, remove_host_time(rr.graph, np.array([200 * US]), np.array([500 * US]), 250 * US)) == 950.0
-    assert step_us(rr, apply_fix(rr, "DATA001", rr.graph, {"ready_batch_ms": 0.25}, None, {})) == 950.0
+    assert step_us(rr, apply_fix(rr, "DATA001", rr.graph, opts("DATA001", ready_batch_ms=0.25), None, {})) == 950.0
 
 
 def test_drop_waits_sync(tmp_path: Path) -> None:
     rr = replayed(tiny(tmp_path))
     # The sync no longer waits and costs nothing: Python resumes at 530, the step ends at 800 (K2 ends 720).
     assert step_us(rr, drop_waits(rr.graph, np.array([2]), 0)) == 800.0
-    assert step_us(rr, apply_fix(rr, "SYNC001", rr.graph, {}, None, {})) == 800.0
+    assert step_us(rr, apply_fix(rr, "SYNC001", rr.graph, opts("SYNC001"), None, {})) == 800.0
 
 
 def test_amp_scales_fp32_matmuls_by_the_tensor_core_ratio(tmp_path: Path) -> None:
@@ -128,9 +123,9 @@ def test_amp_scales_fp32_matmuls_by_the_tensor_core_ratio(tmp_path: Path) -> Non
     rr = replayed(tiny(tmp_path, k2="volta_sgemm_128x64_nn"))
     v100 = lookup("Tesla V100-SXM2-32GB")
     # V100: 125 / 15.7 tensor/FP32, capped at local_speedup 2: K2 takes 100 us, the sync returns at 630.
-    assert step_us(rr, apply_fix(rr, "AMP001", rr.graph, {"local_speedup": 2.0}, v100, {})) == 900.0
+    assert step_us(rr, apply_fix(rr, "AMP001", rr.graph, opts("AMP001", local_speedup=2.0), v100, {})) == 900.0
     # A cap of 4: 50 us; the sync returns at 580.
-    assert step_us(rr, apply_fix(rr, "AMP001", rr.graph, {"local_speedup": 4.0}, v100, {})) == 850.0
+    assert step_us(rr, apply_fix(rr, "AMP001", rr.graph, opts("AMP001", local_speedup=4.0), v100, {})) == 850.0
 
 
 def test_detach_comm_kernel(tmp_path: Path) -> None:
@@ -149,7 +144,7 @@ def test_detach_comm_kernel(tmp_path: Path) -> None:
     # Detached, K2 runs at 220-420 (launch + 20 us); the sync returns at 430, the step ends at 530 but the
     # NCCL kernel (launched in the step) ends at 520: bounded by its own time, 300 us saved.
     assert step_us(rr, detach_ops(rr.graph, np.array([0]))) == 530.0
-    assert step_us(rr, apply_fix(rr, "COMM001", rr.graph, {}, None, {})) == 530.0
+    assert step_us(rr, apply_fix(rr, "COMM001", rr.graph, opts("COMM001"), None, {})) == 530.0
 
 
 def launch_bound(tmp_path: Path, n: int = 4) -> Path:
@@ -168,12 +163,14 @@ def test_cuda_graph_collapses_dispatch(tmp_path: Path) -> None:
     # Captured: the host time from each launch to the next shrinks from 30 to 2 us: launches start at 10, 12,
     # 14 and 16; the last call keeps its 10 us and the 40 us after it: the host is done at 66. Kernels are
     # ready 2 us after their launch and cost 2 us each before they start: 14-19, 21-26, 28-33, 35-40.
-    fixed = apply_fix(rr, "LAUNCH001", rr.graph, {"graph_node_us": 2.0}, None, {})
+    fixed = apply_fix(rr, "LAUNCH001", rr.graph, opts("LAUNCH001", graph_node_us=2.0), None, {})
     assert step_us(rr, fixed) == 66.0
     # The launches are 30 us apart: with max_dispatch_gap_us at 30 they are still dispatch; at 20 every
     # stretch is host work a graph would not capture, and the fix has nothing to collapse.
-    assert step_us(rr, apply_fix(rr, "LAUNCH001", rr.graph, {"max_dispatch_gap_us": 30.0}, None, {})) == 66.0
-    assert apply_fix(rr, "LAUNCH001", rr.graph, {"max_dispatch_gap_us": 20.0}, None, {}) is None
+    assert (
+        step_us(rr, apply_fix(rr, "LAUNCH001", rr.graph, opts("LAUNCH001", max_dispatch_gap_us=30.0), None, {})) == 66.0
+    )
+    assert apply_fix(rr, "LAUNCH001", rr.graph, opts("LAUNCH001", max_dispatch_gap_us=20.0), None, {}) is None
     # set_latency alone (no host change): kernels at launch + 2 us instead of + 15 us; the host paces: 150.
     assert step_us(rr, set_latency(rr.graph, np.arange(4), 2 * US, 0)) == 150.0
 
@@ -194,11 +191,13 @@ def test_fusion_merges_back_to_back_kernels_and_their_launches(tmp_path: Path) -
     rr = replayed(write_trace(tmp_path / "fuse.json", events))
     # Fused: one 100 us kernel at 30-130; the other two launch calls cost nothing, so the sync starts at 20,
     # returns 10 us after 130 = 140; 128 us of host to the step end: 268.
-    fixed = apply_fix(rr, "FUSE001", rr.graph, {"max_gap_us": 5.0, "min_chain": 2}, None, {})
+    fixed = apply_fix(rr, "FUSE001", rr.graph, opts("FUSE001", max_gap_us=5.0, min_chain=2), None, {})
     assert step_us(rr, fixed) == 268.0
     assert step_us(rr, merge_ops(rr.graph, [np.array([0, 1, 2])], np.array([100 * US]))) == 268.0
     # Not back to back (a 20 us device gap allowed only with max_gap_us >= 1): nothing to fuse.
-    assert step_us(rr, apply_fix(rr, "FUSE001", rr.graph, {"max_gap_us": 0.5, "min_chain": 2}, None, {})) == 400.0
+    assert (
+        step_us(rr, apply_fix(rr, "FUSE001", rr.graph, opts("FUSE001", max_gap_us=0.5, min_chain=2), None, {})) == 400.0
+    )
 
 
 def test_allocator_calls_removed_in_steps_only(tmp_path: Path) -> None:
@@ -213,7 +212,7 @@ def test_allocator_calls_removed_in_steps_only(tmp_path: Path) -> None:
     ]
     rr = replayed(write_trace(tmp_path / "alloc.json", events))
     assert step_us(rr, rr.graph) == 300.0
-    assert step_us(rr, apply_fix(rr, "ALLOC001", rr.graph, {}, None, {})) == 200.0
+    assert step_us(rr, apply_fix(rr, "ALLOC001", rr.graph, opts("ALLOC001"), None, {})) == 200.0
 
 
 def test_pageable_copy_becomes_pinned_and_non_blocking(tmp_path: Path) -> None:
@@ -234,7 +233,9 @@ def test_pageable_copy_becomes_pinned_and_non_blocking(tmp_path: Path) -> None:
     # Pinned at 2x: the copy takes 40 us (20-60); the call costs a launch (10 us): the kernel launches at 30,
     # is ready at 49, starts after the copy + 1 us at 61, ends 161; the sync (from 50) returns at 171; the
     # step ends 50 us later: 221.
-    assert step_us(rr, apply_fix(rr, "DATA002", rr.graph, {}, None, {"bandwidth_ratio_used": 2.0})) == 221.0
+    assert (
+        step_us(rr, apply_fix(rr, "DATA002", rr.graph, opts("DATA002"), None, {"bandwidth_ratio_used": 2.0})) == 221.0
+    )
 
 
 def test_pageable_copy_call_waits_for_its_stream_to_drain(tmp_path: Path) -> None:
@@ -290,7 +291,7 @@ def test_optimizer_kernels_become_multi_tensor(tmp_path: Path) -> None:
     rr = replayed(write_trace(tmp_path / "opt.json", events))
     # One multi-tensor kernel of 100 - 9 * 2 = 82 us; the optimizer's host time 300 -> 30 us (one kernel):
     # the step ends 270 us earlier on the host (230); the fused kernel, launched at 105, ends at 202.
-    params = {"kernel_floor_us": 2.0, "foreach_launch_us": 30.0}
+    params = opts("FUSE002", kernel_floor_us=2.0, foreach_launch_us=30.0)
     assert step_us(rr, apply_fix(rr, "FUSE002", rr.graph, params, None, {})) == 230.0
 
 
@@ -298,10 +299,10 @@ def test_host_gaps_bound(tmp_path: Path) -> None:
     rr = replayed(tiny(tmp_path))
     # Outside every recorded op and call: [0,100), [110,200), [510,530), [730,1000) = 480 us, all removed:
     # launch K1 at 0 (K1 20-320), DataLoader 10-310, launch K2 310 (K2 330-530), sync returns 540.
-    assert step_us(rr, apply_fix(rr, "HOST001", rr.graph, {"removable_share": 1.0}, None, {})) == 540.0
+    assert step_us(rr, apply_fix(rr, "HOST001", rr.graph, opts("HOST001", removable_share=1.0), None, {})) == 540.0
     # Half of each gap (the default): launch K1 at 50 (K1 70-370), DataLoader 105-405, launch K2 at 405
     # (K2 425-625), the sync from 425 returns at 635, then 135 us of host: 770.
-    assert step_us(rr, apply_fix(rr, "HOST001", rr.graph, {"removable_share": 0.5}, None, {})) == 770.0
+    assert step_us(rr, apply_fix(rr, "HOST001", rr.graph, opts("HOST001", removable_share=0.5), None, {})) == 770.0
 
 
 # ---- replay of recorded traces ------------------------------------------------------------------
@@ -650,7 +651,7 @@ def test_simulation_of_chained_cross_stream_waits_matches_brute_force() -> None:
     rr = real(NEGATIVE_QUEUE).diagnosis.whatif.ranks[0]  # type: ignore[union-attr]
     g = rr.graph
     assert (g.g_dep >= 0).sum() > 100
-    fixed = apply_fix(rr, "AMP001", g, {}, None, {})
+    fixed = apply_fix(rr, "AMP001", g, opts("AMP001"), None, {})
     assert fixed is not None
     tl = simulate(fixed)
     assert tl.g_end.tolist() == brute_force_ends(fixed)

@@ -18,7 +18,7 @@ from mlprof.whatif.fixes import FIXES
 from mlprof.whatif.predict import apply_fix
 from mlprof.whatif.replay import RankReplay, replay_rank
 
-from conftest import SAMPLES, X, external, kernel, write_trace
+from conftest import SAMPLES, X, external, kernel, opts, write_trace
 
 US = 1000
 MISALIGNED = "void cutlass::Kernel<cutlass_80_tensorop_s1688gemm_256x64_16x4_tn_align1>(Params)"
@@ -61,16 +61,21 @@ def test_shape_alignment_scales_misaligned_gemms(tmp_path: Path) -> None:
     rr = replayed(shape_trace(tmp_path))
     assert step_us(rr, rr.graph) == 1000.0
     # Ratio 2: the GEMM takes 100 us (520-620), the sync returns at 630, 270 us of Python: 900.
-    assert step_us(rr, apply_fix(rr, "SHAPE001", rr.graph, {"aligned_speedup": 2.0}, None, {})) == 900.0
+    assert step_us(rr, apply_fix(rr, "SHAPE001", rr.graph, opts("SHAPE001", aligned_speedup=2.0), None, {})) == 900.0
     # The default 1.5: 200 / 1.5 = 133.333 us, the sync returns at 663.333: 933.333.
-    fixed = apply_fix(rr, "SHAPE001", rr.graph, {}, None, {})
+    fixed = apply_fix(rr, "SHAPE001", rr.graph, opts("SHAPE001"), None, {})
     assert step_us(rr, fixed) == pytest.approx(933.333, abs=1e-3)
     # The GEMM after the step is outside the analysed steps: untouched.
     assert sorted(fixed.g_dur.tolist()) == [133_333, 200_000]
     # A ratio measured in the trace (the rule's evidence) wins over the option; below 1 it is taken as 1.
     measured = {"aligned_speedup_measured": 4.0}
-    assert step_us(rr, apply_fix(rr, "SHAPE001", rr.graph, {"aligned_speedup": 2.0}, None, measured)) == 850.0
-    assert step_us(rr, apply_fix(rr, "SHAPE001", rr.graph, {"aligned_speedup": 0.5}, None, {})) == 1000.0
+    assert (
+        step_us(rr, apply_fix(rr, "SHAPE001", rr.graph, opts("SHAPE001", aligned_speedup=2.0), None, measured)) == 850.0
+    )
+    assert (
+        step_us(rr, apply_fix(rr, "SHAPE001", rr.graph, opts("SHAPE001"), None, {"aligned_speedup_measured": 0.5}))
+        == 1000.0
+    )
 
 
 def measured_shape_trace(tmp_path: Path) -> Path:
@@ -140,7 +145,7 @@ def test_data_parallel_removes_replicate_and_gather(tmp_path: Path) -> None:
     assert step_us(rr, rr.graph) == 1000.0
     # 200 us (replicate) + 100 us (gather) of host time go, and so do the broadcast and gather copies.
     # The GEMM's launch moves from 400 to 200 (runs 220-420); the host reaches the step end at 700.
-    fixed = apply_fix(rr, "DP001", rr.graph, {}, None, {})
+    fixed = apply_fix(rr, "DP001", rr.graph, opts("DP001"), None, {})
     assert step_us(rr, fixed) == 700.0
     # parallel_apply's GEMM keeps its 200 us; the two copies take none.
     assert sorted(fixed.g_dur.tolist()) == [0, 0, 200_000]
@@ -192,31 +197,38 @@ def test_compile_break_collapses_the_eager_dispatch(tmp_path: Path) -> None:
     # sync stops waiting and costs nothing: its 80 us go whole, and the 78.049 us of the removal that fell
     # on it (a wait, not host time) are not counted twice. The host reaches the step end
     # 400 - 78.049 + 80 = 401.951 us early: 598.049.
-    fixed = apply_fix(rr, "COMPILE001", rr.graph, {}, None, {"break_on_tensor_value": True})
+    fixed = apply_fix(rr, "COMPILE001", rr.graph, opts("COMPILE001"), None, {"break_on_tensor_value": True})
     assert step_us(rr, fixed) == pytest.approx(598.049, abs=1e-3)
     # Not on a tensor value: the sync still waits. The add's launch: 220 us after the first call less
     # 150 us x 400/410 = 73.659 -> 103.659, its own 10 us less 9.756 -> ends 103.902; its kernel, ready at
     # 123.659, queues behind the graph's kernel (40-140) and runs 140-260. The sync: 60 us after the launch
     # less 58.537 -> starts 105.366, returns 10 us after the kernel, 270. The resume launch: 120 us after
     # the sync less 110 us x 400/410 -> 282.683, ends 292.683. Then the 470 us of Python after it: 762.683.
-    assert step_us(rr, apply_fix(rr, "COMPILE001", rr.graph, {}, None, {})) == pytest.approx(762.683, abs=1e-3)
+    assert step_us(rr, apply_fix(rr, "COMPILE001", rr.graph, opts("COMPILE001"), None, {})) == pytest.approx(
+        762.683, abs=1e-3
+    )
     # Recompilation in one analysed step is not edited (it may be one-off); a trace without breaks or
     # compilation has nothing to edit.
     plain = replayed(shape_trace(tmp_path))
-    assert apply_fix(plain, "COMPILE001", plain.graph, {}, None, {"steps_with_compilation": [1, 2]}) is None
+    assert (
+        apply_fix(plain, "COMPILE001", plain.graph, opts("COMPILE001"), None, {"steps_with_compilation": [1, 2]})
+        is None
+    )
 
 
 def test_compile_break_keeps_one_off_compilation(tmp_path: Path) -> None:
     # Dynamo compiling the resume frame inside the break's stretch, [400, 480): a recompiling step, whose
     # stretch is not the break's steady cost. Seen in one step only, it is left as recorded.
     rr = replayed(compile_trace(tmp_path, X("cpu_op", "dynamo", 400, 80)))
-    assert apply_fix(rr, "COMPILE001", rr.graph, {}, None, {"break_on_tensor_value": True}) is None
+    assert apply_fix(rr, "COMPILE001", rr.graph, opts("COMPILE001"), None, {"break_on_tensor_value": True}) is None
     # Recompiling in two analysed steps recurs: the compilation goes, and so does the rest of the stretch,
     # [100, 400) (the launch's 10 us kept: 290 us go, 290/300 per us) and [480, 510) (30 us). With the break
     # on a tensor value: 290 - 77.333 (the share that fell on the 80 us sync) + 80 (the sync) + 30 + 80.
     recurring = {"break_on_tensor_value": True, "steps_with_compilation": [1, 2]}
     expected = 1000 - (290 - 77.333 + 80 + 30 + 80)
-    assert step_us(rr, apply_fix(rr, "COMPILE001", rr.graph, {}, None, recurring)) == pytest.approx(expected, abs=1e-3)
+    assert step_us(rr, apply_fix(rr, "COMPILE001", rr.graph, opts("COMPILE001"), None, recurring)) == pytest.approx(
+        expected, abs=1e-3
+    )
 
 
 # ---- rules that never show a per-step speedup -----------------------------------------------------

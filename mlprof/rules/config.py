@@ -66,7 +66,8 @@ class RuleConfig:
         return options_class.build(checked)
 
     def thresholds(self, rule_id: str) -> dict[str, float]:
-        """The thresholds by name (what ``mlprof rules`` lists and the what-if replay's ``ctx.param`` reads)."""
+        """The thresholds by name, as ``mlprof rules`` lists them (the rules and their what-if fixes read the typed
+        :meth:`options`)."""
         return {**BY_ID[rule_id].defaults, **self.overrides.get(rule_id, {})}
 
 

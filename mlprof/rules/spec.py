@@ -140,7 +140,7 @@ class RuleOptions:
         return cls(**converted)
 
     def as_dict(self) -> dict[str, float]:
-        """The thresholds by name (for the what-if replay's ``ctx.param`` and ``mlprof rules``)."""
+        """The thresholds by name (what ``mlprof rules`` lists)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 

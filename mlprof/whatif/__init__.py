@@ -18,19 +18,21 @@ The flow is ``trace -> analyzers -> rules -> what-if replay -> report``: the rul
 
 Adding a fix for a new rule (the whole API)::
 
+    from mlprof.rules.new_rule import NewOptions   # the rule's options class (its thresholds)
     from mlprof.whatif.fixes import FixContext, fix
     from mlprof.whatif.transforms import remove_host_time, set_op_durations
 
     @fix("NEW001", "What the fix does to the graph, in words (shown by `mlprof explain`).")
-    def _new(ctx: FixContext) -> ReplayGraph | None:
+    def _new(ctx: FixContext[NewOptions]) -> ReplayGraph | None:
         g = ctx.graph                                   # edit copies only: transforms return new graphs
         ops = np.flatnonzero((g.g_klass == "memory_bound") & ctx.in_windows(g.g_ts))
         if len(ops) == 0:
             return None                                 # not expressible here: attribution estimate kept
-        return set_op_durations(g, ops, g.g_dur[ops] / ctx.param("factor", 2.0))
+        return set_op_durations(g, ops, g.g_dur[ops] / ctx.opts.factor)
 
-``ctx.param`` reads the rule's thresholds (``[tool.mlprof.rules.NEW001]``; add the
-parameter to the rule's options dataclass, ``option(...)``, so the config accepts it), ``ctx.evidence`` the
+``ctx.opts`` is the rule's typed options object, the one its detection read (``NewOptions``, the rule's
+``options_class``; declare the parameter there with ``option(...)`` so ``[tool.mlprof.rules.NEW001]`` and
+``--set NEW001.factor=3`` accept and range-check it), ``ctx.evidence`` the
 rule's finding on that rank, ``ctx.in_windows`` keeps edits inside the analysed steps,
 ``ctx.host_rows("dataloader" | "optimizer")`` gives host ranges. The edits are in
 :mod:`mlprof.whatif.transforms` (host time removed, op durations, waits dropped, ops

@@ -5,8 +5,10 @@ A fix is a function ``(FixContext) -> ReplayGraph | None`` registered with
 analysed steps only, so one-off start-up work is never "fixed") and composes the
 edits of :mod:`mlprof.whatif.transforms`. ``None`` means the fix cannot be expressed
 on this trace; the finding then keeps the attribution estimate. The ``doc`` of each
-fix is printed by ``mlprof explain``; its parameters are the rule's thresholds
-(``[tool.mlprof.rules.ID]``), read with ``ctx.param``.
+fix is printed by ``mlprof explain``; its parameters are the rule's typed options
+(``[tool.mlprof.rules.ID]``, ``--set ID.name=value``): the same :class:`RuleOptions`
+object the rule's detection reads, as ``ctx.opts.name``, so a threshold goes from the
+config to the computation through one checked, typed path.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic
 
 import numpy as np
 
 from mlprof.analyzers.gpu_specs import GpuSpec
+from mlprof.rules.data_loader_wait import DataLoaderWaitOptions
+from mlprof.rules.fp32_matmul import Fp32MatmulOptions
+from mlprof.rules.host_gaps import HostGapsOptions
+from mlprof.rules.launch_bound import LaunchBoundOptions
+from mlprof.rules.shape_alignment import ShapeAlignmentOptions
+from mlprof.rules.spec import OptionsT
+from mlprof.rules.unfused_elementwise import UnfusedElementwiseOptions
+from mlprof.rules.unfused_optimizer import UnfusedOptimizerOptions
 from mlprof.whatif.graph import (
     HTOD,
     KIND_ALLOC,
@@ -41,20 +51,19 @@ from mlprof.whatif.transforms import (
 
 
 @dataclass
-class FixContext:
-    """What a fix reads: the graph to edit (already carrying earlier fixes of a plan) and the trace."""
+class FixContext(Generic[OptionsT]):
+    """What a fix reads: the graph to edit (already carrying earlier fixes of a plan), the trace, and the
+    rule's typed options (``FixContext[XOptions]`` for the rule's ``XOptions``)."""
 
     graph: ReplayGraph
     win_starts: np.ndarray
     """Analysed steps, relative to ``graph.origin``."""
     win_ends: np.ndarray
-    params: dict[str, float]
+    opts: OptionsT
+    """The rule's thresholds, as its detection read them (:meth:`RuleConfig.options`)."""
     spec: GpuSpec | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     """The finding's evidence on this rank (measured ratios a fix may reuse)."""
-
-    def param(self, name: str, default: float) -> float:
-        return float(self.params.get(name, default))
 
     def in_windows(self, t_rel: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self.win_starts, t_rel, side="right") - 1
@@ -81,7 +90,7 @@ class FixContext:
         return int(np.median(g.h_end[sel] - g.h_ts[sel])) if sel.any() else 5_000
 
 
-Fix = Callable[[FixContext], "ReplayGraph | None"]
+Fix = Callable[[FixContext[Any]], "ReplayGraph | None"]
 
 
 @dataclass(frozen=True)
@@ -119,11 +128,11 @@ def _ops_in_windows(ctx: FixContext, mask: np.ndarray) -> np.ndarray:
     "prefetching workers, as measured on the Kineto ResNet-50 num_workers=4 trace), or the shortest "
     "`__next__` in the trace if that is shorter. The replay then says how much of it the step gains.",
 )
-def _data_loader(ctx: FixContext) -> ReplayGraph | None:
+def _data_loader(ctx: FixContext[DataLoaderWaitOptions]) -> ReplayGraph | None:
     s, e = ctx.host_rows("dataloader")
     if len(s) == 0:
         return None
-    keep = min(ctx.param("ready_batch_ms", 0.3) * 1e6, float((e - s).min()))
+    keep = min(ctx.opts.ready_batch_ms * 1e6, float((e - s).min()))
     return remove_host_time(ctx.graph, s, e, int(keep))
 
 
@@ -187,12 +196,12 @@ def _sync(ctx: FixContext) -> ReplayGraph | None:
     "(default 2.0: what matmuls and convolutions gain in practice once memory traffic counts). On Volta and "
     "Turing there is no TF32 or bf16: the ratio is the FP16 one and the fix is autocast(float16) + GradScaler.",
 )
-def _amp(ctx: FixContext) -> ReplayGraph | None:
+def _amp(ctx: FixContext[Fp32MatmulOptions]) -> ReplayGraph | None:
     g = ctx.graph
     ops = _ops_in_windows(ctx, g.g_klass == "gemm_fp32")
     if len(ops) == 0:
         return None
-    cap = ctx.param("local_speedup", 2.0)
+    cap = ctx.opts.local_speedup
     spec = ctx.spec
     ratio = spec.tensor_tflops / spec.fp32_tflops if spec and spec.tensor_tflops else cap
     factor = max(min(ratio, cap), 1.0)
@@ -222,18 +231,18 @@ def _comm(ctx: FixContext) -> ReplayGraph | None:
     "A stretch longer than `max_dispatch_gap_us` (default 1000 us) between two launches is host work a graph "
     "does not capture (Python between iterations, a harness's own work) and is kept as recorded.",
 )
-def _launch(ctx: FixContext) -> ReplayGraph | None:
+def _launch(ctx: FixContext[LaunchBoundOptions]) -> ReplayGraph | None:
     g = ctx.graph
     launches = np.flatnonzero((g.h_kind == KIND_LAUNCH) & (g.h_wait < 0) & ctx.in_windows(g.h_ts))
     if len(launches) < 2:
         return None
-    node = int(ctx.param("graph_node_us", 2.0) * 1000)
+    node = int(ctx.opts.graph_node_us * 1000)
     a, b = launches[:-1], launches[1:]
     waits_before = np.cumsum(g.h_wait >= 0)
     same = (waits_before[b] == waits_before[a]) & (ctx.window_of(g.h_ts[a]) == ctx.window_of(g.h_ts[b]))
     # A longer stretch between two launches is host work a graph does not capture (Python between
     # iterations, a harness's own work), not the dispatch of the next op: it is kept.
-    same &= (g.h_ts[b] - g.h_ts[a]) <= int(ctx.param("max_dispatch_gap_us", 1000.0) * 1000)
+    same &= (g.h_ts[b] - g.h_ts[a]) <= int(ctx.opts.max_dispatch_gap_us * 1000)
     ds, de = ctx.host_rows("dataloader")
     if len(ds):
         ms_, me_, _ = merge_intervals(ds, de, np.zeros(len(ds), dtype=np.int64))
@@ -258,10 +267,10 @@ def _launch(ctx: FixContext) -> ReplayGraph | None:
     "for the host between two kernels: that time is the launches' (LAUNCH001), not the kernels'. With no "
     "such run the replay gains nothing.",
 )
-def _fuse(ctx: FixContext) -> ReplayGraph | None:
+def _fuse(ctx: FixContext[UnfusedElementwiseOptions]) -> ReplayGraph | None:
     g = ctx.graph
     member = (g.g_klass == "memory_bound") & ~_optimizer_ops(ctx) & ctx.in_windows(g.g_ts)
-    groups = _runs(ctx, member, int(ctx.param("max_gap_us", 5.0) * 1000), int(ctx.param("min_chain", 2)))
+    groups = _runs(ctx, member, int(ctx.opts.max_gap_us * 1000), ctx.opts.min_chain)
     if not groups:
         return g
     return merge_ops(g, groups, np.array([g.g_dur[m].max() for m in groups], dtype=np.float64))
@@ -307,7 +316,7 @@ def _optimizer_ops(ctx: FixContext) -> np.ndarray:
     "(default 30 us) per multi-tensor kernel. On a CPU-only trace the host time the rule measured in the "
     "optimizer is removed.",
 )
-def _optimizer(ctx: FixContext) -> ReplayGraph | None:
+def _optimizer(ctx: FixContext[UnfusedOptimizerOptions]) -> ReplayGraph | None:
     g = ctx.graph
     s, e = ctx.host_rows("optimizer")
     if len(s) == 0:
@@ -322,7 +331,7 @@ def _optimizer(ctx: FixContext) -> ReplayGraph | None:
         n_ranges_per_step = len(s) / max(len(ctx.win_starts), 1)
         keep = np.maximum((e - s) - per_step / max(n_ranges_per_step, 1), 0)
         return remove_host_time(g, s, e, keep.astype(np.int64))
-    floor = ctx.param("kernel_floor_us", 2.0) * 1000
+    floor = ctx.opts.kernel_floor_us * 1000
     launch_ts = np.where(g.g_launch >= 0, g.h_ts[np.clip(g.g_launch, 0, None)], g.g_ts)
     rng = np.searchsorted(s, launch_ts[idx], side="right") - 1
     out = g.copy()
@@ -338,7 +347,7 @@ def _optimizer(ctx: FixContext) -> ReplayGraph | None:
         out.g_dur[sel[1:]] = 0
         out.g_gap[sel[1:]] = 0
     per_range = max(len(groups) / max(len(s), 1), 1.0)
-    keep = int(per_range * ctx.param("foreach_launch_us", 30.0) * 1000)
+    keep = int(per_range * ctx.opts.foreach_launch_us * 1000)
     return remove_host_time(out, s, e, keep)
 
 
@@ -361,7 +370,7 @@ def _alloc(ctx: FixContext) -> ReplayGraph | None:
     "of the host time of the analysed steps outside every recorded op and runtime call is removed; the "
     "finding's speedup is never above this replay, and it stays low confidence.",
 )
-def _host_gaps(ctx: FixContext) -> ReplayGraph | None:
+def _host_gaps(ctx: FixContext[HostGapsOptions]) -> ReplayGraph | None:
     cs, ce = ctx.graph.ranges.get("recorded", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
     gaps_s: list[np.ndarray] = []
     gaps_e: list[np.ndarray] = []
@@ -373,7 +382,7 @@ def _host_gaps(ctx: FixContext) -> ReplayGraph | None:
         return None
     gs, ge = np.concatenate(gaps_s), np.concatenate(gaps_e)
     ok = ge > gs
-    keep = ((ge[ok] - gs[ok]) * (1.0 - ctx.param("removable_share", 0.5))).astype(np.int64)
+    keep = ((ge[ok] - gs[ok]) * (1.0 - ctx.opts.removable_share)).astype(np.int64)
     return remove_host_time(ctx.graph, gs[ok], ge[ok], keep)
 
 
@@ -428,12 +437,12 @@ def _attention(ctx: FixContext) -> ReplayGraph | None:
     "(padding adds a little work: not counted).",
     unclaimed=True,
 )
-def _shape(ctx: FixContext) -> ReplayGraph | None:
+def _shape(ctx: FixContext[ShapeAlignmentOptions]) -> ReplayGraph | None:
     g = ctx.graph
     ops = _ops_in_windows(ctx, (g.g_flags & MISALIGNED) > 0)
     if len(ops) == 0:
         return None
-    ratio = ctx.evidence.get("aligned_speedup_measured") or ctx.param("aligned_speedup", 1.5)
+    ratio = ctx.evidence.get("aligned_speedup_measured") or ctx.opts.aligned_speedup
     return set_op_durations(g, ops, g.g_dur[ops] / max(float(ratio), 1.0))
 
 

@@ -26,6 +26,8 @@ from mlprof.results import NS_PER_MS, Finding
 from mlprof.results.findings import Diagnosis, PlanStep
 from mlprof.rules.base import ms
 from mlprof.rules.config import RuleConfig
+from mlprof.rules.registry import BY_ID
+from mlprof.rules.spec import NoOptions, RuleOptions
 from mlprof.whatif.fixes import FIXES, FixContext
 from mlprof.whatif.graph import ReplayGraph
 from mlprof.whatif.replay import MAX_REPLAY_ERROR_PCT, RankReplay
@@ -107,9 +109,11 @@ class WhatIf:
 
 
 def apply_fix(
-    rr: RankReplay, rule: str, graph: ReplayGraph, params: dict[str, float], spec: GpuSpec | None, evidence: dict
+    rr: RankReplay, rule: str, graph: ReplayGraph, opts: RuleOptions, spec: GpuSpec | None, evidence: dict
 ) -> ReplayGraph | None:
-    """``rule``'s fix applied to ``graph`` (a graph of ``rr``'s rank), or None where it cannot be expressed."""
+    """``rule``'s fix applied to ``graph`` (a graph of ``rr``'s rank), or None where it cannot be expressed.
+
+    ``opts``: the rule's typed options (:func:`rule_options`), which its fix reads as attributes."""
     fix_spec = FIXES.get(rule)
     if fix_spec is None:
         return None
@@ -117,7 +121,7 @@ def apply_fix(
         graph=graph,
         win_starts=graph.rel(rr.win_starts),
         win_ends=graph.rel(rr.win_ends),
-        params=params,
+        opts=opts,
         spec=spec,
         evidence=evidence,
     )
@@ -164,12 +168,15 @@ def predict(
     )
     per_rank = _per_rank_findings(diagnosis, replays)
 
+    options: dict[str, RuleOptions] = {}
+
     def fixed(rule: str, graphs: list[ReplayGraph], i: int) -> ReplayGraph | None:
         rank_finding = per_rank[i].get(rule)
         if rank_finding is None:
             return None
-        params = config.thresholds(rule) if rule in _known_rules() else {}
-        return apply_fix(replays[i], rule, graphs[i], params, specs[i], rank_finding.evidence)
+        if rule not in options:
+            options[rule] = rule_options(config, rule)
+        return apply_fix(replays[i], rule, graphs[i], options[rule], specs[i], rank_finding.evidence)
 
     def fixed_graphs(rule: str, graphs: list[ReplayGraph]) -> list[ReplayGraph]:
         return [g if (fg := fixed(rule, graphs, i)) is None else fg for i, g in enumerate(graphs)]
@@ -282,10 +289,11 @@ def _per_rank_findings(diagnosis: Diagnosis, replays: list[RankReplay]) -> list[
     return out
 
 
-def _known_rules() -> frozenset[str]:
-    from mlprof.rules.registry import BY_ID
-
-    return frozenset(BY_ID)
+def rule_options(config: RuleConfig, rule: str) -> RuleOptions:
+    """The typed options ``rule``'s detection read (its ``options_class`` with the team's config and
+    ``--set``), which its fix reads too; a rule the registry does not know has none."""
+    known = BY_ID.get(rule)
+    return config.options(rule, known.options_class) if known is not None else NoOptions()
 
 
 def _plan(
