@@ -27,6 +27,7 @@ from mlprof.rules.config import RuleConfig
 from mlprof.rules.counter_base import CounterContext
 from mlprof.rules.engine import Diagnosis, diagnose, diagnose_counters
 from mlprof.rules.memory_growth import counter_memory_verdict
+from mlprof.trace.memory import release_freed_memory
 from mlprof.trace.model import Trace
 
 
@@ -93,11 +94,13 @@ def measure_trace(trace: Trace, steps_spec: str | None = None) -> RankAnalysis:
         notes.append(f"no ProfilerStep markers; steps were found from {trace.meta.step_source}")
     if not trace.has_device_activity:
         notes.append("no device (GPU) activity was recorded in this trace: only host-side figures are meaningful")
+    temporal = temporal_breakdown(trace)
+    release_freed_memory()  # the attribution's temporaries (see mlprof.trace.memory)
     return RankAnalysis(
         trace=trace,
         steps=attribution,
         whole_trace=whole,
-        temporal=temporal_breakdown(trace),
+        temporal=temporal,
         notes=notes,
         span_override=trace_span(trace),
         window_ns=analysis_window(trace),
@@ -224,8 +227,10 @@ def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConf
         ra.causes = attribute_causes(ra.full_trace, starts, ends, comm_wait=wait)
         contexts.append(RankContext(ra, ra.causes))
         replays.append(replay_rank(ra.full_trace, ra.rank, starts, ends, ra.steps))
+        release_freed_memory()  # the graph build's and the probes' temporaries (see mlprof.trace.memory)
     world = ranks[0].trace.meta.world_size if ranks else None
     diagnosis = diagnose(contexts, config, skew, world)
+    release_freed_memory()
     specs = [c.gpu_spec for c in contexts]
     signatures = [comm_signature(ra.full_trace) for ra in ranks]
     diagnosis.whatif = predict_job(diagnosis, replays, signatures, skew, specs, config)

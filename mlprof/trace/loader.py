@@ -17,6 +17,7 @@ from typing import Any
 from mlprof.errors import BadInputError
 from mlprof.trace.build import OLD_FORMAT_CATS, TableBuilder
 from mlprof.trace.jsonstream import ProgressCallback, StreamStats, is_gzip, read_trace_events
+from mlprof.trace.memory import release_freed_memory
 from mlprof.trace.model import DeviceInfo, Trace, TraceMeta
 from mlprof.trace.nsys import REPORT_SUFFIXES as NSYS_REPORT_SUFFIXES
 from mlprof.trace.nsys import load_nsys
@@ -84,6 +85,8 @@ def _load(
     trace_end = _trace_end(tables)
     steps, source = find_steps(tables["host"], trace_end, step_marker)
     meta.step_source = source
+    del builder
+    release_freed_memory()  # the decoded events and column parts are freed: hand their pages back
     return Trace(meta=meta, steps=steps, **tables)
 
 
