@@ -327,13 +327,15 @@ def main(argv: list[str] | None = None) -> int:
         EXIT_INTERRUPTED,
         EXIT_TERMINATED,
         Terminated,
+        clear_unhandled_interrupt_mark,
+        interrupts_kept,
         pipe_closed,
         terminate_as_exception,
     )
 
     Console.on_broken_pipe = _pipe_closed_in_rich  # type: ignore[method-assign]
     try:
-        with terminate_as_exception():
+        with terminate_as_exception(), interrupts_kept():
             command = typer.main.get_command(app)
             args = list(sys.argv[1:] if argv is None else argv)
             with command.make_context("mlprof", args) as ctx:
@@ -342,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
+        clear_unhandled_interrupt_mark()
         _error("interrupted")
         return EXIT_INTERRUPTED
     except Terminated:

@@ -7,6 +7,10 @@
 * Worker processes (:func:`quiet_worker`, their pool initializer) ignore Ctrl-C and die
   on SIGTERM: the terminal sends SIGINT to the whole process group, and a worker that
   raised ``KeyboardInterrupt`` printed its own traceback; the parent stops them instead.
+* A Ctrl-C or SIGTERM that Python drops is delivered again (:func:`interrupts_kept`): one
+  landing while a weakref callback, a ``__del__`` or an at-fork hook runs raised there,
+  where Python prints "Exception ignored" and goes on, and the interrupted command ran
+  to the end and exited 0.
 * A closed stdout (``mlprof analyze ... | head``) is :func:`pipe_closed`: stdout is
   pointed at ``/dev/null`` so that nothing more fails, and the exit status is 141
   (128 + SIGPIPE), what a shell shows for other Unix tools in a pipe, not 1 (which
@@ -21,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from types import FrameType
@@ -111,6 +116,86 @@ def stop_workers(pool: ProcessPoolExecutor, grace_s: float = 5.0) -> None:
             if proc.is_alive():
                 proc.kill()
                 proc.join(grace_s)
+
+
+REDELIVER_AFTER_S = 0.01
+"""How long after a dropped interrupt it is delivered again (the callback that dropped it has returned)."""
+
+
+class _Dropped:
+    """An interrupt Python dropped, waiting to be delivered again (one at a time; later ones are the same)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.signum: int | None = None
+        self.open = True
+
+    def take(self) -> int | None:
+        with self.lock:
+            signum, self.signum = self.signum, None
+            return signum
+
+    def redeliver(self) -> None:
+        """Helper thread: send the signal to the main thread again, unless the command ended meanwhile."""
+        time.sleep(REDELIVER_AFTER_S)
+        with self.lock:
+            signum, self.signum = self.signum, None
+            if signum is not None and self.open:
+                main = threading.main_thread().ident
+                if main is not None:
+                    signal.pthread_kill(main, signum)  # held back like any signal while signals_deferred
+
+
+@contextlib.contextmanager
+def interrupts_kept() -> Iterator[None]:
+    """While inside, a Ctrl-C or SIGTERM (:class:`Terminated`) that Python drops is delivered again.
+
+    Python runs weakref callbacks (SQLAlchemy's event registry has some), ``__del__`` methods and
+    at-fork hooks wherever the garbage collector or a fork happens to run them; a
+    ``KeyboardInterrupt`` raised in one is printed ("Exception ignored in ...") and dropped. The
+    hook installed here keeps it off stderr and sends the signal to the main thread again
+    :data:`REDELIVER_AFTER_S` later, from a helper thread, once the callback has returned; one
+    dropped in the last moments of the command is raised when this ends instead.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid = os.getpid()
+    dropped = _Dropped()
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        kind = unraisable.exc_type
+        if os.getpid() == pid and issubclass(kind, (KeyboardInterrupt, Terminated)):
+            signum = signal.SIGINT if issubclass(kind, KeyboardInterrupt) else signal.SIGTERM
+            with dropped.lock:
+                first, dropped.signum = dropped.signum is None, signum
+            if first:
+                threading.Thread(target=dropped.redeliver, name="mlprof-interrupt", daemon=True).start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+        with dropped.lock:
+            dropped.open = False
+    late = dropped.take()  # reached only when the command ended without an exception
+    if late is not None:
+        raise KeyboardInterrupt if late == signal.SIGINT else Terminated
+
+
+def clear_unhandled_interrupt_mark() -> None:
+    """Undo CPython's note that the process ends by Ctrl-C (call it where a KeyboardInterrupt is handled).
+
+    CPython (3.11, 3.12) notes a ``KeyboardInterrupt`` that leaves code ``exec()`` compiled from a
+    string (dataclasses and namedtuples build their methods that way, so a Ctrl-C landing while a
+    module defining one is imported), and ``python -m mlprof`` then ended by SIGINT (status -2)
+    after printing mlprof's line and returning 130. A string evaluated without error clears the note.
+    """
+    exec("None")
 
 
 def pipe_closed() -> int:

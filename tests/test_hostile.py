@@ -43,7 +43,7 @@ from markdown_it import MarkdownIt
 
 from mlprof.cli import main
 
-from conftest import EXTERNAL, SAMPLES, external
+from conftest import EXTERNAL, SAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = SAMPLES / "cpu_tiny_training.pt.trace.json.gz"
@@ -352,18 +352,71 @@ def test_signal_during_parallel_analyze(sig: signal.Signals, code: int, line: st
     assert _group_gone(proc.pid), [w.pid for w in workers if w.is_running()]
 
 
-def test_ctrl_c_during_ingest_leaves_no_store(tmp_path: Path) -> None:
-    # The real 8-rank DLRM job: its analysis takes seconds, so the signal lands in it. (On the bundled 64-rank
-    # job, whose analysis is ~1 s, Ctrl-C landing at the store's first write sometimes exits -2 after the
-    # line, leaves runs.db, or is swallowed in a weakref callback: see the engineer-12 report.)
+def test_ctrl_c_during_ingest_leaves_no_store(tmp_path: Path, many_ranks: Path) -> None:
+    # Ctrl-C as soon as the new store exists: it lands in the imports, the schema's first write or the analysis.
+    # (It used to be lost now and then: dropped in SQLAlchemy's weakref callback, the ingest finished with 0;
+    # or raised in a dataclass's exec'd __init__ while a module was imported, python -m then exited -2.)
     store = tmp_path / "new" / "runs.db"
-    proc = _start("ingest", external("facebookresearch__param/dlrm_kineto"), "--store", store)
+    proc = _start("ingest", many_ranks, "--store", store)
     _wait_for(lambda: store.exists() or proc.poll() is not None)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=DEADLINE_S)
     assert proc.returncode == 130 and err == "mlprof: error: interrupted\n", (proc.returncode, err)
     assert _group_gone(proc.pid)
     assert sorted(p.name for p in store.parent.iterdir()) == []  # no store, no -wal, no cache, no temp file
+
+
+_INJECT = """
+import sys, weakref
+import mlprof.api
+from mlprof.cli import main
+from mlprof.interrupts import Terminated
+
+EXC = {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": Terminated}[sys.argv[1]]
+
+class Held:
+    pass
+
+def raise_it(_ref):
+    raise EXC
+
+def interrupted_in_callback(*args, **kwargs):
+    held = Held()
+    ref = weakref.ref(held, raise_it)
+    del held  # the callback raises: Python prints 'Exception ignored' and goes on
+    return analyze(*args, **kwargs)
+
+def interrupted_in_exec(*args, **kwargs):
+    exec("raise KeyboardInterrupt")  # as in a dataclass's generated __init__ while its module is imported
+
+analyze = mlprof.api.analyze
+mlprof.api.analyze = interrupted_in_callback if sys.argv[2] == "callback" else interrupted_in_exec
+raise SystemExit(main(["analyze", sys.argv[3], "-f", "json"]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "exc", "code", "line"),
+    [
+        ("callback", "KeyboardInterrupt", 130, "interrupted"),
+        ("callback", "Terminated", 143, "terminated"),
+        ("exec", "KeyboardInterrupt", 130, "interrupted"),
+    ],
+)
+def test_interrupt_python_drops_is_not_lost(tmp_path: Path, where: str, exc: str, code: int, line: str) -> None:
+    """Where Python itself loses a Ctrl-C: raised in a weakref callback (printed as 'Exception ignored', the
+    command went on and exited 0), or raised in code exec() compiled from a string (``python -m`` then ended
+    by SIGINT, -2, after mlprof's line). The interrupt is injected where a signal lands for real."""
+    (tmp_path / "inject_interrupt.py").write_text(_INJECT)
+    env = {**_env(), "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "inject_interrupt", exc, where, str(TINY)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
+    assert (proc.returncode, proc.stderr) == (code, f"mlprof: error: {line}\n"), proc.stdout[-300:]
 
 
 def _free_port() -> int:
