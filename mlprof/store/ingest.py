@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from mlprof import __version__
 from mlprof.api import analyze
 from mlprof.errors import BadInputError, UsageError
+from mlprof.interrupts import signals_deferred
 from mlprof.results.schema import job_step_summary
 from mlprof.store import parquet_cache
 from mlprof.store.engine import open_engine, store_errors
@@ -283,7 +285,9 @@ def _remove_new_store(location: StoreLocation, new_store: bool, new_cache: bool)
     if new_store and path is not None:
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-    if new_cache:
+    if new_cache and new_store:  # the cache of a store removed above (a run committed as Ctrl-C came)
+        shutil.rmtree(location.cache_dir, ignore_errors=True)
+    elif new_cache:
         try:
             location.cache_dir.rmdir()  # only when empty: a failed run's temporary tables are gone already
         except OSError:
@@ -333,9 +337,19 @@ def _record(
                 assert found is not None
                 return IngestResult(found[0], run_key, found[1], False, store, time.perf_counter() - t0, cycle)
             _insert_children(conn, run_id, children)
-            parquet_cache.publish(tmp, parquet_cache.run_dir(location.cache_dir, run_key))
             if before_commit is not None:
                 before_commit()
+            # The run's Parquet folder and the commit go together: a Ctrl-C or SIGTERM waits for both
+            # (milliseconds: the write lock is held since BEGIN IMMEDIATE). Landing between them, it rolled
+            # the rows back and left the folder in the cache with no run.
+            target = parquet_cache.run_dir(location.cache_dir, run_key)
+            with signals_deferred():
+                parquet_cache.publish(tmp, target)
+                try:
+                    conn.commit()
+                except BaseException:
+                    parquet_cache.discard(target)
+                    raise
     finally:
         parquet_cache.discard(tmp)  # no-op once published
     return IngestResult(run_id, run_key, run["name"], True, store, time.perf_counter() - t0, cycle)
