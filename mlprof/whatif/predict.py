@@ -236,9 +236,13 @@ def predict(
             continue
         _set_speedup(f, speedup)
         f.speedup_source = "replay"
+        estimate = (
+            "no attribution estimate: the rule claims no step time of its own"
+            if FIXES[f.rule].unclaimed
+            else f"the attribution estimate was {attribution:.2f}x"
+        )
         f.confidence_reason = (
-            f"replay of the trace with the fix applied ({speedup:.2f}x; the attribution estimate was "
-            f"{attribution:.2f}x); {f.confidence_reason}"
+            f"replay of the trace with the fix applied ({speedup:.2f}x; {estimate}); {f.confidence_reason}"
         )
         replayed.append(f)
 
