@@ -25,6 +25,7 @@ import pandas as pd
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.analyzers.steady_state import classify_durations
 from mlprof.compare.names import analysis_names
+from mlprof.results.findings import brief_fields
 from mlprof.results.schema import to_json_dict
 
 if TYPE_CHECKING:
@@ -68,15 +69,15 @@ class FindingView:
         )
 
     def brief(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "name": self.name,
-            "category": self.category,
-            "severity": self.severity,
-            "title": self.title,
-            "expected_speedup": round(self.expected_speedup, 4),
-            "time_lost_ms_per_step": round(self.time_lost_ms, 6),
-        }
+        return brief_fields(
+            self.rule,
+            self.name,
+            self.category,
+            self.severity,
+            self.title,
+            self.expected_speedup,
+            self.time_lost_ms,
+        )
 
 
 @dataclass

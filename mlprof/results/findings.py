@@ -17,6 +17,28 @@ from mlprof.analyzers.stragglers import CrossRank
 NS_PER_MS = 1_000_000
 
 
+def brief_fields(
+    rule: str,
+    name: str,
+    category: str,
+    severity: str,
+    title: str,
+    expected_speedup: float,
+    time_lost_ms_per_step: float,
+) -> dict[str, Any]:
+    """A finding's headline fields with the report's rounding; shared by :class:`Finding`
+    and readers of a JSON report (compare's ``FindingView``) so both round alike."""
+    return {
+        "rule": rule,
+        "name": name,
+        "category": category,
+        "severity": severity,
+        "title": title,
+        "expected_speedup": round(expected_speedup, 4),
+        "time_lost_ms_per_step": round(time_lost_ms_per_step, 6),
+    }
+
+
 @dataclass
 class Finding:
     rule: str
@@ -61,15 +83,21 @@ class Finding:
             return "critical"
         return "warning" if s >= 1.05 else "info"
 
+    def brief(self) -> dict[str, Any]:
+        """The headline fields, as every list of findings (report, store, compare) shows them."""
+        return brief_fields(
+            self.rule,
+            self.name,
+            self.category,
+            self.severity,
+            self.title,
+            self.expected_speedup,
+            self.time_lost_ns_per_step / NS_PER_MS,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rule": self.rule,
-            "name": self.name,
-            "category": self.category,
-            "severity": self.severity,
-            "title": self.title,
-            "expected_speedup": round(self.expected_speedup, 4),
-            "time_lost_ms_per_step": round(self.time_lost_ns_per_step / NS_PER_MS, 6),
+            **self.brief(),
             "step_ms": round(self.step_ns / NS_PER_MS, 6),
             "confidence": self.confidence,
             "confidence_reason": self.confidence_reason,

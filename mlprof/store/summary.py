@@ -20,7 +20,6 @@ from mlprof.analyzers.memory_curve import memory_curves
 from mlprof.analyzers.name_totals import rank_events
 from mlprof.results.measurements import Analysis, CounterAnalysis
 
-NS_PER_MS = 1_000_000
 MIB = 1 << 20
 TOP_OPS = 200
 """Kernels and host ops kept per run (most time first); the rest is one ``(other)`` row."""
@@ -125,13 +124,7 @@ def finding_rows(analysis: Analysis) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "position": len(rows),
-                    "rule": f.rule,
-                    "name": f.name,
-                    "category": f.category,
-                    "severity": f.severity,
-                    "title": f.title,
-                    "expected_speedup": round(f.expected_speedup, 4),
-                    "time_lost_ms_per_step": round(f.time_lost_ns_per_step / NS_PER_MS, 6),
+                    **f.brief(),
                     "confidence": f.confidence,
                     "saves_ms_per_step": None if step is None else float(step.saves_ms_per_step),
                     "cumulative_speedup": None if step is None else float(step.cumulative_speedup),
