@@ -355,3 +355,24 @@ def test_dask_scheduler_address_runs_the_tasks_there(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(executors, "CONNECT_TIMEOUT_S", 1)
     with pytest.raises(MlprofError, match=r"--scheduler tcp://127\.0\.0\.1:9: cannot connect"):
         analyze_paths(path, engine="dask", scheduler="tcp://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("rank", [2**70, "9" * 400, 1e300, -1])
+def test_rank_outside_a_process_rank_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rank: Any
+) -> None:
+    # A rank that does not fit int64 made the cross-rank matcher raise OverflowError (exit 3, "internal error").
+    with gzip.open(SAMPLES / "synthetic" / "comm_exposed.json.gz", "rt") as fh:
+        data = json.load(fh)
+    job = tmp_path / "job"
+    job.mkdir()
+    for name, r in (("a", rank), ("b", 0)):
+        data["distributedInfo"]["rank"] = r
+        with gzip.open(job / f"{name}.json.gz", "wt") as fh:
+            json.dump(data, fh)
+    for args in (["analyze", str(job)], ["annotate", str(job), "-o", str(tmp_path / "out")]):
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "is not a process rank" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

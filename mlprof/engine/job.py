@@ -23,6 +23,7 @@ from mlprof.errors import BadInputError, UsageError
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
+from mlprof.trace.loader import check_rank
 
 ENGINES = ("local", "dask")
 
@@ -127,6 +128,7 @@ def _check_ranks(partials: list[RankPartial], path: str) -> list[RankPartial]:
             raise BadInputError(
                 f"{meta.path}: cannot tell its rank (no distributedInfo.rank); name rank files like rank-3.json.gz"
             )
+        check_rank(meta)
         if meta.rank in seen:
             raise BadInputError(f"{path}: rank {meta.rank} appears twice ({seen[meta.rank]} and {meta.path})")
         seen[meta.rank] = meta.path

@@ -201,6 +201,18 @@ def _int(value: Any) -> int | None:
     return None
 
 
+MAX_RANK = 2**31 - 1
+"""Largest rank a job's trace may have (torch.distributed ranks are C ints)."""
+
+
+def check_rank(meta: TraceMeta) -> None:
+    """BadInputError unless a job's rank is a process index (a huge one overflowed the int64 cross-rank tables)."""
+    if meta.rank is not None and not 0 <= meta.rank <= MAX_RANK:
+        rank = str(meta.rank)
+        shown = rank if len(rank) <= 24 else rank[:20] + "..."
+        raise BadInputError(f"{meta.path}: rank {shown} ({meta.rank_source}) is not a process rank (0 to {MAX_RANK})")
+
+
 RUN_FOLDER_SIDE_FILES = re.compile(r"^(meta\.json|manifest\.json|counters[^/]*)$")
 """Files an ``mlprof.profile`` run folder holds beside its traces (run facts, counter samples)."""
 
@@ -260,6 +272,7 @@ def load_job(
             raise BadInputError(
                 f"{tr.meta.path}: cannot tell its rank (no distributedInfo.rank); name rank files like rank-3.json.gz"
             )
+        check_rank(tr.meta)
         if tr.meta.rank in seen:
             raise BadInputError(f"{path}: rank {tr.meta.rank} appears twice ({seen[tr.meta.rank]} and {tr.meta.path})")
         seen[tr.meta.rank] = tr.meta.path
@@ -267,4 +280,4 @@ def load_job(
     return sorted(traces, key=lambda t: t.meta.rank if t.meta.rank is not None else -1)
 
 
-__all__ = ["job_files", "load_job", "load_trace", "load_trace_bytes", "trace_files_in"]
+__all__ = ["check_rank", "job_files", "load_job", "load_trace", "load_trace_bytes", "trace_files_in"]
