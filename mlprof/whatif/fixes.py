@@ -300,12 +300,21 @@ def _optimizer_ops(ctx: FixContext) -> np.ndarray:
     s, e = ctx.host_rows("optimizer")
     if len(s) == 0 or g.n_host == 0:
         return np.zeros(g.n_gpu, dtype=bool)
-    launch_ts = np.where(g.g_launch >= 0, g.h_ts[np.clip(g.g_launch, 0, None)], g.g_ts)
     ms_, me_, _ = merge_intervals(s, e, np.zeros(len(s), dtype=np.int64))
-    pos = np.searchsorted(ms_, launch_ts, side="right") - 1
-    ok = pos >= 0
-    ok[ok] &= launch_ts[ok] < me_[pos[ok]]
-    return ok
+    return _inside(ms_, me_, _launch_ts(g))
+
+
+def _launch_ts(g: ReplayGraph) -> np.ndarray:
+    """Each device op's launch call start (its own start if no launch call was recorded)."""
+    return np.where(g.g_launch >= 0, g.h_ts[np.clip(g.g_launch, 0, None)], g.g_ts)
+
+
+def _inside(ms_: np.ndarray, me_: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Whether each time in ``ts`` lies in one of the sorted, disjoint intervals ``[ms_, me_)``."""
+    if len(ms_) == 0:
+        return np.zeros(len(ts), dtype=bool)
+    pos = np.searchsorted(ms_, ts, side="right") - 1
+    return (pos >= 0) & (ts < me_[np.clip(pos, 0, None)])
 
 
 @fix(
@@ -332,8 +341,7 @@ def _optimizer(ctx: FixContext[UnfusedOptimizerOptions]) -> ReplayGraph | None:
         keep = np.maximum((e - s) - per_step / max(n_ranges_per_step, 1), 0)
         return remove_host_time(g, s, e, keep.astype(np.int64))
     floor = ctx.opts.kernel_floor_us * 1000
-    launch_ts = np.where(g.g_launch >= 0, g.h_ts[np.clip(g.g_launch, 0, None)], g.g_ts)
-    rng = np.searchsorted(s, launch_ts[idx], side="right") - 1
+    rng = np.searchsorted(s, _launch_ts(g)[idx], side="right") - 1
     out = g.copy()
     codes = g.g_name[idx]
     key = rng.astype(np.int64) * (int(codes.max()) + 1) + codes
@@ -473,10 +481,7 @@ def _launched_inside(g: ReplayGraph, s: np.ndarray, e: np.ndarray) -> np.ndarray
         return np.zeros(0, dtype=np.int64)
     ms_, me_, _ = merge_intervals(s, e, np.zeros(len(s), dtype=np.int64))
     launched = g.g_launch >= 0
-    at = g.h_ts[np.clip(g.g_launch, 0, None)]
-    pos = np.searchsorted(ms_, at, side="right") - 1
-    inside = launched & (pos >= 0) & (at < me_[np.clip(pos, 0, None)])
-    return np.flatnonzero(inside)
+    return np.flatnonzero(launched & _inside(ms_, me_, g.h_ts[np.clip(g.g_launch, 0, None)]))
 
 
 @fix(
@@ -517,8 +522,7 @@ def _compile(ctx: FixContext) -> ReplayGraph | None:
         out = remove_host_time(g, ms_, me_, keep)
         if ctx.evidence.get("break_on_tensor_value"):
             waits = np.flatnonzero(g.h_wait >= 0)
-            wpos = np.searchsorted(ms_, g.h_ts[waits], side="right") - 1
-            waits = waits[(wpos >= 0) & (g.h_ts[waits] < me_[np.clip(wpos, 0, None)])]
+            waits = waits[_inside(ms_, me_, g.h_ts[waits])]
             if len(waits):
                 out = drop_waits(out, waits, 0)
     if len(cs) and recurring:
