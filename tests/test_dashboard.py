@@ -705,3 +705,15 @@ def test_real_compare_from_stored_runs_equals_the_cli(real_store: Store) -> None
     assert a["step_time_ms"]["speedup"] == pytest.approx(1.2443, abs=1e-4)  # steady medians 152.47 -> 122.53 ms
     assert [s["step"] for s in a["new"]["set_aside"]] == [16, 21]
     assert len(kernels) > 50
+
+
+def test_compare_page_error_names_the_run_path_literally(tmp_path: Path) -> None:
+    # An empty run cannot be compared; the warning quotes its path, which st.warning renders as markdown.
+    folder = tmp_path / "**b** [l](http:x)"
+    folder.mkdir()
+    (folder / "e.json").write_text('{"traceEvents": []}')
+    store = _new_store(tmp_path, {"empty": (folder / "e.json", {}), "healthy": (SYNTHETIC / "healthy.json.gz", {})})
+    at = _app(store, page="compare", a=str(store["empty"]), b=str(store["healthy"]))
+    warning = at.warning[-1].value
+    assert "no recorded activity to compare" in warning
+    assert r"\*\*b\*\* \[l\](http\:x)" in warning  # every markdown character escaped: the path reads as written

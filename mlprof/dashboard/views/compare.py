@@ -7,6 +7,7 @@ import streamlit as st
 from mlprof.dashboard import data, figures
 from mlprof.dashboard.run_diff import diff_runs
 from mlprof.errors import MlprofError
+from mlprof.untrusted import md_text, plain
 
 
 def render(url: str, a_id: int | None, b_id: int | None) -> None:
@@ -29,7 +30,7 @@ def render(url: str, a_id: int | None, b_id: int | None) -> None:
     try:
         d = diff_runs(a, b)
     except MlprofError as exc:
-        st.warning(str(exc))
+        st.warning(md_text(exc))  # the message names the run's path: shown literally, not as markdown
         return
     c = d.comparison
     step = c.step
@@ -57,7 +58,7 @@ def render(url: str, a_id: int | None, b_id: int | None) -> None:
         "Same comparison as `mlprof compare` (docs/compare.md)."
     )
     for note in c.notes:
-        st.text(f"note: {note}")
+        st.text(plain(f"note: {note}"))
     st.plotly_chart(figures.category_change(d.categories), key="cmp_categories")
     st.dataframe(
         d.categories.round(3).rename(
