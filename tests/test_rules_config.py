@@ -194,3 +194,43 @@ def test_config_types_whole_numbers_and_flags(tmp_path: Path) -> None:
     assert gpu.include_power_cap is True  # type: ignore[attr-defined]
     cfg.write_text("[rules.GPU002]\ninclude_power_cap = 1\n")
     assert load_config(cfg).thresholds("GPU002")["include_power_cap"] is True
+
+
+BIG = "1" + "0" * 400  # an int TOML reads exactly, too large for a float
+HUGE = "9" * 5000  # more digits than Python converts from a string
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        (f"DATA001.min_share={BIG}", "'DATA001.min_share' = inf is outside 0..1"),
+        (f"DATA001.min_share=-{BIG}", "'DATA001.min_share' = -inf is outside 0..1"),
+        (f"MEM001.min_steps={BIG}", "'MEM001.min_steps' = inf is outside 2..1e+09"),
+        (f"GPU002.include_power_cap={BIG}", "'GPU002.include_power_cap' = inf is outside 0..1"),
+        (f"DATA001.min_share={HUGE}", "'DATA001.min_share' must be a number, got '999"),
+    ],
+)
+def test_set_with_an_integer_too_large_for_a_float_is_one_line(
+    capsys: pytest.CaptureFixture[str], setting: str, words: str
+) -> None:
+    # Was exit 3: OverflowError (int too large to convert to float) or ValueError (over 4300 digits).
+    code, _, err = run(capsys, "analyze", STARVED, "--set", setting)
+    assert code == 2 and err.count("\n") == 1 and words in err
+
+
+@pytest.mark.parametrize("text", [f"min_speedup = {HUGE}", f"[rules.MEM001]\nmin_steps = {BIG}"])
+def test_config_with_an_integer_too_large_for_a_float_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    cfg = tmp_path / "mlprof.toml"
+    cfg.write_text(text + "\n")
+    code, _, err = run(capsys, "analyze", STARVED, "--config", str(cfg))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"mlprof: error: {cfg}")
+
+
+def test_min_speedup_too_large_for_a_float_is_infinite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Was exit 3 (OverflowError); now read like min_speedup = inf: no finding passes the bar.
+    cfg = tmp_path / "mlprof.toml"
+    cfg.write_text(f"min_speedup = {BIG}\n")
+    code, out, _ = run(capsys, "analyze", STARVED, "-f", "json", "--config", str(cfg))
+    assert code == 0 and rules_in(out) == set()

@@ -27,7 +27,7 @@ from typing import Any
 
 from mlprof.errors import UsageError
 from mlprof.rules.catalogue import BY_ID
-from mlprof.rules.spec import Option, OptionsT
+from mlprof.rules.spec import Option, OptionsT, finite_or_inf
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,7 +84,7 @@ def find_config(start: Path) -> Path | None:
         if project.is_file():
             try:
                 data = tomllib.loads(project.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            except (OSError, ValueError):  # unreadable, not TOML, or an integer of more than 4300 digits
                 return None
             return project if "mlprof" in data.get("tool", {}) else None
     return None
@@ -102,7 +102,7 @@ def load_config(path: Path | None = None, start: Path | None = None) -> RuleConf
         raise UsageError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read config ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
         raise UsageError(f"{path}: not valid TOML ({exc})") from None
     if path.name == "pyproject.toml":
         table = data.get("tool", {}).get("mlprof", {})
@@ -175,7 +175,7 @@ def apply_overrides(cfg: RuleConfig, settings: list[str], source: str = "--set")
             raise UsageError(f"{source} {text!r}: unknown rule '{rule_id}' (see 'mlprof rules')")
         try:
             value: Any = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+        except ValueError:  # not TOML (a bare word), or an integer of more than 4300 digits
             value = raw.strip()
         cfg.overrides.setdefault(rid, {})[name.strip()] = _option_value(rid, name.strip(), value, source, rid)
     return cfg
@@ -184,4 +184,4 @@ def apply_overrides(cfg: RuleConfig, settings: list[str], source: str = "--set")
 def _number(value: Any, key: str, source: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise UsageError(f"{source}: '{key}' must be a number, got {value!r}")
-    return float(value)
+    return float(finite_or_inf(value))

@@ -56,6 +56,7 @@ class Option:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise ValueError("must be " + ("true or false" if self.kind == "flag" else "a number"))
+        value = finite_or_inf(value)
         if not (self.lo <= value <= self.hi):
             raise ValueError(f"= {value:g} is outside {self.lo:g}..{self.hi:g} ({self.unit})")
         if self.kind in ("integer", "flag") and value != int(value):
@@ -63,6 +64,13 @@ class Option:
         if self.kind == "flag":
             return bool(value)
         return int(value) if self.kind == "integer" else float(value)
+
+
+def finite_or_inf(value: int | float) -> int | float:
+    """An int too large for a float (``1`` and 400 zeros from TOML) as +/-inf, so range checks and ``:g`` work."""
+    if isinstance(value, int) and not -(2**1000) < value < 2**1000:
+        return float("inf") if value > 0 else float("-inf")
+    return value
 
 
 COMMON_OPTIONS: dict[str, Option] = {
