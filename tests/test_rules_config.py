@@ -234,3 +234,33 @@ def test_min_speedup_too_large_for_a_float_is_infinite(tmp_path: Path, capsys: p
     cfg.write_text(f"min_speedup = {BIG}\n")
     code, out, _ = run(capsys, "analyze", STARVED, "-f", "json", "--config", str(cfg))
     assert code == 0 and rules_in(out) == set()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[project]\nname = "x\n\n[tool.mlprof]\nmin_speedup = 2.0\n',  # unterminated string above our table
+        "[tool.mlprof.rules.DATA001]\nmin_share = = 0.5\n",
+    ],
+)
+def test_broken_pyproject_with_our_table_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    # The team's thresholds must not be dropped in silence: analysing with the defaults would
+    # report findings the team configured away (or hide ones it asked for).
+    (tmp_path / "pyproject.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "analyze", STARVED, "-f", "json")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "pyproject.toml" in err and "not valid TOML" in err and "Traceback" not in err
+
+
+def test_broken_pyproject_without_our_table_is_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another tool's broken file is not ours to judge: the defaults apply, as with no config.
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x\n[tool.ruff]\nline-length = 1\n')
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "analyze", STARVED, "-f", "json")
+    assert code == 0 and "DATA001" in rules_in(out)
+    assert find_config(tmp_path) is None

@@ -20,6 +20,7 @@ an error that names it: a misspelt threshold silently ignored is worse than none
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,10 @@ class RuleConfig:
         return {**BY_ID[rule_id].defaults, **self.overrides.get(rule_id, {})}
 
 
+_TOOL_TABLE = re.compile(r"^\s*\[+\s*tool\s*\.\s*mlprof\b|^\s*tool\s*\.\s*mlprof\b", re.MULTILINE)
+"""A ``[tool.mlprof...]`` table header or a dotted ``tool.mlprof...`` key, as text (for files TOML rejects)."""
+
+
 def find_config(start: Path) -> Path | None:
     """The nearest ``mlprof.toml``, or ``pyproject.toml`` with a ``[tool.mlprof]`` table, from ``start`` up.
 
@@ -83,9 +88,15 @@ def find_config(start: Path) -> Path | None:
         project = folder / "pyproject.toml"
         if project.is_file():
             try:
-                data = tomllib.loads(project.read_text(encoding="utf-8"))
-            except (OSError, ValueError):  # unreadable, not TOML, or an integer of more than 4300 digits
+                text = project.read_text(encoding="utf-8")
+            except (OSError, ValueError):  # unreadable or not UTF-8: not ours to judge
                 return None
+            try:
+                data = tomllib.loads(text)
+            except ValueError:  # not TOML, or an integer of more than 4300 digits
+                # A broken file that holds our table is reported by load_config (one line, exit 2)
+                # rather than silently analysed with the defaults the team did not choose.
+                return project if _TOOL_TABLE.search(text) else None
             return project if "mlprof" in data.get("tool", {}) else None
     return None
 
