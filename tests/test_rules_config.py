@@ -264,3 +264,20 @@ def test_broken_pyproject_without_our_table_is_left_alone(
     code, out, _ = run(capsys, "analyze", STARVED, "-f", "json")
     assert code == 0 and "DATA001" in rules_in(out)
     assert find_config(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [
+        ("DA\x1b[31mTA001.min_share=0.5", r"unknown rule 'DA\x1b[31mTA001'"),
+        ("DATA001.min\x1b[31m_share=0.5", r"unknown key 'DATA001.min\x1b[31m_share'"),
+    ],
+)
+def test_set_names_with_escapes_are_quoted_visibly(
+    capsys: pytest.CaptureFixture[str], setting: str, shown: str
+) -> None:
+    # The error printer removes escape sequences (they must not reach the terminal); a rule id
+    # quoted raw then read 'unknown rule DATA001', naming a rule that exists.
+    code, out, err = run(capsys, "analyze", STARVED, "--set", setting)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert shown in err and "\x1b" not in err

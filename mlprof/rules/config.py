@@ -128,7 +128,7 @@ def parse_config(table: dict[str, Any], source: str, prefix: str = "") -> RuleCo
     cfg = RuleConfig(source=source)
     for key in table:
         if key not in TOP_KEYS:
-            raise UsageError(f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(TOP_KEYS))})")
+            raise UsageError(f"{source}: unknown key {_q(prefix + key)} (known: {', '.join(sorted(TOP_KEYS))})")
     if "min_speedup" in table:
         cfg.min_speedup = _number(table["min_speedup"], f"{prefix}min_speedup", source)
         if cfg.min_speedup < 1.0:
@@ -138,7 +138,7 @@ def parse_config(table: dict[str, Any], source: str, prefix: str = "") -> RuleCo
         raise UsageError(f"{source}: '{prefix}disable' must be a list of rule ids")
     for rule_id in disable:
         if rule_id.upper() not in BY_ID:
-            raise UsageError(f"{source}: '{prefix}disable' names unknown rule '{rule_id}'")
+            raise UsageError(f"{source}: '{prefix}disable' names unknown rule {_q(rule_id)}")
         cfg.disabled.add(rule_id.upper())
     if "gates" in table:
         cfg.gates_table, cfg.gates_key = table["gates"], f"{prefix}gates"
@@ -148,13 +148,20 @@ def parse_config(table: dict[str, Any], source: str, prefix: str = "") -> RuleCo
     for rule_id, values in rules.items():
         rid = rule_id.upper()
         if rid not in BY_ID:
-            raise UsageError(f"{source}: unknown rule '{prefix}rules.{rule_id}' (see 'mlprof rules')")
+            raise UsageError(f"{source}: unknown rule {_q(f'{prefix}rules.{rule_id}')} (see 'mlprof rules')")
         if not isinstance(values, dict):
             raise UsageError(f"{source}: '{prefix}rules.{rule_id}' must be a table of thresholds")
         table_key = f"{prefix}rules.{rule_id}"
         for name, value in values.items():
             cfg.overrides.setdefault(rid, {})[name] = _option_value(rid, name, value, source, table_key)
     return cfg
+
+
+def _q(text: str) -> str:
+    """A name the user typed, quoted for an error line: ``'x'``, or its ``repr`` when it holds characters
+    the terminal would act on (the error printer removes escapes, which made ``DA\\x1b[31mTA001`` read
+    as the known ``DATA001``)."""
+    return f"'{text}'" if text.isprintable() else repr(text)
 
 
 def _docs(rule_id: str) -> dict[str, Option]:
@@ -166,7 +173,7 @@ def _option_value(rule_id: str, name: str, value: Any, source: str, table: str) 
     docs = _docs(rule_id)
     doc = docs.get(name)
     if doc is None:
-        raise UsageError(f"{source}: unknown key '{table}.{name}' (known: {', '.join(sorted(docs)) or 'none'})")
+        raise UsageError(f"{source}: unknown key {_q(f'{table}.{name}')} (known: {', '.join(sorted(docs)) or 'none'})")
     try:
         return doc.convert(value)
     except ValueError as exc:
@@ -183,7 +190,7 @@ def apply_overrides(cfg: RuleConfig, settings: list[str], source: str = "--set")
             raise UsageError(f"{source} {text!r}: expected RULE.option=value, e.g. DATA001.min_share=0.05")
         rid = rule_id.upper()
         if rid not in BY_ID:
-            raise UsageError(f"{source} {text!r}: unknown rule '{rule_id}' (see 'mlprof rules')")
+            raise UsageError(f"{source} {text!r}: unknown rule {_q(rule_id)} (see 'mlprof rules')")
         try:
             value: Any = tomllib.loads(f"v = {raw.strip()}")["v"]
         except ValueError:  # not TOML (a bare word), or an integer of more than 4300 digits
