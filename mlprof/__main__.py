@@ -1,5 +1,5 @@
 """``python -m mlprof``."""
 
-from mlprof.cli import main
+from mlprof.cli import run
 
-raise SystemExit(main())
+run()

@@ -1,6 +1,36 @@
-"""Trace files -> the columnar trace model (see :mod:`mlprof.trace.model`)."""
+"""Trace files -> the columnar trace model (see :mod:`mlprof.trace.model`).
 
-from mlprof.trace.loader import load_job, load_trace
-from mlprof.trace.model import DeviceInfo, Trace, TraceMeta
+The names below are loaded on first use (PEP 562): importing a submodule such as
+:mod:`mlprof.trace.build` must not import pandas, so that the CLI's read-ahead process
+(:mod:`mlprof.trace.prefetch`) decodes a trace while the main process imports it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlprof.trace.loader import load_job, load_trace
+    from mlprof.trace.model import DeviceInfo, Trace, TraceMeta
+
+_LAZY = {
+    "load_job": "mlprof.trace.loader",
+    "load_trace": "mlprof.trace.loader",
+    "DeviceInfo": "mlprof.trace.model",
+    "Trace": "mlprof.trace.model",
+    "TraceMeta": "mlprof.trace.model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["DeviceInfo", "Trace", "TraceMeta", "load_job", "load_trace"]

@@ -13,15 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from mlprof.trace.columns import SymbolTable, factorize_text, to_int64
 from mlprof.trace.numbers import MISSING_NS, TIME_LIMIT_NS, raw_us_to_ns
 from mlprof.trace.schema import EventArgs, TraceEvent
 from mlprof.trace.vocabulary import SHAPE_OPS, name_mask
+
+if TYPE_CHECKING:  # imported where the tables are made: building columns needs numpy only (trace.prefetch)
+    import pandas as pd
 
 # Family codes.
 GPU, RUNTIME, HOST, GPU_ANNOTATION, MEMORY, FLOW, META, SKIP, INSTANT = range(9)
@@ -118,6 +120,8 @@ class TableBuilder:
             kinds = [self.symbols.code(_GPU_KIND.get(c, "kernel")) for c in cats]  # type: ignore[arg-type]
             kind_sym = np.array(kinds, dtype=np.int32)[cat_codes]
         else:  # junk types in cat/ph: -1 codes are missing values
+            import pandas as pd
+
             cat_codes, cat_uniques = pd.factorize(np.asarray(cat_values, dtype=object))
             ph_codes, ph_uniques = pd.factorize(np.asarray(ph_values, dtype=object))
             cat_codes, ph_codes = cat_codes + 1, ph_codes + 1
@@ -317,15 +321,35 @@ class TableBuilder:
             self.metadata.append((e.name, e.pid, e.tid, value))
 
     # ---- merging results of worker processes -------------------------------------
-    def export_partial(self) -> Partial:
+    def export_partial(self, joined: bool = False) -> Partial:
+        """The columns so far; ``joined``: each column's parts as one array (fewer, larger objects to pickle)."""
+
+        def parts(store: dict[str, list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+            if not joined:
+                return dict(store)
+            return {col: [np.concatenate(p)] if len(p) > 1 else p for col, p in store.items()}
+
         return Partial(
-            cols={fam: dict(cols) for fam, cols in self._cols.items()},
-            collectives=dict(self._collectives),
+            cols={fam: parts(cols) for fam, cols in self._cols.items()},
+            collectives=parts(self._collectives),
             metadata=self.metadata,
             strings=self.symbols.strings,
             categories_seen=self.categories_seen,
             dropped_no_time=self.dropped_no_time,
         )
+
+    @classmethod
+    def from_partial(cls, partial: Partial) -> TableBuilder:
+        """A builder holding ``partial``'s columns with its symbol table (no codes remapped)."""
+        builder = cls()
+        builder.symbols = SymbolTable.of(partial.strings)
+        for fam, cols in partial.cols.items():
+            builder._cols[fam].update(cols)
+        builder._collectives.update(partial.collectives)
+        builder.metadata = partial.metadata
+        builder.categories_seen = partial.categories_seen
+        builder.dropped_no_time = partial.dropped_no_time
+        return builder
 
     def merge_partial(self, partial: Partial) -> None:
         mapping = np.fromiter(
@@ -345,6 +369,8 @@ class TableBuilder:
 
     # ---- finish ------------------------------------------------------------------
     def finish(self) -> dict[str, pd.DataFrame]:
+        import pandas as pd
+
         tables = {
             "gpu": self._frame(GPU, _GPU_COLUMNS),
             "runtime": self._frame(RUNTIME, _RUNTIME_COLUMNS),
@@ -393,6 +419,8 @@ class TableBuilder:
             data[col] = self.symbols.categorical(values) if kind == "str" else values
         if "dur" in data:
             data["end"] = data["ts"] + data["dur"]
+        import pandas as pd
+
         return pd.DataFrame(data, copy=False)
 
 

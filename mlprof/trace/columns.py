@@ -11,10 +11,12 @@ converts value by value only when they are not.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # imported where used: the trace reader's column build needs numpy only
+    import pandas as pd
 
 MISSING_INT = -1
 """Missing integer argument (``correlation``, ``stream``, ``bytes`` ...)."""
@@ -28,6 +30,18 @@ class SymbolTable:
     def __init__(self) -> None:
         self._index: dict[str, int] = {"": 0}
         self.strings: list[str] = [""]
+
+    @classmethod
+    def of(cls, strings: list[str]) -> SymbolTable:
+        """The table whose codes are the positions in ``strings`` (distinct, ``""`` first), as built elsewhere."""
+        if not strings or strings[0] != "":
+            raise ValueError("a symbol table starts with the empty string")
+        table = cls()
+        table.strings = strings
+        table._index = {text: code for code, text in enumerate(strings)}
+        if len(table._index) != len(strings):
+            raise ValueError("symbol strings repeat")
+        return table
 
     def code(self, text: str) -> int:
         found = self._index.get(text)
@@ -50,6 +64,8 @@ class SymbolTable:
                 (0 if u is None else self.code(u) for u in distinct), dtype=np.int32, count=len(distinct)
             )
             return found[codes]
+        import pandas as pd
+
         local_codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
         mapping = np.fromiter(
             (self.code(u if isinstance(u, str) else _text(u)) for u in uniques),
@@ -73,6 +89,8 @@ class SymbolTable:
         remap = np.zeros(len(self.strings), dtype=np.int32)
         remap[used[order]] = np.arange(len(used), dtype=np.int32)
         # An Index, not a list: pandas infers and checks a list of categories at ~10x the cost.
+        import pandas as pd
+
         return pd.Categorical.from_codes(remap[codes], categories=pd.Index(strings[order].tolist()))
 
 
@@ -150,8 +168,10 @@ def _mixed_to_int64(values: Sequence[Any], missing: int) -> np.ndarray | None:
         out[is_int] = np.where(ints == _INT64_MIN, missing, ints)  # _int_or's range excludes -2**63
     is_str = kind == 1
     if is_str.any():
-        codes, uniques = pd.factorize(arr[is_str])
-        out[is_str] = np.array([_int_or(t, missing) for t in uniques.tolist()], dtype=np.int64)[codes]
+        text = factorize_text(arr[is_str].tolist())  # all str: never None
+        assert text is not None
+        codes, uniques = text
+        out[is_str] = np.array([_int_or(t, missing) for t in uniques], dtype=np.int64)[codes]
     return out
 
 

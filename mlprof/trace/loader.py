@@ -93,6 +93,13 @@ def _load(
 def _read_tables(
     path: Path, on_progress: ProgressCallback | None, workers: int | None
 ) -> tuple[TableBuilder, dict[str, Any], StreamStats]:
+    from mlprof.trace import prefetch
+
+    read_ahead = prefetch.take(path)  # the CLI's read-ahead process, if it read this file
+    if read_ahead is not None:
+        if on_progress is not None:
+            on_progress(read_ahead[2].file_bytes, read_ahead[2].file_bytes)
+        return read_ahead
     workers = default_workers() if workers is None else workers
     if workers > 1 and _expected_json_bytes(path) >= PARALLEL_MIN_JSON_BYTES:
         builder = TableBuilder()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from mlprof.trace.memo import cached
+
+if TYPE_CHECKING:  # pandas is imported where a Series is made: the trace reader imports this module
+    import pandas as pd
 
 SYNC_RUNTIME = re.compile(
     r"^(cuda|hip)(DeviceSynchronize|StreamSynchronize|EventSynchronize|Memcpy|MemcpyWithStream|Memcpy2D|MemcpyDtoH)$"
@@ -65,6 +68,8 @@ def names_matching(series: pd.Series, pattern: re.Pattern[str]) -> pd.Series:
     The per-name answers are kept with the column's categories (which every filtered
     copy of the table shares), and the mask is a lookup by category code.
     """
+    import pandas as pd
+
     return pd.Series(name_mask(series, pattern), index=series.index, name=series.name, copy=False)
 
 

@@ -1,0 +1,183 @@
+"""The CLI's read-ahead process (mlprof.trace.prefetch) gives exactly the plain read's tables and reports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import typer
+
+from mlprof.cli import _read_ahead, app
+from mlprof.errors import BadInputError
+from mlprof.trace import load_trace, prefetch
+from mlprof.trace.build import TableBuilder
+from mlprof.trace.jsonstream import read_trace_events
+
+from conftest import SAMPLES, X, assert_same_tables, external, kernel, write_trace
+
+BUNDLED = sorted(p.relative_to(SAMPLES).as_posix() for p in SAMPLES.rglob("*.json.gz"))
+REAL = [
+    "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz",
+    "hta/tests/data/df_index_resolver/df_index_resolver.json.gz",
+    "facebookresearch__param/dlrm_kineto/worker3_step_12.1694128201557.pt.trace.json",
+    "hta/tests/data/ns_resolution_trace/rank-0.Apr_03_18_51_38.1102.pt.trace.json.gz",
+]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _plain_tables(path: Path) -> dict[str, pd.DataFrame]:
+    builder = TableBuilder()
+    read_trace_events(path, builder.add)
+    return builder.finish()
+
+
+def _read_ahead_tables(path: Path) -> dict[str, pd.DataFrame]:
+    assert prefetch.start(str(path))
+    taken = prefetch.take(path)
+    assert taken is not None, "the read-ahead process sent nothing back"
+    return taken[0].finish()
+
+
+def _assert_tables_equal(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name], check_exact=True, obj=name)
+
+
+@pytest.mark.parametrize("relative", BUNDLED)
+def test_read_ahead_equals_plain_read_on_bundled_traces(relative: str) -> None:
+    path = SAMPLES / relative
+    _assert_tables_equal(_read_ahead_tables(path), _plain_tables(path))
+
+
+@pytest.mark.parametrize("relative", REAL)
+def test_read_ahead_equals_plain_read_on_real_traces(relative: str) -> None:
+    path = external(relative)
+    _assert_tables_equal(_read_ahead_tables(path), _plain_tables(path))
+    assert prefetch.start(str(path))
+    assert_same_tables(load_trace(path), load_trace(path, workers=1))  # the first one takes the read-ahead
+
+
+def test_read_ahead_of_another_file_is_not_used(tmp_path: Path) -> None:
+    a = write_trace(tmp_path / "a.json", [X("cpu_op", "aten::mm", 0, 10), kernel("k", 2, 5)])
+    b = write_trace(tmp_path / "b.json", [X("cpu_op", "aten::add", 0, 10)])
+    assert prefetch.start(str(a))
+    child = prefetch._pending.pid  # type: ignore[union-attr]
+    assert prefetch.take(b) is None
+    with pytest.raises(ChildProcessError):  # stopped and reaped: no zombie left
+        os.waitpid(child, os.WNOHANG)
+    assert list(load_trace(b).host["name"]) == ["aten::add"]
+
+
+def test_a_file_changed_after_the_read_ahead_is_read_again(tmp_path: Path) -> None:
+    path = write_trace(tmp_path / "t.json", [X("cpu_op", "aten::mm", 0, 10)])
+    assert prefetch.start(str(path))
+    time.sleep(0.01)
+    write_trace(path, [X("cpu_op", "aten::mm", 0, 10), X("cpu_op", "aten::addmm", 20, 10)])
+    assert sorted(load_trace(path).host["name"]) == ["aten::addmm", "aten::mm"]
+
+
+def test_bad_file_is_reported_by_the_plain_read(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(b'{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 2},')
+    assert prefetch.start(str(path))
+    with pytest.raises(BadInputError) as read_ahead:
+        load_trace(path)
+    with pytest.raises(BadInputError) as plain:
+        load_trace(path)
+    assert str(read_ahead.value) == str(plain.value)
+
+
+def test_only_small_trace_files_are_read_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = write_trace(tmp_path / "t.json", [X("cpu_op", "aten::mm", 0, 10)])
+    sqlite = tmp_path / "r.sqlite"
+    sqlite.write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    csv = tmp_path / "c.csv"
+    csv.write_text("timestamp, utilization.gpu [%]\n")
+    for refused in (tmp_path, sqlite, csv, tmp_path / "missing.json"):
+        assert not prefetch.start(str(refused))
+    monkeypatch.setattr(prefetch, "PREFETCH_MAX_FILE_BYTES", trace.stat().st_size - 1)
+    assert not prefetch.start(str(trace))
+    assert prefetch._pending is None
+
+
+def test_the_cli_finds_the_trace_among_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[str] = []
+    monkeypatch.setattr(prefetch, "start", started.append)
+    command = typer.main.get_command(app)
+    cases = {
+        ("analyze", "t.json"): "t.json",
+        ("analyze", "-f", "json", "--set", "DATA001.min_share=0.1", "t.json", "--top", "5"): "t.json",
+        ("analyze", "--format=json", "--force", "-o", "r.json", "t.json"): "t.json",
+        ("analyze", "--", "-t.json"): "-t.json",
+        ("analyze", "--jobs", "2", "t.json"): "t.json",
+        ("analyze", "--jobs", "1", "t.json"): None,  # one process asked for
+        ("analyze", "--jobs=1", "t.json"): None,
+        ("analyze", "--low-memory", "t.json"): None,
+        ("analyze", "--help"): None,
+        ("analyze", "-fjson", "t.json"): None,  # a form not parsed here: typer decides
+        ("analyze", "a.json", "b.json"): None,
+        ("report", "t.json"): None,
+        ("analyze",): None,
+    }
+    for args, expected in cases.items():
+        started.clear()
+        _read_ahead(command, list(args))
+        assert started == ([expected] if expected else []), args
+
+
+def _mlprof(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlprof", *args],
+        capture_output=True,
+        env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("relative", ["synthetic/healthy.json.gz", "cpu_tiny_training.pt.trace.json.gz"])
+def test_cli_report_is_the_same_with_and_without_read_ahead(relative: str) -> None:
+    path = str(SAMPLES / relative)
+    with_ra = _mlprof("analyze", path, "--format", "json")
+    without = _mlprof("analyze", path, "--format", "json", env={"MLPROF_NO_READ_AHEAD": "1"})
+    assert with_ra.returncode == without.returncode == 0, with_ra.stderr
+    assert with_ra.stdout == without.stdout and with_ra.stderr == without.stderr
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "line"), [(signal.SIGINT, 130, b"interrupted"), (signal.SIGTERM, 143, b"terminated")]
+)
+def test_signal_while_reading_ahead_leaves_no_process(sig: signal.Signals, code: int, line: bytes) -> None:
+    path = external("pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlprof", "analyze", str(path), "--format", "json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 30
+    children: list[psutil.Process] = []
+    while not children and proc.poll() is None and time.monotonic() < deadline:
+        children = parent.children()
+        time.sleep(0.002)
+    if not children:
+        proc.kill()
+        pytest.skip("the read-ahead process came and went before the signal could be sent")
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C: the terminal signals the whole group
+    else:
+        proc.send_signal(sig)  # a service manager or a test harness: only mlprof
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.strip().endswith(line), err
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"left running: {alive}"
