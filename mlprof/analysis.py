@@ -234,4 +234,5 @@ def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConf
     specs = [c.gpu_spec for c in contexts]
     signatures = [comm_signature(ra.full_trace) for ra in ranks]
     diagnosis.whatif = predict_job(diagnosis, replays, signatures, skew, specs, config)
+    release_freed_memory()  # the fixed graphs' and the plan's replays (the report's views come next)
     return diagnosis

@@ -36,26 +36,12 @@ def innermost_enclosing(
     before the query and ends at or after it, looked for among the :data:`MAX_STEPS_BACK`
     ranges that start last before the query.
     """
-    out = np.full(len(query_ts), -1, dtype=np.int64)
     if len(ranges) == 0 or len(query_ts) == 0:
-        return out
-    r_tid = ranges["tid"].to_numpy(np.int64)
-    r_ts = ranges["ts"].to_numpy(np.int64)
-    r_end = ranges["end"].to_numpy(np.int64)
-    order = np.lexsort((r_ts, r_tid))
-    s_tid, s_ts, s_end = r_tid[order], r_ts[order], r_end[order]
-    q_tid = query_tid.astype(np.int64)
-    q_end = query_end.astype(np.int64)
-    # Position of the last range (same tid) starting at or before the query.
-    key_ranges = np.stack([s_tid, s_ts], axis=1)
-    pos = _search_pairs(key_ranges, q_tid, query_ts.astype(np.int64))
-    if len(s_end) > SPARSE_TABLE_MAX_RANGES:
-        found = _step_back(pos, q_tid, q_end, s_tid, s_end)
-    else:
-        found = _nearest_back(pos, q_tid, q_end, s_tid, s_end)
-    hit = found >= 0
-    out[hit] = order[found[hit]]
-    return out
+        return np.full(len(query_ts), -1, dtype=np.int64)
+    index = RangeIndex(
+        ranges["ts"].to_numpy(np.int64), ranges["end"].to_numpy(np.int64), ranges["tid"].to_numpy(np.int64)
+    )
+    return index.innermost(query_ts, query_end, query_tid)
 
 
 SPARSE_TABLE_MAX_RANGES = 1 << 20
@@ -65,13 +51,59 @@ above it, the step-by-step search, which needs no extra memory."""
 _LEVELS = max(int(MAX_STEPS_BACK - 1).bit_length(), 1)
 
 
+class RangeIndex:
+    """Host ranges sorted by (thread, start), for :func:`innermost_enclosing` queries asked several times
+    of the same ranges (the sort and the table of running maxima are made once, not per query set)."""
+
+    def __init__(self, ts: np.ndarray, end: np.ndarray, tid: np.ndarray) -> None:
+        self.order = np.lexsort((ts, tid))
+        self.s_tid, self.s_ts, self.s_end = tid[self.order], ts[self.order], end[self.order]
+        self._levels: list[np.ndarray] | None = None
+
+    def innermost(self, query_ts: np.ndarray, query_end: np.ndarray, query_tid: np.ndarray) -> np.ndarray:
+        """Row position (in the arrays given) of the innermost range containing each query, or -1."""
+        out = np.full(len(query_ts), -1, dtype=np.int64)
+        if len(self.order) == 0 or len(query_ts) == 0:
+            return out
+        q_tid = query_tid.astype(np.int64, copy=False)
+        q_end = query_end.astype(np.int64, copy=False)
+        # Position of the last range (same tid) starting at or before the query.
+        pos = _search_pairs(self.s_tid, self.s_ts, q_tid, query_ts.astype(np.int64, copy=False))
+        if len(self.s_end) > SPARSE_TABLE_MAX_RANGES:
+            found = _step_back(pos, q_tid, q_end, self.s_tid, self.s_end)
+        else:
+            found = _nearest_back(pos, q_tid, q_end, self.s_tid, self.s_end, self.levels())
+        hit = found >= 0
+        out[hit] = self.order[found[hit]]
+        return out
+
+    def levels(self) -> list[np.ndarray]:
+        """``levels[k][i]``: the largest end among the ``2**k`` ranges ending at sorted position ``i``."""
+        if self._levels is None:
+            levels = [self.s_end]
+            for k in range(1, _LEVELS):
+                prev = levels[-1]
+                half = 1 << (k - 1)
+                nxt = prev.copy()
+                if half < len(prev):
+                    np.maximum(prev[half:], prev[:-half], out=nxt[half:])
+                levels.append(nxt)
+            self._levels = levels
+        return self._levels
+
+
 def _nearest_back(
-    pos: np.ndarray, q_tid: np.ndarray, q_end: np.ndarray, s_tid: np.ndarray, s_end: np.ndarray
+    pos: np.ndarray,
+    q_tid: np.ndarray,
+    q_end: np.ndarray,
+    s_tid: np.ndarray,
+    s_end: np.ndarray,
+    levels: list[np.ndarray],
 ) -> np.ndarray:
     """For each query, the largest j in ``[max(first of its thread, pos - MAX_STEPS_BACK + 1), pos]``
     with ``s_end[j] >= q_end``, else -1: what :func:`_step_back` finds, in ``log2(MAX_STEPS_BACK)`` steps.
 
-    ``level[k][i]`` is the largest end among the ``2**k`` ranges ending at ``i``; going down the
+    ``levels[k][i]`` is the largest end among the ``2**k`` ranges ending at ``i``; going down the
     levels, a query skips a block of ``2**k`` ranges that all end before it.
     """
     found = np.full(len(pos), -1, dtype=np.int64)
@@ -80,14 +112,6 @@ def _nearest_back(
         return found
     first_of_tid = np.searchsorted(s_tid, q_tid, side="left")
     floor = np.maximum(first_of_tid, pos - (MAX_STEPS_BACK - 1))
-    levels = [s_end]
-    for k in range(1, _LEVELS):
-        prev = levels[-1]
-        half = 1 << (k - 1)
-        nxt = prev.copy()
-        if half < len(prev):
-            np.maximum(prev[half:], prev[:-half], out=nxt[half:])
-        levels.append(nxt)
     p = np.where(valid, pos, 0)
     for k in range(_LEVELS - 1, -1, -1):
         step = 1 << k
@@ -118,10 +142,8 @@ def _step_back(
     return found
 
 
-def _search_pairs(sorted_pairs: np.ndarray, tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """searchsorted on (tid, ts) pairs, ``side="right"`` minus one."""
-    tids = sorted_pairs[:, 0]
-    times = sorted_pairs[:, 1]
+def _search_pairs(tids: np.ndarray, times: np.ndarray, tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """searchsorted on (tid, ts) pairs sorted by tid then ts, ``side="right"`` minus one."""
     lo = np.searchsorted(tids, tid, side="left")
     hi = np.searchsorted(tids, tid, side="right")
     pos = np.full(len(tid), -1, dtype=np.int64)
