@@ -28,15 +28,28 @@ def default_jobs(n_tasks: int) -> int:
     return max(1, min(8, os.cpu_count() or 1, n_tasks))
 
 
+def _same(result: R) -> R:
+    return result
+
+
 def run_local(
-    fn: Callable[[T, Any], R], items: Sequence[T], arg: Any, jobs: int, on_done: ProgressFn | None = None
+    fn: Callable[[T, Any], R],
+    items: Sequence[T],
+    arg: Any,
+    jobs: int,
+    on_done: ProgressFn | None = None,
+    keep: Callable[[R], R] | None = None,
 ) -> list[R]:
-    """``[fn(item, arg) for item in items]``, in ``jobs`` forked processes when ``jobs > 1``."""
+    """``[fn(item, arg) for item in items]``, in ``jobs`` forked processes when ``jobs > 1``.
+
+    ``keep``: applied to each result as it arrives; what it returns is what is held until the end (a job
+    folds what it can into running totals there, so it does not hold every task's full result at once)."""
     total = len(items)
+    keep = keep or _same
     if jobs <= 1 or total <= 1:
         out = []
         for i, item in enumerate(items):
-            out.append(fn(item, arg))
+            out.append(keep(fn(item, arg)))
             if on_done:
                 on_done(i + 1, total)
         return out
@@ -44,7 +57,7 @@ def run_local(
     with worker_pool(min(jobs, total)) as pool:  # Ctrl-C, SIGTERM or an error: no worker outlives us
         futures = {pool.submit(fn, item, arg): i for i, item in enumerate(items)}
         for done, future in enumerate(as_completed(futures), 1):
-            results[futures[future]] = future.result()
+            results[futures[future]] = keep(future.result())
             if on_done:
                 on_done(done, total)
     return results
@@ -59,6 +72,7 @@ def run_dask(
     workers: int,
     processes: bool = True,
     on_done: ProgressFn | None = None,
+    keep: Callable[[R], R] | None = None,
 ) -> list[R]:
     """The same map as Dask tasks; each result is fetched as soon as it is ready and its future released.
 
@@ -97,8 +111,9 @@ def run_dask(
             futures = client.map(fn, list(items), [arg] * total, pure=False)
             index = {f.key: i for i, f in enumerate(futures)}
             results: list[Any] = [None] * total
+            keep = keep or _same
             for done, future in enumerate(dask_as_completed(futures), 1):
-                results[index[future.key]] = future.result()
+                results[index[future.key]] = keep(future.result())
                 future.release()
                 if on_done:
                     on_done(done, total)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mlprof.analysis import Analysis
+from mlprof.analyzers.name_totals import job_name_totals
 from mlprof.analyzers.rank_skew import match_collectives
 from mlprof.engine.executors import ProgressFn, default_jobs, run_dask, run_local
 from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_rank, split_comm_wait, windows
@@ -55,6 +56,7 @@ def analyze_paths(
     files = list_sources(source)
     options = TaskOptions(steps_spec=steps_spec, step_marker=step_marker, config=config or RuleConfig())
     n = jobs if jobs is not None else default_jobs(len(files))
+    kept = Kept()
     run: Callable[[], list[RankPartial]]
     if engine == "dask":
 
@@ -67,19 +69,58 @@ def analyze_paths(
                 workers=n,
                 processes=dask_processes,
                 on_done=on_rank_done,
+                keep=kept.keep,
             )
     else:
 
         def run() -> list[RankPartial]:
-            return run_local(reduce_rank, files, options, n, on_rank_done)
+            return run_local(reduce_rank, files, options, n, on_rank_done, keep=kept.keep)
 
     partials = run()
     label = source if isinstance(source, str) else ",".join(source)
-    return combine(partials, label, options)
+    return combine(partials, label, options, kept)
 
 
-def combine(partials: list[RankPartial], path: str, options: TaskOptions) -> Analysis:
-    """The cross-rank reduction: one job from its ranks' compact results (any order)."""
+class Kept:
+    """What the client keeps of each rank task's result as it arrives, so that it holds little per rank.
+
+    * the rank's kernel and op views are added to the job's totals
+      (:class:`mlprof.analyzers.name_totals.NameTotals`) and dropped;
+    * the rank's replay graph is dropped once any rank's own replay is not trusted (then the job is
+      not replayed, :func:`mlprof.whatif.job.build_job`, and no prediction reads a graph); the graphs of
+      a job whose every rank replays within the error bound are all kept: the job replay simulates the
+      ranks together.
+    """
+
+    def __init__(self) -> None:
+        self.kernels, self.ops = job_name_totals()
+        self.held: list[RankPartial] = []
+        self.untrusted = False
+
+    def keep(self, p: RankPartial) -> RankPartial:
+        check_rank(p.analysis.trace.meta)  # the totals key on the rank
+        views = p.analysis.name_views
+        if views is not None:
+            self.kernels.add(p.analysis.rank, views[0])
+            self.ops.add(p.analysis.rank, views[1])
+            p.analysis.name_views = None
+        if p.replay is not None and not p.replay.ok and not self.untrusted:
+            self.untrusted = True
+            for held in self.held:
+                held.replay.release_graph()
+            self.held = []
+        if p.replay is not None:
+            if self.untrusted:
+                p.replay.release_graph()
+            else:
+                self.held.append(p)
+        return p
+
+
+def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: Kept | None = None) -> Analysis:
+    """The cross-rank reduction: one job from its ranks' compact results (any order).
+
+    ``kept``: what the client kept of them as they arrived (:class:`Kept`), with the job's name totals."""
     partials = _check_ranks(partials, path)
     config = options.config
     ranks = [p.analysis.rank for p in partials]
@@ -113,7 +154,14 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions) -> Ana
         if len(partials) == 1:
             p.analysis.diagnosis = diagnosis
         analyses.append(p.analysis)
-    return Analysis(path=path, ranks=analyses, step_filter=options.steps_spec, diagnosis=diagnosis, skew=skew)
+    return Analysis(
+        path=path,
+        ranks=analyses,
+        step_filter=options.steps_spec,
+        diagnosis=diagnosis,
+        skew=skew,
+        name_totals=(kept.kernels, kept.ops) if kept is not None else None,
+    )
 
 
 def _check_ranks(partials: list[RankPartial], path: str) -> list[RankPartial]:

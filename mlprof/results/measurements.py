@@ -15,6 +15,7 @@ import pandas as pd
 from mlprof.analyzers.attribution import CATEGORIES
 from mlprof.analyzers.counter_timeline import MemoryTrend
 from mlprof.analyzers.counters import DeviceCounterSummary
+from mlprof.analyzers.name_totals import NameTotals
 from mlprof.analyzers.rank_skew import RankSkew
 from mlprof.analyzers.steady_state import SteadyState
 from mlprof.analyzers.temporal import TemporalBreakdown
@@ -184,6 +185,9 @@ class Analysis:
     """GPU counters given with ``--counters`` (table of :mod:`mlprof.counters.metrics`), if any."""
     counter_summary: CounterAnalysis | None = None
     """What the counters say, and whether they could be joined to the steps."""
+    name_totals: tuple[NameTotals, NameTotals] | None = None
+    """Kernel and op views summed over the ranks as a job's rank tasks returned (:class:`NameTotals`); None:
+    the report sums each rank's :attr:`RankAnalysis.name_views` (or measures them on its full trace)."""
 
     @property
     def findings(self) -> list[Finding]:

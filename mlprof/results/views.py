@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlprof.analyzers.name_totals import name_views
+from mlprof.analyzers.name_totals import NameTotals, job_name_totals, name_views
 from mlprof.results.measurements import Analysis
 
 TOP = 200
@@ -29,29 +29,16 @@ def _round(x: float, digits: int = 6) -> float:
     return round(float(x), digits)
 
 
-def _per_rank(analysis: Analysis) -> tuple[list[pd.DataFrame], list[pd.DataFrame], int]:
-    kernels, ops = [], []
-    steps = 1
+def _job_totals(analysis: Analysis) -> tuple[NameTotals, NameTotals]:
+    """The kernel and op views summed over the ranks: folded in as a job's rank tasks returned, else here."""
+    if analysis.name_totals is not None:
+        return analysis.name_totals
+    kernels, ops = job_name_totals()
     for ra in analysis.ranks:
         k, o = ra.name_views if ra.name_views is not None else name_views(ra)
-        kernels.append(k.assign(rank=ra.rank))
-        ops.append(o.assign(rank=ra.rank))
-        steps = max(steps, len(ra.steps) or 1)
-    return kernels, ops, steps
-
-
-def _combine(frames: list[pd.DataFrame], sums: list[str], firsts: list[str], n_ranks: int) -> pd.DataFrame:
-    """Mean over ranks of ``sums`` per name, the worst rank, and each name's first value of ``firsts``
-    from the rank with the most time in it."""
-    every = pd.concat(frames, ignore_index=True)
-    if len(every) == 0:
-        return pd.DataFrame(columns=["name", *sums, *firsts, "worst_rank", "worst_total_ns"])
-    table = every.groupby("name", sort=False)[sums].sum() / n_ranks
-    worst = every.sort_values("total_ns", ascending=False, kind="stable").drop_duplicates("name").set_index("name")
-    table = table.join(
-        worst[[*firsts, "rank", "total_ns"]].rename(columns={"rank": "worst_rank", "total_ns": "worst_total_ns"})
-    )
-    return table.sort_values("total_ns", ascending=False, kind="stable").reset_index()
+        kernels.add(ra.rank, k)
+        ops.add(ra.rank, o)
+    return kernels, ops
 
 
 def _shapes(text: Any) -> Any:
@@ -68,11 +55,12 @@ def kernels_and_operators(analysis: Analysis, top: int = TOP) -> tuple[list[dict
     """The ``kernels`` and ``operators`` lists of the JSON report (see the module doc and the README)."""
     if not analysis.ranks:
         return [], []
-    kernels_by_rank, ops_by_rank, steps = _per_rank(analysis)
+    kernel_totals, op_totals = _job_totals(analysis)
+    steps = max(len(ra.steps) or 1 for ra in analysis.ranks)
     n_ranks = len(analysis.ranks)
     multi = n_ranks > 1
-    kernels = _combine(kernels_by_rank, ["count", "total_ns"], ["klass", "tensor_cores", "launched_by"], n_ranks)
-    ops = _combine(ops_by_rank, ["count", "total_ns", "self_ns", "device_ns"], ["call_stack", "input_dims"], n_ranks)
+    kernels = kernel_totals.table(n_ranks)
+    ops = op_totals.table(n_ranks)
     all_kernel_ns = float(kernels["total_ns"].sum())
 
     def head(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series | None]:

@@ -59,6 +59,23 @@ class RankReplay:
     full_ns: float | None = None
     """Mean analysed step of the full graph (residuals kept) replayed unmodified: the base every
     prediction divides by, kept from the pacing probe so it is simulated once."""
+    shape: dict[str, Any] = field(default_factory=dict)
+    """The graph's size as the report gives it (host calls, device ops, edges, waits, launch latency), kept
+    when the graph is released."""
+
+    def __post_init__(self) -> None:
+        g = self.graph
+        self.shape = {
+            "host_calls": g.n_host,
+            "device_ops": g.n_gpu,
+            "cross_stream_edges": int((g.g_dep >= 0).sum()),
+            "host_waits": int((g.h_wait >= 0).sum()),
+            "launch_latency_us": round(g.latency_ns / 1000, 2),
+        }
+
+    def release_graph(self) -> None:
+        """Drop the graph (a job whose replay is not trusted predicts nothing with it); using it then is an error."""
+        self.graph = _RELEASED
 
     @property
     def error_pct(self) -> float:
@@ -82,13 +99,22 @@ class RankReplay:
             "replay_error_pct": round(self.error_pct, 3),
             "recorded_step_ms": round(self.recorded_ns / 1e6, 4),
             "replayed_step_ms": round(self.replayed_ns / 1e6, 4),
-            "host_calls": self.graph.n_host,
-            "device_ops": self.graph.n_gpu,
-            "cross_stream_edges": int((self.graph.g_dep >= 0).sum()),
-            "host_waits": int((self.graph.h_wait >= 0).sum()),
-            "launch_latency_us": round(self.graph.latency_ns / 1000, 2),
+            **self.shape,
             "paced_by": self.pacing,
         }
+
+
+class _Released:
+    """Stands for a released graph: any use is a bug, and says so."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"replay graph released (RankReplay.release_graph), then read: .{name}")
+
+    def __reduce__(self) -> str:
+        return "_RELEASED"
+
+
+_RELEASED: Any = _Released()
 
 
 def replay_rank(

@@ -1,0 +1,133 @@
+"""What a job's client holds per rank: name views folded into job totals, replay graphs dropped when unused.
+
+Truth for the totals is the pandas formula the report used before (every rank's view concatenated in
+rank order, grouped by name, the worst rank's row by a stable sort), computed here on the real 8-rank
+DLRM job's views; the sizes are measured (bytes held, pickled sizes), not assumed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlprof.analyzers.name_totals import KERNEL_FIRSTS, KERNEL_SUMS, OP_FIRSTS, OP_SUMS, job_name_totals
+from mlprof.engine.job import Kept
+from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_rank
+
+from conftest import external
+
+DLRM = "facebookresearch__param/dlrm_kineto"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dlrm_partials() -> list[RankPartial]:
+    files = sorted(external(DLRM).glob("*.json"))
+    return [reduce_rank(str(f), TaskOptions()) for f in files]
+
+
+def _concatenated(frames: list[tuple[int, pd.DataFrame]], sums: list[str], firsts: list[str], n: int) -> pd.DataFrame:
+    """The report's table as it was computed from every rank's view at once (the truth)."""
+    every = pd.concat([f.assign(rank=r) for r, f in sorted(frames, key=lambda x: x[0])], ignore_index=True)
+    table = every.groupby("name", sort=False)[sums].sum() / n
+    worst = every.sort_values("total_ns", ascending=False, kind="stable").drop_duplicates("name").set_index("name")
+    table = table.join(
+        worst[[*firsts, "rank", "total_ns"]].rename(columns={"rank": "worst_rank", "total_ns": "worst_total_ns"})
+    )
+    return table.sort_values("total_ns", ascending=False, kind="stable").reset_index()
+
+
+def _rows(table: pd.DataFrame) -> list[list[Any]]:
+    """Rows as plain values, a missing value (None or NaN) as None."""
+    out = []
+    for row in table.itertuples(index=False):
+        out.append([None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in row])
+    return out
+
+
+def test_name_totals_equal_the_concatenated_views_whatever_order_the_ranks_arrive(
+    dlrm_partials: list[RankPartial],
+) -> None:
+    views = [(p.analysis.rank, p.analysis.name_views) for p in dlrm_partials]
+    assert all(v is not None for _, v in views)
+    n = len(views)
+    for seed in (0, 1):
+        arrival = list(views)
+        random.Random(seed).shuffle(arrival)
+        kernels, ops = job_name_totals()
+        for rank, (k, o) in arrival:  # type: ignore[misc]
+            kernels.add(rank, k)
+            ops.add(rank, o)
+        want_k = _concatenated([(r, v[0]) for r, v in views], KERNEL_SUMS, KERNEL_FIRSTS, n)  # type: ignore[index]
+        want_o = _concatenated([(r, v[1]) for r, v in views], OP_SUMS, OP_FIRSTS, n)  # type: ignore[index]
+        got_k, got_o = kernels.table(n), ops.table(n)
+        assert list(got_k.columns) == list(want_k.columns) and list(got_o.columns) == list(want_o.columns)
+        assert _rows(got_k) == _rows(want_k)
+        assert _rows(got_o) == _rows(want_o)
+    # the real job: 8 ranks, every kernel name on most of them; the worst rank differs by name
+    assert len(got_k) > 50 and len(set(got_k["worst_rank"])) > 1
+
+
+def test_name_totals_hold_as_many_bytes_for_64_ranks_as_for_8(dlrm_partials: list[RankPartial]) -> None:
+    """The same 8 views folded in once (ranks 0-7) and eight times over (ranks 0-63): the totals are the
+    same size and give the same means (each name's sum is eight times larger over eight times the ranks)."""
+    small, large = job_name_totals(), job_name_totals()
+    for p in dlrm_partials:
+        assert p.analysis.name_views is not None
+        small[0].add(p.analysis.rank, p.analysis.name_views[0])
+        for copy in range(8):
+            large[0].add(copy * 8 + p.analysis.rank, p.analysis.name_views[0])
+    assert len(small[0]) == len(large[0]) > 50
+    assert small[0].nbytes() == large[0].nbytes()
+    a, b = small[0].table(8), large[0].table(64)
+    assert np.array_equal(a["total_ns"].to_numpy(), b["total_ns"].to_numpy())
+    assert a["name"].tolist() == b["name"].tolist()
+
+
+def _make_rank_job() -> Any:
+    spec = importlib.util.spec_from_file_location("make_rank_job", ROOT / "benchmarks" / "make_rank_job.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_rank_job"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_client_drops_views_and_graphs_of_a_job_it_will_not_replay(tmp_path: Path) -> None:
+    """The generated job (DLRM rank 0 with every collective perturbed) replays 13% off its own recording on
+    each rank, so the job is not replayed: the client keeps no graph and no name view, about half of what a
+    rank task returns; the report's per-rank replay rows still come out of what is kept."""
+    template = external(f"{DLRM}/worker0_step_12.1694128201545.pt.trace.json")
+    _make_rank_job().make_job(tmp_path, 3, 1, template=template, seed=1)
+    partials = [reduce_rank(str(f), TaskOptions()) for f in sorted(tmp_path.glob("rank-*.json"))]
+    rows = [p.replay.to_dict() for p in partials]
+    full = [len(pickle.dumps(p)) for p in partials]
+    assert not partials[0].replay.ok
+    kept = Kept()
+    for p in partials:
+        kept.keep(p)
+    after = [len(pickle.dumps(p)) for p in partials]
+    for p, row, before_bytes, after_bytes in zip(partials, rows, full, after, strict=True):
+        assert p.analysis.name_views is None
+        with pytest.raises(RuntimeError, match="released"):
+            p.replay.graph.g_dur  # noqa: B018
+        assert p.replay.to_dict() == row
+        assert after_bytes < 0.5 * before_bytes
+    assert len(kept.kernels) > 50 and len(kept.ops) > 50
+
+
+def test_client_keeps_the_graphs_of_a_job_it_replays(dlrm_partials: list[RankPartial]) -> None:
+    """The real DLRM job replays within 5% on every rank: its graphs stay for the job replay."""
+    kept = Kept()
+    for p in [pickle.loads(pickle.dumps(p)) for p in dlrm_partials]:
+        assert p.replay.ok
+        kept.keep(p)
+        assert p.replay.graph.n_gpu > 0
