@@ -28,6 +28,7 @@ from mlprof.rules.base import ms
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.registry import BY_ID
 from mlprof.rules.spec import NoOptions, RuleOptions
+from mlprof.trace.memory import release_freed_memory
 from mlprof.whatif.fixes import FIXES, FixContext
 from mlprof.whatif.graph import ReplayGraph
 from mlprof.whatif.replay import MAX_REPLAY_ERROR_PCT, RankReplay
@@ -221,6 +222,7 @@ def predict(
         if f.rule in JOB_ONLY and job is None:
             continue
         _, after_ns, applied = replay_cached(f.rule, originals)
+        release_freed_memory()
         if not applied:
             f.evidence["replay"] = "the fix could not be expressed on this trace's graph"
             continue
@@ -321,6 +323,7 @@ def _plan(
         best: tuple[float, Finding, Stage, np.ndarray] | None = None
         for f in candidates if greedy else candidates[:1]:
             new_graphs, ns, applied = replay_with(f.rule, graphs)
+            release_freed_memory()
             if not applied:
                 continue
             after = np.where(np.isnan(ns), current, ns)
