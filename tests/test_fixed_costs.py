@@ -73,13 +73,27 @@ def test_names_matching_equals_isin_of_the_matching_names(dlrm: Trace) -> None:
 
 
 def _innermost_reference(q_ts: np.ndarray, q_end: np.ndarray, q_tid: np.ndarray, ranges: pd.DataFrame) -> np.ndarray:
-    """The step-by-step search, forced (the path used above SPARSE_TABLE_MAX_RANGES)."""
-    saved = enclosing.SPARSE_TABLE_MAX_RANGES
-    enclosing.SPARSE_TABLE_MAX_RANGES = -1
+    """The direct search: from the last range of the query's thread starting at or before it, step back
+    one range at a time (at most MAX_STEPS_BACK) to the first that ends at or after the query."""
+    r_ts, r_end, r_tid = (ranges[c].to_numpy(np.int64) for c in ("ts", "end", "tid"))
+    out = np.full(len(q_ts), -1, dtype=np.int64)
+    for i, (t, e, tid) in enumerate(zip(q_ts.tolist(), q_end.tolist(), q_tid.tolist(), strict=True)):
+        mine = np.flatnonzero(r_tid == tid)
+        mine = mine[np.lexsort((r_ts[mine],))]  # by start; equal starts in row order
+        before = mine[r_ts[mine] <= t][::-1][: enclosing.MAX_STEPS_BACK]
+        hit = before[r_end[before] >= e]
+        out[i] = hit[0] if len(hit) else -1
+    return out
+
+
+def _in_small_blocks(q_ts: np.ndarray, q_end: np.ndarray, q_tid: np.ndarray, ranges: pd.DataFrame) -> np.ndarray:
+    """The table search block by block (the path of more than TABLE_BLOCK ranges), with blocks of 64."""
+    saved = enclosing.TABLE_BLOCK
+    enclosing.TABLE_BLOCK = 64
     try:
         return innermost_enclosing(q_ts, q_end, q_tid, ranges)
     finally:
-        enclosing.SPARSE_TABLE_MAX_RANGES = saved
+        enclosing.TABLE_BLOCK = saved
 
 
 def test_innermost_enclosing_sparse_table_equals_step_back_on_real_ops(dlrm: Trace) -> None:
@@ -88,6 +102,7 @@ def test_innermost_enclosing_sparse_table_equals_step_back_on_real_ops(dlrm: Tra
     q = (runtime["ts"].to_numpy(np.int64), runtime["end"].to_numpy(np.int64), runtime["tid"].to_numpy(np.int64))
     got = innermost_enclosing(*q, ops)
     assert np.array_equal(got, _innermost_reference(*q, ops))
+    assert np.array_equal(_in_small_blocks(*q, ops), got)
     assert (got >= 0).sum() > 400  # nearly every runtime call has an enclosing op
 
 
@@ -105,6 +120,7 @@ def test_innermost_enclosing_sparse_table_equals_step_back_on_overlapping_ranges
     got = innermost_enclosing(q_ts, q_end, q_tid, ranges)
     expected = _innermost_reference(q_ts, q_end, q_tid, ranges)
     assert np.array_equal(got, expected)
+    assert np.array_equal(_in_small_blocks(q_ts, q_end, q_tid, ranges), expected)
     assert 0 < (got >= 0).sum() < m
     # The search gives up after MAX_STEPS_BACK ranges: a parent 511 siblings back is found, 512 back is not.
     for siblings, expected_parent in ((enclosing.MAX_STEPS_BACK - 1, 0), (enclosing.MAX_STEPS_BACK, -1)):
@@ -114,6 +130,7 @@ def test_innermost_enclosing_sparse_table_equals_step_back_on_overlapping_ranges
         q = (np.array([10**8]), np.array([10**8 + 1]), np.array([9]))
         assert innermost_enclosing(*q, chain).tolist() == [expected_parent]
         assert _innermost_reference(*q, chain).tolist() == [expected_parent]
+        assert _in_small_blocks(*q, chain).tolist() == [expected_parent]
 
 
 def test_top_names_equals_the_groupby_ranking(dlrm: Trace) -> None:
