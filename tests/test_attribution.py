@@ -149,3 +149,30 @@ def test_matches_independent_ground_truth_to_the_nanosecond(entry: dict) -> None
     for row, want in zip(got.itertuples(index=False), entry["steps"], strict=True):
         assert row.ts == want["ts_ns"] and row.dur == want["dur_ns"]
         assert {c: getattr(row, c) for c in CATEGORIES} == {c: want[c] for c in CATEGORIES}
+
+
+def test_sum_by_window_equals_a_loop_over_segments() -> None:
+    from mlprof.analyzers.attribution import sum_by_window
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        left = np.sort(rng.integers(0, 1000, rng.integers(0, 300)))
+        width = rng.integers(0, 50, len(left))
+        label = rng.integers(0, 4, len(left))
+        cuts = np.sort(rng.choice(np.arange(-50, 1100), size=2 * rng.integers(1, 8), replace=False))
+        starts, ends = cuts[0::2], cuts[1::2]
+        if trial % 3 == 0:  # touching windows and an empty one
+            ends = np.concatenate([starts[1:], ends[-1:]])
+            ends[0] = starts[0]
+        elif trial % 5 == 0:  # overlapping windows: the last one starting at or before a segment takes it
+            ends = ends + 400
+        perm = rng.permutation(len(starts))
+        starts, ends = starts[perm], ends[perm]
+        expected = np.zeros((len(starts), 4), dtype=np.int64)
+        for x, w, lab in zip(left.tolist(), width.tolist(), label.tolist(), strict=True):
+            owners = [i for i in range(len(starts)) if starts[i] <= x]
+            if owners:
+                i = max(owners, key=lambda i: (starts[i], i))
+                if x < ends[i]:
+                    expected[i, lab] += w
+        assert np.array_equal(sum_by_window(left, width, label, 4, starts, ends), expected), trial
