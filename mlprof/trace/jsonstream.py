@@ -395,8 +395,6 @@ class _LooseEvent(msgspec.Struct, gc=False):
     ts: msgspec.Raw = RAW_NONE
     dur: msgspec.Raw = RAW_NONE
     id: msgspec.Raw = RAW_NONE
-    bp: msgspec.Raw = RAW_NONE
-    s: msgspec.Raw = RAW_NONE
     args: msgspec.Raw = RAW_NONE
 
 
@@ -475,8 +473,6 @@ def _event_from_raw(raw: msgspec.Raw) -> TraceEvent | None:
         ts=loose.ts,
         dur=loose.dur,
         id=_scalar(loose.id),
-        bp=_scalar(loose.bp),
-        s=_scalar(loose.s),
         args=args,
     )
 
