@@ -342,7 +342,7 @@ def _optimizer(ctx: FixContext[UnfusedOptimizerOptions]) -> ReplayGraph | None:
         return remove_host_time(g, s, e, keep.astype(np.int64))
     floor = ctx.opts.kernel_floor_us * 1000
     rng = np.searchsorted(s, _launch_ts(g)[idx], side="right") - 1
-    out = g.copy()
+    out = g.copy("g_dur", "g_gap")
     codes = g.g_name[idx]
     key = rng.astype(np.int64) * (int(codes.max()) + 1) + codes
     order = np.argsort(key, kind="stable")

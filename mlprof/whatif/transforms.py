@@ -90,14 +90,14 @@ def remove_host_time(
 
 def set_op_durations(graph: ReplayGraph, ops: np.ndarray, durations: np.ndarray) -> ReplayGraph:
     """Ops (indices into the graph's device arrays) take new durations (ns)."""
-    g = graph.copy()
+    g = graph.copy("g_dur")
     g.g_dur[ops] = np.maximum(np.rint(durations).astype(np.int64), 0)
     return g
 
 
 def drop_waits(graph: ReplayGraph, items: np.ndarray, own_ns: np.ndarray | int) -> ReplayGraph:
     """Host calls ``items`` no longer wait for the device; each takes ``own_ns`` of host time."""
-    g = graph.copy()
+    g = graph.copy("h_wait", "h_tail", "h_base")
     g.h_wait[items] = -1
     g.h_tail[items] = 0
     g.h_base[items] = np.broadcast_to(np.asarray(own_ns, dtype=np.int64), np.shape(items))
@@ -127,7 +127,7 @@ def detach_ops(graph: ReplayGraph, ops: np.ndarray) -> ReplayGraph:
 def merge_ops(graph: ReplayGraph, groups: list[np.ndarray], durations: np.ndarray) -> ReplayGraph:
     """Each group (ops on one stream, in order) becomes one op of the given duration, launched once:
     the other ops take no time and their launch calls cost the host nothing."""
-    g = graph.copy()
+    g = graph.copy("g_dur", "g_gap", "h_base")
     for members, dur in zip(groups, durations, strict=True):
         first, rest = int(members[0]), members[1:]
         g.g_dur[first] = max(round(float(dur)), 0)
@@ -143,7 +143,7 @@ def merge_ops(graph: ReplayGraph, groups: list[np.ndarray], durations: np.ndarra
 def set_latency(graph: ReplayGraph, ops: np.ndarray, latency_ns: int, gap_ns: int) -> ReplayGraph:
     """Launch-to-start latency of ``ops`` capped at ``latency_ns``; each op then costs ``gap_ns`` on its
     stream before it starts (the per-node cost of a CUDA graph), instead of its recorded residual."""
-    g = graph.copy()
+    g = graph.copy("g_lat", "g_gap")
     g.g_lat[ops] = np.minimum(g.g_lat[ops], latency_ns)
     g.g_gap[ops] = gap_ns
     return g
