@@ -21,6 +21,7 @@ import pytest
 from mlprof.analyzers.name_totals import KERNEL_FIRSTS, KERNEL_SUMS, OP_FIRSTS, OP_SUMS, job_name_totals
 from mlprof.engine.job import Kept
 from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_rank
+from mlprof.results import ReducedRank
 
 from conftest import external
 
@@ -103,12 +104,14 @@ def _make_rank_job() -> Any:
 
 def test_client_drops_views_and_graphs_of_a_job_it_will_not_replay(tmp_path: Path) -> None:
     """The generated job (DLRM rank 0 with every collective perturbed) replays 13% off its own recording on
-    each rank, so the job is not replayed: the client keeps no graph and no name view, about half of what a
-    rank task returns; the report's per-rank replay rows still come out of what is kept."""
+    each rank, so the job is not replayed: the client keeps no graph and no name view, less than half of what a
+    rank task returns, and its reduced tables compressed; the report's per-rank replay rows still come out of
+    what is kept."""
     template = external(f"{DLRM}/worker0_step_12.1694128201545.pt.trace.json")
     _make_rank_job().make_job(tmp_path, 3, 1, template=template, seed=1)
     partials = [reduce_rank(str(f), TaskOptions()) for f in sorted(tmp_path.glob("rank-*.json"))]
     rows = [p.replay.to_dict() for p in partials]
+    tables = [(p.analysis.trace.gpu, p.analysis.trace.collectives, p.analysis.trace.memory) for p in partials]
     full = [len(pickle.dumps(p)) for p in partials]
     assert not partials[0].replay.ok
     kept = Kept()
@@ -121,6 +124,13 @@ def test_client_drops_views_and_graphs_of_a_job_it_will_not_replay(tmp_path: Pat
             p.replay.graph.g_dur  # noqa: B018
         assert p.replay.to_dict() == row
         assert after_bytes < 0.5 * before_bytes
+    # the reduced tables are held compressed and read back as they were
+    for p, (gpu, collectives, memory) in zip(partials, tables, strict=True):
+        assert isinstance(p.analysis.trace, ReducedRank) and p.analysis.trace._tables is None
+        assert len(gpu) > 0
+        pd.testing.assert_frame_equal(p.analysis.trace.gpu, gpu)
+        pd.testing.assert_frame_equal(p.analysis.trace.collectives, collectives)
+        pd.testing.assert_frame_equal(p.analysis.trace.memory, memory)
     assert len(kept.kernels) > 50 and len(kept.ops) > 50
 
 

@@ -21,6 +21,7 @@ from mlprof.engine.executors import ProgressFn, default_jobs, run_dask, run_loca
 from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_rank, split_comm_wait, windows
 from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
+from mlprof.results import ReducedRank
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
@@ -86,6 +87,7 @@ class Kept:
 
     * the rank's kernel and op views are added to the job's totals
       (:class:`mlprof.analyzers.name_totals.NameTotals`) and dropped;
+    * the rank's reduced tables are held compressed (:meth:`mlprof.results.ReducedRank.pack`);
     * the rank's replay graph is dropped once any rank's own replay is not trusted (then the job is
       not replayed, :func:`mlprof.whatif.job.build_job`, and no prediction reads a graph); the graphs of
       a job whose every rank replays within the error bound are all kept: the job replay simulates the
@@ -99,6 +101,8 @@ class Kept:
 
     def keep(self, p: RankPartial) -> RankPartial:
         check_rank(p.analysis.trace.meta)  # the totals key on the rank
+        if isinstance(p.analysis.trace, ReducedRank):
+            p.analysis.trace.pack()
         views = p.analysis.name_views
         if views is not None:
             self.kernels.add(p.analysis.rank, views[0])

@@ -48,6 +48,7 @@ from mlprof.analyzers.temporal import TemporalBreakdown, temporal_breakdown
 from mlprof.engine.executors import ProgressFn, default_jobs, run_local
 from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_trace
 from mlprof.errors import BadInputError, UsageError
+from mlprof.results import ReducedRank
 from mlprof.rules.base import NS_PER_MS, Finding, RankContext, ms, top_ranges
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, run_rank
@@ -306,7 +307,8 @@ def _merge(
     meta = copy.deepcopy(first.trace.meta)
     meta.path, meta.json_bytes, meta.file_bytes, meta.num_events = str(path), json_bytes, file_bytes, events
     meta.notes = sorted({n for p in parts for n in p.analysis.trace.meta.notes})
-    trace = dataclasses.replace(first.trace, meta=meta)
+    assert isinstance(first.trace, ReducedRank)
+    trace = first.trace.with_meta(meta)
     steps = pd.concat([p.analysis.steps for p in parts], ignore_index=True)
     causes = pd.concat([p.analysis.causes for p in parts], ignore_index=True)
     t = [r.temporal for r in results]
