@@ -133,7 +133,8 @@ class RankAnalysis:
     holds only its communication kernels, so the window cannot be measured again from it."""
     name_views: tuple[pd.DataFrame, pd.DataFrame] | None = None
     """Kernels and CPU ops by name (:func:`mlprof.analyzers.name_totals.name_views`) measured on the full
-    trace by a per-rank task, for a rank kept reduced; None when the full trace is at hand."""
+    trace: by a per-rank task, for a rank kept reduced, and by :func:`mlprof.analysis.analyze_job` before
+    the causes and the replay (when the heap is smallest); None: the report measures them."""
     steady: SteadyState | None = None
     """Which steps are steady state and which were set aside (warm-up, outlier, partial) and why;
     ``steps`` holds only the steady ones (:mod:`mlprof.analyzers.steady_state`)."""
