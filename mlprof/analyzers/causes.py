@@ -44,7 +44,7 @@ from mlprof.analyzers.attention import attention_chains, chain_spans
 from mlprof.analyzers.attribution import CATEGORIES, Layer, build_layers, sum_by_window, sync_launch_drain
 from mlprof.analyzers.compiled import compile_facts
 from mlprof.analyzers.copies import copy_table, runtime_copy_direction
-from mlprof.analyzers.enclosing import innermost_enclosing
+from mlprof.analyzers.enclosing import RangeIndex
 from mlprof.analyzers.intervals import covered
 from mlprof.analyzers.kernels import in_windows, is_foreach_optimizer_kernel, kernel_classes, launch_times
 from mlprof.trace.memo import forget
@@ -168,12 +168,14 @@ def h2d_sync_mask(trace: Trace, sync_rt: pd.DataFrame, sync_dir: np.ndarray) -> 
     if len(h2d_calls) == 0:
         return mask
     host = trace.host
-    ops = host[host["cat"].isin(DISPATCH_CATS).to_numpy(dtype=bool) & ~name_mask(host["name"], SYNC_OPS)]
-    copy_parent = innermost_enclosing(*_qcols(h2d_calls), ops)
+    is_op = host["cat"].isin(DISPATCH_CATS).to_numpy(dtype=bool) & ~name_mask(host["name"], SYNC_OPS)
+    # The ops' columns, not a filtered copy of the host table (~20 MB on a 217 MB trace, at the causes' peak).
+    ops = RangeIndex(*(host[c].to_numpy(np.int64)[is_op] for c in ("ts", "end", "tid")))
+    copy_parent = ops.innermost(*_qcols(h2d_calls))
     parents = sorted_unique(copy_parent[copy_parent >= 0])
     if len(parents) == 0:
         return mask
-    sync_parent = innermost_enclosing(*_qcols(sync_rt), ops)
+    sync_parent = ops.innermost(*_qcols(sync_rt))
     return mask | ((sync_parent >= 0) & np.isin(sync_parent, parents))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mlprof.analyzers.enclosing import innermost_enclosing
+from mlprof.analyzers.enclosing import RangeIndex
 from mlprof.trace.vocabulary import DISPATCH_CATS
 
 DEVICE_TYPES = {0: "cpu", 1: "cuda"}
@@ -112,11 +112,16 @@ def live_sites(dev: pd.DataFrame, lo: int, hi: int, host: pd.DataFrame, top: int
     live = (size > 0) & ~freed_next & (ts >= lo) & (ts < hi)
     if not live.any():
         return []
-    ops = host[host["cat"].isin(DISPATCH_CATS)]
+    # The ops' columns and name codes, not a filtered copy of the host table with a string per row.
+    is_op = host["cat"].isin(DISPATCH_CATS).to_numpy(dtype=bool)
+    ops = RangeIndex(*(host[c].to_numpy(np.int64)[is_op] for c in ("ts", "end", "tid")))
     tid = ev["tid"].to_numpy(np.int64)[live]
-    parent = innermost_enclosing(ts[live], ts[live], tid, ops)
-    names = ops["name"].astype(str).to_numpy()
-    op_name = np.where(parent >= 0, names[np.maximum(parent, 0)] if len(names) else "", "(no enclosing op)")
+    parent = ops.innermost(ts[live], ts[live], tid)
+    column = host["name"]
+    names = column.array if isinstance(column.dtype, pd.CategoricalDtype) else column.astype("category").array
+    labels = np.append(names.categories.astype(str).to_numpy(dtype=object), np.nan)  # code -1: a missing name
+    codes = names.codes[is_op]
+    op_name = np.where(parent >= 0, labels[codes[np.maximum(parent, 0)]] if len(codes) else "", "(no enclosing op)")
     frame = pd.DataFrame({"op": op_name, "bytes": size[live]})
     grouped = frame.groupby("op").agg(total=("bytes", "sum"), n=("bytes", "size"))
     grouped = grouped.sort_values("total", ascending=False).head(top)
