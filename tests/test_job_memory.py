@@ -112,6 +112,7 @@ def test_client_drops_views_and_graphs_of_a_job_it_will_not_replay(tmp_path: Pat
     partials = [reduce_rank(str(f), TaskOptions()) for f in sorted(tmp_path.glob("rank-*.json"))]
     rows = [p.replay.to_dict() for p in partials]
     tables = [(p.analysis.trace.gpu, p.analysis.trace.collectives, p.analysis.trace.memory) for p in partials]
+    comm = [(p.signature, p.exposed_comm) for p in partials]
     full = [len(pickle.dumps(p)) for p in partials]
     assert not partials[0].replay.ok
     kept = Kept()
@@ -131,6 +132,13 @@ def test_client_drops_views_and_graphs_of_a_job_it_will_not_replay(tmp_path: Pat
         pd.testing.assert_frame_equal(p.analysis.trace.gpu, gpu)
         pd.testing.assert_frame_equal(p.analysis.trace.collectives, collectives)
         pd.testing.assert_frame_equal(p.analysis.trace.memory, memory)
+    for p, (signature, exposed) in zip(partials, comm, strict=True):
+        assert len(signature) > 0 and len(exposed[0]) > 0
+        got_signature, got_exposed = p.comm()
+        pd.testing.assert_frame_equal(got_signature, signature)
+        assert all(np.array_equal(a, b) for a, b in zip(got_exposed, exposed, strict=True))
+        with pytest.raises(RuntimeError, match="packed"):
+            p.signature.columns  # noqa: B018
     assert len(kept.kernels) > 50 and len(kept.ops) > 50
 
 

@@ -87,7 +87,8 @@ class Kept:
 
     * the rank's kernel and op views are added to the job's totals
       (:class:`mlprof.analyzers.name_totals.NameTotals`) and dropped;
-    * the rank's reduced tables are held compressed (:meth:`mlprof.results.ReducedRank.pack`);
+    * the rank's reduced tables, communication signature and exposed communication are held compressed
+      (:meth:`mlprof.results.ReducedRank.pack`, :meth:`RankPartial.pack`);
     * the rank's replay graph is dropped once any rank's own replay is not trusted (then the job is
       not replayed, :func:`mlprof.whatif.job.build_job`, and no prediction reads a graph); the graphs of
       a job whose every rank replays within the error bound are all kept: the job replay simulates the
@@ -103,6 +104,7 @@ class Kept:
         check_rank(p.analysis.trace.meta)  # the totals key on the rank
         if isinstance(p.analysis.trace, ReducedRank):
             p.analysis.trace.pack()
+        p.pack()
         views = p.analysis.name_views
         if views is not None:
             self.kernels.add(p.analysis.rank, views[0])
@@ -128,7 +130,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
     partials = _check_ranks(partials, path)
     config = options.config
     ranks = [p.analysis.rank for p in partials]
-    skew = match_collectives(ranks, [p.signature for p in partials]) if len(partials) > 1 else None
+    skew = match_collectives(ranks, [p.comm()[0] for p in partials]) if len(partials) > 1 else None
     contexts: list[RankContext] = []
     per_rank: list[list[Finding]] = []
     for p in partials:
@@ -136,7 +138,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         starts, ends = windows(ra)
         wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
         assert ra.causes is not None
-        ra.causes = split_comm_wait(ra.causes, p.exposed_comm, wait, starts, ends)
+        ra.causes = split_comm_wait(ra.causes, p.comm()[1], wait, starts, ends)
         ctx = RankContext(ra, ra.causes)
         ctx.verdicts.update(p.verdicts)
         found = registry_order([*p.findings, *run_rank(ctx, config, matched=True)])
@@ -150,7 +152,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         # A job's ranks are replayed together, coupled by their matched collectives (mlprof.whatif.job).
         replays = [p.replay for p in partials]
         specs = [c.gpu_spec for c in contexts]
-        signatures = [p.signature for p in partials]
+        signatures = [p.comm()[0] for p in partials]
         diagnosis.whatif = predict_job(diagnosis, replays, signatures, skew, specs, config)
     analyses = []
     for p, findings in zip(partials, diagnosis.per_rank, strict=True):
