@@ -68,7 +68,9 @@ def covered(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.ndar
         # A start opens every point from the first one at or after it; an end closes likewise.
         count = np.bincount(np.searchsorted(points, starts, side="left"), minlength=n + 1)
         count -= np.bincount(np.searchsorted(points, ends, side="left"), minlength=n + 1)
-        return np.cumsum(count[:n]) > 0
+        running = count[:n]
+        np.cumsum(running, out=running)
+        return running > 0
     opened = np.searchsorted(np.sort(starts), points, side="right")
     closed = np.searchsorted(np.sort(ends), points, side="right")
     return (opened - closed) > 0
