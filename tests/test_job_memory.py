@@ -134,7 +134,7 @@ def test_client_drops_views_and_graphs_of_a_job_it_will_not_replay(tmp_path: Pat
         pd.testing.assert_frame_equal(p.analysis.trace.memory, memory)
     for p, (signature, exposed) in zip(partials, comm, strict=True):
         assert len(signature) > 0 and len(exposed[0]) > 0
-        got_signature, got_exposed = p.comm()
+        got_signature, got_exposed = p.comm_signature(), p.exposed()
         pd.testing.assert_frame_equal(got_signature, signature)
         assert all(np.array_equal(a, b) for a, b in zip(got_exposed, exposed, strict=True))
         with pytest.raises(RuntimeError, match="packed"):

@@ -130,7 +130,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
     partials = _check_ranks(partials, path)
     config = options.config
     ranks = [p.analysis.rank for p in partials]
-    skew = match_collectives(ranks, [p.comm()[0] for p in partials]) if len(partials) > 1 else None
+    skew = match_collectives(ranks, [p.comm_signature() for p in partials]) if len(partials) > 1 else None
     contexts: list[RankContext] = []
     per_rank: list[list[Finding]] = []
     for p in partials:
@@ -138,7 +138,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         starts, ends = windows(ra)
         wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
         assert ra.causes is not None
-        ra.causes = split_comm_wait(ra.causes, p.comm()[1], wait, starts, ends)
+        ra.causes = split_comm_wait(ra.causes, p.exposed(), wait, starts, ends)
         ctx = RankContext(ra, ra.causes)
         ctx.verdicts.update(p.verdicts)
         found = registry_order([*p.findings, *run_rank(ctx, config, matched=True)])
@@ -152,7 +152,8 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         # A job's ranks are replayed together, coupled by their matched collectives (mlprof.whatif.job).
         replays = [p.replay for p in partials]
         specs = [c.gpu_spec for c in contexts]
-        signatures = [p.comm()[0] for p in partials]
+        # build_job reads them only when every rank's own replay is trusted (else the job is not replayed)
+        signatures = [p.comm_signature() for p in partials] if all(r.ok for r in replays) else []
         diagnosis.whatif = predict_job(diagnosis, replays, signatures, skew, specs, config)
     analyses = []
     for p, findings in zip(partials, diagnosis.per_rank, strict=True):

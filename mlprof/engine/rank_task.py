@@ -71,7 +71,8 @@ class RankPartial:
     replay: Any = None
     """The rank's replay graph and its check (:class:`mlprof.whatif.RankReplay`); it needs no trace."""
     packed: tuple[bytes, bytes] | None = field(default=None, repr=False)
-    """``signature`` and ``exposed_comm`` compressed (:meth:`pack`); read them with :meth:`comm`."""
+    """``signature`` and ``exposed_comm`` compressed (:meth:`pack`); read them with :meth:`comm_signature` and
+    :meth:`exposed`."""
 
     @property
     def rank(self) -> int | None:
@@ -79,16 +80,25 @@ class RankPartial:
 
     def pack(self) -> None:
         """Hold the signature and the exposed intervals compressed (~1.5 KB instead of ~12 KB: a job's client
-        keeps one partial per rank); :meth:`comm` reads them back, the fields then are an error to read."""
+        keeps one partial per rank); :meth:`comm_signature` and :meth:`exposed` read them back, the fields then
+        are an error to read."""
         if self.packed is None:
             self.packed = (_squeeze(self.signature), _squeeze(self.exposed_comm))
             self.signature = self.exposed_comm = _PACKED
 
-    def comm(self) -> tuple[pd.DataFrame, Intervals]:
-        """The communication signature and the exposed-communication intervals, packed or not."""
+    def comm_signature(self) -> pd.DataFrame:
+        """The communication signature, packed or not."""
         if self.packed is None:
-            return self.signature, self.exposed_comm
-        return pickle.loads(zlib.decompress(self.packed[0])), pickle.loads(zlib.decompress(self.packed[1]))
+            return self.signature
+        signature: pd.DataFrame = pickle.loads(zlib.decompress(self.packed[0]))
+        return signature
+
+    def exposed(self) -> Intervals:
+        """The exposed-communication intervals, packed or not."""
+        if self.packed is None:
+            return self.exposed_comm
+        exposed: Intervals = pickle.loads(zlib.decompress(self.packed[1]))
+        return exposed
 
 
 def _squeeze(value: Any) -> bytes:
@@ -99,7 +109,7 @@ class _Packed:
     """Stands for a field held packed (:meth:`RankPartial.pack`): reading it is a bug, and says so."""
 
     def __getattr__(self, name: str) -> Any:
-        raise RuntimeError(f"rank partial packed (RankPartial.pack): read .comm(), not the field (.{name})")
+        raise RuntimeError(f"rank partial packed (RankPartial.pack): read .comm_signature() or .exposed(), not .{name}")
 
     def __reduce__(self) -> str:
         return "_PACKED"

@@ -36,10 +36,10 @@ class ReducedRank:
     Allocated``; all the job-level advice reads). Anything else needs the full trace
     (:attr:`RankAnalysis.full_trace`).
 
-    A job's client holds one per rank: :meth:`pack` keeps the four tables as one compressed
-    pickle (~3 KB instead of ~35 KB of small DataFrames, mostly pandas' per-column overhead),
-    read back when asked for; the last rank read is kept unpacked, as the client reads one rank
-    at a time.
+    A job's client holds one per rank: :meth:`pack` keeps the four tables as compressed
+    pickles (~4 KB instead of ~35 KB of small DataFrames, mostly pandas' per-column overhead),
+    each read back when asked for; the last rank's tables read are kept, as the client reads one
+    rank at a time.
     """
 
     def __init__(
@@ -55,7 +55,7 @@ class ReducedRank:
         self.device_activity = device_activity
         """Whether the full trace had device activity (``gpu`` here holds only communication kernels)."""
         self._tables: tuple[pd.DataFrame, ...] | None = (gpu, collectives, memory, steps)
-        self._packed: bytes | None = None
+        self._packed: tuple[bytes, ...] | None = None
 
     def with_meta(self, meta: TraceMeta) -> ReducedRank:
         """The same tables with other metadata."""
@@ -64,44 +64,49 @@ class ReducedRank:
         return out
 
     def pack(self) -> None:
-        """Hold the tables compressed (read back on use; the tables do not change)."""
+        """Hold the tables compressed, each on its own (read back on use; the tables do not change)."""
         if self._tables is not None:
-            self._packed = zlib.compress(pickle.dumps(self._tables, protocol=pickle.HIGHEST_PROTOCOL), 1)
+            self._packed = tuple(
+                zlib.compress(pickle.dumps(t, protocol=pickle.HIGHEST_PROTOCOL), 1) for t in self._tables
+            )
             self._tables = None
 
-    def _get(self) -> tuple[pd.DataFrame, ...]:
+    def _get(self, i: int) -> pd.DataFrame:
         if self._tables is not None:
-            return self._tables
+            return self._tables[i]
         assert self._packed is not None
         global _LAST_UNPACKED
         if _LAST_UNPACKED is None or _LAST_UNPACKED[0] is not self:
-            _LAST_UNPACKED = (self, pickle.loads(zlib.decompress(self._packed)))
-        return _LAST_UNPACKED[1]
+            _LAST_UNPACKED = (self, {})
+        read = _LAST_UNPACKED[1]
+        if i not in read:
+            read[i] = pickle.loads(zlib.decompress(self._packed[i]))
+        return read[i]
 
     @property
     def gpu(self) -> pd.DataFrame:
         """Communication kernels only."""
-        return self._get()[0]
+        return self._get(0)
 
     @property
     def collectives(self) -> pd.DataFrame:
-        return self._get()[1]
+        return self._get(1)
 
     @property
     def memory(self) -> pd.DataFrame:
-        return self._get()[2]
+        return self._get(2)
 
     @property
     def steps(self) -> pd.DataFrame:
-        return self._get()[3]
+        return self._get(3)
 
     @property
     def has_device_activity(self) -> bool:
         return self.device_activity
 
 
-_LAST_UNPACKED: tuple[ReducedRank, tuple[pd.DataFrame, ...]] | None = None
-"""The packed rank read last and its tables (one slot: reading rank after rank holds one rank's tables)."""
+_LAST_UNPACKED: tuple[ReducedRank, dict[int, pd.DataFrame]] | None = None
+"""The packed rank read last and the tables read of it (one rank: reading rank after rank holds one rank's)."""
 
 
 @dataclass
