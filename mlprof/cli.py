@@ -317,13 +317,11 @@ def _indent(text: str) -> str:
     return "\n\n".join(out)
 
 
-def main(argv: list[str] | None = None, *, read_ahead: bool = False) -> int:
-    """Runs the app and turns errors into one line and an exit code.
+def main(argv: list[str] | None = None) -> int:
+    """Runs the app and turns errors into one line and an exit code (the process's entry is :mod:`mlprof.__main__`).
 
     The command is invoked without click's own ``main``, which turned a closed pipe into
-    exit 1 (the gate code) and Ctrl-C into a blank line before ours. ``read_ahead`` (the
-    ``mlprof`` process itself, not a caller in a bigger process): ``analyze`` of a small trace
-    file starts reading it in a forked process while the command imports (:func:`_read_ahead`).
+    exit 1 (the gate code) and Ctrl-C into a blank line before ours.
     """
     from mlprof.interrupts import (
         EXIT_INTERRUPTED,
@@ -340,8 +338,6 @@ def main(argv: list[str] | None = None, *, read_ahead: bool = False) -> int:
         with terminate_as_exception(), interrupts_kept():
             command = typer.main.get_command(app)
             args = list(sys.argv[1:] if argv is None else argv)
-            if read_ahead:
-                _read_ahead(command, args)
             with command.make_context("mlprof", args) as ctx:
                 result = command.invoke(ctx)  # a typer.Exit gives its code (a tripped gate exits 1)
     except MlprofError as exc:
@@ -368,51 +364,6 @@ def main(argv: list[str] | None = None, *, read_ahead: bool = False) -> int:
         _error(f"internal error: {type(exc).__name__}: {exc} (set MLPROF_DEBUG=1 for a traceback; please report it)")
         return 3
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
-
-
-def _read_ahead(command: Any, args: list[str]) -> None:
-    """``mlprof analyze FILE``: start reading a small trace in a forked process (:mod:`mlprof.trace.prefetch`).
-
-    The file is found in ``args`` from the command's own options (which take a value); anything
-    unusual (an unknown option, two paths, ``--help``, ``--low-memory``, ``--jobs 1``) reads nothing ahead.
-    """
-    if not args or args[0] != "analyze" or os.environ.get("MLPROF_NO_READ_AHEAD"):
-        return
-    params = getattr(command, "commands", {}).get("analyze")
-    if params is None:
-        return
-    takes_value: dict[str, str] = {}
-    flags: set[str] = set()
-    for param in params.params:
-        for opt in getattr(param, "opts", []):
-            if opt.startswith("-"):
-                if getattr(param, "is_flag", False):
-                    flags.add(opt)
-                else:
-                    takes_value[opt] = param.name
-    paths: list[str] = []
-    values: dict[str, str] = {}
-    rest = iter(args[1:])
-    for token in rest:
-        if token == "--":
-            paths.extend(rest)
-        elif token in flags:
-            if token == "--low-memory":
-                return
-        elif token in takes_value:
-            values[takes_value[token]] = next(rest, "")
-        elif token.startswith("-") and token != "-":
-            name, eq, value = token.partition("=")
-            if not eq or name not in takes_value:
-                return  # --help, a short option with its value attached, a typo: typer will say
-            values[takes_value[name]] = value
-        else:
-            paths.append(token)
-    if len(paths) != 1 or values.get("jobs", "").strip() == "1":
-        return
-    from mlprof.trace import prefetch
-
-    prefetch.start(paths[0])
 
 
 def _pipe_closed_in_rich(self: Console) -> None:
@@ -451,15 +402,6 @@ def _error(message: str) -> None:
 
 
 def run() -> None:
-    """Entry point of the ``mlprof`` console script and ``python -m mlprof``.
-
-    At exit the interpreter's last garbage collections walk every object the command made
-    (pandas, the analysis): 0.05-0.15 s of a 0.7 s ``mlprof analyze`` on a small trace. The
-    process ends right after, so its objects are frozen (never collected) instead; exit
-    handlers and file closing still run.
-    """
-    code = main(read_ahead=True)
-    import gc
-
-    gc.freeze()
-    raise SystemExit(code)
+    """The ``mlprof`` console script of installs made before it moved to :func:`mlprof.__main__.run`
+    (which reads a small trace ahead and skips the exit's garbage collection)."""
+    raise SystemExit(main())

@@ -14,7 +14,8 @@ import psutil
 import pytest
 import typer
 
-from mlprof.cli import _read_ahead, app
+from mlprof.__main__ import ANALYZE_FLAGS, ANALYZE_VALUE_OPTIONS, trace_to_read_ahead
+from mlprof.cli import app
 from mlprof.errors import BadInputError
 from mlprof.trace import load_trace, prefetch
 from mlprof.trace.build import TableBuilder
@@ -109,9 +110,7 @@ def test_only_small_trace_files_are_read_ahead(tmp_path: Path, monkeypatch: pyte
 
 
 def test_the_cli_finds_the_trace_among_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[str] = []
-    monkeypatch.setattr(prefetch, "start", started.append)
-    command = typer.main.get_command(app)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.2, 0.2))  # an idle machine
     cases = {
         ("analyze", "t.json"): "t.json",
         ("analyze", "-f", "json", "--set", "DATA001.min_share=0.1", "t.json", "--top", "5"): "t.json",
@@ -120,6 +119,7 @@ def test_the_cli_finds_the_trace_among_the_options(monkeypatch: pytest.MonkeyPat
         ("analyze", "--jobs", "2", "t.json"): "t.json",
         ("analyze", "--jobs", "1", "t.json"): None,  # one process asked for
         ("analyze", "--jobs=1", "t.json"): None,
+        ("analyze", "-j", "1", "t.json"): None,
         ("analyze", "--low-memory", "t.json"): None,
         ("analyze", "--help"): None,
         ("analyze", "-fjson", "t.json"): None,  # a form not parsed here: typer decides
@@ -128,16 +128,39 @@ def test_the_cli_finds_the_trace_among_the_options(monkeypatch: pytest.MonkeyPat
         ("analyze",): None,
     }
     for args, expected in cases.items():
-        started.clear()
-        _read_ahead(command, list(args))
-        assert started == ([expected] if expected else []), args
+        assert trace_to_read_ahead(list(args)) == expected, args
+    monkeypatch.setenv("MLPROF_READ_AHEAD", "0")
+    assert trace_to_read_ahead(["analyze", "t.json"]) is None
+
+
+def test_no_read_ahead_without_an_idle_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.4, 0.0, 0.0))
+    assert trace_to_read_ahead(["analyze", "t.json"]) is None
+    monkeypatch.setenv("MLPROF_READ_AHEAD", "1")  # asked for: read ahead all the same
+    assert trace_to_read_ahead(["analyze", "t.json"]) == "t.json"
+    monkeypatch.delenv("MLPROF_READ_AHEAD")
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.6, 0.0, 0.0))
+    assert trace_to_read_ahead(["analyze", "t.json"]) == "t.json"
+
+
+def test_the_scan_knows_every_option_of_analyze() -> None:
+    """The argv scan runs before typer is imported, from its own list of analyze's options."""
+    command = typer.main.get_command(app).commands["analyze"]  # type: ignore[attr-defined]
+    takes_value, flags = set(), set()
+    for param in command.params:
+        opts = [o for o in param.opts if o.startswith("-")]
+        (flags if getattr(param, "is_flag", False) else takes_value).update(opts)
+    assert takes_value == ANALYZE_VALUE_OPTIONS
+    assert flags == ANALYZE_FLAGS
 
 
 def _mlprof(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``python -m mlprof ARGS``, reading ahead unless ``env`` says otherwise."""
     return subprocess.run(
         [sys.executable, "-m", "mlprof", *args],
         capture_output=True,
-        env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)},
+        env={**os.environ, "MLPROF_READ_AHEAD": "1", **(env or {}), "PYTHONPATH": str(REPO)},
         timeout=120,
     )
 
@@ -146,7 +169,7 @@ def _mlprof(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_cli_report_is_the_same_with_and_without_read_ahead(relative: str) -> None:
     path = str(SAMPLES / relative)
     with_ra = _mlprof("analyze", path, "--format", "json")
-    without = _mlprof("analyze", path, "--format", "json", env={"MLPROF_NO_READ_AHEAD": "1"})
+    without = _mlprof("analyze", path, "--format", "json", env={"MLPROF_READ_AHEAD": "0"})
     assert with_ra.returncode == without.returncode == 0, with_ra.stderr
     assert with_ra.stdout == without.stdout and with_ra.stderr == without.stderr
 
@@ -160,7 +183,7 @@ def test_signal_while_reading_ahead_leaves_no_process(sig: signal.Signals, code:
         [sys.executable, "-m", "mlprof", "analyze", str(path), "--format", "json"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "MLPROF_READ_AHEAD": "1", "PYTHONPATH": str(REPO)},
         start_new_session=True,
     )
     parent = psutil.Process(proc.pid)

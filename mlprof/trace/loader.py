@@ -21,7 +21,8 @@ from mlprof.trace.memory import release_freed_memory
 from mlprof.trace.model import DeviceInfo, Trace, TraceMeta
 from mlprof.trace.nsys import REPORT_SUFFIXES as NSYS_REPORT_SUFFIXES
 from mlprof.trace.nsys import load_nsys
-from mlprof.trace.parallel import PARALLEL_MIN_JSON_BYTES, SliceFailed, default_workers, read_parallel
+from mlprof.trace.parallel import SliceFailed, default_workers, read_parallel
+from mlprof.trace.sizes import PARALLEL_MIN_JSON_BYTES, expected_json_bytes
 from mlprof.trace.steps import find_steps
 
 TRACE_SUFFIXES = (".json", ".json.gz", ".gz")
@@ -116,8 +117,7 @@ def _read_tables(
 
 
 def _expected_json_bytes(path: Path) -> int:
-    size = path.stat().st_size
-    return size * 10 if is_gzip(path) else size  # Kineto JSON gzips about 10-20x
+    return expected_json_bytes(path.stat().st_size, is_gzip(path))
 
 
 def _exists(path: Path) -> bool:

@@ -28,8 +28,6 @@ from mlprof.trace.jsonstream import (
     read_trace_events,
 )
 
-PARALLEL_MIN_JSON_BYTES = 48 << 20
-
 
 class SliceFailed(Exception):
     """A textual cut did not decode; read the file sequentially instead."""

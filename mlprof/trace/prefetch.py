@@ -3,9 +3,11 @@
 On a small trace the command's wall time is mostly start-up: the interpreter, typer, numpy,
 pandas and the analysis modules take ~0.4 s before the trace's first byte is read, and the
 read (~0.2 s for a 35 MB trace) follows them on one core. The CLI calls :func:`start` first
-thing: a child forked from the bare interpreter imports only numpy and msgspec, decodes the
-file into columns (the same :class:`~mlprof.trace.build.TableBuilder` as a plain read) and
-sends them back through a pipe, so on a second core the read overlaps the imports.
+thing, before numpy is imported: the fork is of a small, single-threaded process (few pages
+for either side to copy on write), and the child imports the reader (numpy, msgspec),
+decodes the file into columns (the same :class:`~mlprof.trace.build.TableBuilder` as a plain
+read) and sends them back through a pipe, so on a second core the read overlaps the
+parent's imports of numpy, pandas and the analysis.
 :func:`take` in the loader picks the columns up if they are for the same file (device, inode,
 size and modification time), and otherwise a plain read happens as before. Anything that goes
 wrong in the child (a bad file, an interrupt) only means the main process reads the file
@@ -28,14 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlprof.trace.sizes import PARALLEL_MIN_JSON_BYTES, expected_json_bytes
+
 if TYPE_CHECKING:  # nothing but the standard library before the fork: the child imports what it needs
     from mlprof.trace.build import TableBuilder
     from mlprof.trace.jsonstream import StreamStats
 
 PREFETCH_MAX_FILE_BYTES = 16 << 20
 """Largest file (bytes on disk) read ahead: larger ones show a progress bar, which the child cannot draw."""
-_GZIP_RATIO_GUESS = 10
-"""Kineto JSON gzips 10-20x (as :func:`mlprof.trace.loader._expected_json_bytes` guesses)."""
 
 
 @dataclass
@@ -61,8 +63,6 @@ def _identity(path: str | Path) -> tuple[int, int, int, int] | None:
 
 def _worth_reading(path: str, size: int) -> bool:
     """A JSON or gzip file small enough for one process (not SQLite, zip, a counters CSV ...)."""
-    from mlprof.trace.parallel import PARALLEL_MIN_JSON_BYTES
-
     if size == 0 or size > PREFETCH_MAX_FILE_BYTES:
         return False
     try:
@@ -70,9 +70,10 @@ def _worth_reading(path: str, size: int) -> bool:
             head = fh.read(64)
     except OSError:
         return False
-    if head.startswith(b"\x1f\x8b"):
-        return size * _GZIP_RATIO_GUESS < PARALLEL_MIN_JSON_BYTES
-    return head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"[") and size < PARALLEL_MIN_JSON_BYTES
+    gzipped = head.startswith(b"\x1f\x8b")
+    if not gzipped and head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] not in (b"{", b"["):
+        return False
+    return expected_json_bytes(size, gzipped) < PARALLEL_MIN_JSON_BYTES
 
 
 def start(path: str) -> bool:
@@ -83,19 +84,21 @@ def start(path: str) -> bool:
     identity = _identity(path)
     if identity is None or not _worth_reading(path, identity[2]):
         return False
-    from mlprof.interrupts import signals_deferred
-
     read_fd, write_fd = os.pipe()
+    # Ctrl-C and SIGTERM held back over the fork (as interrupts.signals_deferred): one landing
+    # mid-fork is raised just after it, in the parent, not in an at-fork hook that drops it.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        with signals_deferred():  # a Ctrl-C landing mid-fork is raised after it, in the parent
-            pid = os.fork()
+        pid = os.fork()
     except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(read_fd)
         os.close(write_fd)
         return False
     if pid == 0:  # pragma: no cover - the child's coverage is not collected (it leaves by os._exit)
         os.close(read_fd)
         _child(path, write_fd)
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
     os.close(write_fd)
     _pending = _Pending(identity, pid, read_fd)
     atexit.register(_discard)
