@@ -59,8 +59,12 @@ def trace_to_read_ahead(args: list[str]) -> str | None:
 
 
 def _idle_core() -> bool:
+    """Whether the 1-minute load average leaves a core idle (False where there is none: Windows)."""
+    getloadavg = getattr(os, "getloadavg", None)
+    if getloadavg is None:
+        return False
     try:
-        return os.getloadavg()[0] <= (os.cpu_count() or 1) - 0.5
+        return bool(getloadavg()[0] <= (os.cpu_count() or 1) - 0.5)
     except OSError:
         return False
 

@@ -142,6 +142,8 @@ def test_no_read_ahead_without_an_idle_core(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("MLPROF_READ_AHEAD")
     monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.6, 0.0, 0.0))
     assert trace_to_read_ahead(["analyze", "t.json"]) == "t.json"
+    monkeypatch.delattr(os, "getloadavg")  # as on Windows (no fork there either)
+    assert trace_to_read_ahead(["analyze", "t.json"]) is None
 
 
 def test_the_scan_knows_every_option_of_analyze() -> None:
