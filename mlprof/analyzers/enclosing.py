@@ -14,6 +14,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from mlprof.trace.numbers import sorted_unique
+
 MAX_STEPS_BACK = 512
 """Siblings skipped while looking for the parent; deeper searches give up (-1)."""
 
@@ -140,7 +142,7 @@ def _search_pairs(tids: np.ndarray, times: np.ndarray, tid: np.ndarray, ts: np.n
     lo = np.searchsorted(tids, tid, side="left")
     hi = np.searchsorted(tids, tid, side="right")
     pos = np.full(len(tid), -1, dtype=np.int64)
-    for t in np.unique(tid):
+    for t in sorted_unique(tid):
         sel = tid == t
         a, b = lo[sel][0], hi[sel][0]
         pos[sel] = a + np.searchsorted(times[a:b], ts[sel], side="right") - 1

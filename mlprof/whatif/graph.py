@@ -42,6 +42,7 @@ from mlprof.analyzers.data_parallel import overhead_spans as dp_overhead_spans
 from mlprof.analyzers.intervals import merge
 from mlprof.analyzers.kernels import is_foreach_optimizer_kernel, is_misaligned_gemm, kernel_classes
 from mlprof.trace.model import Trace
+from mlprof.trace.numbers import sorted_unique
 from mlprof.trace.vocabulary import (
     ALLOC_RUNTIME,
     DATALOADER,
@@ -199,9 +200,10 @@ def build_graph(trace: Trace) -> ReplayGraph:
     is_sync = name_mask(names, SYNC_RUNTIME) if names is not None else np.zeros(0, dtype=bool)
     is_launch = name_mask(names, LAUNCH_RUNTIME) if names is not None else np.zeros(0, dtype=bool)
     is_alloc = name_mask(names, ALLOC_RUNTIME) if names is not None else np.zeros(0, dtype=bool)
-    launched_corr = np.unique(g_corr[g_corr > 0])
+    # sorted_unique, not np.unique: numpy's hash-based unique took 0.23 s for the 423 k ids of a 1 GB trace
+    launched_corr = sorted_unique(g_corr[g_corr > 0])
     has_op = (r_corr > 0) & np.isin(r_corr, launched_corr)
-    active_threads = np.unique(r_tid[has_op | is_sync])
+    active_threads = sorted_unique(r_tid[has_op | is_sync])
     keep = np.isin(r_tid, active_threads)
     h_row = np.flatnonzero(keep)
     h_row = h_row[np.lexsort((r_end[h_row], r_ts[h_row]))]
