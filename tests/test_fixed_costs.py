@@ -286,3 +286,21 @@ def test_correlation_joins_equal_the_pandas_joins(relative: str) -> None:
     assert copies["name"].tolist() == memcpy["name"].astype(str).tolist()
     assert copies["ts"].tolist() == memcpy["ts"].tolist()
     assert copies["correlation"].tolist() == memcpy["correlation"].tolist()
+
+
+def test_innermost_enclosing_with_times_too_far_apart_for_combined_keys() -> None:
+    # Thread rank * time span would overflow int64: the search falls back to one search per thread.
+    far = 4 * 10**18
+    ranges = pd.DataFrame(
+        {
+            "ts": [0, 5, far, far + 5, 10, 2, far + 1],
+            "end": [100, 8, far + 100, far + 8, 20, 3, far + 2],
+            "tid": [1, 1, 1, 1, 2, 3, 3],
+        }
+    )
+    q_ts = np.array([6, far + 6, 15, 2, far + 1, 50, far + 200, -5])
+    q_end = q_ts + 1
+    q_tid = np.array([1, 1, 2, 3, 3, 1, 1, 2])
+    got = innermost_enclosing(q_ts, q_end, q_tid, ranges)
+    assert np.array_equal(got, _innermost_reference(q_ts, q_end, q_tid, ranges))
+    assert got.tolist() == [1, 3, 4, 5, 6, 0, -1, -1]

@@ -138,10 +138,30 @@ def _nearest_back(
 
 
 def _search_pairs(tids: np.ndarray, times: np.ndarray, tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """searchsorted on (tid, ts) pairs sorted by tid then ts, ``side="right"`` minus one."""
+    """searchsorted on (tid, ts) pairs sorted by tid then ts, ``side="right"`` minus one; -1 where no
+    range of the query's thread starts at or before it.
+
+    One search of combined keys (thread rank * span + time from the earliest) instead of one masked
+    search per thread (~0.2 s of the name views on a 1 GB trace); the loop where the keys would not
+    fit in int64.
+    """
+    pos = np.full(len(tid), -1, dtype=np.int64)
+    if len(tids) == 0 or len(tid) == 0:
+        return pos
+    threads = sorted_unique(tids)
+    earliest = min(int(times.min()), int(ts.min()))
+    span = max(int(times.max()), int(ts.max())) - earliest + 1
+    if span * (len(threads) + 1) < 1 << 62:
+        rank = np.searchsorted(threads, tid)
+        known = (rank < len(threads)) & (threads[np.minimum(rank, len(threads) - 1)] == tid)
+        keys = np.searchsorted(threads, tids) * span + (times - earliest)
+        found = np.searchsorted(keys, rank * span + (ts - earliest), side="right") - 1
+        ok = known & (found >= 0)
+        ok[ok] &= tids[found[ok]] == tid[ok]  # else the last range before it is another thread's
+        pos[ok] = found[ok]
+        return pos
     lo = np.searchsorted(tids, tid, side="left")
     hi = np.searchsorted(tids, tid, side="right")
-    pos = np.full(len(tid), -1, dtype=np.int64)
     for t in sorted_unique(tid):
         sel = tid == t
         a, b = lo[sel][0], hi[sel][0]
