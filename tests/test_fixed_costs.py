@@ -304,3 +304,28 @@ def test_innermost_enclosing_with_times_too_far_apart_for_combined_keys() -> Non
     got = innermost_enclosing(q_ts, q_end, q_tid, ranges)
     assert np.array_equal(got, _innermost_reference(q_ts, q_end, q_tid, ranges))
     assert got.tolist() == [1, 3, 4, 5, 6, 0, -1, -1]
+
+
+def test_most_frequent_value_per_op_name_equals_the_groupby_formula() -> None:
+    from mlprof.analyzers.name_totals import _most_frequent
+
+    rng = np.random.default_rng(11)
+    labels = ["", "a.py(1): f", "b.py(2): g", "c.py(3): h", "[[1, 2]]"]
+    for _ in range(30):
+        n_rows, n_names = int(rng.integers(1, 200)), int(rng.integers(1, 6))
+        values = pd.Categorical.from_codes(rng.integers(-1, len(labels), n_rows), categories=labels)
+        is_op = rng.random(n_rows) < 0.8
+        o_codes_all = rng.integers(0, n_names, n_rows)
+        o_in = rng.random(int(is_op.sum())) < 0.9
+        o_codes = o_codes_all[is_op][o_in]
+        # The formula it replaced: groupby in order of appearance, stable sort by count, first per name.
+        codes = values.codes[is_op][o_in]
+        known = codes >= 0
+        expected = np.full(n_names, None, dtype=object)
+        if known.any():
+            pairs = pd.DataFrame({"o": o_codes[known], "s": codes[known]})
+            common = pairs.groupby(["o", "s"], sort=False).size().reset_index(name="n")
+            common = common.sort_values("n", ascending=False, kind="stable").drop_duplicates("o")
+            expected[common["o"].to_numpy()] = np.array(labels, dtype=object)[common["s"].to_numpy()]
+        expected[expected == ""] = None
+        assert _most_frequent(values, is_op, o_codes, o_in, n_names).tolist() == expected.tolist()

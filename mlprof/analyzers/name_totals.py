@@ -238,11 +238,17 @@ def _most_frequent(
     codes = values.codes[is_op][o_in]
     known = codes >= 0
     if known.any():
-        pairs = pd.DataFrame({"o": o_codes[known], "s": codes[known]})
-        common = pairs.groupby(["o", "s"], sort=False).size().reset_index(name="n")
-        common = common.sort_values("n", ascending=False, kind="stable").drop_duplicates("o")
+        # Per op name the value seen most often; of equal counts, the (name, value) pair seen first (what
+        # groupby(sort=False).size() then a stable sort by count and drop_duplicates gave, without frames).
+        n_values = len(values.categories)
+        pair, first, count = np.unique(
+            o_codes[known].astype(np.int64) * n_values + codes[known], return_index=True, return_counts=True
+        )
+        name = pair // n_values
+        order = np.lexsort((first, -count, name))
+        top = order[np.concatenate([[True], name[order][1:] != name[order][:-1]])]
         labels = values.categories.astype(str).to_numpy()
-        out[common["o"].to_numpy()] = labels[common["s"].to_numpy()]
+        out[name[top]] = labels[pair[top] % n_values]
     out[out == ""] = None
     return out
 
