@@ -6,7 +6,8 @@ fresh process, the trees alternating run by run so they see the same load on a s
 process tree is sampled every ``--every`` seconds with psutil:
 
 * **coordinator RSS**: the ``mlprof`` process itself, which holds every rank's reduced result and
-  runs the cross-rank reduction (what must stay flat in the number of ranks);
+  runs the cross-rank reduction (what must stay flat in the number of ranks), and its CPU seconds
+  (user + system, last sample): on a machine with as many cores as workers they add to the wall time;
 * **worker RSS**: the largest single worker process;
 * **tree PSS**: the whole tree, pages shared by the forked workers counted once
   (what ``bench_load.measure`` reports as peak memory).
@@ -54,9 +55,12 @@ def run_once(tree: Path, job: Path, jobs: int, out: Path, every: float) -> dict[
     proc = subprocess.Popen(cmd, env=env, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ps = psutil.Process(proc.pid)
     coord = worker = tree_pss = 0
+    cpu = 0.0
     while proc.poll() is None:
         try:
             coord = max(coord, ps.memory_info().rss)
+            times = ps.cpu_times()
+            cpu = times.user + times.system
             children = ps.children(recursive=True)
         except psutil.Error:
             break
@@ -76,6 +80,7 @@ def run_once(tree: Path, job: Path, jobs: int, out: Path, every: float) -> dict[
     return {
         "wall_s": wall,
         "coordinator_mb": coord / MB,
+        "coordinator_cpu_s": cpu,
         "worker_mb": worker / MB,
         "tree_pss_mb": tree_pss / MB,
         "load": (load0, os.getloadavg()[0]),
@@ -102,7 +107,7 @@ def main() -> None:
                     rows.append(r)
                     print(
                         f"{job.name:12s} {tree!s:28s} wall {r['wall_s']:7.1f} s"
-                        f"  coordinator {r['coordinator_mb']:6.0f} MB"
+                        f"  coordinator {r['coordinator_mb']:6.0f} MB {r['coordinator_cpu_s']:5.1f} CPU s"
                         f"  worker {r['worker_mb']:6.0f} MB  tree PSS {r['tree_pss_mb']:6.0f} MB"
                         f"  load {r['load'][0]:.1f} -> {r['load'][1]:.1f}",
                         flush=True,

@@ -291,8 +291,9 @@ class NameTotals:
         self._grow(len(self.index))
         key = (np.int64(rank) << np.int64(32)) + np.arange(len(view), dtype=np.int64)
         np.minimum.at(self._first, idx, key)
-        np.add.at(self._sum, idx, view[self.sums].to_numpy(np.int64))
-        total = view["total_ns"].to_numpy(np.int64)
+        sums = np.column_stack([view[c].to_numpy(np.int64) for c in self.sums])  # (view[list]: ~1 ms a call)
+        np.add.at(self._sum, idx, sums)
+        total = sums[:, self.sums.index("total_ns")]
         order = np.lexsort((key, -total))  # per name, its row with the most time, the first such
         _, first = np.unique(idx[order], return_index=True)
         rows = order[first]
