@@ -278,18 +278,23 @@ class NameTotals:
         self._first = np.zeros(0, dtype=np.int64)
         self._best = np.zeros(0, dtype=np.int64)
         self._best_key = np.zeros(0, dtype=np.int64)
+        self._best_rank = np.zeros(0, dtype=object)
         self._best_values = np.zeros((0, len(firsts)), dtype=object)
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def add(self, rank: int, view: pd.DataFrame) -> None:
-        """Fold in one rank's view (a frame of ``name``, ``sums`` and ``firsts``)."""
+    def add(self, rank: int, view: pd.DataFrame, position: int | None = None) -> None:
+        """Fold in one rank's view (a frame of ``name``, ``sums`` and ``firsts``).
+
+        ``position``: where the rank comes in the job's rank order (0..2**31-1; default the rank itself, which
+        a job's ranks are checked to fit); ``rank`` is only reported (``worst_rank``), whatever its size."""
         if len(view) == 0:
             return
         idx = np.array([self.index.setdefault(n, len(self.index)) for n in view["name"].tolist()], dtype=np.int64)
         self._grow(len(self.index))
-        key = (np.int64(rank) << np.int64(32)) + np.arange(len(view), dtype=np.int64)
+        at_rank = rank if position is None else position
+        key = (np.int64(at_rank) << np.int64(32)) + np.arange(len(view), dtype=np.int64)
         np.minimum.at(self._first, idx, key)
         sums = np.column_stack([view[c].to_numpy(np.int64) for c in self.sums])  # (view[list]: ~1 ms a call)
         np.add.at(self._sum, idx, sums)
@@ -302,6 +307,7 @@ class NameTotals:
         rows, at = rows[better], at[better]
         self._best[at] = total[rows]
         self._best_key[at] = key[rows]
+        self._best_rank[at] = rank
         for j, column in enumerate(self.firsts):
             values = np.empty(len(view), dtype=object)
             values[:] = view[column].tolist()
@@ -317,6 +323,7 @@ class NameTotals:
         self._first = np.concatenate([self._first, np.full(extra, np.iinfo(np.int64).max, dtype=np.int64)])
         self._best = np.concatenate([self._best, np.full(extra, np.iinfo(np.int64).min, dtype=np.int64)])
         self._best_key = np.concatenate([self._best_key, np.full(extra, np.iinfo(np.int64).max, dtype=np.int64)])
+        self._best_rank = np.concatenate([self._best_rank, np.full(extra, None, dtype=object)])
         self._best_values = np.concatenate([self._best_values, np.full((extra, len(self.firsts)), None, dtype=object)])
 
     def table(self, n_ranks: int) -> pd.DataFrame:
@@ -333,13 +340,15 @@ class NameTotals:
             table[column] = self._sum[:n, j][order] / n_ranks
         for j, column in enumerate(self.firsts):
             table[column] = pd.Series(self._best_values[:n, j][order], dtype=object)
-        table["worst_rank"] = self._best_key[:n][order] >> np.int64(32)
+        table["worst_rank"] = pd.Series(self._best_rank[:n][order], dtype=object)
         table["worst_total_ns"] = self._best[:n][order]
         return table.sort_values("total_ns", ascending=False, kind="stable").reset_index(drop=True)
 
     def nbytes(self) -> int:
         """Bytes held by the arrays (not the names): grows with the names, never with the ranks."""
-        return sum(a.nbytes for a in (self._sum, self._first, self._best, self._best_key, self._best_values))
+        return sum(
+            a.nbytes for a in (self._sum, self._first, self._best, self._best_key, self._best_rank, self._best_values)
+        )
 
 
 def job_name_totals() -> tuple[NameTotals, NameTotals]:

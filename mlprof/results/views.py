@@ -34,10 +34,10 @@ def _job_totals(analysis: Analysis) -> tuple[NameTotals, NameTotals]:
     if analysis.name_totals is not None:
         return analysis.name_totals
     kernels, ops = job_name_totals()
-    for ra in analysis.ranks:
+    for position, ra in enumerate(analysis.ranks):  # in rank order
         k, o = ra.name_views if ra.name_views is not None else name_views(ra)
-        kernels.add(ra.rank, k)
-        ops.add(ra.rank, o)
+        kernels.add(ra.rank, k, position)
+        ops.add(ra.rank, o, position)
     return kernels, ops
 
 
