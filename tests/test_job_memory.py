@@ -8,9 +8,13 @@ DLRM job's views; the sizes are measured (bytes held, pickled sizes), not assume
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
+import os
 import pickle
 import random
 import sys
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,8 @@ from mlprof.analyzers.name_totals import KERNEL_FIRSTS, KERNEL_SUMS, OP_FIRSTS, 
 from mlprof.engine.job import Kept
 from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_rank
 from mlprof.results import ReducedRank
+from mlprof.results import spill as spill_module
+from mlprof.results.spill import spill
 
 from conftest import external
 
@@ -149,3 +155,58 @@ def test_client_keeps_the_graphs_of_a_job_it_replays(dlrm_partials: list[RankPar
         assert p.replay.ok
         kept.keep(p)
         assert p.replay.graph.n_gpu > 0
+
+
+def test_kept_tables_live_in_an_anonymous_spill_file_not_in_memory(dlrm_partials: list[RankPartial]) -> None:
+    """What the client keeps packed is written to one unnamed temporary file (nothing named appears in the
+    temporary directory), holds no bytes in memory, and reads back equal, also after pickling the partial."""
+    partials = [pickle.loads(pickle.dumps(p)) for p in dlrm_partials[:2]]
+    truth = [(p.analysis.trace.gpu, p.analysis.trace.steps, p.signature, p.exposed_comm) for p in partials]
+    tmp = Path(tempfile.gettempdir())
+    named_before = set(tmp.iterdir())
+    kept = Kept()
+    for p in partials:
+        kept.keep(p)
+    assert set(tmp.iterdir()) == named_before  # anonymous: deleted by the OS, nothing left on Ctrl-C
+    for p, (gpu, steps, signature, exposed) in zip(partials, truth, strict=True):
+        spilled = [*p.analysis.trace._packed, *p.packed]
+        assert all(not s.in_memory for s in spilled)
+        # the file holds the compressed pickle of the signature (the fifth value kept)
+        assert spilled[4].raw() == zlib.compress(pickle.dumps(signature, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        pd.testing.assert_frame_equal(p.analysis.trace.gpu, gpu)
+        pd.testing.assert_frame_equal(p.analysis.trace.steps, steps)
+        again = pickle.loads(pickle.dumps(p))  # carries the bytes, spilled again in this process
+        pd.testing.assert_frame_equal(again.comm_signature(), signature)
+        assert all(np.array_equal(a, b) for a, b in zip(again.exposed(), exposed, strict=True))
+
+
+def test_spill_file_read_in_a_forked_child_and_kept_in_memory_without_a_temp_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forked worker reads values spilled before the fork and spills into a file of its own; where no
+    temporary file can be made (the temporary directory does not exist) the bytes stay in memory, equal."""
+    global _SPILLED_BEFORE_FORK
+    value = {"a": np.arange(1000, dtype=np.int64), "b": "x" * 500}
+    _SPILLED_BEFORE_FORK = before = spill(value)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply(_read_inherited_and_spill_in_child)
+    assert np.array_equal(got["a"], value["a"]) and got["b"] == value["b"]
+    assert np.array_equal(before.load()["a"], value["a"])  # the parent's file was not written over by the child
+    store = spill_module._Store()
+    monkeypatch.setattr(spill_module, "_STORE", store)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    kept = spill(value)
+    assert kept.in_memory and store._failed
+    assert np.array_equal(kept.load()["a"], value["a"])
+
+
+_SPILLED_BEFORE_FORK: Any = None
+
+
+def _read_inherited_and_spill_in_child() -> Any:
+    inherited = _SPILLED_BEFORE_FORK.load()  # read from the parent's file through the inherited descriptor
+    parents = spill_module._STORE._file
+    mine = spill(inherited)
+    assert spill_module._STORE._file is not parents and spill_module._STORE._pid == os.getpid()
+    return mine.load()

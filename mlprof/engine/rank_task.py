@@ -22,8 +22,6 @@ time and the client holds none.
 from __future__ import annotations
 
 import dataclasses
-import pickle
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +34,7 @@ from mlprof.analyzers.intervals import covered, merge
 from mlprof.analyzers.name_totals import name_views
 from mlprof.analyzers.rank_skew import comm_signature
 from mlprof.results import ReducedRank
+from mlprof.results.spill import Spilled, spill
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import run_rank
@@ -70,39 +69,36 @@ class RankPartial:
     """Merged intervals where a communication kernel runs and no compute kernel does."""
     replay: Any = None
     """The rank's replay graph and its check (:class:`mlprof.whatif.RankReplay`); it needs no trace."""
-    packed: tuple[bytes, bytes] | None = field(default=None, repr=False)
-    """``signature`` and ``exposed_comm`` compressed (:meth:`pack`); read them with :meth:`comm_signature` and
-    :meth:`exposed`."""
+    packed: tuple[Spilled, Spilled] | None = field(default=None, repr=False)
+    """``signature`` and ``exposed_comm`` compressed in the spill file (:meth:`pack`); read them with
+    :meth:`comm_signature` and :meth:`exposed`."""
 
     @property
     def rank(self) -> int | None:
         return self.analysis.trace.meta.rank
 
     def pack(self) -> None:
-        """Hold the signature and the exposed intervals compressed (~1.5 KB instead of ~12 KB: a job's client
-        keeps one partial per rank); :meth:`comm_signature` and :meth:`exposed` read them back, the fields then
+        """Hold the signature and the exposed intervals compressed in the process's spill file (~1.5 KB on disk
+        and a few offsets in memory instead of ~12 KB: a job's client keeps one partial per rank,
+        :mod:`mlprof.results.spill`); :meth:`comm_signature` and :meth:`exposed` read them back, the fields then
         are an error to read."""
         if self.packed is None:
-            self.packed = (_squeeze(self.signature), _squeeze(self.exposed_comm))
+            self.packed = (spill(self.signature), spill(self.exposed_comm))
             self.signature = self.exposed_comm = _PACKED
 
     def comm_signature(self) -> pd.DataFrame:
         """The communication signature, packed or not."""
         if self.packed is None:
             return self.signature
-        signature: pd.DataFrame = pickle.loads(zlib.decompress(self.packed[0]))
+        signature: pd.DataFrame = self.packed[0].load()
         return signature
 
     def exposed(self) -> Intervals:
         """The exposed-communication intervals, packed or not."""
         if self.packed is None:
             return self.exposed_comm
-        exposed: Intervals = pickle.loads(zlib.decompress(self.packed[1]))
+        exposed: Intervals = self.packed[1].load()
         return exposed
-
-
-def _squeeze(value: Any) -> bytes:
-    return zlib.compress(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), 1)
 
 
 class _Packed:

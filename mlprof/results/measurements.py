@@ -8,8 +8,6 @@ engine tasks and the low-memory path fill them; rules read them through
 from __future__ import annotations
 
 import copy
-import pickle
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +22,7 @@ from mlprof.analyzers.steady_state import SteadyState
 from mlprof.analyzers.temporal import TemporalBreakdown
 from mlprof.analyzers.windows import analysis_window, step_windows, trace_span
 from mlprof.results.findings import CounterDiagnosis, Diagnosis, Finding
+from mlprof.results.spill import Spilled, spill
 from mlprof.trace.model import Trace, TraceMeta
 
 
@@ -37,9 +36,10 @@ class ReducedRank:
     (:attr:`RankAnalysis.full_trace`).
 
     A job's client holds one per rank: :meth:`pack` keeps the four tables as compressed
-    pickles (~4 KB instead of ~35 KB of small DataFrames, mostly pandas' per-column overhead),
-    each read back when asked for; the last rank's tables read are kept, as the client reads one
-    rank at a time.
+    pickles (~4 KB instead of ~35 KB of small DataFrames, mostly pandas' per-column overhead)
+    in the process's anonymous spill file (:mod:`mlprof.results.spill`; only offsets stay in
+    memory), each read back when asked for; the last rank's tables read are kept, as the client
+    reads one rank at a time.
     """
 
     def __init__(
@@ -55,7 +55,7 @@ class ReducedRank:
         self.device_activity = device_activity
         """Whether the full trace had device activity (``gpu`` here holds only communication kernels)."""
         self._tables: tuple[pd.DataFrame, ...] | None = (gpu, collectives, memory, steps)
-        self._packed: tuple[bytes, ...] | None = None
+        self._packed: tuple[Spilled, ...] | None = None
 
     def with_meta(self, meta: TraceMeta) -> ReducedRank:
         """The same tables with other metadata."""
@@ -64,11 +64,9 @@ class ReducedRank:
         return out
 
     def pack(self) -> None:
-        """Hold the tables compressed, each on its own (read back on use; the tables do not change)."""
+        """Hold the tables compressed in the spill file, each on its own (read back on use; they do not change)."""
         if self._tables is not None:
-            self._packed = tuple(
-                zlib.compress(pickle.dumps(t, protocol=pickle.HIGHEST_PROTOCOL), 1) for t in self._tables
-            )
+            self._packed = tuple(spill(t) for t in self._tables)
             self._tables = None
 
     def _get(self, i: int) -> pd.DataFrame:
@@ -80,7 +78,7 @@ class ReducedRank:
             _LAST_UNPACKED = (self, {})
         read = _LAST_UNPACKED[1]
         if i not in read:
-            read[i] = pickle.loads(zlib.decompress(self._packed[i]))
+            read[i] = self._packed[i].load()
         return read[i]
 
     @property
