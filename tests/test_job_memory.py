@@ -210,3 +210,21 @@ def _read_inherited_and_spill_in_child() -> Any:
     mine = spill(inherited)
     assert spill_module._STORE._file is not parents and spill_module._STORE._pid == os.getpid()
     return mine.load()
+
+
+def test_client_holds_one_copy_of_each_distinct_device(dlrm_partials: list[RankPartial]) -> None:
+    """The 8 DLRM ranks each list the node's GPUs (read from each file's deviceProperties); kept, every rank's
+    list is equal to what was read, and equal devices are one object for the job."""
+    partials = [pickle.loads(pickle.dumps(p)) for p in dlrm_partials]
+    read = [list(p.analysis.trace.meta.devices) for p in partials]
+    assert all(len(d) > 0 for d in read)
+    assert read[0][0] is not read[1][0] and read[0][0] == read[1][0]  # one copy per rank as read
+    kept = Kept()
+    for p in partials:
+        kept.keep(p)
+    for p, devices in zip(partials, read, strict=True):
+        assert p.analysis.trace.meta.devices == devices
+    distinct = {d for devices in read for d in devices}
+    assert len(kept.devices) == len(distinct)
+    held = {id(d) for p in partials for d in p.analysis.trace.meta.devices}
+    assert len(held) == len(distinct)

@@ -26,6 +26,7 @@ from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
 from mlprof.trace.loader import check_rank
+from mlprof.trace.model import DeviceInfo
 
 ENGINES = ("local", "dask")
 
@@ -89,6 +90,8 @@ class Kept:
       (:class:`mlprof.analyzers.name_totals.NameTotals`) and dropped;
     * the rank's reduced tables, communication signature and exposed communication are held compressed
       (:meth:`mlprof.results.ReducedRank.pack`, :meth:`RankPartial.pack`);
+    * the rank's device list holds the job's one copy of each distinct (frozen, equal) device: every rank of
+      a job usually lists the same node's GPUs, ~0.5 KB each, and one copy per rank was ~4 KB a rank;
     * the rank's replay graph is dropped once any rank's own replay is not trusted (then the job is
       not replayed, :func:`mlprof.whatif.job.build_job`, and no prediction reads a graph); the graphs of
       a job whose every rank replays within the error bound are all kept: the job replay simulates the
@@ -99,12 +102,15 @@ class Kept:
         self.kernels, self.ops = job_name_totals()
         self.held: list[RankPartial] = []
         self.untrusted = False
+        self.devices: dict[DeviceInfo, DeviceInfo] = {}
 
     def keep(self, p: RankPartial) -> RankPartial:
         check_rank(p.analysis.trace.meta)  # the totals key on the rank
         if isinstance(p.analysis.trace, ReducedRank):
             p.analysis.trace.pack()
         p.pack()
+        meta = p.analysis.trace.meta
+        meta.devices = [self.devices.setdefault(d, d) for d in meta.devices]
         views = p.analysis.name_views
         if views is not None:
             self.kernels.add(p.analysis.rank, views[0])
