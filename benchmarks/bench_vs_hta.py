@@ -45,6 +45,8 @@ DFI = "hta/tests/data/df_index_resolver/df_index_resolver.json.gz"
 
 _READ = """
 import json, sys, time
+import numpy, pandas  # the reader imports pandas only where it makes frames: excluded here, as the docstring says
+import mlprof.trace.build, mlprof.trace.jsonstream, mlprof.trace.steps
 from mlprof.trace.loader import load_trace
 path, workers = sys.argv[1], int(sys.argv[2])
 t, c = time.perf_counter(), time.process_time()
