@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 from pathlib import Path
 
 import pytest
 
-from mlprof.trace import load_trace
+from mlprof.trace import jsonstream, load_trace
+from mlprof.trace.build import TableBuilder
+from mlprof.trace.parallel import SliceFailed, read_parallel
 
 from conftest import X, assert_same_tables, external, kernel, write_trace
 
@@ -46,3 +50,42 @@ def test_workers_that_cannot_start_fall_back_to_one_process(monkeypatch: pytest.
     monkeypatch.setattr("mlprof.trace.loader.read_parallel", refuse)
     path = external("hta/tests/data/trace_filter/sampled_rank-0.json.gz")
     assert_same_tables(load_trace(path, workers=2), load_trace(path, workers=1))
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_plain_file_slices_are_read_by_the_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plain file's slices go to the workers as offsets: the main process wraps no slice text itself
+    # (only the tail it decodes), and the tables are the sequential reader's, here and from the gzip.
+    path = external("hta/tests/data/nccl_parser_config/nccl_data.json.gz")
+    plain = tmp_path / "nccl_data.json"
+    plain.write_bytes(gzip.decompress(path.read_bytes()))
+    wrapped: list[bytes] = []
+    real_wrap = jsonstream._wrap
+
+    def wrap(buf: bytearray, end: int, close: bytes) -> bytes:
+        wrapped.append(close)
+        return real_wrap(buf, end, close)
+
+    monkeypatch.setattr("mlprof.trace.jsonstream._wrap", wrap)
+    builder = TableBuilder()
+    read_parallel(plain, builder, None, 2)
+    assert wrapped == [b""]  # the tail alone
+    sequential = load_trace(path, workers=1)
+    assert_same_tables(sequential, load_trace(plain, workers=2))
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_plain_file_changed_while_read_is_not_trusted(tmp_path: Path) -> None:
+    # The workers read the bytes after the main process cut them: a file touched meanwhile is read again
+    # sequentially (the loader's fallback), not stitched from two versions.
+    path = external("hta/tests/data/nccl_parser_config/nccl_data.json.gz")
+    plain = tmp_path / "nccl_data.json"
+    plain.write_bytes(gzip.decompress(path.read_bytes()))
+    size = plain.stat().st_size
+
+    def touch(done: int, total: int) -> None:
+        if done >= size // 2:
+            os.utime(plain, ns=(1, 1))
+
+    with pytest.raises(SliceFailed, match="changed while it was read"):
+        read_parallel(plain, TableBuilder(), touch, 2)

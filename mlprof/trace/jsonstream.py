@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import queue
 import re
 import threading
@@ -94,6 +95,8 @@ class _BlockReader:
         self._stream: IO[bytes] = (
             gzip.GzipFile(fileobj=self._raw, mode="rb") if gzipped else self._raw  # type: ignore[assignment]
         )
+        self.plain_file = data is None and not gzipped
+        """The blocks are the file's own bytes: a position in them is an offset in the file."""
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
         self._on_progress = on_progress
         self._stop = threading.Event()
@@ -158,20 +161,24 @@ def read_trace_events(
     on_progress: ProgressCallback | None = None,
     on_slice: Callable[[bytes], None] | None = None,
     data: bytes | None = None,
+    on_range: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, Any], StreamStats]:
     """Decode ``path`` (or ``data``, the bytes of a trace named ``path``) and hand its events to ``on_batch``.
 
     With ``on_slice``, middle slices are not decoded here but handed over as
     ``{"traceEvents": [...]}`` documents cut at a textual event boundary (for
     decoding in worker processes); the consumer must check that each decodes and
-    fall back to a plain read if one does not. Returns the top-level keys other
+    fall back to a plain read if one does not. With ``on_range`` as well, a plain
+    (not gzipped) file's middle slices are handed over as ``(start, end)`` byte offsets
+    in the file instead (see :func:`read_range`): the consumer reads them itself, and the
+    text is not copied into another process. Returns the top-level keys other
     than ``traceEvents`` and the reader's stats. Raises :class:`BadInputError` for
     anything that is not a readable trace.
     """
     reader = _BlockReader(path, on_progress, data)
     stats = StreamStats(file_bytes=reader.file_bytes)
     try:
-        header = _read(path, reader, on_batch, stats, on_slice)
+        header = _read(path, reader, on_batch, stats, on_slice, on_range if reader.plain_file else None)
     except RecursionError:  # msgspec's depth limit: 100k nested [ or {
         raise BadInputError(f"{path}: not a trace (JSON nested too deeply to read)") from None
     finally:
@@ -187,6 +194,7 @@ def _read(
     on_batch: Callable[[list[TraceEvent]], None],
     stats: StreamStats,
     on_slice: Callable[[bytes], None] | None = None,
+    on_range: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     buf = bytearray()
     header: bytes | None = None
@@ -245,7 +253,11 @@ def _read(
                 continue
             boundary = _last_boundary(buf)
             if boundary is not None:
-                on_slice(_wrap(buf, boundary + 1, b"]}"))
+                if on_range is not None:  # ``buf`` holds the file's bytes up to those read so far
+                    start = stats.json_bytes - len(buf)
+                    on_range(start, start + boundary + 1)
+                else:
+                    on_slice(_wrap(buf, boundary + 1, b"]}"))
                 del buf[: buf.index(b"{", boundary + 1)]
             continue
         if len(buf) < SLICE_BYTES or len(buf) < failed_cut_at + SLICE_BYTES // 2:
@@ -303,6 +315,18 @@ def _wrap(buf: bytearray, end: int, close: bytes) -> bytes:
     """
     with memoryview(buf) as view, view[:end] as head:
         return b"".join((b'{"traceEvents":[', head, close))
+
+
+def read_range(path: Path, start: int, end: int) -> bytes:
+    """``{"traceEvents":[`` + the file's bytes ``start:end`` + ``]}``: a slice handed over by ``on_range``.
+
+    Raises :class:`OSError` if the file no longer has those bytes (the caller falls back to a plain read).
+    """
+    with path.open("rb") as fh:
+        got = os.pread(fh.fileno(), end - start, start)
+    if len(got) != end - start:
+        raise OSError(f"{path}: shorter than when it was cut")
+    return b"".join((b'{"traceEvents":[', got, b"]}"))
 
 
 def _last_boundary(buf: bytearray) -> int | None:
