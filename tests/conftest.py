@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,13 @@ from mlprof.trace.model import TABLES
 
 EXTERNAL = Path(__file__).resolve().parents[1].parent / "shared" / "external_traces"
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
+
+
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # A non-interactive shell starts a background job (`pytest ... &`, some CI runners) with SIGINT ignored, and
+    # every process the tests start inherits that: the Ctrl-C tests' children then never see their SIGINT. A
+    # Python handler here is reset to the default (not inherited) in a child, as for a command run from a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 REQUIRE_EXTERNAL = os.environ.get("MLPROF_REQUIRE_EXTERNAL") == "1"
