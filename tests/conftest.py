@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import signal
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pandas as pd
@@ -24,6 +27,19 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     # every process the tests start inherits that: the Ctrl-C tests' children then never see their SIGINT. A
     # Python handler here is reset to the default (not inherited) in a child, as for a command run from a terminal.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def load_script(path: Path) -> ModuleType:
+    """A repository script (``benchmarks/``, ``docs/``, ``sample_traces/``) imported as a module by its file name.
+
+    Registered in ``sys.modules`` under its stem: dataclasses defined in it look their module up.
+    """
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 REQUIRE_EXTERNAL = os.environ.get("MLPROF_REQUIRE_EXTERNAL") == "1"

@@ -43,7 +43,7 @@ from markdown_it import MarkdownIt
 
 from mlprof.cli import main
 
-from conftest import EXTERNAL, SAMPLES
+from conftest import EXTERNAL, SAMPLES, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = SAMPLES / "cpu_tiny_training.pt.trace.json.gz"
@@ -323,12 +323,7 @@ def test_closed_pipe_exits_quietly(cases: dict[str, Path]) -> None:
 def many_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundled 64-rank job (the synthetic comm trace as every rank, by benchmarks/make_rank_job.py): seconds
     of work for two workers, so a signal finds them at it; no ../shared needed."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_rank_job", REPO / "benchmarks" / "make_rank_job.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(REPO / "benchmarks" / "make_rank_job.py")
     out = tmp_path_factory.mktemp("many_ranks")
     module.make_job(out, 64, 5, template=SAMPLES / "synthetic" / "comm_exposed.json.gz", seed=1)
     (out / "manifest.json").unlink()

@@ -7,12 +7,10 @@ DLRM job's views; the sizes are measured (bytes held, pickled sizes), not assume
 
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing
 import os
 import pickle
 import random
-import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -29,7 +27,7 @@ from mlprof.results import ReducedRank
 from mlprof.results import spill as spill_module
 from mlprof.results.spill import spill
 
-from conftest import external
+from conftest import external, load_script
 
 DLRM = "facebookresearch__param/dlrm_kineto"
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,12 +98,7 @@ def test_name_totals_hold_as_many_bytes_for_64_ranks_as_for_8(dlrm_partials: lis
 
 
 def _make_rank_job() -> Any:
-    spec = importlib.util.spec_from_file_location("make_rank_job", ROOT / "benchmarks" / "make_rank_job.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_rank_job"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "make_rank_job.py")
 
 
 def test_client_drops_views_and_graphs_of_a_job_it_will_not_replay(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from mlprof.engine import analyze_paths
 from mlprof.results.schema import to_json_dict
 from mlprof.trace.loader import load_job
 
-from conftest import SAMPLES, external
+from conftest import SAMPLES, external, load_script
 
 DLRM = "facebookresearch__param/dlrm_kineto"
 TRACE_FILTER = "hta/tests/data/trace_filter"
@@ -35,12 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _make_rank_job() -> Any:
-    spec = importlib.util.spec_from_file_location("make_rank_job", ROOT / "benchmarks" / "make_rank_job.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_rank_job"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "make_rank_job.py")
 
 
 @pytest.fixture(scope="module")

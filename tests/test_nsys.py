@@ -7,10 +7,8 @@ nsys versions write, and variants of it (older columns, missing tables, no enums
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sqlite3
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -24,19 +22,14 @@ from mlprof.errors import BadInputError
 from mlprof.trace import Trace, load_job, load_trace
 from mlprof.trace.nsys import MEM_KINDS, MEMCPY_KINDS, SYNC_TYPES
 
-from conftest import SAMPLES, external
+from conftest import SAMPLES, external, load_script
 
 CLOVERLEAF = "hpcgroup__pipit/perlmutter-cloverleaf-cuda.sqlite"
 SESSION_START = 1696392839587175550  # TARGET_INFO_SESSION_START_TIME.utcEpochNs of the real file
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_nsys", SAMPLES / "generate_nsys.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["generate_nsys"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SAMPLES / "generate_nsys.py")
 
 
 GEN = _generator()

@@ -9,7 +9,6 @@ matches the code but not the trace fails too.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import re
 import statistics
@@ -18,15 +17,13 @@ from types import ModuleType
 
 import pytest
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _make_assets() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_assets", ROOT / "docs" / "make_assets.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "docs" / "make_assets.py")
 
 
 def test_readme_sample_is_current(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,17 +9,17 @@ the analyzer with them belongs to the analyzer's tests.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import itertools
 import json
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from mlprof.trace import Trace, load_trace
+
+from conftest import load_script
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
 SYNTHETIC = SAMPLES / "synthetic"
@@ -179,10 +179,7 @@ def test_cpu_only_has_no_device_activity() -> None:
 
 
 def test_generator_reproduces_committed_files() -> None:
-    spec = importlib.util.spec_from_file_location("generate_synthetic", SAMPLES / "generate_synthetic.py")
-    assert spec is not None and spec.loader is not None
-    module: ModuleType = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SAMPLES / "generate_synthetic.py")
     files = module.render()
     # The nsys export beside them has its own generator (generate_nsys.py --check, tests/test_nsys.py).
     assert set(files) == {p.name for p in SYNTHETIC.iterdir() if p.suffix != ".sqlite"}

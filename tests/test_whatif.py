@@ -9,7 +9,6 @@ recordings (Kineto ResNet-50 num_workers 0 -> 4, the recorded scenario pairs).
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from functools import cache
 from pathlib import Path
@@ -29,7 +28,7 @@ from mlprof.whatif.replay import RankReplay, replay_rank
 from mlprof.whatif.simulate import simulate
 from mlprof.whatif.transforms import detach_ops, drop_waits, merge_ops, remove_host_time, set_latency, set_op_durations
 
-from conftest import EXTERNAL, SAMPLES, X, external, kernel, opts, write_trace
+from conftest import EXTERNAL, SAMPLES, X, external, kernel, load_script, opts, write_trace
 
 US = 1000
 R50_NW0 = "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz"
@@ -491,11 +490,7 @@ def test_recorded_scenario_pairs_within_20_percent(scenario: str, rule: str) -> 
 
 @cache
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_synthetic", SAMPLES / "generate_synthetic.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SAMPLES / "generate_synthetic.py")
 
 
 def twin_step_ms(builder: Any, tmp_path: Path, name: str) -> tuple[RankAnalysis, float]:
