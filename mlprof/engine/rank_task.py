@@ -34,6 +34,7 @@ from mlprof.analyzers.intervals import covered, merge
 from mlprof.analyzers.name_totals import name_views
 from mlprof.analyzers.rank_skew import comm_signature
 from mlprof.results import ReducedRank
+from mlprof.results.released import Released
 from mlprof.results.spill import Spilled, spill
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
@@ -101,17 +102,8 @@ class RankPartial:
         return exposed
 
 
-class _Packed:
-    """Stands for a field held packed (:meth:`RankPartial.pack`): reading it is a bug, and says so."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise RuntimeError(f"rank partial packed (RankPartial.pack): read .comm_signature() or .exposed(), not .{name}")
-
-    def __reduce__(self) -> str:
-        return "_PACKED"
-
-
-_PACKED: Any = _Packed()
+_PACKED: Any = Released("rank partial packed (RankPartial.pack): read .comm_signature() or .exposed(), not .{name}")
+"""Stands for a field held packed (:meth:`RankPartial.pack`)."""
 
 
 def reduce_rank(source: str, options: TaskOptions) -> RankPartial:

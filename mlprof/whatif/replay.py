@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlprof.results.released import Released
 from mlprof.trace.model import Trace
 from mlprof.whatif.graph import ReplayGraph, build_graph
 from mlprof.whatif.measure import recorded_timeline, step_durations
@@ -104,17 +105,8 @@ class RankReplay:
         }
 
 
-class _Released:
-    """Stands for a released graph: any use is a bug, and says so."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise RuntimeError(f"replay graph released (RankReplay.release_graph), then read: .{name}")
-
-    def __reduce__(self) -> str:
-        return "_RELEASED"
-
-
-_RELEASED: Any = _Released()
+_RELEASED: Any = Released("replay graph released (RankReplay.release_graph), then read: .{name}")
+"""Stands for a released graph (:meth:`RankReplay.release_graph`)."""
 
 
 def replay_rank(
