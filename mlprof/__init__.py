@@ -14,7 +14,9 @@ imports neither torch nor pandas.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mlprof.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -34,14 +36,5 @@ _LAZY = {
     "range": "mlprof.collectors.ranges",
 }
 
-
-def __getattr__(name: str) -> Any:
-    """Load the public API on first use (PEP 562): the collectors must not pull pandas into a training job."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mlprof' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("mlprof", globals(), _LAZY)
+"""Loads the public API on first use (PEP 562): the collectors must not pull pandas into a training job."""

@@ -7,7 +7,9 @@ The names below are loaded on first use (PEP 562): importing a submodule such as
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mlprof.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from mlprof.trace.loader import load_job, load_trace
@@ -21,16 +23,7 @@ _LAZY = {
     "TraceMeta": "mlprof.trace.model",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)
 
 
 __all__ = ["DeviceInfo", "Trace", "TraceMeta", "load_job", "load_trace"]
