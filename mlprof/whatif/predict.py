@@ -31,6 +31,7 @@ from mlprof.rules.spec import NoOptions, RuleOptions
 from mlprof.trace.memory import release_freed_memory
 from mlprof.whatif.fixes import FIXES, FixContext
 from mlprof.whatif.graph import ReplayGraph
+from mlprof.whatif.helper import SharedTasks
 from mlprof.whatif.replay import MAX_REPLAY_ERROR_PCT, RankReplay
 
 if TYPE_CHECKING:
@@ -214,12 +215,23 @@ def predict(
         ns, applied = first_stage[rule]
         return (lambda: fixed_graphs(rule, originals)), ns, applied
 
+    def replayable(f: Finding) -> bool:
+        if f.rule not in FIXES or (f.time_lost_ns_per_step <= 0 and not FIXES[f.rule].unclaimed):
+            return False
+        return not (f.rule in JOB_ONLY and job is None)
+
+    if job is None:
+        # The first-stage replays are independent of each other: shared with a helper process when a core
+        # is idle (mlprof.whatif.helper). A job's replays update its pass counts, so they stay here.
+        rules = list(dict.fromkeys(f.rule for f in findings if replayable(f)))
+        tasks = [_first_stage_task(replay_with, rule, originals) for rule in rules]
+        with SharedTasks(tasks) as shared:
+            first_stage.update(zip(rules, shared.results(), strict=True))
+
     replayed: list[Finding] = []
     for f in findings:
         f.speedup_source = "attribution"
-        if f.rule not in FIXES or (f.time_lost_ns_per_step <= 0 and not FIXES[f.rule].unclaimed):
-            continue
-        if f.rule in JOB_ONLY and job is None:
+        if not replayable(f):
             continue
         _, after_ns, applied = replay_cached(f.rule, originals)
         release_freed_memory()
@@ -258,6 +270,21 @@ def predict(
         )
     diagnosis.plan = _plan(diagnosis, replays, base_ns, replay_cached, originals, greedy=not large)
     return whatif
+
+
+def _first_stage_task(
+    replay_with: Callable[[str, list[ReplayGraph]], tuple[Stage, np.ndarray, bool]],
+    rule: str,
+    graphs: list[ReplayGraph],
+) -> Callable[[], tuple[np.ndarray, bool]]:
+    """``rule``'s fix replayed on the recorded graphs: each rank's mean step (NaN where it did not apply) and
+    whether it applied anywhere (the fixed graphs are dropped, see ``replay_cached``)."""
+
+    def task() -> tuple[np.ndarray, bool]:
+        _, ns, applied = replay_with(rule, graphs)
+        return ns, applied
+
+    return task
 
 
 def _set_speedup(f: Finding, speedup: float) -> None:

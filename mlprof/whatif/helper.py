@@ -1,0 +1,220 @@
+"""Independent replays shared with a forked helper process when a core is idle.
+
+The what-if replays of one analysis (each finding's fix on the recorded graph, the pacing
+probes) are independent of each other and each ends in a few numbers, while the analysis
+runs on one core: on a 217 MB trace they were ~0.6 s of a ~1.5 s analysis with the second
+core idle. :class:`SharedTasks` forks one helper (copy on write: the graphs are not copied
+or sent) that takes tasks from the same queue as this process, so each task runs once, in
+whichever process is free first, and the helper sends its results back pickled.
+
+The results are the in-process ones: a task is a deterministic function of what both
+processes hold, and any task the helper did not deliver (it failed, raised, warned, was
+killed, or no helper was started) is run here, so errors and warnings are this process's
+own. The helper ignores Ctrl-C (the parent's to handle), dies with the parent
+(``PR_SET_PDEATHSIG`` on Linux) and is stopped when the tasks' ``with`` block is left by
+an exception (Ctrl-C, SIGTERM as :class:`~mlprof.interrupts.Terminated`, an error).
+
+A helper is started only on Linux with ``fork``, for two tasks or more, and when the
+1-minute load average leaves a core idle (as the CLI's read-ahead decides), not in a worker
+process of a pool (the job engine's ranks);
+``MLPROF_HELPER=1`` starts one whatever the load, ``MLPROF_HELPER=0`` never.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Generic, TypeVar
+
+from mlprof.trace.memory import release_freed_memory
+
+T = TypeVar("T")
+
+_INDEX = struct.Struct("<I")
+_LENGTH = struct.Struct("<Q")
+MAX_TASKS = 1000
+"""Most tasks one queue holds: every index is written to the queue pipe before the fork, and a pipe takes
+writes up to its atomic size (4 KB on Linux) without blocking."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def helper_wanted(n_tasks: int) -> bool:
+    """Whether a helper process pays for ``n_tasks`` tasks here (see the module docstring)."""
+    setting = os.environ.get("MLPROF_HELPER", "auto")
+    if setting == "0" or n_tasks < 2 or n_tasks > MAX_TASKS:
+        return False
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return False  # a worker of a pool (the job engine's ranks): the pool shares the cores out already
+    return setting == "1" or _idle_core()
+
+
+def _idle_core() -> bool:
+    """Whether the 1-minute load average leaves a core idle."""
+    try:
+        return bool(os.getloadavg()[0] <= (os.cpu_count() or 1) - 0.5)
+    except (OSError, AttributeError):
+        return False
+
+
+class SharedTasks(Generic[T]):
+    """Run ``tasks`` (in order of their results) here and in a forked helper, each task once.
+
+    ``with SharedTasks(tasks) as shared: ...; results = shared.results()``: the helper starts on
+    entering (it takes tasks while this process does other work in the block), :meth:`results` runs
+    the tasks left here and gathers the helper's. ``helper``: None decides by :func:`helper_wanted`.
+    """
+
+    def __init__(self, tasks: Sequence[Callable[[], T]], *, helper: bool | None = None) -> None:
+        self.tasks = list(tasks)
+        self.want_helper = helper_wanted(len(self.tasks)) if helper is None else helper and len(self.tasks) <= MAX_TASKS
+        self.pid: int | None = None
+        self.queue_fd: int | None = None
+        self.result_fd: int | None = None
+        self.by_helper: set[int] = set()
+        """Indices of the tasks whose results came from the helper (for tests and measurements)."""
+
+    def __enter__(self) -> SharedTasks[T]:
+        if self.want_helper and self.tasks:
+            self._start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop()
+
+    def results(self) -> list[T]:
+        """Every task's result, in order: the helper's where it delivered one, the others run here."""
+        done: dict[int, T] = {}
+        if self.queue_fd is not None:
+            while (index := self._take()) is not None:
+                done[index] = self.tasks[index]()
+                release_freed_memory()
+            for index, value in self._gather():
+                if index not in done:
+                    done[index] = value
+                    self.by_helper.add(index)
+            self._stop()
+        out: list[T] = []
+        for i, task in enumerate(self.tasks):
+            if i in done:
+                out.append(done[i])
+            else:
+                out.append(task())
+                release_freed_memory()
+        return out
+
+    # --- the helper ---
+
+    def _start(self) -> None:
+        try:
+            queue_r, queue_w = os.pipe()
+        except OSError:
+            return
+        try:
+            result_r, result_w = os.pipe()
+        except OSError:
+            os.close(queue_r)
+            os.close(queue_w)
+            return
+        os.write(queue_w, b"".join(_INDEX.pack(i) for i in range(len(self.tasks))))
+        os.close(queue_w)  # the queue ends (a read returns b"") once every index is taken
+        # Ctrl-C and SIGTERM held back over the fork (as mlprof.interrupts.signals_deferred): one landing
+        # mid-fork is raised just after it, here, not in an at-fork hook that drops it.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            for fd in (queue_r, result_r, result_w):
+                os.close(fd)
+            return
+        if pid == 0:  # pragma: no cover - the helper's coverage is not collected (it leaves by os._exit)
+            os.close(result_r)
+            self._helper(os.getppid(), queue_r, result_w)
+        os.close(result_w)
+        self.pid, self.queue_fd, self.result_fd = pid, queue_r, result_r
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _take(self) -> int | None:
+        """The next task's index from the shared queue, None when it is empty."""
+        assert self.queue_fd is not None
+        record = os.read(self.queue_fd, _INDEX.size)
+        return _INDEX.unpack(record)[0] if len(record) == _INDEX.size else None
+
+    def _helper(self, parent: int, queue_fd: int, out_fd: int) -> None:  # pragma: no cover - in the helper
+        """Take tasks until the queue is empty, sending each result; never returns, never prints."""
+        code = 0
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+            _die_with_parent(parent)
+            import gc
+            import warnings
+
+            gc.disable()  # a collection would touch (and copy) every page of the parent's objects
+            self.queue_fd = queue_fd
+            with os.fdopen(out_fd, "wb") as out:
+                while (index := self._take()) is not None:
+                    try:
+                        with warnings.catch_warnings(record=True) as caught:
+                            warnings.simplefilter("always")
+                            value = self.tasks[index]()
+                    except Exception:
+                        continue  # the parent runs it and reports the error itself
+                    if caught:
+                        continue  # the parent runs it and shows the warnings itself
+                    data = pickle.dumps((index, value), protocol=pickle.HIGHEST_PROTOCOL)
+                    out.write(_LENGTH.pack(len(data)) + data)
+                    out.flush()
+                    release_freed_memory()
+        except BaseException:
+            code = 1
+        os._exit(code)
+
+    def _gather(self) -> list[tuple[int, T]]:
+        """The helper's results (read to the end of its pipe); what cannot be read is run here instead."""
+        assert self.result_fd is not None
+        fd, self.result_fd = self.result_fd, None
+        out: list[tuple[int, T]] = []
+        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, struct.error), os.fdopen(fd, "rb") as fh:
+            while head := fh.read(_LENGTH.size):
+                body = fh.read(_LENGTH.unpack(head)[0])
+                index, value = pickle.loads(body)
+                out.append((int(index), value))
+        return out
+
+    def _stop(self) -> None:
+        """End the helper (if still running) and close the pipes; safe to call more than once."""
+        for name in ("queue_fd", "result_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        pid, self.pid = self.pid, None
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - in the helper
+    """The helper gets SIGKILL when the parent dies (Linux); a parent already gone ends it now."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)

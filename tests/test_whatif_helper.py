@@ -1,0 +1,159 @@
+"""The what-if replays shared with a forked helper process (mlprof.whatif.helper).
+
+The helper's results must be the in-process ones whatever happens to it: compared here on
+a real trace (the whole report), and on the fault paths (a helper that dies, a task that
+raises or warns in it, an interrupted parent, a parent killed outright).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+import mlprof
+from mlprof.whatif import helper as helper_module
+from mlprof.whatif.helper import SharedTasks, helper_wanted
+
+from conftest import external
+
+REPO = Path(__file__).resolve().parents[1]
+RESNET = "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz"
+
+
+def _square_sum(n: int) -> tuple[int, int]:
+    return n, sum(i * i for i in range(n))
+
+
+def test_helper_results_equal_in_process_results() -> None:
+    tasks = [lambda n=n: (*_square_sum(n), os.getpid()) for n in range(50, 70)]
+    with SharedTasks(tasks, helper=True) as shared:
+        time.sleep(0.2)  # this process is busy elsewhere: the helper takes tasks meanwhile
+        results = shared.results()
+    assert shared.by_helper, "the helper delivered no result"
+    for i, (n, total, pid) in enumerate(results):
+        assert (n, total) == (50 + i, (n - 1) * n * (2 * n - 1) // 6)  # the closed form, not the loop
+        assert (pid != os.getpid()) == (i in shared.by_helper)
+    with SharedTasks(tasks, helper=False) as alone:
+        plain = alone.results()
+    assert [r[:2] for r in plain] == [r[:2] for r in results] and not alone.by_helper
+
+
+def test_tasks_the_helper_does_not_deliver_run_here() -> None:
+    parent = os.getpid()
+
+    def dies() -> int:
+        if os.getpid() != parent:
+            os._exit(3)  # the helper is killed mid-task (out of memory, a signal)
+        return 7
+
+    tasks = [dies for _ in range(6)]
+    with SharedTasks(tasks, helper=True) as shared:
+        time.sleep(0.2)
+        assert shared.results() == [7] * 6
+    assert not shared.by_helper
+
+
+def test_an_error_or_a_warning_in_the_helper_is_raised_or_shown_here() -> None:
+    parent = os.getpid()
+    seen: list[int] = []
+
+    def fails() -> int:
+        seen.append(os.getpid())
+        raise ValueError("bad graph")
+
+    with pytest.raises(ValueError, match="bad graph"), SharedTasks([fails, fails], helper=True) as shared:
+        time.sleep(0.2)
+        shared.results()
+    assert seen and all(pid == parent for pid in seen)  # the helper's own attempts are not in this list
+
+    def warns() -> int:
+        warnings.warn("odd trace", RuntimeWarning, stacklevel=1)
+        return 1
+
+    with pytest.warns(RuntimeWarning, match="odd trace"), SharedTasks([warns, warns], helper=True) as shared:
+        time.sleep(0.2)
+        assert shared.results() == [1, 1]
+    assert not shared.by_helper
+
+
+def test_leaving_by_an_exception_stops_the_helper() -> None:
+    with pytest.raises(KeyboardInterrupt), SharedTasks([lambda: time.sleep(30)] * 2, helper=True) as shared:
+        pid = shared.pid
+        assert pid is not None
+        raise KeyboardInterrupt
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no child left behind
+
+
+def test_the_helper_dies_with_its_parent(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from mlprof.whatif.helper import SharedTasks
+            with SharedTasks([lambda: time.sleep(60)] * 2, helper=True) as shared:
+                print(shared.pid, flush=True)
+                time.sleep(60)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    assert proc.stdout is not None
+    helper = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(helper):
+        time.sleep(0.05)
+    assert not _alive(helper)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_helper_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLPROF_HELPER", "0")
+    assert not helper_wanted(5)
+    monkeypatch.setenv("MLPROF_HELPER", "1")
+    assert helper_wanted(5) and not helper_wanted(1)
+    monkeypatch.setenv("MLPROF_HELPER", "auto")
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))
+    assert not helper_wanted(5)  # no idle core
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the helper is forked on Linux only")
+def test_report_with_the_helper_equals_the_report_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real trace with four first-stage fix replays: the whole JSON report is the same either way."""
+    path = external(RESNET)
+    delivered: list[int] = []
+    results = SharedTasks.results
+
+    def counted(self: SharedTasks) -> list:
+        out = results(self)
+        delivered.extend(self.by_helper)
+        return out
+
+    monkeypatch.setattr(helper_module.SharedTasks, "results", counted)
+    monkeypatch.setenv("MLPROF_HELPER", "0")
+    alone = mlprof.analyze(path).to_json()
+    assert not delivered
+    monkeypatch.setenv("MLPROF_HELPER", "1")
+    shared = mlprof.analyze(path).to_json()
+    assert delivered, "the helper replayed no fix"
+    assert shared == alone
