@@ -221,21 +221,29 @@ def _align(analysis: Analysis, ca: CounterAnalysis) -> None:
 
 def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConfig) -> Diagnosis:
     from mlprof.analyzers.rank_skew import comm_signature
-    from mlprof.whatif import RankReplay, replay_rank
+    from mlprof.whatif.graph import build_graph
+    from mlprof.whatif.helper import SharedTasks
     from mlprof.whatif.job import predict_job
+    from mlprof.whatif.replay import ReplayWork
 
     contexts = []
-    replays: list[RankReplay] = []
+    works: list[ReplayWork] = []
     for ra in ranks:
         starts, ends = analysed_windows(ra)
         wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
         ra.causes = attribute_causes(ra.full_trace, starts, ends, comm_wait=wait)
         contexts.append(RankContext(ra, ra.causes))
-        replays.append(replay_rank(ra.full_trace, ra.rank, starts, ends, ra.steps))
-        release_freed_memory()  # the graph build's and the probes' temporaries (see mlprof.trace.memory)
+        works.append(ReplayWork(build_graph(ra.full_trace), ra.rank, starts, ends, ra.steps))
+        release_freed_memory()  # the graph build's temporaries (see mlprof.trace.memory)
     world = ranks[0].trace.meta.world_size if ranks else None
-    diagnosis = diagnose(contexts, config, skew, world)
-    release_freed_memory()
+    # The replays' checks and pacing probes (independent of the rules) run in a helper process while this one
+    # runs the rules, when a core is idle (mlprof.whatif.helper); what the helper does not do runs here after.
+    with SharedTasks([task for work in works for task in work.tasks]) as shared:
+        diagnosis = diagnose(contexts, config, skew, world)
+        release_freed_memory()
+        results = shared.results()
+    bounds = np.cumsum([0, *(len(work.tasks) for work in works)])
+    replays = [work.finish(results[a:b]) for work, a, b in zip(works, bounds[:-1], bounds[1:], strict=True)]
     specs = [c.gpu_spec for c in contexts]
     signatures = [comm_signature(ra.full_trace) for ra in ranks]
     diagnosis.whatif = predict_job(diagnosis, replays, signatures, skew, specs, config)

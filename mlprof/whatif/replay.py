@@ -113,30 +113,72 @@ def replay_rank(
     trace: Trace, rank: int, win_starts: np.ndarray, win_ends: np.ndarray, steps: pd.DataFrame
 ) -> RankReplay:
     """Build and check the replay of one rank over its analysed windows (``steps``: the per-step attribution)."""
-    graph = build_graph(trace)
-    starts = np.asarray(win_starts, dtype=np.int64)
-    ends = np.asarray(win_ends, dtype=np.int64)
-    recorded = step_durations(graph, recorded_timeline(graph), starts, ends, recorded=True)
-    edges = graph.copy()
-    edges.g_gap = np.minimum(edges.g_gap, graph.turnaround_ns)
-    tl = simulate(edges)
-    replayed = step_durations(edges, tl, starts, ends)
-    base = (
-        step_durations(graph, simulate(graph, unmodified=True), starts, ends).astype(np.float64)
-        if len(starts)
-        else None
-    )
-    return RankReplay(
-        rank=rank,
-        graph=graph,
-        win_starts=starts,
-        win_ends=ends,
-        recorded_ns=float(recorded.mean()) if len(recorded) else 0.0,
-        replayed_ns=float(replayed.mean()) if len(replayed) else 0.0,
-        pacing=pacing(graph, starts, ends, steps, base=base),
-        rounds=tl.rounds,
-        full_ns=float(base.mean()) if base is not None and len(base) else None,
-    )
+    work = ReplayWork(build_graph(trace), rank, win_starts, win_ends, steps)
+    return work.finish([task() for task in work.tasks])
+
+
+class ReplayWork:
+    """The checks of one rank's replay as independent tasks, and the :class:`RankReplay` their results make.
+
+    :func:`replay_rank` runs the tasks in turn; the analysis shares them with a helper process
+    (:mod:`mlprof.whatif.helper`) while it runs the rules. Each task replays one graph and returns
+    step durations: the edge model (with its rounds), the unmodified graph (the base every probe
+    and prediction divides by) and each pacing probe (see :func:`pacing`) with something to speed up.
+    """
+
+    def __init__(
+        self, graph: ReplayGraph, rank: int, win_starts: np.ndarray, win_ends: np.ndarray, steps: pd.DataFrame
+    ) -> None:
+        self.graph, self.rank, self.steps = graph, rank, steps
+        for value in vars(graph).values():  # read-only from here, as every copy of it (ReplayGraph.copy) makes it
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+        self.starts = np.asarray(win_starts, dtype=np.int64)
+        self.ends = np.asarray(win_ends, dtype=np.int64)
+        self.probes = _probes(graph, self.starts, self.ends) if len(self.starts) else {}
+        self.tasks: list[Callable[[], Any]] = [self._edges]
+        if len(self.starts):
+            self.tasks.append(self._base)
+            self.tasks.extend(_probe_task(graph, make, self.starts, self.ends) for make in self.probes.values())
+
+    def _edges(self) -> tuple[np.ndarray, int]:
+        edges = self.graph.copy()
+        edges.g_gap = np.minimum(edges.g_gap, self.graph.turnaround_ns)
+        tl = simulate(edges)
+        return step_durations(edges, tl, self.starts, self.ends), tl.rounds
+
+    def _base(self) -> np.ndarray:
+        tl = simulate(self.graph, unmodified=True)
+        return step_durations(self.graph, tl, self.starts, self.ends).astype(np.float64)
+
+    def finish(self, results: list[Any]) -> RankReplay:
+        """The rank's replay from its tasks' results (in the order of :attr:`tasks`)."""
+        graph, starts, ends = self.graph, self.starts, self.ends
+        recorded = step_durations(graph, recorded_timeline(graph), starts, ends, recorded=True)
+        replayed, rounds = results[0]
+        base = results[1] if len(starts) else None
+        pace: list[dict[str, Any]] = []
+        if base is not None:
+            probed = dict(zip(self.probes, results[2:], strict=True))
+            gains = np.stack(
+                [base - probed[name] if name in probed else np.zeros(len(base)) for name in PROBES], axis=1
+            )
+            pace = _pace(gains, base, starts, self.steps)
+        return RankReplay(
+            rank=self.rank,
+            graph=graph,
+            win_starts=starts,
+            win_ends=ends,
+            recorded_ns=float(recorded.mean()) if len(recorded) else 0.0,
+            replayed_ns=float(replayed.mean()) if len(replayed) else 0.0,
+            pacing=pace,
+            rounds=rounds,
+            full_ns=float(base.mean()) if base is not None and len(base) else None,
+        )
+
+
+PROBES = ("GPU compute", "communication", "data loading", "host")
+"""The resources the pacing probe speeds up, in the order a tie between their gains is broken."""
 
 
 def pacing(
@@ -161,6 +203,19 @@ def pacing(
         return []
     if base is None:
         base = step_durations(graph, simulate(graph, unmodified=True), starts, ends).astype(np.float64)
+    probes = _probes(graph, starts, ends)
+    gains = np.stack(
+        [
+            base - _probe_task(graph, probes[name], starts, ends)() if name in probes else np.zeros(len(base))
+            for name in PROBES
+        ],
+        axis=1,
+    )
+    return _pace(gains, base, starts, steps)
+
+
+def _probes(graph: ReplayGraph, starts: np.ndarray, ends: np.ndarray) -> dict[str, Callable[[], ReplayGraph]]:
+    """Each pacing probe's graph maker (see :func:`pacing`), for the probes with something to speed up."""
     ws, we = graph.rel(starts), graph.rel(ends)
     comm = graph.g_klass == "comm"
     ds, de = graph.ranges.get("dataloader", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
@@ -176,15 +231,24 @@ def pacing(
         "host": lambda: remove_host_time(graph, host_s, host_e, ((host_e - host_s) * PACE_SHARE).astype(np.int64)),
     }
     empty = {"GPU compute": not (~comm).any(), "communication": not comm.any(), "data loading": len(ds) == 0}
+    return {name: make for name, make in probes.items() if not empty.get(name, False)}
 
-    def gain(name: str) -> np.ndarray:
-        if empty.get(name, False):
-            return np.zeros(len(base))
-        g = probes[name]()
-        return base - step_durations(g, simulate(g), starts, ends)
 
-    gains = np.stack([gain(name) for name in probes], axis=1)
-    names = list(probes)
+def _probe_task(
+    graph: ReplayGraph, make: Callable[[], ReplayGraph], starts: np.ndarray, ends: np.ndarray
+) -> Callable[[], np.ndarray]:
+    """Replay one probe's graph: its step durations."""
+
+    def task() -> np.ndarray:
+        g = make()
+        return step_durations(g, simulate(g), starts, ends)
+
+    return task
+
+
+def _pace(gains: np.ndarray, base: np.ndarray, starts: np.ndarray, steps: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each step's pacing entry from the probes' gains (one column per :data:`PROBES` name)."""
+    names = list(PROBES)
     aligned = len(steps) == len(starts)
     numbers = steps["step"].to_numpy() if aligned else np.full(len(starts), -1)
     busy, comm_busy = _device_busy(steps, len(starts))
