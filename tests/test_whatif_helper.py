@@ -93,6 +93,28 @@ def test_leaving_by_an_exception_stops_the_helper() -> None:
         os.waitpid(pid, os.WNOHANG)  # reaped: no child left behind
 
 
+_INTERRUPT_AFTER_FORK: list[bool] = []
+
+
+def _interrupt_after_fork() -> None:
+    if _INTERRUPT_AFTER_FORK:
+        _INTERRUPT_AFTER_FORK.clear()
+        os.kill(os.getpid(), signal.SIGINT)  # held back over the fork: raised as the helper's start ends
+
+
+os.register_at_fork(after_in_parent=_interrupt_after_fork)
+
+
+def test_an_interrupt_during_the_fork_stops_the_helper() -> None:
+    psutil = pytest.importorskip("psutil")
+    before = {p.pid for p in psutil.Process().children()}
+    _INTERRUPT_AFTER_FORK.append(True)
+    with pytest.raises(KeyboardInterrupt), SharedTasks([lambda: time.sleep(30)] * 2, helper=True):
+        pytest.fail("the interrupt did not arrive during the start")
+    assert not _INTERRUPT_AFTER_FORK
+    assert {p.pid for p in psutil.Process().children()} == before  # the helper was stopped and reaped
+
+
 def test_the_helper_dies_with_its_parent(tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(

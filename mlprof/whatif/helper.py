@@ -86,7 +86,11 @@ class SharedTasks(Generic[T]):
 
     def __enter__(self) -> SharedTasks[T]:
         if self.want_helper and self.tasks:
-            self._start()
+            try:
+                self._start()
+            except BaseException:  # an interrupt held back over the fork is raised as the mask is restored
+                self._stop()
+                raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
