@@ -221,3 +221,63 @@ def test_client_holds_one_copy_of_each_distinct_device(dlrm_partials: list[RankP
     assert len(kept.devices) == len(distinct)
     held = {id(d) for p in partials for d in p.analysis.trace.meta.devices}
     assert len(held) == len(distinct)
+
+
+def test_job_signature_table_holds_every_ranks_kernels_in_rank_order(dlrm_partials: list[RankPartial]) -> None:
+    """The client adds each rank's communication signature to one job table as the ranks arrive (any order);
+    read back, the table is the rank-ordered concatenation of the real DLRM signatures, in ~50 bytes a kernel
+    (the signatures as DataFrames: ~8 KB a rank of pandas objects)."""
+    partials = [pickle.loads(pickle.dumps(p)) for p in dlrm_partials]
+    signatures = {p.analysis.rank: p.comm_signature() for p in partials}
+    random.Random(3).shuffle(partials)
+    kept = Kept()
+    for p in partials:
+        kept.keep(p)
+    ranks = sorted(signatures)
+    cols = kept.comm.columns(ranks)
+    want = pd.concat([signatures[r].assign(rank=r) for r in ranks], ignore_index=True)
+    assert len(want) > 8 * 5
+    assert cols["rank"].tolist() == want["rank"].tolist()
+    assert kept.comm.names[cols["name"]].tolist() == want["name"].tolist()
+    assert kept.comm.pgs[cols["pg"]].tolist() == want["pg"].tolist()
+    for c in ("seq", "ts", "dur"):
+        assert np.array_equal(cols[c], want[c].to_numpy(np.int64))
+    assert kept.comm.sizes(ranks).tolist() == [len(signatures[r]) for r in ranks]
+    assert kept.comm.nbytes <= 6 * 8 * max(64, 2 * len(want))
+
+
+def test_matching_on_the_job_table_equals_a_brute_force_matching(dlrm_partials: list[RankPartial]) -> None:
+    """The collectives matched on the job's table (by order: the n-th kernel of a name on every rank), checked
+    against plain loops over the real DLRM signatures: each rank's communication time, its wait (its kernel's
+    excess over the shortest kernel of the same collective) and how often it came last (shortest kernel,
+    lowest rank on ties)."""
+    from mlprof.analyzers.rank_skew import CommTable, match_table
+
+    signatures = {p.analysis.rank: p.comm_signature() for p in dlrm_partials}
+    ranks = sorted(signatures)
+    table = CommTable()
+    for r in reversed(ranks):
+        table.add(r, signatures[r])
+    skew = match_table(table, ranks)
+    assert skew is not None and skew.match_key == "order"
+    kernels: dict[tuple[str, int], dict[int, int]] = {}
+    for r in ranks:
+        seen: dict[str, int] = {}
+        for name, dur in zip(signatures[r]["name"], signatures[r]["dur"], strict=True):
+            n = seen[name] = seen.get(name, -1) + 1
+            kernels.setdefault((name, n), {})[r] = int(dur)
+    on_all = {k: d for k, d in kernels.items() if len(d) == len(ranks)}
+    wait = dict.fromkeys(ranks, 0)
+    last = dict.fromkeys(ranks, 0)
+    for durs in on_all.values():
+        shortest = min(durs.values())
+        for r, d in durs.items():
+            wait[r] += d - shortest
+        last[min(r for r, d in durs.items() if d == shortest)] += 1
+    per = skew.per_rank.set_index("rank")
+    assert skew.matched == len(on_all) > 0 and skew.unmatched == sum(len(d) for d in kernels.values()) - len(
+        on_all
+    ) * len(ranks)
+    assert per["comm_ns"].to_dict() == {r: int(signatures[r]["dur"].sum()) for r in ranks}
+    assert per["wait_ns"].to_dict() == wait and sum(wait.values()) > 0
+    assert per["last_arrivals"].to_dict() == last

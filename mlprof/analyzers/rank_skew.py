@@ -106,6 +106,141 @@ def rank_skew(traces: list[Trace]) -> RankSkew | None:
     return match_collectives(ranks, [comm_signature(t) for t in traces])
 
 
+class CommTable:
+    """Every rank's communication signature (:func:`comm_signature`) as one job table, built rank by rank.
+
+    A job's client adds each rank's signature as its task returns (:class:`mlprof.engine.job.Kept`) and
+    matches the collectives on this one table: it holds ~50 bytes per kernel (six int64 columns, names and
+    process groups as codes into the job's lists of distinct strings) instead of a DataFrame per rank (~8 KB
+    of pandas objects each, and a list of 1,024 of them concatenated for the matching).
+    """
+
+    COLUMNS = ("rank", "name", "pg", "seq", "ts", "dur")
+
+    def __init__(self) -> None:
+        self._names: dict[str, int] = {}
+        self._pgs: dict[str, int] = {}
+        self._rows = np.empty((len(self.COLUMNS), 64), dtype=np.int64)
+        self._n = 0
+        self._blocks: dict[int, list[tuple[int, int]]] = {}
+        """rank -> (first row, rows) of each signature added for it (one, unless a rank came twice)."""
+
+    @classmethod
+    def of(cls, ranks: list[int], signatures: list[pd.DataFrame]) -> CommTable:
+        table = cls()
+        for rank, signature in zip(ranks, signatures, strict=True):
+            table.add(rank, signature)
+        return table
+
+    def add(self, rank: int, signature: pd.DataFrame) -> None:
+        """Append one rank's signature (its kernels in the signature's order)."""
+        n = len(signature)
+        start = self._n
+        self._blocks.setdefault(int(rank), []).append((start, n))
+        if n == 0:
+            return
+        if start + n > self._rows.shape[1]:
+            grown = np.empty((len(self.COLUMNS), max(2 * self._rows.shape[1], start + n)), dtype=np.int64)
+            grown[:, :start] = self._rows[:, :start]
+            self._rows = grown
+        rows = self._rows[:, start : start + n]
+        rows[0] = rank
+        rows[1] = _codes(signature["name"], self._names)
+        rows[2] = _codes(signature["pg"], self._pgs)
+        rows[3] = signature["seq"].to_numpy(np.int64)
+        rows[4] = signature["ts"].to_numpy(np.int64)
+        rows[5] = signature["dur"].to_numpy(np.int64)
+        self._n = start + n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the columns (the buffer, grown by doubling)."""
+        return int(self._rows.nbytes)
+
+    def columns(self, ranks: list[int]) -> dict[str, np.ndarray]:
+        """The kernels of ``ranks``, rank after rank in that order (as ``pd.concat`` of their signatures)."""
+        blocks = [b for r in ranks for b in self._blocks.get(int(r), [])]
+        index = (
+            np.concatenate([np.arange(s, s + n, dtype=np.int64) for s, n in blocks])
+            if blocks
+            else np.zeros(0, np.int64)
+        )
+        return {c: self._rows[i, : self._n][index] for i, c in enumerate(self.COLUMNS)}
+
+    def sizes(self, ranks: list[int]) -> np.ndarray:
+        """Kernels per rank of ``ranks``."""
+        return np.array([sum(n for _, n in self._blocks.get(int(r), [])) for r in ranks], dtype=np.int64)
+
+    @property
+    def names(self) -> np.ndarray:
+        """The distinct kernel names, by code."""
+        return _strings(self._names)
+
+    @property
+    def pgs(self) -> np.ndarray:
+        """The distinct process group names (``""``: none recorded), by code."""
+        return _strings(self._pgs)
+
+
+def _codes(values: pd.Series, known: dict[str, int]) -> np.ndarray:
+    """Each value's code in ``known`` (new values added): a rank has ~10 communication kernels or thousands."""
+    if len(values) <= 64:
+        return np.array([known.setdefault(str(v), len(known)) for v in values.tolist()], dtype=np.int64)
+    codes, uniques = pd.factorize(values)
+    lut = np.array([known.setdefault(str(u), len(known)) for u in uniques], dtype=np.int64)
+    return lut[codes]
+
+
+def _strings(known: dict[str, int]) -> np.ndarray:
+    out = np.empty(len(known), dtype=object)
+    out[:] = list(known)
+    return out
+
+
+@dataclass
+class _Keyed:
+    """The matched kernels of a job (key: an integer in the sort order of the key's text, :attr:`labels`)."""
+
+    frame: pd.DataFrame
+    """rank, name and pg (codes), seq, ts, dur, key (code) of each matched kernel, in the table's row order."""
+    labels: np.ndarray
+    """The key's text by code: ``pg#seq#occurrence`` or ``name#occurrence``."""
+    unmatched: int
+    use_seq: bool
+
+
+def _keyed(table: CommTable, ranks: list[int]) -> _Keyed | None:
+    """Each kernel's collective key, and the kernels whose key is on enough ranks (see :func:`matched_kernels`)."""
+    n = len(ranks)
+    if n < 2 or (table.sizes(ranks) == 0).any():
+        return None
+    cols = table.columns(ranks)
+    no_pg = np.array([p == "" for p in table.pgs], dtype=bool)
+    use_seq = bool((cols["seq"] >= 0).all() and not no_pg[cols["pg"]].any())
+    parts = ("rank", "pg", "seq") if use_seq else ("rank", "name")
+    occurrence = pd.DataFrame({c: cols[c] for c in parts}).groupby(list(parts), sort=False).cumcount()
+    tuples = np.stack([*(cols[c] for c in parts[1:]), occurrence.to_numpy(np.int64)], axis=1)
+    unique, inverse = np.unique(tuples, axis=0, return_inverse=True)
+    if use_seq:
+        pgs = table.pgs
+        text = [f"{pgs[p]}#{s}#{o}" for p, s, o in unique.tolist()]
+    else:
+        names = table.names
+        text = [f"{names[m]}#{o}" for m, o in unique.tolist()]
+    # codes in the order of the keys' text, so that sorting by key sorts as the text would
+    order = sorted(range(len(text)), key=text.__getitem__)
+    code_of = np.empty(len(text), dtype=np.int64)
+    code_of[order] = np.arange(len(text), dtype=np.int64)
+    key = code_of[inverse.reshape(-1)]
+    labels = np.empty(len(text), dtype=object)
+    labels[:] = [text[i] for i in order]
+    counts = np.bincount(key, minlength=len(text))[key]
+    keep = counts >= 2 if use_seq else counts == n
+    frame = pd.DataFrame({c: cols[c][keep] for c in ("rank", "name", "pg", "seq", "ts", "dur")})
+    frame["key"] = key[keep]
+    return _Keyed(frame, labels, int((~keep).sum()), use_seq)
+
+
 def matched_kernels(ranks: list[int], signatures: list[pd.DataFrame]) -> tuple[pd.DataFrame, int, bool] | None:
     """The communication kernels of every rank that match a kernel of the other ranks, each with its ``key``
     (the same key on every rank for the same collective), the number left unmatched, and whether the key is
@@ -114,29 +249,38 @@ def matched_kernels(ranks: list[int], signatures: list[pd.DataFrame]) -> tuple[p
     (:mod:`mlprof.whatif.job`) constrains the same kernels :func:`match_collectives` measures."""
     if len(signatures) < 2 or any(len(s) == 0 for s in signatures):
         return None
-    n = len(signatures)
-    sizes = np.array([len(s) for s in signatures])
-    allk = pd.concat(signatures, ignore_index=True)
-    allk["rank"] = np.repeat(np.asarray(ranks, dtype=np.int64), sizes)
-    use_seq = bool((allk["seq"] >= 0).all() and (allk["pg"] != "").all())
-    if use_seq:
-        occurrence = allk.groupby(["rank", "pg", "seq"]).cumcount().astype(str)
-        allk["key"] = allk["pg"] + "#" + allk["seq"].astype(str) + "#" + occurrence
-        counts = allk.groupby("key")["rank"].transform("size")
-        keep = counts >= 2
-    else:
-        allk["key"] = allk["name"] + "#" + allk.groupby(["rank", "name"]).cumcount().astype(str)
-        counts = allk.groupby("key")["rank"].transform("size")
-        keep = counts == n
-    return allk[keep].reset_index(drop=True), int((~keep).sum()), use_seq
+    table = CommTable.of(ranks, signatures)
+    keyed = _keyed(table, ranks)
+    assert keyed is not None
+    frame = keyed.frame
+    out = pd.DataFrame(
+        {
+            "name": table.names[frame["name"].to_numpy()],
+            "pg": table.pgs[frame["pg"].to_numpy()],
+            "seq": frame["seq"].to_numpy(),
+            "ts": frame["ts"].to_numpy(),
+            "dur": frame["dur"].to_numpy(),
+            "rank": frame["rank"].to_numpy(),
+            "key": keyed.labels[frame["key"].to_numpy()],
+        }
+    )
+    return out, keyed.unmatched, keyed.use_seq
 
 
 def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankSkew | None:
     """Match the ranks' signatures (see :func:`comm_signature`); None with < 2 ranks or a rank without collectives."""
-    keyed = matched_kernels(ranks, signatures)
+    if len(signatures) < 2 or any(len(s) == 0 for s in signatures):
+        return None
+    return match_table(CommTable.of(ranks, signatures), ranks)
+
+
+def match_table(table: CommTable, ranks: list[int]) -> RankSkew | None:
+    """Match the collectives of ``ranks`` in the job's signature table; None with < 2 ranks or a rank without
+    collectives."""
+    keyed = _keyed(table, ranks)
     if keyed is None:
         return None
-    matched, unmatched, use_seq = keyed
+    matched, unmatched, use_seq = keyed.frame, keyed.unmatched, keyed.use_seq
     if len(matched) == 0:
         return None
     matched["end"] = matched["ts"] + matched["dur"]
@@ -168,17 +312,17 @@ def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankS
             "aligned_start_ns": by_key["aligned_ts"].min() + by_key["arrival"].median().round().astype(np.int64),
         }
     )
-    colls.index.name = "key"
     matched["late"] = matched["aligned_ts"] - matched["key"].map(colls["aligned_start_ns"]).to_numpy(np.int64)
     # The last rank waits 0 in its collective, so the collective's total wait is what it caused.
     caused = colls.groupby("last_rank")["wait_ns"].sum()
     critical = colls.groupby("last_rank")["critical_ns"].sum()
     last_counts = colls["last_rank"].value_counts()
     per_rank_groups = matched.groupby("rank")
-    comm_ns = pd.Series([int(s["dur"].sum()) for s in signatures], index=np.asarray(ranks, dtype=np.int64))
+    sizes = table.sizes(ranks)
+    comm = table.columns(ranks)["dur"]
     per_rank = pd.DataFrame({"rank": np.asarray(ranks, dtype=np.int64)})
     idx = per_rank["rank"]
-    per_rank["comm_ns"] = comm_ns.reindex(idx).fillna(0).astype(np.int64).to_numpy()
+    per_rank["comm_ns"] = np.add.reduceat(comm, np.cumsum(sizes) - sizes)  # every rank has kernels here
     per_rank["wait_ns"] = per_rank_groups["wait"].sum().reindex(idx).fillna(0).astype(np.int64).to_numpy()
     per_rank["last_arrivals"] = last_counts.reindex(idx).fillna(0).astype(np.int64).to_numpy()
     per_rank["caused_wait_ns"] = caused.reindex(idx).fillna(0).astype(np.int64).to_numpy()
@@ -195,6 +339,9 @@ def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankS
     for r, lo, hi in zip(ranks, bounds, ends, strict=True):
         s = ts_all[lo:hi]
         waits[int(r)] = (s, s + wait_all[lo:hi])
+    # the keys and names as text again (codes above, so the groupings work on integers)
+    colls["name"] = pd.array(table.names[colls["name"].to_numpy(np.int64)], dtype=str)
+    colls.index = pd.Index(pd.array(keyed.labels[colls.index.to_numpy(np.int64)], dtype=str), name="key")
     return RankSkew(
         ranks=[int(r) for r in ranks],
         matched=len(colls),

@@ -2,7 +2,7 @@
 
 :func:`analyze_paths` is what ``mlprof analyze DIR --jobs N --engine local|dask`` runs.
 :func:`combine` is the client side: it validates the ranks, matches the collectives
-of all ranks (:func:`mlprof.analyzers.rank_skew.match_collectives`), splits each
+of all ranks (:func:`mlprof.analyzers.rank_skew.match_table` on the job's signature table), splits each
 rank's exposed communication into waiting and transfer, runs the cross-rank rules,
 and merges everything into one :class:`mlprof.analysis.Analysis` through the same
 :func:`mlprof.rules.engine.diagnose` as an in-memory job. The result does not depend
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from mlprof.analysis import Analysis
 from mlprof.analyzers.name_totals import job_name_totals
-from mlprof.analyzers.rank_skew import match_collectives
+from mlprof.analyzers.rank_skew import CommTable, match_table
 from mlprof.engine.executors import ProgressFn, default_jobs, run_dask, run_local
 from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_rank, split_comm_wait, windows
 from mlprof.engine.sources import list_sources
@@ -88,6 +88,8 @@ class Kept:
 
     * the rank's kernel and op views are added to the job's totals
       (:class:`mlprof.analyzers.name_totals.NameTotals`) and dropped;
+    * the rank's communication signature is added to the job's signature table
+      (:class:`mlprof.analyzers.rank_skew.CommTable`, what the cross-rank matching reads);
     * the rank's reduced tables, communication signature and exposed communication are held compressed
       (:meth:`mlprof.results.ReducedRank.pack`, :meth:`RankPartial.pack`);
     * the rank's device list holds the job's one copy of each distinct (frozen, equal) device: every rank of
@@ -100,12 +102,14 @@ class Kept:
 
     def __init__(self) -> None:
         self.kernels, self.ops = job_name_totals()
+        self.comm = CommTable()
         self.held: list[RankPartial] = []
         self.untrusted = False
         self.devices: dict[DeviceInfo, DeviceInfo] = {}
 
     def keep(self, p: RankPartial) -> RankPartial:
         check_rank(p.analysis.trace.meta)  # the totals key on the rank
+        self.comm.add(p.analysis.rank, p.comm_signature())
         if isinstance(p.analysis.trace, ReducedRank):
             p.analysis.trace.pack()
         p.pack()
@@ -136,7 +140,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
     partials = _check_ranks(partials, path)
     config = options.config
     ranks = [p.analysis.rank for p in partials]
-    skew = match_collectives(ranks, [p.comm_signature() for p in partials]) if len(partials) > 1 else None
+    skew = match_table(_comm_table(partials, kept), ranks) if len(partials) > 1 else None
     contexts: list[RankContext] = []
     per_rank: list[list[Finding]] = []
     for p in partials:
@@ -175,6 +179,16 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         skew=skew,
         name_totals=(kept.kernels, kept.ops) if kept is not None else None,
     )
+
+
+def _comm_table(partials: list[RankPartial], kept: Kept | None) -> CommTable:
+    """The job's signature table: as kept while the ranks arrived, else read rank by rank now."""
+    if kept is not None:
+        return kept.comm
+    table = CommTable()
+    for p in partials:
+        table.add(p.analysis.rank, p.comm_signature())
+    return table
 
 
 def _check_ranks(partials: list[RankPartial], path: str) -> list[RankPartial]:
