@@ -234,7 +234,8 @@ def predict(
         if not replayable(f):
             continue
         _, after_ns, applied = replay_cached(f.rule, originals)
-        release_freed_memory()
+        if job is not None:
+            release_freed_memory()  # the replay's temporaries (a job's replays run here, one by one)
         if not applied:
             f.evidence["replay"] = "the fix could not be expressed on this trace's graph"
             continue
