@@ -241,11 +241,11 @@ def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConf
     with SharedTasks([task for work in works for task in work.tasks]) as shared:
         diagnosis = diagnose(contexts, config, skew, world)
         release_freed_memory()
+        specs = [c.gpu_spec for c in contexts]
+        signatures = [comm_signature(ra.full_trace) for ra in ranks]
         results = shared.results()
     bounds = np.cumsum([0, *(len(work.tasks) for work in works)])
     replays = [work.finish(results[a:b]) for work, a, b in zip(works, bounds[:-1], bounds[1:], strict=True)]
-    specs = [c.gpu_spec for c in contexts]
-    signatures = [comm_signature(ra.full_trace) for ra in ranks]
     diagnosis.whatif = predict_job(diagnosis, replays, signatures, skew, specs, config)
     release_freed_memory()  # the fixed graphs' and the plan's replays (the report's views come next)
     return diagnosis
