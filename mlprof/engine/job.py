@@ -22,6 +22,7 @@ from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_rank, split
 from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
 from mlprof.results import ReducedRank
+from mlprof.results.job_frames import HeldRank, JobFrames
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
@@ -90,6 +91,8 @@ class Kept:
       (:class:`mlprof.analyzers.name_totals.NameTotals`) and dropped;
     * the rank's communication signature is added to the job's signature table
       (:class:`mlprof.analyzers.rank_skew.CommTable`, what the cross-rank matching reads);
+    * the rank's steps and causes are held as rows of the job's tables
+      (:class:`mlprof.results.job_frames.HeldRank`), not as two DataFrames per rank;
     * the rank's reduced tables, communication signature and exposed communication are held compressed
       (:meth:`mlprof.results.ReducedRank.pack`, :meth:`RankPartial.pack`);
     * the rank's device list holds the job's one copy of each distinct (frozen, equal) device: every rank of
@@ -103,6 +106,7 @@ class Kept:
     def __init__(self) -> None:
         self.kernels, self.ops = job_name_totals()
         self.comm = CommTable()
+        self.frames = JobFrames()
         self.held: list[RankPartial] = []
         self.untrusted = False
         self.devices: dict[DeviceInfo, DeviceInfo] = {}
@@ -110,6 +114,7 @@ class Kept:
     def keep(self, p: RankPartial) -> RankPartial:
         check_rank(p.analysis.trace.meta)  # the totals key on the rank
         self.comm.add(p.analysis.rank, p.comm_signature())
+        p.analysis = HeldRank.of(p.analysis, self.frames)
         if isinstance(p.analysis.trace, ReducedRank):
             p.analysis.trace.pack()
         p.pack()

@@ -258,10 +258,14 @@ class Analysis:
 
     def job_steps(self) -> pd.DataFrame:
         """The job's per-step view: each step's categories averaged over the ranks that have it."""
-        frames = [ra.steps for ra in self.ranks if len(ra.steps)]
-        if len(frames) <= 1:
-            return frames[0] if frames else self.ranks[0].steps
-        stacked = pd.concat(frames, ignore_index=True)
+        from mlprof.results.job_frames import stacked_steps
+
+        stacked = stacked_steps(self.ranks)  # a job's client holds the ranks' steps as one table
+        if stacked is None:
+            frames = [ra.steps for ra in self.ranks if len(ra.steps)]
+            if len(frames) <= 1:
+                return frames[0] if frames else self.ranks[0].steps
+            stacked = pd.concat(frames, ignore_index=True)
         grouped = stacked.groupby("step", sort=True)
         mean = grouped[["dur", *CATEGORIES]].mean().round().astype(np.int64)
         mean.insert(0, "ts", grouped["ts"].min())

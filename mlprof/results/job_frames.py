@@ -1,0 +1,169 @@
+"""A job's per-rank tables (steps, causes) held as rows of one job table each, not as a DataFrame per rank.
+
+A job's client keeps every rank's per-step attribution and causes for the cross-rank rules
+and the report. As one small DataFrame per rank they cost ~5 KB each of pandas objects
+(block managers, indexes, the column names' lookup table each frame builds on first use)
+for ~100-200 bytes of numbers: ~10 KB a rank, 10 MB at 1,024 ranks. Here every rank's
+table of the same columns is a slice of one growable int64 matrix of the job
+(:class:`JobFrames`), and :class:`HeldRank` (a :class:`RankAnalysis`) hands out a DataFrame
+built from its rows on each read (~6 us: one block, the job's one columns index).
+
+Only tables that come back exactly are held this way: every column int64, a default
+``RangeIndex``, unique column labels, no ``attrs``; any other table is kept as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlprof.results.measurements import RankAnalysis
+
+
+class _Table:
+    """The rows of one kind of table (one column set) of every rank, in one growable int64 matrix."""
+
+    __slots__ = ("columns", "n", "rows")
+
+    def __init__(self, columns: pd.Index) -> None:
+        self.columns = columns
+        self.rows = np.empty((16, len(columns)), dtype=np.int64)
+        self.n = 0
+
+    def append(self, values: np.ndarray) -> Rows:
+        start, k = self.n, len(values)
+        if start + k > len(self.rows):
+            grown = np.empty((max(2 * len(self.rows), start + k), self.rows.shape[1]), dtype=np.int64)
+            grown[:start] = self.rows[:start]
+            self.rows = grown
+        self.rows[start : start + k] = values
+        self.n = start + k
+        return Rows(self, start, k)
+
+
+class Rows:
+    """One rank's table: ``n`` rows of a job table from ``start``."""
+
+    __slots__ = ("n", "start", "table")
+
+    def __init__(self, table: _Table, start: int, n: int) -> None:
+        self.table, self.start, self.n = table, start, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def values(self) -> np.ndarray:
+        return self.table.rows[self.start : self.start + self.n]
+
+    def frame(self) -> pd.DataFrame:
+        """The table as a DataFrame of its own (a copy: changing it does not change the job's table)."""
+        return pd.DataFrame(self.values(), columns=self.table.columns, copy=True)
+
+
+class JobFrames:
+    """The job's tables, one per (name, column set): what :class:`HeldRank` rows point into."""
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple[Any, ...], _Table] = {}
+
+    def hold(self, name: str, frame: pd.DataFrame) -> Rows | pd.DataFrame:
+        """``frame`` as rows of the job's ``name`` table, or ``frame`` itself when it would not come back equal."""
+        if not _fits(frame):
+            return frame
+        key = (name, str(frame.columns.dtype), *frame.columns)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = _Table(frame.columns)
+        return table.append(frame.to_numpy(np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the job tables' matrices (grown by doubling)."""
+        return sum(t.rows.nbytes for t in self._tables.values())
+
+
+def _fits(frame: object) -> bool:
+    if not isinstance(frame, pd.DataFrame) or frame.attrs or frame.columns.nlevels != 1:
+        return False
+    index = frame.index
+    if not (isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1 and index.name is None):
+        return False
+    return frame.columns.is_unique and all(d == np.int64 for d in frame.dtypes)
+
+
+class _Held:
+    """A :class:`RankAnalysis` field that a :class:`HeldRank` keeps as rows of its job's tables."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name]
+        if not isinstance(value, Rows):
+            return value
+        # The frame read last is kept: the client reads one rank's tables several times in a row, and a rank's
+        # field reads as the same object until it is set again, as a plain attribute does.
+        last = _LAST_READ.get(self.name)
+        if last is not None and last[0] is value:
+            return last[1]
+        frame = value.frame()
+        _LAST_READ[self.name] = (value, frame)
+        return frame
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        frames: JobFrames | None = obj.__dict__.get("_job_frames")
+        if frames is not None and isinstance(value, pd.DataFrame):
+            value = frames.hold(self.name, value)
+        obj.__dict__[self.name] = value
+
+
+_LAST_READ: dict[str, tuple[Rows, pd.DataFrame]] = {}
+"""Per field, the rows read last and the frame built from them."""
+
+
+class HeldRank(RankAnalysis):
+    """A rank's analysis as a job's client keeps it: ``steps`` and ``causes`` are rows of the job's tables.
+
+    Reading either gives a new DataFrame equal to the one set; setting one (the client splits the causes'
+    communication into waiting and transfer) adds its rows to the job's table. Pickled or copied, it is a plain
+    :class:`RankAnalysis` with its tables."""
+
+    steps = _Held()
+    causes = _Held()
+
+    @classmethod
+    def of(cls, ra: RankAnalysis, frames: JobFrames) -> HeldRank:
+        held = cls.__new__(cls)
+        held.__dict__["_job_frames"] = frames
+        for f in dataclasses.fields(RankAnalysis):
+            setattr(held, f.name, getattr(ra, f.name))
+        return held
+
+    def rows(self, name: str) -> Rows | pd.DataFrame | None:
+        """How ``steps`` or ``causes`` is held: rows of the job's table, else the DataFrame (None if not set)."""
+        value: Rows | pd.DataFrame | None = self.__dict__.get(name)
+        return value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_plain, ({f.name: getattr(self, f.name) for f in dataclasses.fields(RankAnalysis)},))
+
+
+def _plain(values: dict[str, Any]) -> RankAnalysis:
+    return RankAnalysis(**values)
+
+
+def stacked_steps(ranks: list[RankAnalysis]) -> pd.DataFrame | None:
+    """Every rank's steps in rank-list order as ``pd.concat(..., ignore_index=True)`` would give them, from the
+    job's steps table without a DataFrame per rank; None unless every rank is a :class:`HeldRank` whose steps are
+    rows of one table and at least two ranks have steps."""
+    rows = [ra.rows("steps") if isinstance(ra, HeldRank) else None for ra in ranks]
+    held: list[Rows] = [r for r in rows if isinstance(r, Rows)]
+    if len(held) < len(rows) or sum(1 for r in held if r.n) < 2 or any(r.table is not held[0].table for r in held):
+        return None
+    values = np.concatenate([r.values() for r in held if r.n])
+    return pd.DataFrame(values, columns=held[0].table.columns, copy=False)
