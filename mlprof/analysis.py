@@ -238,7 +238,8 @@ def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConf
     world = ranks[0].trace.meta.world_size if ranks else None
     # The replays' checks and pacing probes (independent of the rules) run in a helper process while this one
     # runs the rules, when a core is idle (mlprof.whatif.helper); what the helper does not do runs here after.
-    with SharedTasks([task for work in works for task in work.tasks]) as shared:
+    tasks = [task for work in works for task in work.tasks]
+    with SharedTasks(tasks, n_ops=sum(work.graph.n_host + work.graph.n_gpu for work in works)) as shared:
         diagnosis = diagnose(contexts, config, skew, world)
         release_freed_memory()
         specs = [c.gpu_spec for c in contexts]

@@ -150,13 +150,16 @@ def _alive(pid: int) -> bool:
 
 
 def test_helper_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    big = helper_module.MIN_OPS
     monkeypatch.setenv("MLPROF_HELPER", "0")
-    assert not helper_wanted(5)
+    assert not helper_wanted(5, big)
     monkeypatch.setenv("MLPROF_HELPER", "1")
-    assert helper_wanted(5) and not helper_wanted(1)
+    assert helper_wanted(5, 0) and not helper_wanted(1, big)
     monkeypatch.setenv("MLPROF_HELPER", "auto")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert helper_wanted(5, big) and not helper_wanted(5, big - 1)  # a small graph: the fork costs more
     monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))
-    assert not helper_wanted(5)  # no idle core
+    assert not helper_wanted(5, big)  # no idle core
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the helper is forked on Linux only")

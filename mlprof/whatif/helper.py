@@ -14,9 +14,10 @@ own. The helper ignores Ctrl-C (the parent's to handle), dies with the parent
 (``PR_SET_PDEATHSIG`` on Linux) and is stopped when the tasks' ``with`` block is left by
 an exception (Ctrl-C, SIGTERM as :class:`~mlprof.interrupts.Terminated`, an error).
 
-A helper is started only on Linux with ``fork``, for two tasks or more, and when the
-1-minute load average leaves a core idle (as the CLI's read-ahead decides), not in a worker
-process of a pool (the job engine's ranks);
+A helper is started only on Linux with ``fork``, for two tasks or more over graphs of at least
+:data:`MIN_OPS` ops (on smaller ones the fork costs more than it saves), when the 1-minute load
+average leaves a core idle (as the CLI's read-ahead decides), not in a worker process of a pool
+(the job engine's ranks);
 ``MLPROF_HELPER=1`` starts one whatever the load, ``MLPROF_HELPER=0`` never.
 """
 
@@ -45,8 +46,14 @@ writes up to its atomic size (4 KB on Linux) without blocking."""
 _PR_SET_PDEATHSIG = 1
 
 
-def helper_wanted(n_tasks: int) -> bool:
-    """Whether a helper process pays for ``n_tasks`` tasks here (see the module docstring)."""
+MIN_OPS = 100_000
+"""Fewest host calls and device ops (all the tasks' graphs together) for which a helper is started unasked:
+forking a process of a few hundred MB costs ~10 ms and each replay of a graph costs ~0.1 us an op, so on a
+35 MB trace (21 k ops, replays of ~3 ms) the helper made the analysis slower (0.17 against 0.11 s)."""
+
+
+def helper_wanted(n_tasks: int, n_ops: int) -> bool:
+    """Whether a helper process pays for ``n_tasks`` tasks over graphs of ``n_ops`` ops (see the module docstring)."""
     setting = os.environ.get("MLPROF_HELPER", "auto")
     if setting == "0" or n_tasks < 2 or n_tasks > MAX_TASKS:
         return False
@@ -56,7 +63,7 @@ def helper_wanted(n_tasks: int) -> bool:
 
     if multiprocessing.parent_process() is not None:
         return False  # a worker of a pool (the job engine's ranks): the pool shares the cores out already
-    return setting == "1" or _idle_core()
+    return setting == "1" or (n_ops >= MIN_OPS and _idle_core())
 
 
 def _idle_core() -> bool:
@@ -72,12 +79,15 @@ class SharedTasks(Generic[T]):
 
     ``with SharedTasks(tasks) as shared: ...; results = shared.results()``: the helper starts on
     entering (it takes tasks while this process does other work in the block), :meth:`results` runs
-    the tasks left here and gathers the helper's. ``helper``: None decides by :func:`helper_wanted`.
+    the tasks left here and gathers the helper's. ``n_ops``: the size of the tasks' graphs (host calls and
+    device ops); ``helper``: None decides by :func:`helper_wanted`.
     """
 
-    def __init__(self, tasks: Sequence[Callable[[], T]], *, helper: bool | None = None) -> None:
+    def __init__(self, tasks: Sequence[Callable[[], T]], *, n_ops: int = 0, helper: bool | None = None) -> None:
         self.tasks = list(tasks)
-        self.want_helper = helper_wanted(len(self.tasks)) if helper is None else helper and len(self.tasks) <= MAX_TASKS
+        if helper is None:
+            helper = helper_wanted(len(self.tasks), n_ops)
+        self.want_helper = helper and len(self.tasks) <= MAX_TASKS
         self.pid: int | None = None
         self.queue_fd: int | None = None
         self.result_fd: int | None = None

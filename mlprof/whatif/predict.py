@@ -225,7 +225,7 @@ def predict(
         # is idle (mlprof.whatif.helper). A job's replays update its pass counts, so they stay here.
         rules = list(dict.fromkeys(f.rule for f in findings if replayable(f)))
         tasks = [_first_stage_task(replay_with, rule, originals) for rule in rules]
-        with SharedTasks(tasks) as shared:
+        with SharedTasks(tasks, n_ops=sum(g.n_host + g.n_gpu for g in originals)) as shared:
             first_stage.update(zip(rules, shared.results(), strict=True))
 
     replayed: list[Finding] = []
