@@ -341,3 +341,30 @@ def test_client_holds_steps_and_causes_as_rows_of_job_tables(dlrm_partials: list
     per_rank = (as_rows(8) - as_rows(1)) / (7 * len(blobs))
     assert as_frames > 5_000 * len(blobs)
     assert per_rank < 1_500
+
+
+def test_ranks_own_findings_are_held_in_the_spill_file_once_merged(dlrm_partials: list[RankPartial]) -> None:
+    """Combined from kept ranks, the real DLRM job's per-rank findings (each rank's list, and the merge's input
+    ``diagnosis.per_rank``) are held in the spill file, not in memory, and read back equal to those of the same
+    ranks combined without being kept (lists in memory); the job's merged findings are the same."""
+    from mlprof.engine.job import combine
+    from mlprof.results.spill import Spilled, SpilledLists
+
+    plain = combine([pickle.loads(pickle.dumps(p)) for p in dlrm_partials], "dlrm", TaskOptions())
+    kept = Kept()
+    partials = [pickle.loads(pickle.dumps(p)) for p in dlrm_partials]
+    for p in partials:
+        kept.keep(p)
+    held = combine(partials, "dlrm", TaskOptions(), kept)
+    assert held.diagnosis is not None and plain.diagnosis is not None
+    assert isinstance(held.diagnosis.per_rank, SpilledLists) and isinstance(plain.diagnosis.per_rank, list)
+
+    def dicts(findings: Any) -> list[Any]:
+        return [f.to_dict() for f in findings]
+
+    assert sum(len(ra.findings) for ra in plain.ranks) > len(plain.ranks)
+    for a, b in zip(plain.ranks, held.ranks, strict=True):
+        assert isinstance(b.__dict__["findings"], Spilled)
+        assert dicts(b.findings) == dicts(a.findings)
+    assert [dicts(x) for x in held.diagnosis.per_rank] == [dicts(x) for x in plain.diagnosis.per_rank]
+    assert dicts(held.findings) == dicts(plain.findings) and len(plain.findings) > 0

@@ -23,6 +23,7 @@ from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
 from mlprof.results import ReducedRank
 from mlprof.results.job_frames import HeldRank, JobFrames
+from mlprof.results.spill import SpilledLists
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
@@ -171,8 +172,18 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         signatures = [p.comm_signature() for p in partials] if all(r.ok for r in replays) else []
         diagnosis.whatif = predict_job(diagnosis, replays, signatures, skew, specs, config)
     analyses = []
-    for p, findings in zip(partials, diagnosis.per_rank, strict=True):
-        p.analysis.findings = sorted(findings, key=lambda f: -f.expected_speedup)
+    held = all(isinstance(p.analysis, HeldRank) for p in partials) and len(partials) > 1
+    if held:
+        # Merged, the ranks' own findings are read again only on request: held in the spill file from here on,
+        # the client does not hold them through the report.
+        diagnosis.per_rank = spilled = SpilledLists(diagnosis.per_rank)
+        for i, p in enumerate(partials):
+            assert isinstance(p.analysis, HeldRank)
+            p.analysis.hold_findings(spilled.spilled(i))
+    else:
+        for p, findings in zip(partials, diagnosis.per_rank, strict=True):
+            p.analysis.findings = sorted(findings, key=lambda f: -f.expected_speedup)
+    for p in partials:
         if len(partials) == 1:
             p.analysis.diagnosis = diagnosis
         analyses.append(p.analysis)

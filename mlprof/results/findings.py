@@ -7,6 +7,7 @@ only; :mod:`mlprof.rules` computes them, :mod:`mlprof.report` renders them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,8 +133,9 @@ class Diagnosis:
     """Findings dropped because their expected speedup was under ``min_speedup``."""
     verdicts: dict[str, str] = field(default_factory=dict)
     """Why a rule that looked found nothing (e.g. the measured memory trend), per rule id."""
-    per_rank: list[list[Finding]] = field(default_factory=list)
-    """Each rank's own findings before merging (the same as ``findings`` for one rank)."""
+    per_rank: Sequence[list[Finding]] = field(default_factory=list)
+    """Each rank's own findings before merging (the same as ``findings`` for one rank); a job's client holds
+    them in its spill file once merged (:class:`mlprof.results.spill.SpilledLists`)."""
     cross_rank: CrossRank | None = None
     """Several ranks: the per-rank table, rank-group summaries and job totals (:mod:`mlprof.analyzers.stragglers`)."""
     rule_outliers: list[dict[str, Any]] = field(default_factory=list)

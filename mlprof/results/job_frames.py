@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mlprof.results.measurements import RankAnalysis
+from mlprof.results.spill import Spilled
 
 
 class _Table:
@@ -122,12 +123,33 @@ class _Held:
         obj.__dict__[self.name] = value
 
 
-_LAST_READ: dict[str, tuple[Rows, pd.DataFrame]] = {}
-"""Per field, the rows read last and the frame built from them."""
+_LAST_READ: dict[str, tuple[Any, Any]] = {}
+"""Per field, what was read last (rows, spilled findings) and the value built from it."""
+
+
+class _HeldFindings:
+    """``findings`` of a :class:`HeldRank`: a list as set, or the rank's findings in the spill file, sorted on read."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__["findings"]
+        if not isinstance(value, Spilled):
+            return value
+        last = _LAST_READ.get("findings")
+        if last is not None and last[0] is value:
+            return last[1]
+        found = sorted(value.load(), key=lambda f: -f.expected_speedup)
+        _LAST_READ["findings"] = (value, found)
+        return found
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__["findings"] = value
 
 
 class HeldRank(RankAnalysis):
-    """A rank's analysis as a job's client keeps it: ``steps`` and ``causes`` are rows of the job's tables.
+    """A rank's analysis as a job's client keeps it: ``steps`` and ``causes`` are rows of the job's tables, and
+    once the job's findings are merged the rank's own are held in the spill file (:meth:`hold_findings`).
 
     Reading either gives a new DataFrame equal to the one set; setting one (the client splits the causes'
     communication into waiting and transfer) adds its rows to the job's table. Pickled or copied, it is a plain
@@ -135,6 +157,7 @@ class HeldRank(RankAnalysis):
 
     steps = _Held()
     causes = _Held()
+    findings = _HeldFindings()
 
     @classmethod
     def of(cls, ra: RankAnalysis, frames: JobFrames) -> HeldRank:
@@ -143,6 +166,11 @@ class HeldRank(RankAnalysis):
         for f in dataclasses.fields(RankAnalysis):
             setattr(held, f.name, getattr(ra, f.name))
         return held
+
+    def hold_findings(self, spilled: Spilled) -> None:
+        """Hold the rank's findings as written to the spill file (unsorted): read, they come sorted by expected
+        speedup, largest first, as :func:`mlprof.engine.job.combine` sets them."""
+        self.__dict__["findings"] = spilled
 
     def rows(self, name: str) -> Rows | pd.DataFrame | None:
         """How ``steps`` or ``causes`` is held: rows of the job's table, else the DataFrame (None if not set)."""

@@ -19,7 +19,8 @@ import pickle
 import tempfile
 import threading
 import zlib
-from typing import IO, Any
+from collections.abc import Iterable, Sequence
+from typing import IO, Any, overload
 
 _HAS_PREAD = hasattr(os, "pread") and hasattr(os, "pwrite")
 
@@ -126,3 +127,35 @@ class _Store:
 
 
 _STORE = _Store()
+
+
+class SpilledLists(Sequence[list[Any]]):
+    """A sequence of lists, each held in the spill file and read back (a new list) when indexed.
+
+    What a job's client keeps of each rank's findings once the job's are merged: read again only by a caller
+    that asks for one rank's (the last one read is kept)."""
+
+    def __init__(self, lists: Iterable[list[Any]]) -> None:
+        self._held = [spill(values) for values in lists]
+        self._last: tuple[int, list[Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @overload
+    def __getitem__(self, i: int) -> list[Any]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[list[Any]]: ...
+
+    def __getitem__(self, i: int | slice) -> list[Any] | list[list[Any]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        if self._last is None or self._last[0] != i:
+            self._last = (i, self._held[i].load())
+        return self._last[1]
+
+    def spilled(self, i: int) -> Spilled:
+        """Rank ``i``'s list as held."""
+        return self._held[i]
