@@ -70,22 +70,22 @@ class RankPartial:
     """Merged intervals where a communication kernel runs and no compute kernel does."""
     replay: Any = None
     """The rank's replay graph and its check (:class:`mlprof.whatif.RankReplay`); it needs no trace."""
-    packed: tuple[Spilled, Spilled] | None = field(default=None, repr=False)
-    """``signature`` and ``exposed_comm`` compressed in the spill file (:meth:`pack`); read them with
-    :meth:`comm_signature` and :meth:`exposed`."""
+    packed: tuple[Spilled, Spilled, Spilled] | None = field(default=None, repr=False)
+    """``signature``, ``exposed_comm`` and ``findings`` compressed in the spill file (:meth:`pack`); read them
+    with :meth:`comm_signature`, :meth:`exposed` and :meth:`rank_findings`."""
 
     @property
     def rank(self) -> int | None:
         return self.analysis.trace.meta.rank
 
     def pack(self) -> None:
-        """Hold the signature and the exposed intervals compressed in the process's spill file (~1.5 KB on disk
-        and a few offsets in memory instead of ~12 KB: a job's client keeps one partial per rank,
-        :mod:`mlprof.results.spill`); :meth:`comm_signature` and :meth:`exposed` read them back, the fields then
-        are an error to read."""
+        """Hold the signature, the exposed intervals and the rank's findings compressed in the process's spill
+        file (~3.5 KB on disk and a few offsets in memory instead of ~20 KB: a job's client keeps one partial per
+        rank until the job is combined, :mod:`mlprof.results.spill`); :meth:`comm_signature`, :meth:`exposed` and
+        :meth:`rank_findings` read them back, the fields then are an error to read."""
         if self.packed is None:
-            self.packed = (spill(self.signature), spill(self.exposed_comm))
-            self.signature = self.exposed_comm = _PACKED
+            self.packed = (spill(self.signature), spill(self.exposed_comm), spill(self.findings))
+            self.signature = self.exposed_comm = self.findings = _PACKED
 
     def comm_signature(self) -> pd.DataFrame:
         """The communication signature, packed or not."""
@@ -93,6 +93,13 @@ class RankPartial:
             return self.signature
         signature: pd.DataFrame = self.packed[0].load()
         return signature
+
+    def rank_findings(self) -> list[Finding]:
+        """The findings of the rank's own rules, packed or not."""
+        if self.packed is None:
+            return self.findings
+        findings: list[Finding] = self.packed[2].load()
+        return findings
 
     def exposed(self) -> Intervals:
         """The exposed-communication intervals, packed or not."""
@@ -102,7 +109,9 @@ class RankPartial:
         return exposed
 
 
-_PACKED: Any = Released("rank partial packed (RankPartial.pack): read .comm_signature() or .exposed(), not .{name}")
+_PACKED: Any = Released(
+    "rank partial packed (RankPartial.pack): read .comm_signature(), .exposed() or .rank_findings(), not .{name}"
+)
 """Stands for a field held packed (:meth:`RankPartial.pack`)."""
 
 

@@ -59,6 +59,20 @@ class Report:
         # Normalise to what JSON holds (tuples -> lists, numpy scalars -> numbers), so a report
         # read back from its JSON equals the report that wrote it.
         self.data = msgspec.json.decode(msgspec.json.encode(self.data))
+        self._check_version()
+
+    @classmethod
+    def of_encoded(cls, encoded: bytes, analysis: Any = None) -> Report:
+        """The report whose data is ``encoded`` (its JSON as ``msgspec.json.encode`` wrote it) decoded: what
+        ``Report(data)`` holds, without holding ``data`` and its normalised copy at once (a 1,024-rank job's
+        report is ~10 MB of Python objects)."""
+        report = cls.__new__(cls)
+        report.data = msgspec.json.decode(encoded)
+        report.analysis = analysis
+        report._check_version()
+        return report
+
+    def _check_version(self) -> None:
         version = str(self.data.get("schema_version", ""))
         if version.split(".", 1)[0] != SUPPORTED_MAJOR:
             raise BadInputError(
@@ -75,7 +89,13 @@ class Report:
     def to_json(self, indent: int = 2) -> str:
         """The JSON report, as ``mlprof analyze --format json`` writes it (ends with a newline)."""
         raw = msgspec.json.encode(self.data)
-        return json_text((msgspec.json.format(raw, indent=indent) if indent else raw).decode()) + "\n"
+        if indent:
+            raw = msgspec.json.format(raw, indent=indent)
+        text = raw.decode()
+        del raw  # a large report's text is held once, then twice only while it is escaped
+        text = json_text(text)  # the same string when nothing needs escaping
+        text += "\n"  # in place where the string is not shared
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report as Python values (a copy)."""

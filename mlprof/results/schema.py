@@ -63,6 +63,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -397,8 +398,11 @@ def counters_only_json_dict(ca: CounterAnalysis) -> dict[str, Any]:
 
 def build_report(analysis: Analysis | CounterAnalysis) -> Report:
     """The :class:`~mlprof.results.Report` of an analysis: its JSON report, with the live analysis attached."""
-    data = to_json_dict(analysis) if isinstance(analysis, Analysis) else counters_only_json_dict(analysis)
-    return Report(data, analysis=analysis)
+    # encoded as soon as built, so the report's values and their normalised copy are not held at once
+    encoded = msgspec.json.encode(
+        to_json_dict(analysis) if isinstance(analysis, Analysis) else counters_only_json_dict(analysis)
+    )
+    return Report.of_encoded(encoded, analysis=analysis)
 
 
 def report_data(source: ReportSource) -> dict[str, Any]:
