@@ -29,6 +29,7 @@ import pickle
 import signal
 import struct
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Generic, TypeVar
@@ -145,7 +146,11 @@ class SharedTasks(Generic[T]):
         # mid-fork is raised just after it, here, not in an at-fork hook that drops it.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            pid = os.fork()
+            with warnings.catch_warnings():
+                # Python 3.12+ warns on a fork with threads alive (pyarrow's allocator keeps a background one
+                # here); the helper takes no lock another thread could hold (the prefetch forks the same way).
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
         except OSError:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             for fd in (queue_r, result_r, result_w):
@@ -173,7 +178,6 @@ class SharedTasks(Generic[T]):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
             _die_with_parent(parent)
             import gc
-            import warnings
 
             gc.disable()  # a collection would touch (and copy) every page of the parent's objects
             self.queue_fd = queue_fd
