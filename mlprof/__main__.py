@@ -23,7 +23,13 @@ ANALYZE_FLAGS = frozenset({"--force", "--low-memory"})
 
 
 def trace_to_read_ahead(args: list[str]) -> str | None:
-    """The trace file of ``mlprof analyze ARGS`` worth reading ahead, or None.
+    """The trace file of ``mlprof analyze ARGS`` worth reading ahead, or None (see :func:`read_ahead_request`)."""
+    request = read_ahead_request(args)
+    return None if request is None else request[0]
+
+
+def read_ahead_request(args: list[str]) -> tuple[str, int | None] | None:
+    """The trace file of ``mlprof analyze ARGS`` worth reading ahead and its ``--jobs`` (None: not given), or None.
 
     None for anything but ``analyze`` with one path, for an option this scan does not know
     (``--help``, ``-fjson``, a typo: typer will say), ``--low-memory``, ``--jobs 1`` (one
@@ -55,7 +61,13 @@ def trace_to_read_ahead(args: list[str]) -> str | None:
             paths.append(token)
     if len(paths) != 1 or (jobs is not None and jobs.strip() == "1"):
         return None
-    return paths[0] if setting == "1" or _idle_core() else None
+    if setting != "1" and not _idle_core():
+        return None
+    try:
+        workers = None if jobs is None else int(jobs)
+    except ValueError:  # typer will say
+        return None
+    return paths[0], workers
 
 
 def _idle_core() -> bool:
@@ -80,11 +92,11 @@ def run() -> None:
 
     try:
         with terminate_as_exception():  # a reader may be running: Ctrl-C or SIGTERM while importing is one line too
-            path = trace_to_read_ahead(sys.argv[1:])
-            if path is not None:
+            request = read_ahead_request(sys.argv[1:])
+            if request is not None:
                 from mlprof.trace import prefetch
 
-                prefetch.start(path)
+                prefetch.start(*request)
             from mlprof.cli import main
     except (KeyboardInterrupt, Terminated) as stop:
         from mlprof.interrupts import clear_unhandled_interrupt_mark

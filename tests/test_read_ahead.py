@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import psutil
@@ -20,6 +24,7 @@ from mlprof.errors import BadInputError
 from mlprof.trace import load_trace, prefetch
 from mlprof.trace.build import TableBuilder
 from mlprof.trace.jsonstream import read_trace_events
+from mlprof.trace.sizes import PARALLEL_MIN_JSON_BYTES
 
 from conftest import SAMPLES, X, assert_same_tables, external, kernel, write_trace
 
@@ -39,8 +44,8 @@ def _plain_tables(path: Path) -> dict[str, pd.DataFrame]:
     return builder.finish()
 
 
-def _read_ahead_tables(path: Path) -> dict[str, pd.DataFrame]:
-    assert prefetch.start(str(path))
+def _read_ahead_tables(path: Path, workers: int | None = None) -> dict[str, pd.DataFrame]:
+    assert prefetch.start(str(path), workers)
     taken = prefetch.take(path)
     assert taken is not None, "the read-ahead process sent nothing back"
     return taken[0].finish()
@@ -205,4 +210,94 @@ def test_signal_while_reading_ahead_leaves_no_process(sig: signal.Signals, code:
     assert proc.returncode == code, err
     assert err.strip().endswith(line), err
     _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"left running: {alive}"
+
+
+# ---- a large trace: read ahead by worker processes of the read-ahead process -------------------
+
+
+@pytest.fixture
+def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file is "large" (read by workers), in slices small enough for a test trace to have many."""
+    monkeypatch.setattr(prefetch, "PARALLEL_MIN_JSON_BYTES", 0)
+    monkeypatch.setattr("mlprof.trace.jsonstream.PARALLEL_SLICE_BYTES", 64 << 10)
+    monkeypatch.setattr("mlprof.trace.jsonstream.BLOCK_BYTES", 16 << 10)
+
+
+@pytest.mark.usefixtures("small_slices")
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_large_trace_is_read_ahead_by_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gzipped: bool) -> None:
+    source = external("hta/tests/data/nccl_parser_config/nccl_data.json.gz")
+    path = source if gzipped else tmp_path / "nccl_data.json"
+    if not gzipped:
+        path.write_bytes(gzip.decompress(source.read_bytes()))
+    from mlprof.trace import parallel
+
+    marker = tmp_path / "workers"
+    real = parallel.read_parallel
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:  # runs in the read-ahead process (forked with this patch)
+        marker.write_text(str(args[3]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "read_parallel", recorded)
+    _assert_tables_equal(_read_ahead_tables(path, workers=2), _plain_tables(path))
+    assert marker.read_text() == "2"  # the read-ahead process read it with two workers
+
+
+def test_read_ahead_relays_the_read_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlprof.trace.jsonstream.BLOCK_BYTES", 1 << 10)  # ~1,100 blocks: at most 101 records
+    path = SAMPLES / "cpu_tiny_training.pt.trace.json.gz"
+    assert prefetch.start(str(path))
+    seen: list[tuple[int, int]] = []
+    taken = prefetch.take(path, lambda done, total: seen.append((done, total)))
+    assert taken is not None
+    size = path.stat().st_size
+    assert 10 <= len(seen) <= prefetch.PROGRESS_STEPS + 1, len(seen)
+    assert all(total == size for _, total in seen)
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == size
+
+
+def _large_plain_trace(path: Path, json_bytes: int) -> Path:
+    """A plain trace of at least ``json_bytes``: a bundled trace's events repeated (read by workers by default)."""
+    events = json.loads(gzip.decompress((SAMPLES / "synthetic" / "healthy.json.gz").read_bytes()))["traceEvents"]
+    chunk = ", ".join(json.dumps(e) for e in events).encode()
+    copies = json_bytes // len(chunk) + 1
+    path.write_bytes(b'{"traceEvents": [' + b", ".join([chunk] * copies) + b"]}")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "line"), [(signal.SIGINT, 130, b"interrupted"), (signal.SIGTERM, 143, b"terminated")]
+)
+def test_signal_while_reading_a_large_trace_ahead_leaves_no_process(
+    tmp_path: Path, sig: signal.Signals, code: int, line: bytes
+) -> None:
+    path = _large_plain_trace(tmp_path / "large.json", PARALLEL_MIN_JSON_BYTES + (1 << 20))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlprof", "analyze", str(path), "--format", "json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "MLPROF_READ_AHEAD": "1", "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    tree: list[psutil.Process] = []
+    while len(tree) < 3 and proc.poll() is None and time.monotonic() < deadline:  # the reader and its 2 workers
+        with contextlib.suppress(psutil.Error):
+            tree = parent.children(recursive=True)
+        time.sleep(0.002)
+    if len(tree) < 3:
+        proc.kill()
+        pytest.skip("the read-ahead's workers came and went before the signal could be sent")
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C: the terminal signals the whole group
+    else:
+        proc.send_signal(sig)  # a service manager or a test harness: only mlprof
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err == b"mlprof: error: " + line + b"\n", err
+    _, alive = psutil.wait_procs(tree, timeout=15)
     assert not alive, f"left running: {alive}"

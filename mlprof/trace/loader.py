@@ -96,7 +96,7 @@ def _read_tables(
 ) -> tuple[TableBuilder, dict[str, Any], StreamStats]:
     from mlprof.trace import prefetch
 
-    read_ahead = prefetch.take(path)  # the CLI's read-ahead process, if it read this file
+    read_ahead = prefetch.take(path, on_progress)  # the CLI's read-ahead process, if it read this file
     if read_ahead is not None:
         if on_progress is not None:
             on_progress(read_ahead[2].file_bytes, read_ahead[2].file_bytes)
