@@ -106,6 +106,7 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 def stop_workers(pool: ProcessPoolExecutor, grace_s: float = 5.0) -> None:
     """Cancel what has not started and end the workers (SIGTERM, then SIGKILL after ``grace_s``)."""
     workers = list((getattr(pool, "_processes", None) or {}).values())  # no public API before Python 3.14
+    results = getattr(pool, "_result_queue", None)  # shutdown drops it
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in workers:
         with contextlib.suppress(Exception):
@@ -116,6 +117,14 @@ def stop_workers(pool: ProcessPoolExecutor, grace_s: float = 5.0) -> None:
             if proc.is_alive():
                 proc.kill()
                 proc.join(grace_s)
+    # A worker ended while it was sending a result leaves half a message in the result pipe: the
+    # pool's thread then waits for the rest in recv() for ever (this process holds the pipe's write
+    # end too), and the interpreter's exit, which joins that thread, hangs (seen once in ~30 runs of
+    # tests/test_parallel_reader.py). With the workers gone, closing that end gives it EOF instead.
+    writer = getattr(results, "_writer", None)
+    if writer is not None and not any(proc.is_alive() for proc in workers):
+        with contextlib.suppress(Exception):
+            writer.close()
 
 
 REDELIVER_AFTER_S = 0.01

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,37 @@ def test_plain_file_changed_while_read_is_not_trusted(tmp_path: Path) -> None:
 
     with pytest.raises(SliceFailed, match="changed while it was read"):
         read_parallel(plain, TableBuilder(), touch, 2)
+
+
+_HALF_SENT = """
+import gc, os, struct, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from mlprof.interrupts import worker_pool
+
+def half_send():  # in a worker: the start of a result, then nothing (as a worker stopped mid-send)
+    pool = next(o for o in gc.get_objects() if isinstance(o, ProcessPoolExecutor))
+    os.write(pool._result_queue._writer.fileno(), struct.pack("!i", 1 << 20) + b"x" * 10)
+    time.sleep(60)
+
+try:
+    with worker_pool(2) as pool:
+        pool.submit(half_send)
+        time.sleep(1)  # the pool's thread is now waiting for the rest of that result
+        raise RuntimeError("stop")  # as a SliceFailed: the workers are stopped
+except RuntimeError:
+    print("stopped", flush=True)
+"""
+
+
+def test_a_worker_stopped_mid_result_does_not_hang_the_exit() -> None:
+    # Fault injected (a worker killed while it sends a result is a race): the pool's thread
+    # then waited in recv() for ever and the interpreter's exit, which joins it, hung.
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", _HALF_SENT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert proc.returncode == 0 and proc.stdout == "stopped\n", proc.stderr

@@ -186,13 +186,17 @@ PROGRESS_STEPS = 100
 
 
 def _relay(out: IO[bytes]) -> ProgressCallback:  # pragma: no cover - runs in the forked process
-    """An ``on_progress`` that sends ("progress", done, total) each time another 1/100 of the file is read."""
+    """An ``on_progress`` that sends ("progress", done, total) each time another 1/100 of the file is read.
+
+    Only forward steps: the reader's position is read while its thread reads on, and a gzip
+    file's raw position can be seen a little behind one seen before.
+    """
     sent = -1
 
     def on_progress(done: int, total: int) -> None:
         nonlocal sent
         step = done * PROGRESS_STEPS // max(total, 1)
-        if step != sent:
+        if step > sent:
             sent = step
             pickle.dump(("progress", done, total), out, protocol=pickle.HIGHEST_PROTOCOL)
             out.flush()
