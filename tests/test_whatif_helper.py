@@ -61,6 +61,25 @@ def test_tasks_the_helper_does_not_deliver_run_here() -> None:
     assert not shared.by_helper
 
 
+def test_a_stuck_helper_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = os.getpid()
+    monkeypatch.setattr(helper_module, "PATIENCE_S", 0.5)
+
+    def stuck(n: int) -> int:
+        if os.getpid() != parent:
+            time.sleep(60)  # a helper that never answers (a lock held at the fork, a machine out of memory)
+        return n * n
+
+    tasks = [lambda n=n: stuck(n) for n in range(4)]
+    started = time.monotonic()
+    with SharedTasks(tasks, helper=True) as shared:
+        time.sleep(0.2)  # the helper takes a task and sticks in it
+        assert shared.results() == [0, 1, 4, 9]
+    assert not shared.by_helper
+    assert time.monotonic() - started < 10
+    assert shared.pid is None  # stopped and reaped
+
+
 def test_an_error_or_a_warning_in_the_helper_is_raised_or_shown_here() -> None:
     parent = os.getpid()
     seen: list[int] = []

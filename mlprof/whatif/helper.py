@@ -26,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -40,6 +42,11 @@ T = TypeVar("T")
 
 _INDEX = struct.Struct("<I")
 _LENGTH = struct.Struct("<Q")
+PATIENCE_S = 10.0
+PATIENCE_TASKS = 20.0
+"""Once this process has no task left, it waits for the helper's last results at most the longer of
+:data:`PATIENCE_S` seconds and :data:`PATIENCE_TASKS` times its own longest task, between two reads; then it
+stops the helper and runs what is missing itself (the same results, later)."""
 MAX_TASKS = 1000
 """Most tasks one queue holds: every index is written to the queue pipe before the fork, and a pipe takes
 writes up to its atomic size (4 KB on Linux) without blocking."""
@@ -111,9 +118,12 @@ class SharedTasks(Generic[T]):
         """Every task's result, in order: the helper's where it delivered one, the others run here."""
         done: dict[int, T] = {}
         if self.queue_fd is not None:
+            longest = 0.0
             while (index := self._take()) is not None:
+                started = time.perf_counter()
                 done[index] = self.tasks[index]()
-            for index, value in self._gather():
+                longest = max(longest, time.perf_counter() - started)
+            for index, value in self._gather(max(PATIENCE_S, PATIENCE_TASKS * longest)):
                 if index not in done:
                     done[index] = value
                     self.by_helper.add(index)
@@ -199,16 +209,37 @@ class SharedTasks(Generic[T]):
             code = 1
         os._exit(code)
 
-    def _gather(self) -> list[tuple[int, T]]:
-        """The helper's results (read to the end of its pipe); what cannot be read is run here instead."""
+    def _gather(self, patience_s: float) -> list[tuple[int, T]]:
+        """The helper's results, read to the end of its pipe; what cannot be read is run here instead.
+
+        A helper that sends nothing for ``patience_s`` (stuck: a lock another thread held at the fork, a
+        machine out of memory) is given up and stopped; its tasks then run here, with the same results."""
         assert self.result_fd is not None
         fd, self.result_fd = self.result_fd, None
+        data = bytearray()
+        try:
+            while True:
+                ready, _, _ = select.select([fd], [], [], patience_s)
+                if not ready:
+                    break  # no word from the helper for patience_s
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break  # the helper is done (or gone)
+                data += chunk
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
         out: list[tuple[int, T]] = []
-        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, struct.error), os.fdopen(fd, "rb") as fh:
-            while head := fh.read(_LENGTH.size):
-                body = fh.read(_LENGTH.unpack(head)[0])
-                index, value = pickle.loads(body)
+        at = 0
+        with contextlib.suppress(EOFError, pickle.UnpicklingError, struct.error, ValueError):
+            while at + _LENGTH.size <= len(data):
+                (size,) = _LENGTH.unpack_from(data, at)
+                if at + _LENGTH.size + size > len(data):
+                    break  # cut short: the helper stopped mid-result
+                index, value = pickle.loads(bytes(data[at + _LENGTH.size : at + _LENGTH.size + size]))
                 out.append((int(index), value))
+                at += _LENGTH.size + size
         return out
 
     def _stop(self) -> None:
