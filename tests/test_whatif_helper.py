@@ -176,7 +176,12 @@ def test_helper_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert helper_wanted(5, 0) and not helper_wanted(1, big)
     monkeypatch.setenv("MLPROF_HELPER", "auto")
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(helper_module, "_running_now", lambda: 1)  # this process alone runs
     assert helper_wanted(5, big) and not helper_wanted(5, big - 1)  # a small graph: the fork costs more
+    monkeypatch.setattr(helper_module, "_running_now", lambda: os.cpu_count() or 1)
+    assert not helper_wanted(5, big)  # every core busy right now, whatever the load average says
+    monkeypatch.setattr(helper_module, "_running_now", lambda: None)
+    assert helper_wanted(5, big)  # no /proc/stat: the load average decides
     monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))
     assert not helper_wanted(5, big)  # no idle core
 
