@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 
 from mlprof.trace import jsonstream, load_trace
@@ -125,3 +128,71 @@ def test_a_worker_stopped_mid_result_does_not_hang_the_exit() -> None:
         env={**os.environ, "PYTHONPATH": str(repo)},
     )
     assert proc.returncode == 0 and proc.stdout == "stopped\n", proc.stderr
+
+
+def _streamed_ranges(path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The slices the block-by-block reader hands to ``on_range`` (it reads every byte to find them)."""
+    got: list[tuple[int, int]] = []
+    with monkeypatch.context() as m:
+        m.setattr(jsonstream, "_plan_ranges", lambda path: None)
+        jsonstream.read_trace_events(path, lambda events: None, on_slice=lambda piece: None, on_range=_collect(got))
+    return got
+
+
+def _collect(into: list[tuple[int, int]]) -> Any:
+    return lambda start, end: into.append((start, end))
+
+
+@pytest.mark.parametrize("bom", [False, True])
+def test_plain_file_is_cut_where_the_block_reader_cuts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bom: bool
+) -> None:
+    # The cuts come from a window before each one (the main process reads ~64 KB per cut, not the file):
+    # they are the block reader's, and the workers' tables the sequential reader's.
+    monkeypatch.setattr(jsonstream, "PARALLEL_SLICE_BYTES", 1 << 20)
+    monkeypatch.setattr(jsonstream, "BLOCK_BYTES", 64 << 10)
+    source = external("hta/tests/data/nccl_parser_config/nccl_data.json.gz")
+    path = tmp_path / "nccl_data.json"
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + gzip.decompress(source.read_bytes()))
+    read = []
+    real_pread = os.pread
+
+    def counted(fd: int, n: int, offset: int) -> bytes:
+        got = real_pread(fd, n, offset)
+        read.append(len(got))
+        return got
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "pread", counted)
+        plan = jsonstream._plan_ranges(path)
+    assert plan is not None
+    streamed = _streamed_ranges(path, monkeypatch)
+    assert len(streamed) >= 8 and plan.ranges == streamed
+    assert sum(read) < path.stat().st_size // 8, (sum(read), path.stat().st_size)
+
+    def no_block_reader(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the file was read block by block")
+
+    builder = TableBuilder()
+    with monkeypatch.context() as m:
+        m.setattr(jsonstream, "_BlockReader", no_block_reader)
+        read_parallel(path, builder, None, 2)
+    sequential = TableBuilder()
+    jsonstream.read_trace_events(path, sequential.add)
+    by_workers, by_one = builder.finish(), sequential.finish()
+    assert by_workers.keys() == by_one.keys()
+    for name, table in by_one.items():
+        pd.testing.assert_frame_equal(by_workers[name], table, check_exact=True, obj=name)
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_files_the_windows_cannot_cut_are_read_block_by_block(tmp_path: Path) -> None:
+    events = [X("cpu_op", "aten::mm", i, 1) for i in range(2000)]
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(events))
+    no_key = tmp_path / "no_key.json"
+    no_key.write_text(json.dumps({"x": "y" * (300 << 10)}))
+    huge_event = write_trace(tmp_path / "huge.json", [X("cpu_op", "n" * (2 << 20), 0, 1), X("cpu_op", "m", 1, 1)])
+    for path in (bare, no_key, huge_event):  # no boundary in the last MB before a cut: block by block
+        assert jsonstream._plan_ranges(path) is None, path
+    assert jsonstream._plan_ranges(external("hta/tests/data/nccl_parser_config/nccl_data.json.gz")) is None  # gzip

@@ -171,18 +171,27 @@ def read_trace_events(
     fall back to a plain read if one does not. With ``on_range`` as well, a plain
     (not gzipped) file's middle slices are handed over as ``(start, end)`` byte offsets
     in the file instead (see :func:`read_range`): the consumer reads them itself, and the
-    text is not copied into another process. Returns the top-level keys other
+    text is not copied into another process, and this process reads only the header, the tail and a
+    window before each cut (:func:`_plan_ranges`). Returns the top-level keys other
     than ``traceEvents`` and the reader's stats. Raises :class:`BadInputError` for
     anything that is not a readable trace.
     """
-    reader = _BlockReader(path, on_progress, data)
-    stats = StreamStats(file_bytes=reader.file_bytes)
-    try:
-        header = _read(path, reader, on_batch, stats, on_slice, on_range if reader.plain_file else None)
-    except RecursionError:  # msgspec's depth limit: 100k nested [ or {
-        raise BadInputError(f"{path}: not a trace (JSON nested too deeply to read)") from None
-    finally:
-        reader.close()
+    planned = _plan_ranges(path) if on_slice is not None and on_range is not None and data is None else None
+    if planned is not None and on_range is not None:  # cut from windows: only the header and tail are read here
+        stats = StreamStats(file_bytes=planned.size, json_bytes=planned.size)
+        try:
+            header = _read_planned(path, planned, on_batch, on_progress, on_range, stats)
+        except RecursionError:  # msgspec's depth limit: 100k nested [ or {
+            raise BadInputError(f"{path}: not a trace (JSON nested too deeply to read)") from None
+    else:
+        reader = _BlockReader(path, on_progress, data)
+        stats = StreamStats(file_bytes=reader.file_bytes)
+        try:
+            header = _read(path, reader, on_batch, stats, on_slice, on_range if reader.plain_file else None)
+        except RecursionError:  # msgspec's depth limit: 100k nested [ or {
+            raise BadInputError(f"{path}: not a trace (JSON nested too deeply to read)") from None
+        finally:
+            reader.close()
     if stats.events == 0 and stats.not_events:
         raise BadInputError(f"{path}: not a trace (`traceEvents` holds no event objects)")
     return header, stats
@@ -281,12 +290,142 @@ def _read(
         if not checked and probed:
             raise not_events()
         return {}
+    return _read_tail(path, header, buf, emit, stats)
+
+
+def _read_tail(
+    path: Path, header: bytes, buf: bytearray, emit: Callable[[list[TraceEvent]], None], stats: StreamStats
+) -> dict[str, Any]:
+    """Decode the rest of ``traceEvents`` after the last cut (and the keys after it), then the header."""
     tail_doc = _decode_piece(_wrap(buf, len(buf), b""), path, stats)
     emit(tail_doc.traceEvents)
     head_doc = _decode_piece(header + b'"traceEvents":[]}', path, stats)
     meta = _header_fields(head_doc)
     meta.update({k: v for k, v in _header_fields(tail_doc).items() if v is not None})
     return meta
+
+
+@dataclass
+class _Plan:
+    """Where the streaming read of a plain file would cut it, found from windows around each cut."""
+
+    size: int
+    header: bytes
+    ranges: list[tuple[int, int]]
+    tail_start: int
+
+
+PLAN_HEADER_BLOCKS = 4
+"""Blocks read for the header before the planned read gives up (Kineto's header is a few KB)."""
+
+
+def _plan_ranges(path: Path) -> _Plan | None:
+    """The slices :func:`_read` would hand to ``on_range`` for this plain file, without reading their bytes.
+
+    :func:`_read` reads the whole file in blocks only to find the cuts: the last event boundary
+    in the last MB of the buffer each time the buffer holds :data:`PARALLEL_SLICE_BYTES` at a
+    block's end. The same cuts follow from the file's size and a ``pread`` of the last 64 KB
+    (up to 1 MB, as :func:`_last_boundaries` searches) before each such block end. None
+    (read the file as before: the same errors, the same cuts) for anything else: gzip, a bare
+    array, no ``traceEvents`` in the first blocks, a bad header, no boundary in a window, a
+    read error, a file shorter than its size.
+    """
+    block, slice_bytes = BLOCK_BYTES, PARALLEL_SLICE_BYTES
+    try:
+        with path.open("rb") as fh:
+            fd = fh.fileno()
+            size = os.fstat(fd).st_size
+            buf = bytearray()
+            header_at = None
+            searched = 0
+            end = 0
+            while header_at is None:
+                if end >= size or end >= PLAN_HEADER_BLOCKS * block:
+                    return None
+                piece = os.pread(fd, block, end)
+                if len(piece) != min(block, size - end):
+                    return None
+                end += len(piece)
+                buf += piece
+                if end == len(piece):
+                    if buf.startswith(_GZIP_MAGIC):
+                        return None
+                    if buf.startswith(_UTF8_BOM):
+                        del buf[: len(_UTF8_BOM)]
+                first = _FIRST_BYTE.search(buf)
+                if first is not None and buf[first.start()] == ord("["):
+                    return None
+                key_at, key_end, searched = _find_key(buf, searched)
+                if key_end is not None:
+                    header_at = key_at
+                    header = bytes(buf[:key_at])
+                    if not header.lstrip().startswith(b"{"):
+                        return None
+                    start = end - (len(buf) - key_end)
+            ranges = []
+            while True:
+                if end - start > PENDING_LIMIT:
+                    return None
+                if end - start >= slice_bytes:
+                    cut = _window_cut(fd, start, end)
+                    if cut is None and end - start > _BOUNDARY_WINDOW + slice_bytes:
+                        return None  # an event of over a MB: rare, read as before
+                    if cut is not None:
+                        boundary, next_open = cut
+                        ranges.append((start, boundary + 1))
+                        start = next_open
+                if end >= size:
+                    break
+                end = min(end + block, size)
+    except OSError:
+        return None
+    return _Plan(size=size, header=header, ranges=ranges, tail_start=start)
+
+
+def _window_cut(fd: int, start: int, end: int) -> tuple[int, int] | None:
+    """(``}`` of the last event boundary in the file's bytes ``start:end``, the ``{`` after it), as
+    :func:`_last_boundaries` finds it in a buffer holding those bytes, or None."""
+    limit = max(start, end - _BOUNDARY_WINDOW)
+    span = 1 << 16
+    while True:
+        lo = max(limit, end - span)
+        window = os.pread(fd, end - lo, lo)
+        if len(window) != end - lo:
+            raise OSError("short read")
+        found = list(_EVENT_BOUNDARY.finditer(window))
+        if found:
+            return lo + found[-1].start(), lo + found[-1].end() - 1
+        if lo == limit:
+            return None
+        span *= 2
+
+
+def _read_planned(
+    path: Path,
+    plan: _Plan,
+    on_batch: Callable[[list[TraceEvent]], None],
+    on_progress: ProgressCallback | None,
+    on_range: Callable[[int, int], None],
+    stats: StreamStats,
+) -> dict[str, Any]:
+    """:func:`_read` of a plain file by its plan: each slice to ``on_range``, then the tail and header here."""
+    for start, end in plan.ranges:
+        on_range(start, end)
+        if on_progress is not None:
+            on_progress(end, plan.size)
+    with path.open("rb") as fh:
+        tail = os.pread(fh.fileno(), plan.size - plan.tail_start, plan.tail_start)
+    if len(tail) != plan.size - plan.tail_start:
+        raise OSError(f"{path}: shorter than when it was cut")
+
+    def emit(events: list[TraceEvent]) -> None:
+        stats.events += len(events)
+        on_batch(events)
+
+    header = _read_tail(path, plan.header, bytearray(tail), emit, stats)
+    if on_progress is not None:
+        on_progress(plan.size, plan.size)
+    return header
 
 
 def _find_key(buf: bytearray, searched: int) -> tuple[int, int | None, int]:
