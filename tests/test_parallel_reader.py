@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from mlprof.trace import jsonstream, load_trace
+from mlprof.trace import jsonstream, load_trace, parallel
 from mlprof.trace.build import TableBuilder
 from mlprof.trace.parallel import SliceFailed, read_parallel
 
@@ -25,6 +25,7 @@ def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("mlprof.trace.loader.PARALLEL_MIN_JSON_BYTES", 0)
     monkeypatch.setattr("mlprof.trace.jsonstream.PARALLEL_SLICE_BYTES", 64 << 10)
     monkeypatch.setattr("mlprof.trace.jsonstream.BLOCK_BYTES", 16 << 10)
+    monkeypatch.setattr("mlprof.trace.parallel.SUB_SLICE_BYTES", 8 << 10)  # a worker cuts each slice again
 
 
 @pytest.mark.usefixtures("small_slices")
@@ -196,3 +197,26 @@ def test_files_the_windows_cannot_cut_are_read_block_by_block(tmp_path: Path) ->
     for path in (bare, no_key, huge_event):  # no boundary in the last MB before a cut: block by block
         assert jsonstream._plan_ranges(path) is None, path
     assert jsonstream._plan_ranges(external("hta/tests/data/nccl_parser_config/nccl_data.json.gz")) is None  # gzip
+
+
+@pytest.mark.parametrize("weird", [False, True])
+def test_a_worker_builds_its_slice_in_pieces_as_the_whole(weird: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In 8 KB pieces: the same columns as the slice decoded whole; a cut inside a string ("}, {" in a
+    # name 8 KB into the slice) does not decode, and the slice is decoded whole.
+    monkeypatch.setattr(parallel, "SUB_SLICE_BYTES", 8 << 10)
+    events = json.loads(gzip.decompress(external("hta/tests/data/nccl_parser_config/nccl_data.json.gz").read_bytes()))
+    chosen = events["traceEvents"][:3000]
+    if weird:
+        chosen[0] = {**chosen[0], "name": "a" * (9 << 10) + '}, {"' + "b" * 100}
+    piece = b'{"traceEvents":[' + b", ".join(json.dumps(e).encode() for e in chosen) + b"]}"
+    assert (parallel._build_in_pieces(piece) is None) == weird
+    got, whole = parallel._build_slice(piece), parallel._build_whole(piece)
+    assert got.events == whole.events == len(chosen)
+    assert (got.repaired_utf8, got.not_events) == (whole.repaired_utf8, whole.not_events)
+    a, b = TableBuilder(), TableBuilder()
+    a.merge_partial(got)
+    b.merge_partial(whole)
+    tables_a, tables_b = a.finish(), b.finish()
+    for name, table in tables_b.items():
+        pd.testing.assert_frame_equal(tables_a[name], table, check_exact=True, obj=name)
+    assert sum(len(t) for t in tables_b.values()) > 1000

@@ -24,6 +24,7 @@ import msgspec
 
 from mlprof.interrupts import worker_pool
 from mlprof.trace.build import Partial, TableBuilder
+from mlprof.trace.jsonstream import _EVENT_BOUNDARY as _BOUNDARY
 from mlprof.trace.jsonstream import (
     ProgressCallback,
     StreamStats,
@@ -42,8 +43,60 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1)))
 
 
+SUB_SLICE_BYTES = 1 << 20
+"""A worker decodes and builds its slice in pieces of about this size: the events of a piece are built
+into columns and freed while still in the CPU cache (as the sequential reader's 1 MB slices). Decode and
+build of tiled x4's 4 MB slices, one process: 0.26-0.31 s CPU for 16 slices whole, 0.23 s in 1 MB pieces."""
+
+_OPEN = b'{"traceEvents":['
+
+
 def _build_slice(piece: bytes) -> Partial:
-    """Decode and build one slice; only a slice that is not well-formed JSON fails."""
+    """Decode and build one slice (``{"traceEvents":[...]}``); only a slice that is not well-formed JSON fails.
+
+    In pieces of :data:`SUB_SLICE_BYTES` cut at textual event boundaries; if a piece does not decode
+    (a cut inside a string) the slice is decoded whole, which validates it as before.
+    """
+    if len(piece) > SUB_SLICE_BYTES + SUB_SLICE_BYTES // 2 and piece.startswith(_OPEN) and piece.endswith(b"]}"):
+        partial = _build_in_pieces(piece)
+        if partial is not None:
+            return partial
+    return _build_whole(piece)
+
+
+def _build_in_pieces(piece: bytes) -> Partial | None:
+    """:func:`_build_whole` of ``piece`` cut at the first event boundary after every :data:`SUB_SLICE_BYTES`,
+    or None if a piece does not decode."""
+    stats = StreamStats()
+    builder = TableBuilder()
+    events = 0
+    body_end = len(piece) - 2  # before the closing ``]}``
+    pos = len(_OPEN)
+    with memoryview(piece) as view:
+        while pos < body_end:
+            match = _BOUNDARY.search(piece, pos + SUB_SLICE_BYTES, body_end)
+            cut, after = (body_end, body_end) if match is None else (match.start() + 1, match.end() - 1)
+            part = b"".join((_OPEN, view[pos:cut], b"]}"))
+            try:
+                try:
+                    doc = decode_slice(part, stats)
+                except msgspec.ValidationError:
+                    doc = decode_slice_leniently(part, stats)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                return None
+            builder.add(doc.traceEvents)
+            events += len(doc.traceEvents)
+            del doc, part
+            pos = after
+    partial = builder.export_partial()
+    partial.events = events
+    partial.repaired_utf8 = stats.repaired_utf8
+    partial.not_events = stats.not_events
+    return partial
+
+
+def _build_whole(piece: bytes) -> Partial:
+    """Decode and build one slice in one piece; raises :class:`SliceFailed` if it is not well-formed JSON."""
     stats = StreamStats()
     try:
         try:
