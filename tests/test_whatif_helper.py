@@ -134,13 +134,17 @@ def test_an_interrupt_during_the_fork_stops_the_helper() -> None:
     assert {p.pid for p in psutil.Process().children()} == before  # the helper was stopped and reaped
 
 
-def test_the_helper_dies_with_its_parent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("late_start", [False, True])
+def test_the_helper_dies_with_its_parent(tmp_path: Path, late_start: bool) -> None:
+    """Also when the parent is killed before the helper first runs (``late_start``: an at-fork hook holds it)."""
     script = tmp_path / "parent.py"
     script.write_text(
         textwrap.dedent(
-            """
-            import sys, time
+            f"""
+            import os, sys, time
             from mlprof.whatif.helper import SharedTasks
+            if {late_start}:
+                os.register_at_fork(after_in_child=lambda: time.sleep(1.0))
             with SharedTasks([lambda: time.sleep(60)] * 2, helper=True) as shared:
                 print(shared.pid, flush=True)
                 time.sleep(60)
@@ -154,7 +158,8 @@ def test_the_helper_dies_with_its_parent(tmp_path: Path) -> None:
     helper = int(proc.stdout.readline())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 10
+    proc.stdout.close()
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline and _alive(helper):
         time.sleep(0.05)
     assert not _alive(helper)

@@ -175,6 +175,7 @@ class SharedTasks(Generic[T]):
         # Ctrl-C and SIGTERM held back over the fork (as mlprof.interrupts.signals_deferred): one landing
         # mid-fork is raised just after it, here, not in an at-fork hook that drops it.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        parent = os.getpid()  # taken before the fork: a parent killed before the helper first runs is then seen
         try:
             with warnings.catch_warnings():
                 # Python 3.12+ warns on a fork with threads alive (pyarrow's allocator keeps a background one
@@ -188,7 +189,7 @@ class SharedTasks(Generic[T]):
             return
         if pid == 0:  # pragma: no cover - the helper's coverage is not collected (it leaves by os._exit)
             os.close(result_r)
-            self._helper(os.getppid(), queue_r, result_w)
+            self._helper(parent, queue_r, result_w)
         os.close(result_w)
         self.pid, self.queue_fd, self.result_fd = pid, queue_r, result_r
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
