@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -118,7 +119,8 @@ _INTERRUPT_AFTER_FORK: list[bool] = []
 def _interrupt_after_fork() -> None:
     if _INTERRUPT_AFTER_FORK:
         _INTERRUPT_AFTER_FORK.clear()
-        os.kill(os.getpid(), signal.SIGINT)  # held back over the fork: raised as the helper's start ends
+        # To this (the main) thread, which holds SIGINT back over the fork: raised as the helper's start ends.
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
 
 os.register_at_fork(after_in_parent=_interrupt_after_fork)

@@ -40,6 +40,7 @@ from mlprof.trace.memory import release_freed_memory
 
 T = TypeVar("T")
 
+_PID = struct.Struct("<q")
 _INDEX = struct.Struct("<I")
 _LENGTH = struct.Struct("<Q")
 PATIENCE_S = 10.0
@@ -172,6 +173,12 @@ class SharedTasks(Generic[T]):
             return
         os.write(queue_w, b"".join(_INDEX.pack(i) for i in range(len(self.tasks))))
         os.close(queue_w)  # the queue ends (a read returns b"") once every index is taken
+        try:
+            born_r, born_w = os.pipe()  # the helper's pid, for an interrupt raised before the fork's answer is kept
+        except OSError:
+            for fd in (queue_r, result_r, result_w):
+                os.close(fd)
+            return
         # Ctrl-C and SIGTERM held back over the fork (as mlprof.interrupts.signals_deferred): one landing
         # mid-fork is raised just after it, here, not in an at-fork hook that drops it.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -182,16 +189,37 @@ class SharedTasks(Generic[T]):
                 # here); the helper takes no lock another thread could hold (the prefetch forks the same way).
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
-        except OSError:
+            if pid == 0:  # pragma: no cover - the helper's coverage is not collected (it leaves by os._exit)
+                os.write(born_w, _PID.pack(os.getpid()))
+                for fd in (result_r, born_r, born_w):
+                    os.close(fd)
+                self._helper(parent, queue_r, result_w)
+            os.close(result_w)
+            self.pid, self.queue_fd, self.result_fd = pid, queue_r, result_r
+        except OSError:  # no fork: everything runs here
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            for fd in (queue_r, result_r, result_w):
-                os.close(fd)
+            for fd in (queue_r, result_r, result_w, born_r, born_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             return
-        if pid == 0:  # pragma: no cover - the helper's coverage is not collected (it leaves by os._exit)
-            os.close(result_r)
-            self._helper(parent, queue_r, result_w)
-        os.close(result_w)
-        self.pid, self.queue_fd, self.result_fd = pid, queue_r, result_r
+        except BaseException:
+            # A Ctrl-C that another thread (pyarrow's allocator keeps one) took while this one held signals
+            # back is raised here at the first check, possibly before ``pid`` was kept: the helper said its pid.
+            try:
+                os.close(born_w)
+                born = os.read(born_r, _PID.size)
+                os.close(born_r)
+                if len(born) == _PID.size and self.pid is None:
+                    self.pid = _PID.unpack(born)[0]
+                if self.queue_fd is None:
+                    for fd in (queue_r, result_r, result_w):
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            raise
+        os.close(born_w)
+        os.close(born_r)
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def _take(self) -> int | None:
