@@ -117,8 +117,20 @@ def open_output(output: Path) -> Iterator[BinaryIO]:
             tmp.unlink(missing_ok=True)  # gone already when it was renamed into place
 
 
+_CHUNK = 1 << 18
+"""Characters of text encoded at a time: a 4 MB report is never held twice (as text and as bytes)."""
+
+
 def write_output(output: Path, data: str | bytes) -> None:
-    """Write ``data`` (text as UTF-8) to ``output`` through :func:`open_output`."""
-    payload = data.encode("utf-8", "replace") if isinstance(data, str) else data  # a lone surrogate: "?"
+    """Write ``data`` (text as UTF-8) to ``output`` through :func:`open_output`.
+
+    Text is encoded a chunk at a time; a Python string holds code points, so a chunk
+    boundary never splits a character and the bytes are those of encoding it whole
+    (a lone surrogate is "?" either way).
+    """
     with open_output(output) as fh:
-        fh.write(payload)
+        if isinstance(data, bytes):
+            fh.write(data)
+            return
+        for start in range(0, len(data), _CHUNK):
+            fh.write(data[start : start + _CHUNK].encode("utf-8", "replace"))

@@ -152,3 +152,14 @@ def test_folder_as_output_is_one_line(trace: Path, tmp_path: Path, capsys: pytes
     assert main(["analyze", str(trace), "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "a folder; name a file to write" in err and err.count("\n") == 1
+
+
+def test_text_written_in_chunks_is_the_text_encoded_whole(tmp_path):
+    """write_output encodes text a chunk at a time; the bytes are those of encoding it at once."""
+    from mlprof.safe_write import _CHUNK, write_output
+
+    text = ("é\u2028x\ud800" * (_CHUNK // 2)) + "😀" * 3 + "\n"  # crosses chunk boundaries; a lone surrogate
+    out = tmp_path / "report.json"
+    write_output(out, text)
+    assert out.read_bytes() == text.encode("utf-8", "replace")
+    assert out.read_bytes().count(b"?") == _CHUNK // 2
