@@ -115,22 +115,7 @@ def name_views(ra: AnalysedRank) -> tuple[pd.DataFrame, pd.DataFrame]:
     # the op each device event was launched from: runtime call (same correlation id) -> innermost op
     runtime = trace.runtime
     n_gpu = int(device.sum())
-    launcher = np.full(n_gpu, -1, dtype=np.int64)
-    if len(runtime) and n_gpu and ranges is not None:
-        rt_corr = runtime["correlation"].to_numpy(np.int64)
-        positive = rt_corr > 0
-        corr_sorted, first = np.unique(rt_corr[positive], return_index=True)
-        rt_rows = np.flatnonzero(positive)[first]
-        rt_ts = runtime["ts"].to_numpy(np.int64)[rt_rows]
-        rt_parent = ranges.innermost(
-            rt_ts,
-            rt_ts + runtime["dur"].to_numpy(np.int64)[rt_rows],
-            runtime["tid"].to_numpy(np.int64)[rt_rows],
-        )
-        corr = all_gpu["correlation"].to_numpy(np.int64)[device]
-        pos = np.clip(np.searchsorted(corr_sorted, corr), 0, max(len(corr_sorted) - 1, 0))
-        found = (corr > 0) & (corr_sorted[pos] == corr) if len(corr_sorted) else np.zeros(n_gpu, bool)
-        launcher[found] = rt_parent[pos[found]]
+    launcher = _launchers(trace, device, n_gpu, ranges)
 
     g_in = _inside(launch_times(all_gpu, runtime)[device], starts, ends)
     gpu_dur = all_gpu["dur"].to_numpy(np.int64)[device]
@@ -168,32 +153,8 @@ def name_views(ra: AnalysedRank) -> tuple[pd.DataFrame, pd.DataFrame]:
     # innermost op strictly enclosing them: queried just outside the child at either end; of ops
     # with the same range, the one recorded first encloses the next)
     o_in = _inside(op_ts, starts, ends)
-    parent = np.full(n_ops, -1, dtype=np.int64)
-    if ranges is not None:
-        after = ranges.innermost(op_ts, op_end + 1, op_tid)
-        before = ranges.innermost(op_ts - 1, op_end, op_tid)
-        low = np.iinfo(np.int64).min
-        start_a = np.where(after >= 0, op_ts[np.maximum(after, 0)], low)
-        start_b = np.where(before >= 0, op_ts[np.maximum(before, 0)], low)
-        end_a, end_b = op_end[np.maximum(after, 0)], op_end[np.maximum(before, 0)]
-        inner_b = (start_b > start_a) | ((start_b == start_a) & (before >= 0) & (end_b < end_a))
-        parent = np.where(inner_b, before, after)
-        # ops with the same thread, start and end nest in the order they were recorded: the
-        # innermost of such a group encloses what the group encloses, each member the next one
-        order = np.lexsort((np.arange(n_ops), -op_end, op_ts, op_tid))
-        same = np.zeros(n_ops, dtype=bool)
-        same[1:] = (
-            (op_tid[order[1:]] == op_tid[order[:-1]])
-            & (op_ts[order[1:]] == op_ts[order[:-1]])
-            & (op_end[order[1:]] == op_end[order[:-1]])
-        )
-        group = np.cumsum(~same) - 1
-        last_pos = np.zeros(group[-1] + 1, dtype=np.int64)
-        np.maximum.at(last_pos, group, np.arange(n_ops))
-        innermost_of = np.empty(n_ops, dtype=np.int64)
-        innermost_of[order] = order[last_pos[group]]
-        parent = np.where(parent >= 0, innermost_of[np.maximum(parent, 0)], -1)
-        parent[order[same]] = order[np.flatnonzero(same) - 1]
+    parent = _op_parents(op_ts, op_end, op_tid, ranges) if ranges is not None else np.full(n_ops, -1, dtype=np.int64)
+    del ranges  # its sort and running-maxima table (the views' temporaries are freed as they go: see above)
     child_ns = np.zeros(n_ops, dtype=np.int64)
     has_parent = parent >= 0
     np.add.at(child_ns, parent[has_parent], (op_end - op_ts)[has_parent])
@@ -219,6 +180,64 @@ def name_views(ra: AnalysedRank) -> tuple[pd.DataFrame, pd.DataFrame]:
         operators[column] = _most_frequent(values, is_op, o_codes, o_in, n)[present]
     operators = operators.sort_values("total_ns", ascending=False, kind="stable").reset_index(drop=True)
     return kernels[KERNEL_VIEW_COLUMNS], operators[OP_VIEW_COLUMNS]
+
+
+def _launchers(trace: Trace, device: np.ndarray, n_gpu: int, ranges: RangeIndex | None) -> np.ndarray:
+    """Per device event (``device`` rows of the gpu table): the op (position in ``ranges``) that launched it, the
+    innermost op enclosing the runtime call with its correlation id on its thread; -1 where none."""
+    all_gpu = trace.gpu
+    runtime = trace.runtime
+    launcher = np.full(n_gpu, -1, dtype=np.int64)
+    if len(runtime) and n_gpu and ranges is not None:
+        rt_corr = runtime["correlation"].to_numpy(np.int64)
+        positive = rt_corr > 0
+        corr_sorted, first = np.unique(rt_corr[positive], return_index=True)
+        rt_rows = np.flatnonzero(positive)[first]
+        rt_ts = runtime["ts"].to_numpy(np.int64)[rt_rows]
+        rt_parent = ranges.innermost(
+            rt_ts,
+            rt_ts + runtime["dur"].to_numpy(np.int64)[rt_rows],
+            runtime["tid"].to_numpy(np.int64)[rt_rows],
+        )
+        corr = all_gpu["correlation"].to_numpy(np.int64)[device]
+        pos = np.clip(np.searchsorted(corr_sorted, corr), 0, max(len(corr_sorted) - 1, 0))
+        found = (corr > 0) & (corr_sorted[pos] == corr) if len(corr_sorted) else np.zeros(n_gpu, bool)
+        launcher[found] = rt_parent[pos[found]]
+    return launcher
+
+
+def _op_parents(op_ts: np.ndarray, op_end: np.ndarray, op_tid: np.ndarray, ranges: RangeIndex) -> np.ndarray:
+    """Per op, the op it is directly nested in (its position), -1 for none: the innermost op strictly enclosing
+    it, queried just outside the op at either end; of ops with the same range, the one recorded first encloses
+    the next."""
+    n_ops = len(op_ts)
+    after = ranges.innermost(op_ts, op_end + 1, op_tid)
+    before = ranges.innermost(op_ts - 1, op_end, op_tid)
+    low = np.iinfo(np.int64).min
+    start_a = np.where(after >= 0, op_ts[np.maximum(after, 0)], low)
+    start_b = np.where(before >= 0, op_ts[np.maximum(before, 0)], low)
+    end_a, end_b = op_end[np.maximum(after, 0)], op_end[np.maximum(before, 0)]
+    inner_b = (start_b > start_a) | ((start_b == start_a) & (before >= 0) & (end_b < end_a))
+    parent = np.where(inner_b, before, after)
+    del after, before, start_a, start_b, end_a, end_b, inner_b  # (the views' peak memory was this function's)
+    # ops with the same thread, start and end nest in the order they were recorded: the
+    # innermost of such a group encloses what the group encloses, each member the next one
+    order = np.lexsort((np.arange(n_ops), -op_end, op_ts, op_tid))
+    same = np.zeros(n_ops, dtype=bool)
+    same[1:] = (
+        (op_tid[order[1:]] == op_tid[order[:-1]])
+        & (op_ts[order[1:]] == op_ts[order[:-1]])
+        & (op_end[order[1:]] == op_end[order[:-1]])
+    )
+    group = np.cumsum(~same) - 1
+    last_pos = np.zeros(group[-1] + 1, dtype=np.int64)
+    np.maximum.at(last_pos, group, np.arange(n_ops))
+    innermost_of = np.empty(n_ops, dtype=np.int64)
+    innermost_of[order] = order[last_pos[group]]
+    del group, last_pos
+    parent = np.where(parent >= 0, innermost_of[np.maximum(parent, 0)], -1)
+    parent[order[same]] = order[np.flatnonzero(same) - 1]
+    return parent
 
 
 def _categorical(column: pd.Series) -> pd.Categorical:
