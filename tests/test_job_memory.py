@@ -401,3 +401,86 @@ def test_report_text_and_data_are_not_held_twice_over() -> None:
     tracemalloc.stop()
     assert text == want and len(text) > 2_000_000
     assert peak < 2.4 * len(text)
+
+
+def _merged_over_lists(per_rank: list[list[Any]], n: int) -> list[dict[str, Any]]:
+    """The job findings as the merge formula gives them with every rank's findings in memory at once: grouped by
+    rule and merge key, the worst by ``max``, the means over ``n`` ranks, the per-rank figures (all ranks up to
+    32, else the 16 largest)."""
+    import copy
+
+    from mlprof.rules.base import ms
+    from mlprof.rules.registry import BY_ID
+
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for findings in per_rank:
+        for f in findings:
+            groups.setdefault((f.rule, BY_ID[f.rule].merge_key(f)), []).append(f)
+    out = []
+    for group in groups.values():
+        worst = max(group, key=lambda f: (f.time_lost_ns_per_step, f.evidence.get("growth_mib_per_step", 0)))
+        job = copy.deepcopy(worst)
+        job.time_lost_ns_per_step = sum(f.time_lost_ns_per_step for f in group) / n
+        job.claimed = {k: sum(f.claimed.get(k, 0.0) for f in group) / n for k in worst.claimed}
+        job.ranks = sorted(r for f in group for r in f.ranks)
+        shown = group if len(group) <= 32 else sorted(group, key=lambda f: (-f.time_lost_ns_per_step, f.ranks[0]))[:16]
+        job.evidence = {
+            "ranks_with_finding": f"{len(group)} of {n}",
+            "time_lost_ms_per_step_by_rank": {str(f.ranks[0]): ms(f.time_lost_ns_per_step) for f in shown},
+            "worst_rank": worst.ranks[0],
+            "worst_rank_evidence": worst.evidence,
+        }
+        if len(shown) < len(group):
+            job.evidence["ranks_shown"] = f"the {len(shown)} largest of {len(group)} (all ranks: cross_rank.per_rank)"
+        job.step_ns = 1.0
+        job.title = BY_ID[job.rule].merged_title(job, worst, len(group), n, None)
+        out.append(job.to_dict())
+    return out
+
+
+def test_merge_reads_the_ranks_findings_one_rank_at_a_time(dlrm_partials: list[RankPartial]) -> None:
+    """The real DLRM ranks' findings, copied to 80 ranks (rank r: rank r % 8's findings, time lost scaled by a
+    factor that repeats, so ties occur), merged from the spill file (``SpilledLists``, as a job's client holds
+    them) equal the merge formula over lists in memory, also where more than 32 ranks have a finding (the 16
+    largest shown); while merging, no more than one rank's findings plus one per job finding (the worst) are
+    alive at once, where the lists in memory hold all 80 ranks'."""
+    import gc
+    import weakref
+
+    from mlprof.results.spill import SpilledLists
+    from mlprof.rules.engine import _merge
+
+    n = 80
+    per_rank = []
+    for r in range(n):
+        own = [pickle.loads(pickle.dumps(f)) for f in dlrm_partials[r % 8].findings]
+        for f in own:
+            f.ranks = [r]
+            f.time_lost_ns_per_step *= 1 + (r * 7 % 5) / 4
+        per_rank.append(own)
+    assert sum(len(x) for x in per_rank) > 3 * n
+    want = _merged_over_lists(per_rank, n)
+    counts: dict[str, int] = {}
+    for findings in per_rank:
+        for f in {f.rule for f in findings}:
+            counts[f] = counts.get(f, 0) + 1
+    assert max(counts.values()) > 32  # the largest-16 path is taken
+
+    alive: list[weakref.ref[Any]] = []
+    most = 0
+
+    class Watched(SpilledLists):
+        def __getitem__(self, i: Any) -> Any:
+            nonlocal most
+            gc.collect()
+            most = max(most, sum(1 for ref in alive if ref() is not None))
+            got = super().__getitem__(i)
+            alive.extend(weakref.ref(f) for f in got)
+            return got
+
+    spilled = Watched(per_rank)
+    largest_rank = max(len(x) for x in per_rank)
+    del per_rank
+    got = _merge(spilled, [None] * n, 1.0, None)  # type: ignore[list-item]
+    assert [f.to_dict() for f in got] == want
+    assert 0 < most <= largest_rank + len(want)

@@ -152,7 +152,11 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
     ranks = [p.analysis.rank for p in partials]
     skew = match_table(_comm_table(partials, kept), ranks) if len(partials) > 1 else None
     contexts: list[RankContext] = []
-    per_rank: list[list[Finding]] = []
+    # A job's kept ranks: each rank's findings go to the spill file as soon as the rank is judged, and the merge
+    # reads them back one rank at a time (:func:`mlprof.rules.engine.diagnose`): the client never holds every
+    # rank's findings at once (~10 KB a rank).
+    held = all(isinstance(p.analysis, HeldRank) for p in partials) and len(partials) > 1
+    per_rank: SpilledLists | list[list[Finding]] = SpilledLists() if held else []
     for p in partials:
         ra = p.analysis
         starts, ends = windows(ra)
@@ -176,14 +180,12 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         signatures = [p.comm_signature() for p in partials] if all(r.ok for r in replays) else []
         diagnosis.whatif = predict_job(diagnosis, replays, signatures, skew, specs, config)
     analyses = []
-    held = all(isinstance(p.analysis, HeldRank) for p in partials) and len(partials) > 1
-    if held:
-        # Merged, the ranks' own findings are read again only on request: held in the spill file from here on,
-        # the client does not hold them through the report.
-        diagnosis.per_rank = spilled = SpilledLists(diagnosis.per_rank)
+    if isinstance(per_rank, SpilledLists):
+        # Merged, the ranks' own findings are read again only on request: held in the spill file, the client
+        # does not hold them through the report.
         for i, p in enumerate(partials):
             assert isinstance(p.analysis, HeldRank)
-            p.analysis.hold_findings(spilled.spilled(i))
+            p.analysis.hold_findings(per_rank.spilled(i))
     else:
         for p, findings in zip(partials, diagnosis.per_rank, strict=True):
             p.analysis.findings = sorted(findings, key=lambda f: -f.expected_speedup)

@@ -135,9 +135,13 @@ class SpilledLists(Sequence[list[Any]]):
     What a job's client keeps of each rank's findings once the job's are merged: read again only by a caller
     that asks for one rank's (the last one read is kept)."""
 
-    def __init__(self, lists: Iterable[list[Any]]) -> None:
+    def __init__(self, lists: Iterable[list[Any]] = ()) -> None:
         self._held = [spill(values) for values in lists]
         self._last: tuple[int, list[Any]] | None = None
+
+    def append(self, values: list[Any]) -> None:
+        """Add one more list, spilled now (a job's client spills each rank's findings as it judges the rank)."""
+        self._held.append(spill(values))
 
     def __len__(self) -> int:
         return len(self._held)

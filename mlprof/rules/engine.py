@@ -11,6 +11,7 @@ in order and recomputes what is left of the step (a waterfall).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ def diagnose(
     config: RuleConfig,
     skew: RankSkew | None,
     world_size: int | None,
-    per_rank: list[list[Finding]] | None = None,
+    per_rank: Sequence[list[Finding]] | None = None,
 ) -> Diagnosis:
     """Run the rules (or take each rank's findings as given in ``per_rank``), merge ranks, rank, plan."""
     if per_rank is None:
@@ -126,7 +127,7 @@ OUTLIER_FACTOR = 2.0
 """A rank is an outlier of a rule when its time lost is at least this many times the median rank's."""
 
 
-def _rule_outliers(per_rank: list[list[Finding]], contexts: list[RankContext]) -> list[dict[str, Any]]:
+def _rule_outliers(per_rank: Sequence[list[Finding]], contexts: list[RankContext]) -> list[dict[str, Any]]:
     """Per rule, the ranks whose time lost stands out from the median rank (rank 0 ms where it did not fire)."""
     ranks = [c.rank for c in contexts]
     lost: dict[str, dict[int, float]] = {}
@@ -195,46 +196,84 @@ def _verdicts(contexts: list[RankContext]) -> dict[str, str]:
 
 
 def _merge(
-    per_rank: list[list[Finding]], contexts: list[RankContext], step_ns: float, skew: RankSkew | None
+    per_rank: Sequence[list[Finding]], contexts: list[RankContext], step_ns: float, skew: RankSkew | None
 ) -> list[Finding]:
-    groups: dict[tuple[str, str], list[Finding]] = {}
+    """One job finding per rule (and merge key) from every rank's findings, read one rank at a time.
+
+    ``per_rank`` may read each rank's list back from a spill file (a job's client,
+    :class:`mlprof.results.spill.SpilledLists`): only a few numbers of each finding are kept while the ranks
+    are read (:class:`_Group`), never every rank's findings at once."""
+    groups: dict[tuple[str, str], _Group] = {}
     for findings in per_rank:
         for f in findings:
             rule = BY_ID.get(f.rule)
             key = (f.rule, rule.merge_key(f) if rule is not None else "")
-            groups.setdefault(key, []).append(f)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group()
+            group.add(f)
     n = len(contexts)
     merged: list[Finding] = []
     for (rule_id, _), group in groups.items():
-        worst = max(group, key=lambda f: (f.time_lost_ns_per_step, f.evidence.get("growth_mib_per_step", 0)))
+        worst = group.worst
+        assert worst is not None
+        count = len(group.lost)
         job = copy.deepcopy(worst)
         job.step_ns = step_ns
-        job.time_lost_ns_per_step = sum(f.time_lost_ns_per_step for f in group) / n
-        job.claimed = {k: sum(f.claimed.get(k, 0.0) for f in group) / n for k in worst.claimed}
-        job.ranks = sorted(r for f in group for r in f.ranks)
-        shown = group if len(group) <= MAX_RANKS_IN_EVIDENCE else _largest(group, MAX_RANKS_IN_EVIDENCE // 2)
-        per_rank_ms = {str(f.ranks[0]): ms(f.time_lost_ns_per_step) for f in shown}
+        job.time_lost_ns_per_step = sum(group.lost) / n
+        job.claimed = {k: sum(c.get(k, 0.0) for c in group.claimed) / n for k in worst.claimed}
+        job.ranks = sorted(group.ranks)
+        shown = list(zip(group.first_rank, group.lost, strict=True))
+        if count > MAX_RANKS_IN_EVIDENCE:
+            shown = _largest(shown, MAX_RANKS_IN_EVIDENCE // 2)
+        per_rank_ms = {str(rank): ms(lost) for rank, lost in shown}
         job.evidence = {
-            "ranks_with_finding": f"{len(group)} of {n}",
+            "ranks_with_finding": f"{count} of {n}",
             "time_lost_ms_per_step_by_rank": per_rank_ms,
             "worst_rank": worst.ranks[0],
             "worst_rank_evidence": worst.evidence,
         }
-        if len(shown) < len(group):
-            job.evidence["ranks_shown"] = f"the {len(shown)} largest of {len(group)} (all ranks: cross_rank.per_rank)"
+        if len(shown) < count:
+            job.evidence["ranks_shown"] = f"the {len(shown)} largest of {count} (all ranks: cross_rank.per_rank)"
         rule = BY_ID.get(rule_id)
         if rule is not None:
-            job.title = rule.merged_title(job, worst, len(group), n, skew)
+            job.title = rule.merged_title(job, worst, count, n, skew)
         merged.append(job)
     return merged
+
+
+class _Group:
+    """What the merge keeps of one rule's findings over the ranks: the worst finding (the first of the largest
+    time lost, then memory growth, as ``max`` picks it) and, per finding in rank order, its time lost, claimed
+    causes, ranks and first rank: the merged finding's numbers, summed in the same order as over the list."""
+
+    __slots__ = ("claimed", "first_rank", "lost", "ranks", "worst", "worst_key")
+
+    def __init__(self) -> None:
+        self.worst: Finding | None = None
+        self.worst_key: tuple[float, Any] | None = None
+        self.lost: list[float] = []
+        self.claimed: list[dict[str, float]] = []
+        self.ranks: list[int] = []
+        self.first_rank: list[int] = []
+
+    def add(self, f: Finding) -> None:
+        key = (f.time_lost_ns_per_step, f.evidence.get("growth_mib_per_step", 0))
+        if self.worst_key is None or key > self.worst_key:
+            self.worst, self.worst_key = f, key
+        self.lost.append(f.time_lost_ns_per_step)
+        self.claimed.append(f.claimed)
+        self.ranks.extend(f.ranks)
+        self.first_rank.append(f.ranks[0])
 
 
 MAX_RANKS_IN_EVIDENCE = 32
 """Per-rank figures in a merged finding's evidence: all ranks up to this many, else the largest half of it."""
 
 
-def _largest(group: list[Finding], n: int) -> list[Finding]:
-    return sorted(group, key=lambda f: (-f.time_lost_ns_per_step, f.ranks[0]))[:n]
+def _largest(shown: list[tuple[int, float]], n: int) -> list[tuple[int, float]]:
+    """The ``n`` (first rank, time lost) pairs of largest time lost, lowest rank first among equals."""
+    return sorted(shown, key=lambda rl: (-rl[1], rl[0]))[:n]
 
 
 def build_plan(findings: list[Finding], step_ns: float) -> list[PlanStep]:
