@@ -654,6 +654,73 @@ def test_simulation_of_chained_cross_stream_waits_matches_brute_force() -> None:
     assert tl.rounds == 1  # the chunked pass resolves the chains; the global pass only confirms
 
 
+def test_dep_keys_shortcut_equals_the_general_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-number-per-stream pass of the waiting ops' keys (taken when no waiting op passed before a
+    predecessor sits after it on its stream) against the general pass (the per-stream position lists), call by
+    call on every chunk of HTA's negative_queue_length rank 0 with its FP32 matmuls halved (6 streams, long
+    chains), and the whole replay with the general pass only against plain loops."""
+    import importlib
+
+    sim = importlib.import_module("mlprof.whatif.simulate")
+    rr = real(NEGATIVE_QUEUE).diagnosis.whatif.ranks[0]  # type: ignore[union-attr]
+    fixed = apply_fix(rr, "AMP001", rr.graph, opts("AMP001"), None, {})
+    assert fixed is not None
+    calls: list[tuple[Any, ...]] = []
+    dep_keys, check = sim._dep_keys, sim._targets_after_waiters
+
+    def recording(*args: Any) -> np.ndarray:
+        calls.append(tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args))
+        return dep_keys(*args)
+
+    monkeypatch.setattr(sim, "_dep_keys", recording)
+    shortcut = simulate(fixed).g_end
+    assert len(calls) > 50
+    taken = 0
+    for args in calls:
+        monkeypatch.setattr(sim, "_targets_after_waiters", check)
+        fast = dep_keys(*args)
+        taken += check(*_check_args(*args))
+        monkeypatch.setattr(sim, "_targets_after_waiters", lambda *a: False)
+        assert fast.tolist() == dep_keys(*args).tolist()
+    assert taken > 50
+    monkeypatch.setattr(sim, "_dep_keys", dep_keys)
+    general = simulate(fixed).g_end  # the check still answers False
+    assert general.tolist() == shortcut.tolist() == brute_force_ends(fixed)
+
+
+def _check_args(g: Any, ops: np.ndarray, dl: np.ndarray, *rest: Any) -> tuple[np.ndarray, ...]:
+    """``_targets_after_waiters``' arguments for a ``_dep_keys`` call (as ``_dep_keys`` computes them)."""
+    streams = rest[4]
+    dep = g.g_dep[ops[dl]]
+    local = np.clip(np.searchsorted(ops, dep), 0, len(ops) - 1)
+    return ops[local] == dep, streams[local], local, streams[dl], dl
+
+
+def test_targets_after_waiters_against_a_loop() -> None:
+    """The shortcut's condition, vectorised, against its definition walked op by op, on random passes."""
+    from mlprof.whatif.simulate import _targets_after_waiters
+
+    rng = np.random.default_rng(7)
+    answers = set()
+    for _ in range(400):
+        n = int(rng.integers(0, 12))
+        d_pos = np.sort(rng.choice(40, size=n, replace=False)).astype(np.int64)
+        rng.shuffle(d_pos)
+        d_stream = rng.integers(0, 3, size=n)
+        t_pos = rng.integers(0, 40, size=n)
+        t_stream = rng.integers(0, 3, size=n)
+        inside = rng.random(n) < 0.8
+        expected = True
+        for i in range(n):
+            passed = [int(d_pos[j]) for j in range(i) if d_stream[j] == t_stream[i]]
+            if inside[i] and passed and max(passed) > t_pos[i]:
+                expected = False
+        got = _targets_after_waiters(inside, t_stream, t_pos, d_stream, d_pos)
+        assert got == expected
+        answers.add(got)
+    assert answers == {True, False}
+
+
 def test_cross_stream_chain_by_hand(tmp_path: Path) -> None:
     """Two streams, each op waiting for the other stream's previous op (no launches: the ops keep their order).
 

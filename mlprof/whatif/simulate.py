@@ -16,6 +16,7 @@ each round settles at least one more wait; the unmodified graph settles in one).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from dataclasses import dataclass
 
@@ -215,17 +216,39 @@ def _dep_keys(
     local = np.clip(np.searchsorted(ops, dep), 0, len(ops) - 1)
     inside = ops[local] == dep
     delay_a = g.g_dep_delay[ops[dl]]
+    shift_a = off[dl] - (cs[dl] - cc[dl])  # key = ready - (cs - cc) + off
+    t_end0_a = cs[local] - off[local]  # end[t] = cs[t] + max(keys up to t) - off[t]
     # Everything the pass reads, gathered at the waiting ops and their predecessors only.
-    out_end = (g_end[dep] + delay_a).tolist()
-    delay = delay_a.tolist()
-    base_key = key[dl].tolist()
-    shift = (off - (cs - cc))[dl].tolist()  # key = ready - (cs - cc) + off
-    tl = local.tolist()
     ins = inside.tolist()
-    t_end0 = (cs[local] - off[local]).tolist()  # end[t] = cs[t] + max(keys up to t) - off[t]
     t_bm = base_max[local].tolist()
     t_st = streams[local].tolist()
     d_st = streams[dl].tolist()
+    base_key = key[dl].tolist()
+    if _targets_after_waiters(inside, streams[local], local, streams[dl], dl):
+        # Every waiting op passed before a predecessor, on the predecessor's stream, sits at or before it: the
+        # running maximum of that stream's raised keys so far is the one to take, one number per stream.
+        const = (t_end0_a + delay_a + shift_a).tolist()
+        out_sh = (g_end[dep] + delay_a + shift_a).tolist()
+        top: dict[int, float] = dict.fromkeys(set(t_st) | set(d_st), -math.inf)
+        res: list[int] = []
+        put = res.append
+        for inn, m, ts_, cst, osh, bk, ds in zip(ins, t_bm, t_st, const, out_sh, base_key, d_st, strict=True):
+            if inn:
+                v = top[ts_]
+                kk = (v if v > m else m) + cst
+            else:
+                kk = osh
+            if bk > kk:
+                kk = bk
+            put(kk)
+            if kk > top[ds]:
+                top[ds] = kk
+        return np.asarray(res, dtype=np.int64)
+    out_end = (g_end[dep] + delay_a).tolist()
+    delay = delay_a.tolist()
+    shift = shift_a.tolist()
+    tl = local.tolist()
+    t_end0 = t_end0_a.tolist()
     dpos = dl.tolist()
     # Per stream: positions of waiting ops passed so far and the running maximum of their raised keys.
     pos: dict[int, list[int]] = {s: [] for s in set(t_st) | set(d_st)}
@@ -256,6 +279,23 @@ def _dep_keys(
         bl = best[ds]
         bl.append(kk if not bl or kk > bl[-1] else bl[-1])
     return np.asarray(out, dtype=np.int64)
+
+
+def _targets_after_waiters(
+    inside: np.ndarray, t_stream: np.ndarray, t_pos: np.ndarray, d_stream: np.ndarray, d_pos: np.ndarray
+) -> bool:
+    """Whether, for each waiting op (in pass order) whose predecessor is in the chunk, every waiting op passed
+    before it on the predecessor's stream sits at or before the predecessor (``_dep_keys``' common case)."""
+    if len(d_pos) < 2:
+        return True
+    for s in np.unique(d_stream).tolist():
+        # the last position of a waiting op of stream s passed before each waiting op
+        last = np.maximum.accumulate(np.where(d_stream == s, d_pos, -1))
+        before = np.concatenate([[-1], last[:-1]])
+        check = inside & (t_stream == s)
+        if (before[check] > t_pos[check]).any():
+            return False
+    return True
 
 
 def _segmented_cumsum(c: np.ndarray, seg_first: np.ndarray) -> np.ndarray:
