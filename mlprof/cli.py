@@ -7,17 +7,14 @@ for tripped; 2 bad input or usage. Errors are one line on stderr, never a traceb
 
 from __future__ import annotations
 
-import os
 import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from mlprof import __version__
-from mlprof.errors import MlprofError
 
 app = typer.Typer(
     name="mlprof",
@@ -118,42 +115,26 @@ def analyze(
     ),
 ) -> None:
     """Where the step time goes, per step and per rank, and what to fix first."""
-    from mlprof.api import analyze as analyze_source
-    from mlprof.commands._emit import emit_report
-    from mlprof.commands._files import refuse_to_overwrite
-    from mlprof.commands._progress import read_progress as _progress
-    from mlprof.engine.job import check_engine_options
-    from mlprof.gates.enforce import analysis_gates, enforce_gates
-    from mlprof.rules.config import apply_overrides, load_config
+    from mlprof.commands._analyze import run_analyze
 
-    check_engine_options(jobs, engine, scheduler)  # before any input is read, also for a single trace
-    rule_config = apply_overrides(load_config(config), settings or [])
-    gates = analysis_gates(rule_config, fail_on)
-    counter_paths = list(counters or [])
-    refuse_to_overwrite(output, [path, *counter_paths], force=force)
-    from mlprof.report.formats import choose
-
-    choose(fmt.value if fmt else None, output)  # an unknown format fails before the input is read
-    with _progress() as on_progress:
-        from mlprof.engine.progress import rank_progress
-
-        with rank_progress() as on_rank_done:
-            report = analyze_source(
-                path,
-                steps=steps,
-                step_marker=step_marker,
-                config=rule_config,
-                counters=counter_paths or "auto",
-                engine=engine,
-                jobs=jobs,
-                low_memory=low_memory,
-                rank=rank,
-                scheduler=scheduler,
-                on_progress=on_progress,
-                on_rank_done=on_rank_done,
-            )
-    emit_report(report, fmt.value if fmt else None, output, top=top)
-    enforce_gates(report.analysis, gates, str(path))
+    run_analyze(
+        path,
+        fmt=fmt.value if fmt else None,
+        rank=rank,
+        steps=steps,
+        step_marker=step_marker,
+        output=output,
+        force=force,
+        config=config,
+        settings=settings,
+        counters=counters,
+        fail_on=fail_on,
+        jobs=jobs,
+        engine=engine,
+        scheduler=scheduler,
+        low_memory=low_memory,
+        top=top,
+    )
 
 
 def _register_subcommands() -> None:
@@ -323,82 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     The command is invoked without click's own ``main``, which turned a closed pipe into
     exit 1 (the gate code) and Ctrl-C into a blank line before ours.
     """
-    from mlprof.interrupts import (
-        EXIT_INTERRUPTED,
-        EXIT_TERMINATED,
-        Terminated,
-        clear_unhandled_interrupt_mark,
-        interrupts_kept,
-        pipe_closed,
-        terminate_as_exception,
-    )
+    from mlprof.commands._run import raise_on_closed_pipe_in_rich, run_command
 
-    Console.on_broken_pipe = _pipe_closed_in_rich  # type: ignore[method-assign]
-    try:
-        with terminate_as_exception(), interrupts_kept():
-            command = typer.main.get_command(app)
-            args = list(sys.argv[1:] if argv is None else argv)
-            with command.make_context("mlprof", args) as ctx:
-                result = command.invoke(ctx)  # a typer.Exit gives its code (a tripped gate exits 1)
-    except MlprofError as exc:
-        _error(str(exc))
-        return exc.exit_code
-    except KeyboardInterrupt:
-        clear_unhandled_interrupt_mark()
-        _error("interrupted")
-        return EXIT_INTERRUPTED
-    except Terminated:
-        _error("terminated")
-        return EXIT_TERMINATED
-    except BrokenPipeError:
-        return pipe_closed()
-    except MemoryError:
-        _error("out of memory while reading the trace")
-        return 2
-    except Exception as exc:
-        code = _cli_framework_error(exc)
-        if code is not None:
-            return code
-        if os.environ.get("MLPROF_DEBUG"):  # a bug in mlprof: still no traceback for the user
-            raise
-        _error(f"internal error: {type(exc).__name__}: {exc} (set MLPROF_DEBUG=1 for a traceback; please report it)")
-        return 3
-    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+    raise_on_closed_pipe_in_rich()
+    args = list(sys.argv[1:] if argv is None else argv)
 
+    def invoke() -> object:
+        command = typer.main.get_command(app)
+        with command.make_context("mlprof", args) as ctx:
+            return command.invoke(ctx)  # a typer.Exit gives its code (a tripped gate exits 1)
 
-def _pipe_closed_in_rich(self: Console) -> None:
-    """rich's own handler exits 1 (our gate code) on a closed pipe; raise instead, for :func:`main`."""
-    self.quiet = True
-    raise BrokenPipeError(32, "stdout closed")
-
-
-def _cli_framework_error(exc: Exception) -> int | None:
-    """Exit code for click/typer's own exceptions (typer may vendor click, so match by shape)."""
-    name = type(exc).__name__
-    if name == "Exit":
-        return int(getattr(exc, "exit_code", 0) or 0)
-    if name == "Abort":
-        _error("aborted")
-        return 130
-    if name == "NoArgsIsHelpError":
-        return 2  # the help text was already printed
-    if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-        ctx = getattr(exc, "ctx", None)
-        names = []  # the subcommand path under the root, e.g. "runs delete"
-        while ctx is not None and getattr(ctx, "parent", None) is not None:
-            names.append(str(ctx.info_name))
-            ctx = ctx.parent
-        command = " ".join(reversed(names))
-        hint = f" (see 'mlprof {command} --help')" if command else ""
-        _error(f"{exc.format_message()}{hint}")
-        return int(exc.exit_code)
-    return None
-
-
-def _error(message: str) -> None:
-    from mlprof.untrusted import plain
-
-    print(f"mlprof: error: {' '.join(plain(message).split())}", file=sys.stderr)  # paths may hold escapes
+    return run_command(invoke)
 
 
 def run() -> None:

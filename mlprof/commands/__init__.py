@@ -8,14 +8,17 @@ does not grow. Modules import their heavy dependencies inside the command functi
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from typing import TYPE_CHECKING
 
-import typer
+if TYPE_CHECKING:
+    import typer
 
 
 def register_all(app: typer.Typer) -> None:
     """Import every command module of this package (in name order) and let it register its commands."""
+    import importlib
+    import pkgutil
+
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):  # shared helpers, no commands (``_store_table`` imports pandas)
             continue

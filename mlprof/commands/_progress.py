@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:  # rich is imported when a bar is shown: ``mlprof analyze`` of a small trace runs without it
+    from rich.progress import Progress
 
 PROGRESS_MIN_BYTES = 16 << 20
 
@@ -31,6 +25,16 @@ class read_progress:
         if self._bar is None:
             if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
                 return
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._bar = Progress(
                 TextColumn("reading trace"),
                 BarColumn(),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+if TYPE_CHECKING:  # rich is imported when a bar is shown: ``mlprof analyze`` of one trace runs without it
+    from rich.progress import Progress
 
 
 class rank_progress:
@@ -21,6 +22,9 @@ class rank_progress:
         if self._bar is None:
             if total < 2 or not sys.stderr.isatty():
                 return
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
             self._bar = Progress(
                 TextColumn("analysing ranks"),
                 BarColumn(),

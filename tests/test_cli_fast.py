@@ -1,0 +1,164 @@
+"""The fast path of ``mlprof analyze`` (mlprof.__main__.analyze_arguments): typer's values, without typer.
+
+The truth for every command line is typer's own parse of it: :func:`mlprof.cli.main` runs
+with the command's body replaced by a recorder, and the fast path must give the same
+keyword arguments or leave the command line to typer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+import mlprof.commands._analyze as analyze_body
+from mlprof.__main__ import _ANALYZE_NAMES, ANALYZE_FLAGS, ANALYZE_FORMATS, ANALYZE_VALUE_OPTIONS, analyze_arguments
+from mlprof.cli import OutputFormat, app, main
+
+from conftest import SAMPLES
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_ANALYZE = analyze_body.run_analyze
+HEALTHY = str(SAMPLES / "synthetic" / "healthy.json.gz")
+STARVED = str(SAMPLES / "synthetic" / "data_starvation.json.gz")
+
+TAKEN = [
+    ["t.json"],
+    ["t.json", "-f", "json"],
+    ["--format", "markdown", "t.json"],
+    ["t.json", "--format=html", "-o", "out.html", "--force"],
+    ["t.json", "-o", "r.md", "--top", "7", "--steps", "16-18"],
+    ["t.json", "--top", "1000", "--rank", "0", "--jobs", "3"],
+    ["t.json", "--top=1", "-j", "1", "--rank=12"],
+    ["t.json", "--top", "007"],
+    ["dir", "--set", "DATA001.min_share=0.5", "--set=SYNC001.min_ms=2", "--fail-on", "any>=1.25"],
+    ["dir", "--fail-on", "any>=1.25", "--fail-on=DATA001", "--set", "DATA001.min_share=0.1"],
+    ["t.json", "--counters", "a.csv", "--counters=b.csv", "--config", "mlprof.toml", "--low-memory"],
+    ["t.json", "--engine", "dask", "--scheduler", "tcp://h:8786", "--step-marker", "Step#\\d+"],
+    ["t.json", "--step-marker", "a=b", "--steps", "17-"],
+    ["--", "t.json"],
+    ["--force", "--", "-odd.json"],
+    ["a b.json", "--engine", "LOCAL"],
+    ["t\udcff.json", "-o", "o\udcff.json"],
+    ["~/t.json", "--force", "--force"],
+]
+DECLINED = [
+    [],
+    ["t.json", "--help"],
+    ["t.json", "-fjson"],
+    ["t.json", "-f=json"],
+    ["t.json", "--format", "JSON"],
+    ["t.json", "--rank", "-1"],
+    ["t.json", "--rank=-1"],
+    ["t.json", "--top", "0"],
+    ["t.json", "--top", "1001"],
+    ["t.json", "--top", " 5"],
+    ["t.json", "--top", "+5"],
+    ["t.json", "--top", "5_0"],
+    ["t.json", "--jobs", "\u0663"],
+    ["t.json", "--set", "--force"],
+    ["t.json", "-o", "-"],
+    ["t.json", "-f", "json", "-f", "html"],
+    ["t.json", "--steps", ""],
+    ["t.json", "--steps="],
+    ["t.json", "--force=1"],
+    ["t.json", "-f"],
+    ["t.json", "--bogus"],
+    ["t.json", "u.json"],
+    ["-"],
+    [""],
+    ["--", "t.json", "-f", "json"],
+]
+
+
+def _typer_values(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> tuple[int, dict[str, Any] | None]:
+    """Exit code of ``mlprof.cli.main(["analyze", *args])`` and the values typer passed to the command's body."""
+    seen: dict[str, Any] = {}
+
+    def record(path: Path, **kwargs: Any) -> None:
+        seen.update(path=path, **kwargs)
+
+    monkeypatch.setattr(analyze_body, "run_analyze", record)
+    code = main(["analyze", *args])
+    return code, (seen or None)
+
+
+def _with_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    parameters = inspect.signature(RUN_ANALYZE).parameters
+    defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    return {**defaults, **values}
+
+
+@pytest.mark.parametrize("args", TAKEN, ids=lambda a: " ".join(a).encode("ascii", "replace").decode())
+def test_the_fast_path_gives_typers_values(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    fast = analyze_arguments(["analyze", *args])
+    assert fast is not None  # these forms are the fast path's to run
+    code, typed = _typer_values(monkeypatch, args)
+    assert code == 0 and typed is not None
+    assert _with_defaults(fast) == typed
+    assert {k: type(v) for k, v in _with_defaults(fast).items()} == {k: type(v) for k, v in typed.items()}
+
+
+@pytest.mark.parametrize("args", DECLINED, ids=lambda a: " ".join(a) or "nothing")
+def test_other_forms_are_left_to_typer(args: list[str]) -> None:
+    assert analyze_arguments(["analyze", *args]) is None
+    assert analyze_arguments(["rules"]) is None and analyze_arguments(["--version"]) is None
+
+
+def test_the_fast_paths_tables_match_the_command() -> None:
+    """Its option names, the parameters they fill and the formats are those of typer's ``analyze``."""
+    command = typer.main.get_command(app).commands["analyze"]  # type: ignore[attr-defined]
+    names = {opt: param.name for param in command.params for opt in param.opts if opt.startswith("-")}
+    assert names == _ANALYZE_NAMES
+    assert set(names) == ANALYZE_VALUE_OPTIONS | ANALYZE_FLAGS
+    assert {f.value for f in OutputFormat} == ANALYZE_FORMATS
+    run_analyze_parameters = set(inspect.signature(RUN_ANALYZE).parameters)
+    assert run_analyze_parameters == {p.name for p in command.params}
+
+
+def _fast_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``mlprof ARGS`` through the process entry; stderr's last line lists the CLI modules it imported."""
+    code = (
+        "import sys\n"
+        "from mlprof.__main__ import run\n"
+        f"sys.argv = ['mlprof', *{list(args)!r}]\n"
+        "try:\n    run()\nexcept SystemExit as stop:\n    code = stop.code\n"
+        "heavy = sorted(m for m in ('typer', 'pydantic', 'click', 'rich.console') if m in sys.modules)\n"
+        "print('IMPORTED', heavy, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLPROF_READ_AHEAD": "0"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_the_fast_path_imports_no_cli_framework_and_writes_the_same_report(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    proc = _fast_process("analyze", HEALTHY, "--format", "json", "--top", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "IMPORTED []\n"
+    assert main(["analyze", HEALTHY, "--format", "json", "--top", "3"]) == 0  # typer's path, this process
+    assert proc.stdout == capsys.readouterr().out
+
+
+def test_a_tripped_gate_and_an_error_say_what_typers_path_says(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    gate = _fast_process("analyze", STARVED, "--fail-on", "DATA001", "-f", "markdown")
+    assert gate.returncode == 1  # typer is imported for the exit, once the gate has tripped
+    assert main(["analyze", STARVED, "--fail-on", "DATA001", "-f", "markdown"]) == 1
+    typed = capsys.readouterr()
+    assert gate.stdout == typed.out and gate.stderr.rsplit("IMPORTED", 1)[0] == typed.err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"traceEvents": [{"ph": "X",')
+    error = _fast_process("analyze", str(bad), "-f", "json")
+    assert main(["analyze", str(bad), "-f", "json"]) == 2
+    typed = capsys.readouterr()
+    assert error.returncode == 2 and error.stdout == "" == typed.out
+    assert error.stderr.splitlines()[:-1] == typed.err.splitlines() and len(typed.err.splitlines()) == 1
