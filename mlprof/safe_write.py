@@ -21,7 +21,7 @@ import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -121,8 +121,9 @@ _CHUNK = 1 << 18
 """Characters of text encoded at a time: a 4 MB report is never held twice (as text and as bytes)."""
 
 
-def write_output(output: Path, data: str | bytes) -> None:
-    """Write ``data`` (text as UTF-8) to ``output`` through :func:`open_output`.
+def write_output(output: Path, data: str | bytes | Iterable[str]) -> None:
+    """Write ``data`` (text as UTF-8, or pieces of text written as they come) to ``output`` through
+    :func:`open_output`.
 
     Text is encoded a chunk at a time; a Python string holds code points, so a chunk
     boundary never splits a character and the bytes are those of encoding it whole
@@ -131,6 +132,10 @@ def write_output(output: Path, data: str | bytes) -> None:
     with open_output(output) as fh:
         if isinstance(data, bytes):
             fh.write(data)
+            return
+        if not isinstance(data, str):
+            for piece in data:
+                fh.write(piece.encode("utf-8", "replace"))
             return
         for start in range(0, len(data), _CHUNK):
             fh.write(data[start : start + _CHUNK].encode("utf-8", "replace"))

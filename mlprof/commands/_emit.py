@@ -34,6 +34,15 @@ def emit_report(
         from mlprof.report.markdown import render_markdown
 
         text = render_markdown(report, top)
+    elif fmt.name == "json":
+        # written piece by piece as indented (Report.json_chunks): a large job's report is never held whole as text
+        chunks = report.json_chunks()
+        if output is None:
+            for piece in chunks:
+                sys.stdout.write(piece)
+        else:
+            write_text(output, chunks)
+        return
     elif top is not None and fmt.name == "text":
         from mlprof.report.formats import text_with_top
 

@@ -12,6 +12,7 @@ files a user keeps, so they never need it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from mlprof.errors import MlprofError, UsageError
@@ -47,8 +48,9 @@ def _existing_file(output: Path) -> bool:
         return False
 
 
-def write_text(output: Path, text: str) -> None:
-    """Write ``text`` to ``output`` (temp file renamed into place, or a stream); a failure is one error line."""
+def write_text(output: Path, text: str | Iterable[str]) -> None:
+    """Write ``text`` (or its pieces, as they come) to ``output`` (temp file renamed into place, or a stream); a
+    failure is one error line."""
     write_output(output, text)
 
 

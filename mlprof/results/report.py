@@ -15,15 +15,23 @@ renderers and notebooks can load a report without the analysis stack.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pandas as pd
 
 from mlprof.errors import BadInputError
 from mlprof.untrusted import json_text
+
+
+class _Version(msgspec.Struct):
+    """The one key a report is checked by before its data is decoded (the others are skipped unread)."""
+
+    schema_version: Any = ""
+
 
 SUPPORTED_MAJOR = "1"
 """Reports of this schema major version can be read back (a minor bump only adds keys)."""
@@ -62,18 +70,34 @@ class Report:
         self._check_version()
 
     @classmethod
-    def of_encoded(cls, encoded: bytes, analysis: Any = None) -> Report:
+    def of_encoded(cls, encoded: bytes | str, analysis: Any = None) -> Report:
         """The report whose data is ``encoded`` (its JSON as ``msgspec.json.encode`` wrote it) decoded: what
-        ``Report(data)`` holds, without holding ``data`` and its normalised copy at once (a 1,024-rank job's
-        report is ~10 MB of Python objects)."""
+        ``Report(data)`` holds, without holding ``data`` and its normalised copy at once.
+
+        The data is decoded on first use of :attr:`data`: until then the report holds only the compact JSON
+        (a 1,024-rank job's report is ~2.5 MB of it, against ~10 MB of Python values decoded), and
+        :meth:`to_json` and :meth:`json_chunks` indent that (the same text as encoding the decoded values:
+        msgspec writes each value back as it read it). ``mlprof analyze --format json`` never decodes it."""
         report = cls.__new__(cls)
-        report.data = msgspec.json.decode(encoded)
+        report.__dict__["_compact"] = encoded.encode() if isinstance(encoded, str) else encoded
         report.analysis = analysis
-        report._check_version()
+        version = msgspec.json.decode(report.__dict__["_compact"], type=_Version).schema_version
+        report._check_version(str(version))
         return report
 
-    def _check_version(self) -> None:
-        version = str(self.data.get("schema_version", ""))
+    if not TYPE_CHECKING:  # (for type checkers the report has its declared fields only)
+
+        def __getattr__(self, name: str) -> Any:
+            # Only reached while ``data`` is not set: a report made by of_encoded decodes it on first use, and
+            # from then on the decoded values are the report (changing them changes what to_json writes).
+            if name != "data" or "_compact" not in self.__dict__:
+                raise AttributeError(name)
+            self.data = msgspec.json.decode(self.__dict__.pop("_compact"))
+            return self.data
+
+    def _check_version(self, version: str | None = None) -> None:
+        if version is None:
+            version = str(self.data.get("schema_version", ""))
         if version.split(".", 1)[0] != SUPPORTED_MAJOR:
             raise BadInputError(
                 f"not an mlprof report of schema 1.x (schema_version {version or 'missing'}); "
@@ -88,7 +112,7 @@ class Report:
     # -- reading and writing -------------------------------------------------------------
     def to_json(self, indent: int = 2) -> str:
         """The JSON report, as ``mlprof analyze --format json`` writes it (ends with a newline)."""
-        raw = msgspec.json.encode(self.data)
+        raw: bytes = self._encoded()
         if indent:
             raw = msgspec.json.format(raw, indent=indent)
         text = raw.decode()
@@ -96,6 +120,22 @@ class Report:
         text = json_text(text)  # the same string when nothing needs escaping
         text += "\n"  # in place where the string is not shared
         return text
+
+    def json_chunks(self, indent: int = 2) -> Iterator[str]:
+        """:meth:`to_json`'s text in pieces (joined, they are that text), for a writer that writes them as they
+        come: a large list or object is indented element by element, so no more than a piece of the text is held
+        at once (a 1,024-rank job's report is ~4 MB of indented text, and indenting it whole held ~10 MB)."""
+        if not indent:
+            yield self.to_json(indent)
+            return
+        for piece in _indented(self._encoded(), indent, 0):
+            yield json_text(piece)
+        yield "\n"
+
+    def _encoded(self) -> bytes:
+        """The compact JSON: as built (not decoded), else the data encoded."""
+        compact: bytes | None = self.__dict__.get("_compact")
+        return compact if compact is not None else msgspec.json.encode(self.data)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report as Python values (a copy)."""
@@ -216,3 +256,40 @@ class Report:
         n = len(self.data.get("findings") or [])
         top = self.data["findings"][0]["rule"] if n else "none"
         return f"<mlprof Report {self.path!r}: {n} finding(s), top {top}, schema {self.schema_version}>"
+
+
+SPLIT_BYTES = 32 * 1024
+"""A list or object whose compact JSON is longer than this is indented element by element in
+:meth:`Report.json_chunks`; a shorter one as one piece."""
+
+
+def _indented(raw: bytes | msgspec.Raw, indent: int, level: int, split: int = SPLIT_BYTES) -> Iterator[str]:
+    """``msgspec.json.format(raw, indent=indent)`` placed at nesting ``level``, as pieces: what formatting the
+    whole report writes for this value, with each of its lines after the first indented ``level`` deep."""
+    view = memoryview(raw)
+    opener = view[:1].tobytes()
+    if len(view) <= max(split, 2) or opener not in (b"{", b"["):  # "{}", "[]": empty
+        text = msgspec.json.format(raw, indent=indent)
+        if level:
+            text = text.replace(b"\n", b"\n" + b" " * (indent * level))  # JSON strings hold no raw newline
+        yield text.decode()
+        return
+    pad = " " * (indent * (level + 1))
+    yield opener.decode() + "\n"
+    if opener == b"{":
+        members = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+        last = len(members) - 1
+        for i, (key, value) in enumerate(members.items()):
+            yield pad + msgspec.json.encode(key).decode() + ": "
+            yield from _indented(value, indent, level + 1, split)
+            yield ",\n" if i < last else "\n"
+        close = "}"
+    else:
+        elements = msgspec.json.decode(raw, type=list[msgspec.Raw])
+        last = len(elements) - 1
+        for i, value in enumerate(elements):
+            yield pad
+            yield from _indented(value, indent, level + 1, split)
+            yield ",\n" if i < last else "\n"
+        close = "]"
+    yield " " * (indent * level) + close
