@@ -721,6 +721,33 @@ def test_targets_after_waiters_against_a_loop() -> None:
     assert answers == {True, False}
 
 
+def test_merge_ops_equals_merging_group_by_group() -> None:
+    """``merge_ops`` against its definition applied one group at a time with plain loops: on the FUSE001 runs of
+    the 8-rank DLRM's rank 0 (disjoint: merged all at once) and on overlapping groups (merged in turn)."""
+    rr = real(f"{DLRM}/worker0_step_12.1694128201545.pt.trace.json").diagnosis.whatif.ranks[0]  # type: ignore[union-attr]
+    g = rr.graph
+    member = np.flatnonzero(g.g_klass == "memory_bound")
+    runs = [run for run in np.split(member, np.flatnonzero(np.diff(member) != 1) + 1) if len(run) >= 2]
+    assert len(runs) > 20
+    rng = np.random.default_rng(3)
+    overlapping = [np.sort(rng.choice(g.n_gpu, size=int(rng.integers(1, 6)), replace=False)) for _ in range(60)]
+    overlapping += [runs[0][1:], runs[0]]  # an op first of one group and merged away by another
+    for groups in (runs, overlapping):
+        durations = rng.uniform(0, 20_000, size=len(groups))
+        durations[0] = 2.5  # rounds half to even, as Python's round()
+        got = merge_ops(g, groups, durations)
+        dur, gap, base = g.g_dur.tolist(), g.g_gap.tolist(), g.h_base.tolist()
+        for members, d in zip(groups, durations, strict=True):
+            dur[int(members[0])] = max(round(float(d)), 0)
+            for op in members[1:].tolist():
+                dur[op], gap[op] = 0, 0
+                call = int(g.g_launch[op])
+                if call >= 0 and g.h_wait[call] < 0:
+                    base[call] = 0
+        assert got.g_dur.tolist() == dur and got.g_gap.tolist() == gap and got.h_base.tolist() == base
+        assert got.g_dur.tolist() != g.g_dur.tolist()
+
+
 def test_cross_stream_chain_by_hand(tmp_path: Path) -> None:
     """Two streams, each op waiting for the other stream's previous op (no launches: the ops keep their order).
 

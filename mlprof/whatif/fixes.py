@@ -273,7 +273,9 @@ def _fuse(ctx: FixContext[UnfusedElementwiseOptions]) -> ReplayGraph | None:
     groups = _runs(ctx, member, int(ctx.opts.max_gap_us * 1000), ctx.opts.min_chain)
     if not groups:
         return g
-    return merge_ops(g, groups, np.array([g.g_dur[m].max() for m in groups], dtype=np.float64))
+    sizes = np.array([len(m) for m in groups], dtype=np.int64)
+    longest = np.maximum.reduceat(g.g_dur[np.concatenate(groups)], np.cumsum(sizes) - sizes)  # runs: 2 ops or more
+    return merge_ops(g, groups, longest.astype(np.float64))
 
 
 def _runs(ctx: FixContext, member: np.ndarray, max_gap: int, min_len: int) -> list[np.ndarray]:
