@@ -20,15 +20,17 @@
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where a pool is made: a command reading one small trace runs without them
+    from concurrent.futures import ProcessPoolExecutor
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -90,6 +92,9 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     an error) stops the workers at once instead of waiting for their tasks, so none outlives mlprof.
 
     The workers are forked at once (a first, empty task) with Ctrl-C and SIGTERM held back."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=quiet_worker
     )

@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import html
 import re
+from typing import TYPE_CHECKING
 
-from rich.text import Text
+if TYPE_CHECKING:  # rich is imported by the two helpers that make its Text: JSON, markdown and HTML need none
+    from rich.text import Text
 
 __all__ = ["html_text", "json_text", "md_code", "md_text", "plain", "term", "term_line"]
 
@@ -81,6 +83,8 @@ def plain(value: object, *, max_chars: int | None = None) -> str:
 
 def term(value: object, style: str = "", *, max_chars: int | None = None) -> Text:
     """Untrusted text for rich: a ``Text`` is never parsed for markup, emoji codes or highlights."""
+    from rich.text import Text
+
     return Text(plain(value, max_chars=max_chars), style=style)
 
 
@@ -90,6 +94,8 @@ def term_line(*parts: str | tuple[str, str] | Text) -> Text:
 
     ``term_line(("mlprof analyze", "bold"), " ", path)`` prints the path literally.
     """
+    from rich.text import Text
+
     line = Text()
     for part in parts:
         if isinstance(part, Text):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import as_completed
 from typing import Any, TypeVar
 
 from mlprof.errors import MlprofError, UsageError
@@ -53,6 +52,8 @@ def run_local(
             if on_done:
                 on_done(i + 1, total)
         return out
+    from concurrent.futures import as_completed  # here: one trace analysed in this process needs no pool
+
     results: list[Any] = [None] * total
     with worker_pool(min(jobs, total)) as pool:  # Ctrl-C, SIGTERM or an error: no worker outlives us
         futures = {pool.submit(fn, item, arg): i for i, item in enumerate(items)}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Callable
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +102,8 @@ def _read_tables(
         return read_ahead
     workers = default_workers() if workers is None else workers
     if workers > 1 and _expected_json_bytes(path) >= PARALLEL_MIN_JSON_BYTES:
+        from concurrent.futures.process import BrokenProcessPool  # here: a small trace is read without a pool
+
         builder = TableBuilder()
         try:
             header, stats = read_parallel(path, builder, on_progress, workers)

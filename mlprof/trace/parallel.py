@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -33,6 +32,9 @@ from mlprof.trace.jsonstream import (
     read_range,
     read_trace_events,
 )
+
+if TYPE_CHECKING:  # imported by the pool itself: a small trace is read without concurrent.futures
+    from concurrent.futures import Future
 
 
 class SliceFailed(Exception):
