@@ -301,3 +301,54 @@ def test_signal_while_reading_a_large_trace_ahead_leaves_no_process(
     assert err == b"mlprof: error: " + line + b"\n", err
     _, alive = psutil.wait_procs(tree, timeout=15)
     assert not alive, f"left running: {alive}"
+
+
+def _taken_kind(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the read-ahead process sent for the columns (``shm``: their bytes in the memory file; ``ok``: pickled
+    through the pipe), recorded in this process as :func:`prefetch.take` reads it."""
+    kinds: list[str] = []
+    real = prefetch._in_band
+
+    def recorded(payload: tuple[Any, ...], shm: int | None) -> tuple[Any, ...]:
+        kinds.append(payload[0])
+        return real(payload, shm)
+
+    monkeypatch.setattr(prefetch, "_in_band", recorded)
+    return kinds
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memory files (memfd_create) on this platform")
+@pytest.mark.parametrize("large", [False, True])
+def test_columns_come_back_through_a_memory_file(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, large: bool
+) -> None:
+    """Small (read in the read-ahead process) and large (by its worker processes) read-aheads hand the columns
+    over in a memory file mapped here: the tables equal the plain read's and the arrays can be written to."""
+    if large:
+        request.getfixturevalue("small_slices")
+    kinds = _taken_kind(monkeypatch)
+    path = external(REAL[1])
+    assert prefetch.start(str(path), 2 if large else 1)
+    taken = prefetch.take(path)
+    assert taken is not None
+    arrays = [a for cols in taken[0]._cols.values() for parts in cols.values() for a in parts]
+    assert arrays and all(a.flags.writeable for a in arrays)
+    _assert_tables_equal(taken[0].finish(), _plain_tables(path))
+    assert kinds == ["shm"]
+
+
+@pytest.mark.parametrize("memory_file", ["none", "unwritable"])
+def test_columns_come_back_through_the_pipe_without_a_memory_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, memory_file: str
+) -> None:
+    """No memory file (another platform), or one the read-ahead process cannot write: the columns are pickled
+    through the pipe as before, with the same tables."""
+    kinds = _taken_kind(monkeypatch)
+    unwritable = tmp_path / "unwritable"
+    unwritable.write_bytes(b"")
+    monkeypatch.setattr(
+        prefetch, "_memory_file", lambda: None if memory_file == "none" else os.open(unwritable, os.O_RDONLY)
+    )
+    path = external(REAL[0])
+    _assert_tables_equal(_read_ahead_tables(path), _plain_tables(path))
+    assert kinds == ["ok"]
