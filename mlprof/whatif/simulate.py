@@ -224,12 +224,13 @@ def _dep_keys(
     t_st = streams[local].tolist()
     d_st = streams[dl].tolist()
     base_key = key[dl].tolist()
-    if _targets_after_waiters(inside, streams[local], local, streams[dl], dl):
+    d_streams = set(d_st)
+    if _targets_after_waiters(inside, streams[local], local, streams[dl], dl, d_streams):
         # Every waiting op passed before a predecessor, on the predecessor's stream, sits at or before it: the
         # running maximum of that stream's raised keys so far is the one to take, one number per stream.
         const = (t_end0_a + delay_a + shift_a).tolist()
         out_sh = (g_end[dep] + delay_a + shift_a).tolist()
-        top: dict[int, float] = dict.fromkeys(set(t_st) | set(d_st), -math.inf)
+        top: dict[int, float] = dict.fromkeys(set(t_st) | d_streams, -math.inf)
         res: list[int] = []
         put = res.append
         for inn, m, ts_, cst, osh, bk, ds in zip(ins, t_bm, t_st, const, out_sh, base_key, d_st, strict=True):
@@ -282,16 +283,25 @@ def _dep_keys(
 
 
 def _targets_after_waiters(
-    inside: np.ndarray, t_stream: np.ndarray, t_pos: np.ndarray, d_stream: np.ndarray, d_pos: np.ndarray
+    inside: np.ndarray,
+    t_stream: np.ndarray,
+    t_pos: np.ndarray,
+    d_stream: np.ndarray,
+    d_pos: np.ndarray,
+    d_streams: set[int] | None = None,
 ) -> bool:
     """Whether, for each waiting op (in pass order) whose predecessor is in the chunk, every waiting op passed
-    before it on the predecessor's stream sits at or before the predecessor (``_dep_keys``' common case)."""
-    if len(d_pos) < 2:
+    before it on the predecessor's stream sits at or before the predecessor (``_dep_keys``' common case).
+    ``d_streams``: the streams of ``d_stream`` if known."""
+    n = len(d_pos)
+    if n < 2:
         return True
-    for s in np.unique(d_stream).tolist():
+    before = np.empty(n, dtype=np.int64)
+    for s in d_streams if d_streams is not None else set(d_stream.tolist()):
         # the last position of a waiting op of stream s passed before each waiting op
         last = np.maximum.accumulate(np.where(d_stream == s, d_pos, -1))
-        before = np.concatenate([[-1], last[:-1]])
+        before[0] = -1
+        before[1:] = last[:-1]
         check = inside & (t_stream == s)
         if (before[check] > t_pos[check]).any():
             return False
