@@ -123,15 +123,17 @@ def test_the_fast_paths_tables_match_the_command() -> None:
 
 
 def _fast_process(*args: str) -> subprocess.CompletedProcess[str]:
-    """``mlprof ARGS`` through the process entry; stderr's last line lists the CLI modules it imported."""
+    """``mlprof ARGS`` through the process entry; stderr's last line (from an exit handler) lists the CLI modules
+    it imported."""
     code = (
-        "import sys\n"
+        "import atexit, sys\n"
         "from mlprof.__main__ import run\n"
+        "def imported():\n"
+        "    heavy = sorted(m for m in ('typer', 'pydantic', 'click', 'rich.console') if m in sys.modules)\n"
+        "    print('IMPORTED', heavy, file=sys.stderr)\n"
+        "atexit.register(imported)\n"
         f"sys.argv = ['mlprof', *{list(args)!r}]\n"
-        "try:\n    run()\nexcept SystemExit as stop:\n    code = stop.code\n"
-        "heavy = sorted(m for m in ('typer', 'pydantic', 'click', 'rich.console') if m in sys.modules)\n"
-        "print('IMPORTED', heavy, file=sys.stderr)\n"
-        "sys.exit(code)\n"
+        "run()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLPROF_READ_AHEAD": "0"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -162,3 +164,49 @@ def test_a_tripped_gate_and_an_error_say_what_typers_path_says(
     typed = capsys.readouterr()
     assert error.returncode == 2 and error.stdout == "" == typed.out
     assert error.stderr.splitlines()[:-1] == typed.err.splitlines() and len(typed.err.splitlines()) == 1
+
+
+def test_the_fast_path_ends_without_teardown_only_where_nothing_needs_it(tmp_path: Path) -> None:
+    """Exit handlers run and the code is kept; a live non-daemon thread or a profiler gets the interpreter's exit."""
+    script = (
+        "import atexit, sys, threading, time\n"
+        "from mlprof.__main__ import _end_now\n"
+        "atexit.register(lambda: print('handler ran', flush=True))\n"
+        "if sys.argv[1] == 'thread':\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.2), print('thread done', flush=True))).start()\n"
+        "sys.stdout.write('unflushed ')\n"
+        "_end_now(5)\n"
+        "print('returned')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    alone = subprocess.run([sys.executable, "-c", script, "alone"], capture_output=True, text=True, env=env)
+    assert (alone.returncode, alone.stdout) == (5, "unflushed handler ran\n")
+    waiting = subprocess.run([sys.executable, "-c", script, "thread"], capture_output=True, text=True, env=env)
+    assert waiting.returncode == 0 and waiting.stdout.split() == [
+        "unflushed",
+        "returned",
+        "thread",
+        "done",
+        "handler",
+        "ran",
+    ]
+    profiled = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-m",
+            "mlprof",
+            "analyze",
+            HEALTHY,
+            "-f",
+            "json",
+            "-o",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**env, "MLPROF_READ_AHEAD": "0"},
+        timeout=120,
+    )
+    assert profiled.returncode == 0 and "function calls" in profiled.stdout  # cProfile's table, written at exit
