@@ -125,12 +125,8 @@ def analyze_job(
     """
     config = config or RuleConfig()
     ranks = [measure_trace(t, steps_spec) for t in traces]
-    for ra in ranks:
-        # The report's kernel and op views, measured while the heap is smallest (before the causes and the
-        # replay): measured last, their temporaries set the peak memory of analyze on a 217 MB trace.
-        ra.name_views = name_views(ra)
     skew = rank_skew(traces)
-    diagnosis = _diagnose(ranks, skew, config)
+    diagnosis = _diagnose(ranks, skew, config, views=True)
     for ra, findings in zip(ranks, diagnosis.per_rank, strict=True):
         ra.findings = sorted(findings, key=lambda f: -f.expected_speedup)
     analysis = Analysis(path=path, ranks=ranks, step_filter=steps_spec, diagnosis=diagnosis, skew=skew)
@@ -219,22 +215,44 @@ def _align(analysis: Analysis, ca: CounterAnalysis) -> None:
     ca.notes.append(f"counters joined to {len(windows)} step window(s): {inside} samples fall inside the trace's steps")
 
 
-def _diagnose(ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConfig) -> Diagnosis:
+def _diagnose(
+    ranks: list[RankAnalysis], skew: RankSkew | None, config: RuleConfig, *, views: bool = False
+) -> Diagnosis:
+    """The causes, the rules and the what-if replay of the ranks; with ``views``, each rank's name views first.
+
+    The name views (independent of everything after the measurement) are measured in a helper process while
+    this one measures the causes and builds the replay graphs, and the replays' checks and pacing probes
+    (independent of the rules) while it runs the rules, when a core is idle (:mod:`mlprof.whatif.helper`);
+    what a helper does not do runs here after.
+    """
+    from functools import partial
+
     from mlprof.analyzers.rank_skew import comm_signature
     from mlprof.whatif.graph import build_graph
     from mlprof.whatif.helper import SharedTasks
     from mlprof.whatif.job import predict_job
     from mlprof.whatif.replay import ReplayWork
 
-    contexts = []
-    works: list[ReplayWork] = []
-    for ra in ranks:
-        starts, ends = analysed_windows(ra)
-        wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
-        ra.causes = attribute_causes(ra.full_trace, starts, ends, comm_wait=wait)
-        contexts.append(RankContext(ra, ra.causes))
-        works.append(ReplayWork(build_graph(ra.full_trace), ra.rank, starts, ends, ra.steps))
-        release_freed_memory()  # the graph build's temporaries (see mlprof.trace.memory)
+    n_ops = sum(len(ra.full_trace.runtime) + len(ra.full_trace.gpu) for ra in ranks)  # about the graphs' size
+    # The views before the causes' and the graphs' temporaries: measured last, theirs set the peak memory of
+    # analyze on a 217 MB trace; here (no helper) they run first, as before.
+    view_tasks = [partial(name_views, ra) for ra in ranks] if views else []
+    with SharedTasks(view_tasks, n_ops=n_ops, at_least=1) as measured_views:
+        if view_tasks and not measured_views.started:
+            for ra, measured in zip(ranks, measured_views.results(), strict=True):
+                ra.name_views = measured
+        contexts = []
+        works: list[ReplayWork] = []
+        for ra in ranks:
+            starts, ends = analysed_windows(ra)
+            wait = skew.wait_intervals.get(ra.rank) if skew is not None else None
+            ra.causes = attribute_causes(ra.full_trace, starts, ends, comm_wait=wait)
+            contexts.append(RankContext(ra, ra.causes))
+            works.append(ReplayWork(build_graph(ra.full_trace), ra.rank, starts, ends, ra.steps))
+            release_freed_memory()  # the graph build's temporaries (see mlprof.trace.memory)
+        if measured_views.started:
+            for ra, measured in zip(ranks, measured_views.results(), strict=True):
+                ra.name_views = measured
     world = ranks[0].trace.meta.world_size if ranks else None
     # The replays' checks and pacing probes (independent of the rules) run in a helper process while this one
     # runs the rules, when a core is idle (mlprof.whatif.helper); what the helper does not do runs here after.

@@ -181,6 +181,7 @@ def test_helper_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not helper_wanted(5, big)
     monkeypatch.setenv("MLPROF_HELPER", "1")
     assert helper_wanted(5, 0) and not helper_wanted(1, big)
+    assert helper_wanted(1, big, at_least=1) and not helper_wanted(0, big, at_least=1)  # one task may be worth it
     monkeypatch.setenv("MLPROF_HELPER", "auto")
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setattr(helper_module, "_running_now", lambda: 1)  # this process alone runs
@@ -213,3 +214,37 @@ def test_report_with_the_helper_equals_the_report_without(monkeypatch: pytest.Mo
     shared = mlprof.analyze(path).to_json()
     assert delivered, "the helper replayed no fix"
     assert shared == alone
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the helper is forked on Linux only")
+def test_name_views_measured_by_the_helper_equal_those_measured_here(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """analyze_job's kernel and op views measured in the helper (while this process measures the causes and
+    builds the graph) are the frames measured here; they came from another process."""
+    import pandas as pd
+
+    import mlprof.analysis as analysis
+    from mlprof.analyzers.name_totals import name_views
+    from mlprof.trace.loader import load_trace
+
+    pids = tmp_path / "pids"
+
+    def recorded(ra: object) -> object:
+        with pids.open("a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return name_views(ra)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(analysis, "name_views", recorded)
+    trace = load_trace(external(RESNET))
+    monkeypatch.setenv("MLPROF_HELPER", "0")
+    (here,) = analysis.analyze_job([trace], "t").ranks
+    assert pids.read_text().split() == [str(os.getpid())]
+    pids.unlink()
+    monkeypatch.setenv("MLPROF_HELPER", "1")
+    (shared,) = analysis.analyze_job([trace], "t").ranks
+    assert pids.read_text().split() != [str(os.getpid())], "the views were measured here"
+    assert here.name_views is not None and shared.name_views is not None
+    for a, b in zip(here.name_views, shared.name_views, strict=True):
+        assert len(a) > 10
+        pd.testing.assert_frame_equal(a, b, check_exact=True)

@@ -14,7 +14,8 @@ own. The helper ignores Ctrl-C (the parent's to handle), dies with the parent
 (``PR_SET_PDEATHSIG`` on Linux) and is stopped when the tasks' ``with`` block is left by
 an exception (Ctrl-C, SIGTERM as :class:`~mlprof.interrupts.Terminated`, an error).
 
-A helper is started only on Linux with ``fork``, for two tasks or more over graphs of at least
+A helper is started only on Linux with ``fork``, for two tasks or more (or one, where the caller has other
+work to do meanwhile: the analysis's name views while it measures the causes) over graphs of at least
 :data:`MIN_OPS` ops (on smaller ones the fork costs more than it saves), when the 1-minute load
 average leaves a core idle (as the CLI's read-ahead decides), not in a worker process of a pool
 (the job engine's ranks);
@@ -61,10 +62,11 @@ forking a process of a few hundred MB costs ~10 ms and each replay of a graph co
 35 MB trace (21 k ops, replays of ~3 ms) the helper made the analysis slower (0.17 against 0.11 s)."""
 
 
-def helper_wanted(n_tasks: int, n_ops: int) -> bool:
-    """Whether a helper process pays for ``n_tasks`` tasks over graphs of ``n_ops`` ops (see the module docstring)."""
+def helper_wanted(n_tasks: int, n_ops: int, at_least: int = 2) -> bool:
+    """Whether a helper process pays for ``n_tasks`` tasks (``at_least`` of them) over graphs of ``n_ops`` ops (see
+    the module docstring)."""
     setting = os.environ.get("MLPROF_HELPER", "auto")
-    if setting == "0" or n_tasks < 2 or n_tasks > MAX_TASKS:
+    if setting == "0" or n_tasks < max(at_least, 1) or n_tasks > MAX_TASKS:
         return False
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return False
@@ -112,10 +114,12 @@ class SharedTasks(Generic[T]):
     device ops); ``helper``: None decides by :func:`helper_wanted`.
     """
 
-    def __init__(self, tasks: Sequence[Callable[[], T]], *, n_ops: int = 0, helper: bool | None = None) -> None:
+    def __init__(
+        self, tasks: Sequence[Callable[[], T]], *, n_ops: int = 0, helper: bool | None = None, at_least: int = 2
+    ) -> None:
         self.tasks = list(tasks)
         if helper is None:
-            helper = helper_wanted(len(self.tasks), n_ops)
+            helper = helper_wanted(len(self.tasks), n_ops, at_least)
         self.want_helper = helper and len(self.tasks) <= MAX_TASKS
         self.pid: int | None = None
         self.queue_fd: int | None = None
@@ -134,6 +138,11 @@ class SharedTasks(Generic[T]):
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self._stop()
+
+    @property
+    def started(self) -> bool:
+        """Whether a helper was started (and :meth:`results` not yet taken)."""
+        return self.queue_fd is not None
 
     def results(self) -> list[T]:
         """Every task's result, in order: the helper's where it delivered one, the others run here."""
