@@ -204,9 +204,18 @@ def _trace_dict(analysis: Analysis) -> dict[str, Any]:
     }
 
 
-def to_json_dict(analysis: Analysis) -> dict[str, Any]:
-    ranks = [
-        {
+def to_json_dict(analysis: Analysis, *, encode_rows: bool = False) -> dict[str, Any]:
+    """The JSON report's values.
+
+    ``encode_rows``: a job's per-rank rows (``ranks``, ``cross_rank.per_rank``, ``whatif.per_rank``,
+    ``steady_state.ranks``) are each encoded as soon as built (``msgspec.Raw``: their compact JSON, which
+    ``msgspec.json.encode`` writes as is, so the report's text is the same): what :func:`build_report` encodes,
+    without every rank's rows held as Python values at once (~8 KB a rank, against ~2.5 KB of JSON)."""
+    row = _encoded_row if encode_rows and len(analysis.ranks) > 1 else _row
+    ranks = []
+    steady = _SteadyRows(row)
+    for ra in analysis.ranks:
+        entry = {
             "rank": ra.rank,
             "path": ra.trace.meta.path,
             "step_source": ra.trace.meta.step_source,
@@ -215,8 +224,8 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
             "notes": ra.notes,
             "steady_state": None if ra.steady is None else ra.steady.to_dict(),
         }
-        for ra in analysis.ranks
-    ]
+        steady.add(entry)
+        ranks.append(row(entry))
     if len(analysis.ranks) == 1:
         top_steps = ranks[0]["steps"]
         top_breakdown = ranks[0]["breakdown"]
@@ -257,25 +266,61 @@ def to_json_dict(analysis: Analysis) -> dict[str, Any]:
         "record_next": diagnosis.record_next if diagnosis else [],
         "notes": notes,
         "counters": None if analysis.counter_summary is None else counters_dict(analysis.counter_summary),
-        "cross_rank": cross_rank_dict(analysis),
+        "cross_rank": cross_rank_dict(analysis, row),
         "kernels": kernels,
         "operators": operators,
-        "whatif": diagnosis.whatif.to_dict() if diagnosis is not None and diagnosis.whatif is not None else None,
-        "steady_state": steady_state_dict(ranks),
+        "whatif": _whatif_dict(diagnosis, row),
+        "steady_state": steady.to_dict(),
     }
 
 
 def steady_state_dict(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     """(1.5) The steps each rank set aside from its per-step figures (:mod:`mlprof.analyzers.steady_state`)."""
-    per_rank = [{"rank": r["rank"], **r["steady_state"]} for r in ranks if r["steady_state"] is not None]
-    return {
-        "overridden_by_steps": any(r["overridden_by_steps"] for r in per_rank),
-        "set_aside_steps": sorted({s["step"] for r in per_rank for s in r["set_aside"]}),
-        "ranks": per_rank,
-    }
+    steady = _SteadyRows(_row)
+    for r in ranks:
+        steady.add(r)
+    return steady.to_dict()
 
 
-def cross_rank_dict(analysis: Analysis) -> dict[str, Any] | None:
+def _row(values: dict[str, Any]) -> Any:
+    return values
+
+
+def _encoded_row(values: dict[str, Any]) -> Any:
+    return msgspec.Raw(msgspec.json.encode(values))
+
+
+class _SteadyRows:
+    """``steady_state``'s values, from each rank's report row as it is built (``row``: how a row is held)."""
+
+    def __init__(self, row: Any) -> None:
+        self.row = row
+        self.overridden = False
+        self.set_aside: set[Any] = set()
+        self.ranks: list[Any] = []
+
+    def add(self, rank_entry: dict[str, Any]) -> None:
+        own = rank_entry["steady_state"]
+        if own is None:
+            return
+        self.overridden = self.overridden or bool(own["overridden_by_steps"])
+        self.set_aside.update(s["step"] for s in own["set_aside"])
+        self.ranks.append(self.row({"rank": rank_entry["rank"], **own}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"overridden_by_steps": self.overridden, "set_aside_steps": sorted(self.set_aside), "ranks": self.ranks}
+
+
+def _whatif_dict(diagnosis: Any, row: Any) -> dict[str, Any] | None:
+    if diagnosis is None or diagnosis.whatif is None:
+        return None
+    values: dict[str, Any] = diagnosis.whatif.to_dict()
+    if row is not _row and isinstance(values.get("per_rank"), list):
+        values["per_rank"] = [row(r) for r in values["per_rank"]]
+    return values
+
+
+def cross_rank_dict(analysis: Analysis, row: Any = _row) -> dict[str, Any] | None:
     """(1.3) Several ranks: job summary, summaries by rank group, rule outliers and one row per rank.
 
     Column meanings: :mod:`mlprof.analyzers.stragglers`; ``docs/multirank.md``.
@@ -289,7 +334,7 @@ def cross_rank_dict(analysis: Analysis) -> dict[str, Any] | None:
         "group_size": cr.group_size,
         "groups": _records(cr.groups),
         "rule_outliers": diagnosis.rule_outliers if diagnosis is not None else [],
-        "per_rank": _records(cr.per_rank),
+        "per_rank": [row(r) for r in _records(cr.per_rank)],
     }
 
 
@@ -399,9 +444,10 @@ def counters_only_json_dict(ca: CounterAnalysis) -> dict[str, Any]:
 def build_report(analysis: Analysis | CounterAnalysis) -> Report:
     """The :class:`~mlprof.results.Report` of an analysis: its JSON report, with the live analysis attached."""
     # encoded as soon as built, so the report's values and their normalised copy are not held at once
-    encoded = msgspec.json.encode(
-        to_json_dict(analysis) if isinstance(analysis, Analysis) else counters_only_json_dict(analysis)
-    )
+    if isinstance(analysis, Analysis):
+        encoded = msgspec.json.encode(to_json_dict(analysis, encode_rows=True))
+    else:
+        encoded = msgspec.json.encode(counters_only_json_dict(analysis))
     return Report.of_encoded(encoded, analysis=analysis)
 
 
