@@ -248,3 +248,38 @@ def test_name_views_measured_by_the_helper_equal_those_measured_here(
     for a, b in zip(here.name_views, shared.name_views, strict=True):
         assert len(a) > 10
         pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the helper is forked on Linux only")
+def test_plan_replayed_ahead_equals_the_plan_replayed_stage_by_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """resnet50 nw0 forced into the ordered plan (as a graph of more than LARGE_GRAPH_OPS ops is): its stages
+    replayed ahead in two chains (here and in the helper) give the report replayed stage by stage in one process,
+    with every stage taken and with the second stage applied but not taken (a higher MIN_PLAN_GAIN: the chains'
+    later stages assumed it, so they are replayed again here)."""
+    import importlib
+
+    predict = importlib.import_module("mlprof.whatif.predict")
+    monkeypatch.setattr(predict, "LARGE_GRAPH_OPS", 0)
+    ahead: list[list[int]] = []
+    replay_ahead = predict._replay_ahead
+
+    def recorded(*args: object) -> object:
+        out = replay_ahead(*args)
+        ahead.append(sorted(out))
+        return out
+
+    monkeypatch.setattr(predict, "_replay_ahead", recorded)
+    path = external(RESNET)
+    plans = []
+    for min_gain in (1e-4, 0.06):
+        monkeypatch.setattr(predict, "MIN_PLAN_GAIN", min_gain)
+        monkeypatch.setenv("MLPROF_HELPER", "0")
+        alone = mlprof.analyze(path).to_json()
+        assert ahead.pop() == []
+        monkeypatch.setenv("MLPROF_HELPER", "1")
+        shared = mlprof.analyze(path).to_json()
+        assert ahead.pop() == [1, 2, 3]
+        assert shared == alone
+        plans.append([step["rule"] for step in mlprof.analyze(path).to_dict()["plan"]])
+    assert plans[0][:3] == ["LAUNCH001", "DATA001", "FUSE001"]
+    assert plans[1][:2] == ["LAUNCH001", "FUSE001"]  # DATA001 gains less than 6% of the step after LAUNCH001

@@ -269,8 +269,70 @@ def predict(
             f"more than {LARGE_GRAPH_OPS:,} host calls and device ops on a rank: the plan applies the fixes in "
             "the order of their own replayed gains (each stage is still replayed with the earlier fixes in)"
         )
-    diagnosis.plan = _plan(diagnosis, replays, base_ns, replay_cached, originals, greedy=not large)
+    ahead = None
+    if job is None and large:
+
+        def ahead(rules: list[str]) -> dict[int, tuple[np.ndarray, bool]]:
+            return _replay_ahead(rules, replay_with, fixed_graphs, originals)
+
+    diagnosis.plan = _plan(
+        diagnosis, replays, base_ns, replay_cached, originals, greedy=not large, ahead=ahead, rebuild=fixed_graphs
+    )
     return whatif
+
+
+def _stale_stage() -> list[ReplayGraph]:
+    """The stage of a result replayed ahead: its graphs are rebuilt only if a later stage is replayed here."""
+    raise AssertionError("a stage replayed ahead has no graphs here")
+
+
+def _replay_ahead(
+    rules: list[str],
+    replay_with: Callable[[str, list[ReplayGraph]], tuple[Stage, np.ndarray, bool]],
+    fixed_graphs: Callable[[str, list[ReplayGraph]], list[ReplayGraph]],
+    originals: list[ReplayGraph],
+) -> dict[int, tuple[np.ndarray, bool]]:
+    """The ordered plan's stages 1.. (stage ``k``: ``rules[0..k]`` applied in turn, the last one replayed), each
+    assuming every earlier stage was taken, as two chains of stages (odd, even) replayed here and in a helper
+    process at once; {} where no helper is started (one process replays the stages one by one, as the plan
+    does, without the chains' extra fix applications). Stage 0 is the first stage's replay, already known."""
+    later = list(range(1, len(rules)))
+    if len(later) < 2:
+        return {}
+    tasks = [_chain_task(rules, set(later[0::2]), replay_with, fixed_graphs, originals)]
+    tasks.append(_chain_task(rules, set(later[1::2]), replay_with, fixed_graphs, originals))
+    with SharedTasks(tasks, n_ops=sum(g.n_host + g.n_gpu for g in originals)) as shared:
+        if not shared.started:
+            return {}
+        out: dict[int, tuple[np.ndarray, bool]] = {}
+        for chain in shared.results():
+            out.update(chain)
+    return out
+
+
+def _chain_task(
+    rules: list[str],
+    replayed: set[int],
+    replay_with: Callable[[str, list[ReplayGraph]], tuple[Stage, np.ndarray, bool]],
+    fixed_graphs: Callable[[str, list[ReplayGraph]], list[ReplayGraph]],
+    originals: list[ReplayGraph],
+) -> Callable[[], dict[int, tuple[np.ndarray, bool]]]:
+    """The fixes ``rules`` applied one after another to the recorded graphs, the stages ``replayed`` replayed:
+    {stage: (each rank's mean step, NaN where the fix did not apply; whether it applied anywhere)}."""
+
+    def task() -> dict[int, tuple[np.ndarray, bool]]:
+        out: dict[int, tuple[np.ndarray, bool]] = {}
+        graphs = originals
+        for k, rule in enumerate(rules[: max(replayed) + 1]):
+            if k in replayed:
+                stage, ns, applied = replay_with(rule, graphs)
+                out[k] = (ns, applied)
+                graphs = stage()
+            else:
+                graphs = fixed_graphs(rule, graphs)
+        return out
+
+    return task
 
 
 def _first_stage_task(
@@ -338,6 +400,8 @@ def _plan(
     originals: list[ReplayGraph],
     *,
     greedy: bool = True,
+    ahead: Callable[[list[str]], dict[int, tuple[np.ndarray, bool]]] | None = None,
+    rebuild: Callable[[str, list[ReplayGraph]], list[ReplayGraph]] | None = None,
 ) -> list[PlanStep]:
     step_ms = diagnosis.step_ms
     # Findings are sorted by their own replayed speedup, so without ``greedy`` the first candidate
@@ -347,11 +411,29 @@ def _plan(
     current = base_ns.copy()
     total0 = float(base_ns.sum())
     plan: list[PlanStep] = []
+    # Without ``greedy`` each stage's fix is known in advance: the stages may have been replayed ahead (two chains,
+    # a helper process, :func:`_replay_ahead`), each assuming every earlier stage was taken. Their results stand
+    # while that holds (a fix that did not apply anywhere leaves the graphs as the chains do); from the first stage
+    # not taken the plan replays here, on the graphs rebuilt from the stages taken.
+    replayed_ahead = ahead([f.rule for f in candidates]) if ahead and rebuild and not greedy else {}
+    taken: list[str] = []
+    stale = False  # ``graphs`` lack the stages taken from replays ahead
+    stage_index = -1
     while candidates:
+        stage_index += 1
         best: tuple[float, Finding, Stage, np.ndarray] | None = None
         for f in candidates if greedy else candidates[:1]:
-            new_graphs, ns, applied = replay_with(f.rule, graphs)
-            release_freed_memory()
+            if stage_index in replayed_ahead:
+                ns, applied = replayed_ahead[stage_index]
+                new_graphs: Stage = _stale_stage
+            else:
+                if stale and rebuild is not None:
+                    graphs = originals
+                    for rule in taken:
+                        graphs = rebuild(rule, graphs)
+                    stale = False
+                new_graphs, ns, applied = replay_with(f.rule, graphs)
+                release_freed_memory()
             if not applied:
                 continue
             after = np.where(np.isnan(ns), current, ns)
@@ -361,11 +443,17 @@ def _plan(
         if best is None or best[0] <= MIN_PLAN_GAIN * total0:
             if greedy:
                 break
+            if best is not None:  # applied but not taken: the stages replayed ahead assumed it was
+                replayed_ahead = {}
             candidates.pop(0)  # this fix gains nothing on the fixed graph; the next may
             continue
         gain, f, stage, current = best
         best = None
-        graphs = stage()
+        taken.append(f.rule)
+        if stage is _stale_stage or stage_index + 1 in replayed_ahead:
+            stale = True  # the next stage was replayed ahead: these graphs are made only if a later one is not
+        else:
+            graphs = stage()
         candidates.remove(f)
         cumulative = total0 / max(float(current.sum()), 1.0)
         after_ms = step_ms / cumulative
