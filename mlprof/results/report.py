@@ -85,14 +85,31 @@ class Report:
         report._check_version(str(version))
         return report
 
+    @classmethod
+    def of_parts(cls, values: dict[str, Any], analysis: Any = None) -> Report:
+        """The report of ``values`` as ``msgspec.json.encode`` writes them, some of them already encoded
+        (lists of ``msgspec.Raw``: a job's per-rank rows, :func:`mlprof.results.schema.build_report`).
+
+        Every other value is encoded now (the report does not change when the analysis does), but the rows
+        are not encoded once more into one buffer: the report holds their compact JSON where it is; the data is
+        decoded on first use of :attr:`data`, and :meth:`json_chunks` writes the text from the parts piece by
+        piece."""
+        report = cls.__new__(cls)
+        report._check_version(str(values.get("schema_version", "")))
+        report.__dict__["_parts"] = _frozen(values)
+        report.analysis = analysis
+        return report
+
     if not TYPE_CHECKING:  # (for type checkers the report has its declared fields only)
 
         def __getattr__(self, name: str) -> Any:
             # Only reached while ``data`` is not set: a report made by of_encoded decodes it on first use, and
             # from then on the decoded values are the report (changing them changes what to_json writes).
-            if name != "data" or "_compact" not in self.__dict__:
+            if name != "data" or not ("_compact" in self.__dict__ or "_parts" in self.__dict__):
                 raise AttributeError(name)
-            self.data = msgspec.json.decode(self.__dict__.pop("_compact"))
+            self.data = msgspec.json.decode(self._encoded())
+            self.__dict__.pop("_compact", None)
+            self.__dict__.pop("_parts", None)
             return self.data
 
     def _check_version(self, version: str | None = None) -> None:
@@ -128,14 +145,19 @@ class Report:
         if not indent:
             yield self.to_json(indent)
             return
-        for piece in _indented(self._encoded(), indent, 0):
+        parts = self.__dict__.get("_parts")
+        pieces = _indented_values(parts, indent, 0) if parts is not None else _indented(self._encoded(), indent, 0)
+        for piece in pieces:
             yield json_text(piece)
         yield "\n"
 
     def _encoded(self) -> bytes:
         """The compact JSON: as built (not decoded), else the data encoded."""
         compact: bytes | None = self.__dict__.get("_compact")
-        return compact if compact is not None else msgspec.json.encode(self.data)
+        if compact is not None:
+            return compact
+        parts = self.__dict__.get("_parts")
+        return msgspec.json.encode(parts if parts is not None else self.data)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report as Python values (a copy)."""
@@ -292,4 +314,45 @@ def _indented(raw: bytes | msgspec.Raw, indent: int, level: int, split: int = SP
             yield from _indented(value, indent, level + 1, split)
             yield ",\n" if i < last else "\n"
         close = "]"
+    yield " " * (indent * level) + close
+
+
+def _rows(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, msgspec.Raw) for v in value)
+
+
+def _holds_rows(value: Any) -> bool:
+    """A list of encoded rows, or a dict holding one (at any depth of dicts)."""
+    return _rows(value) or (isinstance(value, dict) and any(_holds_rows(v) for v in value.values()))
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` with everything but its lists of encoded rows encoded (``msgspec.Raw``), the dicts that hold
+    such lists kept as dicts of their (frozen) values."""
+    if _rows(value):
+        return list(value)
+    if isinstance(value, dict) and _holds_rows(value):
+        return {k: _frozen(v) for k, v in value.items()}
+    return msgspec.Raw(msgspec.json.encode(value))
+
+
+def _indented_values(value: Any, indent: int, level: int) -> Iterator[str]:
+    """:func:`_indented` of ``msgspec.json.encode(value)``, walking ``value``'s dicts (of str keys) and lists, so
+    that its already encoded parts (``msgspec.Raw``) are indented where they are, not encoded together first."""
+    if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        items: list[tuple[str, Any]] = [(msgspec.json.encode(k).decode() + ": ", v) for k, v in value.items()]
+        opener, close = "{", "}"
+    elif isinstance(value, (list, tuple)) and value:
+        items = [("", v) for v in value]
+        opener, close = "[", "]"
+    else:
+        yield from _indented(value if isinstance(value, msgspec.Raw) else msgspec.json.encode(value), indent, level)
+        return
+    pad = " " * (indent * (level + 1))
+    yield opener + "\n"
+    last = len(items) - 1
+    for i, (key, item) in enumerate(items):
+        yield pad + key
+        yield from _indented_values(item, indent, level + 1)
+        yield ",\n" if i < last else "\n"
     yield " " * (indent * level) + close

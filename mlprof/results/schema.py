@@ -443,12 +443,11 @@ def counters_only_json_dict(ca: CounterAnalysis) -> dict[str, Any]:
 
 def build_report(analysis: Analysis | CounterAnalysis) -> Report:
     """The :class:`~mlprof.results.Report` of an analysis: its JSON report, with the live analysis attached."""
-    # encoded as soon as built, so the report's values and their normalised copy are not held at once
     if isinstance(analysis, Analysis):
-        encoded = msgspec.json.encode(to_json_dict(analysis, encode_rows=True))
-    else:
-        encoded = msgspec.json.encode(counters_only_json_dict(analysis))
-    return Report.of_encoded(encoded, analysis=analysis)
+        # a job's per-rank rows encoded as built, the rest held as values until written or read
+        return Report.of_parts(to_json_dict(analysis, encode_rows=True), analysis=analysis)
+    # encoded as soon as built, so the report's values and their normalised copy are not held at once
+    return Report.of_encoded(msgspec.json.encode(counters_only_json_dict(analysis)), analysis=analysis)
 
 
 def report_data(source: ReportSource) -> dict[str, Any]:
