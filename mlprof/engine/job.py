@@ -27,12 +27,13 @@ from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
 from mlprof.results import ReducedRank
 from mlprof.results.job_frames import HeldRank, JobFrames
-from mlprof.results.spill import SpilledLists
+from mlprof.results.spill import Cold, SpilledLists, hold_cold
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
 from mlprof.trace.loader import check_rank
 from mlprof.trace.model import DeviceInfo
+from mlprof.whatif.replay import RankReplay
 
 ENGINES = ("local", "dask")
 
@@ -105,7 +106,10 @@ class Kept:
     * the rank's replay graph is dropped once any rank's own replay is not trusted (then the job is
       not replayed, :func:`mlprof.whatif.job.build_job`, and no prediction reads a graph); the graphs of
       a job whose every rank replays within the error bound are all kept: the job replay simulates the
-      ranks together.
+      ranks together. A replay without its graph keeps its report rows (pacing, graph size) in the spill
+      file (:class:`_HeldReplay`);
+    * the rank's breakdown, steady-state record and measured spans are held in the spill file
+      (:meth:`HeldRank.hold_cold`), read back when the report asks.
     """
 
     def __init__(self) -> None:
@@ -123,6 +127,7 @@ class Kept:
         if isinstance(p.analysis.trace, ReducedRank):
             p.analysis.trace.pack()
         p.pack()
+        p.analysis.hold_cold()
         meta = p.analysis.trace.meta
         meta.devices = [self.devices.setdefault(d, d) for d in meta.devices]
         views = p.analysis.name_views
@@ -133,14 +138,42 @@ class Kept:
         if p.replay is not None and not p.replay.ok and not self.untrusted:
             self.untrusted = True
             for held in self.held:
-                held.replay.release_graph()
+                held.replay = _HeldReplay.of(held.replay)
             self.held = []
         if p.replay is not None:
             if self.untrusted:
-                p.replay.release_graph()
+                p.replay = _HeldReplay.of(p.replay)
             else:
                 self.held.append(p)
         return p
+
+
+class _HeldReplay(RankReplay):
+    """A rank's replay kept without its graph (:meth:`RankReplay.release_graph`): its report rows (``pacing``,
+    ``shape``: ~1.3 KB of dicts a rank) in the spill file, read back on use; what the prediction reads of every
+    rank (its error, ``ok``) stays in memory."""
+
+    pacing = Cold()
+    shape = Cold()
+
+    @classmethod
+    def of(cls, replay: RankReplay) -> _HeldReplay:
+        held = cls.__new__(cls)
+        held.__dict__.update(replay.__dict__)
+        held.release_graph()
+        hold_cold(held, ("pacing", "shape"))
+        return held
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled or copied: a plain RankReplay with its rows
+        values = {**self.__dict__, "pacing": self.pacing, "shape": self.shape}
+        values.pop("_cold", None)
+        return (_plain_replay, (values,))
+
+
+def _plain_replay(values: dict[str, Any]) -> RankReplay:
+    replay = RankReplay.__new__(RankReplay)
+    replay.__dict__.update(values)
+    return replay
 
 
 def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: Kept | None = None) -> Analysis:

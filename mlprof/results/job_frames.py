@@ -15,13 +15,13 @@ Only tables that come back exactly are held this way: every column int64, a defa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from mlprof.results.measurements import RankAnalysis
-from mlprof.results.spill import Spilled
+from mlprof.results.spill import Cold, Spilled, hold_cold
 
 
 class _Table:
@@ -158,6 +158,15 @@ class HeldRank(RankAnalysis):
     steps = _Held()
     causes = _Held()
     findings = _HeldFindings()
+    temporal = Cold()
+    steady = Cold()
+    whole_trace = Cold()
+    span_override = Cold()
+    window_ns = Cold()
+
+    COLD: ClassVar[tuple[str, ...]] = ("temporal", "steady", "whole_trace", "span_override", "window_ns")
+    """Fields read once or twice per report (the breakdown, the steady-state record, the measured spans),
+    held together in the spill file once the rank is kept (:meth:`hold_cold`): ~1 KB of objects a rank."""
 
     @classmethod
     def of(cls, ra: RankAnalysis, frames: JobFrames) -> HeldRank:
@@ -166,6 +175,10 @@ class HeldRank(RankAnalysis):
         for f in dataclasses.fields(RankAnalysis):
             setattr(held, f.name, getattr(ra, f.name))
         return held
+
+    def hold_cold(self) -> None:
+        """Hold the :attr:`COLD` fields in the spill file, read back on use (the rank read last kept)."""
+        hold_cold(self, self.COLD)
 
     def hold_findings(self, spilled: Spilled) -> None:
         """Hold the rank's findings as written to the spill file (unsorted): read, they come sorted by expected

@@ -163,3 +163,45 @@ class SpilledLists(Sequence[list[Any]]):
     def spilled(self, i: int) -> Spilled:
         """Rank ``i``'s list as held."""
         return self._held[i]
+
+
+class Cold:
+    """A field an object keeps in its *cold record*: fields read once or twice per report, held together in the
+    spill file (:func:`hold_cold`) and read back on use, the record read last kept in memory. Setting the field
+    holds the new value in the object again."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        own = obj.__dict__
+        if self.name in own:
+            return own[self.name]
+        record = own.get("_cold")
+        if record is None:
+            raise AttributeError(self.name)
+        return _cold_values(record)[self.name]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
+def hold_cold(obj: Any, names: Iterable[str]) -> None:
+    """Move ``obj``'s fields ``names`` (each a :class:`Cold` of its class) into one record in the spill file."""
+    own = obj.__dict__
+    record = _cold_values(own["_cold"]) if "_cold" in own else {}
+    record = {**record, **{n: own.pop(n) for n in names if n in own}}
+    own["_cold"] = spill(record)
+
+
+_LAST_COLD: list[Any] = [None, None]
+"""The cold record read last and its values."""
+
+
+def _cold_values(record: Spilled) -> dict[str, Any]:
+    if _LAST_COLD[0] is not record:
+        _LAST_COLD[:] = [record, record.load()]
+    values: dict[str, Any] = _LAST_COLD[1]
+    return values
