@@ -249,8 +249,8 @@ def test_job_signature_table_holds_every_ranks_kernels_in_rank_order(dlrm_partia
 def test_matching_on_the_job_table_equals_a_brute_force_matching(dlrm_partials: list[RankPartial]) -> None:
     """The collectives matched on the job's table (by order: the n-th kernel of a name on every rank), checked
     against plain loops over the real DLRM signatures: each rank's communication time, its wait (its kernel's
-    excess over the shortest kernel of the same collective) and how often it came last (shortest kernel,
-    lowest rank on ties)."""
+    excess over the shortest kernel of the same collective) and where (``wait_intervals``), and how often it came
+    last (shortest kernel, lowest rank on ties)."""
     from mlprof.analyzers.rank_skew import CommTable, match_table
 
     signatures = {p.analysis.rank: p.comm_signature() for p in dlrm_partials}
@@ -261,19 +261,33 @@ def test_matching_on_the_job_table_equals_a_brute_force_matching(dlrm_partials: 
     skew = match_table(table, ranks)
     assert skew is not None and skew.match_key == "order"
     kernels: dict[tuple[str, int], dict[int, int]] = {}
+    starts: dict[tuple[str, int, int], int] = {}
     for r in ranks:
         seen: dict[str, int] = {}
-        for name, dur in zip(signatures[r]["name"], signatures[r]["dur"], strict=True):
+        sig = signatures[r]
+        for name, dur, ts in zip(sig["name"], sig["dur"], sig["ts"], strict=True):
             n = seen[name] = seen.get(name, -1) + 1
             kernels.setdefault((name, n), {})[r] = int(dur)
+            starts[(name, n, r)] = int(ts)
     on_all = {k: d for k, d in kernels.items() if len(d) == len(ranks)}
     wait = dict.fromkeys(ranks, 0)
     last = dict.fromkeys(ranks, 0)
-    for durs in on_all.values():
+    intervals: dict[int, list[tuple[int, int]]] = {r: [] for r in ranks}
+    for (name, n), durs in on_all.items():
         shortest = min(durs.values())
         for r, d in durs.items():
             wait[r] += d - shortest
+            if d > shortest:
+                intervals[r].append((starts[(name, n, r)], starts[(name, n, r)] + d - shortest))
         last[min(r for r, d in durs.items() if d == shortest)] += 1
+    # each rank's waits [start, start + wait), by start (the job's arrays, each rank's pair made when asked for)
+    assert len(skew.wait_intervals) == len(ranks) and list(skew.wait_intervals) == ranks
+    assert skew.wait_intervals.get(max(ranks) + 1) is None and max(ranks) + 1 not in skew.wait_intervals
+    for r in ranks:
+        got_s, got_e = skew.wait_intervals[r]
+        assert got_s.dtype == got_e.dtype == np.int64
+        assert list(zip(got_s.tolist(), got_e.tolist(), strict=True)) == sorted(intervals[r])
+    assert sum(len(v) for v in intervals.values()) > 0
     per = skew.per_rank.set_index("rank")
     assert skew.matched == len(on_all) > 0 and skew.unmatched == sum(len(d) for d in kernels.values()) - len(
         on_all

@@ -26,6 +26,7 @@ columns per communication kernel), so a job of 1,024 ranks is matched from
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,7 +46,7 @@ class RankSkew:
     """Collectives matched (on every rank by order, or on every member of their group by sequence)."""
     unmatched: int
     """Communication kernels that could not be matched (not used)."""
-    wait_intervals: dict[int, tuple[np.ndarray, np.ndarray]]
+    wait_intervals: Mapping[int, tuple[np.ndarray, np.ndarray]]
     """Per rank: [start, start + wait) of each matched collective kernel, int64 ns, in the rank's own clock."""
     per_rank: pd.DataFrame
     """rank, comm_ns, wait_ns, last_arrivals (times this rank was the one everyone waited for),
@@ -330,15 +331,13 @@ def match_table(table: CommTable, ranks: list[int]) -> RankSkew | None:
     per_rank["clock_offset_ns"] = [int(offsets[r]) for r in ranks]
     per_rank["late_ns"] = per_rank_groups["late"].sum().reindex(idx).fillna(0).astype(np.int64).to_numpy()
 
-    waits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     positive = matched[matched["wait"] > 0].sort_values(["rank", "ts"], kind="stable")
-    bounds = np.searchsorted(positive["rank"].to_numpy(), np.asarray(ranks), side="left")
-    ends = np.searchsorted(positive["rank"].to_numpy(), np.asarray(ranks), side="right")
-    ts_all = positive["ts"].to_numpy(np.int64)
-    wait_all = positive["wait"].to_numpy(np.int64)
-    for r, lo, hi in zip(ranks, bounds, ends, strict=True):
-        s = ts_all[lo:hi]
-        waits[int(r)] = (s, s + wait_all[lo:hi])
+    waits = WaitIntervals(
+        ranks,
+        positive["rank"].to_numpy(np.int64),
+        positive["ts"].to_numpy(np.int64),
+        positive["wait"].to_numpy(np.int64),
+    )
     # the keys and names as text again (codes above, so the groupings work on integers)
     colls["name"] = pd.array(table.names[colls["name"].to_numpy(np.int64)], dtype=str)
     colls.index = pd.Index(pd.array(keyed.labels[colls.index.to_numpy(np.int64)], dtype=str), name="key")
@@ -351,6 +350,42 @@ def match_table(table: CommTable, ranks: list[int]) -> RankSkew | None:
         match_key="pg+seq" if use_seq else "order",
         collectives=colls.reset_index(),
     )
+
+
+class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
+    """:attr:`RankSkew.wait_intervals`: every rank's waits in three job arrays (sorted by rank, then start), each
+    rank's pair of arrays made when asked for, not two arrays and a tuple held per rank (~0.3 KB a rank)."""
+
+    def __init__(self, ranks: list[int], rank: np.ndarray, ts: np.ndarray, wait: np.ndarray) -> None:
+        self._ranks = np.asarray(ranks, dtype=np.int64)
+        self._order = np.argsort(self._ranks, kind="stable")
+        self._lo = np.searchsorted(rank, self._ranks, side="left")
+        self._hi = np.searchsorted(rank, self._ranks, side="right")
+        self._ts, self._wait = ts, wait
+
+    def _index(self, rank: object) -> int | None:
+        if not isinstance(rank, (int, np.integer)) or len(self._ranks) == 0:
+            return None
+        sorted_ranks = self._ranks[self._order]
+        i = int(np.searchsorted(sorted_ranks, rank))
+        return int(self._order[i]) if i < len(sorted_ranks) and sorted_ranks[i] == rank else None
+
+    def __getitem__(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        i = self._index(rank)
+        if i is None:
+            raise KeyError(rank)
+        lo, hi = self._lo[i], self._hi[i]
+        start = self._ts[lo:hi]
+        return start, start + self._wait[lo:hi]
+
+    def __contains__(self, rank: object) -> bool:
+        return self._index(rank) is not None
+
+    def __iter__(self) -> Iterator[int]:
+        return (int(r) for r in self._ranks)
+
+    def __len__(self) -> int:
+        return len(self._ranks)
 
 
 def _clock_offsets(matched: pd.DataFrame, ranks: list[int]) -> dict[int, int]:

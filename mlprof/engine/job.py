@@ -12,6 +12,7 @@ results are combined in rank order.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -102,7 +103,8 @@ class Kept:
     * the rank's reduced tables, communication signature and exposed communication are held compressed
       (:meth:`mlprof.results.ReducedRank.pack`, :meth:`RankPartial.pack`);
     * the rank's device list holds the job's one copy of each distinct (frozen, equal) device: every rank of
-      a job usually lists the same node's GPUs, ~0.5 KB each, and one copy per rank was ~4 KB a rank;
+      a job usually lists the same node's GPUs, ~0.5 KB each, and one copy per rank was ~4 KB a rank; its
+      format, backend and step source texts are interned (one copy each, ~0.2 KB a rank);
     * the rank's replay graph is dropped once any rank's own replay is not trusted (then the job is
       not replayed, :func:`mlprof.whatif.job.build_job`, and no prediction reads a graph); the graphs of
       a job whose every rank replays within the error bound are all kept: the job replay simulates the
@@ -130,6 +132,10 @@ class Kept:
         p.analysis.hold_cold()
         meta = p.analysis.trace.meta
         meta.devices = [self.devices.setdefault(d, d) for d in meta.devices]
+        for name in _SHARED_TEXT:  # one copy of each (every rank says "kineto", "nccl", "ProfilerStep")
+            text = getattr(meta, name)
+            if type(text) is str:
+                setattr(meta, name, sys.intern(text))
         views = p.analysis.name_views
         if views is not None:
             self.kernels.add(p.analysis.rank, views[0])
@@ -148,24 +154,33 @@ class Kept:
         return p
 
 
+_SHARED_TEXT = ("format", "rank_source", "backend", "step_source")
+"""Metadata texts that every rank of a job usually shares."""
+
+
 class _HeldReplay(RankReplay):
     """A rank's replay kept without its graph (:meth:`RankReplay.release_graph`): its report rows (``pacing``,
-    ``shape``: ~1.3 KB of dicts a rank) in the spill file, read back on use; what the prediction reads of every
-    rank (its error, ``ok``) stays in memory."""
+    ``shape``: ~1.3 KB of dicts a rank) and its analysed windows (read only with a graph) in the spill file, read
+    back on use; what the prediction reads of every rank (its error, ``ok``) stays in memory."""
 
+    COLD: ClassVar[tuple[str, ...]] = ("pacing", "shape", "win_starts", "win_ends", "rounds", "full_ns")
     pacing = Cold()
     shape = Cold()
+    win_starts = Cold()
+    win_ends = Cold()
+    rounds = Cold()
+    full_ns = Cold()
 
     @classmethod
     def of(cls, replay: RankReplay) -> _HeldReplay:
         held = cls.__new__(cls)
         held.__dict__.update(replay.__dict__)
         held.release_graph()
-        hold_cold(held, ("pacing", "shape"))
+        hold_cold(held, cls.COLD)
         return held
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled or copied: a plain RankReplay with its rows
-        values = {**self.__dict__, "pacing": self.pacing, "shape": self.shape}
+        values = {**self.__dict__, **{name: getattr(self, name) for name in self.COLD}}
         values.pop("_cold", None)
         return (_plain_replay, (values,))
 
