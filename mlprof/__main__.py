@@ -253,7 +253,35 @@ def _analyze(arguments: dict[str, Any]) -> int:
     text_to_stdout = arguments.get("output") is None and arguments.get("fmt", "text") == "text"
     if text_to_stdout or sys.stderr.isatty():  # rich writes there: a text report, progress bars
         raise_on_closed_pipe_in_rich()
-    return run_command(lambda: run_analyze(**arguments))
+
+    def command() -> None:
+        _import_without_collections()
+        run_analyze(**arguments)
+
+    return run_command(command)
+
+
+def _import_without_collections() -> None:
+    """Import the command's modules with the cyclic garbage collector off, then freeze what they made.
+
+    numpy, pandas, pyarrow and mlprof's modules make ~0.3 s worth of objects that live as long
+    as the process; the collector ran ~170 times over them while they were imported (one full
+    collection), 0.03-0.04 s of a ~0.6 s ``mlprof analyze`` of a 35 MB trace, and frozen they
+    are not walked again by the analysis's collections. What the imports leave as garbage is
+    kept (~1 MB).
+    """
+    import gc
+
+    from mlprof.commands._analyze import import_modules
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        import_modules()
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 if __name__ == "__main__":

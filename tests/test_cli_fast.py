@@ -210,3 +210,34 @@ def test_the_fast_path_ends_without_teardown_only_where_nothing_needs_it(tmp_pat
         timeout=120,
     )
     assert profiled.returncode == 0 and "function calls" in profiled.stdout  # cProfile's table, written at exit
+
+
+def test_the_fast_path_imports_with_the_collector_off_and_freezes_what_the_imports_made() -> None:
+    """Collections counted by gc's own callbacks: a handful of young ones instead of ~170 (one full) on typer's path."""
+    script = (
+        "import atexit, gc, sys\n"
+        "seen = [0, 0, 0]\n"
+        "def count(phase, info):\n"
+        "    if phase == 'stop':\n"
+        "        seen[info['generation']] += 1\n"
+        "gc.callbacks.append(count)\n"
+        "atexit.register(lambda: print('GC', gc.isenabled(), *seen, file=sys.stderr))\n"
+        "from mlprof.__main__ import run\n"
+        "sys.argv = ['mlprof', *sys.argv[1:]]\n"
+        "run()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLPROF_READ_AHEAD": "0"}
+
+    def collections(*args: str) -> list[int]:
+        proc = subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        enabled, *counts = proc.stderr.split("GC ", 1)[1].split()
+        assert enabled == "True"  # the collector is on again for the analysis
+        return [int(c) for c in counts]
+
+    fast = collections("analyze", HEALTHY, "-f", "json")
+    typed = collections("analyze", HEALTHY, "-fjson")  # a form the fast path leaves to typer
+    assert fast[2] == 0 and sum(fast) < 40, fast
+    assert typed[2] >= 1 and sum(typed) > 100, typed
