@@ -370,3 +370,18 @@ def test_rank_outside_a_process_rank_is_one_error_line(
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "is not a process rank" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_two_broken_rank_files_give_the_first_ranks_error_every_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``--jobs 2`` the error named was whichever worker failed first (a race): now rank 0's, always.
+
+    Rank 0 fails late (16 MB of events, then cut off), rank 1 at once; the worker on rank 1 finishes first."""
+    event = '{"ph": "X", "name": "k", "ts": 1, "dur": 1, "pid": 0, "tid": 0},'
+    (tmp_path / "rank-0.json").write_text('{"traceEvents": [' + event * 250_000)
+    (tmp_path / "rank-1.json").write_text("garbage")
+    for _ in range(3):
+        assert main(["analyze", str(tmp_path), "--jobs", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"mlprof: error: {tmp_path / 'rank-0.json'}: "), err

@@ -1,6 +1,7 @@
 """Run one function over many inputs: in this process, in local processes, or as Dask tasks.
 
-Results come back in input order whatever order the tasks finish in. Only the
+Results come back in input order whatever order the tasks finish in, and a failure is the first
+failing input's (local processes), whichever failed first. Only the
 tasks' (small) results are held; inputs are file names. No scheduling of our own:
 local parallelism is :class:`concurrent.futures.ProcessPoolExecutor`, distributed
 work is ``dask.distributed`` (a ``LocalCluster`` when no scheduler address is given).
@@ -58,10 +59,31 @@ def run_local(
     with worker_pool(min(jobs, total)) as pool:  # Ctrl-C, SIGTERM or an error: no worker outlives us
         futures = {pool.submit(fn, item, arg): i for i, item in enumerate(items)}
         for done, future in enumerate(as_completed(futures), 1):
+            error = future.exception()
+            if error is not None:
+                raise _first_error(futures, futures[future], error)
             results[futures[future]] = keep(future.result())
             if on_done:
                 on_done(done, total)
     return results
+
+
+def _first_error(futures: dict[Any, int], failed: int, error: BaseException) -> BaseException:
+    """The error of the first input that fails, whichever task failed first.
+
+    Two bad rank files must give the same one-line error on every run, not whichever worker lost the
+    race. The pool starts tasks in input order, so every input before ``failed`` has started: wait for
+    those (at most ``jobs - 1`` still running), drop the queued ones after it, and return the lowest
+    input's error (``error`` itself when every earlier input succeeded)."""
+    earlier = sorted((i, f) for f, i in futures.items() if i < failed)
+    for f, i in futures.items():
+        if i > failed:
+            f.cancel()
+    for _, f in earlier:
+        first = f.exception()
+        if first is not None:
+            return first
+    return error
 
 
 def run_dask(
