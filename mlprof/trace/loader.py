@@ -16,7 +16,7 @@ from typing import Any
 from mlprof.errors import BadInputError
 from mlprof.trace.build import OLD_FORMAT_CATS, TableBuilder
 from mlprof.trace.jsonstream import ProgressCallback, StreamStats, is_gzip, read_trace_events
-from mlprof.trace.memory import release_freed_memory
+from mlprof.trace.memory import keep_freed_memory, release_freed_memory
 from mlprof.trace.model import DeviceInfo, Trace, TraceMeta
 from mlprof.trace.nsys import REPORT_SUFFIXES as NSYS_REPORT_SUFFIXES
 from mlprof.trace.nsys import load_nsys
@@ -95,13 +95,16 @@ def _read_tables(
 ) -> tuple[TableBuilder, dict[str, Any], StreamStats]:
     from mlprof.trace import prefetch
 
+    workers = default_workers() if workers is None else workers
+    large = _expected_json_bytes(path) >= PARALLEL_MIN_JSON_BYTES
+    if large:
+        keep_freed_memory()  # its analysis reuses its freed memory instead of faulting it in again (trace.memory)
     read_ahead = prefetch.take(path, on_progress)  # the CLI's read-ahead process, if it read this file
     if read_ahead is not None:
         if on_progress is not None:
             on_progress(read_ahead[2].file_bytes, read_ahead[2].file_bytes)
         return read_ahead
-    workers = default_workers() if workers is None else workers
-    if workers > 1 and _expected_json_bytes(path) >= PARALLEL_MIN_JSON_BYTES:
+    if workers > 1 and large:
         from concurrent.futures.process import BrokenProcessPool  # here: a small trace is read without a pool
 
         builder = TableBuilder()

@@ -11,6 +11,12 @@ Only a heap holding at least :data:`TRIM_MIN_FREE_BYTES` of free memory is trimm
 35 MB trace the heap holds 6-10 MB free at each of the analysis's ~17 trims (48-89 MB on
 the 217 MB trace): handing those few MB back only had the next phase fault them in again,
 ~30 ms of CPU of a 0.3 s read and analysis, for 2-4 MB less peak RSS.
+
+A large trace's process keeps more of its freed memory (:func:`keep_freed_memory`, called by the
+loader before it reads one): every page handed back and taken again is a page fault that zeroes
+4 KB in the kernel. On the 217 MB tiled trace the analysis alone faulted ~85k pages (340 MB, about
+0.15 s of system time) after the read, mostly arrays of 1-32 MB that glibc had put in their own
+``mmap`` and unmapped when freed, and the heap's 50-90 MB of free memory trimmed between phases.
 """
 
 from __future__ import annotations
@@ -22,6 +28,21 @@ from functools import cache
 
 TRIM_MIN_FREE_BYTES = 32 << 20
 """Free heap below which a trim is not worth its cost (glibc's ``mallinfo2`` counts it; without it every call trims)."""
+
+KEPT_FREE_BYTES = 80 << 20
+"""After :func:`keep_freed_memory`, the free heap below which :func:`release_freed_memory` keeps it for reuse.
+
+Measured on the 217 MB tiled trace (free heap 50-91 MB at the analysis's trims): trimming above 64 MB
+kept peak RSS at 280 MB and 58k page faults after the read; above 80 MB 285 MB and 39k; above 96 MB
+(no trim) 322 MB, too close to 1.5x the JSON (325 MB); before 270-278 MB and 82-85k."""
+
+MMAP_THRESHOLD_BYTES = 32 << 20
+"""glibc's largest mmap threshold (``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit): smaller blocks come from the heap."""
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+_min_free = TRIM_MIN_FREE_BYTES
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -71,5 +92,40 @@ def release_freed_memory() -> None:
     if trim is None:
         return
     free = free_heap_bytes()
-    if free is None or free >= TRIM_MIN_FREE_BYTES:
+    if free is None or free >= _min_free:
         trim(0)
+
+
+@cache
+def _mallopt() -> Callable[[int, int], int] | None:
+    if _trim() is None:
+        return None
+    try:
+        fn = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed memory in this process for reuse instead of handing it back (glibc only; False elsewhere).
+
+    Blocks up to :data:`MMAP_THRESHOLD_BYTES` come from the heap (glibc otherwise maps each block
+    above its threshold, which starts at 128 KB and grows only as such blocks are freed, and unmaps it
+    when freed), the heap's top is not trimmed when freed (only by :func:`release_freed_memory`), and
+    :func:`release_freed_memory` trims only from :data:`KEPT_FREE_BYTES` of free heap. For a process
+    that reads a large trace: its phases allocate and free arrays of the same sizes over and over.
+    Forked processes inherit it. A trace's time and peak RSS: ``benchmarks/RESULTS.md`` (15w).
+    """
+    global _min_free
+    mallopt = _mallopt()
+    if mallopt is None or _free_heap() is None:
+        return False
+    # The trim threshold first: setting either fixes both (glibc's dynamic thresholds stop), and a fixed
+    # 128 KB mmap threshold with the default trim threshold would map every array (3x the faults).
+    if not mallopt(_M_TRIM_THRESHOLD, 1 << 30) or not mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
+        return False
+    _min_free = max(_min_free, KEPT_FREE_BYTES)
+    return True

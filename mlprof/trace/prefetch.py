@@ -231,8 +231,10 @@ def _read(
     if workers > 1 and expected_json_bytes(path.stat().st_size, is_gzip(path)) >= PARALLEL_MIN_JSON_BYTES:
         from concurrent.futures.process import BrokenProcessPool
 
+        from mlprof.trace.memory import keep_freed_memory
         from mlprof.trace.parallel import SliceFailed, read_parallel
 
+        keep_freed_memory()  # as the loader (mlprof.trace.memory); the workers forked next inherit it
         builder = TableBuilder()
         try:
             header, stats = read_parallel(path, builder, on_progress, workers)
