@@ -35,7 +35,7 @@ from mlprof.analyzers.name_totals import name_views
 from mlprof.analyzers.rank_skew import comm_signature
 from mlprof.results import ReducedRank
 from mlprof.results.released import Released
-from mlprof.results.spill import Spilled, spill
+from mlprof.results.spill import SpilledRun, spill_run
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import run_rank
@@ -70,7 +70,7 @@ class RankPartial:
     """Merged intervals where a communication kernel runs and no compute kernel does."""
     replay: Any = None
     """The rank's replay graph and its check (:class:`mlprof.whatif.RankReplay`); it needs no trace."""
-    packed: tuple[Spilled, Spilled, Spilled] | None = field(default=None, repr=False)
+    packed: SpilledRun | None = field(default=None, repr=False)
     """``signature``, ``exposed_comm`` and ``findings`` compressed in the spill file (:meth:`pack`); read them
     with :meth:`comm_signature`, :meth:`exposed` and :meth:`rank_findings`."""
 
@@ -84,7 +84,7 @@ class RankPartial:
         rank until the job is combined, :mod:`mlprof.results.spill`); :meth:`comm_signature`, :meth:`exposed` and
         :meth:`rank_findings` read them back, the fields then are an error to read."""
         if self.packed is None:
-            self.packed = (spill(self.signature), spill(self.exposed_comm), spill(self.findings))
+            self.packed = spill_run((self.signature, self.exposed_comm, self.findings))
             self.signature = self.exposed_comm = self.findings = _PACKED
 
     def comm_signature(self) -> pd.DataFrame:

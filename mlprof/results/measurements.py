@@ -22,7 +22,7 @@ from mlprof.analyzers.steady_state import SteadyState
 from mlprof.analyzers.temporal import TemporalBreakdown
 from mlprof.analyzers.windows import analysis_window, step_windows, trace_span
 from mlprof.results.findings import CounterDiagnosis, Diagnosis, Finding
-from mlprof.results.spill import Spilled, spill
+from mlprof.results.spill import SpilledRun, spill_run
 from mlprof.trace.model import Trace, TraceMeta
 
 
@@ -55,7 +55,7 @@ class ReducedRank:
         self.device_activity = device_activity
         """Whether the full trace had device activity (``gpu`` here holds only communication kernels)."""
         self._tables: tuple[pd.DataFrame, ...] | None = (gpu, collectives, memory, steps)
-        self._packed: tuple[Spilled, ...] | None = None
+        self._packed: SpilledRun | None = None
 
     def with_meta(self, meta: TraceMeta) -> ReducedRank:
         """The same tables with other metadata."""
@@ -66,7 +66,7 @@ class ReducedRank:
     def pack(self) -> None:
         """Hold the tables compressed in the spill file, each on its own (read back on use; they do not change)."""
         if self._tables is not None:
-            self._packed = tuple(spill(t) for t in self._tables)
+            self._packed = spill_run(self._tables)
             self._tables = None
 
     def _get(self, i: int) -> pd.DataFrame:
