@@ -273,11 +273,16 @@ def _import_without_collections() -> None:
     import gc
 
     from mlprof.commands._analyze import import_modules
+    from mlprof.interrupts import signals_deferred
 
     enabled = gc.isenabled()
     gc.disable()
     try:
-        import_modules()
+        # Ctrl-C or SIGTERM held back over the imports: raised inside an extension module's
+        # initialisation (numpy's datetime capsule) it came out as an ImportError, "internal error"
+        # (exit 3) instead of "interrupted" (130). Delivered when the imports are done.
+        with signals_deferred():
+            import_modules()
     finally:
         gc.freeze()
         if enabled:
