@@ -29,12 +29,14 @@ from functools import cache
 TRIM_MIN_FREE_BYTES = 32 << 20
 """Free heap below which a trim is not worth its cost (glibc's ``mallinfo2`` counts it; without it every call trims)."""
 
-KEPT_FREE_BYTES = 80 << 20
+KEPT_FREE_BYTES = 32 << 20
 """After :func:`keep_freed_memory`, the free heap below which :func:`release_freed_memory` keeps it for reuse.
 
 Measured on the 217 MB tiled trace (free heap 50-91 MB at the analysis's trims): trimming above 64 MB
 kept peak RSS at 280 MB and 58k page faults after the read; above 80 MB 285 MB and 39k; above 96 MB
-(no trim) 322 MB, too close to 1.5x the JSON (325 MB); before 270-278 MB and 82-85k."""
+(no trim) 322 MB; before 270-278 MB and 82-85k (in-process). The whole process tree with the
+what-if helper forked (``bench_vs_hta``'s peak) was 318-336 MB above 80 MB, over 1.5x the JSON
+(325 MB), and 299-316 MB above 32 MB, same wall time within noise (lead, 2026-12-04 05:05, load ~1)."""
 
 MMAP_THRESHOLD_BYTES = 32 << 20
 """glibc's largest mmap threshold (``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit): smaller blocks come from the heap."""
