@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,17 +42,22 @@ print(json.dumps({"free": free, "dropped": before - after, "trim_then": after - 
 MB = 1 << 20
 
 
-def _case(mb: int) -> dict[str, int]:
+def _run(script: str, arg: str) -> dict[str, Any]:
+    """``script`` in a fresh Python (its own heap and fault count) with ``arg``; what it prints, as JSON."""
     out = subprocess.run(
-        [sys.executable, "-c", CASE, str(mb)],
+        [sys.executable, "-c", script, arg],
         capture_output=True,
         text=True,
         check=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         timeout=60,
     ).stdout
-    result: dict[str, int] = json.loads(out)
+    result: dict[str, Any] = json.loads(out)
     return result
+
+
+def _case(mb: int) -> dict[str, Any]:
+    return _run(CASE, str(mb))
 
 
 @pytest.mark.skipif(memory.free_heap_bytes() is None, reason="needs glibc's mallinfo2 (Linux, glibc 2.33+)")
@@ -84,17 +90,8 @@ print(json.dumps({"kept": kept, "faults": faults() - before, "free": memory.free
 """
 
 
-def _reuse(mode: str) -> dict[str, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", REUSE, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=60,
-    ).stdout
-    result: dict[str, int] = json.loads(out)
-    return result
+def _reuse(mode: str) -> dict[str, Any]:
+    return _run(REUSE, mode)
 
 
 @pytest.mark.skipif(memory.free_heap_bytes() is None, reason="needs glibc's mallinfo2 (Linux, glibc 2.33+)")

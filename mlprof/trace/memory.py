@@ -25,6 +25,7 @@ import ctypes
 import sys
 from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 TRIM_MIN_FREE_BYTES = 32 << 20
 """Free heap below which a trim is not worth its cost (glibc's ``mallinfo2`` counts it; without it every call trims)."""
@@ -54,17 +55,23 @@ class _Mallinfo2(ctypes.Structure):
     ] + [("keepcost", ctypes.c_size_t)]
 
 
+def _glibc(name: str, argtypes: list[Any], restype: Any) -> Any:
+    """glibc's function ``name`` with its C signature, or None (not Linux, not glibc, or too old a glibc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = argtypes
+    fn.restype = restype
+    return fn
+
+
 @cache
 def _free_heap() -> Callable[[], _Mallinfo2] | None:
     """glibc's ``mallinfo2`` (2.33 and later), or None."""
-    if _trim() is None:
-        return None
-    try:
-        fn = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = []
-    fn.restype = _Mallinfo2
+    fn: Callable[[], _Mallinfo2] | None = _glibc("mallinfo2", [], _Mallinfo2)
     return fn
 
 
@@ -76,14 +83,7 @@ def free_heap_bytes() -> int | None:
 
 @cache
 def _trim() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
+    fn: Callable[[int], int] | None = _glibc("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
     return fn
 
 
@@ -100,14 +100,7 @@ def release_freed_memory() -> None:
 
 @cache
 def _mallopt() -> Callable[[int, int], int] | None:
-    if _trim() is None:
-        return None
-    try:
-        fn = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int]
-    fn.restype = ctypes.c_int
+    fn: Callable[[int, int], int] | None = _glibc("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
     return fn
 
 
