@@ -149,6 +149,52 @@ def test_the_fast_path_imports_no_cli_framework_and_writes_the_same_report(
     assert proc.stdout == capsys.readouterr().out
 
 
+def _arrow_state(*args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``mlprof ARGS`` through the process entry, and what became of pyarrow in it (from an exit handler):
+    ``blocked`` (None in ``sys.modules``: imports raise ImportError), ``imported`` or ``absent``."""
+    read, write = os.pipe()
+    code = (
+        "import atexit, os, sys\n"
+        "from mlprof.__main__ import run\n"
+        "def state():\n"
+        "    pa = sys.modules.get('pyarrow', 'absent')\n"
+        f"    os.write({write}, b'blocked' if pa is None else b'absent' if pa == 'absent' else b'imported')\n"
+        "atexit.register(state)\n"
+        f"sys.argv = ['mlprof', *{list(args)!r}]\n"
+        "run()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLPROF_READ_AHEAD": "0"}
+    with os.fdopen(read, "rb") as out:
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, pass_fds=(write,)
+            )
+        finally:
+            os.close(write)
+        return proc, out.read().decode()
+
+
+@pytest.mark.parametrize("fmt", ["json", "html"])
+def test_the_fast_path_runs_without_pyarrow_and_writes_the_same_report(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fmt: str
+) -> None:
+    """pandas 3 imports pyarrow for its string storage when it is installed (~0.05 s, ~45 MB): the plain analysis
+    runs as if it were not (blocked for the whole process, __main__.needs_arrow) and writes the report that this
+    process, with pyarrow, writes; --low-memory (a Parquet spill) keeps it."""
+    assert "pyarrow" in sys.modules  # this process: pandas took it
+    proc, state = _arrow_state("analyze", HEALTHY, "--format", fmt, "--top", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert state == "blocked"
+    assert main(["analyze", HEALTHY, "--format", fmt, "--top", "3"]) == 0
+    assert proc.stdout == capsys.readouterr().out
+    spilled = tmp_path / "spilled.json"
+    proc, state = _arrow_state("analyze", HEALTHY, "--format", "json", "--low-memory", "-o", str(spilled))
+    assert proc.returncode == 0, proc.stderr
+    assert state == "imported"
+    assert main(["analyze", HEALTHY, "--format", "json", "--low-memory"]) == 0
+    assert spilled.read_text() == capsys.readouterr().out
+
+
 def test_a_tripped_gate_and_an_error_say_what_typers_path_says(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
