@@ -9,8 +9,9 @@ same numbers. A report computed in this process also carries the live analysis
 than the report (``annotate`` draws on the trace's events); one read back from JSON
 does not.
 
-This module is a leaf: it imports nothing from mlprof but the error types, so
-renderers and notebooks can load a report without the analysis stack.
+This module is a leaf: it imports nothing from mlprof but the error types and the spill file
+(:mod:`mlprof.results.spill`, standard library only), so renderers and notebooks can load a
+report without the analysis stack.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import msgspec
 import pandas as pd
 
 from mlprof.errors import BadInputError
+from mlprof.results.spill import RawRows
 from mlprof.untrusted import json_text
 
 
@@ -87,13 +89,14 @@ class Report:
 
     @classmethod
     def of_parts(cls, values: dict[str, Any], analysis: Any = None) -> Report:
-        """The report of ``values`` as ``msgspec.json.encode`` writes them, some of them already encoded
-        (lists of ``msgspec.Raw``: a job's per-rank rows, :func:`mlprof.results.schema.build_report`).
+        """The report of ``values`` as :func:`encode_parts` writes them, some of them already encoded (lists of
+        ``msgspec.Raw``, or :class:`~mlprof.results.spill.RawRows` in the spill file: a job's per-rank rows,
+        :func:`mlprof.results.schema.build_report`).
 
         Every other value is encoded now (the report does not change when the analysis does), but the rows
-        are not encoded once more into one buffer: the report holds their compact JSON where it is; the data is
-        decoded on first use of :attr:`data`, and :meth:`json_chunks` writes the text from the parts piece by
-        piece."""
+        are not encoded once more into one buffer: the report holds their compact JSON where it is (the spill
+        file's rows are read back one at a time); the data is decoded on first use of :attr:`data`, and
+        :meth:`json_chunks` writes the text from the parts piece by piece."""
         report = cls.__new__(cls)
         report._check_version(str(values.get("schema_version", "")))
         report.__dict__["_parts"] = _frozen(values)
@@ -157,7 +160,7 @@ class Report:
         if compact is not None:
             return compact
         parts = self.__dict__.get("_parts")
-        return msgspec.json.encode(parts if parts is not None else self.data)
+        return encode_parts(parts) if parts is not None else msgspec.json.encode(self.data)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report as Python values (a copy)."""
@@ -317,7 +320,21 @@ def _indented(raw: bytes | msgspec.Raw, indent: int, level: int, split: int = SP
     yield " " * (indent * level) + close
 
 
+def encode_parts(values: Any) -> bytes:
+    """``msgspec.json.encode(values)``, where ``values`` may hold rows in the spill file
+    (:class:`~mlprof.results.spill.RawRows`: each row written as the list's element, as it was encoded)."""
+    return msgspec.json.encode(values, enc_hook=_raw_rows)
+
+
+def _raw_rows(value: Any) -> Any:
+    if isinstance(value, RawRows):
+        return [msgspec.Raw(row) for row in value]
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
 def _rows(value: Any) -> bool:
+    if isinstance(value, RawRows):
+        return True
     return isinstance(value, list) and bool(value) and all(isinstance(v, msgspec.Raw) for v in value)
 
 
@@ -329,6 +346,8 @@ def _holds_rows(value: Any) -> bool:
 def _frozen(value: Any) -> Any:
     """``value`` with everything but its lists of encoded rows encoded (``msgspec.Raw``), the dicts that hold
     such lists kept as dicts of their (frozen) values."""
+    if isinstance(value, RawRows):
+        return value  # rows in the spill file: never changed once written
     if _rows(value):
         return list(value)
     if isinstance(value, dict) and _holds_rows(value):
@@ -338,7 +357,21 @@ def _frozen(value: Any) -> Any:
 
 def _indented_values(value: Any, indent: int, level: int) -> Iterator[str]:
     """:func:`_indented` of ``msgspec.json.encode(value)``, walking ``value``'s dicts (of str keys) and lists, so
-    that its already encoded parts (``msgspec.Raw``) are indented where they are, not encoded together first."""
+    that its already encoded parts (``msgspec.Raw``) are indented where they are, not encoded together first; rows
+    in the spill file (:class:`~mlprof.results.spill.RawRows`) are read back one at a time."""
+    if isinstance(value, RawRows):
+        if not len(value):
+            yield "[]"
+            return
+        pad = " " * (indent * (level + 1))
+        yield "[\n"
+        last = len(value) - 1
+        for i, row in enumerate(value):
+            yield pad
+            yield from _indented(row, indent, level + 1)
+            yield ",\n" if i < last else "\n"
+        yield " " * (indent * level) + "]"
+        return
     if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
         items: list[tuple[str, Any]] = [(msgspec.json.encode(k).decode() + ": ", v) for k, v in value.items()]
         opener, close = "{", "}"

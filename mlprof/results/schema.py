@@ -60,6 +60,7 @@ All durations are milliseconds (float) derived from exact int64 ns.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,7 @@ from mlprof.analyzers.attribution import CATEGORIES, CATEGORY_HELP, gpu_busy_pct
 from mlprof.analyzers.temporal import TemporalBreakdown
 from mlprof.results.measurements import Analysis, CounterAnalysis, RankAnalysis
 from mlprof.results.report import Report
+from mlprof.results.spill import RawRows
 from mlprof.results.views import kernels_and_operators
 
 SCHEMA_VERSION = "1.5"
@@ -208,11 +210,12 @@ def to_json_dict(analysis: Analysis, *, encode_rows: bool = False) -> dict[str, 
     """The JSON report's values.
 
     ``encode_rows``: a job's per-rank rows (``ranks``, ``cross_rank.per_rank``, ``whatif.per_rank``,
-    ``steady_state.ranks``) are each encoded as soon as built (``msgspec.Raw``: their compact JSON, which
-    ``msgspec.json.encode`` writes as is, so the report's text is the same): what :func:`build_report` encodes,
-    without every rank's rows held as Python values at once (~8 KB a rank, against ~2.5 KB of JSON)."""
-    row = _encoded_row if encode_rows and len(analysis.ranks) > 1 else _row
-    ranks = []
+    ``steady_state.ranks``) are each encoded as soon as built and written to the spill file
+    (:class:`~mlprof.results.spill.RawRows` of their compact JSON, which :func:`~mlprof.results.report.encode_parts`
+    writes as is, so the report's text is the same): what :func:`build_report` encodes, without every rank's rows
+    held at once, as Python values (~8 KB a rank) or as their JSON (~3.3 KB a rank)."""
+    row = _ENCODED if encode_rows and len(analysis.ranks) > 1 else _PLAIN
+    ranks = row.rows()
     steady = _SteadyRows(row)
     for ra in analysis.ranks:
         entry = {
@@ -225,7 +228,7 @@ def to_json_dict(analysis: Analysis, *, encode_rows: bool = False) -> dict[str, 
             "steady_state": None if ra.steady is None else ra.steady.to_dict(),
         }
         steady.add(entry)
-        ranks.append(row(entry))
+        ranks.append(row.of(entry))
     if len(analysis.ranks) == 1:
         top_steps = ranks[0]["steps"]
         top_breakdown = ranks[0]["breakdown"]
@@ -276,28 +279,38 @@ def to_json_dict(analysis: Analysis, *, encode_rows: bool = False) -> dict[str, 
 
 def steady_state_dict(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     """(1.5) The steps each rank set aside from its per-step figures (:mod:`mlprof.analyzers.steady_state`)."""
-    steady = _SteadyRows(_row)
+    steady = _SteadyRows(_PLAIN)
     for r in ranks:
         steady.add(r)
     return steady.to_dict()
 
 
-def _row(values: dict[str, Any]) -> Any:
+class _RowKind:
+    """How a report's per-rank rows are held: as values in a list, or encoded in the spill file."""
+
+    def __init__(self, rows: Callable[[], Any], of: Callable[[dict[str, Any]], Any]) -> None:
+        self.rows = rows
+        """A new empty list of rows (with ``append``)."""
+        self.of = of
+        """A row as held, from its values."""
+
+
+def _same(values: dict[str, Any]) -> Any:
     return values
 
 
-def _encoded_row(values: dict[str, Any]) -> Any:
-    return msgspec.Raw(msgspec.json.encode(values))
+_PLAIN = _RowKind(list, _same)
+_ENCODED = _RowKind(RawRows, msgspec.json.encode)
 
 
 class _SteadyRows:
     """``steady_state``'s values, from each rank's report row as it is built (``row``: how a row is held)."""
 
-    def __init__(self, row: Any) -> None:
+    def __init__(self, row: _RowKind) -> None:
         self.row = row
         self.overridden = False
         self.set_aside: set[Any] = set()
-        self.ranks: list[Any] = []
+        self.ranks: Any = row.rows()
 
     def add(self, rank_entry: dict[str, Any]) -> None:
         own = rank_entry["steady_state"]
@@ -305,22 +318,29 @@ class _SteadyRows:
             return
         self.overridden = self.overridden or bool(own["overridden_by_steps"])
         self.set_aside.update(s["step"] for s in own["set_aside"])
-        self.ranks.append(self.row({"rank": rank_entry["rank"], **own}))
+        self.ranks.append(self.row.of({"rank": rank_entry["rank"], **own}))
 
     def to_dict(self) -> dict[str, Any]:
         return {"overridden_by_steps": self.overridden, "set_aside_steps": sorted(self.set_aside), "ranks": self.ranks}
 
 
-def _whatif_dict(diagnosis: Any, row: Any) -> dict[str, Any] | None:
+def _whatif_dict(diagnosis: Any, row: _RowKind) -> dict[str, Any] | None:
     if diagnosis is None or diagnosis.whatif is None:
         return None
     values: dict[str, Any] = diagnosis.whatif.to_dict()
-    if row is not _row and isinstance(values.get("per_rank"), list):
-        values["per_rank"] = [row(r) for r in values["per_rank"]]
+    if row is not _PLAIN and isinstance(values.get("per_rank"), list):
+        values["per_rank"] = _held_rows(row, values["per_rank"])
     return values
 
 
-def cross_rank_dict(analysis: Analysis, row: Any = _row) -> dict[str, Any] | None:
+def _held_rows(row: _RowKind, records: Iterable[dict[str, Any]]) -> Any:
+    rows = row.rows()
+    for r in records:
+        rows.append(row.of(r))
+    return rows
+
+
+def cross_rank_dict(analysis: Analysis, row: _RowKind = _PLAIN) -> dict[str, Any] | None:
     """(1.3) Several ranks: job summary, summaries by rank group, rule outliers and one row per rank.
 
     Column meanings: :mod:`mlprof.analyzers.stragglers`; ``docs/multirank.md``.
@@ -334,17 +354,20 @@ def cross_rank_dict(analysis: Analysis, row: Any = _row) -> dict[str, Any] | Non
         "group_size": cr.group_size,
         "groups": _records(cr.groups),
         "rule_outliers": diagnosis.rule_outliers if diagnosis is not None else [],
-        "per_rank": [row(r) for r in _records(cr.per_rank)],
+        "per_rank": _held_rows(row, _iter_records(cr.per_rank)),
     }
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as JSON-ready dicts (numpy scalars to int/float)."""
+    return list(_iter_records(frame))
+
+
+def _iter_records(frame: pd.DataFrame) -> Iterator[dict[str, Any]]:
+    """:func:`_records`, one row at a time."""
     cols = list(frame.columns)
-    return [
-        {c: (v.item() if isinstance(v, np.generic) else v) for c, v in zip(cols, row, strict=True)}
-        for row in frame.itertuples(index=False, name=None)
-    ]
+    for row in frame.itertuples(index=False, name=None):
+        yield {c: (v.item() if isinstance(v, np.generic) else v) for c, v in zip(cols, row, strict=True)}
 
 
 MIB = 1 << 20

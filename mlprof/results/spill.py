@@ -219,6 +219,50 @@ class _Store:
 _STORE = _Store()
 
 
+class RawRows(Sequence[bytes]):
+    """Byte strings each written as is (not pickled, not compressed) to the spill file, held by their rows of the
+    spill table in one int64 array (8 bytes a string here, 24 in the table): read back one at a time, in order,
+    when iterated or indexed.
+
+    What a job's report holds of its per-rank rows (each row's compact JSON, ~0.8 KB) until they are written
+    (:meth:`mlprof.results.Report.json_chunks`): 1,024 ranks' four rows were ~3.4 MB held in memory. Pickled, it
+    carries the bytes; unpickled in another process they are spilled there."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, datas: Iterable[bytes] = ()) -> None:
+        self._rows = array("q")
+        for data in datas:
+            self.append(data)
+
+    def append(self, data: bytes) -> None:
+        self._rows.append(int(_STORE.put(data)))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            return [_STORE.get(row) for row in self._rows[i]]
+        return _STORE.get(self._rows[i])
+
+    def __iter__(self) -> Iterator[bytes]:
+        for row in self._rows:
+            yield _STORE.get(row)
+
+    def __repr__(self) -> str:
+        return f"RawRows(n={len(self)})"
+
+    def __reduce__(self) -> tuple[Any, tuple[list[bytes]]]:
+        return (RawRows, (list(self),))
+
+
 class SpilledLists(Sequence[list[Any]]):
     """A sequence of lists, each held in the spill file and read back (a new list) when indexed.
 
