@@ -722,3 +722,38 @@ def test_kept_ranks_hold_their_report_only_fields_in_the_spill_file(tmp_path: Pa
     hot_bytes = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert len(hot) == len(held) and cold_bytes < hot_bytes - 12 * 1500, (cold_bytes, hot_bytes)  # measured 2.3 KB
+
+
+def _twice(x: int, arg: int) -> int:
+    return x * arg
+
+
+def test_local_pool_submits_a_few_tasks_a_worker_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_local`` with a pool: results in input order and one progress call per task, with at most
+    ``AHEAD_PER_WORKER`` tasks a worker submitted and not yet taken (every task's future held at once was ~1.6 KB
+    a task of the client's peak: 1.6 MB at 1,024 ranks)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mlprof.engine import executors
+
+    submitted: list[int] = []
+    submit = ProcessPoolExecutor.submit
+
+    def counting(self: ProcessPoolExecutor, fn: Any, *args: Any) -> Any:
+        submitted.append(1)
+        return submit(self, fn, *args)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", counting)
+    taken: list[int] = []
+    ahead: list[int] = []
+
+    def keep(result: int) -> int:
+        taken.append(result)
+        ahead.append(len(submitted) - 1 - len(taken))  # less the pool's first, empty task
+        return result
+
+    progress: list[tuple[int, int]] = []
+    out = executors.run_local(_twice, list(range(40)), 3, 2, lambda d, t: progress.append((d, t)), keep=keep)
+    assert out == [3 * i for i in range(40)] and sorted(taken) == out
+    assert progress == [(d, 40) for d in range(1, 41)]
+    assert 0 <= max(ahead) < executors.AHEAD_PER_WORKER * 2
