@@ -30,14 +30,19 @@ from typing import Any
 TRIM_MIN_FREE_BYTES = 32 << 20
 """Free heap below which a trim is not worth its cost (glibc's ``mallinfo2`` counts it; without it every call trims)."""
 
-KEPT_FREE_BYTES = 32 << 20
+KEPT_FREE_BYTES = 128 << 20
 """After :func:`keep_freed_memory`, the free heap below which :func:`release_freed_memory` keeps it for reuse.
 
 Measured on the 217 MB tiled trace (free heap 50-91 MB at the analysis's trims): trimming above 64 MB
 kept peak RSS at 280 MB and 58k page faults after the read; above 80 MB 285 MB and 39k; above 96 MB
-(no trim) 322 MB; before 270-278 MB and 82-85k (in-process). The whole process tree with the
-what-if helper forked (``bench_vs_hta``'s peak) was 318-336 MB above 80 MB, over 1.5x the JSON
-(325 MB), and 299-316 MB above 32 MB, same wall time within noise (lead, 2026-12-04 05:05, load ~1)."""
+(no trim) 322 MB; before 270-278 MB and 82-85k (in-process, with pyarrow in the process). The whole
+process tree with the what-if helper forked (``bench_vs_hta``'s peak) was 318-336 MB above 80 MB, over
+1.5x the JSON (325 MB), and 299-316 MB above 32 MB (lead, 2026-12-04 05:05, load ~1). Without pyarrow
+in the process (``mlprof.__main__.needs_arrow``: 45-60 MB less) 128 MB (no trim on that trace) was
+taken (24a, alternating with 32 MB, load 2.2-2.8): whole process 109-112k -> 65-72k page faults and
+1.85-1.97 -> 1.75-1.89 s CPU where no helper is forked (read-ahead on or off), peak 201-204 -> 202-240
+MB; with the helpers forked the same faults (copy-on-write ones then) and CPU, peak 232-239 -> 237-253
+MB; the 1 GB trace (free heap above 128 MB there) 648-651 vs 654-657 MB."""
 
 MMAP_THRESHOLD_BYTES = 32 << 20
 """glibc's largest mmap threshold (``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit): smaller blocks come from the heap."""
