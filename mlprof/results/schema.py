@@ -327,9 +327,11 @@ class _SteadyRows:
 def _whatif_dict(diagnosis: Any, row: _RowKind) -> dict[str, Any] | None:
     if diagnosis is None or diagnosis.whatif is None:
         return None
-    values: dict[str, Any] = diagnosis.whatif.to_dict()
-    if row is not _PLAIN and isinstance(values.get("per_rank"), list):
-        values["per_rank"] = _held_rows(row, values["per_rank"])
+    if row is _PLAIN:
+        plain: dict[str, Any] = diagnosis.whatif.to_dict()
+        return plain
+    # each rank's row encoded as it is made: not every rank's row at once (~1.5 KB a rank)
+    values: dict[str, Any] = diagnosis.whatif.to_dict(per_rank=lambda rows: _held_rows(row, rows))
     return values
 
 

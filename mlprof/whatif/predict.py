@@ -15,7 +15,7 @@ whose fix is not a graph edit keeps its attribution estimate (``speedup_source``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +95,9 @@ class WhatIf:
             why = "making it 10% faster shortens the replayed step most"
         return f"{top} ({n} of {total} {where}: {why})"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, per_rank: Callable[[Iterator[dict[str, Any]]], Any] = list) -> dict[str, Any]:
+        """The report's ``whatif`` values; ``per_rank`` holds the per-rank rows as they are made (a job's report
+        encodes each row as it comes, :func:`mlprof.results.schema.to_json_dict`)."""
         worst = self.worst
         return {
             "replay_error_pct": round(self.replay_error_pct, 3),
@@ -104,7 +106,7 @@ class WhatIf:
             "trusted": self.trusted,
             "plan_source": self.plan_source,
             "paces": self.paces,
-            "per_rank": [r.to_dict() for r in self.ranks],
+            "per_rank": per_rank(r.to_dict() for r in self.ranks),
             "notes": self.notes,
             **({"job": self.job} if self.job is not None else {}),
         }
