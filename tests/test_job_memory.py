@@ -354,9 +354,10 @@ def test_matching_on_the_job_table_equals_a_brute_force_matching(dlrm_partials: 
 def test_client_holds_steps_and_causes_as_rows_of_job_tables(dlrm_partials: list[RankPartial]) -> None:
     """Kept, each real DLRM rank's steps and causes are rows of the job's two tables and read back equal to
     what the rank task returned (values, dtypes, columns, index); the causes set again (the client splits the
-    communication) read back as set; the job's stacked steps equal the concatenation of the ranks' frames;
-    pickled, a kept rank is a plain RankAnalysis with the same tables; and each further rank's rows hold a small
-    part of the bytes its two DataFrames did (tracemalloc)."""
+    communication) read back as set, written over the rank's rows when they are as many; the job's stacked
+    steps equal the concatenation of the ranks' frames; pickled, a kept rank is a plain RankAnalysis with the
+    same tables; and each further rank's rows hold a small part of the bytes its two DataFrames did
+    (tracemalloc)."""
     import tracemalloc
 
     from mlprof.results import RankAnalysis
@@ -379,9 +380,19 @@ def test_client_holds_steps_and_causes_as_rows_of_job_tables(dlrm_partials: list
         pd.testing.assert_frame_equal(plain.steps, steps)
     changed = truth[0][1].copy()
     changed.iloc[:, 0] += 7
+    read = ranks[0].causes  # read last: the rows' frame is cached until they are set again
+    rows, table_rows = ranks[0].rows("causes"), kept.frames.nbytes
     ranks[0].causes = changed
     pd.testing.assert_frame_equal(ranks[0].causes, changed)
     assert not ranks[0].causes.equals(truth[0][1])
+    pd.testing.assert_frame_equal(read, truth[0][1])  # a frame read before is the rows' copy: unchanged
+    # as many rows, the same columns: written over the rank's rows, the job's table does not grow
+    assert ranks[0].rows("causes") is rows and kept.frames.nbytes == table_rows
+    pd.testing.assert_frame_equal(ranks[1].causes, truth[1][1])
+    fewer = changed.iloc[:-1].reset_index(drop=True)
+    ranks[0].causes = fewer
+    pd.testing.assert_frame_equal(ranks[0].causes, fewer)
+    assert ranks[0].rows("causes") is not rows
     stacked = stacked_steps(ranks)
     assert stacked is not None
     pd.testing.assert_frame_equal(stacked, pd.concat([s for s, _ in truth], ignore_index=True))

@@ -199,6 +199,8 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
     config = options.config
     ranks = [p.analysis.rank for p in partials]
     skew = match_table(_comm_table(partials, kept), ranks) if len(partials) > 1 else None
+    if kept is not None:
+        kept.comm = CommTable()  # matched: the job's signature table (~0.6 KB a rank) is not read again
     contexts: list[RankContext] = []
     # A job's kept ranks: each rank's findings go to the spill file as soon as the rank is judged, and the merge
     # reads them back one rank at a time (:func:`mlprof.rules.engine.diagnose`): the client never holds every

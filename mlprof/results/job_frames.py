@@ -70,14 +70,21 @@ class JobFrames:
     def __init__(self) -> None:
         self._tables: dict[tuple[Any, ...], _Table] = {}
 
-    def hold(self, name: str, frame: pd.DataFrame) -> Rows | pd.DataFrame:
-        """``frame`` as rows of the job's ``name`` table, or ``frame`` itself when it would not come back equal."""
+    def hold(self, name: str, frame: pd.DataFrame, over: Rows | None = None) -> Rows | pd.DataFrame:
+        """``frame`` as rows of the job's ``name`` table, or ``frame`` itself when it would not come back equal.
+
+        ``over``: the rows the field held until now; a frame of as many rows and the same columns is written over
+        them (a job's client sets every rank's causes again once it splits their communication: appended, the
+        causes table held every rank's rows twice) and those rows are returned."""
         if not _fits(frame):
             return frame
         key = (name, str(frame.columns.dtype), *frame.columns)
         table = self._tables.get(key)
         if table is None:
             table = self._tables[key] = _Table(frame.columns)
+        if over is not None and over.table is table and over.n == len(frame):
+            table.rows[over.start : over.start + over.n] = frame.to_numpy(np.int64)
+            return over
         return table.append(frame.to_numpy(np.int64))
 
     @property
@@ -118,8 +125,13 @@ class _Held:
 
     def __set__(self, obj: Any, value: Any) -> None:
         frames: JobFrames | None = obj.__dict__.get("_job_frames")
+        old = obj.__dict__.get(self.name)
+        if isinstance(old, Rows):
+            last = _LAST_READ.get(self.name)
+            if last is not None and last[0] is old:  # read from these rows: not what they hold from now on
+                del _LAST_READ[self.name]
         if frames is not None and isinstance(value, pd.DataFrame):
-            value = frames.hold(self.name, value)
+            value = frames.hold(self.name, value, over=old if isinstance(old, Rows) else None)
         obj.__dict__[self.name] = value
 
 
