@@ -26,6 +26,7 @@ columns per communication kernel), so a job of 1,024 ranks is matched from
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -123,8 +124,9 @@ class CommTable:
         self._pgs: dict[str, int] = {}
         self._rows = np.empty((len(self.COLUMNS), 64), dtype=np.int64)
         self._n = 0
-        self._blocks: dict[int, list[tuple[int, int]]] = {}
-        """rank -> (first row, rows) of each signature added for it (one, unless a rank came twice)."""
+        self._blocks = (array("q"), array("q"), array("q"))
+        """rank, first row and rows of each signature added, in the order added (a rank that came twice has two):
+        three int64 arrays, not a dict of lists of tuples (~180 bytes a rank)."""
 
     @classmethod
     def of(cls, ranks: list[int], signatures: list[pd.DataFrame]) -> CommTable:
@@ -137,7 +139,8 @@ class CommTable:
         """Append one rank's signature (its kernels in the signature's order)."""
         n = len(signature)
         start = self._n
-        self._blocks.setdefault(int(rank), []).append((start, n))
+        for column, value in zip(self._blocks, (int(rank), start, n), strict=True):
+            column.append(value)
         if n == 0:
             return
         if start + n > self._rows.shape[1]:
@@ -161,7 +164,8 @@ class CommTable:
     def columns(self, ranks: list[int], names: tuple[str, ...] = COLUMNS) -> dict[str, np.ndarray]:
         """The kernels of ``ranks``, rank after rank in that order (as ``pd.concat`` of their signatures): the
         columns ``names``."""
-        blocks = [b for r in ranks for b in self._blocks.get(int(r), [])]
+        by_rank = self._by_rank()
+        blocks = [b for r in ranks for b in by_rank.get(int(r), [])]
         index = (
             np.concatenate([np.arange(s, s + n, dtype=np.int64) for s, n in blocks])
             if blocks
@@ -171,7 +175,15 @@ class CommTable:
 
     def sizes(self, ranks: list[int]) -> np.ndarray:
         """Kernels per rank of ``ranks``."""
-        return np.array([sum(n for _, n in self._blocks.get(int(r), [])) for r in ranks], dtype=np.int64)
+        by_rank = self._by_rank()
+        return np.array([sum(n for _, n in by_rank.get(int(r), [])) for r in ranks], dtype=np.int64)
+
+    def _by_rank(self) -> dict[int, list[tuple[int, int]]]:
+        """rank -> (first row, rows) of each signature added for it, in the order added (made when asked for)."""
+        index: dict[int, list[tuple[int, int]]] = {}
+        for rank, start, n in zip(*self._blocks, strict=True):
+            index.setdefault(rank, []).append((start, n))
+        return index
 
     @property
     def names(self) -> np.ndarray:

@@ -103,7 +103,8 @@ class Kept:
     * the rank's reduced tables, communication signature and exposed communication are held compressed
       (:meth:`mlprof.results.ReducedRank.pack`, :meth:`RankPartial.pack`);
     * the rank's device list holds the job's one copy of each distinct (frozen, equal) device: every rank of
-      a job usually lists the same node's GPUs, ~0.5 KB each, and one copy per rank was ~4 KB a rank; its
+      a job usually lists the same node's GPUs, ~0.5 KB each, and one copy per rank was ~4 KB a rank (ranks
+      listing the same devices share one list, ~0.1 KB a rank); its
       format, backend and step source texts are interned (one copy each, ~0.2 KB a rank);
     * the rank's replay graph is dropped once any rank's own replay is not trusted (then the job is
       not replayed, :func:`mlprof.whatif.job.build_job`, and no prediction reads a graph); the graphs of
@@ -121,6 +122,7 @@ class Kept:
         self.held: list[RankPartial] = []
         self.untrusted = False
         self.devices: dict[DeviceInfo, DeviceInfo] = {}
+        self.device_lists: dict[tuple[DeviceInfo, ...], list[DeviceInfo]] = {}
 
     def keep(self, p: RankPartial) -> RankPartial:
         check_rank(p.analysis.trace.meta)  # the totals key on the rank
@@ -131,7 +133,8 @@ class Kept:
         p.pack()
         p.analysis.hold_cold()
         meta = p.analysis.trace.meta
-        meta.devices = [self.devices.setdefault(d, d) for d in meta.devices]
+        devices = tuple(self.devices.setdefault(d, d) for d in meta.devices)
+        meta.devices = self.device_lists.setdefault(devices, list(devices))  # one list for every rank alike
         for name in _SHARED_TEXT:  # one copy of each (every rank says "kineto", "nccl", "ProfilerStep")
             text = getattr(meta, name)
             if type(text) is str:
