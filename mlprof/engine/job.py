@@ -28,7 +28,7 @@ from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
 from mlprof.results import ReducedRank
 from mlprof.results.job_frames import HeldRank, JobFrames
-from mlprof.results.spill import Cold, SpilledLists, hold_cold
+from mlprof.results.spill import Cold, SpilledLists, cold_fields, hold_cold
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
@@ -166,13 +166,13 @@ class _HeldReplay(RankReplay):
     ``shape``: ~1.3 KB of dicts a rank) and its analysed windows (read only with a graph) in the spill file, read
     back on use; what the prediction reads of every rank (its error, ``ok``) stays in memory."""
 
-    COLD: ClassVar[tuple[str, ...]] = ("pacing", "shape", "win_starts", "win_ends", "rounds", "full_ns")
     pacing = Cold()
     shape = Cold()
     win_starts = Cold()
     win_ends = Cold()
     rounds = Cold()
     full_ns = Cold()
+    COLD: ClassVar[tuple[str, ...]] = cold_fields(locals())
 
     @classmethod
     def of(cls, replay: RankReplay) -> _HeldReplay:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mlprof.results.measurements import RankAnalysis
-from mlprof.results.spill import Cold, Spilled, hold_cold
+from mlprof.results.spill import Cold, Spilled, cold_fields, hold_cold
 
 
 class _Table:
@@ -176,7 +176,7 @@ class HeldRank(RankAnalysis):
     span_override = Cold()
     window_ns = Cold()
 
-    COLD: ClassVar[tuple[str, ...]] = ("temporal", "steady", "whole_trace", "span_override", "window_ns")
+    COLD: ClassVar[tuple[str, ...]] = cold_fields(locals())
     """Fields read once or twice per report (the breakdown, the steady-state record, the measured spans),
     held together in the spill file once the rank is kept (:meth:`hold_cold`): ~1 KB of objects a rank."""
 

@@ -322,6 +322,12 @@ class Cold:
         obj.__dict__[self.name] = value
 
 
+def cold_fields(namespace: dict[str, Any]) -> tuple[str, ...]:
+    """The names of the :class:`Cold` fields of a class body (``cold_fields(locals())`` after declaring them), in
+    the order declared: each field is declared once, as its descriptor."""
+    return tuple(name for name, value in namespace.items() if isinstance(value, Cold))
+
+
 def hold_cold(obj: Any, names: Iterable[str]) -> None:
     """Move ``obj``'s fields ``names`` (each a :class:`Cold` of its class) into one record in the spill file."""
     own = obj.__dict__
