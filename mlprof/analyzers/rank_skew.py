@@ -223,8 +223,10 @@ class _Keyed:
     use_seq: bool
 
 
-def _keyed(table: CommTable, ranks: list[int]) -> _Keyed | None:
-    """Each kernel's collective key, and the kernels whose key is on enough ranks (see :func:`matched_kernels`)."""
+def _keyed(table: CommTable, ranks: list[int], columns: tuple[str, ...] = CommTable.COLUMNS) -> _Keyed | None:
+    """Each kernel's collective key, and the kernels whose key is on enough ranks (see :func:`matched_kernels`):
+    their ``columns`` of the table and their key. (The intermediate arrays are dropped as soon as read: the
+    matching's peak at 1,024 ranks is these few arrays of every rank's kernels.)"""
     n = len(ranks)
     if n < 2 or (table.sizes(ranks) == 0).any():
         return None
@@ -234,23 +236,31 @@ def _keyed(table: CommTable, ranks: list[int]) -> _Keyed | None:
     parts = ("rank", "pg", "seq") if use_seq else ("rank", "name")
     occurrence = pd.DataFrame({c: cols[c] for c in parts}).groupby(list(parts), sort=False).cumcount()
     tuples = np.stack([*(cols[c] for c in parts[1:]), occurrence.to_numpy(np.int64)], axis=1)
+    del occurrence
     unique, inverse = np.unique(tuples, axis=0, return_inverse=True)
+    del tuples
     if use_seq:
         pgs = table.pgs
         text = [f"{pgs[p]}#{s}#{o}" for p, s, o in unique.tolist()]
     else:
         names = table.names
         text = [f"{names[m]}#{o}" for m, o in unique.tolist()]
+    del unique
     # codes in the order of the keys' text, so that sorting by key sorts as the text would
     order = sorted(range(len(text)), key=text.__getitem__)
     code_of = np.empty(len(text), dtype=np.int64)
     code_of[order] = np.arange(len(text), dtype=np.int64)
     key = code_of[inverse.reshape(-1)]
+    del inverse
     labels = np.empty(len(text), dtype=object)
     labels[:] = [text[i] for i in order]
     counts = np.bincount(key, minlength=len(text))[key]
     keep = counts >= 2 if use_seq else counts == n
-    frame = pd.DataFrame({c: cols[c][keep] for c in ("rank", "name", "pg", "seq", "ts", "dur")})
+    del counts
+    values = {c: cols[c][keep] for c in CommTable.COLUMNS if c in columns}
+    del cols
+    frame = pd.DataFrame(values)
+    del values
     frame["key"] = key[keep]
     return _Keyed(frame, labels, int((~keep).sum()), use_seq)
 
@@ -291,7 +301,7 @@ def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankS
 def match_table(table: CommTable, ranks: list[int]) -> RankSkew | None:
     """Match the collectives of ``ranks`` in the job's signature table; None with < 2 ranks or a rank without
     collectives."""
-    keyed = _keyed(table, ranks)
+    keyed = _keyed(table, ranks, ("rank", "name", "ts", "dur"))  # (the process group and sequence: not read here)
     if keyed is None:
         return None
     matched, unmatched, use_seq = keyed.frame, keyed.unmatched, keyed.use_seq
@@ -316,6 +326,7 @@ def match_table(table: CommTable, ranks: list[int]) -> RankSkew | None:
     last = first.head(1).set_index("key")
     second_dur = first["dur"].nth(1)
     second = pd.Series(second_dur.to_numpy(np.int64), index=order.loc[second_dur.index, "key"].to_numpy())
+    del first, order, second_dur
     colls = pd.DataFrame(
         {
             "name": last["name"],
@@ -329,7 +340,9 @@ def match_table(table: CommTable, ranks: list[int]) -> RankSkew | None:
             "aligned_start_ns": by_key["aligned_ts"].min() + by_key["arrival"].median().round().astype(np.int64),
         }
     )
-    del by_key, order, first, last, second_dur, second
+    del by_key, last, second
+    for column in ("end", "aligned_end", "arrival"):  # read no more
+        del matched[column]
     matched["late"] = matched["aligned_ts"] - matched["key"].map(colls["aligned_start_ns"]).to_numpy(np.int64)
     # The last rank waits 0 in its collective, so the collective's total wait is what it caused.
     caused = colls.groupby("last_rank")["wait_ns"].sum()
