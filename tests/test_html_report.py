@@ -101,3 +101,21 @@ def test_page_renders_offline_in_chromium(tmp_path: Path) -> None:
             assert "DATA001" in page.locator("table").nth(1).inner_text()
         finally:
             browser.close()
+
+
+def test_page_does_not_follow_the_process_plotly_template() -> None:
+    """Importing streamlit (the dashboard, or a notebook) makes its template plotly's default; the report's charts
+    name their own, so the page is the same in any process (it embeds the template's colours)."""
+    import plotly.io as pio
+
+    source = SAMPLES / "synthetic" / "healthy.json.gz"
+    analysis = analyze_job(load_job(source), str(source))
+    plain = render_html(analysis)
+    before = pio.templates.default
+    pio.templates.default = "plotly_dark"
+    try:
+        themed = render_html(analysis)
+    finally:
+        pio.templates.default = before
+    assert '"template":' in plain
+    assert themed == plain

@@ -191,13 +191,19 @@ def _category_table(bd: dict[str, Any]) -> str:
     return f"<table><tr><th>category</th><th>ms/step</th><th>% of wall</th><th>meaning</th></tr>{rows}</table>"
 
 
+TEMPLATE = "plotly"
+"""The charts' plotly template, named when each figure is made: not the process's default, which importing
+streamlit (the dashboard, a notebook) replaces with its own; the page embeds the template, so it is the same in
+any process."""
+
+
 def _steps_figure(steps: list[dict[str, Any]]) -> Any:
     import plotly.graph_objects as go
 
     if not steps:
         return None
     x = [str(s["step"]) for s in steps]
-    fig = go.Figure()
+    fig = go.Figure(layout={"template": TEMPLATE})
     for c in CATEGORIES:
         fig.add_bar(name=c, x=x, y=[s[f"{c}_ms"] for s in steps], marker_color=COLORS[c])
     fig.update_layout(
@@ -233,7 +239,8 @@ def _plan_figure(data: dict[str, Any]) -> Any:
             textposition="outside",
             decreasing={"marker": {"color": "#2e7d32"}},
             totals={"marker": {"color": "#1565c0"}},
-        )
+        ),
+        layout={"template": TEMPLATE},
     )
     fig.update_layout(
         title=f"Plan: fixes applied in ranked order (ms per step; {plan[-1]['cumulative_speedup']:.2f}x in all)",
