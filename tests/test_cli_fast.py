@@ -8,6 +8,7 @@ keyword arguments or leave the command line to typer.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -287,3 +288,23 @@ def test_the_fast_path_imports_with_the_collector_off_and_freezes_what_the_impor
     typed = collections("analyze", HEALTHY, "-fjson")  # a form the fast path leaves to typer
     assert fast[2] == 0 and sum(fast) < 40, fast
     assert typed[2] >= 1 and sum(typed) > 100, typed
+
+
+@pytest.mark.parametrize("fmt", ["json", "markdown", "html"])
+def test_hostile_text_without_pyarrow_reads_as_with_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fmt: str
+) -> None:
+    """Without pyarrow pandas keeps ``str`` columns in its own storage: a trace whose names carry markup, escapes,
+    bidi controls and invalid UTF-8 (the reader's surrogate-escaped repair) gives the report that a process with
+    pyarrow gives, and is shown as literally (test_hostile checks what literally means, in this process)."""
+    from test_hostile import HOSTILE, _hostile_doc
+
+    trace = tmp_path / "hostile_bad_utf8.json"
+    trace.write_bytes(json.dumps(_hostile_doc(HOSTILE)).encode().replace(b"[/red]", b"[/r\xffd]", 1))
+    proc, state = _arrow_state("analyze", str(trace), "--format", fmt)
+    assert proc.returncode == 0, proc.stderr
+    assert state == "blocked"
+    assert main(["analyze", str(trace), "--format", fmt]) == 0
+    assert proc.stdout == capsys.readouterr().out
+    assert "INJECTED" in proc.stdout  # the hostile names reach the report
+    assert "\x1b" not in proc.stdout  # and their escapes never raw
