@@ -220,3 +220,34 @@ def test_a_worker_builds_its_slice_in_pieces_as_the_whole(weird: bool, monkeypat
     for name, table in tables_b.items():
         pd.testing.assert_frame_equal(tables_a[name], table, check_exact=True, obj=name)
     assert sum(len(t) for t in tables_b.values()) > 1000
+
+
+@pytest.mark.parametrize("odd", ["none", "bad_utf8", "not_an_event", "odd_type", "tight_commas"])
+def test_pieces_decoded_in_place_give_the_whole_slice(odd: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each 8 KB piece is decoded where it lies in the worker's buffer, brackets written over the commas or
+    # white space around it: the columns are those of the slice decoded whole, also where a piece falls
+    # back to a copy (bad UTF-8 repaired, an element that is not an event, a value of an odd type), and
+    # the buffer is as it was read (a piece that does not decode there is decoded from it again).
+    monkeypatch.setattr(parallel, "SUB_SLICE_BYTES", 8 << 10)
+    events = json.loads(gzip.decompress(external("hta/tests/data/nccl_parser_config/nccl_data.json.gz").read_bytes()))
+    texts = [json.dumps(e).encode() for e in events["traceEvents"][:3000]]
+    if odd == "bad_utf8":
+        texts[100] = texts[100].replace(b'"name": "', b'"name": "\xff\xfe', 1)
+    elif odd == "not_an_event":
+        texts.insert(200, b"12345")
+    elif odd == "odd_type":
+        texts[300] = texts[300].replace(b'"pid": ', b'"pid": {"x": 1}, "was": ', 1)
+    piece = b'{"traceEvents":[' + (b"," if odd == "tight_commas" else b", ").join(texts) + b"]}"
+    buffer = bytearray(piece)
+    got, whole = parallel._build_slice(buffer), parallel._build_whole(piece)
+    assert buffer == piece
+    assert got.events == whole.events
+    assert (got.repaired_utf8, got.not_events) == (whole.repaired_utf8, whole.not_events)
+    assert got.repaired_utf8 == (odd == "bad_utf8") and got.not_events == (odd == "not_an_event")
+    a, b = TableBuilder(), TableBuilder()
+    a.merge_partial(got)
+    b.merge_partial(whole)
+    tables_a, tables_b = a.finish(), b.finish()
+    for name, table in tables_b.items():
+        pd.testing.assert_frame_equal(tables_a[name], table, check_exact=True, obj=name)
+    assert sum(len(t) for t in tables_b.values()) > 1000

@@ -170,7 +170,7 @@ def read_trace_events(
     decoding in worker processes); the consumer must check that each decodes and
     fall back to a plain read if one does not. With ``on_range`` as well, a plain
     (not gzipped) file's middle slices are handed over as ``(start, end)`` byte offsets
-    in the file instead (see :func:`read_range`): the consumer reads them itself, and the
+    in the file instead (see :func:`read_range_into`): the consumer reads them itself, and the
     text is not copied into another process, and this process reads only the header, the tail and a
     window before each cut (:func:`_plan_ranges`). Returns the top-level keys other
     than ``traceEvents`` and the reader's stats. Raises :class:`BadInputError` for
@@ -456,16 +456,27 @@ def _wrap(buf: bytearray, end: int, close: bytes) -> bytes:
         return b"".join((b'{"traceEvents":[', head, close))
 
 
-def read_range(path: Path, start: int, end: int) -> bytes:
-    """``{"traceEvents":[`` + the file's bytes ``start:end`` + ``]}``: a slice handed over by ``on_range``.
+def read_range_into(path: Path, start: int, end: int, head: bytes, tail: bytes) -> bytearray:
+    """``head`` + the file's bytes ``start:end`` + ``tail`` (``{"traceEvents":[`` and ``]}``: a slice handed
+    over by ``on_range``) in one writable buffer.
 
-    Raises :class:`OSError` if the file no longer has those bytes (the caller falls back to a plain read).
+    The bytes are read straight into it (pread and a join copied them once more) and a worker decodes it in
+    place (:func:`mlprof.trace.parallel._build_in_pieces`). Raises :class:`OSError` if the file no longer has
+    those bytes (the caller falls back to a plain read).
     """
-    with path.open("rb") as fh:
-        got = os.pread(fh.fileno(), end - start, start)
-    if len(got) != end - start:
-        raise OSError(f"{path}: shorter than when it was cut")
-    return b"".join((b'{"traceEvents":[', got, b"]}"))
+    size = end - start
+    buf = bytearray(len(head) + size + len(tail))
+    buf[: len(head)] = head
+    buf[len(head) + size :] = tail
+    with path.open("rb", buffering=0) as fh, memoryview(buf) as view:
+        at = 0
+        fh.seek(start)
+        while at < size:
+            got = fh.readinto(view[len(head) + at : len(head) + size])
+            if not got:
+                raise OSError(f"{path}: shorter than when it was cut")
+            at += got
+    return buf
 
 
 def _last_boundary(buf: bytearray) -> int | None:

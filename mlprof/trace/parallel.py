@@ -29,9 +29,10 @@ from mlprof.trace.jsonstream import (
     StreamStats,
     decode_slice,
     decode_slice_leniently,
-    read_range,
+    read_range_into,
     read_trace_events,
 )
+from mlprof.trace.schema import TraceEvent
 
 if TYPE_CHECKING:  # imported by the pool itself: a small trace is read without concurrent.futures
     from concurrent.futures import Future
@@ -53,7 +54,7 @@ build of tiled x4's 4 MB slices, one process: 0.26-0.31 s CPU for 16 slices whol
 _OPEN = b'{"traceEvents":['
 
 
-def _build_slice(piece: bytes) -> Partial:
+def _build_slice(piece: bytes | bytearray) -> Partial:
     """Decode and build one slice (``{"traceEvents":[...]}``); only a slice that is not well-formed JSON fails.
 
     In pieces of :data:`SUB_SLICE_BYTES` cut at textual event boundaries; if a piece does not decode
@@ -66,30 +67,55 @@ def _build_slice(piece: bytes) -> Partial:
     return _build_whole(piece)
 
 
-def _build_in_pieces(piece: bytes) -> Partial | None:
+_EVENTS_DECODER = msgspec.json.Decoder(list[TraceEvent])
+_LEFT, _RIGHT = ord("["), ord("]")
+
+
+def _build_in_pieces(piece: bytes | bytearray) -> Partial | None:
     """:func:`_build_whole` of ``piece`` cut at the first event boundary after every :data:`SUB_SLICE_BYTES`,
-    or None if a piece does not decode."""
+    or None if a piece does not decode.
+
+    Each piece is decoded where it lies, as a JSON array: ``[`` written over the byte before its first
+    event and ``]`` over the byte after its last (a boundary's comma or white space, put back after the
+    decode), instead of copying it into ``{"traceEvents":[`` ... ``]}`` (~0.04 s of copies per 217 MB).
+    ``[X]`` decodes only where ``{"traceEvents":[X]}`` does, to the same events. The events' raw texts
+    (``ts``, ``dur``: msgspec.Raw) are views of the buffer, inside events, never over a written byte, and
+    are freed before the next piece is decoded. A piece that does not decode so (bad UTF-8, odd types, a cut
+    inside a string) is decoded as before, from a copy.
+    """
     stats = StreamStats()
     builder = TableBuilder()
     events = 0
-    body_end = len(piece) - 2  # before the closing ``]}``
-    pos = len(_OPEN)
-    with memoryview(piece) as view:
-        while pos < body_end:
-            match = _BOUNDARY.search(piece, pos + SUB_SLICE_BYTES, body_end)
-            cut, after = (body_end, body_end) if match is None else (match.start() + 1, match.end() - 1)
-            part = b"".join((_OPEN, view[pos:cut], b"]}"))
+    buf = piece if isinstance(piece, bytearray) else bytearray(piece)
+    view = memoryview(buf)  # not released by hand: the events' raw texts hold views of it until they are freed
+    body_end = len(buf) - 2  # before the closing ``]}``
+    pos = len(_OPEN)  # the byte before the first event is the ``[`` of ``_OPEN``; after the last, ``]``
+    while pos < body_end:
+        match = _BOUNDARY.search(buf, pos + SUB_SLICE_BYTES, body_end)
+        cut, after = (body_end, body_end) if match is None else (match.start() + 1, match.end() - 1)
+        before, behind = buf[pos - 1], buf[cut]
+        buf[pos - 1], buf[cut] = _LEFT, _RIGHT
+        try:
+            decoded: list[TraceEvent] | None = _EVENTS_DECODER.decode(view[pos - 1 : cut + 1])
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+            decoded = None
+        finally:
+            buf[pos - 1], buf[cut] = before, behind
+        if decoded is None:
+            copied = b"".join((_OPEN, view[pos:cut], b"]}"))
             try:
                 try:
-                    doc = decode_slice(part, stats)
+                    doc = decode_slice(copied, stats)
                 except msgspec.ValidationError:
-                    doc = decode_slice_leniently(part, stats)
+                    doc = decode_slice_leniently(copied, stats)
             except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
                 return None
-            builder.add(doc.traceEvents)
-            events += len(doc.traceEvents)
-            del doc, part
-            pos = after
+            decoded = doc.traceEvents
+            del doc, copied
+        builder.add(decoded)
+        events += len(decoded)
+        del decoded  # with its raw texts, before the next piece's brackets are written
+        pos = after
     partial = builder.export_partial()
     partial.events = events
     partial.repaired_utf8 = stats.repaired_utf8
@@ -97,9 +123,10 @@ def _build_in_pieces(piece: bytes) -> Partial | None:
     return partial
 
 
-def _build_whole(piece: bytes) -> Partial:
+def _build_whole(piece: bytes | bytearray) -> Partial:
     """Decode and build one slice in one piece; raises :class:`SliceFailed` if it is not well-formed JSON."""
     stats = StreamStats()
+    piece = bytes(piece)  # as it always was (a bytearray from read_range_into: the rare path, one copy)
     try:
         try:
             doc = decode_slice(piece, stats)
@@ -119,7 +146,7 @@ def _build_whole(piece: bytes) -> Partial:
 def _build_range(path: Path, start: int, end: int) -> Partial:
     """:func:`_build_slice` of the file's bytes ``start:end``, read here."""
     try:
-        piece = read_range(path, start, end)
+        piece = read_range_into(path, start, end, _OPEN, b"]}")
     except OSError as exc:
         raise SliceFailed(str(exc)) from None
     return _build_slice(piece)
