@@ -215,7 +215,7 @@ def _strings(known: dict[str, int]) -> np.ndarray:
 class _Keyed:
     """The matched kernels of a job (key: an integer in the sort order of the key's text, :attr:`labels`)."""
 
-    frame: pd.DataFrame
+    columns: dict[str, np.ndarray]
     """rank, name and pg (codes), seq, ts, dur, key (code) of each matched kernel, in the table's row order."""
     labels: np.ndarray
     """The key's text by code: ``pg#seq#occurrence`` or ``name#occurrence``."""
@@ -223,46 +223,83 @@ class _Keyed:
     use_seq: bool
 
 
+def _starts(ordered: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of ``ordered`` starts."""
+    new = np.ones(len(ordered), dtype=bool)
+    new[1:] = ordered[1:] != ordered[:-1]
+    return np.flatnonzero(new)
+
+
+def _runs(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A stable sort of the rows by ``keys`` (the first one the primary key) and the start of each run of rows
+    with equal keys in that order (positions into it): a group-by of integer columns in numpy."""
+    order = np.lexsort(keys[::-1])
+    new = np.zeros(len(order), dtype=bool)
+    new[:1] = True
+    for k in keys:
+        ordered = k[order]
+        new[1:] |= ordered[1:] != ordered[:-1]
+    return order, np.flatnonzero(new)
+
+
+def _run_of_rows(order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each row's run (see :func:`_runs`), by row."""
+    run = np.empty(len(order), dtype=np.int64)
+    run[order] = np.repeat(np.arange(len(starts), dtype=np.int64), np.diff(starts, append=len(order)))
+    return run
+
+
+def _medians(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The median of each run of ``values`` (sorted within each run, runs starting at ``starts``) as float64:
+    the middle value, or the mean of the two middle ones (what pandas' group-by median gives)."""
+    sizes = np.diff(starts, append=len(values))
+    as_float = values.astype(np.float64)
+    return (as_float[starts + (sizes - 1) // 2] + as_float[starts + sizes // 2]) / 2
+
+
 def _keyed(table: CommTable, ranks: list[int], columns: tuple[str, ...] = CommTable.COLUMNS) -> _Keyed | None:
     """Each kernel's collective key, and the kernels whose key is on enough ranks (see :func:`matched_kernels`):
-    their ``columns`` of the table and their key. (The intermediate arrays are dropped as soon as read: the
-    matching's peak at 1,024 ranks is these few arrays of every rank's kernels.)"""
+    their ``columns`` of the table and their key. (Integer arrays sorted and cut into runs, no pandas group-by:
+    the matching's peak at 1,024 ranks is a few arrays of every rank's kernels.)"""
     n = len(ranks)
     if n < 2 or (table.sizes(ranks) == 0).any():
         return None
     cols = table.columns(ranks)
     no_pg = np.array([p == "" for p in table.pgs], dtype=bool)
     use_seq = bool((cols["seq"] >= 0).all() and not no_pg[cols["pg"]].any())
-    parts = ("rank", "pg", "seq") if use_seq else ("rank", "name")
-    occurrence = pd.DataFrame({c: cols[c] for c in parts}).groupby(list(parts), sort=False).cumcount()
-    tuples = np.stack([*(cols[c] for c in parts[1:]), occurrence.to_numpy(np.int64)], axis=1)
+    parts = [cols[c] for c in (("rank", "pg", "seq") if use_seq else ("rank", "name"))]
+    # the n-th kernel of its (rank, name) or (rank, pg, seq), in the table's order
+    order, starts = _runs(parts)
+    occurrence = np.empty(len(order), dtype=np.int64)
+    occurrence[order] = np.arange(len(order), dtype=np.int64) - np.repeat(starts, np.diff(starts, append=len(order)))
+    parts = [*parts[1:], occurrence]
     del occurrence
-    unique, inverse = np.unique(tuples, axis=0, return_inverse=True)
-    del tuples
+    order, starts = _runs(parts)
+    distinct = _run_of_rows(order, starts)
+    unique = [p[order[starts]].tolist() for p in parts]
+    del order, starts, parts
     if use_seq:
         pgs = table.pgs
-        text = [f"{pgs[p]}#{s}#{o}" for p, s, o in unique.tolist()]
+        text = [f"{pgs[p]}#{s}#{o}" for p, s, o in zip(*unique, strict=True)]
     else:
         names = table.names
-        text = [f"{names[m]}#{o}" for m, o in unique.tolist()]
+        text = [f"{names[m]}#{o}" for m, o in zip(*unique, strict=True)]
     del unique
     # codes in the order of the keys' text, so that sorting by key sorts as the text would
-    order = sorted(range(len(text)), key=text.__getitem__)
+    by_text = sorted(range(len(text)), key=text.__getitem__)
     code_of = np.empty(len(text), dtype=np.int64)
-    code_of[order] = np.arange(len(text), dtype=np.int64)
-    key = code_of[inverse.reshape(-1)]
-    del inverse
+    code_of[by_text] = np.arange(len(text), dtype=np.int64)
+    key = code_of[distinct]
+    del distinct
     labels = np.empty(len(text), dtype=object)
-    labels[:] = [text[i] for i in order]
+    labels[:] = [text[i] for i in by_text]
     counts = np.bincount(key, minlength=len(text))[key]
     keep = counts >= 2 if use_seq else counts == n
     del counts
     values = {c: cols[c][keep] for c in CommTable.COLUMNS if c in columns}
     del cols
-    frame = pd.DataFrame(values)
-    del values
-    frame["key"] = key[keep]
-    return _Keyed(frame, labels, int((~keep).sum()), use_seq)
+    values["key"] = key[keep]
+    return _Keyed(values, labels, int((~keep).sum()), use_seq)
 
 
 def matched_kernels(ranks: list[int], signatures: list[pd.DataFrame]) -> tuple[pd.DataFrame, int, bool] | None:
@@ -276,16 +313,16 @@ def matched_kernels(ranks: list[int], signatures: list[pd.DataFrame]) -> tuple[p
     table = CommTable.of(ranks, signatures)
     keyed = _keyed(table, ranks)
     assert keyed is not None
-    frame = keyed.frame
+    cols = keyed.columns
     out = pd.DataFrame(
         {
-            "name": table.names[frame["name"].to_numpy()],
-            "pg": table.pgs[frame["pg"].to_numpy()],
-            "seq": frame["seq"].to_numpy(),
-            "ts": frame["ts"].to_numpy(),
-            "dur": frame["dur"].to_numpy(),
-            "rank": frame["rank"].to_numpy(),
-            "key": keyed.labels[frame["key"].to_numpy()],
+            "name": table.names[cols["name"]],
+            "pg": table.pgs[cols["pg"]],
+            "seq": cols["seq"],
+            "ts": cols["ts"],
+            "dur": cols["dur"],
+            "rank": cols["rank"],
+            "key": keyed.labels[cols["key"]],
         }
     )
     return out, keyed.unmatched, keyed.use_seq
@@ -300,77 +337,89 @@ def match_collectives(ranks: list[int], signatures: list[pd.DataFrame]) -> RankS
 
 def match_table(table: CommTable, ranks: list[int]) -> RankSkew | None:
     """Match the collectives of ``ranks`` in the job's signature table; None with < 2 ranks or a rank without
-    collectives."""
+    collectives.
+
+    In numpy on the matched kernels' columns: sorted by key (then duration, then rank) once, each collective a
+    run of that order (``reduceat`` for its minimum, maximum and sum, its medians from the sorted run), each
+    rank's sums by ``np.add.at``; a handful of arrays of the job's kernels at once (a pandas group-by of a
+    13-column frame held ~230 bytes a kernel)."""
     keyed = _keyed(table, ranks, ("rank", "name", "ts", "dur"))  # (the process group and sequence: not read here)
     if keyed is None:
         return None
-    matched, unmatched, use_seq = keyed.frame, keyed.unmatched, keyed.use_seq
-    if len(matched) == 0:
+    cols, unmatched, use_seq = keyed.columns, keyed.unmatched, keyed.use_seq
+    rank, ts, dur, key = cols["rank"], cols["ts"], cols["dur"], cols["key"]
+    if len(key) == 0:
         return None
-    matched["end"] = matched["ts"] + matched["dur"]
-    offsets = _clock_offsets(matched, ranks)
-    matched["aligned_ts"] = matched["ts"] - matched["rank"].map(offsets).to_numpy(np.int64)
-    matched["aligned_end"] = matched["end"] - matched["rank"].map(offsets).to_numpy(np.int64)
+    rank_array = np.asarray(ranks, dtype=np.int64)
+    by_value = np.argsort(rank_array, kind="stable")
+    slot = by_value[np.searchsorted(rank_array, rank, sorter=by_value)]  # each kernel's rank's place in ranks
+    end = ts + dur
+    offsets = _clock_offsets(rank, key, end, ranks, len(keyed.labels))
+    offset_of = np.array([offsets[r] for r in ranks], dtype=np.int64)[slot]
+    aligned_ts = ts - offset_of
+    aligned_end = end - offset_of
+    del end, offset_of
 
-    by_key = matched.groupby("key", sort=False)
-    first_arrival = by_key["aligned_ts"].transform("min")
-    matched["arrival"] = matched["aligned_ts"] - first_arrival  # small numbers: exact in float64 medians
-    del first_arrival  # (the intermediate tables are dropped as soon as read: ~1 MB at 1,024 ranks held at once)
-    min_dur = by_key["dur"].transform("min")
-    matched["wait"] = matched["dur"] - min_dur
-    del min_dur
-    # The rank that came last has the shortest kernel (ties: the lowest rank). (Only the columns read: a sort
-    # of the whole frame copies its 13 columns.)
-    order = matched[["key", "dur", "rank", "name"]].sort_values(["key", "dur", "rank"], kind="stable")
-    first = order.groupby("key", sort=False)
-    last = first.head(1).set_index("key")
-    second_dur = first["dur"].nth(1)
-    second = pd.Series(second_dur.to_numpy(np.int64), index=order.loc[second_dur.index, "key"].to_numpy())
-    del first, order, second_dur
+    # The rank that came last has the shortest kernel (ties: the lowest rank): each collective's run sorted by
+    # duration then rank starts with it.
+    order = np.lexsort((rank, dur, key))
+    starts = _starts(key[order])
+    keys = key[order[starts]]
+    sizes = np.diff(starts, append=len(order))
+    first = order[starts]
+    last_rank, last_name, last_dur = rank[first], cols["name"][first], dur[first]
+    second = order[np.minimum(starts + 1, len(order) - 1)]
+    critical = np.where(sizes > 1, dur[second] - last_dur, 0)
+    median_dur = _medians(dur[order], starts)
+    del first, second
+    min_ts = np.minimum.reduceat(aligned_ts[order], starts)
+    end_spread = np.maximum.reduceat(aligned_end[order], starts) - np.minimum.reduceat(aligned_end[order], starts)
+    del aligned_end
+    run = _run_of_rows(order, starts)
+    wait = dur - last_dur[run]
+    wait_sum = np.add.reduceat(wait[order], starts)
+    arrival = aligned_ts - min_ts[run]
+    spread = np.maximum.reduceat(arrival[order], starts)
+    by_arrival = np.lexsort((arrival, run))  # each collective's arrivals in order, for their median
+    median_arrival = _medians(arrival[by_arrival], starts)
+    del order, by_arrival, arrival
+    aligned_start = min_ts + np.round(median_arrival).astype(np.int64)
+    late = aligned_ts - aligned_start[run]
+    del run, aligned_ts
     colls = pd.DataFrame(
         {
-            "name": last["name"],
-            "ranks": by_key["rank"].size(),
-            "last_rank": last["rank"],
-            "spread_ns": by_key["arrival"].max(),
-            "end_spread_ns": by_key["aligned_end"].max() - by_key["aligned_end"].min(),
-            "median_dur_ns": by_key["dur"].median().round().astype(np.int64),
-            "wait_ns": by_key["wait"].sum(),
-            "critical_ns": (second.reindex(last.index).fillna(last["dur"]) - last["dur"]).astype(np.int64),
-            "aligned_start_ns": by_key["aligned_ts"].min() + by_key["arrival"].median().round().astype(np.int64),
+            "key": pd.array(keyed.labels[keys], dtype=str),
+            "name": pd.array(table.names[last_name], dtype=str),
+            "ranks": sizes.astype(np.int64),
+            "last_rank": last_rank,
+            "spread_ns": spread,
+            "end_spread_ns": end_spread,
+            "median_dur_ns": np.round(median_dur).astype(np.int64),
+            "wait_ns": wait_sum,
+            "critical_ns": critical.astype(np.int64),
+            "aligned_start_ns": aligned_start,
         }
     )
-    del by_key, last, second
-    for column in ("end", "aligned_end", "arrival"):  # read no more
-        del matched[column]
-    matched["late"] = matched["aligned_ts"] - matched["key"].map(colls["aligned_start_ns"]).to_numpy(np.int64)
     # The last rank waits 0 in its collective, so the collective's total wait is what it caused.
-    caused = colls.groupby("last_rank")["wait_ns"].sum()
-    critical = colls.groupby("last_rank")["critical_ns"].sum()
-    last_counts = colls["last_rank"].value_counts()
-    per_rank_groups = matched.groupby("rank")
+    last_slot = by_value[np.searchsorted(rank_array, last_rank, sorter=by_value)]
+    per_rank = pd.DataFrame({"rank": rank_array})
     sizes = table.sizes(ranks)
     comm = table.columns(ranks, ("dur",))["dur"]
-    per_rank = pd.DataFrame({"rank": np.asarray(ranks, dtype=np.int64)})
-    idx = per_rank["rank"]
     per_rank["comm_ns"] = np.add.reduceat(comm, np.cumsum(sizes) - sizes)  # every rank has kernels here
-    per_rank["wait_ns"] = per_rank_groups["wait"].sum().reindex(idx).fillna(0).astype(np.int64).to_numpy()
-    per_rank["last_arrivals"] = last_counts.reindex(idx).fillna(0).astype(np.int64).to_numpy()
-    per_rank["caused_wait_ns"] = caused.reindex(idx).fillna(0).astype(np.int64).to_numpy()
-    per_rank["critical_ns"] = critical.reindex(idx).fillna(0).astype(np.int64).to_numpy()
+    del comm
+    per_rank["wait_ns"] = _sums(slot, wait, len(ranks))
+    per_rank["last_arrivals"] = np.bincount(last_slot, minlength=len(ranks)).astype(np.int64)
+    per_rank["caused_wait_ns"] = _sums(last_slot, wait_sum, len(ranks))
+    per_rank["critical_ns"] = _sums(last_slot, critical, len(ranks))
     per_rank["clock_offset_ns"] = [int(offsets[r]) for r in ranks]
-    per_rank["late_ns"] = per_rank_groups["late"].sum().reindex(idx).fillna(0).astype(np.int64).to_numpy()
-    del per_rank_groups, comm
+    per_rank["late_ns"] = _sums(slot, late, len(ranks))
+    del late, slot
 
-    # the kernels that waited, by rank then start (a stable sort): three arrays of their own, not columns of a
-    # copy of the whole frame (which they would keep alive, ~0.45 KB a rank)
-    positive = (matched["wait"] > 0).to_numpy()
-    rank_of, ts_of, wait_of = (matched[c].to_numpy(np.int64)[positive] for c in ("rank", "ts", "wait"))
+    # the kernels that waited, by rank then start (a stable sort): three arrays of their own
+    positive = wait > 0
+    rank_of, ts_of, wait_of = rank[positive], ts[positive], wait[positive]
     by_rank = np.lexsort((ts_of, rank_of))
     waits = WaitIntervals(ranks, rank_of[by_rank], ts_of[by_rank], wait_of[by_rank])
-    # the keys and names as text again (codes above, so the groupings work on integers)
-    colls["name"] = pd.array(table.names[colls["name"].to_numpy(np.int64)], dtype=str)
-    colls.index = pd.Index(pd.array(keyed.labels[colls.index.to_numpy(np.int64)], dtype=str), name="key")
     return RankSkew(
         ranks=[int(r) for r in ranks],
         matched=len(colls),
@@ -378,8 +427,15 @@ def match_table(table: CommTable, ranks: list[int]) -> RankSkew | None:
         wait_intervals=waits,
         per_rank=per_rank,
         match_key="pg+seq" if use_seq else "order",
-        collectives=colls.reset_index(),
+        collectives=colls,
     )
+
+
+def _sums(slot: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """``values`` summed by ``slot`` (0 <= slot < n), int64."""
+    out = np.zeros(n, dtype=np.int64)
+    np.add.at(out, slot, values.astype(np.int64))
+    return out
 
 
 class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
@@ -418,15 +474,26 @@ class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
         return len(self._ranks)
 
 
-def _clock_offsets(matched: pd.DataFrame, ranks: list[int]) -> dict[int, int]:
+def _clock_offsets(rank: np.ndarray, key: np.ndarray, end: np.ndarray, ranks: list[int], keys: int) -> dict[int, int]:
     """Each rank's clock minus the first rank's: the median difference of the same collectives' end times.
 
     A rank that shares no matched collective with the first rank keeps offset 0 (with sequence
-    matching in disjoint process groups there is no common event to align on).
+    matching in disjoint process groups there is no common event to align on). (The differences as pandas took
+    them: exact int64 when every kernel's collective is on the first rank, else float64 of each end.)
     """
-    ref = ranks[0]
-    ref_end = matched.loc[matched["rank"] == ref, ["key", "end"]].set_index("key")["end"]
-    diff = matched["end"] - matched["key"].map(ref_end)
-    ok = diff.notna()
-    med = diff[ok].groupby(matched.loc[ok, "rank"]).median()
-    return {int(r): round(float(med.get(r, 0.0))) for r in ranks}
+    ref = rank == ranks[0]
+    ref_end = np.zeros(keys, dtype=np.int64)
+    on_ref = np.zeros(keys, dtype=bool)
+    ref_end[key[ref]] = end[ref]
+    on_ref[key[ref]] = True
+    ok = on_ref[key]
+    if ok.all():
+        diff = (end - ref_end[key]).astype(np.float64)
+    else:
+        diff = end[ok].astype(np.float64) - ref_end[key[ok]].astype(np.float64)
+    of = rank[ok]
+    order = np.lexsort((diff, of))
+    starts = _starts(of[order])
+    med = _medians(diff[order], starts)
+    found = {int(r): round(float(m)) for r, m in zip(of[order[starts]].tolist(), med.tolist(), strict=True)}
+    return {int(r): found.get(int(r), 0) for r in ranks}
