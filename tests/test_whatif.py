@@ -790,3 +790,26 @@ def test_a_rule_cannot_make_a_low_confidence_finding_critical() -> None:
     assert f.severity == "warning"
     f.confidence = "medium"
     assert f.severity == "critical"
+
+
+@pytest.mark.parametrize("negative_gaps", [False, True])
+@pytest.mark.parametrize("chunk", [64, 2048])
+def test_chunked_first_pass_is_the_replay(negative_gaps: bool, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunked pass's device ends (its inputs gathered once per replay, sliced per chunk, its running sums
+    taken at once) are the replay's own on HTA's negative_queue_length rank 0 with its FP32 matmuls halved, in
+    chunks of 64 and 2,048 calls; also with some ops' start delays negative (each chunk then sums its own)."""
+    import dataclasses
+    import importlib
+
+    sim = importlib.import_module("mlprof.whatif.simulate")
+    monkeypatch.setattr(sim, "CHUNK", chunk)
+    rr = real(NEGATIVE_QUEUE).diagnosis.whatif.ranks[0]  # type: ignore[union-attr]
+    fixed = apply_fix(rr, "AMP001", rr.graph, opts("AMP001"), None, {})
+    assert fixed is not None
+    if negative_gaps:
+        fixed = dataclasses.replace(fixed, g_gap=fixed.g_gap.copy())
+        fixed.g_gap[::7] -= 3 * fixed.g_dur[::7] + 1000
+        assert ((fixed.g_gap + fixed.g_dur) < 0).any()
+    c = (fixed.g_gap + fixed.g_dur).astype(np.int64)
+    first = sim._chunked(fixed, (fixed.g_ts + fixed.g_dur).astype(np.int64), c)
+    assert first.tolist() == simulate(fixed).g_end.tolist() == brute_force_ends(fixed)

@@ -135,22 +135,56 @@ def _chunked(g: ReplayGraph, g_end: np.ndarray, c: np.ndarray) -> np.ndarray:
         late_wait[h_chunk[items][g_chunk[g.h_wait[items]] >= h_chunk[items]]] = True
     if len(dops):
         late_wait[g_chunk[dops][g_chunk[g.g_dep[dops]] > g_chunk[dops]]] = True
+    # What every chunk reads, gathered once in the order of ``order`` (and its positions per chunk): the loop
+    # below then slices it. A stream's first and last op in a chunk are where it changes or a chunk starts.
+    o_stream = g.g_stream[order]
+    o_first = np.ones(n_g, dtype=bool)
+    o_first[1:] = o_stream[1:] != o_stream[:-1]
+    o_first[bounds[:-1][bounds[:-1] < n_g]] = True
+    o_last = np.ones(n_g, dtype=bool)
+    o_last[:-1] = o_first[1:]
+    o_c = c[order]
+    # The running sums of each stream in each chunk, taken at once: equal to the chunk's own where no op's
+    # c is negative (the segments' bases then ascend); else each chunk sums its own, as it did.
+    o_cs = _segmented_cumsum(o_c, o_first) if bool((o_c >= 0).all()) else None
+    o_off = o_stream * SEGMENT
+    o_launch = g.g_launch[order]
+    o_lat = g.g_lat[order]
+    o_anchor = g.g_anchor[order]
+    o_dep = g.g_dep[order]
+    l_pos = np.flatnonzero(o_launch >= 0)  # ops launched by a host call
+    l_call, l_lat = o_launch[l_pos], o_lat[l_pos]
+    f_pos = np.flatnonzero(o_first)
+    f_stream = o_stream[f_pos]
+    e_pos = np.flatnonzero(o_last)
+    e_stream = o_stream[e_pos]
+    d_pos = np.flatnonzero(o_dep >= 0)
+    cuts = [np.searchsorted(pos, bounds).tolist() for pos in (l_pos, f_pos, e_pos, d_pos)]
+    l_cut, f_cut, e_cut, d_cut = cuts
+    op_cut = bounds.tolist()
+    # The host calls' running sums (steps are >= 0): a chunk's own is the difference of two of them.
+    h_sum0 = np.concatenate([[0], np.cumsum(step_all)])
+    h_no_wait_start = h_sum0[:-1] + g.h_gap  # a call's start less the frontier before its chunk, if no call waits
+    chunk_waits = np.bincount(h_chunk[waits], minlength=n_chunks).tolist()
     for k in range(n_chunks):
         a, b = k * CHUNK, min((k + 1) * CHUNK, n_h)
-        ops = order[bounds[k] : bounds[k + 1]]
-        streams = g.g_stream[ops]
-        first = np.ones(len(ops), dtype=bool)
-        first[1:] = streams[1:] != streams[:-1]
-        cc = c[ops]
-        cs = _segmented_cumsum(cc, first)
-        off = streams * SEGMENT
-        launched = g.g_launch[ops] >= 0
-        dep = g.g_dep[ops]
-        has_dep = dep >= 0
+        s0, s1 = op_cut[k], op_cut[k + 1]
+        ops = order[s0:s1]
+        streams = o_stream[s0:s1]
+        cc = o_c[s0:s1]
+        cs = o_cs[s0:s1] if o_cs is not None else _segmented_cumsum(cc, o_first[s0:s1])
+        off = o_off[s0:s1]
+        base = off - (cs - cc)  # key = ready - (cs - cc) + off
+        cs_off = cs - off  # end = cs + (cummax(key) - off)
+        dep = o_dep[s0:s1]
+        launched = l_pos[l_cut[k] : l_cut[k + 1]] - s0
+        launcher, latency = l_call[l_cut[k] : l_cut[k + 1]], l_lat[l_cut[k] : l_cut[k + 1]]
+        first = f_pos[f_cut[k] : f_cut[k + 1]] - s0
+        first_stream = f_stream[f_cut[k] : f_cut[k + 1]]
         # Cross-stream waits inside the chunk are resolved in one pass over the waiting ops only (in recorded
         # start order, see _dep_keys); where two of them tie on their recorded start the order is not known,
         # and the chunk alternates Jacobi rounds until it settles, as a chunk does for its host waits.
-        dl = np.flatnonzero(has_dep)
+        dl = d_pos[d_cut[k] : d_cut[k + 1]] - s0
         inner_ok = True
         if len(dl):
             dl = dl[np.lexsort((dl, g.g_ts[ops[dl]]))]
@@ -158,38 +192,48 @@ def _chunked(g: ReplayGraph, g_end: np.ndarray, c: np.ndarray) -> np.ndarray:
             inner_ok = not bool((g.g_ts[tgt] >= g.g_ts[ops[dl]]).any())
             if not inner_ok:
                 late_wait[k] = True
+        host_waits = chunk_waits[k] > 0
+        if not host_waits:
+            # No call of the chunk waits: the frontier only advances by the steps (the scan below, whose
+            # waits are all NONE, far below the frontier), the same in every round.
+            h_start[a:b] = h_no_wait_start[a:b] + (front_prev - int(h_sum0[a]))
+            front_last = front_prev + int(h_sum0[b] - h_sum0[a])
+        end = cs
         for _ in range(MAX_ROUNDS):
-            # host calls of the chunk
-            w = np.full(b - a, NONE, dtype=np.int64)
-            wk = waits[a:b]
-            w[wk] = g_end[g.h_wait[a:b][wk]] + g.h_tail[a:b][wk]
-            step = step_all[a:b]
-            hsum = np.cumsum(step)
-            front = hsum + np.maximum(np.maximum.accumulate(w - hsum), front_prev)
-            prev = np.concatenate([[front_prev], front[:-1]])
-            h_start[a:b] = prev + g.h_gap[a:b]
-            if len(ops) == 0:
+            if host_waits:
+                # host calls of the chunk
+                w = np.full(b - a, NONE, dtype=np.int64)
+                wk = waits[a:b]
+                w[wk] = g_end[g.h_wait[a:b][wk]] + g.h_tail[a:b][wk]
+                hsum = h_sum0[a + 1 : b + 1] - h_sum0[a]
+                front = hsum + np.maximum(np.maximum.accumulate(w - hsum), front_prev)
+                prev = np.concatenate([[front_prev], front[:-1]])
+                h_start[a:b] = prev + g.h_gap[a:b]
+                front_last = int(front[-1])
+            if s1 == s0:
                 break
             # device ops of the chunk, each stream continuing from its last op before the chunk
-            ready = g.g_anchor[ops].copy()
-            ready[launched] = h_start[g.g_launch[ops][launched]] + g.g_lat[ops][launched]
-            ready[first] = np.maximum(ready[first], stream_end[streams[first]])
-            key = ready - (cs - cc) + off
+            ready = o_anchor[s0:s1].copy()
+            ready[launched] = h_start[launcher] + latency
+            ready[first] = np.maximum(ready[first], stream_end[first_stream])
+            key = ready + base
             if len(dl):
                 if inner_ok:
                     key[dl] = _dep_keys(g, ops, dl, key, cs, cc, off, streams, g_end)
                 else:
                     key[dl] = np.maximum(key[dl], g_end[dep[dl]] + g.g_dep_delay[ops[dl]] - (cs - cc)[dl] + off[dl])
-            end = cs + (np.maximum.accumulate(key) - off)
+            end = np.maximum.accumulate(key) + cs_off
+            if not late_wait[k]:
+                g_end[ops] = end
+                break
             settled = np.array_equal(end, g_end[ops])
             g_end[ops] = end
-            if settled or not late_wait[k]:
+            if settled:
                 break
-        front_prev = int(front[-1]) if b > a else front_prev
-        if len(ops):
-            last = np.ones(len(ops), dtype=bool)
-            last[:-1] = streams[1:] != streams[:-1]
-            stream_end[streams[last]] = g_end[ops][last]
+        front_prev = front_last
+        if s1 > s0:
+            last = e_pos[e_cut[k] : e_cut[k + 1]]
+            stream_end[e_stream[e_cut[k] : e_cut[k + 1]]] = end[last - s0]
     return g_end
 
 
