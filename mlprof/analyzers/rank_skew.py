@@ -164,26 +164,49 @@ class CommTable:
     def columns(self, ranks: list[int], names: tuple[str, ...] = COLUMNS) -> dict[str, np.ndarray]:
         """The kernels of ``ranks``, rank after rank in that order (as ``pd.concat`` of their signatures): the
         columns ``names``."""
-        by_rank = self._by_rank()
-        blocks = [b for r in ranks for b in by_rank.get(int(r), [])]
-        index = (
-            np.concatenate([np.arange(s, s + n, dtype=np.int64) for s, n in blocks])
-            if blocks
-            else np.zeros(0, np.int64)
-        )
-        return {c: self._rows[i, : self._n][index] for i, c in enumerate(self.COLUMNS) if c in names}
+        index = self.index(ranks)
+        return {c: self.column(c, index) for c in self.COLUMNS if c in names}
+
+    def index(self, ranks: list[int]) -> np.ndarray:
+        """The rows of the kernels of ``ranks``, rank after rank in that order (each rank's signatures in the order
+        added)."""
+        _, start, n = self._blocks_of(ranks)
+        if len(n) == 0:
+            return np.zeros(0, np.int64)
+        ends = np.cumsum(n)
+        return np.repeat(start - (ends - n), n) + np.arange(int(ends[-1]), dtype=np.int64)
+
+    def column(self, name: str, index: np.ndarray) -> np.ndarray:
+        """Column ``name`` at rows ``index`` (:meth:`index`)."""
+        return self._rows[self.COLUMNS.index(name), : self._n][index]
 
     def sizes(self, ranks: list[int]) -> np.ndarray:
         """Kernels per rank of ``ranks``."""
-        by_rank = self._by_rank()
-        return np.array([sum(n for _, n in by_rank.get(int(r), [])) for r in ranks], dtype=np.int64)
+        slot, _, n = self._blocks_of(ranks)
+        out = np.zeros(len(ranks), dtype=np.int64)
+        np.add.at(out, slot, n)
+        return out
 
-    def _by_rank(self) -> dict[int, list[tuple[int, int]]]:
-        """rank -> (first row, rows) of each signature added for it, in the order added (made when asked for)."""
-        index: dict[int, list[tuple[int, int]]] = {}
-        for rank, start, n in zip(*self._blocks, strict=True):
-            index.setdefault(rank, []).append((start, n))
-        return index
+    def _blocks_of(self, ranks: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The place in ``ranks``, first row and rows of each signature added for one of ``ranks``, rank after rank
+        in the order of ``ranks`` and in the order added for each (int64 arrays; no per-rank objects)."""
+        rank, start, n = (np.array(column, dtype=np.int64) for column in self._blocks)
+        wanted = np.asarray(ranks, dtype=np.int64).reshape(-1)
+        if len(np.unique(wanted)) < len(wanted):  # a rank asked for twice: its kernels twice
+            by_rank: dict[int, list[int]] = {}
+            for i, r in enumerate(rank.tolist()):
+                by_rank.setdefault(r, []).append(i)
+            picks = [(k, i) for k, r in enumerate(wanted.tolist()) for i in by_rank.get(r, [])]
+            at = np.array([i for _, i in picks], dtype=np.int64)
+            return np.array([k for k, _ in picks], dtype=np.int64), start[at], n[at]
+        if len(wanted) == 0 or len(rank) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        by_value = np.argsort(wanted, kind="stable")
+        place = np.minimum(np.searchsorted(wanted, rank, sorter=by_value), len(wanted) - 1)
+        slot = by_value[place]
+        found = np.flatnonzero(wanted[slot] == rank)
+        found = found[np.argsort(slot[found], kind="stable")]
+        return slot[found], start[found], n[found]
 
     @property
     def names(self) -> np.ndarray:
@@ -264,10 +287,12 @@ def _keyed(table: CommTable, ranks: list[int], columns: tuple[str, ...] = CommTa
     n = len(ranks)
     if n < 2 or (table.sizes(ranks) == 0).any():
         return None
-    cols = table.columns(ranks)
-    no_pg = np.array([p == "" for p in table.pgs], dtype=bool)
-    use_seq = bool((cols["seq"] >= 0).all() and not no_pg[cols["pg"]].any())
-    parts = [cols[c] for c in (("rank", "pg", "seq") if use_seq else ("rank", "name"))]
+    index = table.index(ranks)  # (each column read from the table when needed, one or two at once)
+    use_seq = bool((table.column("seq", index) >= 0).all())
+    if use_seq:
+        no_pg = np.array([p == "" for p in table.pgs], dtype=bool)
+        use_seq = not no_pg[table.column("pg", index)].any()
+    parts = [table.column(c, index) for c in (("rank", "pg", "seq") if use_seq else ("rank", "name"))]
     # the n-th kernel of its (rank, name) or (rank, pg, seq), in the table's order
     order, starts = _runs(parts)
     occurrence = np.empty(len(order), dtype=np.int64)
@@ -296,10 +321,12 @@ def _keyed(table: CommTable, ranks: list[int], columns: tuple[str, ...] = CommTa
     counts = np.bincount(key, minlength=len(text))[key]
     keep = counts >= 2 if use_seq else counts == n
     del counts
-    values = {c: cols[c][keep] for c in CommTable.COLUMNS if c in columns}
-    del cols
+    unmatched = int(len(keep) - np.count_nonzero(keep))
+    index = index[keep]
+    values = {c: table.column(c, index) for c in CommTable.COLUMNS if c in columns}
+    del index
     values["key"] = key[keep]
-    return _Keyed(values, labels, int((~keep).sum()), use_seq)
+    return _Keyed(values, labels, unmatched, use_seq)
 
 
 def matched_kernels(ranks: list[int], signatures: list[pd.DataFrame]) -> tuple[pd.DataFrame, int, bool] | None:
@@ -346,49 +373,51 @@ def match_table(table: CommTable, ranks: list[int]) -> RankSkew | None:
     keyed = _keyed(table, ranks, ("rank", "name", "ts", "dur"))  # (the process group and sequence: not read here)
     if keyed is None:
         return None
-    cols, unmatched, use_seq = keyed.columns, keyed.unmatched, keyed.use_seq
-    rank, ts, dur, key = cols["rank"], cols["ts"], cols["dur"], cols["key"]
+    unmatched, use_seq, labels = keyed.unmatched, keyed.use_seq, keyed.labels
+    rank, name, ts, dur, key = (keyed.columns.pop(c) for c in ("rank", "name", "ts", "dur", "key"))
+    del keyed  # (each array dropped once read: the peak is the few arrays of every kernel held at once)
     if len(key) == 0:
         return None
-    rank_array = np.asarray(ranks, dtype=np.int64)
-    by_value = np.argsort(rank_array, kind="stable")
-    slot = by_value[np.searchsorted(rank_array, rank, sorter=by_value)]  # each kernel's rank's place in ranks
-    end = ts + dur
-    offsets = _clock_offsets(rank, key, end, ranks, len(keyed.labels))
-    offset_of = np.array([offsets[r] for r in ranks], dtype=np.int64)[slot]
-    aligned_ts = ts - offset_of
-    aligned_end = end - offset_of
-    del end, offset_of
-
     # The rank that came last has the shortest kernel (ties: the lowest rank): each collective's run sorted by
     # duration then rank starts with it.
     order = np.lexsort((rank, dur, key))
     starts = _starts(key[order])
-    keys = key[order[starts]]
-    sizes = np.diff(starts, append=len(order))
     first = order[starts]
-    last_rank, last_name, last_dur = rank[first], cols["name"][first], dur[first]
-    second = order[np.minimum(starts + 1, len(order) - 1)]
-    critical = np.where(sizes > 1, dur[second] - last_dur, 0)
+    keys, last_rank, last_name, last_dur = key[first], rank[first], name[first], dur[first]
+    del name, key
+    sizes = np.diff(starts, append=len(order))
+    critical = np.where(sizes > 1, dur[order[np.minimum(starts + 1, len(order) - 1)]] - last_dur, 0)
     median_dur = _medians(dur[order], starts)
-    del first, second
-    min_ts = np.minimum.reduceat(aligned_ts[order], starts)
+    run = _run_of_rows(order, starts)  # each kernel's collective (0 .. collectives - 1, in the order of keys)
+    wait = dur - last_dur[run]
+    del dur
+    wait_sum = np.add.reduceat(wait[order], starts)
+
+    rank_array = np.asarray(ranks, dtype=np.int64)
+    by_value = np.argsort(rank_array, kind="stable")
+    slot = by_value[np.searchsorted(rank_array, rank, sorter=by_value)]  # each kernel's rank's place in ranks
+    aligned_end = ts + wait + last_dur[run]  # the end (ts + dur), aligned in place below
+    offsets = _clock_offsets(rank, run, aligned_end, ranks, len(starts))
+    offset_of = np.array([offsets[r] for r in ranks], dtype=np.int64)[slot]
+    aligned_end -= offset_of
     end_spread = np.maximum.reduceat(aligned_end[order], starts) - np.minimum.reduceat(aligned_end[order], starts)
     del aligned_end
-    run = _run_of_rows(order, starts)
-    wait = dur - last_dur[run]
-    wait_sum = np.add.reduceat(wait[order], starts)
+    aligned_ts = ts - offset_of
+    del offset_of
+    min_ts = np.minimum.reduceat(aligned_ts[order], starts)
     arrival = aligned_ts - min_ts[run]
     spread = np.maximum.reduceat(arrival[order], starts)
+    del order
     by_arrival = np.lexsort((arrival, run))  # each collective's arrivals in order, for their median
     median_arrival = _medians(arrival[by_arrival], starts)
-    del order, by_arrival, arrival
+    del by_arrival, arrival
     aligned_start = min_ts + np.round(median_arrival).astype(np.int64)
-    late = aligned_ts - aligned_start[run]
+    late = aligned_ts
+    late -= aligned_start[run]
     del run, aligned_ts
     colls = pd.DataFrame(
         {
-            "key": pd.array(keyed.labels[keys], dtype=str),
+            "key": pd.array(labels[keys], dtype=str),
             "name": pd.array(table.names[last_name], dtype=str),
             "ranks": sizes.astype(np.int64),
             "last_rank": last_rank,
@@ -416,10 +445,9 @@ def match_table(table: CommTable, ranks: list[int]) -> RankSkew | None:
     del late, slot
 
     # the kernels that waited, by rank then start (a stable sort): three arrays of their own
-    positive = wait > 0
-    rank_of, ts_of, wait_of = rank[positive], ts[positive], wait[positive]
-    by_rank = np.lexsort((ts_of, rank_of))
-    waits = WaitIntervals(ranks, rank_of[by_rank], ts_of[by_rank], wait_of[by_rank])
+    waited = np.flatnonzero(wait > 0)
+    waited = waited[np.lexsort((ts[waited], rank[waited]))]
+    waits = WaitIntervals(ranks, rank[waited], ts[waited], wait[waited])
     return RankSkew(
         ranks=[int(r) for r in ranks],
         matched=len(colls),
@@ -474,24 +502,26 @@ class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
         return len(self._ranks)
 
 
-def _clock_offsets(rank: np.ndarray, key: np.ndarray, end: np.ndarray, ranks: list[int], keys: int) -> dict[int, int]:
-    """Each rank's clock minus the first rank's: the median difference of the same collectives' end times.
+def _clock_offsets(rank: np.ndarray, run: np.ndarray, end: np.ndarray, ranks: list[int], runs: int) -> dict[int, int]:
+    """Each rank's clock minus the first rank's: the median difference of the same collectives' end times
+    (``run``: each kernel's collective, ``0 <= run < runs``).
 
     A rank that shares no matched collective with the first rank keeps offset 0 (with sequence
     matching in disjoint process groups there is no common event to align on). (The differences as pandas took
     them: exact int64 when every kernel's collective is on the first rank, else float64 of each end.)
     """
     ref = rank == ranks[0]
-    ref_end = np.zeros(keys, dtype=np.int64)
-    on_ref = np.zeros(keys, dtype=bool)
-    ref_end[key[ref]] = end[ref]
-    on_ref[key[ref]] = True
-    ok = on_ref[key]
+    ref_end = np.zeros(runs, dtype=np.int64)
+    on_ref = np.zeros(runs, dtype=bool)
+    ref_end[run[ref]] = end[ref]
+    on_ref[run[ref]] = True
+    ok = on_ref[run]
     if ok.all():
-        diff = (end - ref_end[key]).astype(np.float64)
+        diff = (end - ref_end[run]).astype(np.float64)
+        of = rank
     else:
-        diff = end[ok].astype(np.float64) - ref_end[key[ok]].astype(np.float64)
-    of = rank[ok]
+        diff = end[ok].astype(np.float64) - ref_end[run[ok]].astype(np.float64)
+        of = rank[ok]
     order = np.lexsort((diff, of))
     starts = _starts(of[order])
     med = _medians(diff[order], starts)

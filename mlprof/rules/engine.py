@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -243,6 +244,42 @@ def _merge(
     return merged
 
 
+class _Values:
+    """Numbers appended in order, 8 bytes each in an ``array`` while every value is exactly the array's Python type
+    (``float`` for ``"d"``, ``int`` for ``"q"``), else a list of the values as given (what a list of them was:
+    iterated, summed or sorted, the same numbers in the same order). A list held a 24-32 byte object per value."""
+
+    __slots__ = ("kind", "values")
+
+    def __init__(self, typecode: str, values: Iterable[Any] = ()) -> None:
+        self.kind: type = float if typecode == "d" else int
+        self.values: array[Any] | list[Any] = array(typecode)
+        for value in values:
+            self.append(value)
+
+    def append(self, value: Any) -> None:
+        values = self.values
+        if type(values) is array:
+            if type(value) is self.kind:
+                try:
+                    values.append(value)
+                    return
+                except OverflowError:  # an int beyond int64
+                    pass
+            values = self.values = values.tolist()
+        values.append(value)
+
+    def extend(self, values: Iterable[Any]) -> None:
+        for value in values:
+            self.append(value)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.values)
+
+
 class _Group:
     """What the merge keeps of one rule's findings over the ranks: the worst finding (the first of the largest
     time lost, then memory growth, as ``max`` picks it) and, per finding in rank order, its time lost, claimed
@@ -250,17 +287,18 @@ class _Group:
 
     The claimed causes are kept per cause, one value per finding (0.0 where a finding claims none of it: what
     ``c.get(cause, 0.0)`` gave over the findings' dicts), not as each finding's dict (~0.5 KB a finding, its
-    keys unpickled anew for every rank: ~1.5 MB of the merge's peak at 1,024 ranks)."""
+    keys unpickled anew for every rank: ~1.5 MB of the merge's peak at 1,024 ranks); the numbers in arrays of
+    8 bytes a value (:class:`_Values`), not lists of float and int objects (~0.5 KB a rank)."""
 
     __slots__ = ("claimed", "first_rank", "lost", "ranks", "worst", "worst_key")
 
     def __init__(self) -> None:
         self.worst: Finding | None = None
         self.worst_key: tuple[float, Any] | None = None
-        self.lost: list[float] = []
-        self.claimed: dict[str, list[float]] = {}
-        self.ranks: list[int] = []
-        self.first_rank: list[int] = []
+        self.lost = _Values("d")
+        self.claimed: dict[str, _Values] = {}
+        self.ranks = _Values("q")
+        self.first_rank = _Values("q")
 
     def add(self, f: Finding) -> None:
         key = (f.time_lost_ns_per_step, f.evidence.get("growth_mib_per_step", 0))
@@ -269,7 +307,7 @@ class _Group:
         claimed = f.claimed
         for cause in claimed:
             if cause not in self.claimed:
-                self.claimed[sys.intern(cause)] = [0.0] * len(self.lost)
+                self.claimed[sys.intern(cause)] = _Values("d", [0.0] * len(self.lost))
         for cause, values in self.claimed.items():
             values.append(claimed.get(cause, 0.0))
         self.lost.append(f.time_lost_ns_per_step)
