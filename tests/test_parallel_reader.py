@@ -251,3 +251,41 @@ def test_pieces_decoded_in_place_give_the_whole_slice(odd: str, monkeypatch: pyt
     for name, table in tables_b.items():
         pd.testing.assert_frame_equal(tables_a[name], table, check_exact=True, obj=name)
     assert sum(len(t) for t in tables_b.values()) > 1000
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memory files (memfd_create) on this platform")
+def test_columns_written_to_a_memory_file_merge_as_the_arrays(tmp_path: Path) -> None:
+    # A worker's columns written into a memory file (parts replaced by where they are) and merged into a builder,
+    # twice over (a text column's codes through two mappings), give the tables of the arrays merged so.
+    import mmap
+
+    from mlprof.trace.build import SharedPart
+
+    source = external("hta/tests/data/nccl_parser_config/nccl_data.json.gz")
+    path = tmp_path / "nccl_data.json"
+    path.write_bytes(gzip.decompress(source.read_bytes()))
+    text = path.read_bytes()
+    start = text.index(b"[", text.index(b'"traceEvents"')) + 1
+    start = text.index(b"{", start)
+    end = text.rindex(b"}", 0, text.rindex(b"]")) + 1
+    fd = os.memfd_create("test")
+    try:
+        on_file = parallel._build_range(path, start, end, fd)
+        in_band = parallel._build_range(path, start, end)
+        parts = [p for cols in on_file.cols.values() for ps in cols.values() for p in ps]
+        assert parts and all(isinstance(p, SharedPart) for p in parts)
+        tables = []
+        for partial in (on_file, in_band):
+            first, second = TableBuilder(), TableBuilder()
+            first.symbols.encode(["x", "y"])  # codes differ from the worker's: remapped twice
+            first.merge_partial(partial)
+            second.symbols.encode(["z"])
+            second.merge_partial(first.export_partial())
+            merged = second.export_partial()
+            merged.resolve(memoryview(mmap.mmap(fd, os.fstat(fd).st_size)))
+            tables.append(TableBuilder.from_partial(merged).finish())
+    finally:
+        os.close(fd)
+    for name, table in tables[1].items():
+        pd.testing.assert_frame_equal(tables[0][name], table, check_exact=True, obj=name)
+    assert sum(len(t) for t in tables[1].values()) > 1000

@@ -352,3 +352,35 @@ def test_columns_come_back_through_the_pipe_without_a_memory_file(
     path = external(REAL[0])
     _assert_tables_equal(_read_ahead_tables(path), _plain_tables(path))
     assert kinds == ["ok"]
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memory files (memfd_create) on this platform")
+@pytest.mark.usefixtures("small_slices")
+@pytest.mark.parametrize("room", ["enough", "none"])
+def test_workers_write_their_columns_into_the_memory_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room: str
+) -> None:
+    """The read-ahead's workers write the columns of a plain file's slices into its memory file themselves (the
+    pool's pipe carries where they are, the read-ahead process neither receives nor copies them); where they do
+    not fit their room there, they come back through the pipe as before. The tables are the plain read's."""
+    from mlprof.trace import parallel
+    from mlprof.trace.build import Partial, SharedPart
+
+    source = external("hta/tests/data/nccl_parser_config/nccl_data.json.gz")
+    path = tmp_path / "nccl_data.json"
+    path.write_bytes(gzip.decompress(source.read_bytes()))
+    if room == "none":
+        monkeypatch.setattr(parallel, "SHARED_BYTES_PER_JSON_BYTE", 0)  # inherited by the forked processes
+    shared: list[int] = []
+    real = Partial.resolve
+
+    def counted(self: Partial, buffer: Any) -> None:
+        stores = (*self.cols.values(), self.collectives)
+        shared.append(sum(isinstance(p, SharedPart) for store in stores for parts in store.values() for p in parts))
+        real(self, buffer)
+
+    monkeypatch.setattr(Partial, "resolve", counted)
+    kinds = _taken_kind(monkeypatch)
+    _assert_tables_equal(_read_ahead_tables(path, workers=2), _plain_tables(path))
+    assert kinds == ["shm"] and len(shared) == 1
+    assert (shared[0] > 100) == (room == "enough") and (shared[0] == 0) == (room == "none")

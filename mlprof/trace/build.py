@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -69,6 +69,27 @@ def _family(cat: Any, ph: Any) -> int:
     return SKIP
 
 
+@dataclass(frozen=True)
+class SharedPart:
+    """A column part that a worker process wrote into a memory file (:mod:`mlprof.trace.parallel`) instead of
+    sending it through the pool's pipe: ``count`` items of ``dtype`` from byte ``offset``. ``mapping``: for a
+    text column, the symbol codes (of the builders it was merged into) of the worker's codes, None until merged.
+    :meth:`Partial.resolve` makes it an array again, from the file's bytes."""
+
+    offset: int
+    dtype: str
+    count: int
+    mapping: np.ndarray | None = None
+
+    def remapped(self, mapping: np.ndarray) -> SharedPart:
+        """This part with its codes taken through ``mapping`` too (as ``mapping[part]``), when it is read."""
+        return replace(self, mapping=mapping if self.mapping is None else mapping[self.mapping])
+
+    def array(self, buffer: Any) -> np.ndarray:
+        values = np.frombuffer(buffer, dtype=self.dtype, count=self.count, offset=self.offset)
+        return values if self.mapping is None else self.mapping[values]
+
+
 @dataclass
 class Partial:
     """A builder's columns with its own symbol strings, to merge into another builder."""
@@ -82,6 +103,15 @@ class Partial:
     events: int = 0
     repaired_utf8: bool = False
     not_events: int = 0
+
+    def resolve(self, buffer: Any) -> None:
+        """Every :class:`SharedPart` among the columns' parts made an array of ``buffer`` (the memory file's
+        bytes, mapped): a view, or for a text column the codes taken through its mapping."""
+        for store in (*self.cols.values(), self.collectives):
+            for parts in store.values():
+                for i, part in enumerate(parts):
+                    if isinstance(part, SharedPart):
+                        parts[i] = part.array(buffer)
 
 
 class TableBuilder:
@@ -359,10 +389,10 @@ class TableBuilder:
             kinds = _FAMILY_COLUMNS[fam]
             for col, parts in cols.items():
                 remap = kinds.get(col) == "str"
-                self._cols[fam][col].extend(mapping[p] if remap else p for p in parts)
+                self._cols[fam][col].extend(_remapped(p, mapping) if remap else p for p in parts)
         for col, parts in partial.collectives.items():
             remap = _COLLECTIVE_COLUMNS.get(col) == "str"
-            self._collectives[col].extend(mapping[p] if remap else p for p in parts)
+            self._collectives[col].extend(_remapped(p, mapping) if remap else p for p in parts)
         self.metadata.extend(partial.metadata)
         self.categories_seen |= partial.categories_seen
         self.dropped_no_time += partial.dropped_no_time
@@ -422,6 +452,11 @@ class TableBuilder:
         import pandas as pd
 
         return pd.DataFrame(data, copy=False)
+
+
+def _remapped(part: np.ndarray | SharedPart, mapping: np.ndarray) -> Any:
+    """``mapping[part]``: now for an array, when it is read for a part in a memory file."""
+    return part.remapped(mapping) if isinstance(part, SharedPart) else mapping[part]
 
 
 def _field(items: Sequence[Any], attr: str) -> list[Any]:

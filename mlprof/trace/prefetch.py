@@ -19,7 +19,10 @@ imported the reader), the child cutting the file and merging their columns. The 
 parent's imports then overlap the read instead of preceding it; the columns come back joined
 (~46 MB for a 217 MB trace). On Linux the child writes the columns' bytes into a memory file
 (``memfd``) made before the fork, which the parent maps: only their pickled description goes
-through the pipe (taking the columns: 0.04-0.08 s of pipe and unpickling before, ~1 ms now);
+through the pipe (taking the columns: 0.04-0.08 s of pipe and unpickling before, ~1 ms now). The
+workers write the columns of their slices there themselves (:func:`mlprof.trace.parallel._share`), so
+they do not come to the child at all (pickled, piped, unpickled and written again: ~0.1 s of CPU and
+~30 MB of the child's memory on a 217 MB trace);
 elsewhere, or if that fails, they are pickled through the pipe. The child runs in its own process
 group, so stopping it (:func:`take` of another file, an error, Ctrl-C) stops its workers too,
 and it relays the read's progress for the parent's progress bar.
@@ -157,7 +160,7 @@ def _child(
             import gc
 
             gc.disable()  # as the plain read (loader._load): millions of short-lived objects, no cycles
-            builder, header, stats = _read(Path(path), workers, _relay(out))
+            builder, header, stats = _read(Path(path), workers, _relay(out), shm)
             # Through a memory file each part of a column is written as it is (the parent joins them as it makes
             # the tables): joined here first they were copied twice, ~46 MB more of this process's memory.
             payload: tuple[Any, ...] = ("ok", header, stats, builder.export_partial(joined=shm is None))
@@ -166,7 +169,7 @@ def _child(
             payload = ("failed",)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # nothing raises past this point
         if shm is not None and payload[0] == "ok":
-            payload = _out_of_band(payload, shm)
+            payload = _out_of_band(payload, shm, _shared_end(path))
         with out:
             pickle.dump(payload, out, protocol=pickle.HIGHEST_PROTOCOL)
         code = 0
@@ -176,41 +179,70 @@ def _child(
         os._exit(code)
 
 
-def _out_of_band(payload: tuple[Any, ...], shm: int) -> tuple[Any, ...]:  # pragma: no cover - in the child
-    """("shm", pickle, sizes): ``payload`` pickled with its arrays' bytes out of band, written one after another
-    into the memory file ``shm``, which the parent maps (the columns are not copied through the pipe, ~46 MB
-    for a 217 MB trace, nor held twice by the parent while they are unpickled). ``payload`` itself where
-    that cannot be done (a buffer that is not contiguous, a write that fails)."""
+def _shared_end(path: str) -> int:  # pragma: no cover - in the child
+    """Where the workers' columns end in the memory file (:data:`~mlprof.trace.parallel.SHARED_BYTES_PER_JSON_BYTE`
+    per byte of the file at most), rounded up to a page: the child's own arrays go after."""
+    from mlprof.trace.parallel import SHARED_BYTES_PER_JSON_BYTE
+
     try:
+        end = os.stat(path).st_size * SHARED_BYTES_PER_JSON_BYTE
+    except OSError:
+        return -1
+    return -(-end // 65536) * 65536
+
+
+def _out_of_band(payload: tuple[Any, ...], shm: int, at: int = 0) -> tuple[Any, ...]:  # pragma: no cover - in child
+    """("shm", pickle, sizes, at): ``payload`` pickled with its arrays' bytes out of band, written one after another
+    into the memory file ``shm`` from byte ``at`` (after the workers' columns, which they wrote there themselves:
+    :mod:`mlprof.trace.parallel`), which the parent maps (the columns are not copied through the pipe, ~46 MB
+    for a 217 MB trace, nor held twice by the parent while they are unpickled). ``payload`` itself where
+    that cannot be done (a buffer that is not contiguous, a write that fails; then the columns written by the
+    workers cannot be read: ``("failed",)``)."""
+    try:
+        if at < 0:
+            raise ValueError("no room")
         buffers: list[pickle.PickleBuffer] = []
         meta = pickle.dumps(payload, protocol=5, buffer_callback=buffers.append)
         raws = [b.raw() for b in buffers]
-        at = 0
+        start = at
         for raw in raws:
             while len(raw):
                 n = os.pwrite(shm, raw, at)
                 raw, at = raw[n:], at + n
-        return ("shm", meta, [raw.nbytes for raw in raws])
+        if os.fstat(shm).st_size < at:  # the parent maps up to here: no array of the child's own after the workers'
+            os.ftruncate(shm, at)
+        return ("shm", meta, [raw.nbytes for raw in raws], start)
     except (BufferError, OSError, ValueError):
-        return payload
+        return ("failed",) if _has_shared_parts(payload) else payload
+
+
+def _has_shared_parts(payload: tuple[Any, ...]) -> bool:  # pragma: no cover - in the child
+    from mlprof.trace.build import SharedPart
+
+    partial = payload[3]
+    stores = (*partial.cols.values(), partial.collectives)
+    return any(isinstance(p, SharedPart) for store in stores for parts in store.values() for p in parts)
 
 
 def _in_band(payload: tuple[Any, ...], shm: int | None) -> tuple[Any, ...]:
-    """The child's payload, its arrays' bytes read from the memory file (mapped, not copied) if it sent them so."""
+    """The child's payload, its arrays' bytes read from the memory file (mapped, not copied) if it sent them so,
+    the workers' columns among them."""
     if payload[0] != "shm":
         return payload
     if shm is None:
         return ("failed",)
     import mmap
 
-    _, meta, sizes = payload
-    total = sum(sizes)
+    _, meta, sizes, start = payload
+    total = start + sum(sizes)
     view = memoryview(mmap.mmap(shm, total) if total else bytearray())
-    buffers, at = [], 0
+    buffers, at = [], start
     for size in sizes:
         buffers.append(view[at : at + size])
         at += size
     out: tuple[Any, ...] = pickle.loads(meta, buffers=buffers)
+    if out[0] == "ok":
+        out[3].resolve(view)
     return out
 
 
@@ -224,9 +256,11 @@ def _stopped(signum: int, frame: object) -> None:  # pragma: no cover - runs in 
 
 
 def _read(
-    path: Path, workers: int, on_progress: ProgressCallback
+    path: Path, workers: int, on_progress: ProgressCallback, shm: int | None = None
 ) -> tuple[TableBuilder, dict[str, Any], StreamStats]:  # pragma: no cover - runs in the forked process
-    """The loader's read (``loader._read_tables``): by ``workers`` processes for a large trace, else here."""
+    """The loader's read (``loader._read_tables``): by ``workers`` processes for a large trace, else here.
+
+    ``shm``: the memory file the workers write their columns into (:func:`mlprof.trace.parallel.read_parallel`)."""
     from mlprof.trace.build import TableBuilder
     from mlprof.trace.jsonstream import is_gzip, read_trace_events
 
@@ -239,7 +273,7 @@ def _read(
         keep_freed_memory()  # as the loader (mlprof.trace.memory); the workers forked next inherit it
         builder = TableBuilder()
         try:
-            header, stats = read_parallel(path, builder, on_progress, workers)
+            header, stats = read_parallel(path, builder, on_progress, workers, shm)
             return builder, header, stats
         except (SliceFailed, BrokenProcessPool, OSError):
             pass  # as the loader: the sequential reader validates every cut
