@@ -246,3 +246,27 @@ def test_is_comm_as_before(relative: str) -> None:
     pd.testing.assert_series_equal(gpu["is_comm"], old, check_names=False)
     if "dlrm" in relative:
         assert gpu["is_comm"].sum() > 0  # the DLRM ranks run NCCL all-to-all and all-reduce
+
+
+@pytest.mark.parametrize("junk_cat", [False, True])
+def test_flow_ph_codes_from_the_batch_are_the_flows_own(junk_cat: bool) -> None:
+    """A flow's ``ph`` is coded from the batch's distinct phs (not each flow's again): the same column, with
+    flows, ranges, instants and metadata interleaved, and where a non-text cat takes the general path."""
+    from mlprof.trace.build import TableBuilder
+
+    phs = ["X", "s", "i", "f", "t", "M", "f", "s", "X", "t"]
+    events = [
+        TraceEvent(ph=ph, cat=(7 if junk_cat and k == 2 else "ac2g"), name="n", pid=1, tid=2, id=k, ts=msgspec_raw(k))
+        for k, ph in enumerate(phs)
+    ]
+    builder = TableBuilder()
+    builder.add(events)
+    flows = builder.finish()["flows"]
+    assert flows["ph"].astype(str).tolist() == [p for p in phs if p in ("s", "f", "t")]
+    assert flows["id"].tolist() == [k for k, p in enumerate(phs) if p in ("s", "f", "t")]
+
+
+def msgspec_raw(k: int) -> Any:
+    import msgspec
+
+    return msgspec.Raw(str(1000 + k).encode())

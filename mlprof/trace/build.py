@@ -41,6 +41,7 @@ _GPU_KIND = {
 GPU_KINDS: tuple[str, ...] = ("kernel", "memcpy", "memset", "sync")
 _RUNTIME_CATS = {"cuda_runtime", "cuda_driver", "Runtime", "Driver", "mtia_runtime", "hip_runtime"}
 _SKIP_CATS = {"Trace", "cuda_profiler_range"}
+_FLOW_PHS = ("s", "f", "t")
 OLD_FORMAT_CATS = {"Operator", "Runtime", "Kernel", "Memcpy", "Memset"}
 
 COMM_KERNEL = re.compile(r"^(nccl|rccl|hccl|c10d::)|ncclKernel|ncclDevKernel|nccl:", re.IGNORECASE)
@@ -62,7 +63,7 @@ def _family(cat: Any, ph: Any) -> int:
         return HOST
     if ph in ("i", "I"):
         return INSTANT
-    if ph in ("s", "f", "t"):
+    if ph in _FLOW_PHS:
         return FLOW
     if ph == "M":
         return META
@@ -175,7 +176,11 @@ class TableBuilder:
             if fam == META:
                 self._add_meta(sub)
             elif fam == FLOW:
-                self._add_flows(sub, cat)
+                ph = None
+                if cat_sym is not None:  # text phs: a flow's is "s", "f" or "t", coded per distinct value
+                    codes = [self.symbols.code(p) if p in _FLOW_PHS else 0 for p in phs]
+                    ph = np.array(codes, dtype=np.int32)[ph_codes[idx]]
+                self._add_flows(sub, cat, ph)
             elif fam == MEMORY:
                 self._add_memory(sub)
             else:
@@ -333,11 +338,12 @@ class TableBuilder:
             total_reserved=to_int64(arg("total_reserved")),
         )
 
-    def _add_flows(self, sub: list[TraceEvent], cat: np.ndarray | None = None) -> None:
+    def _add_flows(self, sub: list[TraceEvent], cat: np.ndarray | None = None, ph: np.ndarray | None = None) -> None:
+        """``cat``/``ph``: symbol codes of the events' cat and ph when the caller has them."""
         self._append(
             FLOW,
             cat=cat if cat is not None else self.symbols.encode(_field(sub, "cat")),
-            ph=self.symbols.encode(_field(sub, "ph")),
+            ph=ph if ph is not None else self.symbols.encode(_field(sub, "ph")),
             id=to_int64(_field(sub, "id")),
             ts=raw_us_to_ns(_field(sub, "ts")),
             pid=to_int64(_field(sub, "pid")),

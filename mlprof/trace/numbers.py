@@ -70,8 +70,7 @@ def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
     return out
 
 
-_PLAIN_BYTES = np.zeros(256, dtype=bool)
-_PLAIN_BYTES[list(b"0123456789-.,")] = True
+_PLAIN_CHARS = b"0123456789-.,"
 
 
 def _plain_to_ns(joined: bytes, n: int) -> np.ndarray | None:
@@ -82,9 +81,9 @@ def _plain_to_ns(joined: bytes, n: int) -> np.ndarray | None:
     exactly, ~10x faster than splitting into an array of byte strings and ``astype``.
     Values that could pass int64 before the range check take the general path.
     """
-    buf = np.frombuffer(joined, dtype=np.uint8)
-    if not _PLAIN_BYTES[buf].all():
+    if joined.translate(None, _PLAIN_CHARS):  # a byte other than these (~4x faster than a table lookup)
         return None
+    buf = np.frombuffer(joined, dtype=np.uint8)
     commas = np.flatnonzero(buf == ord(","))
     if len(commas) != n - 1:
         return None
@@ -93,11 +92,11 @@ def _plain_to_ns(joined: bytes, n: int) -> np.ndarray | None:
     lengths = ends - starts
     if lengths.min() == 0 or lengths.max() > 21:  # sign, 19 digits and a dot at most
         return None
-    dashes = np.flatnonzero(buf == ord("-"))
+    dashes = np.flatnonzero(buf == ord("-")) if b"-" in joined else commas[:0]
     signed = np.isin(starts, dashes) if len(dashes) else np.zeros(n, dtype=bool)
     if len(dashes) and (int(signed.sum()) != len(dashes) or bool((lengths[signed] < 2).any())):
         return None  # a sign only first in a value, and never a whole value
-    dots = np.flatnonzero(buf == ord("."))
+    dots = np.flatnonzero(buf == ord(".")) if b"." in joined else commas[:0]
     if len(dots) == 0:
         micro = True
     elif len(dots) == n and bool((ends - dots == 4).all()):
