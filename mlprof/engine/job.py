@@ -201,7 +201,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
     partials = _check_ranks(partials, path)
     config = options.config
     ranks = [p.analysis.rank for p in partials]
-    skew = match_table(_comm_table(partials, kept), ranks) if len(partials) > 1 else None
+    skew = match_table(_comm_table(partials, kept), ranks, release=True) if len(partials) > 1 else None
     if kept is not None:
         kept.comm = CommTable()  # matched: the job's signature table (~0.6 KB a rank) is not read again
     contexts: list[RankContext] = []
