@@ -13,7 +13,6 @@ config to the computation through one checked, typed path.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic
@@ -289,12 +288,9 @@ def _runs(ctx: FixContext, member: np.ndarray, max_gap: int, min_len: int) -> li
     joined &= ctx.window_of(g.g_ts[a]) == ctx.window_of(g.g_ts[b])
     joined &= g.g_ts[b] - (g.g_ts[a] + g.g_dur[a]) <= max_gap
     run_id = np.concatenate([[0], np.cumsum(~joined)])
-    out = []
     bounds = np.flatnonzero(np.diff(np.concatenate([[-1], run_id, [run_id[-1] + 1]])))
-    for lo, hi in itertools.pairwise(bounds):
-        if hi - lo >= min_len:
-            out.append(idx[lo:hi])
-    return out
+    long = np.flatnonzero(np.diff(bounds) >= min_len)  # only these become slices (most runs are one op)
+    return [idx[lo:hi] for lo, hi in zip(bounds[long].tolist(), bounds[long + 1].tolist(), strict=True)]
 
 
 def _optimizer_ops(ctx: FixContext) -> np.ndarray:
