@@ -176,33 +176,3 @@ def test_sum_by_window_equals_a_loop_over_segments() -> None:
                 if x < ends[i]:
                     expected[i, lab] += w
         assert np.array_equal(sum_by_window(left, width, label, 4, starts, ends), expected), trial
-
-
-@pytest.mark.parametrize(
-    "rel",
-    [
-        "pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz",
-        "hta/tests/data/negative_queue_length_values_check/rank0.json.gz",
-    ],
-)
-def test_causes_take_the_layers_from_the_attributions_segments(rel: str) -> None:
-    """The steps' attribution keeps its segments' layers beside the trace; the causes of the same windows read
-    each finer segment's layer from them (and drop them): the causes equal those computed from the layers."""
-    import pandas as pd
-
-    from mlprof.analyzers.attribution import build_layers, layer_segments
-    from mlprof.analyzers.causes import attribute_causes, category_totals
-
-    trace = load_trace(external(rel))
-    steps = attribute_steps(trace)
-    assert len(steps) > 1
-    starts = steps["ts"].to_numpy(np.int64)
-    ends = starts + steps["dur"].to_numpy(np.int64)
-    assert layer_segments(trace, build_layers(trace), starts, ends) is not None
-    assert layer_segments(trace, build_layers(trace), starts, ends + 1) is None  # other windows: not these
-    reused = attribute_causes(trace, starts, ends)
-    assert layer_segments(trace, build_layers(trace), starts, ends) is None  # dropped once read
-    computed = attribute_causes(trace, starts, ends)
-    pd.testing.assert_frame_equal(reused, computed, check_exact=True)
-    totals = category_totals(reused)
-    assert (totals.to_numpy() == steps[list(CATEGORIES)].to_numpy()).all()

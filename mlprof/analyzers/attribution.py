@@ -24,13 +24,12 @@ as compute, its PR #162).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlprof.analyzers.intervals import covered
-from mlprof.trace.memo import cached, peek, remember
+from mlprof.trace.memo import cached
 from mlprof.trace.model import Trace
 from mlprof.trace.numbers import sorted_unique
 from mlprof.trace.vocabulary import (
@@ -169,13 +168,10 @@ def drain_after(sync_rt: pd.DataFrame, launch_rt: pd.DataFrame) -> tuple[np.ndar
     return sync_end[has_next], l_ts[nxt[has_next]], rows[has_next].astype(np.int64)
 
 
-def attribute_windows(
-    layers: list[Layer], win_starts: np.ndarray, win_ends: np.ndarray, keep: Trace | None = None
-) -> np.ndarray:
+def attribute_windows(layers: list[Layer], win_starts: np.ndarray, win_ends: np.ndarray) -> np.ndarray:
     """ns per category (columns in :data:`CATEGORIES` order) for each window.
 
-    Windows must not overlap. Returns an int64 array of shape (windows, categories). ``keep``: the trace the
-    layers are of, beside which the elementary segments' categories are kept (:func:`layer_segments`).
+    Windows must not overlap. Returns an int64 array of shape (windows, categories).
     """
     n_win = len(win_starts)
     out = np.zeros((n_win, len(CATEGORIES)), dtype=np.int64)
@@ -197,35 +193,7 @@ def attribute_windows(
         category[hit] = i
         assigned |= hit
     out[:] = sum_by_window(left, width, category, len(CATEGORIES), win_starts, win_ends)
-    if keep is not None:
-        segments = LayerSegments(layers, win_starts.copy(), win_ends.copy(), left, category.astype(np.int8))
-        remember(keep, "layer_segments", segments, keep.gpu, keep.host, keep.runtime)
     return out
-
-
-@dataclass(frozen=True)
-class LayerSegments:
-    """The attribution's elementary segments (starts ``left``) of ``windows`` and the layer each falls in."""
-
-    layers: list[Layer]
-    win_starts: np.ndarray
-    win_ends: np.ndarray
-    left: np.ndarray
-    category: np.ndarray
-
-
-def layer_segments(trace: Trace, layers: list[Layer], win_starts: np.ndarray, win_ends: np.ndarray) -> Any:
-    """The steps' attribution's segments of these ``layers`` and windows (:class:`LayerSegments`), if kept, else None.
-
-    The causes cut the same windows at more points (their own sets' ends besides the layers'): the layers'
-    coverage is constant between two of the attribution's points (every layer boundary inside the windows is
-    one), so a finer segment's layer is that of the attribution's segment it starts in."""
-    kept = peek(trace, "layer_segments", trace.gpu, trace.host, trace.runtime)
-    if not isinstance(kept, LayerSegments) or kept.layers is not layers:
-        return None
-    if not (np.array_equal(kept.win_starts, win_starts) and np.array_equal(kept.win_ends, win_ends)):
-        return None
-    return kept
 
 
 def sum_by_window(
@@ -273,7 +241,7 @@ def attribute_steps(trace: Trace, steps: pd.DataFrame | None = None) -> pd.DataF
     order = np.argsort(starts)
     clipped_ends = ends.copy()
     clipped_ends[order[:-1]] = np.minimum(ends[order[:-1]], starts[order[1:]])
-    matrix = attribute_windows(build_layers(trace), starts, clipped_ends, keep=trace)
+    matrix = attribute_windows(build_layers(trace), starts, clipped_ends)
     frame = pd.DataFrame(matrix, columns=list(CATEGORIES))
     frame.insert(0, "dur", clipped_ends - starts)
     frame.insert(0, "ts", starts)

@@ -41,15 +41,7 @@ import numpy as np
 import pandas as pd
 
 from mlprof.analyzers.attention import attention_chains, chain_spans
-from mlprof.analyzers.attribution import (
-    CATEGORIES,
-    Layer,
-    LayerSegments,
-    build_layers,
-    layer_segments,
-    sum_by_window,
-    sync_launch_drain,
-)
+from mlprof.analyzers.attribution import CATEGORIES, Layer, build_layers, sum_by_window, sync_launch_drain
 from mlprof.analyzers.compiled import compile_facts
 from mlprof.analyzers.copies import copy_table, runtime_copy_direction
 from mlprof.analyzers.enclosing import RangeIndex
@@ -197,23 +189,13 @@ def attribute_causes(
     """ns per cause (columns :data:`CAUSE_NAMES`) for each window; windows must not overlap."""
     layers = build_layers(trace)
     causes = build_cause_layers(trace, comm_wait)
-    starts, ends = win_starts.astype(np.int64), win_ends.astype(np.int64)
-    matrix = _attribute(layers, causes, starts, ends, layer_segments(trace, layers, starts, ends))
+    matrix = _attribute(layers, causes, win_starts.astype(np.int64), win_ends.astype(np.int64))
     # The layers' last reader in the flow (steps -> causes): do not hold them while the rules run.
     forget(trace, "build_layers")
-    forget(trace, "layer_segments")
     return pd.DataFrame(matrix, columns=list(CAUSE_NAMES))
 
 
-def _attribute(
-    layers: list[Layer],
-    causes: CauseLayers,
-    win_starts: np.ndarray,
-    win_ends: np.ndarray,
-    segments: LayerSegments | None = None,
-) -> np.ndarray:
-    """``segments``: the attribution's of the same layers and windows (:func:`layer_segments`), whose layer per
-    segment gives each finer segment's here (one search instead of the layers' coverage again)."""
+def _attribute(layers: list[Layer], causes: CauseLayers, win_starts: np.ndarray, win_ends: np.ndarray) -> np.ndarray:
     n_win = len(win_starts)
     out = np.zeros((n_win, len(CAUSE_NAMES)), dtype=np.int64)
     if n_win == 0:
@@ -229,15 +211,12 @@ def _attribute(
     left, right = points[:-1], points[1:]
     width = right - left
 
-    if segments is not None:
-        category = segments.category[np.searchsorted(segments.left, left, side="right") - 1].astype(np.int64)
-    else:
-        category = np.full(len(left), len(CATEGORIES) - 1, dtype=np.int64)
-        assigned = np.zeros(len(left), dtype=bool)
-        for i, layer in enumerate(layers):
-            hit = covered(layer.starts, layer.ends, left) & ~assigned
-            category[hit] = i
-            assigned |= hit
+    category = np.full(len(left), len(CATEGORIES) - 1, dtype=np.int64)
+    assigned = np.zeros(len(left), dtype=bool)
+    for i, layer in enumerate(layers):
+        hit = covered(layer.starts, layer.ends, left) & ~assigned
+        category[hit] = i
+        assigned |= hit
 
     cause_index = {name: i for i, name in enumerate(CAUSE_NAMES)}
     cause = np.zeros(len(left), dtype=np.int64)

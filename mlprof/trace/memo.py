@@ -55,25 +55,6 @@ def cached(owner: object, name: Any, compute: Callable[[], T], *deps: object) ->
     return value
 
 
-def remember(owner: object, name: Any, value: T, *deps: object) -> T:
-    """Keep ``value`` as ``name`` of ``owner`` (replacing any), for :func:`peek` while ``deps`` are the same."""
-    _freeze(value)
-    _memo_for(owner)[name] = (tuple(weakref.ref(d) for d in deps), value)
-    return value
-
-
-def peek(owner: object, name: Any, *deps: object) -> Any:
-    """The value kept as ``name`` of ``owner`` while ``deps`` are the same objects, else None (nothing computed)."""
-    memo = _MEMOS.get(id(owner))
-    entry = None if memo is None else memo.get(name)
-    if entry is None:
-        return None
-    refs, value = entry
-    if len(refs) == len(deps) and all(r() is d for r, d in zip(refs, deps, strict=True)):
-        return value
-    return None
-
-
 def forget(owner: object, name: Any) -> None:
     """Drop one entry (a large one whose last reader is done with it)."""
     memo = _MEMOS.get(id(owner))
