@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -455,3 +456,72 @@ def test_every_non_object_event_is_skipped(shape: str) -> None:
         assert check_cli_contract(path) == 0
     assert len(trace.gpu) == 4
     assert list(trace.steps["step"]) == [1, 2]
+
+
+@st.composite
+def random_slices(draw: st.DrawFn) -> bytes:
+    """One slice as a parallel read's worker gets it (``{"traceEvents":[`` + events + ``]}``), with the events
+    joined by any white space around their commas and, sometimes, a byte that is not UTF-8 inside a string."""
+    events = [*valid_trace_events(), *draw(event_lists)]
+    draw(st.randoms()).shuffle(events)
+    texts = [dumps(e).encode("utf-8", "surrogatepass") for e in events]
+    if draw(st.booleans()):
+        texts = [t.replace(b", ", b",").replace(b": ", b":") for t in texts]
+    seps = st.sampled_from([b",", b", ", b",\n", b" ,", b"\n,\t", b",  "])
+    body = texts[0] + b"".join(draw(seps) + t for t in texts[1:])
+    if draw(st.booleans()):
+        quote = body.find(b'"', draw(st.integers(0, len(body) - 1)))
+        if quote >= 0:
+            body = body[: quote + 1] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80"])) + body[quote + 1 :]
+    return b'{"traceEvents":[' + body + b"]}"
+
+
+@FUZZ
+@given(piece=random_slices(), sub_slice=st.sampled_from([1, 64, 256, 1024]))
+def test_a_worker_decoding_in_place_gives_the_whole_slice(piece: bytes, sub_slice: int) -> None:
+    """A parallel read's worker decodes its slice in pieces where they lie (brackets written over the bytes
+    around each piece, :func:`mlprof.trace.parallel._build_in_pieces`): the columns are those of the slice decoded
+    whole in one piece (the path the sequential reader's equality tests cover), or the same error, and the
+    worker's buffer is as it was read."""
+    from mlprof.trace import parallel
+    from mlprof.trace.build import TableBuilder
+
+    buffer = bytearray(piece)
+    with mock.patch.object(parallel, "SUB_SLICE_BYTES", sub_slice):
+        try:
+            whole = parallel._build_whole(piece)
+        except parallel.SliceFailed:
+            with pytest.raises(parallel.SliceFailed):
+                parallel._build_slice(buffer)
+            assert buffer == piece
+            return
+        got = parallel._build_slice(buffer)
+    assert buffer == piece
+    assert (got.events, got.repaired_utf8, got.not_events) == (whole.events, whole.repaired_utf8, whole.not_events)
+    a, b = TableBuilder(), TableBuilder()
+    a.merge_partial(got)
+    b.merge_partial(whole)
+    tables_a, tables_b = a.finish(), b.finish()
+    assert tables_a.keys() == tables_b.keys()
+    for name, table in tables_b.items():
+        pd.testing.assert_frame_equal(tables_a[name], table, check_exact=True, obj=name)
+
+
+def test_invalid_utf8_only_where_nothing_is_read_gives_the_note_however_the_file_is_cut() -> None:
+    """Invalid UTF-8 only in a key mlprof skips, and an element that is not an event beside it: the strict decoder
+    never looks at the bad bytes, the lenient one repairs whatever piece it is given. Found by the fuzz test above:
+    the note depended on the cut (the whole slice said "replaced", its 1-byte pieces did not)."""
+    from mlprof.trace import parallel
+
+    events = [dumps(e).encode() for e in valid_trace_events()]
+    events[0] = events[0].replace(b'{"ph"', b'{"\xffunknown": 1, "ph"', 1)
+    piece = b'{"traceEvents":[' + b", ".join([*events, b"null"]) + b"]}"
+    with mock.patch.object(parallel, "SUB_SLICE_BYTES", 1):
+        pieces, whole = parallel._build_slice(bytearray(piece)), parallel._build_whole(piece)
+    assert pieces.repaired_utf8 and whole.repaired_utf8
+    with trace_file(piece) as path:
+        unsliced = load_trace(path)
+        with mock.patch.object(jsonstream, "SLICE_BYTES", 256), mock.patch.object(jsonstream, "BLOCK_BYTES", 64):
+            sliced = load_trace(path)
+    assert "invalid UTF-8 in the file was replaced with U+FFFD" in unsliced.meta.notes
+    assert_same_tables(unsliced, sliced)

@@ -529,8 +529,14 @@ def _cut_and_decode(buf: bytearray, stats: StreamStats) -> tuple[list[TraceEvent
 
 
 def decode_slice(piece: bytes, stats: StreamStats) -> TraceDocument:
+    """A slice of the document decoded strictly, its invalid UTF-8 (if any) replaced with U+FFFD first.
+
+    ``stats.repaired_utf8`` is set when the slice holds invalid UTF-8 anywhere, also where it lies only in what
+    the decoder skips (an unknown key, an argument mlprof does not read), so that the note does not depend on
+    how the file was cut into slices and pieces (the lenient path repairs the whole piece it is given).
+    """
     try:
-        return _DECODER.decode(piece)
+        doc = _DECODER.decode(piece)
     except (UnicodeDecodeError, msgspec.DecodeError):
         # msgspec < 0.19 raised UnicodeDecodeError on bad UTF-8 in a string; newer
         # releases raise DecodeError("Invalid UTF-8 ..."). Either way: repair and retry,
@@ -540,6 +546,20 @@ def decode_slice(piece: bytes, stats: StreamStats) -> TraceDocument:
             raise
         stats.repaired_utf8 = True
         return _DECODER.decode(repaired)
+    if not is_utf8(piece):
+        stats.repaired_utf8 = True
+    return doc
+
+
+def is_utf8(data: bytes | bytearray) -> bool:
+    """Whether ``data`` is valid UTF-8 (ASCII checked first, without a copy: traces are almost always ASCII)."""
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _decode_piece(piece: bytes, path: Path, stats: StreamStats) -> TraceDocument:

@@ -30,6 +30,7 @@ from mlprof.trace.jsonstream import (
     StreamStats,
     decode_slice,
     decode_slice_leniently,
+    is_utf8,
     read_range_into,
     read_trace_events,
 )
@@ -119,7 +120,8 @@ def _build_in_pieces(piece: bytes | bytearray) -> Partial | None:
         pos = after
     partial = builder.export_partial()
     partial.events = events
-    partial.repaired_utf8 = stats.repaired_utf8
+    # invalid UTF-8 anywhere in the slice, as the slice decoded whole says it (see jsonstream.decode_slice)
+    partial.repaired_utf8 = stats.repaired_utf8 or not is_utf8(buf)
     partial.not_events = stats.not_events
     return partial
 
