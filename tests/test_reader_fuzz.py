@@ -404,6 +404,10 @@ def random_traces(draw: st.DrawFn) -> tuple[bytes, str]:
             text = text.replace(", ", ",").replace(": ", ":")
     suffix = draw(st.sampled_from([".json", ".json.gz"]))
     data = text.encode("utf-8", "surrogatepass")
+    if draw(st.integers(0, 3)) == 0:  # a stray byte that is not UTF-8 right after a quote: in a key, a value, a name
+        quote = data.find(b'"', draw(st.integers(0, len(data) - 1)))
+        if quote >= 0:
+            data = data[: quote + 1] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80"])) + data[quote + 1 :]
     return (gzip.compress(data) if suffix.endswith(".gz") else data), suffix
 
 
