@@ -385,3 +385,96 @@ def test_two_broken_rank_files_give_the_first_ranks_error_every_time(
         assert main(["analyze", str(tmp_path), "--jobs", "2"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"mlprof: error: {tmp_path / 'rank-0.json'}: "), err
+
+
+def _matching_by_hand(ranks: list[int], sigs: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[int, dict[str, int]]]:
+    """The cross-rank matching written out per collective in plain Python (dicts and sorted lists, no numpy
+    group-bys), from the definitions in :mod:`mlprof.analyzers.rank_skew`: the truth for the numpy matching."""
+    from statistics import median
+
+    rows = [
+        (r, str(n), str(p), int(s), int(t), int(d))
+        for r, sig in zip(ranks, sigs, strict=True)
+        for n, p, s, t, d in zip(sig["name"], sig["pg"], sig["seq"], sig["ts"], sig["dur"], strict=True)
+    ]
+    use_seq = all(s >= 0 and p != "" for _, _, p, s, _, _ in rows)
+    seen: dict[tuple[Any, ...], int] = {}
+    by_key: dict[str, list[tuple[int, int, int]]] = {}
+    for r, n, p, s, t, d in rows:
+        part = (p, s) if use_seq else (n,)
+        occurrence = seen[(r, *part)] = seen.get((r, *part), -1) + 1
+        key = f"{p}#{s}#{occurrence}" if use_seq else f"{n}#{occurrence}"
+        by_key.setdefault(key, []).append((r, t, d))
+    kept = {k: v for k, v in by_key.items() if (len(v) >= 2 if use_seq else len(v) == len(ranks))}
+    ref = ranks[0]
+    diffs: dict[int, list[int]] = {}
+    for members in kept.values():
+        ref_end = next((t + d for r, t, d in members if r == ref), None)
+        if ref_end is not None:
+            for r, t, d in members:
+                diffs.setdefault(r, []).append(t + d - ref_end)  # exact: epoch ns are past float64's 2**53
+    offset = {r: round(median(diffs[r])) if r in diffs else 0 for r in ranks}
+    colls: dict[str, dict[str, Any]] = {}
+    per = {r: {"wait_ns": 0, "late_ns": 0, "caused_wait_ns": 0, "critical_ns": 0, "last_arrivals": 0} for r in ranks}
+    for key, members in kept.items():
+        by_dur = sorted(members, key=lambda m: (m[2], m[0]))
+        last_rank, _, last_dur = by_dur[0]
+        aligned = [(r, t - offset[r], t + d - offset[r], d) for r, t, d in members]
+        first = min(a for _, a, _, _ in aligned)
+        arrivals = [a - first for _, a, _, _ in aligned]
+        start = first + round(median(arrivals))
+        waits = [d - last_dur for _, _, _, d in aligned]
+        critical = by_dur[1][2] - last_dur if len(by_dur) > 1 else 0
+        colls[key] = {
+            "ranks": len(members),
+            "last_rank": last_rank,
+            "spread_ns": max(arrivals),
+            "end_spread_ns": max(e for _, _, e, _ in aligned) - min(e for _, _, e, _ in aligned),
+            "median_dur_ns": round(median(d for _, _, _, d in aligned)),
+            "wait_ns": sum(waits),
+            "critical_ns": critical,
+            "aligned_start_ns": start,
+        }
+        for (r, a, _, _), w in zip(aligned, waits, strict=True):
+            per[r]["wait_ns"] += w
+            per[r]["late_ns"] += a - start
+        per[last_rank]["caused_wait_ns"] += sum(waits)
+        per[last_rank]["critical_ns"] += critical
+        per[last_rank]["last_arrivals"] += 1
+    for r in ranks:
+        per[r]["clock_offset_ns"] = offset[r]
+    return colls, per
+
+
+@pytest.mark.parametrize("shift_us", [0, 7_000_123])
+@pytest.mark.parametrize("keys", ["order", "pg+seq"])
+def test_the_numpy_matching_equals_the_matching_by_hand_on_the_dlrm_job(shift_us: int, keys: str) -> None:
+    # The real 8-rank job (its NCCL kernels carry no sequence numbers: matched by order), as recorded and with
+    # rank 5's clock moved; and with a process group and sequence numbers given to its kernels and rank 0's
+    # fourth left out (a collective the first rank is not in: the clock offsets then come from the others,
+    # their epoch-ns ends ~1.7e18, past float64's exact integers). Every collective's and every rank's figures
+    # from match_collectives (sorted runs, reduceat, lexsort medians) equal the same definitions computed
+    # collective by collective in plain Python with exact integers.
+    from mlprof.analyzers.rank_skew import comm_signature, match_collectives
+
+    traces = sorted(load_job(str(external(DLRM))), key=lambda t: t.meta.rank)
+    ranks = [int(t.meta.rank) for t in traces]
+    sigs = [comm_signature(t) for t in traces]
+    sigs[5] = sigs[5].assign(ts=sigs[5]["ts"] + shift_us * 1000)
+    if keys == "pg+seq":
+        sigs = [sig.assign(pg="0", seq=range(len(sig))) for sig in sigs]
+        sigs[0] = sigs[0].drop(index=3).reset_index(drop=True)
+    skew = match_collectives(ranks, sigs)
+    colls, per = _matching_by_hand(ranks, sigs)
+    assert skew is not None and skew.match_key == keys and skew.matched == len(colls) == 8
+    if keys == "pg+seq":
+        assert sorted(c["ranks"] for c in colls.values()) == [7, *[8] * 7]
+    got = skew.collectives.set_index("key")
+    assert sorted(got.index) == sorted(colls)
+    for key, want in colls.items():
+        row = got.loc[key]
+        assert {c: int(row[c]) for c in want} == want, key
+    got_per = skew.per_rank.set_index("rank")
+    for r in ranks:
+        assert {c: int(got_per.loc[r, c]) for c in per[r]} == per[r], r
+    assert per[5]["clock_offset_ns"] - per[4]["clock_offset_ns"] > shift_us * 1000 - 10**6

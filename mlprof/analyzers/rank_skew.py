@@ -517,8 +517,10 @@ def _clock_offsets(rank: np.ndarray, run: np.ndarray, end: np.ndarray, ranks: li
     (``run``: each kernel's collective, ``0 <= run < runs``).
 
     A rank that shares no matched collective with the first rank keeps offset 0 (with sequence
-    matching in disjoint process groups there is no common event to align on). (The differences as pandas took
-    them: exact int64 when every kernel's collective is on the first rank, else float64 of each end.)
+    matching in disjoint process groups there is no common event to align on). The differences are taken exactly in
+    int64 (epoch-ns ends, ~1.7e18, are past float64's exact integers: converted first, as the pandas version did
+    when a collective left the first rank out, they were off by up to a few hundred ns), then their medians in
+    float64 (small numbers: exact).
     """
     ref = rank == ranks[0]
     ref_end = np.zeros(runs, dtype=np.int64)
@@ -526,12 +528,8 @@ def _clock_offsets(rank: np.ndarray, run: np.ndarray, end: np.ndarray, ranks: li
     ref_end[run[ref]] = end[ref]
     on_ref[run[ref]] = True
     ok = on_ref[run]
-    if ok.all():
-        diff = (end - ref_end[run]).astype(np.float64)
-        of = rank
-    else:
-        diff = end[ok].astype(np.float64) - ref_end[run[ok]].astype(np.float64)
-        of = rank[ok]
+    diff = (end[ok] - ref_end[run[ok]]).astype(np.float64)
+    of = rank[ok]
     order = np.lexsort((diff, of))
     starts = _starts(of[order])
     med = _medians(diff[order], starts)
