@@ -49,6 +49,7 @@ def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
     empty = np.strings.str_len(texts) == 0
     if empty.any():
         texts = np.where(empty, b"0", texts)
+    odd = np.empty(0, dtype=np.intp)  # values whose fraction is not all digits
     try:
         if b"." not in joined:
             whole = texts.astype(np.int64)
@@ -59,6 +60,12 @@ def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
             whole = int_part.astype(np.int64)
             in_range = (whole >= -_WHOLE_LIMIT_US) & (whole <= _WHOLE_LIMIT_US)
             whole = np.where(in_range, whole, 0)
+            # A fraction that is not all digits ("1.5e3", "1.00001x") is read value by value below:
+            # only its first four bytes would be looked at here, and its result would then depend
+            # on whether a neighbour in the same batch sent the whole batch down the careful path.
+            odd = np.flatnonzero(~np.strings.isdigit(frac) & (np.strings.str_len(frac) > 0))
+            if len(odd):
+                frac = np.where(np.strings.isdigit(frac), frac, b"")
             frac4 = np.strings.ljust(frac, 4, b"0").astype("S4")
             frac4 = np.where(np.strings.str_len(frac4) == 0, b"0", frac4)
             frac_ns = (frac4.astype(np.int64) + 5) // 10
@@ -67,6 +74,8 @@ def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
     except (ValueError, OverflowError):
         return _slow_parse(raws)
     out[empty | ~in_range | (out > TIME_LIMIT_NS) | (out < -TIME_LIMIT_NS)] = MISSING_NS
+    if len(odd):
+        out[odd] = _slow_parse([raws[i] for i in odd])
     return out
 
 
