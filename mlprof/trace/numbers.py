@@ -75,7 +75,7 @@ def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
         return _slow_parse(raws)
     out[empty | ~in_range | (out > TIME_LIMIT_NS) | (out < -TIME_LIMIT_NS)] = MISSING_NS
     if len(odd):
-        out[odd] = _slow_parse([raws[i] for i in odd])
+        out[odd] = _slow_parse([raws[i] for i in odd.tolist()])
     return out
 
 
