@@ -1,9 +1,9 @@
 """The ``mlprof`` process: ``python -m mlprof`` and the ``mlprof`` console script.
 
 Standard library only until the command runs: ``mlprof analyze`` of a small trace file forks
-the process that reads it (:mod:`mlprof.trace.prefetch`) here, before typer, numpy or pandas
-are imported, so the read overlaps all of the command's imports on a second core and the
-fork copies a small single-threaded process.
+the process that reads it (:mod:`mlprof.trace.prefetch`) here, once the reader (numpy, msgspec)
+is imported and before typer or pandas are, so the read overlaps the command's other imports on
+a second core.
 
 The plain forms of ``mlprof analyze`` (one path, known options with ordinary values) are
 parsed here too (:func:`analyze_arguments`) and run without typer: typer, click, rich and the
