@@ -123,21 +123,26 @@ def test_the_fast_paths_tables_match_the_command() -> None:
     assert run_analyze_parameters == {p.name for p in command.params}
 
 
-def _fast_process(*args: str) -> subprocess.CompletedProcess[str]:
-    """``mlprof ARGS`` through the process entry; stderr's last line (from an exit handler) lists the CLI modules
-    it imported."""
+CLI_FRAMEWORK = ("typer", "pydantic", "click", "rich.console")
+
+
+def _fast_process(
+    *args: str, modules: tuple[str, ...] = CLI_FRAMEWORK, cwd: Path | None = None, read_ahead: str = "0"
+) -> subprocess.CompletedProcess[str]:
+    """``mlprof ARGS`` through the process entry; stderr's last line (from an exit handler) lists which of
+    ``modules`` it imported."""
     code = (
         "import atexit, sys\n"
         "from mlprof.__main__ import run\n"
         "def imported():\n"
-        "    heavy = sorted(m for m in ('typer', 'pydantic', 'click', 'rich.console') if m in sys.modules)\n"
+        f"    heavy = sorted(m for m in {modules!r} if m in sys.modules)\n"
         "    print('IMPORTED', heavy, file=sys.stderr)\n"
         "atexit.register(imported)\n"
         f"sys.argv = ['mlprof', *{list(args)!r}]\n"
         "run()\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLPROF_READ_AHEAD": "0"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLPROF_READ_AHEAD": read_ahead}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=cwd)
 
 
 def test_the_fast_path_imports_no_cli_framework_and_writes_the_same_report(
@@ -148,6 +153,25 @@ def test_the_fast_path_imports_no_cli_framework_and_writes_the_same_report(
     assert proc.stderr == "IMPORTED []\n"
     assert main(["analyze", HEALTHY, "--format", "json", "--top", "3"]) == 0  # typer's path, this process
     assert proc.stdout == capsys.readouterr().out
+
+
+ONLY_WHERE_USED = ("sqlite3", "html", "multiprocessing", "tomllib")
+"""Imported only where used: the nsys/SQLite readers, HTML escaping, the what-if helper on a large graph, a config
+file (~10 ms of start-up together, none of it needed by a plain analysis of a small trace to JSON)."""
+
+
+@pytest.mark.parametrize("read_ahead", ["0", "1"])
+def test_a_plain_analysis_imports_only_what_it_uses(tmp_path: Path, read_ahead: str) -> None:
+    proc = _fast_process(
+        "analyze", HEALTHY, "--format", "json", modules=ONLY_WHERE_USED, cwd=tmp_path, read_ahead=read_ahead
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "IMPORTED []\n"
+    html = _fast_process("analyze", HEALTHY, "--format", "html", modules=ONLY_WHERE_USED, cwd=tmp_path)
+    assert html.returncode == 0 and html.stderr == "IMPORTED ['html']\n", html.stderr
+    (tmp_path / "mlprof.toml").write_text("min_speedup = 1.05\n")
+    configured = _fast_process("analyze", HEALTHY, "--format", "json", modules=ONLY_WHERE_USED, cwd=tmp_path)
+    assert configured.returncode == 0 and configured.stderr == "IMPORTED ['tomllib']\n", configured.stderr
 
 
 def _arrow_state(*args: str) -> tuple[subprocess.CompletedProcess[str], str]:

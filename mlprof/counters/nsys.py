@@ -10,8 +10,8 @@ canonical counterpart are dropped and listed in ``attrs["dropped_metrics"]``.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ import pandas as pd
 from mlprof.counters.metrics import empty_counters, make_counters
 from mlprof.errors import BadInputError
 from mlprof.trace.nsys import check_nsys, open_export, session_start_ns, table_columns
+
+if TYPE_CHECKING:  # imported where an export is read
+    import sqlite3
 
 NSYS_METRICS: dict[str, tuple[str, float]] = {
     "SMs Active [Throughput %]": ("sm_active", 0.01),
@@ -35,6 +38,8 @@ NSYS_METRICS: dict[str, tuple[str, float]] = {
 
 def read_nsys_metrics(path: Path) -> pd.DataFrame:
     """Counters from the GPU metrics of an nsys SQLite export (empty when it has none)."""
+    import sqlite3
+
     try:
         with open_export(path) as con:
             schema = table_columns(con)

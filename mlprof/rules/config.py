@@ -30,10 +30,16 @@ from mlprof.errors import UsageError
 from mlprof.rules.catalogue import BY_ID
 from mlprof.rules.spec import Option, OptionsT, finite_or_inf
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+
+def _toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads``, imported on first use: a plain ``mlprof analyze`` without a config file reads no TOML
+    (the parser's import is ~3 ms of its start-up)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return tomllib.loads(text)
+
 
 TOP_KEYS = {"min_speedup", "disable", "rules", "gates"}
 DEFAULT_MIN_SPEEDUP = 1.01
@@ -92,7 +98,7 @@ def find_config(start: Path) -> Path | None:
             except (OSError, ValueError):  # unreadable or not UTF-8: not ours to judge
                 return None
             try:
-                data = tomllib.loads(text)
+                data = _toml(text)
             except ValueError:  # not TOML, or an integer of more than 4300 digits
                 # A broken file that holds our table is reported by load_config (one line, exit 2)
                 # rather than silently analysed with the defaults the team did not choose.
@@ -108,7 +114,7 @@ def load_config(path: Path | None = None, start: Path | None = None) -> RuleConf
         if path is None:
             return RuleConfig()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = _toml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -192,7 +198,7 @@ def apply_overrides(cfg: RuleConfig, settings: list[str], source: str = "--set")
         if rid not in BY_ID:
             raise UsageError(f"{source} {text!r}: unknown rule {_q(rule_id)} (see 'mlprof rules')")
         try:
-            value: Any = tomllib.loads(f"v = {raw.strip()}")["v"]
+            value: Any = _toml(f"v = {raw.strip()}")["v"]
         except ValueError:  # not TOML (a bare word), or an integer of more than 4300 digits
             value = raw.strip()
         cfg.overrides.setdefault(rid, {})[name.strip()] = _option_value(rid, name.strip(), value, source, rid)

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +38,9 @@ from mlprof.errors import BadInputError
 from mlprof.trace.build import GPU, HOST, RUNTIME, TableBuilder
 from mlprof.trace.model import DeviceInfo, Trace, TraceMeta
 from mlprof.trace.steps import find_steps
+
+if TYPE_CHECKING:  # imported where an export is opened: the JSON reader's path imports this module
+    import sqlite3
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 REPORT_SUFFIXES = (".nsys-rep", ".qdrep")
@@ -123,6 +125,8 @@ def is_sqlite(path: Path) -> bool:
 @contextmanager
 def open_export(path: Path) -> Iterator[sqlite3.Connection]:
     """Open an export read-only without touching it (no journal, no lock files, works on read-only media)."""
+    import sqlite3
+
     uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro&immutable=1"
     try:
         con = sqlite3.connect(uri, uri=True)
@@ -208,6 +212,8 @@ def load_nsys(path: str | Path, *, step_marker: str | None = None) -> Trace:
 
     Raises :class:`BadInputError` (one line) for files that are not readable exports.
     """
+    import sqlite3
+
     path = Path(path)
     if path.name.endswith(REPORT_SUFFIXES):
         with exported_sqlite(path) as sqlite_path:

@@ -70,11 +70,13 @@ def helper_wanted(n_tasks: int, n_ops: int, at_least: int = 2) -> bool:
         return False
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return False
+    if setting != "1" and n_ops < MIN_OPS:
+        return False  # before multiprocessing's import (~3 ms): most traces are below
     import multiprocessing
 
     if multiprocessing.parent_process() is not None:
         return False  # a worker of a pool (the job engine's ranks): the pool shares the cores out already
-    return setting == "1" or (n_ops >= MIN_OPS and _idle_core())
+    return setting == "1" or _idle_core()
 
 
 def _idle_core() -> bool:
