@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import zipfile
@@ -1158,3 +1159,54 @@ def test_output_onto_the_input_is_refused(tmp_path: Path, capsys: pytest.Capture
     rc, _, err = run_cli(capsys, "analyze", path, "--format", "json", "--output", path)
     assert snapshot(path) == before
     assert_one_error_line(rc, err)
+
+
+# ---- paths that lead to no readable file: the line says which kind ---------------------
+
+
+def _odd_paths(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Real odd paths and the reason their error line must give."""
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    loop_a, loop_b = tmp_path / "loop_a.json", tmp_path / "loop_b.json"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "gone.json")
+    return {
+        "fifo": (fifo, "a pipe, not a trace file"),
+        "device": (Path("/dev/null"), "a character device, not a trace file"),
+        "loop": (loop_a, "too many levels of symbolic links"),
+        "inside a loop": (loop_a / "x.json", "too many levels of symbolic links"),
+        "dangling": (dangling, "a symbolic link to a file that does not exist"),
+        "missing": (tmp_path / "missing.json", "no such file or directory"),
+        "stdin": (Path("-"), "not from standard input"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "loop", "inside a loop", "dangling", "missing", "stdin"])
+def test_a_path_that_leads_to_no_file_says_why(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO (what ``<(zcat trace.json.gz)`` passes) was "empty file" and a symbolic link loop "no such file":
+    each kind now has its own reason, the same from analyze, compare and ingest, and nothing is created."""
+    monkeypatch.chdir(tmp_path)
+    path, reason = _odd_paths(tmp_path)[kind]
+    good = write_json(tmp_path / "good.json", {"traceEvents": kineto_events()})
+    store = tmp_path / "store" / "runs.db"
+    before = _listing(tmp_path)
+    for argv in (("analyze", path), ("compare", path, good), ("ingest", path, "--store", store)):
+        rc, _, err = run_cli(capsys, *map(str, argv))
+        assert_one_error_line(rc, err)
+        assert f"{path}: " in err and reason in err, (argv, err)
+    assert _listing(tmp_path) == before
+
+
+def _listing(folder: Path) -> dict[str, Any]:
+    """Each entry's lstat and, for a regular file, its bytes (reading a FIFO would block)."""
+    out: dict[str, Any] = {}
+    for name in sorted(os.listdir(folder)):
+        st = os.lstat(folder / name)
+        data = (folder / name).read_bytes() if stat.S_ISREG(st.st_mode) else None
+        out[name] = (st.st_mode, st.st_size, st.st_mtime_ns, data)
+    return out

@@ -28,9 +28,11 @@ def resolve_run(spec: str, role: str, store: str | None = None) -> Path:
     match = RUN_ID.match(spec.strip())
     if match:
         return _stored_run_path(int(match.group(1)), role, store)
-    looks_like_path = any(ch in spec for ch in "/\\.") or spec.endswith((".json", ".gz"))
+    looks_like_path = spec == "-" or any(ch in spec for ch in "/\\.") or spec.endswith((".json", ".gz"))
     if looks_like_path:
-        raise UsageError(f"{role} {spec}: no such file or directory")
+        from mlprof.trace.path_errors import not_found
+
+        raise UsageError(f"{role} {not_found(path)}")
     raise UsageError(
         f"{role} {spec!r}: not a file or folder, nor a run id of the run store (12 or run:12); "
         "give a trace file, an mlprof.profile run folder or a run id from `mlprof runs`"

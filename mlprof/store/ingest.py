@@ -83,11 +83,13 @@ def parse_tags(items: list[str] | None) -> dict[str, str]:
 
 def input_files(path: Path) -> tuple[str, list[Path]]:
     """The kind of input (``file``, ``run_folder``, ``directory``) and every file its run key covers."""
+    from mlprof.trace.path_errors import not_found, not_regular
+
     if not path.exists():
-        raise BadInputError(f"{path}: no such file or directory")
+        raise not_found(path)
     if not path.is_dir():
         if not path.is_file():  # a FIFO or a device (/dev/zero) would be hashed forever
-            raise BadInputError(f"{path}: not a regular file (a FIFO, device or socket); give a trace file")
+            raise not_regular(path, path.stat().st_mode)
         return "file", [path]
     try:
         traces = trace_files_in(path)

@@ -132,14 +132,21 @@ def _exists(path: Path) -> bool:
 
 
 def _check_file(path: Path) -> None:
+    import stat
+
+    from mlprof.trace.path_errors import not_found, not_regular
+
     if not _exists(path):
-        raise BadInputError(f"{path}: no such file or directory")
+        raise not_found(path)
     if path.is_dir():
         raise BadInputError(f"{path}: is a directory; pass a trace file")
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as exc:
         raise BadInputError(f"{path}: cannot read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise not_regular(path, st.st_mode)
+    size = st.st_size
     if size == 0:
         raise BadInputError(f"{path}: empty file")
     try:
@@ -248,7 +255,9 @@ def trace_files_in(directory: Path) -> list[Path]:
 def job_files(path: Path) -> list[Path]:
     """The trace files ``path`` names: itself, or the rank traces of a directory; bad paths are one error."""
     if not _exists(path):
-        raise BadInputError(f"{path}: no such file or directory")
+        from mlprof.trace.path_errors import not_found
+
+        raise not_found(path)
     if not path.is_dir():
         return [path]
     try:
