@@ -261,7 +261,7 @@ def _diagnose(
         diagnosis = diagnose(contexts, config, skew, world)
         release_freed_memory()
         specs = [c.gpu_spec for c in contexts]
-        signatures = [comm_signature(ra.full_trace) for ra in ranks]
+        signatures = [comm_signature(ra.full_trace) for ra in ranks] if len(ranks) > 1 else []  # (a job's only)
         results = shared.results()
     bounds = np.cumsum([0, *(len(work.tasks) for work in works)])
     replays = [work.finish(results[a:b]) for work, a, b in zip(works, bounds[:-1], bounds[1:], strict=True)]

@@ -104,6 +104,8 @@ def comm_signature(trace: Trace) -> pd.DataFrame:
 
 def rank_skew(traces: list[Trace]) -> RankSkew | None:
     """Match communication kernels across ranks; None with fewer than two ranks or no collectives."""
+    if len(traces) < 2:
+        return None  # (before the signatures: one rank has nothing to match them with)
     ranks = [t.meta.rank if t.meta.rank is not None else i for i, t in enumerate(traces)]
     return match_collectives(ranks, [comm_signature(t) for t in traces])
 
