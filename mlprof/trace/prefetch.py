@@ -362,7 +362,7 @@ def take(
         raise
     finally:
         _close_shm(pending)
-    _reap(pending.pid)
+    _reap_soon(pending.pid)
     if payload[0] != "ok":
         return None
     from mlprof.trace.build import TableBuilder
@@ -407,6 +407,18 @@ def _stop(pending: _Pending, closed: bool = False) -> None:
 def _reap(pid: int) -> None:
     with contextlib.suppress(OSError):
         os.waitpid(pid, 0)
+
+
+def _reap_soon(pid: int) -> None:
+    """Reap the child that has sent its columns: now if it has ended, else at exit. It ends right after sending
+    them, but giving its memory back takes it a few ms (0-6.5 ms on resnet50 35 MB) that the analysis need not
+    wait for."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] != 0:
+            return
+    except OSError:  # already reaped
+        return
+    atexit.register(_reap, pid)
 
 
 def _discard() -> None:
