@@ -12,7 +12,6 @@ results are combined in rank order.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -33,7 +32,7 @@ from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
 from mlprof.trace.loader import check_rank
-from mlprof.trace.model import DeviceInfo
+from mlprof.trace.model import Trace
 from mlprof.whatif.replay import RankReplay
 
 ENGINES = ("local", "dask")
@@ -102,17 +101,15 @@ class Kept:
       (:class:`mlprof.results.job_frames.HeldRank`), not as two DataFrames per rank;
     * the rank's reduced tables, communication signature and exposed communication are held compressed
       (:meth:`mlprof.results.ReducedRank.pack`, :meth:`RankPartial.pack`);
-    * the rank's device list holds the job's one copy of each distinct (frozen, equal) device: every rank of
-      a job usually lists the same node's GPUs, ~0.5 KB each, and one copy per rank was ~4 KB a rank (ranks
-      listing the same devices share one list, ~0.1 KB a rank); its
-      format, backend and step source texts are interned (one copy each, ~0.2 KB a rank);
     * the rank's replay graph is dropped once any rank's own replay is not trusted (then the job is
       not replayed, :func:`mlprof.whatif.job.build_job`, and no prediction reads a graph); the graphs of
       a job whose every rank replays within the error bound are all kept: the job replay simulates the
       ranks together. A replay without its graph keeps its report rows (pacing, graph size) in the spill
       file (:class:`_HeldReplay`);
-    * the rank's breakdown, steady-state record and measured spans are held in the spill file
-      (:meth:`HeldRank.hold_cold`), read back when the report asks.
+    * the rank's reduced trace (its metadata: path, devices, sizes, notes; the handles of its packed tables),
+      breakdown, steady-state record and measured spans are held in one record in the spill file
+      (:meth:`HeldRank.hold_cold`), read back when a rule or the report asks (the record read last kept); only
+      its rank number stays in memory. The metadata's objects were ~1 KB a rank.
     """
 
     def __init__(self) -> None:
@@ -121,8 +118,6 @@ class Kept:
         self.frames = JobFrames()
         self.held: list[RankPartial] = []
         self.untrusted = False
-        self.devices: dict[DeviceInfo, DeviceInfo] = {}
-        self.device_lists: dict[tuple[DeviceInfo, ...], list[DeviceInfo]] = {}
 
     def keep(self, p: RankPartial) -> RankPartial:
         check_rank(p.analysis.trace.meta)  # the totals key on the rank
@@ -131,14 +126,7 @@ class Kept:
         if isinstance(p.analysis.trace, ReducedRank):
             p.analysis.trace.pack()
         p.pack()
-        p.analysis.hold_cold()
-        meta = p.analysis.trace.meta
-        devices = tuple(self.devices.setdefault(d, d) for d in meta.devices)
-        meta.devices = self.device_lists.setdefault(devices, list(devices))  # one list for every rank alike
-        for name in _SHARED_TEXT:  # one copy of each (every rank says "kineto", "nccl", "ProfilerStep")
-            text = getattr(meta, name)
-            if type(text) is str:
-                setattr(meta, name, sys.intern(text))
+        p.analysis.hold_cold()  # the reduced trace and its metadata with the report-only fields
         views = p.analysis.name_views
         if views is not None:
             self.kernels.add(p.analysis.rank, views[0])
@@ -155,10 +143,6 @@ class Kept:
             else:
                 self.held.append(p)
         return p
-
-
-_SHARED_TEXT = ("format", "rank_source", "backend", "step_source")
-"""Metadata texts that every rank of a job usually shares."""
 
 
 class _HeldReplay(RankReplay):
@@ -268,6 +252,20 @@ class _JobContext(RankContext):
         super().__init__(analysis, causes)
 
     @property
+    def tables(self) -> Trace | ReducedRank:
+        """The rank's reduced trace, read from its cold record on use (:class:`HeldRank`): every rank's context
+        is held until the job's findings are merged, and each holding its rank's metadata was ~1 KB a rank."""
+        own: Trace | ReducedRank | None = self.__dict__.get("_tables")
+        return own if own is not None else self.analysis.trace
+
+    @tables.setter
+    def tables(self, value: Trace | ReducedRank) -> None:
+        if value is self.analysis.trace:
+            self.__dict__.pop("_tables", None)
+        else:
+            self.__dict__["_tables"] = value
+
+    @property
     def causes(self) -> pd.DataFrame:
         own: pd.DataFrame | None = self.__dict__.get("_causes")
         return own if own is not None else self.analysis.causes
@@ -314,7 +312,9 @@ def _check_ranks(partials: list[RankPartial], path: str) -> list[RankPartial]:
         meta = p.analysis.trace.meta
         if meta.rank is None:
             if len(partials) == 1:
-                meta.rank, meta.rank_source = 0, "single file"
+                trace = p.analysis.trace
+                trace.meta.rank, trace.meta.rank_source = 0, "single file"
+                p.analysis.trace = trace  # a kept rank's trace is read from its cold record: held as set
                 continue
             raise BadInputError(
                 f"{meta.path}: cannot tell its rank (no distributedInfo.rank); name rank files like rank-3.json.gz"

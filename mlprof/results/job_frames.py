@@ -170,6 +170,7 @@ class HeldRank(RankAnalysis):
     steps = _Held()
     causes = _Held()
     findings = _HeldFindings()
+    trace = Cold()
     temporal = Cold()
     steady = Cold()
     whole_trace = Cold()
@@ -177,16 +178,27 @@ class HeldRank(RankAnalysis):
     window_ns = Cold()
 
     COLD: ClassVar[tuple[str, ...]] = cold_fields(locals())
-    """Fields read once or twice per report (the breakdown, the steady-state record, the measured spans),
-    held together in the spill file once the rank is kept (:meth:`hold_cold`): ~1 KB of objects a rank."""
+    """Fields read once or twice per report or rule (the reduced trace with its metadata, the breakdown, the
+    steady-state record, the measured spans), held together in the spill file once the rank is kept
+    (:meth:`hold_cold`): ~2 KB of objects a rank. The rank's number stays in memory (:attr:`rank`)."""
 
     @classmethod
     def of(cls, ra: RankAnalysis, frames: JobFrames) -> HeldRank:
         held = cls.__new__(cls)
         held.__dict__["_job_frames"] = frames
+        held.__dict__["_rank"] = ra.rank
         for f in dataclasses.fields(RankAnalysis):
             setattr(held, f.name, getattr(ra, f.name))
         return held
+
+    @property
+    def rank(self) -> int:
+        """The rank's number, as :attr:`RankAnalysis.rank` read it when the rank was kept (without reading the
+        trace's metadata back from the cold record)."""
+        if "trace" in self.__dict__:  # set again: read it from there
+            return super().rank
+        rank: int = self.__dict__["_rank"]
+        return rank
 
     def hold_cold(self) -> None:
         """Hold the :attr:`COLD` fields in the spill file, read back on use (the rank read last kept)."""

@@ -14,6 +14,7 @@ disk), the bytes stay in memory: the same values, only the memory is not saved.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -333,7 +334,38 @@ def hold_cold(obj: Any, names: Iterable[str]) -> None:
     own = obj.__dict__
     record = _cold_values(own["_cold"]) if "_cold" in own else {}
     record = {**record, **{n: own.pop(n) for n in names if n in own}}
-    own["_cold"] = spill(record)
+    own["_cold"] = _spill_record(record)
+
+
+class _RecordPickler(pickle.Pickler):
+    """Pickles a cold record with the spill handles in it (a held rank's packed tables) as their rows of this
+    process's spill table, not as their bytes: a handle pickled as usual carries its bytes, and each read of the
+    record would write them to the spill file again."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is Spilled:
+            return ("s", int(obj))
+        if kind is SpilledRun:
+            return ("r", int(obj))
+        return None
+
+
+class _RecordUnpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        kind, row = pid
+        return Spilled(row) if kind == "s" else SpilledRun(row)
+
+
+def _spill_record(record: dict[str, Any]) -> Spilled:
+    buffer = io.BytesIO()
+    _RecordPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(record)
+    return _from_raw(zlib.compress(buffer.getvalue(), 1))
+
+
+def _load_record(record: Spilled) -> dict[str, Any]:
+    values: dict[str, Any] = _RecordUnpickler(io.BytesIO(zlib.decompress(record.raw()))).load()
+    return values
 
 
 _LAST_COLD: list[Any] = [None, None]
@@ -342,6 +374,6 @@ _LAST_COLD: list[Any] = [None, None]
 
 def _cold_values(record: Spilled) -> dict[str, Any]:
     if _LAST_COLD[0] is not record:
-        _LAST_COLD[:] = [record, record.load()]
+        _LAST_COLD[:] = [record, _load_record(record)]
     values: dict[str, Any] = _LAST_COLD[1]
     return values

@@ -357,10 +357,10 @@ def _record_next(contexts: list[RankContext], findings: list[Finding], world_siz
         for item in f.record_next:
             if item not in notes:
                 notes.append(item)
-    traces = [c.tables for c in contexts]
-    if all(len(t.memory) == 0 for t in traces):
+    # each rank's tables read in turn, not held together (a job's kept rank reads them from the spill file)
+    if all(len(c.tables.memory) == 0 for c in contexts):
         notes.append("profile_memory=True to check for memory leaks (the trace has no allocator events)")
-    elif all(not (t.memory["total_allocated"] >= 0).any() for t in traces):
+    elif all(not (c.tables.memory["total_allocated"] >= 0).any() for c in contexts):
         notes.append("a newer torch.profiler with profile_memory=True: these allocator events lack Total Allocated")
     if world_size and world_size > len(contexts):
         notes.append(
