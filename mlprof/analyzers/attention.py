@@ -51,6 +51,8 @@ MHA_OPS = re.compile(r"^aten::_native_multi_head_attention$")
 
 @dataclass(frozen=True)
 class AttentionChains:
+    """The unfused attention chains of a trace and the fused attention ops and kernels it has."""
+
     chains: pd.DataFrame
     """One row per chain: tid, ts, end (host span from the first GEMM's start to the second's end),
     gemm_host_ns, backward, inside (math_fallback | multi_head_attention | ""), and from the shapes

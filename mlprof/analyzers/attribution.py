@@ -74,6 +74,8 @@ def gpu_busy_pct(totals: dict[str, int]) -> float:
 
 @dataclass(frozen=True)
 class Layer:
+    """A named set of time ranges (``starts``/``ends``, ns) that the attribution lays over the step."""
+
     name: str
     starts: np.ndarray
     ends: np.ndarray

@@ -36,6 +36,8 @@ GRAPH_LAUNCH = re.compile(r"^(cuda|hip)GraphLaunch(_v\d+)?$|^cuGraphLaunch(_ptsz
 
 @dataclass(frozen=True)
 class CompileFacts:
+    """What a trace says about ``torch.compile``: compiled regions, graph breaks, compiling time, graph launches."""
+
     regions: pd.DataFrame
     """Compiled-region ranges: ts, end, tid, frame, compile_id, nested (inside another region on its thread)."""
     breaks: pd.DataFrame

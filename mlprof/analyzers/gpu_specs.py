@@ -19,6 +19,8 @@ from mlprof.trace.model import DeviceInfo
 
 @dataclass(frozen=True)
 class GpuSpec:
+    """A GPU model's memory, bandwidth and peak throughput."""
+
     name: str
     memory_bytes: int
     bandwidth_gbs: float

@@ -26,6 +26,8 @@ from mlprof.trace.model import Trace
 
 @dataclass(frozen=True)
 class TemporalBreakdown:
+    """HTA's temporal breakdown of a trace's span: idle, compute and non-compute device time."""
+
     span_ns: int
     idle_ns: int
     compute_ns: int

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GateResult:
+    """One gate checked: passed or not, and what was measured against what was allowed."""
+
     gate: str
     """The gate as the user wrote it (``--max-regression 5%``, ``comm_exposed=2ms``...)."""
     passed: bool

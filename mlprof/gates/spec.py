@@ -46,6 +46,8 @@ class Budget:
 
 @dataclass
 class GateConfig:
+    """The gates of a run: findings that fail it, the largest regression allowed, per-category budgets."""
+
     fail_on: list[FindingGate] = field(default_factory=list)
     max_regression_pct: float | None = None
     budgets: dict[str, Budget] = field(default_factory=dict)

@@ -19,6 +19,8 @@ from mlprof.results.report import Report
 
 @dataclass(frozen=True)
 class Format:
+    """An output format: its name, the ``-o`` suffixes that select it and its renderer."""
+
     name: str
     suffixes: tuple[str, ...]
     """``-o`` suffixes that select this format when ``--format`` is not given (lower case, with the dot)."""

@@ -42,6 +42,8 @@ def brief_fields(
 
 @dataclass
 class Finding:
+    """One finding of a rule: what it found, the time it costs per step, the evidence and the fix."""
+
     rule: str
     name: str
     category: str
@@ -115,6 +117,8 @@ class Finding:
 
 @dataclass
 class PlanStep:
+    """One step of the plan: a finding's fix and the step time after it and the fixes before it."""
+
     rule: str
     title: str
     saves_ms_per_step: float
@@ -124,6 +128,8 @@ class PlanStep:
 
 @dataclass
 class Diagnosis:
+    """The findings of an analysis, the plan and the what-if replay."""
+
     findings: list[Finding]
     plan: list[PlanStep]
     step_ms: float

@@ -20,6 +20,8 @@ from mlprof.trace.vocabulary import OPTIMIZER_STEP, name_mask
 
 @dataclass
 class KernelFacts:
+    """The kernels the fusion rules look at, with their classes and chains (computed once per rank)."""
+
     kernels: pd.DataFrame
     """Kernels inside the analysed windows: name, ts, end, dur, stream, klass, optimizer (a per-parameter
     kernel launched inside ``Optimizer.step``), foreach, in_optimizer (launched inside it), saving, chain."""

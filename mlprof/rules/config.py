@@ -47,6 +47,8 @@ DEFAULT_MIN_SPEEDUP = 1.01
 
 @dataclass
 class RuleConfig:
+    """The rules' thresholds: the minimum speedup reported, disabled rules, per-rule option values, gates."""
+
     min_speedup: float = DEFAULT_MIN_SPEEDUP
     """Findings with a smaller expected speedup are not reported (memory leaks always are)."""
     disabled: set[str] = field(default_factory=set)

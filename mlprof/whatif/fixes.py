@@ -94,6 +94,8 @@ Fix = Callable[[FixContext[Any]], "ReplayGraph | None"]
 
 @dataclass(frozen=True)
 class FixSpec:
+    """A rule's fix as the replay applies it to the recorded graph."""
+
     rule: str
     apply: Fix
     doc: str
