@@ -698,15 +698,15 @@ def Report_text(encoded: bytes) -> str:
 
 
 def test_kept_ranks_hold_their_report_only_fields_in_the_spill_file(tmp_path: Path) -> None:
-    """A generated job that is not replayed (each rank's own replay 13% off): kept, each rank's breakdown,
-    steady-state record and measured spans, and its replay's report rows (pacing, graph size) are held in the
-    spill file, not in the objects, and read back equal to the rank task's; a value set again is held again;
-    pickled, the replay is a plain one with its rows; and the kept ranks hold over 1.5 KB a rank less than with
-    those fields in the objects (tracemalloc of 12 ranks kept both ways)."""
+    """A generated job that is not replayed (each rank's own replay 13% off): kept, each rank's reduced trace and
+    metadata, breakdown, steady-state record and measured spans, its verdicts and its replay with the replay's
+    report rows (pacing, graph size) are held in the spill file, not in the objects, and read back equal to the
+    rank task's; a value set again is held again; pickled, the rank's result and its replay are plain ones with
+    their values; and the kept ranks hold over 3 KB a rank less than with those fields in the objects
+    (tracemalloc of 12 ranks kept both ways)."""
     import copy
     import tracemalloc
 
-    from mlprof.engine.job import _HeldReplay
     from mlprof.results.job_frames import HeldRank
     from mlprof.whatif.replay import RankReplay
 
@@ -722,31 +722,39 @@ def test_kept_ranks_hold_their_report_only_fields_in_the_spill_file(tmp_path: Pa
     tracemalloc.stop()
     for p, o in zip(held, originals, strict=True):
         ra = p.analysis
-        assert isinstance(ra, HeldRank) and isinstance(p.replay, _HeldReplay)
-        assert not set(HeldRank.COLD) & set(ra.__dict__) and not {"pacing", "shape"} & set(p.replay.__dict__)
+        assert isinstance(ra, HeldRank) and not {"replay", "verdicts"} & set(p.__dict__)
+        assert not {*HeldRank.COLD, "rank_replay", "rank_verdicts"} & set(ra.__dict__)
         for name in HeldRank.COLD:
-            if name == "trace":  # packed in the spill file: its metadata and tables read back equal
+            if name == "trace":  # its tables packed in the spill file: its metadata and tables read back equal
                 assert pickle.dumps(ra.trace.meta) == pickle.dumps(o.analysis.trace.meta)
                 for table in ("gpu", "collectives", "memory", "steps"):
                     pd.testing.assert_frame_equal(getattr(ra.trace, table), getattr(o.analysis.trace, table))
                 continue
             assert pickle.dumps(getattr(ra, name)) == pickle.dumps(getattr(o.analysis, name)), name
         assert o.analysis.steady is not None and o.analysis.window_ns is not None
-        assert p.replay.to_dict() == o.replay.to_dict() and p.replay.pacing and p.replay.shape
+        assert p.verdicts == o.verdicts and ra.rank == o.analysis.rank
+        assert type(p.replay) is RankReplay and p.replay.to_dict() == o.replay.to_dict()
+        assert p.replay.pacing and p.replay.shape
         plain = pickle.loads(pickle.dumps(p.replay))
         assert type(plain) is RankReplay and plain.to_dict() == o.replay.to_dict()
         assert copy.copy(p.replay).to_dict() == o.replay.to_dict()
+        whole = pickle.loads(pickle.dumps(p))
+        assert type(whole) is RankPartial and whole.verdicts == o.verdicts
+        assert whole.replay.to_dict() == o.replay.to_dict() and whole.rank_findings() == o.findings
     held[0].analysis.window_ns = (1, 2)
     assert held[0].analysis.window_ns == (1, 2) and held[1].analysis.window_ns == originals[1].analysis.window_ns
+    held[0].verdicts = {"X": "y"}
+    assert held[0].verdicts == {"X": "y"} and held[1].verdicts == originals[1].verdicts
 
     # the same ranks kept with these fields in the objects (as before): tracemalloc of what is held
     def keep_hot(p: RankPartial) -> RankPartial:
         p = kept_hot.keep(p)
+        p.replay = pickle.loads(pickle.dumps(p.replay))
+        p.verdicts = pickle.loads(pickle.dumps(p.verdicts))
         ra = p.analysis
         for name in HeldRank.COLD:
-            ra.__dict__[name] = getattr(ra, name)
+            ra.__dict__[name] = pickle.loads(pickle.dumps(getattr(ra, name)))
         ra.__dict__.pop("_cold")
-        p.replay = pickle.loads(pickle.dumps(p.replay))
         return p
 
     kept_hot = Kept()
@@ -754,19 +762,20 @@ def test_kept_ranks_hold_their_report_only_fields_in_the_spill_file(tmp_path: Pa
     hot = [keep_hot(pickle.loads(b)) for b in blobs]
     hot_bytes = _held_outside_spill_table()
     tracemalloc.stop()
-    assert len(hot) == len(held) and cold_bytes < hot_bytes - 12 * 1500, (cold_bytes, hot_bytes)  # measured 2.3 KB
+    assert len(hot) == len(held) and cold_bytes < hot_bytes - 12 * 3000, (cold_bytes, hot_bytes)  # measured 5.4 KB
 
 
 def _held_outside_spill_table() -> int:
-    """Bytes traced since ``tracemalloc.start()`` but those allocated in :mod:`mlprof.results.spill`: both ways
-    spill the same rows, and the spill table's arrays (three int64 arrays of every row the process ever spilled,
-    grown ~6% at a time) count whole when they grow while traced (~0.5 MB for the ~20k rows of the earlier tests
-    in the session), in one of the two windows or the other depending on how many rows came before."""
+    """Bytes traced since ``tracemalloc.start()`` but the spill table's rows (:meth:`spill._Store._row`): both
+    ways spill as many rows, and the table's three int64 arrays (every row the process ever spilled, grown ~6% at
+    a time) count whole when they grow while traced (~0.5 MB for the ~20k rows of the earlier tests in the
+    session), in one window or the other depending on how many rows came before."""
+    import inspect
     import tracemalloc
 
-    snapshot = tracemalloc.take_snapshot().filter_traces(
-        [tracemalloc.Filter(False, spill_module.__file__), tracemalloc.Filter(False, tracemalloc.__file__)]
-    )
+    lines, first = inspect.getsourcelines(spill_module._Store._row)
+    rows = [tracemalloc.Filter(False, spill_module.__file__, lineno=first + k) for k in range(len(lines))]
+    snapshot = tracemalloc.take_snapshot().filter_traces([*rows, tracemalloc.Filter(False, tracemalloc.__file__)])
     return sum(trace.size for trace in snapshot.traces)
 
 

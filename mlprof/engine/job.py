@@ -12,8 +12,9 @@ results are combined in rank order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, overload
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
 from mlprof.results import ReducedRank
 from mlprof.results.job_frames import HeldRank, JobFrames
-from mlprof.results.spill import Cold, SpilledLists, cold_fields, hold_cold
+from mlprof.results.spill import SpilledLists
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
@@ -104,8 +105,8 @@ class Kept:
     * the rank's replay graph is dropped once any rank's own replay is not trusted (then the job is
       not replayed, :func:`mlprof.whatif.job.build_job`, and no prediction reads a graph); the graphs of
       a job whose every rank replays within the error bound are all kept: the job replay simulates the
-      ranks together. A replay without its graph keeps its report rows (pacing, graph size) in the spill
-      file (:class:`_HeldReplay`);
+      ranks together. A replay without its graph is held in the rank's cold record with its report rows
+      (pacing, graph size) and the rank's verdicts (:class:`_KeptPartial`);
     * the rank's reduced trace (its metadata: path, devices, sizes, notes; the handles of its packed tables),
       breakdown, steady-state record and measured spans are held in one record in the spill file
       (:meth:`HeldRank.hold_cold`), read back when a rule or the report asks (the record read last kept); only
@@ -126,56 +127,105 @@ class Kept:
         if isinstance(p.analysis.trace, ReducedRank):
             p.analysis.trace.pack()
         p.pack()
-        p.analysis.hold_cold()  # the reduced trace and its metadata with the report-only fields
         views = p.analysis.name_views
         if views is not None:
             self.kernels.add(p.analysis.rank, views[0])
             self.ops.add(p.analysis.rank, views[1])
             p.analysis.name_views = None
-        if p.replay is not None and not p.replay.ok and not self.untrusted:
+        replay = p.replay
+        if replay is not None and not replay.ok and not self.untrusted:
             self.untrusted = True
             for held in self.held:
-                held.replay = _HeldReplay.of(held.replay)
+                assert isinstance(held.analysis, HeldRank)
+                held.analysis.hold_cold(rank_replay=_released(held.replay))
+                del held.__dict__["replay"]
             self.held = []
-        if p.replay is not None:
+        cold = {"rank_verdicts": p.__dict__.pop("verdicts")}
+        if replay is not None:
             if self.untrusted:
-                p.replay = _HeldReplay.of(p.replay)
+                cold["rank_replay"] = _released(replay)
+                del p.__dict__["replay"]
             else:
                 self.held.append(p)
+        p.__class__ = _KeptPartial
+        p.analysis.hold_cold(**cold)  # the reduced trace and its metadata with the report-only fields
         return p
 
 
-class _HeldReplay(RankReplay):
-    """A rank's replay kept without its graph (:meth:`RankReplay.release_graph`): its report rows (``pacing``,
-    ``shape``: ~1.3 KB of dicts a rank) and its analysed windows (read only with a graph) in the spill file, read
-    back on use; what the prediction reads of every rank (its error, ``ok``) stays in memory."""
-
-    pacing = Cold()
-    shape = Cold()
-    win_starts = Cold()
-    win_ends = Cold()
-    rounds = Cold()
-    full_ns = Cold()
-    COLD: ClassVar[tuple[str, ...]] = cold_fields(locals())
-
-    @classmethod
-    def of(cls, replay: RankReplay) -> _HeldReplay:
-        held = cls.__new__(cls)
-        held.__dict__.update(replay.__dict__)
-        held.release_graph()
-        hold_cold(held, cls.COLD)
-        return held
-
-    def __reduce__(self) -> tuple[Any, ...]:  # pickled or copied: a plain RankReplay with its rows
-        values = {**self.__dict__, **{name: getattr(self, name) for name in self.COLD}}
-        values.pop("_cold", None)
-        return (_plain_replay, (values,))
+def _released(replay: RankReplay) -> RankReplay:
+    """A copy of ``replay`` without its graph (:meth:`RankReplay.release_graph`), held in its rank's cold record."""
+    out = RankReplay.__new__(RankReplay)
+    out.__dict__.update(replay.__dict__)
+    out.release_graph()
+    return out
 
 
-def _plain_replay(values: dict[str, Any]) -> RankReplay:
-    replay = RankReplay.__new__(RankReplay)
-    replay.__dict__.update(values)
-    return replay
+class _KeptPartial(RankPartial):
+    """A rank's result as the job's client keeps it (:meth:`Kept.keep`): its verdicts, and its replay once the job
+    is known not to be replayed (without its graph: its report rows, pacing and graph size, ~1.3 KB of dicts a
+    rank, and its error), are held in the rank's cold record (:class:`HeldRank`), read back on use; in memory
+    they were ~0.4 KB of objects a rank. Set again, a field is held as set. Pickled or copied, it is a plain
+    :class:`RankPartial`."""
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        own: dict[str, str] | None = self.__dict__.get("verdicts")
+        return own if own is not None else self._cold("rank_verdicts")
+
+    @verdicts.setter
+    def verdicts(self, value: dict[str, str]) -> None:
+        self.__dict__["verdicts"] = value
+
+    @property
+    def replay(self) -> Any:
+        own = self.__dict__
+        return own["replay"] if "replay" in own else self._cold("rank_replay", None)
+
+    @replay.setter
+    def replay(self, value: Any) -> None:
+        self.__dict__["replay"] = value
+
+    def _cold(self, name: str, *default: Any) -> Any:
+        analysis = self.analysis
+        assert isinstance(analysis, HeldRank)
+        return getattr(analysis, name, *default)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_plain_partial, ({f.name: getattr(self, f.name) for f in dataclasses.fields(RankPartial)},))
+
+
+def _plain_partial(values: dict[str, Any]) -> RankPartial:
+    partial = RankPartial.__new__(RankPartial)
+    partial.__dict__.update(values)
+    return partial
+
+
+class _Replays(Sequence[RankReplay]):
+    """The ranks' replays in rank order, each read from its rank when asked for (a kept rank's from its cold
+    record): :func:`mlprof.whatif.job.predict_job` and the report read them one at a time, and a list of them
+    held every rank's report rows at once."""
+
+    def __init__(self, partials: list[RankPartial]) -> None:
+        self._partials = partials
+
+    def __len__(self) -> int:
+        return len(self._partials)
+
+    @overload
+    def __getitem__(self, i: int) -> RankReplay: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[RankReplay]: ...
+
+    def __getitem__(self, i: int | slice) -> RankReplay | list[RankReplay]:
+        if isinstance(i, slice):
+            return [p.replay for p in self._partials[i]]
+        replay: RankReplay = self._partials[i].replay
+        return replay
+
+    def __iter__(self) -> Iterator[RankReplay]:
+        for p in self._partials:
+            yield p.replay
 
 
 def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: Kept | None = None) -> Analysis:
@@ -211,7 +261,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
 
     if all(p.replay is not None for p in partials):
         # A job's ranks are replayed together, coupled by their matched collectives (mlprof.whatif.job).
-        replays = [p.replay for p in partials]
+        replays = _Replays(partials)
         specs = [c.gpu_spec for c in contexts]
         # build_job reads them only when every rank's own replay is trusted (else the job is not replayed)
         signatures = [p.comm_signature() for p in partials] if all(r.ok for r in replays) else []

@@ -182,6 +182,11 @@ class HeldRank(RankAnalysis):
     steady-state record, the measured spans), held together in the spill file once the rank is kept
     (:meth:`hold_cold`): ~2 KB of objects a rank. The rank's number stays in memory (:attr:`rank`)."""
 
+    rank_verdicts = Cold()
+    rank_replay = Cold()
+    """A job's client holds its rank result's verdicts and unused replay in the rank's cold record too
+    (:class:`mlprof.engine.job._KeptPartial`): one record a rank."""
+
     @classmethod
     def of(cls, ra: RankAnalysis, frames: JobFrames) -> HeldRank:
         held = cls.__new__(cls)
@@ -200,9 +205,11 @@ class HeldRank(RankAnalysis):
         rank: int = self.__dict__["_rank"]
         return rank
 
-    def hold_cold(self) -> None:
-        """Hold the :attr:`COLD` fields in the spill file, read back on use (the rank read last kept)."""
-        hold_cold(self, self.COLD)
+    def hold_cold(self, **more: Any) -> None:
+        """Hold the :attr:`COLD` fields, and ``more`` (:attr:`rank_verdicts`, :attr:`rank_replay`), in the spill
+        file, read back on use (the rank read last kept)."""
+        self.__dict__.update(more)
+        hold_cold(self, (*self.COLD, *more))
 
     def hold_findings(self, spilled: Spilled) -> None:
         """Hold the rank's findings as written to the spill file (unsorted): read, they come sorted by expected

@@ -315,9 +315,10 @@ class Cold:
         if self.name in own:
             return own[self.name]
         record = own.get("_cold")
-        if record is None:
+        values = _cold_values(record) if record is not None else {}
+        if self.name not in values:
             raise AttributeError(self.name)
-        return _cold_values(record)[self.name]
+        return values[self.name]
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj.__dict__[self.name] = value

@@ -43,6 +43,7 @@ clock (no recorded end used), against the recorded steps: ``per_rank_error_pct``
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +87,7 @@ class RankCollectives:
 class JobReplay:
     """The ranks of a job and their matched collectives; :meth:`step_ns` replays them together."""
 
-    replays: list[RankReplay]
+    replays: Sequence[RankReplay]
     colls: list[RankCollectives]
     transfer: np.ndarray
     """Per collective: the shortest recorded duration across its ranks (ns)."""
@@ -260,7 +261,7 @@ class JobReplay:
 
 def predict_job(
     diagnosis: Diagnosis,
-    replays: list[RankReplay],
+    replays: Sequence[RankReplay],
     signatures: list[pd.DataFrame],
     skew: RankSkew | None,
     specs: list[GpuSpec | None],
@@ -285,13 +286,17 @@ def predict_job(
     return whatif
 
 
-def build_job(replays: list[RankReplay], signatures: list[pd.DataFrame], skew: RankSkew | None) -> JobReplay | str:
+def build_job(replays: Sequence[RankReplay], signatures: list[pd.DataFrame], skew: RankSkew | None) -> JobReplay | str:
     """The job replay of the ranks (in rank order), or a sentence saying why the ranks are replayed one by one."""
     if len(replays) < 2:
         return "one rank"
-    untrusted = [rr for rr in replays if not rr.ok]
-    if untrusted:
-        worst = max(untrusted, key=lambda rr: abs(rr.error_pct))
+    # the first untrusted rank of the largest error, the ranks read one at a time (a job's client reads each
+    # kept rank's replay from the spill file: a list of the untrusted ones held them all)
+    worst: RankReplay | None = None
+    for rr in replays:
+        if not rr.ok and (worst is None or abs(rr.error_pct) > abs(worst.error_pct)):
+            worst = rr
+    if worst is not None:
         return (
             f"rank {worst.rank}'s own replay is {worst.error_pct:+.1f}% off its recorded steps (above "
             f"{MAX_REPLAY_ERROR_PCT:g}%): the findings keep their attribution estimates"
@@ -408,7 +413,7 @@ straggler's own step would shrink while the others still wait for it. Without a 
 keep the attribution estimate."""
 
 
-def _mark_leads(replays: list[RankReplay], colls: list[RankCollectives], arrival: np.ndarray) -> None:
+def _mark_leads(replays: Sequence[RankReplay], colls: list[RankCollectives], arrival: np.ndarray) -> None:
     """On each rank, the host stretches that end where it launched a collective it arrived last at, and by how
     much it came after the second-latest rank there (its *lead*): ``graph.ranges["collective_lead"]`` (the
     stretch, from its previous matched collective's launch) and ``["collective_lead_ns"]`` (the lead, twice).

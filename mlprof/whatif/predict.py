@@ -15,7 +15,7 @@ whose fix is not a graph edit keeps its attribution estimate (``speedup_source``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ per remaining fix per stage): the replay must stay a small part of ``analyze`` o
 class WhatIf:
     """The replay of a job: per-rank replay checks, and the plan the replay gives."""
 
-    ranks: list[RankReplay]
+    ranks: Sequence[RankReplay]
     trusted: bool
     plan_source: str
     """``replay`` or ``attribution`` (when the replay error is too large)."""
@@ -134,7 +134,7 @@ def apply_fix(
 
 def predict(
     diagnosis: Diagnosis,
-    replays: list[RankReplay],
+    replays: Sequence[RankReplay],
     specs: list[GpuSpec | None],
     config: RuleConfig,
     job: JobReplay | None = None,
@@ -369,7 +369,7 @@ def _note_no_gain(diagnosis: Diagnosis, config: RuleConfig) -> None:
             )
 
 
-def _per_rank_findings(diagnosis: Diagnosis, replays: list[RankReplay]) -> list[dict[str, Finding]]:
+def _per_rank_findings(diagnosis: Diagnosis, replays: Sequence[RankReplay]) -> list[dict[str, Finding]]:
     """Each rank's own finding of each rule (its evidence holds the rank's measured ratios)."""
     by_rank = diagnosis.per_rank if len(diagnosis.per_rank) == len(replays) else [diagnosis.findings]
     out: list[dict[str, Finding]] = []
@@ -396,7 +396,7 @@ def rule_options(config: RuleConfig, rule: str) -> RuleOptions:
 
 def _plan(
     diagnosis: Diagnosis,
-    replays: list[RankReplay],
+    replays: Sequence[RankReplay],
     base_ns: np.ndarray,
     replay_with: Any,
     originals: list[ReplayGraph],
