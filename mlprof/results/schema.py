@@ -189,6 +189,15 @@ def _trace_dict(analysis: Analysis) -> dict[str, Any]:
     devices = [
         {"id": d.id, "name": d.name, "memory_bytes": d.total_memory_bytes, "sms": d.num_sms} for d in first.devices
     ]
+    # the ranks' sizes and notes in one pass: a job's kept rank reads its metadata back from the spill file
+    file_bytes = json_bytes = events = 0
+    notes: set[str] = set()
+    for ra in analysis.ranks:
+        meta = ra.trace.meta
+        file_bytes += meta.file_bytes
+        json_bytes += meta.json_bytes
+        events += meta.num_events
+        notes.update(meta.notes)
     return {
         "path": analysis.path,
         "format": first.format,
@@ -196,13 +205,13 @@ def _trace_dict(analysis: Analysis) -> dict[str, Any]:
         "world_size": first.world_size,
         "backend": first.backend,
         "devices": devices,
-        "file_bytes": sum(ra.trace.meta.file_bytes for ra in analysis.ranks),
-        "json_bytes": sum(ra.trace.meta.json_bytes for ra in analysis.ranks),
-        "events": sum(ra.trace.meta.num_events for ra in analysis.ranks),
+        "file_bytes": file_bytes,
+        "json_bytes": json_bytes,
+        "events": events,
         "step_source": first.step_source,
         "step_filter": analysis.step_filter,
         "has_device_activity": analysis.has_device_activity,
-        "notes": sorted({n for ra in analysis.ranks for n in ra.trace.meta.notes}),
+        "notes": sorted(notes),
     }
 
 

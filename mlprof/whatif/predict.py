@@ -98,9 +98,9 @@ class WhatIf:
     def to_dict(self, per_rank: Callable[[Iterator[dict[str, Any]]], Any] = list) -> dict[str, Any]:
         """The report's ``whatif`` values; ``per_rank`` holds the per-rank rows as they are made (a job's report
         encodes each row as it comes, :func:`mlprof.results.schema.to_json_dict`)."""
-        worst = self.worst
+        worst = self.worst  # once: a job's ranks' replays are read one at a time (mlprof.engine.job._Replays)
         return {
-            "replay_error_pct": round(self.replay_error_pct, 3),
+            "replay_error_pct": round(worst.error_pct if worst is not None else 0.0, 3),
             "worst_rank": worst.rank if worst is not None else None,
             "max_error_pct": MAX_REPLAY_ERROR_PCT,
             "trusted": self.trusted,
