@@ -12,6 +12,7 @@ inputs. (FUSE001 with ``min_chain`` above the longest chain used to exit 3: NaN 
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import inspect
 import json
@@ -54,6 +55,14 @@ class Inputs:
     counters: pd.DataFrame
 
 
+LEAK_WOBBLE_MIB = [0, 0, 17, 14, 22, 18, 18, 18]
+"""MiB added to the leak trace's device allocations in each step (index: step starts at or before the event)."""
+
+
+def _is_step(event: Any) -> bool:
+    return isinstance(event, dict) and str(event.get("name", "")).startswith("ProfilerStep")
+
+
 def _rewrite(src: Path, dst: Path, edit: Any) -> Path:
     doc = json.loads(gzip.decompress(src.read_bytes()))
     dst.write_bytes(gzip.compress(json.dumps(edit(doc)).encode()))
@@ -64,9 +73,10 @@ def _rewrite(src: Path, dst: Path, edit: Any) -> Path:
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     """Bundled traces chosen so that every rule has something to judge (analysed once for the module):
     the synthetic pathologies, a two-rank job of the comm trace (job rules), recorded CPU runs with
-    attention, a per-parameter optimizer and graph breaks, the leak trace without step markers (MEM001's
-    window rule), the healthy trace with its kernels renamed to misaligned tensor-core GEMMs (SHAPE001);
-    and GPU counters plus a device-memory ramp (MEM002)."""
+    attention, a per-parameter optimizer and graph breaks, the leak trace with a wobbly, slowing growth
+    (MEM001's fit and late-growth thresholds) and without step markers (MEM001's window rule), the healthy
+    trace with its kernels renamed to misaligned tensor-core GEMMs (SHAPE001); and GPU counters plus a
+    device-memory ramp (MEM002)."""
     folder = tmp_path_factory.mktemp("fuzz")
     paths = [[SAMPLES / "synthetic" / f"{name}.json.gz"] for name in TRACES]
     ranks = [
@@ -97,7 +107,20 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
             e["name"] = "sm80_xmma_gemm_f16f16_tensorop_align1" if i % 2 else "ampere_sgemm_128x64_nn"
         return doc
 
-    paths.append([_rewrite(SAMPLES / "synthetic" / "memory_leak.json.gz", folder / "leak.json.gz", no_steps)])
+    leak = SAMPLES / "synthetic" / "memory_leak.json.gz"
+    steps_us = sorted(e["ts"] for e in json.loads(gzip.decompress(leak.read_bytes()))["traceEvents"] if _is_step(e))
+
+    def wobbly(doc: dict[str, Any]) -> dict[str, Any]:
+        # The leak's device memory moved per step so that the level at step starts is 520, 545, 550, 566, 570 MiB:
+        # a linear fit of r2 0.93 and a second-half slope 0.83 of the whole (exactly 1.0 and 1.0 in the plain leak
+        # trace, where whether 1.0 passes a threshold of 1.0 was float noise that changed with numpy's version).
+        for e in doc["traceEvents"]:
+            if e.get("name") == "[memory]" and e["args"].get("Device Type") == 1:
+                e["args"]["Total Allocated"] += LEAK_WOBBLE_MIB[bisect.bisect_right(steps_us, e["ts"])] * MIB
+        return doc
+
+    paths.append([_rewrite(leak, folder / "wobbly_leak.json.gz", wobbly)])
+    paths.append([_rewrite(leak, folder / "leak.json.gz", no_steps)])
     paths.append([_rewrite(SAMPLES / "synthetic" / "healthy.json.gz", folder / "gemms.json.gz", gemms)])
     jobs = [analyze_job([load_trace(p) for p in job], "fuzz") for job in paths]
 
