@@ -159,8 +159,14 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     numpy >= 2.3 finds plain ``np.unique`` values with a hash table, which on this
     machine takes ~0.7 s for 800 k distinct int64 against ~6 ms for a sort; the
     attribution and causes call it on every range boundary of a trace.
+
+    The sort is numpy's stable one (timsort for int64), which merges runs already in order: the
+    callers pass concatenations of sorted arrays (each layer's starts, its ends, the windows), and
+    on tiled x4 the attribution's 810 k boundaries sort in 3.4 ms against 42.5 ms with the default
+    quicksort, the causes' 965 k in 4.9 against 50.8 ms (on random int64 it is ~20% slower). Integers
+    sort to one order whichever algorithm; among equal floats (0.0 and -0.0) the first given is kept.
     """
-    flat = np.sort(np.asarray(values).ravel())
+    flat = np.sort(np.asarray(values).ravel(), kind="stable")
     if len(flat) < 2:
         return flat
     keep = np.empty(len(flat), dtype=bool)
