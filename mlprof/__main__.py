@@ -277,31 +277,17 @@ def _import_without_collections(arrow: bool = True) -> None:
     Python's ``re`` either way). pyarrow stays unimportable for the rest of the process (``import pyarrow``
     raises ImportError, as where it is not installed), so pandas and every other library see one state.
 
-    numpy, pandas, pyarrow and mlprof's modules make ~0.3 s worth of objects that live as long
-    as the process; the collector ran ~170 times over them while they were imported (one full
-    collection), 0.03-0.04 s of a ~0.6 s ``mlprof analyze`` of a 35 MB trace, and frozen they
-    are not walked again by the analysis's collections. What the imports leave as garbage is
-    kept (~1 MB).
+    Ctrl-C and SIGTERM are held back over the imports and the objects they make are frozen
+    (:func:`mlprof.lazy.imports_held`): ~0.03-0.04 s of a ~0.6 s ``mlprof analyze`` of a 35 MB trace was the
+    collector walking them. What the imports leave as garbage is kept (~1 MB).
     """
-    import gc
-
     from mlprof.commands._analyze import import_modules
-    from mlprof.interrupts import signals_deferred
+    from mlprof.lazy import imports_held
 
     if not arrow and "pandas" not in sys.modules:
         sys.modules.setdefault("pyarrow", None)  # type: ignore[arg-type]  # ImportError on import (see above)
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        # Ctrl-C or SIGTERM held back over the imports: raised inside an extension module's
-        # initialisation (numpy's datetime capsule) it came out as an ImportError, "internal error"
-        # (exit 3) instead of "interrupted" (130). Delivered when the imports are done.
-        with signals_deferred():
-            import_modules()
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+    with imports_held(freeze=True):
+        import_modules()
 
 
 if __name__ == "__main__":

@@ -139,24 +139,14 @@ def _import_reader() -> None:
     The command imports them anyway; imported here, the child inherits them instead of importing them
     again while this process imports numpy: on a 2-core VM two processes slow each other, and the
     child's numpy was ~0.08 s of CPU spent twice (resnet50 35 MB: numpy's import 0.11-0.22 -> 0.05-0.06 s
-    of wall, the whole command's CPU ~0.08 s less). With the cyclic GC off (as the command's other imports,
-    ``__main__._import_without_collections``) and Ctrl-C/SIGTERM held back until they are done (raised
-    inside an extension module's initialisation it came out as an ImportError): one landing here is
-    raised before the fork.
+    of wall, the whole command's CPU ~0.08 s less). Imported as the command's other imports are
+    (:func:`mlprof.lazy.imports_held`): a Ctrl-C or SIGTERM landing here is raised before the fork.
     """
-    import gc
+    from mlprof.lazy import imports_held
 
-    from mlprof.interrupts import signals_deferred
-
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with signals_deferred():
-            import mlprof.trace.build
-            import mlprof.trace.jsonstream  # noqa: F401
-    finally:
-        if enabled:
-            gc.enable()
+    with imports_held():
+        import mlprof.trace.build
+        import mlprof.trace.jsonstream  # noqa: F401
 
 
 def _memory_file() -> int | None:
