@@ -89,7 +89,11 @@ def input_files(path: Path) -> tuple[str, list[Path]]:
         raise not_found(path)
     if not path.is_dir():
         if not path.is_file():  # a FIFO or a device (/dev/zero) would be hashed forever
-            raise not_regular(path, path.stat().st_mode)
+            try:
+                mode = path.stat().st_mode
+            except OSError as exc:  # gone since (a race): as a missing path
+                raise not_found(path) from exc
+            raise not_regular(path, mode)
         return "file", [path]
     try:
         traces = trace_files_in(path)

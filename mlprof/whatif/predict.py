@@ -69,8 +69,7 @@ class WhatIf:
 
     @property
     def replay_error_pct(self) -> float:
-        worst = self.worst
-        return worst.error_pct if worst is not None else 0.0
+        return _error_pct(self.worst)
 
     @property
     def paces(self) -> str | None:
@@ -100,7 +99,7 @@ class WhatIf:
         encodes each row as it comes, :func:`mlprof.results.schema.to_json_dict`)."""
         worst = self.worst  # once: a job's ranks' replays are read one at a time (mlprof.engine.job._Replays)
         return {
-            "replay_error_pct": round(worst.error_pct if worst is not None else 0.0, 3),
+            "replay_error_pct": round(_error_pct(worst), 3),
             "worst_rank": worst.rank if worst is not None else None,
             "max_error_pct": MAX_REPLAY_ERROR_PCT,
             "trusted": self.trusted,
@@ -110,6 +109,11 @@ class WhatIf:
             "notes": self.notes,
             **({"job": self.job} if self.job is not None else {}),
         }
+
+
+def _error_pct(worst: RankReplay | None) -> float:
+    """:attr:`WhatIf.replay_error_pct` of the worst rank's replay (0 without ranks)."""
+    return worst.error_pct if worst is not None else 0.0
 
 
 def apply_fix(
