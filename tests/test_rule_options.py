@@ -17,7 +17,7 @@ import gzip
 import inspect
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +144,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
 
 def test_every_option_is_typed_documented_and_in_range() -> None:
     for rule in RULES:
-        declared = {f.name: f for f in fields(rule.options_class)}
-        assert [d.name for d in rule.options()] == list(declared)
+        declared = rule.options_class.__struct_fields__
+        assert tuple(d.name for d in rule.options()) == declared
         for doc in rule.options():
             assert doc.unit and doc.meaning, f"{rule.id}.{doc.name}"
             assert doc.lo <= doc.default <= doc.hi, f"{rule.id}.{doc.name}: default outside {doc.lo}..{doc.hi}"
@@ -164,7 +164,7 @@ def test_explain_prints_every_option(capsys: pytest.CaptureFixture[str]) -> None
 def _recording(cls: type[RuleOptions], seen: set[str]) -> type[RuleOptions]:
     """A subclass of the rule's options that notes which thresholds the code reads (the rule's detection
     and its what-if fix read the same object)."""
-    names = {f.name for f in fields(cls)}
+    names = set(cls.__struct_fields__)
 
     class Recording(cls):  # type: ignore[valid-type,misc]
         def __getattribute__(self, name: str) -> Any:

@@ -8,11 +8,12 @@ reads both the rules and the what-if fixes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from mlprof.rules.counter_base import CounterRule
 from mlprof.rules.registry import RULES
@@ -44,8 +45,8 @@ def live_catalogue() -> list[dict[str, Any]]:
                 "scope": rule.scope,
                 "claims": list(rule.claims),
                 "defaults": dict(rule.defaults),
-                "options": [dataclasses.asdict(doc) for doc in rule.options()],
-                "doc": dataclasses.asdict(rule.doc),
+                "options": [msgspec.structs.asdict(doc) for doc in rule.options()],
+                "doc": msgspec.structs.asdict(rule.doc),
                 "whatif": None if fix is None else fix.doc,
             }
         )

@@ -289,7 +289,7 @@ def _analyse_window(window: StepWindow, options: TaskOptions) -> WindowResult:
 
 
 def _without(config: RuleConfig, rule_ids: tuple[str, ...]) -> RuleConfig:
-    return dataclasses.replace(config, disabled=set(config.disabled) | set(rule_ids))
+    return msgspec.structs.replace(config, disabled=set(config.disabled) | set(rule_ids))
 
 
 def _merge(

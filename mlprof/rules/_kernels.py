@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -18,8 +17,7 @@ from mlprof.rules.base import RankContext
 from mlprof.trace.vocabulary import OPTIMIZER_STEP, name_mask
 
 
-@dataclass
-class KernelFacts:
+class KernelFacts(msgspec.Struct):
     """The kernels the fusion rules look at, with their classes and chains (computed once per rank)."""
 
     kernels: pd.DataFrame

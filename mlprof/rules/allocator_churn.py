@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, top_ranges
 from mlprof.trace.vocabulary import ALLOC_RUNTIME, names_matching
 
 
-@dataclass(frozen=True)
-class AllocatorChurnOptions(RuleOptions):
+class AllocatorChurnOptions(RuleOptions, frozen=True):
     """ALLOC001's thresholds (``[tool.mlprof.rules.ALLOC001]``, ``mlprof explain ALLOC001``)."""
 
     min_share: float = common("min_share", 0.02)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,7 @@ HALF_KERNEL = r"Half|BFloat16|half|bf16|fp16|f16"
 """Kernel names of 16-bit work: the fused kernel then runs on tensor cores."""
 
 
-@dataclass(frozen=True)
-class UnfusedAttentionOptions(RuleOptions):
+class UnfusedAttentionOptions(RuleOptions, frozen=True):
     """ATTN001's thresholds (``[tool.mlprof.rules.ATTN001]``, ``mlprof explain ATTN001``)."""
 
     min_share: float = common("min_share", 0.03)

@@ -12,16 +12,16 @@ the snapshot and the live rules differ, and says to run that command.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from mlprof.errors import UsageError
 from mlprof.rules._catalogue_data import CATALOGUE_JSON
 from mlprof.rules.spec import Option, RuleDoc
 
 
-@dataclass(frozen=True)
-class RuleEntry:
+class RuleEntry(msgspec.Struct, frozen=True):
     """What ``mlprof rules`` lists and ``mlprof explain`` prints about one rule."""
 
     id: str

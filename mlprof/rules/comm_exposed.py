@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from mlprof.analyzers.causes import CAUSES
@@ -11,8 +9,7 @@ from mlprof.rules._kernels import totals_by_name
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, top_ranges
 
 
-@dataclass(frozen=True)
-class CommExposedOptions(RuleOptions):
+class CommExposedOptions(RuleOptions, frozen=True):
     """COMM001's thresholds (``[tool.mlprof.rules.COMM001]``, ``mlprof explain COMM001``)."""
 
     min_share: float = common("min_share", 0.03)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from mlprof.analyzers.compiled import compile_facts
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option, top_ranges
 
 
-@dataclass(frozen=True)
-class CompileIssuesOptions(RuleOptions):
+class CompileIssuesOptions(RuleOptions, frozen=True):
     """COMPILE001's thresholds (``[tool.mlprof.rules.COMPILE001]``, ``mlprof explain COMPILE001``)."""
 
     min_breaks_per_step: float = option(

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from mlprof.errors import UsageError
 from mlprof.rules.catalogue import BY_ID
@@ -45,14 +46,13 @@ TOP_KEYS = {"min_speedup", "disable", "rules", "gates"}
 DEFAULT_MIN_SPEEDUP = 1.01
 
 
-@dataclass
-class RuleConfig:
+class RuleConfig(msgspec.Struct):
     """The rules' thresholds: the minimum speedup reported, disabled rules, per-rule option values, gates."""
 
     min_speedup: float = DEFAULT_MIN_SPEEDUP
     """Findings with a smaller expected speedup are not reported (memory leaks always are)."""
-    disabled: set[str] = field(default_factory=set)
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    disabled: set[str] = msgspec.field(default_factory=set)
+    overrides: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """Thresholds set by the team (``[tool.mlprof.rules.ID]``, ``--set``), by rule id; :meth:`options`
     checks them against each option's documented type and range."""
     source: str | None = None

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option, top_ranges
 from mlprof.trace.vocabulary import DATALOADER, name_mask
 
 
-@dataclass(frozen=True)
-class DataLoaderWaitOptions(RuleOptions):
+class DataLoaderWaitOptions(RuleOptions, frozen=True):
     """DATA001's thresholds (``[tool.mlprof.rules.DATA001]``, ``mlprof explain DATA001``)."""
 
     min_share: float = common("min_share", 0.03)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from mlprof.analyzers.data_parallel import DP_FORWARD, DP_PHASES
@@ -11,8 +9,7 @@ from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, 
 from mlprof.trace.vocabulary import name_mask
 
 
-@dataclass(frozen=True)
-class DataParallelUsedOptions(RuleOptions):
+class DataParallelUsedOptions(RuleOptions, frozen=True):
     """DP001 has no thresholds."""
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from mlprof.rules._kernels import kernel_facts, top_names
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option
 
 
-@dataclass(frozen=True)
-class Fp32MatmulOptions(RuleOptions):
+class Fp32MatmulOptions(RuleOptions, frozen=True):
     """AMP001's thresholds (``[tool.mlprof.rules.AMP001]``, ``mlprof explain AMP001``)."""
 
     min_share: float = common("min_share", 0.05)

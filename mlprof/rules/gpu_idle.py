@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from mlprof.rules.base import Finding, RuleDoc, RuleOptions, common
 from mlprof.rules.counter_base import CounterContext, CounterRule, duration_text
 
 NS_PER_S = 1_000_000_000
 
 
-@dataclass(frozen=True)
-class GpuIdleOptions(RuleOptions):
+class GpuIdleOptions(RuleOptions, frozen=True):
     """GPU001's thresholds (``[tool.mlprof.rules.GPU001]``, ``mlprof explain GPU001``)."""
 
     low_util_pct: float = common("low_util_pct", 10.0)

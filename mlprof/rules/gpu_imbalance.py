@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from mlprof.rules.base import Finding, RuleDoc, RuleOptions, common
 from mlprof.rules.counter_base import CounterContext, CounterRule
 
 NS_PER_S = 1_000_000_000
 
 
-@dataclass(frozen=True)
-class GpuImbalanceOptions(RuleOptions):
+class GpuImbalanceOptions(RuleOptions, frozen=True):
     """GPU003's thresholds (``[tool.mlprof.rules.GPU003]``, ``mlprof explain GPU003``)."""
 
     low_util_pct: float = common("low_util_pct", 10.0)

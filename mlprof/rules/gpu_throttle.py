@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from mlprof.rules.base import Finding, RuleDoc, RuleOptions, common, option
 from mlprof.rules.counter_base import CounterContext, CounterRule
@@ -17,8 +16,7 @@ SLOWDOWN_REASONS: tuple[str, ...] = (
 POWER_CAP = "sw_power_cap"
 
 
-@dataclass(frozen=True)
-class GpuThrottleOptions(RuleOptions):
+class GpuThrottleOptions(RuleOptions, frozen=True):
     """GPU002's thresholds (``[tool.mlprof.rules.GPU002]``, ``mlprof explain GPU002``)."""
 
     min_share: float = common("min_share", 0.05)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from mlprof.analyzers.copies import bandwidth_gbs, copy_table
@@ -14,8 +12,7 @@ PINNED_OVER_PAGEABLE = 2.0
 """Assumed pinned/pageable bandwidth ratio when the trace has no pinned copy to measure."""
 
 
-@dataclass(frozen=True)
-class HostToDeviceCopyOptions(RuleOptions):
+class HostToDeviceCopyOptions(RuleOptions, frozen=True):
     """DATA002's thresholds (``[tool.mlprof.rules.DATA002]``, ``mlprof explain DATA002``)."""
 
     min_share: float = common("min_share", 0.02)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option
 
 
-@dataclass(frozen=True)
-class HostGapsOptions(RuleOptions):
+class HostGapsOptions(RuleOptions, frozen=True):
     """HOST001's thresholds (``[tool.mlprof.rules.HOST001]``, ``mlprof explain HOST001``)."""
 
     min_share: float = common("min_share", 0.05)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
@@ -15,8 +13,7 @@ from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, 
 from mlprof.trace.vocabulary import DISPATCH_CATS, PROFILER_STEP, SYNC_RUNTIME, names_matching
 
 
-@dataclass(frozen=True)
-class HostSyncOptions(RuleOptions):
+class HostSyncOptions(RuleOptions, frozen=True):
     """SYNC001's thresholds (``[tool.mlprof.rules.SYNC001]``, ``mlprof explain SYNC001``)."""
 
     min_share: float = common("min_share", 0.02)

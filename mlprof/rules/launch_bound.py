@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from mlprof.analyzers.compiled import compile_facts
@@ -15,8 +13,7 @@ from mlprof.trace.vocabulary import LAUNCH_RUNTIME, names_matching
 SHORT_KERNEL_NS = 10_000
 
 
-@dataclass(frozen=True)
-class LaunchBoundOptions(RuleOptions):
+class LaunchBoundOptions(RuleOptions, frozen=True):
     """LAUNCH001's thresholds (``[tool.mlprof.rules.LAUNCH001]``, ``mlprof explain LAUNCH001``)."""
 
     min_share: float = common("min_share", 0.05)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlprof.analyzers.counter_timeline import MemoryTrend
@@ -17,8 +16,7 @@ MIB = 1 << 20
 NS_PER_S = 1_000_000_000
 
 
-@dataclass(frozen=True)
-class DeviceMemoryGrowthOptions(RuleOptions):
+class DeviceMemoryGrowthOptions(RuleOptions, frozen=True):
     """MEM002's thresholds (``[tool.mlprof.rules.MEM002]``, ``mlprof explain MEM002``)."""
 
     min_growth_mib_per_min: float = option(

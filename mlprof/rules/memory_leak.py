@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 from mlprof.analyzers.memory_curve import memory_curves, window_growth
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, option
@@ -11,8 +10,7 @@ from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, 
 MIB = 1 << 20
 
 
-@dataclass(frozen=True)
-class MemoryLeakOptions(RuleOptions):
+class MemoryLeakOptions(RuleOptions, frozen=True):
     """MEM001's thresholds (``[tool.mlprof.rules.MEM001]``, ``mlprof explain MEM001``)."""
 
     min_growth_mib_per_step: float = option(

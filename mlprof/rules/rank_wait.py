@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from mlprof.analyzers.rank_skew import RankSkew
@@ -13,8 +12,7 @@ MAX_LATE_ROWS = 32
 (as the per-rank figures of every merged finding, :data:`mlprof.rules.engine.MAX_RANKS_IN_EVIDENCE`)."""
 
 
-@dataclass(frozen=True)
-class RankWaitOptions(RuleOptions):
+class RankWaitOptions(RuleOptions, frozen=True):
     """COMM002's thresholds (``[tool.mlprof.rules.COMM002]``, ``mlprof explain COMM002``)."""
 
     min_share: float = common("min_share", 0.02)

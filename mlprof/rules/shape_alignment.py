@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +26,7 @@ TENSOR_CORE = r"(?i)tensorop|hmma|imma|[hsi]\d{3,5}gemm|bf16|xmma|gmma"
 """Kernel names of tensor-core GEMMs (CUTLASS ``tensorop``, cuBLAS ``s1688``/``h16816``, Hopper ``gmma``)."""
 
 
-@dataclass(frozen=True)
-class ShapeAlignmentOptions(RuleOptions):
+class ShapeAlignmentOptions(RuleOptions, frozen=True):
     """SHAPE001's thresholds (``[tool.mlprof.rules.SHAPE001]``, ``mlprof explain SHAPE001``)."""
 
     min_share: float = common("min_share", 0.02)

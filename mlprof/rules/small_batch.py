@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,8 +15,7 @@ TRAINING = re.compile(r"Backward|^autograd::engine|^Optimizer\.step")
 """Host ranges that only training records (the backward pass, the optimizer)."""
 
 
-@dataclass(frozen=True)
-class SmallBatchOptions(RuleOptions):
+class SmallBatchOptions(RuleOptions, frozen=True):
     """BATCH001's thresholds (``[tool.mlprof.rules.BATCH001]``, ``mlprof explain BATCH001``)."""
 
     max_busy_share: float = option(

@@ -1,7 +1,7 @@
 """What a rule says about itself, without running: documentation and thresholds.
 
-A rule's thresholds are a frozen :class:`RuleOptions` dataclass (declared next to the
-rule's code, read by it as attributes); each field carries its :class:`Option`
+A rule's thresholds are a frozen :class:`RuleOptions` record (a ``msgspec.Struct``, declared next
+to the rule's code, read by it as attributes); each field is declared with its :class:`Option`
 (unit, accepted range, meaning, default, type), which the config loader, ``--set`` and
 ``mlprof explain`` use through the rule catalogue.
 
@@ -13,12 +13,13 @@ the analysis stack; :mod:`mlprof.rules.base` re-exports these names for the rule
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+from msgspec.structs import replace
 
 
-@dataclass(frozen=True)
-class RuleDoc:
+class RuleDoc(msgspec.Struct, frozen=True):
     """Linter-style documentation, printed by ``mlprof explain ID``."""
 
     what: str
@@ -29,8 +30,7 @@ class RuleDoc:
     false_alarms: str
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(msgspec.Struct, frozen=True):
     """One threshold of a rule: what ``[tool.mlprof.rules.ID]`` may set, printed by ``mlprof explain``."""
 
     name: str
@@ -97,7 +97,16 @@ COMMON_OPTIONS: dict[str, Option] = {
 }
 """Options several rules share, documented once (:func:`common`)."""
 
-_DOC = "mlprof_option"
+
+class _Declared:
+    """A field's default with its documentation, as written in a :class:`RuleOptions` class body;
+    :class:`_OptionsMeta` keeps the default as the field's and the documentation in ``__option_docs__``."""
+
+    __slots__ = ("default", "doc")
+
+    def __init__(self, default: float, doc: Option) -> None:
+        self.default = default
+        self.doc = doc
 
 
 def option(default: float, unit: str, lo: float, hi: float, meaning: str) -> Any:
@@ -106,31 +115,48 @@ def option(default: float, unit: str, lo: float, hi: float, meaning: str) -> Any
     The field's type follows the default: ``bool`` is a flag, ``int`` a whole number, ``float`` a number.
     """
     kind = "flag" if isinstance(default, bool) else "integer" if isinstance(default, int) else "number"
-    return field(default=default, metadata={_DOC: Option("", unit, lo, hi, meaning, default, kind)})
+    return _Declared(default, Option("", unit, lo, hi, meaning, default, kind))
 
 
 def common(name: str, default: float) -> Any:
     """A field documented once in :data:`COMMON_OPTIONS` (``min_share`` and the like)."""
-    doc = COMMON_OPTIONS[name]
-    return field(default=default, metadata={_DOC: replace(doc, default=default)})
+    return _Declared(default, replace(COMMON_OPTIONS[name], default=default))
+
+
+class _OptionsMeta(msgspec.StructMeta):
+    """Reads a :class:`RuleOptions` class body: each field declared with :func:`option` or :func:`common`
+    gets its default, and its documentation (named) goes to the class's ``__option_docs__``."""
+
+    def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any) -> Any:
+        docs = [d for b in bases for d in getattr(b, "__option_docs__", ())]
+        for key, value in list(namespace.items()):
+            if isinstance(value, _Declared):
+                namespace[key] = value.default
+                docs.append(replace(value.doc, name=key))
+        namespace["__option_docs__"] = tuple(docs)
+        return super().__new__(mcls, name, bases, namespace, **kwargs)
 
 
 OptionsT = TypeVar("OptionsT", bound="RuleOptions")
 
 
-@dataclass(frozen=True)
-class RuleOptions:
+class RuleOptions(msgspec.Struct, frozen=True, metaclass=_OptionsMeta):
     """A rule's thresholds, typed: the detection code reads them as attributes.
 
-    Subclasses declare each threshold with :func:`option` or :func:`common`; ``[tool.mlprof.rules.ID]``
-    and ``--set ID.name=value`` build an instance with :meth:`build`, which checks every value against
-    its documented range (a value outside it is refused, never clamped).
+    Subclasses declare each threshold with :func:`option` or :func:`common` (every field: :meth:`docs`
+    checks it); ``[tool.mlprof.rules.ID]`` and ``--set ID.name=value`` build an instance with :meth:`build`,
+    which checks every value against its documented range (a value outside it is refused, never clamped).
     """
+
+    __option_docs__: ClassVar[tuple[Option, ...]] = ()
 
     @classmethod
     def docs(cls) -> tuple[Option, ...]:
         """Name, unit, accepted range, meaning and default of each threshold, in declaration order."""
-        return tuple(replace(f.metadata[_DOC], name=f.name) for f in fields(cls))
+        docs = cls.__option_docs__
+        if tuple(d.name for d in docs) != cls.__struct_fields__:
+            raise TypeError(f"{cls.__name__}: declare every field with option() or common()")
+        return docs
 
     @classmethod
     def build(cls: type[OptionsT], values: Mapping[str, Any] | None = None) -> OptionsT:
@@ -149,9 +175,8 @@ class RuleOptions:
 
     def as_dict(self) -> dict[str, float]:
         """The thresholds by name (what ``mlprof rules`` lists)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in self.__struct_fields__}
 
 
-@dataclass(frozen=True)
-class NoOptions(RuleOptions):
+class NoOptions(RuleOptions, frozen=True):
     """A rule without thresholds."""

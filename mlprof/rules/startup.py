@@ -8,7 +8,6 @@ finding and the report never disagree about which steps were one-off.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,8 +36,7 @@ LABELS = {
 }
 
 
-@dataclass(frozen=True)
-class StartupCostsOptions(RuleOptions):
+class StartupCostsOptions(RuleOptions, frozen=True):
     """STARTUP001 has no thresholds of its own: the warm-up steps are the steady-state rule's."""
 
 

@@ -9,7 +9,6 @@ the plan never counts it twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,8 +22,7 @@ from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, 
 COMPUTE_CAUSES = CAUSES["compute"]
 
 
-@dataclass(frozen=True)
-class StragglerOptions(RuleOptions):
+class StragglerOptions(RuleOptions, frozen=True):
     """STRAG001's thresholds (``[tool.mlprof.rules.STRAG001]``, ``mlprof explain STRAG001``)."""
 
     min_share: float = common("min_share", 0.01)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
@@ -12,8 +10,7 @@ from mlprof.rules._kernels import kernel_facts, top_names
 from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, common, ms, option
 
 
-@dataclass(frozen=True)
-class UnfusedElementwiseOptions(RuleOptions):
+class UnfusedElementwiseOptions(RuleOptions, frozen=True):
     """FUSE001's thresholds (``[tool.mlprof.rules.FUSE001]``, ``mlprof explain FUSE001``)."""
 
     min_share: float = common("min_share", 0.03)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -14,8 +13,7 @@ from mlprof.rules.base import Finding, RankContext, Rule, RuleDoc, RuleOptions, 
 from mlprof.trace.vocabulary import DISPATCH_CATS, OPTIMIZER_STEP, names_matching
 
 
-@dataclass(frozen=True)
-class UnfusedOptimizerOptions(RuleOptions):
+class UnfusedOptimizerOptions(RuleOptions, frozen=True):
     """FUSE002's thresholds (``[tool.mlprof.rules.FUSE002]``, ``mlprof explain FUSE002``)."""
 
     min_share: float = common("min_share", 0.02)
