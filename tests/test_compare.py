@@ -3,7 +3,6 @@ and mlprof's own recorded bad/fixed scenario folders."""
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import logging
@@ -11,6 +10,7 @@ import statistics
 import warnings
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pytest
@@ -272,7 +272,7 @@ def _hta_diff(control: str, test: str) -> pd.DataFrame:
 def _launched_only(trace):  # type: ignore[no-untyped-def]
     """HTA gives a GPU event the iteration of its launch; one without a recorded launch gets none (-1)."""
     gpu = trace.gpu[trace.gpu["correlation"].isin(trace.runtime["correlation"])]
-    return dataclasses.replace(trace, gpu=gpu.reset_index(drop=True))
+    return msgspec.structs.replace(trace, gpu=gpu.reset_index(drop=True))
 
 
 def test_trace_diff_counts_and_durations_match_hta(diff_pair: tuple[list, list]) -> None:  # type: ignore[type-arg]

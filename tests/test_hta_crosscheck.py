@@ -17,10 +17,10 @@ mlprof's tables and showing the numbers then agree:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -97,7 +97,7 @@ def _as_hta_sees_it(trace: Trace, behaviours: tuple[str, ...]) -> TemporalBreakd
     if "rounds_to_us" in behaviours:
         gpu = gpu.assign(ts=-((-gpu["ts"]) // 1000) * 1000, end=(gpu["end"] // 1000) * 1000)
         gpu = gpu[gpu["end"] > gpu["ts"]]
-    return temporal_breakdown(dataclasses.replace(trace, gpu=gpu.reset_index(drop=True)))
+    return temporal_breakdown(msgspec.structs.replace(trace, gpu=gpu.reset_index(drop=True)))
 
 
 def _close(ours: TemporalBreakdown, hta: tuple[float, float, float, float | None]) -> bool:

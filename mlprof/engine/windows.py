@@ -284,7 +284,7 @@ def _analyse_window(window: StepWindow, options: TaskOptions) -> WindowResult:
     clipped = gpu[(gpu["end"] > window.start) & (gpu["ts"] < window.end)].copy()
     clipped["ts"] = clipped["ts"].clip(lower=window.start)
     clipped["end"] = clipped["end"].clip(upper=window.end)
-    temporal = temporal_breakdown(dataclasses.replace(trace, gpu=clipped.reset_index(drop=True)))
+    temporal = temporal_breakdown(msgspec.structs.replace(trace, gpu=clipped.reset_index(drop=True)))
     return WindowResult(partial=partial, temporal=temporal)
 
 

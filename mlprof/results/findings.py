@@ -8,9 +8,9 @@ only; :mod:`mlprof.rules` computes them, :mod:`mlprof.report` renders them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from mlprof.analyzers.stragglers import CrossRank
@@ -40,8 +40,7 @@ def brief_fields(
     }
 
 
-@dataclass
-class Finding:
+class Finding(msgspec.Struct, weakref=True):
     """One finding of a rule: what it found, the time it costs per step, the evidence and the fix."""
 
     rule: str
@@ -56,12 +55,12 @@ class Finding:
     confidence_reason: str
     evidence: dict[str, Any]
     fix: str
-    steps: list[int] = field(default_factory=list)
-    time_ranges_ns: list[tuple[int, int]] = field(default_factory=list)
-    claimed: dict[str, float] = field(default_factory=dict)
+    steps: list[int] = msgspec.field(default_factory=list)
+    time_ranges_ns: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    claimed: dict[str, float] = msgspec.field(default_factory=dict)
     """ns per step claimed from each cause."""
-    ranks: list[int] = field(default_factory=list)
-    record_next: list[str] = field(default_factory=list)
+    ranks: list[int] = msgspec.field(default_factory=list)
+    record_next: list[str] = msgspec.field(default_factory=list)
     severity_override: str | None = None
     speedup_source: str | None = None
     """Where ``time_lost_ns_per_step`` comes from when not this trace's own measurement of the rule's causes
@@ -115,8 +114,7 @@ class Finding:
         }
 
 
-@dataclass
-class PlanStep:
+class PlanStep(msgspec.Struct):
     """One step of the plan: a finding's fix and the step time after it and the fixes before it."""
 
     rule: str
@@ -126,39 +124,37 @@ class PlanStep:
     cumulative_speedup: float
 
 
-@dataclass
-class Diagnosis:
+class Diagnosis(msgspec.Struct):
     """The findings of an analysis, the plan and the what-if replay."""
 
     findings: list[Finding]
     plan: list[PlanStep]
     step_ms: float
-    record_next: list[str] = field(default_factory=list)
-    rules_run: list[str] = field(default_factory=list)
+    record_next: list[str] = msgspec.field(default_factory=list)
+    rules_run: list[str] = msgspec.field(default_factory=list)
     below_threshold: int = 0
     """Findings dropped because their expected speedup was under ``min_speedup``."""
-    verdicts: dict[str, str] = field(default_factory=dict)
+    verdicts: dict[str, str] = msgspec.field(default_factory=dict)
     """Why a rule that looked found nothing (e.g. the measured memory trend), per rule id."""
-    per_rank: Sequence[list[Finding]] = field(default_factory=list)
+    per_rank: Sequence[list[Finding]] = msgspec.field(default_factory=list)
     """Each rank's own findings before merging (the same as ``findings`` for one rank); a job's client holds
     them in its spill file once merged (:class:`mlprof.results.spill.SpilledLists`)."""
     cross_rank: CrossRank | None = None
     """Several ranks: the per-rank table, rank-group summaries and job totals (:mod:`mlprof.analyzers.stragglers`)."""
-    rule_outliers: list[dict[str, Any]] = field(default_factory=list)
+    rule_outliers: list[dict[str, Any]] = msgspec.field(default_factory=list)
     """Several ranks: per rule, the ranks whose time lost is at least twice the median rank's."""
     whatif: Any = None
     """The replay (:class:`mlprof.whatif.predict.WhatIf`) when it ran; it set the speedups and the plan."""
 
 
-@dataclass
-class CounterDiagnosis:
+class CounterDiagnosis(msgspec.Struct):
     """The counter rules' findings over one counters table (ranked), apart from the trace's plan."""
 
     findings: list[Finding]
-    rules_run: list[str] = field(default_factory=list)
-    verdicts: dict[str, str] = field(default_factory=dict)
+    rules_run: list[str] = msgspec.field(default_factory=list)
+    verdicts: dict[str, str] = msgspec.field(default_factory=dict)
     below_threshold: int = 0
-    record_next: list[str] = field(default_factory=list)
+    record_next: list[str] = msgspec.field(default_factory=list)
     """Counters to add next time for the checks these could not make."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -195,8 +196,7 @@ class RankAnalysis:
         return self.trace.has_device_activity
 
 
-@dataclass
-class CounterAnalysis:
+class CounterAnalysis(msgspec.Struct):
     """GPU counters (nvidia-smi, NVML, DCGM): per-device summaries and the counter rules' findings.
 
     The result of ``mlprof analyze`` on a counters file alone, and the counters part of an
@@ -211,14 +211,14 @@ class CounterAnalysis:
     formats: list[str]
     summaries: list[DeviceCounterSummary]
     diagnosis: CounterDiagnosis
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = msgspec.field(default_factory=list)
     aligned: bool = False
     """True when the samples were joined to the trace's steps (same epoch clock, overlapping times)."""
     per_step: pd.DataFrame | None = None
     """One row per (step, device) when aligned, see :func:`mlprof.analyzers.counters.counters_per_step`."""
     during_trace: pd.DataFrame | None = None
     """One row per device over the whole analysed trace window when aligned (same columns)."""
-    trace_window_memory: list[MemoryTrend] = field(default_factory=list)
+    trace_window_memory: list[MemoryTrend] = msgspec.field(default_factory=list)
     """Device memory trend over the analysed trace window, when aligned."""
 
     @property
@@ -231,8 +231,7 @@ class CounterAnalysis:
         return (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
 
 
-@dataclass
-class Analysis:
+class Analysis(msgspec.Struct):
     """A job: one or more ranks."""
 
     path: str

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from functools import cache
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from mlprof.trace.columns import SymbolTable, factorize_text, to_int64
@@ -70,8 +70,7 @@ def _family(cat: Any, ph: Any) -> int:
     return SKIP
 
 
-@dataclass(frozen=True)
-class SharedPart:
+class SharedPart(msgspec.Struct, frozen=True):
     """A column part that a worker process wrote into a memory file (:mod:`mlprof.trace.parallel`) instead of
     sending it through the pool's pipe: ``count`` items of ``dtype`` from byte ``offset``. ``mapping``: for a
     text column, the symbol codes (of the builders it was merged into) of the worker's codes, None until merged.
@@ -84,15 +83,14 @@ class SharedPart:
 
     def remapped(self, mapping: np.ndarray) -> SharedPart:
         """This part with its codes taken through ``mapping`` too (as ``mapping[part]``), when it is read."""
-        return replace(self, mapping=mapping if self.mapping is None else mapping[self.mapping])
+        return msgspec.structs.replace(self, mapping=mapping if self.mapping is None else mapping[self.mapping])
 
     def array(self, buffer: Any) -> np.ndarray:
         values = np.frombuffer(buffer, dtype=self.dtype, count=self.count, offset=self.offset)
         return values if self.mapping is None else self.mapping[values]
 
 
-@dataclass
-class Partial:
+class Partial(msgspec.Struct):
     """A builder's columns with its own symbol strings, to merge into another builder."""
 
     cols: dict[int, dict[str, list[np.ndarray]]]

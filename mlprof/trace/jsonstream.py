@@ -24,7 +24,6 @@ import re
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,8 +60,7 @@ ProgressCallback = Callable[[int, int], None]
 """Called with (bytes of the input file consumed, total bytes of the input file)."""
 
 
-@dataclass
-class StreamStats:
+class StreamStats(msgspec.Struct):
     """What the reader saw, for throughput and for the report's trace metadata."""
 
     file_bytes: int = 0
@@ -305,8 +303,7 @@ def _read_tail(
     return meta
 
 
-@dataclass
-class _Plan:
+class _Plan(msgspec.Struct):
     """Where the streaming read of a plain file would cut it, found from windows around each cut."""
 
     size: int

@@ -37,9 +37,9 @@ strings become -1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pandas as pd
 
 from mlprof.trace.memo import cached
@@ -57,8 +57,7 @@ TABLES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
+class DeviceInfo(msgspec.Struct, frozen=True):
     """One entry of ``deviceProperties``."""
 
     id: int
@@ -68,8 +67,7 @@ class DeviceInfo:
     compute_capability: str | None = None
 
 
-@dataclass
-class TraceMeta:
+class TraceMeta(msgspec.Struct):
     """Facts about the trace file itself, not about its events."""
 
     path: str
@@ -79,20 +77,19 @@ class TraceMeta:
     world_size: int | None = None
     rank_source: str | None = None
     backend: str | None = None
-    devices: list[DeviceInfo] = field(default_factory=list)
+    devices: list[DeviceInfo] = msgspec.field(default_factory=list)
     base_time_ns: int | None = None
     file_bytes: int = 0
     json_bytes: int = 0
     num_events: int = 0
     step_source: str = "none"
     """How steps were found: ``ProfilerStep``, a fallback marker, a user regex, or ``none``."""
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = msgspec.field(default_factory=list)
     """Quirks met while reading (invalid UTF-8 repaired, events dropped...)."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-@dataclass
-class Trace:
+class Trace(msgspec.Struct, weakref=True):
     """A parsed trace of one rank: tables plus metadata."""
 
     meta: TraceMeta
@@ -104,7 +101,7 @@ class Trace:
     flows: pd.DataFrame
     collectives: pd.DataFrame
     steps: pd.DataFrame
-    threads: pd.DataFrame = field(default_factory=pd.DataFrame)
+    threads: pd.DataFrame = msgspec.field(default_factory=pd.DataFrame)
     """``process_name``/``thread_name`` metadata: pid, tid, kind, value."""
 
     @property
