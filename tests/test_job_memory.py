@@ -251,6 +251,37 @@ def test_spilled_runs_hold_many_values_in_one_number_at_consecutive_rows(
     assert [np.array_equal(s.load()["a"], v["a"]) for s, v in zip(kept, values[1], strict=True)] == [True] * 4
 
 
+def test_spill_table_rows_hold_14_bytes_and_read_back_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spill table is int16 file, int64 offset and uint32 size a row: 20,000 values of sizes 0 to 3,999 bytes
+    (raw rows) each read back equal from a fresh store, at most 16 bytes a row traced while they are spilled (the
+    arrays and the rows' own array grow by ~1/16; three int64 were 24), and a size of 4 GiB or more (not written:
+    the table's own column) reads back as appended, next to sizes just below the 32-bit limit."""
+    import tracemalloc
+
+    from mlprof.results.spill import RawRows, _Sizes
+
+    store = spill_module._Store()
+    monkeypatch.setattr(spill_module, "_STORE", store)
+    datas = [bytes([k % 251]) * (k % 4000) for k in range(20000)]
+    spill(0)  # the file made before tracing
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    rows = RawRows()
+    rows_before = tracemalloc.get_traced_memory()[0]
+    for data in datas:
+        rows.append(data)
+    table = tracemalloc.get_traced_memory()[0] - rows_before - len(rows._rows) * 8
+    tracemalloc.stop()
+    assert before <= rows_before
+    assert table / len(datas) <= 16, table / len(datas)
+    assert list(rows) == datas and [store.sizes[int(r)] for r in rows._rows] == [len(d) for d in datas]
+    sizes = _Sizes()
+    for size in (0, 2**32 - 2, 2**32 - 1, 2**32, 5 * 2**30, 7):
+        sizes.append(size)
+    assert [sizes[k] for k in range(6)] == [0, 2**32 - 2, 2**32 - 1, 2**32, 5 * 2**30, 7] and len(sizes) == 6
+    assert sizes.small.itemsize == 4 and store.where.itemsize == 2 and store.offsets.itemsize == 8
+
+
 def _read_inherited_and_spill_in_child() -> Any:
     inherited = _SPILLED_BEFORE_FORK.load()  # read from the parent's file through the inherited descriptor
     parents = spill_module._STORE._file

@@ -140,10 +140,11 @@ def _from_raw(data: bytes) -> Spilled:
 
 class _Store:
     """The process's spill file, appended to, and its table: per value held, the file it is in (an index into
-    :attr:`files`), its offset and its size, in three int64 arrays (a handle is a row number). The file is made on
-    first use, and again in a forked child (which then never writes into its parent's file; it can still read
-    values spilled before the fork, whose rows name the parent's file). Bytes that could not be written (no
-    temporary directory, a full disk) are held in :attr:`memory` by row."""
+    :attr:`files`, int16), its offset (int64) and its size (uint32; a size of 4 GiB or more is in :attr:`big`), in
+    three arrays (a handle is a row number): 14 bytes a row, where three int64 were 24 (a job's client spills ~14
+    values a rank). The file is made on first use, and again in a forked child (which then never writes into its
+    parent's file; it can still read values spilled before the fork, whose rows name the parent's file). Bytes
+    that could not be written (no temporary directory, a full disk) are held in :attr:`memory` by row."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -152,14 +153,14 @@ class _Store:
         self._end = 0
         self._failed = False
         self.files: list[IO[bytes]] = []
-        self.where = array("q")
+        self.where = array("h")
         """Per row: the index in :attr:`files` of the file holding it, -1 where the bytes are in memory."""
         self.offsets = array("q")
-        self.sizes = array("q")
+        self.sizes = _Sizes()
         self.memory: dict[int, bytes] = {}
 
     def _row(self, where: int, offset: int, size: int) -> Spilled:
-        row = len(self.sizes)
+        row = len(self.offsets)
         self.where.append(where)
         self.offsets.append(offset)
         self.sizes.append(size)
@@ -169,6 +170,8 @@ class _Store:
         with self.lock:
             if not self._failed:
                 try:
+                    if (self._file is None or self._pid != os.getpid()) and len(self.files) >= _MAX_FILES:
+                        raise OSError("too many spill files")  # pragma: no cover - a chain of 32,767 forks
                     if self._file is None or self._pid != os.getpid():
                         self._file = tempfile.TemporaryFile()  # noqa: SIM115 - open for the process's life
                         self._pid, self._end = os.getpid(), 0
@@ -215,6 +218,34 @@ class _Store:
         with self.lock:  # pragma: no cover - platforms without pread
             file.seek(offset)
             return file.read(size)
+
+
+_MAX_FILES = 2**15 - 1
+"""Files a process's spill table can name (:attr:`_Store.where` is int16)."""
+
+
+class _Sizes:
+    """The spill table's sizes: uint32, a size of 4 GiB or more held in :attr:`big` by row (0xFFFFFFFF stands for
+    it)."""
+
+    __slots__ = ("big", "small")
+
+    def __init__(self) -> None:
+        self.small = array("I")
+        self.big: dict[int, int] = {}
+
+    def append(self, size: int) -> None:
+        if size >= 0xFFFFFFFF:
+            self.big[len(self.small)] = size
+            size = 0xFFFFFFFF
+        self.small.append(size)
+
+    def __getitem__(self, row: int) -> int:
+        size = self.small[row]
+        return self.big[int(row)] if size == 0xFFFFFFFF else size
+
+    def __len__(self) -> int:
+        return len(self.small)
 
 
 _STORE = _Store()
