@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -49,8 +49,7 @@ MHA_OPS = re.compile(r"^aten::_native_multi_head_attention$")
 """``nn.MultiheadAttention``'s fast path: unfused when it must return the attention weights."""
 
 
-@dataclass(frozen=True)
-class AttentionChains:
+class AttentionChains(msgspec.Struct, frozen=True):
     """The unfused attention chains of a trace and the fused attention ops and kernels it has."""
 
     chains: pd.DataFrame

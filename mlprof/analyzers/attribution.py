@@ -23,8 +23,7 @@ as compute, its PR #162).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -72,8 +71,7 @@ def gpu_busy_pct(totals: dict[str, int]) -> float:
     return 100.0 * sum(totals[c] for c in BUSY) / wall if wall else 0.0
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(msgspec.Struct, frozen=True):
     """A named set of time ranges (``starts``/``ends``, ns) that the attribution lays over the step."""
 
     name: str

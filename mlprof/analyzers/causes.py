@@ -35,8 +35,7 @@ idle_other           ``other.optimizer`` Python inside ``Optimizer.step`` outsid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -83,8 +82,7 @@ Intervals = tuple[np.ndarray, np.ndarray]
 _EMPTY: Intervals = (np.empty(0, np.int64), np.empty(0, np.int64))
 
 
-@dataclass
-class CauseLayers:
+class CauseLayers(msgspec.Struct):
     """Interval sets of every cause but the catch-alls, in priority order within each category."""
 
     sets: dict[str, Intervals]

@@ -15,8 +15,8 @@ CUDA graph replays are ``cudaGraphLaunch`` runtime calls.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -34,8 +34,7 @@ GRAPH_LAUNCH = re.compile(r"^(cuda|hip)GraphLaunch(_v\d+)?$|^cuGraphLaunch(_ptsz
 """Replays of captured CUDA graphs."""
 
 
-@dataclass(frozen=True)
-class CompileFacts:
+class CompileFacts(msgspec.Struct, frozen=True):
     """What a trace says about ``torch.compile``: compiled regions, graph breaks, compiling time, graph launches."""
 
     regions: pd.DataFrame

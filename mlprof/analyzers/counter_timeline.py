@@ -9,8 +9,7 @@ device's series is read at the union of all sample times.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -21,8 +20,7 @@ from mlprof.trace.numbers import sorted_unique
 NS_PER_S = 1_000_000_000
 
 
-@dataclass(frozen=True)
-class UtilOverlap:
+class UtilOverlap(msgspec.Struct, frozen=True):
     """Low-utilisation time of every device, split by what the other devices did meanwhile (ns)."""
 
     devices: list[int]
@@ -30,11 +28,11 @@ class UtilOverlap:
     """Time during which every device has a utilisation sample in force."""
     all_low_ns: int
     """Time every device was under the threshold at once (the whole job waited)."""
-    low_ns: dict[int, int] = field(default_factory=dict)
+    low_ns: dict[int, int] = msgspec.field(default_factory=dict)
     """Per device: time under the threshold."""
-    low_while_others_busy_ns: dict[int, int] = field(default_factory=dict)
+    low_while_others_busy_ns: dict[int, int] = msgspec.field(default_factory=dict)
     """Per device: time under the threshold while at least one other device was at or above it."""
-    mean_util_pct: dict[int, float] = field(default_factory=dict)
+    mean_util_pct: dict[int, float] = msgspec.field(default_factory=dict)
     """Per device: time-weighted mean utilisation over the covered time."""
     low_util_pct: float = 10.0
     startup_idle_ns: int = 0
@@ -112,8 +110,7 @@ def util_overlap(counters: pd.DataFrame, low_util_pct: float = 10.0) -> UtilOver
     )
 
 
-@dataclass(frozen=True)
-class ThrottleShare:
+class ThrottleShare(msgspec.Struct, frozen=True):
     """How long one device's clocks were held down for the given reasons."""
 
     device: int
@@ -167,8 +164,7 @@ def throttle_shares(counters: pd.DataFrame, reasons: tuple[str, ...]) -> list[Th
     return out
 
 
-@dataclass(frozen=True)
-class MemoryTrend:
+class MemoryTrend(msgspec.Struct, frozen=True):
     """Device memory in use over the recording (or a window of it)."""
 
     device: int

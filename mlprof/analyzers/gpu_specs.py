@@ -12,13 +12,13 @@ cross-checked table). Users with other parts can add rows via ``[tool.mlprof.gpu
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+import msgspec
 
 from mlprof.trace.model import DeviceInfo
 
 
-@dataclass(frozen=True)
-class GpuSpec:
+class GpuSpec(msgspec.Struct, frozen=True):
     """A GPU model's memory, bandwidth and peak throughput."""
 
     name: str

@@ -10,8 +10,7 @@ allocations during the analysed steps are still live at the end of the trace.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -22,8 +21,7 @@ DEVICE_TYPES = {0: "cpu", 1: "cuda"}
 """``Device Type`` in ``[memory]`` events: c10 DeviceType (0 CPU, 1 CUDA; ROCm also reports 1)."""
 
 
-@dataclass
-class MemoryCurve:
+class MemoryCurve(msgspec.Struct):
     """Allocated bytes of one device over the analysed steps."""
 
     device: str
@@ -39,7 +37,7 @@ class MemoryCurve:
     """Slope over the second half of the steps: warm-up flattens out, a leak does not."""
     rises: int
     """Steps whose boundary level is above the previous one."""
-    live_sites: list[dict[str, object]] = field(default_factory=list)
+    live_sites: list[dict[str, object]] = msgspec.field(default_factory=list)
     """Ops whose allocations in the analysed steps are never freed in the trace, most bytes first."""
 
 
@@ -128,8 +126,7 @@ def live_sites(dev: pd.DataFrame, lo: int, hi: int, host: pd.DataFrame, top: int
     return [{"op": op, "bytes": int(r.total), "allocations": int(r.n)} for op, r in grouped.iterrows()]
 
 
-@dataclass
-class WindowGrowth:
+class WindowGrowth(msgspec.Struct):
     """Allocated bytes of one device across a window without steps: what is taken and never given back.
 
     ``floor(t)`` is the lowest level from ``t`` to the end of the window: memory that is
@@ -143,7 +140,7 @@ class WindowGrowth:
     """The floor at 1/4, 1/2, 3/4 of the window and the level at its end."""
     end_bytes: int
     peak_bytes: int
-    live_sites: list[dict[str, object]] = field(default_factory=list)
+    live_sites: list[dict[str, object]] = msgspec.field(default_factory=list)
 
     @property
     def retained_bytes(self) -> int:

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -38,8 +38,7 @@ from mlprof.trace.model import Trace
 SIGNATURE_COLUMNS = ("name", "pg", "seq", "ts", "dur")
 
 
-@dataclass
-class RankSkew:
+class RankSkew(msgspec.Struct):
     """Matched collectives across ranks and the wait each rank spent in them."""
 
     ranks: list[int]
@@ -58,7 +57,7 @@ class RankSkew:
     median arrival)."""
     match_key: str = "order"
     """``pg+seq`` (process group and sequence number from the trace) or ``order`` (n-th kernel of a name)."""
-    collectives: pd.DataFrame = field(default_factory=pd.DataFrame)
+    collectives: pd.DataFrame = msgspec.field(default_factory=pd.DataFrame)
     """One row per matched collective: key, name, ranks, last_rank, spread_ns (latest minus earliest
     aligned arrival), end_spread_ns (latest minus earliest aligned end: near zero when the match is
     right, since all ranks leave a collective together), median_dur_ns, wait_ns (summed over ranks),
@@ -242,8 +241,7 @@ def _strings(known: dict[str, int]) -> np.ndarray:
     return out
 
 
-@dataclass
-class _Keyed:
+class _Keyed(msgspec.Struct):
     """The matched kernels of a job (key: an integer in the sort order of the key's text, :attr:`labels`)."""
 
     columns: dict[str, np.ndarray]

@@ -36,9 +36,9 @@ section says the same for users.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -81,8 +81,7 @@ KERNEL_LAUNCH_RUNTIME = re.compile(r"LaunchKernel|LaunchCooperativeKernel|^cuLau
 REASONS = ("warm-up", "partial", "outlier")
 
 
-@dataclass(frozen=True)
-class SetAsideStep:
+class SetAsideStep(msgspec.Struct, frozen=True):
     """One step left out of the per-step costs, and why."""
 
     step: int
@@ -101,8 +100,7 @@ class SetAsideStep:
         }
 
 
-@dataclass(frozen=True)
-class SteadyState:
+class SteadyState(msgspec.Struct, frozen=True):
     """The verdict on one rank's steps: which are steady, which were set aside and why."""
 
     steady: tuple[int, ...]
@@ -114,7 +112,7 @@ class SteadyState:
     """``1.4826 * MAD`` of all the steps."""
     overridden: bool = False
     """``--steps`` named the steps: the rule was not applied."""
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = msgspec.field(default_factory=tuple)
 
     @property
     def set_aside_steps(self) -> list[int]:

@@ -22,9 +22,9 @@ of analysed steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -35,8 +35,7 @@ MEASURE_COLUMNS = ("rank", "steps", "step_ns", "compute_ns", "wait_ns", "transfe
 """Per rank, mean ns per analysed step (``steps`` = number of analysed steps)."""
 
 
-@dataclass
-class CrossRank:
+class CrossRank(msgspec.Struct):
     """The job's cross-rank view: one row per rank, summaries by rank group, job totals."""
 
     per_rank: pd.DataFrame
@@ -45,7 +44,7 @@ class CrossRank:
     groups: pd.DataFrame
     """group, ranks ("0-7"), n, step_ms_median, step_ms_max, wait_ms_mean, critical_ms_sum, worst_rank."""
     group_size: int
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = msgspec.field(default_factory=dict)
     """ranks, matched, unmatched, match_key, step_ms_median/max, step_skew, slowest_rank,
     imbalance_ms_per_step and bandwidth_ms_per_step (means over ranks), imbalance_share, stragglers."""
 

@@ -16,16 +16,14 @@ Unlike HTA, device-side ``cuda_sync`` events are not counted as kernels, and bot
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import msgspec
 import numpy as np
 
 from mlprof.analyzers.intervals import intersect_total, total
 from mlprof.trace.model import Trace
 
 
-@dataclass(frozen=True)
-class TemporalBreakdown:
+class TemporalBreakdown(msgspec.Struct, frozen=True):
     """HTA's temporal breakdown of a trace's span: idle, compute and non-compute device time."""
 
     span_ns: int

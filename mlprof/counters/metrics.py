@@ -14,8 +14,8 @@ says which), ``device`` int64 GPU index, ``metric`` categorical, ``value`` float
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -24,8 +24,7 @@ SOURCES: tuple[str, ...] = ("nvml", "dcgm", "nvidia-smi", "nsys")
 MIB = 1 << 20
 
 
-@dataclass(frozen=True)
-class Metric:
+class Metric(msgspec.Struct, frozen=True):
     """A canonical counter: its unit and what it means."""
 
     name: str

@@ -139,7 +139,7 @@ def _steady(windows: list[StepWindow], *, overridden: bool) -> SteadyState:
     steady = steady_state(table, overridden=overridden)
     if steady.set_aside:
         note = "--low-memory: steps set aside by their times alone (start-up signals need every event at once)"
-        steady = dataclasses.replace(steady, notes=(*steady.notes, note))
+        steady = msgspec.structs.replace(steady, notes=(*steady.notes, note))
     return steady
 
 
@@ -312,7 +312,7 @@ def _merge(
     steps = pd.concat([p.analysis.steps for p in parts], ignore_index=True)
     causes = pd.concat([p.analysis.causes for p in parts], ignore_index=True)
     t = [r.temporal for r in results]
-    temporal = TemporalBreakdown(*(sum(getattr(x, f.name) for x in t) for f in dataclasses.fields(TemporalBreakdown)))
+    temporal = TemporalBreakdown(*(sum(getattr(x, name) for x in t) for name in TemporalBreakdown.__struct_fields__))
     notes = sorted({n for p in parts for n in p.analysis.notes})
     notes.append(
         f"analysed one step at a time (--low-memory, {len(windows)} step windows); MEM001 needs all steps at "

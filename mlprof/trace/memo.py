@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import msgspec
 import numpy as np
 
 T = TypeVar("T")
@@ -68,6 +69,9 @@ def _freeze(value: object) -> None:
     elif isinstance(value, (tuple, list)):
         for v in value:
             _freeze(v)
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            _freeze(getattr(value, name))
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
             _freeze(getattr(value, f.name))

@@ -14,9 +14,9 @@ config to the computation through one checked, typed path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Generic
 
+import msgspec
 import numpy as np
 
 from mlprof.analyzers.gpu_specs import GpuSpec
@@ -49,8 +49,7 @@ from mlprof.whatif.transforms import (
 )
 
 
-@dataclass
-class FixContext(Generic[OptionsT]):
+class FixContext(msgspec.Struct, Generic[OptionsT]):
     """What a fix reads: the graph to edit (already carrying earlier fixes of a plan), the trace, and the
     rule's typed options (``FixContext[XOptions]`` for the rule's ``XOptions``)."""
 
@@ -61,7 +60,7 @@ class FixContext(Generic[OptionsT]):
     opts: OptionsT
     """The rule's thresholds, as its detection read them (:meth:`RuleConfig.options`)."""
     spec: GpuSpec | None = None
-    evidence: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = msgspec.field(default_factory=dict)
     """The finding's evidence on this rank (measured ratios a fix may reuse)."""
 
     def in_windows(self, t_rel: np.ndarray) -> np.ndarray:
@@ -92,8 +91,7 @@ class FixContext(Generic[OptionsT]):
 Fix = Callable[[FixContext[Any]], "ReplayGraph | None"]
 
 
-@dataclass(frozen=True)
-class FixSpec:
+class FixSpec(msgspec.Struct, frozen=True):
     """A rule's fix as the replay applies it to the recorded graph."""
 
     rule: str

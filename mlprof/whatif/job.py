@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -68,8 +68,7 @@ MAX_PASSES = 64
 """Passes of the job replay before it gives up on a fixed point (a note says so; the last pass is used)."""
 
 
-@dataclass
-class RankCollectives:
+class RankCollectives(msgspec.Struct):
     """One rank's matched collective kernels: only what the cross-rank constraints need."""
 
     rows: np.ndarray
@@ -83,8 +82,7 @@ class RankCollectives:
     """Add to a graph-relative time for the job's aligned clock (origin minus the rank's clock offset)."""
 
 
-@dataclass
-class JobReplay:
+class JobReplay(msgspec.Struct):
     """The ranks of a job and their matched collectives; :meth:`step_ns` replays them together."""
 
     replays: Sequence[RankReplay]
@@ -94,13 +92,13 @@ class JobReplay:
     rec_arrival: np.ndarray
     """Per collective: the latest recorded aligned start across its ranks."""
     match_key: str
-    error_pct: list[float] = field(default_factory=list)
+    error_pct: list[float] = msgspec.field(default_factory=list)
     """Per rank: the job model's replay error on the analysed steps (see the module docstring)."""
-    passes: list[int] = field(default_factory=list)
+    passes: list[int] = msgspec.field(default_factory=list)
     """Passes each job replay took (the check's and every prediction's)."""
     unsettled: int = 0
     """Job replays that stopped at :data:`MAX_PASSES` without a fixed point."""
-    _base: dict[int, Timeline] = field(default_factory=dict)
+    _base: dict[int, Timeline] = msgspec.field(default_factory=dict)
     _sweep_tables: Any = None
 
     @property

@@ -16,9 +16,9 @@ whose fix is not a graph edit keeps its attribution estimate (``speedup_source``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from mlprof.analyzers.gpu_specs import GpuSpec
@@ -51,15 +51,14 @@ per remaining fix per stage): the replay must stay a small part of ``analyze`` o
 """A fix whose marginal gain is below this share of the step ends the plan."""
 
 
-@dataclass
-class WhatIf:
+class WhatIf(msgspec.Struct):
     """The replay of a job: per-rank replay checks, and the plan the replay gives."""
 
     ranks: Sequence[RankReplay]
     trusted: bool
     plan_source: str
     """``replay`` or ``attribution`` (when the replay error is too large)."""
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = msgspec.field(default_factory=list)
     job: dict[str, Any] | None = None
     """How a multi-rank job was replayed (:mod:`mlprof.whatif.job`): the ranks together, or one by one and why."""
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 from mlprof.whatif.graph import NONE, ReplayGraph
@@ -29,8 +29,7 @@ SEGMENT = np.int64(1) << 50
 """Offset between streams in the segmented cumulative maximum (relative times stay far below it)."""
 
 
-@dataclass
-class Timeline:
+class Timeline(msgspec.Struct):
     """Simulated times (relative ns) of every host item and device op."""
 
     h_start: np.ndarray
