@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from mlprof.gates.spec import Budget, GateConfig
 
@@ -12,8 +13,7 @@ if TYPE_CHECKING:
     from mlprof.compare.diff import Comparison
 
 
-@dataclass(frozen=True)
-class GateResult:
+class GateResult(msgspec.Struct, frozen=True):
     """One gate checked: passed or not, and what was measured against what was allowed."""
 
     gate: str

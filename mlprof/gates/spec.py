@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from mlprof.analyzers.attribution import CATEGORIES as STEP_CATEGORIES
 from mlprof.errors import UsageError
@@ -20,8 +21,7 @@ BUDGET_TARGETS: tuple[str, ...] = ("step", *STEP_CATEGORIES)
 """What a budget can limit: the whole step or one step breakdown category."""
 
 
-@dataclass(frozen=True)
-class FindingGate:
+class FindingGate(msgspec.Struct, frozen=True):
     """Trips when a reported finding matches ``target`` with expected speedup >= ``min_speedup``."""
 
     target: str
@@ -34,8 +34,7 @@ class FindingGate:
         return hit and speedup >= self.min_speedup
 
 
-@dataclass(frozen=True)
-class Budget:
+class Budget(msgspec.Struct, frozen=True):
     """At most ``ms`` per step (or ``pct`` % of the step) in ``target``."""
 
     target: str
@@ -44,13 +43,12 @@ class Budget:
     text: str = ""
 
 
-@dataclass
-class GateConfig:
+class GateConfig(msgspec.Struct):
     """The gates of a run: findings that fail it, the largest regression allowed, per-category budgets."""
 
-    fail_on: list[FindingGate] = field(default_factory=list)
+    fail_on: list[FindingGate] = msgspec.field(default_factory=list)
     max_regression_pct: float | None = None
-    budgets: dict[str, Budget] = field(default_factory=dict)
+    budgets: dict[str, Budget] = msgspec.field(default_factory=dict)
     source: str | None = None
 
     @property

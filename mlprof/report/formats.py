@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from mlprof.errors import UsageError
 from mlprof.results.report import Report
 
 
-@dataclass(frozen=True)
-class Format:
+class Format(msgspec.Struct, frozen=True):
     """An output format: its name, the ``-o`` suffixes that select it and its renderer."""
 
     name: str
