@@ -158,6 +158,19 @@ def _idle_core() -> bool:
         return False
 
 
+def one_blas_thread() -> None:
+    """numpy's OpenBLAS with one thread in this process (and the ones it starts), unless the user set a number.
+
+    mlprof's only linear algebra is a least-squares line through a few memory samples (MEM001/MEM002).
+    OpenBLAS starts a thread per core when numpy is imported, before any of it runs: that import took
+    91-113 ms of CPU against 47-66 ms with one thread (10 alternating pairs on the 2-core VM at load 3),
+    on the critical path of every command that reads a trace. ``OMP_NUM_THREADS`` (which OpenBLAS
+    also reads) or ``OPENBLAS_NUM_THREADS`` set by the user are left as they are.
+    """
+    if "OPENBLAS_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+
 def run() -> None:
     """Run the command line; at exit the objects are frozen rather than collected.
 
@@ -174,6 +187,7 @@ def run() -> None:
         terminate_as_exception,
     )
 
+    one_blas_thread()
     try:
         # A reader may be running: Ctrl-C or SIGTERM while importing is one line too (also one that
         # Python drops in an import's weakref callback), and the command runs inside, so none lands

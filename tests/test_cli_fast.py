@@ -332,3 +332,25 @@ def test_hostile_text_without_pyarrow_reads_as_with_it(
     assert proc.stdout == capsys.readouterr().out
     assert "INJECTED" in proc.stdout  # the hostile names reach the report
     assert "\x1b" not in proc.stdout  # and their escapes never raw
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir() or (os.cpu_count() or 1) < 2, reason="needs Linux and 2+ cores"
+)
+@pytest.mark.parametrize(
+    ("env", "threads"),
+    [({}, 1), ({"OPENBLAS_NUM_THREADS": "2"}, 2), ({"OMP_NUM_THREADS": "2"}, 2)],
+)
+def test_the_cli_runs_numpy_with_one_blas_thread_unless_the_user_chose(env: dict[str, str], threads: int) -> None:
+    # The truth is the kernel's count of the process's threads after numpy's import (OpenBLAS starts its
+    # threads then): the mlprof entry point before numpy, as `mlprof` runs it.
+    script = (
+        "import os, sys; from mlprof.__main__ import one_blas_thread; one_blas_thread(); import numpy;"
+        "print(len(os.listdir('/proc/self/task')), os.environ.get('OPENBLAS_NUM_THREADS'))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env={**clean, **env}, capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout.split()
+    assert int(out[0]) == threads
+    assert out[1] == env.get("OPENBLAS_NUM_THREADS", "1" if not env else "None")
