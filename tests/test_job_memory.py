@@ -305,7 +305,7 @@ def test_kept_ranks_hold_no_trace_metadata_in_memory(dlrm_partials: list[RankPar
     kept = Kept()
     for p in partials:
         kept.keep(p)
-    spill_module._LAST_COLD[:] = [None, None]  # the record read last is kept by design: not part of a rank
+    spill_module._LAST_COLD[:] = [None, None, None]  # the record read last is kept by design: not part of a rank
 
     def reachable(roots: list[Any]) -> list[Any]:
         seen, todo, out = set(), list(roots), []
@@ -843,3 +843,85 @@ def test_local_pool_submits_a_few_tasks_a_worker_ahead(monkeypatch: pytest.Monke
     assert out == [3 * i for i in range(40)] and sorted(taken) == out
     assert progress == [(d, 40) for d in range(1, 41)]
     assert 0 <= max(ahead) < executors.AHEAD_PER_WORKER * 2
+
+
+def test_kept_ranks_are_views_over_codes_and_keep_what_is_set(dlrm_partials: list[RankPartial]) -> None:
+    """Kept, the 8 DLRM ranks are views (two slots each) over the job's two stores: no rank result or analysis
+    object is alive but the one of each store read last; every view reads back what the rank task returned
+    (rank, steps, causes, signature, findings, verdicts, metadata); what is set or changed in place through a view
+    (notes extended, causes and findings set, a verdict set) is read back so after every other rank was read;
+    pickled, a view is the plain result with the values set. Held for 64 copies of a rank kept: the views and the
+    stores' codes < 250 bytes a rank (tracemalloc of the stores' module but the job tables' rows), nothing held
+    as an object, where the objects (the result and analysis, their dicts, rows, lists, handles) were ~1.1 KB."""
+    import gc
+    import inspect
+    import tracemalloc
+
+    from mlprof.engine.job import _KeptPartial
+    from mlprof.results import job_frames
+    from mlprof.results.job_frames import HeldRank, HotStore
+
+    blobs = [pickle.dumps(p) for p in dlrm_partials]
+    truth = [pickle.loads(b) for b in blobs]
+    kept = Kept()
+    views = [kept.keep(pickle.loads(b)) for b in blobs]
+    gc.collect()
+    assert all(isinstance(v, _KeptPartial) and isinstance(v.analysis, HeldRank) for v in views)
+    alive = [o for o in gc.get_objects() if type(o) in (HeldRank, _KeptPartial)]
+    assert len(alive) <= 2, len(alive)
+    assert isinstance(kept.hot, HotStore)
+
+    def read_all() -> None:
+        for v, t in zip(views, truth, strict=True):
+            assert v.analysis.rank == t.analysis.rank and v.rank == t.rank
+            pd.testing.assert_frame_equal(v.analysis.steps, t.analysis.steps)
+            pd.testing.assert_frame_equal(v.comm_signature(), t.signature)
+            assert v.rank_findings() == t.findings
+            assert pickle.dumps(v.analysis.trace.meta) == pickle.dumps(t.analysis.trace.meta)
+
+    read_all()
+    for v, t in zip(views, truth, strict=True):
+        pd.testing.assert_frame_equal(v.analysis.causes, t.analysis.causes)
+        assert v.verdicts == t.verdicts and v.analysis.notes == t.analysis.notes
+    views[0].analysis.notes.extend(["note on rank 0"])
+    changed = truth[3].analysis.causes + 7
+    views[3].analysis.causes = changed
+    views[5].analysis.findings = truth[5].findings[:1]
+    views[6].verdicts = {"X": "y"}
+    read_all()
+    assert views[0].analysis.notes == [*truth[0].analysis.notes, "note on rank 0"]
+    assert views[1].analysis.notes == truth[1].analysis.notes
+    pd.testing.assert_frame_equal(views[3].analysis.causes, changed)
+    pd.testing.assert_frame_equal(views[4].analysis.causes, truth[4].analysis.causes)
+    assert views[5].analysis.findings == truth[5].findings[:1] and views[6].verdicts == {"X": "y"}
+    assert views[7].verdicts == truth[7].verdicts
+    plain = pickle.loads(pickle.dumps(views[3]))
+    assert type(plain) is RankPartial and type(plain.analysis).__name__ == "RankAnalysis"
+    pd.testing.assert_frame_equal(plain.analysis.causes, changed)
+    assert plain.analysis.rank == truth[3].analysis.rank and plain.verdicts == truth[3].verdicts
+
+    # what 64 kept copies of one rank hold (untrusted replays: nothing but the codes and views in memory)
+    one = dlrm_partials[1]
+    one_blob = pickle.dumps(_untrusted(one))
+    many = Kept()
+    copies = [pickle.loads(one_blob) for _ in range(64)]
+    tracemalloc.start()
+    kept_views = [many.keep(p) for p in copies]
+    del copies
+    gc.collect()
+    lines, first = inspect.getsourcelines(job_frames._Table.append)
+    rows = [tracemalloc.Filter(False, job_frames.__file__, lineno=first + k) for k in range(len(lines))]
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, job_frames.__file__), *rows])
+    held = sum(trace.size for trace in snapshot.traces)
+    tracemalloc.stop()
+    assert not [o for o in gc.get_objects() if type(o) in (HeldRank, _KeptPartial) and o.rank == one.rank][1:]
+    assert not many.hot._extras and not many.partials._extras
+    assert len(kept_views) == 64 and held / 64 < 250, held / 64  # measured 180
+
+
+def _untrusted(p: RankPartial) -> RankPartial:
+    """A copy of ``p`` whose replay is 2x off its recording (not trusted: the job is not replayed, no graph held)."""
+    q = pickle.loads(pickle.dumps(p))
+    q.replay.replayed_ns = 2 * q.replay.recorded_ns
+    assert not q.replay.ok
+    return q

@@ -23,11 +23,11 @@ from mlprof.analysis import Analysis
 from mlprof.analyzers.name_totals import job_name_totals
 from mlprof.analyzers.rank_skew import CommTable, match_table
 from mlprof.engine.executors import ProgressFn, default_jobs, run_dask, run_local
-from mlprof.engine.rank_task import RankPartial, TaskOptions, reduce_rank, split_comm_wait, windows
+from mlprof.engine.rank_task import _PACKED, RankPartial, TaskOptions, reduce_rank, split_comm_wait, windows
 from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
 from mlprof.results import ReducedRank
-from mlprof.results.job_frames import HeldRank, JobFrames
+from mlprof.results.job_frames import HeldRank, HotStore, JobFrames
 from mlprof.results.spill import SpilledLists
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
@@ -117,6 +117,8 @@ class Kept:
         self.kernels, self.ops = job_name_totals()
         self.comm = CommTable()
         self.frames = JobFrames()
+        self.hot = HotStore(HeldRank)
+        self.partials = HotStore(_KeptPartial, shared=(_PACKED,))
         self.held: list[RankPartial] = []
         self.untrusted = False
 
@@ -141,15 +143,17 @@ class Kept:
                 del held.__dict__["replay"]
             self.held = []
         cold = {"rank_verdicts": p.__dict__.pop("verdicts")}
-        if replay is not None:
-            if self.untrusted:
-                cold["rank_replay"] = _released(replay)
-                del p.__dict__["replay"]
-            else:
-                self.held.append(p)
+        if replay is not None and self.untrusted:
+            cold["rank_replay"] = _released(replay)
+            del p.__dict__["replay"]
         p.__class__ = _KeptPartial
         p.analysis.hold_cold(**cold)  # the reduced trace and its metadata with the report-only fields
-        return p
+        # the rank's analysis and result held as codes in the job's stores, read through views
+        p.analysis = self.hot.add(p.analysis)
+        view: RankPartial = self.partials.add(p)
+        if replay is not None and not self.untrusted:
+            self.held.append(view)
+        return view
 
 
 def _released(replay: RankReplay) -> RankReplay:

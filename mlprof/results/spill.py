@@ -400,12 +400,18 @@ def _load_record(record: Spilled) -> dict[str, Any]:
     return values
 
 
-_LAST_COLD: list[Any] = [None, None]
-"""The cold record read last and its values."""
+_LAST_COLD: list[Any] = [None, None, None]
+"""The cold record read last (its store and row) and its values."""
 
 
 def _cold_values(record: Spilled) -> dict[str, Any]:
-    if _LAST_COLD[0] is not record:
-        _LAST_COLD[:] = [record, _load_record(record)]
-    values: dict[str, Any] = _LAST_COLD[1]
+    if _LAST_COLD[0] is not _STORE or _LAST_COLD[1] != int(record):
+        _LAST_COLD[:] = [_STORE, int(record), _load_record(record)]
+    values: dict[str, Any] = _LAST_COLD[2]
     return values
+
+
+def same_handle(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are handles of the same value: the same row of the spill table (rows are never reused; a
+    handle read back from a record is a new object)."""
+    return a is b or (type(a) is type(b) and type(a) in (Spilled, SpilledRun) and int(a) == int(b))
