@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mlprof.analysis import Analysis
+from mlprof.analyzers.gpu_specs import GpuSpec
 from mlprof.analyzers.name_totals import job_name_totals
 from mlprof.analyzers.rank_skew import CommTable, match_table
 from mlprof.engine.executors import ProgressFn, default_jobs, run_dask, run_local
@@ -248,6 +249,8 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
     # rank's findings at once (~10 KB a rank).
     held = all(isinstance(p.analysis, HeldRank) for p in partials) and len(partials) > 1
     per_rank: SpilledLists | list[list[Finding]] = SpilledLists() if held else []
+    # and each kept rank's context held as codes (its verdicts, step time, GPU spec), read through a view
+    judged = HotStore(_JobContext, shared_types=(GpuSpec,)) if held else None
     for p in partials:
         ra = p.analysis
         starts, ends = windows(ra)
@@ -257,7 +260,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         ctx = _JobContext(ra, ra.causes) if isinstance(ra, HeldRank) else RankContext(ra, ra.causes)
         ctx.verdicts.update(p.verdicts)
         found = registry_order([*p.rank_findings(), *run_rank(ctx, config, matched=True)])
-        contexts.append(ctx)
+        contexts.append(judged.add(ctx) if judged is not None and type(ctx) is _JobContext else ctx)
         per_rank.append(found)
     world = partials[0].analysis.trace.meta.world_size
     diagnosis = diagnose(contexts, config, skew, world, per_rank=per_rank)

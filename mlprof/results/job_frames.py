@@ -248,7 +248,9 @@ def stacked_steps(ranks: list[RankAnalysis]) -> pd.DataFrame | None:
 
 
 _TAG = 1 << 58
-_ABSENT, _NONE, _EMPTY_LIST, _INT, _SPILLED, _RUN, _ROWS, _CONST, _VIEW, _EXTRA = (k * _TAG for k in range(10))
+_ABSENT, _NONE, _EMPTY_LIST, _INT, _SPILLED, _RUN, _ROWS, _CONST, _VIEW, _EMPTY_DICT, _FLOAT, _EXTRA = (
+    k * _TAG for k in range(12)
+)
 _PAYLOAD = _TAG - 1
 
 
@@ -262,12 +264,16 @@ class HotStore:
     dicts, two :class:`Rows`, two empty lists, handles, ~0.7 KB) held for every rank of a job grew its client by
     ~0.5 MB at 1,024 ranks."""
 
-    def __init__(self, cls: type, shared: tuple[Any, ...] = ()) -> None:
+    def __init__(self, cls: type, shared: tuple[Any, ...] = (), shared_types: tuple[type, ...] = ()) -> None:
         self._cls: Any = cls
         self._view = _view_class(cls)
         self._codes: dict[str, array[int] | int] = {}
         self._extras: dict[tuple[int, str], Any] = {}
         self._consts: list[Any] = list(shared)
+        self._shared_types = (JobFrames, *shared_types)
+        """Types whose objects are few and shared by the ranks (the job's tables, a GPU model's spec): held once."""
+        self._floats: dict[str, array[float]] = {}
+        """Per key, the floats of the ranks whose value is a float (coded :data:`_FLOAT`)."""
         self._tables: list[_Table] = []
         self._n = 0
         self._current: tuple[int, Any] | None = None
@@ -306,7 +312,15 @@ class HotStore:
                 self._set(i, key, _ABSENT)
                 self._extras.pop((i, key), None)
         for key, value in own.items():
-            code = self._encode(value)
+            if type(value) is float:
+                floats = self._floats.get(key)
+                if floats is None:
+                    floats = self._floats[key] = array("d", [0.0]) * self._n
+                floats.extend([0.0] * (self._n - len(floats)))
+                floats[i] = value
+                code = _FLOAT
+            else:
+                code = self._encode(value)
             if code == _EXTRA:
                 self._extras[(i, key)] = value
             else:
@@ -331,6 +345,8 @@ class HotStore:
             return _NONE
         if kind is list and not value:
             return _EMPTY_LIST
+        if kind is dict and not value:
+            return _EMPTY_DICT
         if kind is int and 0 <= value < _TAG:
             return _INT | value
         if kind is Spilled and int(value) < _TAG:
@@ -352,7 +368,7 @@ class HotStore:
         c = next((k for k, const in enumerate(consts) if const is value), None)
         if c is not None:
             return _CONST | c
-        if kind is JobFrames:
+        if isinstance(value, self._shared_types):
             return _CONST | self._const(value)
         return _EXTRA
 
@@ -369,6 +385,10 @@ class HotStore:
             return None
         if tag == _EMPTY_LIST:
             return []
+        if tag == _EMPTY_DICT:
+            return {}
+        if tag == _FLOAT:
+            return self._floats[key][i]
         if tag == _INT:
             return payload
         if tag == _SPILLED:

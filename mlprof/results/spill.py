@@ -302,12 +302,13 @@ class SpilledLists(Sequence[list[Any]]):
     that asks for one rank's (the last one read is kept)."""
 
     def __init__(self, lists: Iterable[list[Any]] = ()) -> None:
-        self._held = [spill(values) for values in lists]
+        self._held = array("q", [int(spill(values)) for values in lists])
+        """The lists' rows of the spill table (8 bytes a list; a handle object and its list slot were 56)."""
         self._last: tuple[int, list[Any]] | None = None
 
     def append(self, values: list[Any]) -> None:
         """Add one more list, spilled now (a job's client spills each rank's findings as it judges the rank)."""
-        self._held.append(spill(values))
+        self._held.append(int(spill(values)))
 
     def __len__(self) -> int:
         return len(self._held)
@@ -323,12 +324,12 @@ class SpilledLists(Sequence[list[Any]]):
             return [self[j] for j in range(*i.indices(len(self)))]
         i = range(len(self))[i]
         if self._last is None or self._last[0] != i:
-            self._last = (i, self._held[i].load())
+            self._last = (i, Spilled(self._held[i]).load())
         return self._last[1]
 
     def spilled(self, i: int) -> Spilled:
         """Rank ``i``'s list as held."""
-        return self._held[i]
+        return Spilled(self._held[i])
 
 
 class Cold:
