@@ -909,8 +909,10 @@ def test_kept_ranks_are_views_over_codes_and_keep_what_is_set(dlrm_partials: lis
     kept_views = [many.keep(p) for p in copies]
     del copies
     gc.collect()
-    lines, first = inspect.getsourcelines(job_frames._Table.append)
-    rows = [tracemalloc.Filter(False, job_frames.__file__, lineno=first + k) for k in range(len(lines))]
+    rows = []
+    for table_code in (job_frames._Table, job_frames._grown):
+        lines, first = inspect.getsourcelines(table_code)
+        rows += [tracemalloc.Filter(False, job_frames.__file__, lineno=first + k) for k in range(len(lines))]
     snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, job_frames.__file__), *rows])
     held = sum(trace.size for trace in snapshot.traces)
     tracemalloc.stop()
@@ -925,3 +927,47 @@ def _untrusted(p: RankPartial) -> RankPartial:
     q.replay.replayed_ns = 2 * q.replay.recorded_ns
     assert not q.replay.ok
     return q
+
+
+def test_job_tables_hold_int32_columns_and_widen_a_column_that_does_not_fit() -> None:
+    """A job table holds the columns whose values fit int32 as int32 and the others as int64: 300 random tables
+    (1-4 rows, five columns: small ns, clocks ~1.7e18, a column that crosses 2**31 after the 100th, negatives
+    near -2**31, zeros) held and some written over read back equal to the int64 frames set (brute force: each
+    kept frame compared with what was set, after all were held); the clock column is int64 from the first, the
+    crossing one from the 100th, the others stay int32; and 1,000 rows of small values hold ~half the bytes of
+    one int64 matrix."""
+    from mlprof.results.job_frames import JobFrames
+
+    rng = np.random.default_rng(5)
+    job = JobFrames()
+    columns = ["ns", "clock", "crossing", "negative", "zero"]
+    held, want = [], []
+    for k in range(300):
+        n = int(rng.integers(1, 5))
+        frame = pd.DataFrame(
+            {
+                "ns": rng.integers(0, 2**31 - 1, n),
+                "clock": rng.integers(1_700_000_000_000_000_000, 1_700_000_100_000_000_000, n),
+                "crossing": rng.integers(0, 2**31 - 1, n) + (2**31 if k >= 100 else 0),
+                "negative": rng.integers(-(2**31), -(2**31) + 10, n),
+                "zero": np.zeros(n, dtype=np.int64),
+            }
+        )
+        rows = job.hold("t", frame)
+        if k % 7 == 3:  # set again: as many rows, written over them
+            frame = frame + 1
+            assert job.hold("t", frame, over=rows) is rows
+        held.append(rows)
+        want.append(frame)
+        if k == 99:
+            (table,) = job._tables.values()
+            assert [columns[c] for c in table.wide_at] == ["clock"]
+    for rows, frame in zip(held, want, strict=True):
+        pd.testing.assert_frame_equal(rows.frame(), frame)
+    (table,) = job._tables.values()
+    assert [columns[c] for c in table.wide_at] == ["clock", "crossing"] and table.narrow.dtype == np.int32
+    small = JobFrames()
+    frame = pd.DataFrame(np.arange(5000, dtype=np.int64).reshape(1000, 5), columns=columns)
+    for k in range(1000):
+        small.hold("t", frame.iloc[k : k + 1].reset_index(drop=True))
+    assert small.nbytes == 1024 * 5 * 4

@@ -26,24 +26,71 @@ from mlprof.results.spill import Cold, Spilled, SpilledRun, cold_fields, hold_co
 
 
 class _Table:
-    """The rows of one kind of table (one column set) of every rank, in one growable int64 matrix."""
+    """The rows of one kind of table (one column set) of every rank: the columns whose every value so far fits
+    int32 in one growable int32 matrix, the others in an int64 one (a job's steps and causes are mostly ns a step,
+    its step starts are clocks): ~half the bytes of one int64 matrix. A value that does not fit moves its column
+    to the int64 matrix; read back, the rows are int64 as written."""
 
-    __slots__ = ("columns", "n", "rows")
+    __slots__ = ("columns", "n", "narrow", "narrow_at", "wide", "wide_at")
 
     def __init__(self, columns: pd.Index) -> None:
         self.columns = columns
-        self.rows = np.empty((16, len(columns)), dtype=np.int64)
+        self.narrow_at = np.arange(len(columns))
+        """The columns held in :attr:`narrow`, in order."""
+        self.wide_at = np.arange(0)
+        self.narrow = np.empty((16, len(columns)), dtype=np.int32)
+        self.wide = np.empty((16, 0), dtype=np.int64)
         self.n = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.narrow.nbytes + self.wide.nbytes)
 
     def append(self, values: np.ndarray) -> Rows:
         start, k = self.n, len(values)
-        if start + k > len(self.rows):
-            grown = np.empty((max(2 * len(self.rows), start + k), self.rows.shape[1]), dtype=np.int64)
-            grown[:start] = self.rows[:start]
-            self.rows = grown
-        self.rows[start : start + k] = values
+        if start + k > len(self.narrow):
+            size = max(2 * len(self.narrow), start + k)
+            self.narrow = _grown(self.narrow, size, start)
+            self.wide = _grown(self.wide, size, start)
         self.n = start + k
+        self.write(start, values)
         return Rows(self, start, k)
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        """``values`` (int64, a row per row) over the rows from ``start``."""
+        if len(values) == 0:
+            return
+        narrow = values[:, self.narrow_at]
+        if len(self.narrow_at) and (narrow.min() < _I32_MIN or narrow.max() > _I32_MAX):
+            fits = (narrow.min(axis=0) >= _I32_MIN) & (narrow.max(axis=0) <= _I32_MAX)
+            self._widen(self.narrow_at[~fits])
+            narrow = values[:, self.narrow_at]
+        self.narrow[start : start + len(values)] = narrow
+        self.wide[start : start + len(values)] = values[:, self.wide_at]
+
+    def _widen(self, columns: np.ndarray) -> None:
+        """Move ``columns`` from the int32 matrix to the int64 one."""
+        every = self.read(0, len(self.narrow))
+        self.wide_at = np.sort(np.concatenate([self.wide_at, columns]))
+        self.narrow_at = np.setdiff1d(self.narrow_at, columns)
+        self.narrow = np.ascontiguousarray(every[:, self.narrow_at].astype(np.int32))
+        self.wide = np.ascontiguousarray(every[:, self.wide_at])
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """Rows ``start`` to ``start + n`` as one int64 matrix (a new array)."""
+        out = np.empty((n, len(self.columns)), dtype=np.int64)
+        out[:, self.narrow_at] = self.narrow[start : start + n]
+        out[:, self.wide_at] = self.wide[start : start + n]
+        return out
+
+
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
+
+
+def _grown(rows: np.ndarray, size: int, keep: int) -> np.ndarray:
+    grown = np.empty((size, rows.shape[1]), dtype=rows.dtype)
+    grown[:keep] = rows[:keep]
+    return grown
 
 
 class Rows:
@@ -58,7 +105,8 @@ class Rows:
         return self.n
 
     def values(self) -> np.ndarray:
-        return self.table.rows[self.start : self.start + self.n]
+        """The rows as one int64 matrix (a new array)."""
+        return self.table.read(self.start, self.n)
 
     def frame(self) -> pd.DataFrame:
         """The table as a DataFrame of its own (a copy: changing it does not change the job's table)."""
@@ -84,14 +132,14 @@ class JobFrames:
         if table is None:
             table = self._tables[key] = _Table(frame.columns)
         if over is not None and over.table is table and over.n == len(frame):
-            table.rows[over.start : over.start + over.n] = frame.to_numpy(np.int64)
+            table.write(over.start, frame.to_numpy(np.int64))
             return over
         return table.append(frame.to_numpy(np.int64))
 
     @property
     def nbytes(self) -> int:
         """Bytes of the job tables' matrices (grown by doubling)."""
-        return sum(t.rows.nbytes for t in self._tables.values())
+        return sum(t.nbytes for t in self._tables.values())
 
 
 def _fits(frame: object) -> bool:
