@@ -251,14 +251,15 @@ def test_spilled_runs_hold_many_values_in_one_number_at_consecutive_rows(
     assert [np.array_equal(s.load()["a"], v["a"]) for s, v in zip(kept, values[1], strict=True)] == [True] * 4
 
 
-def test_spill_table_rows_hold_14_bytes_and_read_back_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The spill table is int16 file, int64 offset and uint32 size a row: 20,000 values of sizes 0 to 3,999 bytes
-    (raw rows) each read back equal from a fresh store, at most 16 bytes a row traced while they are spilled (the
-    arrays and the rows' own array grow by ~1/16; three int64 were 24), and a size of 4 GiB or more (not written:
-    the table's own column) reads back as appended, next to sizes just below the 32-bit limit."""
+def test_spill_table_rows_hold_10_bytes_and_read_back_every_size_and_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spill table is int16 file, uint32 offset and uint32 size a row: 20,000 values of sizes 0 to 3,999 bytes
+    (raw rows) each read back equal from a fresh store, at most 12 bytes a row traced while they are spilled (the
+    arrays and the rows' own array grow by ~1/16; three int64 were 24); a size or offset of 4 GiB or more (not
+    written: the table's own columns) reads back as appended, next to values just below the 32-bit limit, the
+    offsets int64 from then on."""
     import tracemalloc
 
-    from mlprof.results.spill import RawRows, _Sizes
+    from mlprof.results.spill import RawRows, _Offsets, _Sizes
 
     store = spill_module._Store()
     monkeypatch.setattr(spill_module, "_STORE", store)
@@ -273,13 +274,21 @@ def test_spill_table_rows_hold_14_bytes_and_read_back_every_size(monkeypatch: py
     table = tracemalloc.get_traced_memory()[0] - rows_before - len(rows._rows) * 8
     tracemalloc.stop()
     assert before <= rows_before
-    assert table / len(datas) <= 16, table / len(datas)
+    assert table / len(datas) <= 12, table / len(datas)
     assert list(rows) == datas and [store.sizes[int(r)] for r in rows._rows] == [len(d) for d in datas]
     sizes = _Sizes()
     for size in (0, 2**32 - 2, 2**32 - 1, 2**32, 5 * 2**30, 7):
         sizes.append(size)
     assert [sizes[k] for k in range(6)] == [0, 2**32 - 2, 2**32 - 1, 2**32, 5 * 2**30, 7] and len(sizes) == 6
-    assert sizes.small.itemsize == 4 and store.where.itemsize == 2 and store.offsets.itemsize == 8
+    assert sizes.small.itemsize == 4 and store.where.itemsize == 2 and store.offsets.values.itemsize == 4
+    offsets = _Offsets()
+    for offset in (0, 2**32 - 1, 3):
+        offsets.append(offset)
+    assert offsets.values.typecode == "I"
+    for offset in (2**32, 5 * 2**40, 9):
+        offsets.append(offset)
+    assert [offsets[k] for k in range(6)] == [0, 2**32 - 1, 3, 2**32, 5 * 2**40, 9] and len(offsets) == 6
+    assert offsets.values.typecode == "q"
 
 
 def _read_inherited_and_spill_in_child() -> Any:
@@ -345,7 +354,25 @@ def test_job_signature_table_holds_every_ranks_kernels_in_rank_order(dlrm_partia
     for c in ("seq", "ts", "dur"):
         assert np.array_equal(cols[c], want[c].to_numpy(np.int64))
     assert kept.comm.sizes(ranks).tolist() == [len(signatures[r]) for r in ranks]
-    assert kept.comm.nbytes <= 6 * 8 * max(64, 2 * len(want))
+    assert kept.comm.nbytes <= (5 * 4 + 8) * max(64, 2 * len(want))  # int32 columns but the start clocks
+    assert all(cols[c].dtype == np.int64 for c in cols)
+    # a value past int32 (a sequence number, a duration) widens its column: read back as added
+    from mlprof.analyzers.rank_skew import CommTable
+
+    table, added = CommTable(), []
+    for k, r in enumerate(ranks):
+        signature = signatures[r].copy()
+        if k >= 3:
+            signature["seq"] += 2**31 + k
+        if k == 5:
+            signature["dur"] -= 2**40
+        table.add(r, signature)
+        added.append(signature.assign(rank=r))
+    every = pd.concat(added, ignore_index=True)
+    got = table.columns(ranks)
+    for c in ("rank", "seq", "ts", "dur"):
+        assert got[c].dtype == np.int64 and np.array_equal(got[c], every[c].to_numpy(np.int64)), c
+    assert table.names[got["name"]].tolist() == every["name"].tolist()
 
 
 def test_matching_on_the_job_table_equals_a_brute_force_matching(dlrm_partials: list[RankPartial]) -> None:
@@ -797,15 +824,17 @@ def test_kept_ranks_hold_their_report_only_fields_in_the_spill_file(tmp_path: Pa
 
 
 def _held_outside_spill_table() -> int:
-    """Bytes traced since ``tracemalloc.start()`` but the spill table's rows (:meth:`spill._Store._row`): both
-    ways spill as many rows, and the table's three int64 arrays (every row the process ever spilled, grown ~6% at
-    a time) count whole when they grow while traced (~0.5 MB for the ~20k rows of the earlier tests in the
-    session), in one window or the other depending on how many rows came before."""
+    """Bytes traced since ``tracemalloc.start()`` but the spill table's rows (:meth:`spill._Store._row` and its
+    columns' appends): both ways spill as many rows, and the table's three arrays (every row the process ever
+    spilled, grown ~6% at a time) count whole when they grow while traced (~0.3 MB for the ~20k rows of the
+    earlier tests in the session), in one window or the other depending on how many rows came before."""
     import inspect
     import tracemalloc
 
-    lines, first = inspect.getsourcelines(spill_module._Store._row)
-    rows = [tracemalloc.Filter(False, spill_module.__file__, lineno=first + k) for k in range(len(lines))]
+    rows = []
+    for code in (spill_module._Store._row, spill_module._Offsets.append, spill_module._Sizes.append):
+        lines, first = inspect.getsourcelines(code)
+        rows += [tracemalloc.Filter(False, spill_module.__file__, lineno=first + k) for k in range(len(lines))]
     snapshot = tracemalloc.take_snapshot().filter_traces([*rows, tracemalloc.Filter(False, tracemalloc.__file__)])
     return sum(trace.size for trace in snapshot.traces)
 

@@ -113,9 +113,10 @@ class CommTable:
     """Every rank's communication signature (:func:`comm_signature`) as one job table, built rank by rank.
 
     A job's client adds each rank's signature as its task returns (:class:`mlprof.engine.job.Kept`) and
-    matches the collectives on this one table: it holds ~50 bytes per kernel (six int64 columns, names and
-    process groups as codes into the job's lists of distinct strings) instead of a DataFrame per rank (~8 KB
-    of pandas objects each, and a list of 1,024 of them concatenated for the matching).
+    matches the collectives on this one table: it holds ~30 bytes per kernel (six columns, names and process
+    groups as codes into the job's lists of distinct strings; a column is int32 while its every value fits, int64
+    from the first that does not: the start clocks are int64) instead of a DataFrame per rank (~8 KB of pandas
+    objects each, and a list of 1,024 of them concatenated for the matching). Read, a column is int64.
     """
 
     COLUMNS = ("rank", "name", "pg", "seq", "ts", "dur")
@@ -123,7 +124,7 @@ class CommTable:
     def __init__(self) -> None:
         self._names: dict[str, int] = {}
         self._pgs: dict[str, int] = {}
-        self._rows = np.empty((len(self.COLUMNS), 64), dtype=np.int64)
+        self._rows: list[np.ndarray] = [np.empty(64, dtype=np.int32) for _ in self.COLUMNS]
         self._n = 0
         self._blocks = (array("q"), array("q"), array("q"))
         """rank, first row and rows of each signature added, in the order added (a rank that came twice has two):
@@ -144,23 +145,31 @@ class CommTable:
             column.append(value)
         if n == 0:
             return
-        if start + n > self._rows.shape[1]:
-            grown = np.empty((len(self.COLUMNS), max(2 * self._rows.shape[1], start + n)), dtype=np.int64)
-            grown[:, :start] = self._rows[:, :start]
-            self._rows = grown
-        rows = self._rows[:, start : start + n]
-        rows[0] = rank
-        rows[1] = _codes(signature["name"], self._names)
-        rows[2] = _codes(signature["pg"], self._pgs)
-        rows[3] = signature["seq"].to_numpy(np.int64)
-        rows[4] = signature["ts"].to_numpy(np.int64)
-        rows[5] = signature["dur"].to_numpy(np.int64)
+        values = (
+            np.full(n, rank, dtype=np.int64),
+            _codes(signature["name"], self._names),
+            _codes(signature["pg"], self._pgs),
+            signature["seq"].to_numpy(np.int64),
+            signature["ts"].to_numpy(np.int64),
+            signature["dur"].to_numpy(np.int64),
+        )
+        size = len(self._rows[0])
+        if start + n > size:
+            size = max(2 * size, start + n)
+        for c, value in enumerate(values):
+            held = self._rows[c]
+            widen = held.dtype == np.int32 and (value.min() < _I32_MIN or value.max() > _I32_MAX)
+            if widen or len(held) < size:
+                grown = np.empty(size, dtype=np.int64 if widen else held.dtype)
+                grown[:start] = held[:start]
+                held = self._rows[c] = grown
+            held[start : start + n] = value
         self._n = start + n
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the columns (the buffer, grown by doubling)."""
-        return int(self._rows.nbytes)
+        """Bytes held by the columns (the buffers, grown by doubling)."""
+        return sum(int(column.nbytes) for column in self._rows)
 
     def columns(self, ranks: list[int], names: tuple[str, ...] = COLUMNS) -> dict[str, np.ndarray]:
         """The kernels of ``ranks``, rank after rank in that order (as ``pd.concat`` of their signatures): the
@@ -179,7 +188,7 @@ class CommTable:
 
     def column(self, name: str, index: np.ndarray) -> np.ndarray:
         """Column ``name`` at rows ``index`` (:meth:`index`)."""
-        return self._rows[self.COLUMNS.index(name), : self._n][index]
+        return self._rows[self.COLUMNS.index(name)][: self._n][index].astype(np.int64, copy=False)
 
     def sizes(self, ranks: list[int]) -> np.ndarray:
         """Kernels per rank of ``ranks``."""
@@ -191,7 +200,7 @@ class CommTable:
     def release(self) -> None:
         """Drop the kernels' rows once read (what a job's client does after matching): the names, process groups
         and each signature's size are kept; :meth:`columns` and :meth:`index` are not read again."""
-        self._rows = np.empty((len(self.COLUMNS), 0), dtype=np.int64)
+        self._rows = [np.empty(0, dtype=np.int64) for _ in self.COLUMNS]
         self._n = 0
 
     def _blocks_of(self, ranks: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -224,6 +233,9 @@ class CommTable:
     def pgs(self) -> np.ndarray:
         """The distinct process group names (``""``: none recorded), by code."""
         return _strings(self._pgs)
+
+
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 
 
 def _codes(values: pd.Series, known: dict[str, int]) -> np.ndarray:

@@ -140,11 +140,12 @@ def _from_raw(data: bytes) -> Spilled:
 
 class _Store:
     """The process's spill file, appended to, and its table: per value held, the file it is in (an index into
-    :attr:`files`, int16), its offset (int64) and its size (uint32; a size of 4 GiB or more is in :attr:`big`), in
-    three arrays (a handle is a row number): 14 bytes a row, where three int64 were 24 (a job's client spills ~14
-    values a rank). The file is made on first use, and again in a forked child (which then never writes into its
-    parent's file; it can still read values spilled before the fork, whose rows name the parent's file). Bytes
-    that could not be written (no temporary directory, a full disk) are held in :attr:`memory` by row."""
+    :attr:`files`, int16), its offset (uint32, int64 once one is 4 GiB or more) and its size (uint32; a size of 4
+    GiB or more is in :attr:`big`), in three arrays (a handle is a row number): 10 bytes a row, where three int64
+    were 24 (a job's client spills ~14 values a rank). The file is made on first use, and again in a forked child
+    (which then never writes into its parent's file; it can still read values spilled before the fork, whose rows
+    name the parent's file). Bytes that could not be written (no temporary directory, a full disk) are held in
+    :attr:`memory` by row."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -155,7 +156,7 @@ class _Store:
         self.files: list[IO[bytes]] = []
         self.where = array("h")
         """Per row: the index in :attr:`files` of the file holding it, -1 where the bytes are in memory."""
-        self.offsets = array("q")
+        self.offsets = _Offsets()
         self.sizes = _Sizes()
         self.memory: dict[int, bytes] = {}
 
@@ -222,6 +223,28 @@ class _Store:
 
 _MAX_FILES = 2**15 - 1
 """Files a process's spill table can name (:attr:`_Store.where` is int16)."""
+
+
+class _Offsets:
+    """The spill table's offsets: uint32 while every offset is below 4 GiB (a job's client writes a few MB to
+    tens of MB), int64 from the first one that is not."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values = array("I")
+
+    def append(self, offset: int) -> None:
+        values = self.values
+        if offset > 0xFFFFFFFF and values.typecode == "I":
+            values = self.values = array("q", values)
+        values.append(offset)
+
+    def __getitem__(self, row: int) -> int:
+        return self.values[row]
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 class _Sizes:
