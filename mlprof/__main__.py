@@ -195,9 +195,10 @@ def run() -> None:
         with terminate_as_exception(), interrupts_kept():
             request = read_ahead_request(sys.argv[1:])
             if request is not None:
+                from mlprof.commands._progress import shows_progress
                 from mlprof.trace import prefetch
 
-                prefetch.start(*request)
+                prefetch.start(*request, shows_progress=shows_progress)
             fast = analyze_arguments(sys.argv[1:])
             if fast is None:
                 from mlprof.cli import main

@@ -259,6 +259,23 @@ def test_read_ahead_relays_the_read_progress(monkeypatch: pytest.MonkeyPatch) ->
     assert done == sorted(done) and done[-1] == size
 
 
+def test_read_ahead_without_a_bar_sends_no_progress_and_the_same_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlprof.trace.jsonstream.BLOCK_BYTES", 1 << 10)  # ~1,100 blocks: 101 records with a bar
+    path = SAMPLES / "cpu_tiny_training.pt.trace.json.gz"
+    asked: list[int] = []
+
+    def no_bar(size: int) -> bool:
+        asked.append(size)
+        return False
+
+    assert prefetch.start(str(path), shows_progress=no_bar)
+    assert asked == [path.stat().st_size]
+    seen: list[tuple[int, int]] = []
+    taken = prefetch.take(path, lambda done, total: seen.append((done, total)))
+    assert taken is not None and seen == []
+    _assert_tables_equal(taken[0].finish(), _plain_tables(path))
+
+
 def _large_plain_trace(path: Path, json_bytes: int) -> Path:
     """A plain trace of at least ``json_bytes``: a bundled trace's events repeated (read by workers by default)."""
     events = json.loads(gzip.decompress((SAMPLES / "synthetic" / "healthy.json.gz").read_bytes()))["traceEvents"]

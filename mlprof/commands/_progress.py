@@ -11,6 +11,11 @@ if TYPE_CHECKING:  # rich is imported when a bar is shown: ``mlprof analyze`` of
 PROGRESS_MIN_BYTES = 16 << 20
 
 
+def shows_progress(total: int) -> bool:
+    """Whether reading an input of ``total`` bytes shows the bar: a large one, to a terminal."""
+    return total >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+
+
 class read_progress:
     """A progress bar on stderr for large inputs, silent for small ones and non-terminals."""
 
@@ -23,7 +28,7 @@ class read_progress:
 
     def __call__(self, done: int, total: int) -> None:
         if self._bar is None:
-            if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+            if not shows_progress(total):
                 return
             from rich.console import Console
             from rich.progress import (

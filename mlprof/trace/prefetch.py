@@ -37,6 +37,7 @@ import pickle
 import signal
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -97,10 +98,13 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1)))
 
 
-def start(path: str, workers: int | None = None) -> bool:
+def start(path: str, workers: int | None = None, shows_progress: Callable[[int], bool] | None = None) -> bool:
     """Fork a process reading ``path`` if it is a trace file; whether one was started.
 
-    ``workers``: the loader's (``--jobs``; None: the default), for a large trace.
+    ``workers``: the loader's (``--jobs``; None: the default), for a large trace. ``shows_progress``: whether
+    the command will show a progress bar for a file of this many bytes; where it will not, the child reads
+    without following its position (each look at it waits for the reading thread's lock: ~5-10 ms of a
+    35 MB read) and sends no progress records. None: it sends them.
     """
     global _pending
     if _pending is not None or not hasattr(os, "fork"):
@@ -110,6 +114,7 @@ def start(path: str, workers: int | None = None) -> bool:
     if identity is None or not _worth_reading(path, identity[2], workers):
         return False
     _import_reader()
+    progress = shows_progress is None or shows_progress(identity[2])
     read_fd, write_fd = os.pipe()
     shm = _memory_file()
     # Ctrl-C and SIGTERM held back over the fork (as interrupts.signals_deferred): one landing
@@ -125,7 +130,7 @@ def start(path: str, workers: int | None = None) -> bool:
         return False
     if pid == 0:  # pragma: no cover - the child's coverage is not collected (it leaves by os._exit)
         os.close(read_fd)
-        _child(path, write_fd, workers, shm)
+        _child(path, write_fd, workers, shm, progress)
     signal.pthread_sigmask(signal.SIG_SETMASK, held)
     os.close(write_fd)
     _pending = _Pending(identity, pid, read_fd, shm)
@@ -161,9 +166,10 @@ def _memory_file() -> int | None:
 
 
 def _child(
-    path: str, fd: int, workers: int, shm: int | None = None
+    path: str, fd: int, workers: int, shm: int | None = None, progress: bool = True
 ) -> None:  # pragma: no cover - runs in the forked process
-    """Send progress records, then ``path``'s (header, stats, columns), to ``fd``; never returns, never prints.
+    """Send progress records (with ``progress``), then ``path``'s (header, stats, columns), to ``fd``; never
+    returns, never prints.
 
     With a memory file ``shm``, the columns' arrays are written into it and only their pickled
     description goes through the pipe (:func:`_out_of_band`)."""
@@ -177,7 +183,7 @@ def _child(
             import gc
 
             gc.disable()  # as the plain read (loader._load): millions of short-lived objects, no cycles
-            builder, header, stats = _read(Path(path), workers, _relay(out), shm)
+            builder, header, stats = _read(Path(path), workers, _relay(out) if progress else None, shm)
             # Through a memory file each part of a column is written as it is (the parent joins them as it makes
             # the tables): joined here first they were copied twice, ~46 MB more of this process's memory.
             payload: tuple[Any, ...] = ("ok", header, stats, builder.export_partial(joined=shm is None))
@@ -273,7 +279,7 @@ def _stopped(signum: int, frame: object) -> None:  # pragma: no cover - runs in 
 
 
 def _read(
-    path: Path, workers: int, on_progress: ProgressCallback, shm: int | None = None
+    path: Path, workers: int, on_progress: ProgressCallback | None, shm: int | None = None
 ) -> tuple[TableBuilder, dict[str, Any], StreamStats]:  # pragma: no cover - runs in the forked process
     """The loader's read (``loader._read_tables``): by ``workers`` processes for a large trace, else here.
 
