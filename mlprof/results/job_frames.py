@@ -324,7 +324,8 @@ class HotStore:
         """Per key, the floats of the ranks whose value is a float (coded :data:`_FLOAT`)."""
         self._tables: list[_Table] = []
         self._n = 0
-        self._current: tuple[int, Any] | None = None
+        self._current: tuple[int, Any, dict[str, Any] | None] | None = None
+        """The rank read last: its index, the object and what its dict held when made (None: added, not read)."""
 
     def add(self, obj: Any) -> Any:
         """Hold ``obj`` (a ``cls``; its instance dict from now on lives here) and return its view."""
@@ -350,16 +351,20 @@ class HotStore:
             code = codes if isinstance(codes, int) else codes[i]
             if code != _ABSENT:
                 own[key] = self._decode(i, key, code)
-        self._current = (i, held)
+        self._current = (i, held, dict(own))
         return held
 
-    def _put(self, i: int, held: Any) -> None:
+    def _put(self, i: int, held: Any, made: dict[str, Any] | None = None) -> None:
+        """Hold ``held``'s dict as rank ``i``'s codes; ``made``: what the dict held when made from them (a value
+        still the same object is coded as it was, but a list or dict, which may have changed in place)."""
         own = held.__dict__
         for key in self._codes:
             if key not in own:
                 self._set(i, key, _ABSENT)
                 self._extras.pop((i, key), None)
         for key, value in own.items():
+            if made is not None and made.get(key, _NOT_MADE) is value and type(value) not in (list, dict):
+                continue
             if type(value) is float:
                 floats = self._floats.get(key)
                 if floats is None:
@@ -452,6 +457,8 @@ class HotStore:
             return hot._view(hot, payload & ((1 << 40) - 1))
         return self._extras[(i, key)]
 
+
+_NOT_MADE = object()
 
 _VIEW_OWN = frozenset(("_hot", "_i", "__class__"))
 
