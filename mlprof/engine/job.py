@@ -13,8 +13,8 @@ results are combined in rank order.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, overload
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
 from mlprof.results import ReducedRank
 from mlprof.results.job_frames import HeldRank, HotStore, JobFrames
-from mlprof.results.spill import SpilledLists
+from mlprof.results.spill import ReadOnAccess, SpilledLists
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
@@ -205,32 +205,17 @@ def _plain_partial(values: dict[str, Any]) -> RankPartial:
     return partial
 
 
-class _Replays(Sequence[RankReplay]):
+class _Replays(ReadOnAccess[RankReplay]):
     """The ranks' replays in rank order, each read from its rank when asked for (a kept rank's from its cold
     record): :func:`mlprof.whatif.job.predict_job` and the report read them one at a time, and a list of them
     held every rank's report rows at once."""
 
     def __init__(self, partials: list[RankPartial]) -> None:
-        self._partials = partials
+        self._items = partials
 
-    def __len__(self) -> int:
-        return len(self._partials)
-
-    @overload
-    def __getitem__(self, i: int) -> RankReplay: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[RankReplay]: ...
-
-    def __getitem__(self, i: int | slice) -> RankReplay | list[RankReplay]:
-        if isinstance(i, slice):
-            return [p.replay for p in self._partials[i]]
-        replay: RankReplay = self._partials[i].replay
+    def _read(self, partial: RankPartial) -> RankReplay:
+        replay: RankReplay = partial.replay
         return replay
-
-    def __iter__(self) -> Iterator[RankReplay]:
-        for p in self._partials:
-            yield p.replay
 
 
 def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: Kept | None = None) -> Analysis:

@@ -22,7 +22,7 @@ import threading
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import IO, Any, overload
+from typing import IO, Any, TypeVar, overload
 
 _HAS_PREAD = hasattr(os, "pread") and hasattr(os, "pwrite")
 
@@ -274,7 +274,39 @@ class _Sizes:
 _STORE = _Store()
 
 
-class RawRows(Sequence[bytes]):
+T = TypeVar("T")
+
+
+class ReadOnAccess(Sequence[T]):
+    """A sequence whose values are made when indexed or iterated, each by :meth:`_read` from one of ``_items``
+    (what is held is small: a spill-table row, a rank's result; what is read is not)."""
+
+    __slots__ = ()
+    _items: Sequence[Any]
+
+    def _read(self, item: Any) -> T:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        if isinstance(i, slice):
+            return [self._read(item) for item in self._items[i]]
+        return self._read(self._items[i])
+
+    def __iter__(self) -> Iterator[T]:
+        for item in self._items:
+            yield self._read(item)
+
+
+class RawRows(ReadOnAccess[bytes]):
     """Byte strings each written as is (not pickled, not compressed) to the spill file, held by their rows of the
     spill table in one int64 array (8 bytes a string here, 24 in the table): read back one at a time, in order,
     when iterated or indexed.
@@ -283,33 +315,19 @@ class RawRows(Sequence[bytes]):
     (:meth:`mlprof.results.Report.json_chunks`): 1,024 ranks' four rows were ~3.4 MB held in memory. Pickled, it
     carries the bytes; unpickled in another process they are spilled there."""
 
-    __slots__ = ("_rows",)
+    __slots__ = ("_items",)
+    _items: array[int]
 
     def __init__(self, datas: Iterable[bytes] = ()) -> None:
-        self._rows = array("q")
+        self._items = array("q")
         for data in datas:
             self.append(data)
 
     def append(self, data: bytes) -> None:
-        self._rows.append(int(_STORE.put(data)))
+        self._items.append(int(_STORE.put(data)))
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @overload
-    def __getitem__(self, i: int) -> bytes: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[bytes]: ...
-
-    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
-        if isinstance(i, slice):
-            return [_STORE.get(row) for row in self._rows[i]]
-        return _STORE.get(self._rows[i])
-
-    def __iter__(self) -> Iterator[bytes]:
-        for row in self._rows:
-            yield _STORE.get(row)
+    def _read(self, row: int) -> bytes:
+        return _STORE.get(row)
 
     def __repr__(self) -> str:
         return f"RawRows(n={len(self)})"
