@@ -47,6 +47,28 @@ REQUIRE_EXTERNAL = os.environ.get("MLPROF_REQUIRE_EXTERNAL") == "1"
 _used_external: list[bool] = []
 
 
+def broken_gzip(payload: bytes, how: str) -> bytes:
+    """``payload`` gzipped, then broken one way: ``truncated`` (its first half), ``header`` (the first 12 bytes),
+    ``corrupt`` (16 bytes of the deflate stream flipped), ``crc`` (the CRC32 trailer flipped) or ``trailing``
+    (garbage after the member). The bytes as they go on disk: write them with ``Path.write_bytes``."""
+    data = bytearray(gzip.compress(payload))
+    if how == "truncated":
+        return bytes(data[: len(data) // 2])
+    if how == "header":
+        return bytes(data[:12])
+    if how == "corrupt":
+        mid = len(data) // 2
+        for i in range(mid, mid + 16):
+            data[i] ^= 0xA5
+        return bytes(data)
+    if how == "crc":
+        data[-6] ^= 0xFF
+        return bytes(data)
+    if how == "trailing":
+        return bytes(data) + b"garbage!!"
+    raise ValueError(how)
+
+
 def external(relative: str) -> Path:
     """A file under ../shared/external_traces, or skip the test when the folder is absent.
 

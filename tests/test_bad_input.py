@@ -30,7 +30,7 @@ from mlprof.cli import main
 from mlprof.errors import BadInputError
 from mlprof.trace import load_job, load_trace
 
-from conftest import X, assert_same_tables
+from conftest import X, assert_same_tables, broken_gzip
 
 # ---- helpers: a small valid Kineto trace ---------------------------------------------
 
@@ -203,26 +203,30 @@ def _binary(tmp: Path) -> Path:
 
 
 def _truncated_gzip(tmp: Path) -> Path:
-    data = gzip.compress(GOOD_JSON)
-    return write_bytes(tmp / "trace.json", data[: len(data) // 2])
+    return write_bytes(tmp / "trace.json", broken_gzip(GOOD_JSON, "truncated"))
 
 
 def _gzip_header_only(tmp: Path) -> Path:
-    return write_bytes(tmp / "trace.json", gzip.compress(GOOD_JSON)[:12])
+    return write_bytes(tmp / "trace.json", broken_gzip(GOOD_JSON, "header"))
 
 
 def _corrupt_gzip(tmp: Path) -> Path:
-    data = bytearray(gzip.compress(GOOD_JSON * 4))
-    mid = len(data) // 2
-    for i in range(mid, mid + 16):
-        data[i] ^= 0xA5
-    return write_bytes(tmp / "trace.json.gz", bytes(data))
+    # written as they are: write_bytes would gzip them again (a valid gzip of binary, another case)
+    path = tmp / "trace.json.gz"
+    path.write_bytes(broken_gzip(GOOD_JSON * 4, "corrupt"))
+    return path
 
 
 def _gzip_crc_mismatch(tmp: Path) -> Path:
-    data = bytearray(gzip.compress(GOOD_JSON))
-    data[-6] ^= 0xFF  # CRC32 trailer
-    return write_bytes(tmp / "trace.json.gz", bytes(data))
+    path = tmp / "trace.json.gz"
+    path.write_bytes(broken_gzip(GOOD_JSON, "crc"))
+    return path
+
+
+def _gzip_trailing_garbage(tmp: Path) -> Path:
+    path = tmp / "trace.json.gz"
+    path.write_bytes(broken_gzip(GOOD_JSON, "trailing"))
+    return path
 
 
 def _gzip_of_text(tmp: Path) -> Path:
@@ -380,6 +384,7 @@ BAD_INPUTS: dict[str, Callable[[Path], Path]] = {
         _gzip_header_only,
         _corrupt_gzip,
         _gzip_crc_mismatch,
+        _gzip_trailing_garbage,
         _gzip_of_text,
         _gzip_of_binary,
         _truncated_json,

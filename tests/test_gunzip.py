@@ -15,7 +15,7 @@ import pytest
 from mlprof.errors import BadInputError
 from mlprof.trace import jsonstream, load_trace
 
-from conftest import EXTERNAL, assert_same_tables, external
+from conftest import EXTERNAL, assert_same_tables, broken_gzip, external
 
 GOOD = b'{"traceEvents":[{"ph":"X","name":"a","ts":1,"dur":2,"pid":1,"tid":1}]}'
 
@@ -59,23 +59,9 @@ def test_tables_equal_with_and_without_isal(relative: str, monkeypatch: pytest.M
     assert_same_tables(fast, load_trace(path, workers=1))
 
 
-def _members_then(tail: bytes) -> bytes:
-    return gzip.compress(GOOD[:20]) + gzip.compress(GOOD[20:]) + tail
-
-
-def _corrupt(data: bytes, at: int, n: int) -> bytes:
-    out = bytearray(data)
-    for i in range(at, at + n):
-        out[i] ^= 0xA5
-    return bytes(out)
-
-
 BAD = {
-    "truncated": gzip.compress(GOOD)[:40],
-    "header only": gzip.compress(GOOD)[:12],
-    "corrupt deflate": _corrupt(gzip.compress(GOOD * 4), len(gzip.compress(GOOD * 4)) // 2, 16),
-    "crc mismatch": _corrupt(gzip.compress(GOOD), len(gzip.compress(GOOD)) - 6, 1),
-    "trailing garbage": _members_then(b"garbage!!"),
+    how: broken_gzip(GOOD * 4 if how == "corrupt" else GOOD, how)
+    for how in ("truncated", "header", "corrupt", "crc", "trailing")
 }
 
 
@@ -95,7 +81,7 @@ def test_a_bad_gzip_file_gets_the_standard_librarys_message(name: str, tmp_path:
 
 def test_padding_and_members_read_as_the_standard_library_does(tmp_path: Path) -> None:
     path = tmp_path / "trace.json.gz"
-    path.write_bytes(_members_then(b"\0" * 10))
+    path.write_bytes(gzip.compress(GOOD[:20]) + gzip.compress(GOOD[20:]) + b"\0" * 10)
     trace = load_trace(path, workers=1)
     assert trace.host["name"].tolist() == ["a"]
 
