@@ -271,11 +271,11 @@ def test_spill_table_rows_hold_10_bytes_and_read_back_every_size_and_offset(monk
     rows_before = tracemalloc.get_traced_memory()[0]
     for data in datas:
         rows.append(data)
-    table = tracemalloc.get_traced_memory()[0] - rows_before - len(rows._rows) * 8
+    table = tracemalloc.get_traced_memory()[0] - rows_before - len(rows._items) * 8
     tracemalloc.stop()
     assert before <= rows_before
     assert table / len(datas) <= 12, table / len(datas)
-    assert list(rows) == datas and [store.sizes[int(r)] for r in rows._rows] == [len(d) for d in datas]
+    assert list(rows) == datas and [store.sizes[int(r)] for r in rows._items] == [len(d) for d in datas]
     sizes = _Sizes()
     for size in (0, 2**32 - 2, 2**32 - 1, 2**32, 5 * 2**30, 7):
         sizes.append(size)
@@ -827,15 +827,19 @@ def _held_outside_spill_table() -> int:
     """Bytes traced since ``tracemalloc.start()`` but the spill table's rows (:meth:`spill._Store._row` and its
     columns' appends): both ways spill as many rows, and the table's three arrays (every row the process ever
     spilled, grown ~6% at a time) count whole when they grow while traced (~0.3 MB for the ~20k rows of the
-    earlier tests in the session), in one window or the other depending on how many rows came before."""
+    earlier tests in the session), in one window or the other depending on how many rows came before. Nor what
+    finding those rows' source lines costs here: ``inspect`` reads spill.py into ``linecache`` in the first window
+    whenever an earlier test cleared it (test_bad_input's tracebacks: ~37 KB counted cold, not hot)."""
     import inspect
+    import linecache
     import tracemalloc
 
     rows = []
     for code in (spill_module._Store._row, spill_module._Offsets.append, spill_module._Sizes.append):
         lines, first = inspect.getsourcelines(code)
         rows += [tracemalloc.Filter(False, spill_module.__file__, lineno=first + k) for k in range(len(lines))]
-    snapshot = tracemalloc.take_snapshot().filter_traces([*rows, tracemalloc.Filter(False, tracemalloc.__file__)])
+    lookups = [tracemalloc.Filter(False, module.__file__) for module in (tracemalloc, linecache, inspect)]
+    snapshot = tracemalloc.take_snapshot().filter_traces([*rows, *lookups])
     return sum(trace.size for trace in snapshot.traces)
 
 
