@@ -270,3 +270,73 @@ def msgspec_raw(k: int) -> Any:
     import msgspec
 
     return msgspec.Raw(str(1000 + k).encode())
+
+
+def _every(path: Path, step: int) -> list[TraceEvent]:
+    batches: list[list[TraceEvent]] = []
+    jsonstream.read_trace_events(path, batches.append, None)
+    return [e for batch in batches for e in batch][::step]
+
+
+def _odd(events: list[TraceEvent]) -> tuple[list[TraceEvent], set[str]]:
+    """Copies with a value that takes each conversion's per-family path: a flow's ts in exponent notation, an op's
+    ts with decimals among integers (or the reverse) and its name not text, a kernel without dur (dropped), a
+    runtime call's pid not an integer (where the trace has kernels and runtime calls)."""
+    import msgspec
+
+    out = list(events)
+    done: set[str] = set()
+    for i, e in enumerate(out):
+        if e.ph in ("s", "f") and "flow" not in done:
+            out[i], _ = msgspec.structs.replace(e, ts=msgspec.Raw(b"1.5e3")), done.add("flow")
+        elif e.cat in ("kernel", "Kernel") and "kernel" not in done:
+            out[i], _ = msgspec.structs.replace(e, dur=msgspec.Raw(b"")), done.add("kernel")
+        elif e.cat in ("cuda_runtime", "Runtime") and "runtime" not in done:
+            out[i], _ = msgspec.structs.replace(e, pid="x"), done.add("runtime")
+        elif e.cat in ("cpu_op", "Operator") and e.ph == "X" and "op" not in done:
+            ts = bytes(e.ts)  # decimals among integers, or an integer among decimals
+            ts = ts.partition(b".")[0] if b"." in ts else ts + b".5"
+            out[i], _ = msgspec.structs.replace(e, name=5, ts=msgspec.Raw(ts)), done.add("op")
+    return out, done
+
+
+@pytest.mark.parametrize("odd", [False, True])
+@pytest.mark.parametrize(
+    ("source", "step"),
+    [
+        ("hta/tests/data/ns_resolution_trace/rank-0.Apr_03_18_51_38.1102.pt.trace.json.gz", 20),
+        ("pytorch__kineto/resnet50_num_workers_0/worker0.1623143566756.pt.trace.json.gz", 25),
+        ("facebookresearch__param/dlrm_kineto/worker0_step_12.1694128201545.pt.trace.json", 10),
+        ("sample:synthetic/comm_exposed.json.gz", 1),
+        ("sample:cpu_slow_dataloader.pt.trace.json.gz", 2),
+    ],
+)
+def test_a_slice_gives_the_tables_of_its_events_one_by_one(source: str, step: int, odd: bool) -> None:
+    """The builder converts each column of a slice's families together (families laid out one after another, one
+    parse of all their times, one lookup of all their names); the tables are those of the same events added one
+    at a time (each slice one family, every value converted alone), also where one family's values take the
+    per-family paths (``odd``) and with the events cut into uneven slices."""
+    from mlprof.trace.build import TableBuilder
+
+    path = SAMPLES / source.removeprefix("sample:") if source.startswith("sample:") else external(source)
+    events = _every(path, step)
+    done: set[str] = set()
+    if odd:
+        events, done = _odd(events)
+        assert {"flow", "op"} <= done
+    one_by_one = TableBuilder()
+    for e in events:
+        one_by_one.add([e])
+    expected = one_by_one.finish()
+    for cuts in ([len(events)], [7, 307, 308, 2808, len(events)]):
+        builder, start = TableBuilder(), 0
+        for end in cuts:
+            builder.add(events[start:end])
+            start = end
+        tables = builder.finish()
+        for name, frame in expected.items():
+            pd.testing.assert_frame_equal(tables[name], frame, obj=name)
+        assert builder.dropped_no_time == one_by_one.dropped_no_time
+        assert builder.categories_seen == one_by_one.categories_seen
+    assert sum(len(t) for t in expected.values()) > len(events) // 2
+    assert one_by_one.dropped_no_time == ("kernel" in done)

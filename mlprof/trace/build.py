@@ -7,6 +7,8 @@ next slice is decoded. Only the columns listed in :mod:`mlprof.trace.model` surv
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -17,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from mlprof.trace.columns import SymbolTable, factorize_text, to_int64
-from mlprof.trace.numbers import MISSING_NS, TIME_LIMIT_NS, raw_us_to_ns
+from mlprof.trace.columns import SymbolTable, to_int64
+from mlprof.trace.numbers import MISSING_NS, TIME_LIMIT_NS, plain_us_to_ns, raw_us_to_ns
 from mlprof.trace.schema import EventArgs, TraceEvent
 from mlprof.trace.vocabulary import SHAPE_OPS, name_mask
 
@@ -124,6 +126,16 @@ class TableBuilder:
         self.categories_seen: set[str] = set()
         self.dropped_no_time = 0
         self._shape_op = np.zeros(0, dtype=bool)
+        # The distinct cats and phs met so far (text or None), coded in the order met; per code, the cat's and the
+        # flow ph's symbols and the GPU kind's, and the family of each (cat, ph) pair.
+        self._cat_index: dict[str | None, int] = {}
+        self._ph_index: dict[str | None, int] = {chr(c): c for c in range(128)}
+        self._cat_sym = np.zeros(0, dtype=np.int32)
+        self._kind_sym = np.zeros(0, dtype=np.int32)
+        self._ph_sym = np.zeros(128, dtype=np.int32)
+        for ph in _FLOW_PHS:
+            self._ph_sym[ord(ph)] = self.symbols.code(ph)
+        self._families = np.zeros((0, 128), dtype=np.int8)
 
     def _classify(self, key: tuple[Any, Any]) -> int:
         cat, ph = key
@@ -138,137 +150,209 @@ class TableBuilder:
     def add(self, events: Sequence[TraceEvent]) -> None:
         if not events:
             return
-        cat_values, ph_values = _field(events, "cat"), _field(events, "ph")
-        cat_text, ph_text = factorize_text(cat_values), factorize_text(ph_values)
+        cats, phs = _field(events, "cat"), _field(events, "ph")
+        coded = self._cat_ph_codes(cats, phs)
         cat_sym: np.ndarray | None = None  # symbol code of each event's cat (text cats only)
         kind_sym: np.ndarray | None = None  # symbol code of each event's GPU kind, from its cat
-        if cat_text is not None and ph_text is not None:
-            (cat_codes, cats), (ph_codes, phs) = cat_text, ph_text
-            # Per distinct cat, not per event: the host/flow ``cat`` column and the GPU ``kind``.
-            cat_sym = self.symbols.encode(cats)[cat_codes]
-            kinds = [self.symbols.code(_GPU_KIND.get(c, "kernel")) for c in cats]  # type: ignore[arg-type]
-            kind_sym = np.array(kinds, dtype=np.int32)[cat_codes]
+        ph_sym: np.ndarray | None = None  # symbol code of a flow's ph ("s", "f" or "t"; 0 for other phs)
+        if coded is not None:
+            cat_codes, ph_codes = coded
+            families = self._families[cat_codes, ph_codes]
+            cat_sym, kind_sym = self._cat_sym[cat_codes], self._kind_sym[cat_codes]
+            ph_sym = self._ph_sym[ph_codes]
         else:  # junk types in cat/ph: -1 codes are missing values
             import pandas as pd
 
-            cat_codes, cat_uniques = pd.factorize(np.asarray(cat_values, dtype=object))
-            ph_codes, ph_uniques = pd.factorize(np.asarray(ph_values, dtype=object))
-            cat_codes, ph_codes = cat_codes + 1, ph_codes + 1
-            cats = [None, *cat_uniques.tolist()]
-            phs = [None, *ph_uniques.tolist()]
-        # Family per distinct (cat, ph) pair.
-        table = np.array([[self._classify((c, p)) for p in phs] for c in cats], dtype=np.int8)
-        families = table[cat_codes, ph_codes]
+            cat_codes, cat_uniques = pd.factorize(np.asarray(cats, dtype=object))
+            ph_codes, ph_uniques = pd.factorize(np.asarray(phs, dtype=object))
+            table = np.array(
+                [[self._classify((c, p)) for p in [None, *ph_uniques.tolist()]] for c in [None, *cat_uniques.tolist()]],
+                dtype=np.int8,
+            )
+            families = table[cat_codes + 1, ph_codes + 1]
+        del cats, phs
         instants = np.flatnonzero(families == INSTANT)
         if len(instants):
+            names = _field(_take(events, instants), "name")
             is_memory = np.fromiter(
-                (events[i].name == "[memory]" for i in instants.tolist()), dtype=bool, count=len(instants)
+                map(operator.eq, names, itertools.repeat("[memory]")), dtype=bool, count=len(instants)
             )
             families[instants] = np.where(is_memory, MEMORY, SKIP)
-        for fam in (GPU, RUNTIME, HOST, GPU_ANNOTATION, MEMORY, FLOW, META):
-            idx = np.flatnonzero(families == fam)
-            if len(idx) == 0:
-                continue
-            sub = _take(events, idx)
-            cat = cat_sym[idx] if cat_sym is not None else None
-            if fam == META:
-                self._add_meta(sub)
-            elif fam == FLOW:
-                ph = None
-                if cat_sym is not None:  # text phs: a flow's is "s", "f" or "t", coded per distinct value
-                    codes = [self.symbols.code(p) if p in _FLOW_PHS else 0 for p in phs]
-                    ph = np.array(codes, dtype=np.int32)[ph_codes[idx]]
-                self._add_flows(sub, cat, ph)
-            elif fam == MEMORY:
-                self._add_memory(sub)
-            else:
-                self._add_ranges(fam, sub, cat, kind_sym[idx] if kind_sym is not None else None)
+        meta = np.flatnonzero(families == META)
+        if len(meta):
+            self._add_meta(_take(events, meta))
+        self._add_laid_out(_Batch.of(events, families, cat_sym, kind_sym, ph_sym))
+
+    def _cat_ph_codes(self, cats: list[Any], phs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each event's cat and ph as codes into this builder's distinct cats and phs (met in any slice so far),
+        or None when some cat or ph is neither text nor None (the caller's general path). A one-character ASCII ph
+        is its character's code (no lookup); other phs are coded from 128 on, in the order met."""
+        cat_codes = _codes(cats, self._cat_index, self._learn_cat)
+        if cat_codes is None:
+            return None
+        try:
+            joined = "".join(phs)
+        except TypeError:  # None or junk among them
+            joined = ""
+        if len(joined) == len(phs) and joined.isascii() and "" not in phs:  # each ph one character
+            return cat_codes, np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+        ph_codes = _codes(phs, self._ph_index, self._learn_ph)
+        if ph_codes is None:
+            return None
+        return cat_codes, ph_codes
+
+    def _learn_cat(self, cat: str | None) -> None:
+        self._cat_index[cat] = len(self._cat_index)
+        if cat is not None:
+            self.categories_seen.add(cat)
+        self._cat_sym = np.append(self._cat_sym, np.int32(0 if cat is None else self.symbols.code(cat)))
+        kind = self.symbols.code(_GPU_KIND.get(cat, "kernel"))  # type: ignore[arg-type]
+        self._kind_sym = np.append(self._kind_sym, np.int32(kind))
+        self._families = np.array([[_family(c, p) for p in self._ph_index] for c in self._cat_index], dtype=np.int8)
+
+    def _learn_ph(self, ph: str | None) -> None:
+        self._ph_index[ph] = len(self._ph_index)
+        self._ph_sym = np.append(self._ph_sym, np.int32(self.symbols.code(ph) if ph in _FLOW_PHS else 0))
+        self._families = np.array([[_family(c, p) for p in self._ph_index] for c in self._cat_index], dtype=np.int8)
 
     def _append(self, fam: int, **columns: np.ndarray) -> None:
         store = self._cols[fam]
         for key, value in columns.items():
             store[key].append(value)
 
-    def _add_ranges(
-        self, fam: int, sub: list[TraceEvent], cat: np.ndarray | None = None, kind: np.ndarray | None = None
-    ) -> None:
-        """``cat``/``kind``: symbol codes of the events' cat and GPU kind when the caller has them."""
-        ts = raw_us_to_ns(_field(sub, "ts"))
-        dur = raw_us_to_ns(_field(sub, "dur"))
-        keep = (ts != MISSING_NS) & (dur != MISSING_NS)
-        keep &= dur <= TIME_LIMIT_NS - np.where(keep, ts, 0)  # an end past the limit is corrupt
-        if not keep.all():
-            self.dropped_no_time += int((~keep).sum())
-            sub = _take(sub, np.flatnonzero(keep))
-            ts, dur = ts[keep], dur[keep]
-            cat = cat[keep] if cat is not None else None
-            kind = kind[keep] if kind is not None else None
-            if not sub:
-                return
-        dur = np.maximum(dur, 0)
-        args = _args(sub)
-        name = self.symbols.encode(_field(sub, "name"))
+    def _add_laid_out(self, batch: _Batch) -> None:
+        """The columns of a batch's families: each value read once for all the families that have it (one pass
+        over the events per field, one parse of the times), a family's part a slice of those.
 
-        def arg(attr: str) -> list[Any]:
-            return _field(args, attr)
+        Wherever a conversion of the families together does not take its fast path, each family's values are
+        converted alone, as they always were: the tables do not depend on what other families a slice holds."""
+        ts, dur = batch.times()
+        if not len(ts):
+            return
+        if len(dur):  # ranges (first in the layout, as their durations)
+            ts_r = ts[: len(dur)]
+            keep = (ts_r != MISSING_NS) & (dur != MISSING_NS)
+            keep &= dur <= TIME_LIMIT_NS - np.where(keep, ts_r, 0)  # an end past the limit is corrupt
+            if not keep.all():
+                self.dropped_no_time += int((~keep).sum())
+                ts, dur = batch.drop(keep, ts, dur)
+            dur = np.maximum(dur, 0)
+        symbols = self.symbols
+        pid = batch.ints(batch.field("pid", GPU_ANNOTATION, FLOW))
+        tid = batch.ints(batch.field("tid", GPU_ANNOTATION, FLOW))
+        name = batch.texts(symbols, batch.field("name", GPU_ANNOTATION, HOST))
+        args = batch.args()
 
-        ext = to_int64(arg("external_id"))
-        if fam in (GPU, RUNTIME):
-            old_ext = to_int64(arg("external_id_old"))
-            ext = np.where(ext == -1, old_ext, ext)
-        if fam == GPU:
-            if kind is None:
-                kind = self.symbols.encode([_GPU_KIND.get(e.cat, "kernel") for e in sub])  # type: ignore[arg-type]
-            device = to_int64(arg("device"))
-            pid = to_int64(_field(sub, "pid"))
-            device = np.where(device == -1, pid, device)
-            stream = to_int64(arg("stream"))
-            tid = to_int64(_field(sub, "tid"))
-            stream = np.where(stream == -1, tid, stream)
+        def arg(attr: str, first: int, last: int | None = None) -> dict[int, np.ndarray]:
+            return batch.ints(batch.arg(args, attr, first, first if last is None else last))
+
+        ext = arg("external_id", GPU, HOST)
+        device = arg("device", GPU_ANNOTATION, GPU)
+        stream = arg("stream", GPU_ANNOTATION, GPU)
+        if batch.has(GPU) or batch.has(RUNTIME):
+            old = None
+            for fam in (GPU, RUNTIME):
+                if fam in ext and (ext[fam] == -1).any():
+                    old = old if old is not None else arg("external_id_old", GPU, RUNTIME)
+                    ext[fam] = np.where(ext[fam] == -1, old[fam], ext[fam])
+            correlation = arg("correlation", GPU, RUNTIME)
+        for fam in (GPU, GPU_ANNOTATION):
+            if batch.has(fam):
+                if (device[fam] == -1).any():
+                    device[fam] = np.where(device[fam] == -1, pid[fam], device[fam])
+                if (stream[fam] == -1).any():
+                    stream[fam] = np.where(stream[fam] == -1, tid[fam], stream[fam])
+
+        if batch.has(GPU):
+            s, e = batch.span(GPU, GPU)
+            if batch.kind_sym is not None:
+                kind = batch.kind_sym[s:e]
+            else:
+                kind = symbols.encode([_GPU_KIND.get(ev.cat, "kernel") for ev in batch.events[s:e]])  # type: ignore[arg-type]
+            ts_g, dur_g = ts[s:e], dur[s:e]
             self._append(
-                fam,
+                GPU,
                 kind=kind,
-                name=name,
-                ts=ts,
-                dur=dur,
-                device=device,
-                stream=stream,
-                correlation=to_int64(arg("correlation")),
-                external_id=ext,
-                bytes=to_int64(arg("bytes")),
+                name=name[GPU],
+                ts=ts_g,
+                dur=dur_g,
+                device=device[GPU],
+                stream=stream[GPU],
+                correlation=correlation[GPU],
+                external_id=ext[GPU],
+                bytes=arg("bytes", GPU)[GPU],
             )
-            self._add_collectives("gpu", sub, args, name, ts, dur)
-        elif fam == RUNTIME:
+            self._add_collectives("gpu", args[s:e], name[GPU], ts_g, dur_g)
+        if batch.has(RUNTIME):
+            s, e = batch.span(RUNTIME, RUNTIME)
             self._append(
-                fam,
-                name=name,
-                ts=ts,
-                dur=dur,
-                pid=to_int64(_field(sub, "pid")),
-                tid=to_int64(_field(sub, "tid")),
-                correlation=to_int64(arg("correlation")),
-                external_id=ext,
+                RUNTIME,
+                name=name[RUNTIME],
+                ts=ts[s:e],
+                dur=dur[s:e],
+                pid=pid[RUNTIME],
+                tid=tid[RUNTIME],
+                correlation=correlation[RUNTIME],
+                external_id=ext[RUNTIME],
             )
-        elif fam == GPU_ANNOTATION:
-            device = to_int64(arg("device"))
-            device = np.where(device == -1, to_int64(_field(sub, "pid")), device)
-            stream = to_int64(arg("stream"))
-            stream = np.where(stream == -1, to_int64(_field(sub, "tid")), stream)
-            self._append(fam, name=name, ts=ts, dur=dur, device=device, stream=stream)
-        else:  # HOST
+        if batch.has(HOST):
+            s, e = batch.span(HOST, HOST)
+            host_args, host_events = args[s:e], batch.events[s:e]
+            cat = batch.cat_sym[s:e] if batch.cat_sym is not None else symbols.encode(_field(host_events, "cat"))
+            ts_h, dur_h = ts[s:e], dur[s:e]
             self._append(
-                fam,
-                cat=cat if cat is not None else self.symbols.encode(_field(sub, "cat")),
-                name=name,
-                ts=ts,
-                dur=dur,
-                pid=to_int64(_field(sub, "pid")),
-                tid=to_int64(_field(sub, "tid")),
-                external_id=ext,
-                call_stack=self.symbols.encode(arg("call_stack")),
-                input_dims=self._input_dims(name, args),
+                HOST,
+                cat=cat,
+                name=name[HOST],
+                ts=ts_h,
+                dur=dur_h,
+                pid=pid[HOST],
+                tid=tid[HOST],
+                external_id=ext[HOST],
+                call_stack=symbols.encode(_field(host_args, "call_stack")),
+                input_dims=self._input_dims(name[HOST], host_args),
             )
-            self._add_collectives("host", sub, args, name, ts, dur)
+            self._add_collectives("host", host_args, name[HOST], ts_h, dur_h)
+        if batch.has(GPU_ANNOTATION):
+            s, e = batch.span(GPU_ANNOTATION, GPU_ANNOTATION)
+            self._append(
+                GPU_ANNOTATION,
+                name=name[GPU_ANNOTATION],
+                ts=ts[s:e],
+                dur=dur[s:e],
+                device=device[GPU_ANNOTATION],
+                stream=stream[GPU_ANNOTATION],
+            )
+        if batch.has(MEMORY):
+            s, e = batch.span(MEMORY, MEMORY)
+
+            def memory(attr: str, missing: int = -1) -> np.ndarray:
+                return to_int64(_field(args[s:e], attr), missing=missing)
+
+            self._append(
+                MEMORY,
+                ts=ts[s:e],
+                pid=pid[MEMORY],
+                tid=tid[MEMORY],
+                device_type=memory("device_type"),
+                device_id=memory("device_id"),
+                addr=memory("addr"),
+                bytes=memory("mem_bytes", missing=0),
+                total_allocated=memory("total_allocated"),
+                total_reserved=memory("total_reserved"),
+            )
+        if batch.has(FLOW):
+            s, e = batch.span(FLOW, FLOW)
+            flows = batch.events[s:e]
+            self._append(
+                FLOW,
+                cat=batch.cat_sym[s:e] if batch.cat_sym is not None else symbols.encode(_field(flows, "cat")),
+                ph=batch.ph_sym[s:e] if batch.ph_sym is not None else symbols.encode(_field(flows, "ph")),
+                id=to_int64(_field(flows, "id")),
+                ts=ts[s:e],
+                pid=pid[FLOW],
+                tid=tid[FLOW],
+            )
 
     def _input_dims(self, name: np.ndarray, args: list[EventArgs]) -> np.ndarray:
         """``Input Dims`` JSON text of the ops in :data:`SHAPE_OPS` (empty for every other op)."""
@@ -287,8 +371,7 @@ class TableBuilder:
     def _add_collectives(
         self,
         source: str,
-        sub: list[TraceEvent],
-        args: list[EventArgs],
+        args: Sequence[EventArgs],
         name: np.ndarray,
         ts: np.ndarray,
         dur: np.ndarray,
@@ -456,6 +539,168 @@ class TableBuilder:
         import pandas as pd
 
         return pd.DataFrame(data, copy=False)
+
+
+_LAYOUT = (GPU_ANNOTATION, GPU, RUNTIME, HOST, MEMORY, FLOW)
+"""The order of the families in a :class:`_Batch`: each column is read from one run of them (times from all six,
+durations and names from the first four, args from the first five, device/stream from the first two ...)."""
+_POSITION = np.full(INSTANT + 1, len(_LAYOUT), dtype=np.int8)  # META and SKIP after the layout (not laid out)
+_POSITION[list(_LAYOUT)] = np.arange(len(_LAYOUT), dtype=np.int8)
+
+_Run = tuple[list[Any], list[tuple[int, int, int]]]
+"""Values of one field over a run of families, and each family's ``(family, start, end)`` in them."""
+
+
+class _Batch:
+    """A slice's events laid out family after family in :data:`_LAYOUT` order (each family's events in their order
+    in the slice), with the symbols of their cats, GPU kinds and flow phs where the cats and phs are text."""
+
+    __slots__ = ("cat_sym", "events", "kind_sym", "ph_sym", "starts")
+
+    def __init__(
+        self,
+        events: Sequence[TraceEvent],
+        starts: list[int],
+        cat_sym: np.ndarray | None,
+        kind_sym: np.ndarray | None,
+        ph_sym: np.ndarray | None,
+    ) -> None:
+        self.events = events
+        self.starts = starts  # the first event of each position in _LAYOUT, and the end
+        self.cat_sym, self.kind_sym, self.ph_sym = cat_sym, kind_sym, ph_sym
+
+    @classmethod
+    def of(
+        cls,
+        events: Sequence[TraceEvent],
+        families: np.ndarray,
+        cat_sym: np.ndarray | None,
+        kind_sym: np.ndarray | None,
+        ph_sym: np.ndarray | None,
+    ) -> _Batch:
+        position = _POSITION[families]
+        counts = np.bincount(position, minlength=len(_LAYOUT) + 1)[: len(_LAYOUT)]
+        starts = [0, *np.cumsum(counts).tolist()]
+        laid = starts[-1]
+        if bool((position[1:] >= position[:-1]).all()):  # in layout order already (a slice of one family)
+            order: Any = slice(0, laid)
+            events = events if laid == len(events) else events[:laid]
+        else:
+            order = np.argsort(position, kind="stable")[:laid]
+            events = _take_in_order(events, order)
+
+        def lay(sym: np.ndarray | None) -> np.ndarray | None:
+            return None if sym is None else sym[order]
+
+        return cls(events, starts, lay(cat_sym), lay(kind_sym), lay(ph_sym))
+
+    def span(self, first: int, last: int) -> tuple[int, int]:
+        """Where the families from ``first`` to ``last`` in :data:`_LAYOUT` order are."""
+        return self.starts[int(_POSITION[first])], self.starts[int(_POSITION[last]) + 1]
+
+    def has(self, family: int) -> bool:
+        at = int(_POSITION[family])
+        return self.starts[at + 1] > self.starts[at]
+
+    def _run(self, values: list[Any], first: int, last: int) -> _Run:
+        start = self.starts[int(_POSITION[first])]
+        parts = []
+        for at in range(int(_POSITION[first]), int(_POSITION[last]) + 1):
+            if self.starts[at + 1] > self.starts[at]:
+                parts.append((_LAYOUT[at], self.starts[at] - start, self.starts[at + 1] - start))
+        return values, parts
+
+    def field(self, attr: str, first: int, last: int) -> _Run:
+        s, e = self.span(first, last)
+        items = self.events if s == 0 and e == len(self.events) else self.events[s:e]
+        return self._run(_field(items, attr) if e > s else [], first, last)
+
+    def args(self) -> list[EventArgs]:
+        """The args of the ranges and memory events (the first five families), in layout order."""
+        _, end = self.span(GPU_ANNOTATION, MEMORY)
+        return _args(self.events if end == len(self.events) else self.events[:end])
+
+    def arg(self, args: list[EventArgs], attr: str, first: int, last: int) -> _Run:
+        s, e = self.span(first, last)
+        return self._run(_field(args[s:e] if s or e < len(args) else args, attr) if e > s else [], first, last)
+
+    def times(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every laid-out event's ``ts`` and the ranges' ``dur`` as ns: one parse where every text is plain, else
+        each family's alone (as :func:`raw_us_to_ns` gives them)."""
+        ts_raw, ts_parts = self.field("ts", GPU_ANNOTATION, FLOW)
+        dur_raw, dur_parts = self.field("dur", GPU_ANNOTATION, HOST)
+        both = plain_us_to_ns(ts_raw + dur_raw) if dur_raw else plain_us_to_ns(ts_raw)
+        if both is not None:
+            return both[: len(ts_raw)], both[len(ts_raw) :]
+        ts = [raw_us_to_ns(ts_raw[s:e]) for _, s, e in ts_parts]
+        dur = [raw_us_to_ns(dur_raw[s:e]) for _, s, e in dur_parts]
+        empty = np.empty(0, dtype=np.int64)
+        return np.concatenate(ts) if ts else empty, np.concatenate(dur) if dur else empty
+
+    def drop(self, keep: np.ndarray, ts: np.ndarray, dur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Leave out the ranges where ``keep`` is False (``keep``: one per range, the first families laid out)."""
+        index = np.concatenate((np.flatnonzero(keep), np.arange(len(keep), len(self.events))))
+        starts = self.starts
+        counts = [starts[at + 1] - starts[at] for at in range(len(_LAYOUT))]
+        for at in range(int(_POSITION[HOST]) + 1):  # the ranges' families
+            counts[at] = int(np.count_nonzero(keep[starts[at] : starts[at + 1]]))
+        self.starts = [0, *itertools.accumulate(counts)]
+        self.events = _take(self.events, index)
+        for slot in ("cat_sym", "kind_sym", "ph_sym"):
+            sym = getattr(self, slot)
+            if sym is not None:
+                setattr(self, slot, sym[index])
+        return ts[index], dur[keep]
+
+    @staticmethod
+    def ints(run: _Run, missing: int = -1) -> dict[int, np.ndarray]:
+        """Each family's values as :func:`to_int64` gives them: all in one call where every value is an int."""
+        values, parts = run
+        try:
+            whole = np.fromiter(values, dtype=np.int64, count=len(values))
+        except (TypeError, ValueError, OverflowError):
+            return {fam: to_int64(values[s:e], missing) for fam, s, e in parts}
+        return {fam: whole[s:e] for fam, s, e in parts}
+
+    @staticmethod
+    def texts(symbols: SymbolTable, run: _Run) -> dict[int, np.ndarray]:
+        """Each family's values' symbols as :meth:`SymbolTable.encode` gives them: all at once where every value
+        is text or None."""
+        values, parts = run
+        whole = symbols.encode_text(values)
+        if whole is None:
+            return {fam: symbols.encode(values[s:e]) for fam, s, e in parts}
+        return {fam: whole[s:e] for fam, s, e in parts}
+
+
+def _codes(values: list[Any], index: dict[Any, int], learn: Callable[[Any], None]) -> np.ndarray | None:
+    """``index``'s code of each value, after ``learn`` of each value not in it yet; None if a value is neither
+    text nor None (``index`` then unchanged)."""
+    try:
+        return np.fromiter(map(index.__getitem__, values), dtype=np.intp, count=len(values))
+    except KeyError:
+        pass
+    except TypeError:  # unhashable junk
+        return None
+    try:
+        new = [u for u in dict.fromkeys(values) if u not in index]
+    except TypeError:
+        return None
+    if not all(u is None or type(u) is str for u in new):
+        return None
+    for u in new:
+        learn(u)
+    return np.fromiter(map(index.__getitem__, values), dtype=np.intp, count=len(values))
+
+
+def _take_in_order(items: Sequence[Any], order: np.ndarray) -> list[Any]:
+    """``items[i] for i in order`` (any ``order``, as :func:`_take` takes only increasing indices)."""
+    if len(order) == 0:
+        return []
+    if len(order) == 1:
+        return [items[int(order[0])]]
+    getter: Callable[[Sequence[Any]], tuple[Any, ...]] = itemgetter(*order.tolist())
+    return list(getter(items))
 
 
 def _remapped(part: np.ndarray | SharedPart, mapping: np.ndarray) -> Any:

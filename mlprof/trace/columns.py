@@ -28,7 +28,7 @@ class SymbolTable:
     """Interns strings to dense int32 codes; code 0 is the empty string."""
 
     def __init__(self) -> None:
-        self._index: dict[str, int] = {"": 0}
+        self._index: dict[str | None, int] = {"": 0, None: 0}  # None: the empty string too (see encode)
         self.strings: list[str] = [""]
 
     @classmethod
@@ -41,6 +41,7 @@ class SymbolTable:
         table._index = {text: code for code, text in enumerate(strings)}
         if len(table._index) != len(strings):
             raise ValueError("symbol strings repeat")
+        table._index[None] = 0
         return table
 
     def code(self, text: str) -> int:
@@ -57,13 +58,9 @@ class SymbolTable:
             return np.empty(0, dtype=np.int32)
         if values[0] is None and values.count(None) == len(values):  # an argument most events lack
             return np.zeros(len(values), dtype=np.int32)
-        text = factorize_text(values)
-        if text is not None:
-            codes, distinct = text
-            found = np.fromiter(
-                (0 if u is None else self.code(u) for u in distinct), dtype=np.int32, count=len(distinct)
-            )
-            return found[codes]
+        found = self.encode_text(values)
+        if found is not None:
+            return found
         import pandas as pd
 
         local_codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
@@ -74,6 +71,22 @@ class SymbolTable:
         )
         mapping = np.append(mapping, np.int32(0))  # the -1 sentinel (None/NaN) maps to ""
         return mapping[local_codes]
+
+    def encode_text(self, values: Sequence[Any]) -> np.ndarray | None:
+        """:meth:`encode` of values that are all text or None; None if one is not.
+
+        Once a trace's names are known (after its first slices), each value is looked up once: no distinct values
+        are found first."""
+        try:
+            return np.fromiter(map(self._index.__getitem__, values), dtype=np.int32, count=len(values))
+        except (KeyError, TypeError):  # text not seen yet, or not text
+            pass
+        text = factorize_text(values)
+        if text is None:
+            return None
+        codes, distinct = text
+        found = np.fromiter((0 if u is None else self.code(u) for u in distinct), dtype=np.int32, count=len(distinct))
+        return found[codes]
 
     def categorical(self, codes: np.ndarray) -> pd.Categorical:
         """A pandas Categorical of the strings present, categories sorted.

@@ -79,6 +79,17 @@ def raw_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray:
     return out
 
 
+def plain_us_to_ns(raws: Sequence[bytes | memoryview]) -> np.ndarray | None:
+    """:func:`raw_us_to_ns` of texts all in one of the common layouts (see :func:`_plain_to_ns`), else None.
+
+    Each value's result is its own (never depends on the other texts), so texts of several columns parse in one call.
+    """
+    n = len(raws)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    return _plain_to_ns(b",".join(raws), n)
+
+
 _PLAIN_CHARS = b"0123456789-.,"
 
 
