@@ -208,12 +208,14 @@ class TableBuilder:
         self._cat_sym = np.append(self._cat_sym, np.int32(0 if cat is None else self.symbols.code(cat)))
         kind = self.symbols.code(_GPU_KIND.get(cat, "kernel"))  # type: ignore[arg-type]
         self._kind_sym = np.append(self._kind_sym, np.int32(kind))
-        self._families = np.array([[_family(c, p) for p in self._ph_index] for c in self._cat_index], dtype=np.int8)
+        row = np.array([[_family(cat, p) for p in self._ph_index]], dtype=np.int8)
+        self._families = np.concatenate((self._families, row))
 
     def _learn_ph(self, ph: str | None) -> None:
         self._ph_index[ph] = len(self._ph_index)
         self._ph_sym = np.append(self._ph_sym, np.int32(self.symbols.code(ph) if ph in _FLOW_PHS else 0))
-        self._families = np.array([[_family(c, p) for p in self._ph_index] for c in self._cat_index], dtype=np.int8)
+        column = np.array([[_family(c, ph)] for c in self._cat_index], dtype=np.int8).reshape(-1, 1)
+        self._families = np.concatenate((self._families, column), axis=1)
 
     def _append(self, fam: int, **columns: np.ndarray) -> None:
         store = self._cols[fam]

@@ -112,19 +112,21 @@ def _plain_to_ns(joined: bytes, n: int) -> np.ndarray | None:
     lengths = ends - starts
     if lengths.min() == 0 or lengths.max() > 21:  # sign, 19 digits and a dot at most
         return None
-    dashes = np.flatnonzero(buf == ord("-")) if b"-" in joined else commas[:0]
-    signed = np.isin(starts, dashes) if len(dashes) else np.zeros(n, dtype=bool)
-    if len(dashes) and (int(signed.sum()) != len(dashes) or bool((lengths[signed] < 2).any())):
-        return None  # a sign only first in a value, and never a whole value
-    dots = np.flatnonzero(buf == ord(".")) if b"." in joined else commas[:0]
-    if len(dots) == 0:
+    digits, first = lengths, starts  # of each value: its digits (and a dot), where its first digit is
+    if b"-" in joined:
+        dashes = np.flatnonzero(buf == ord("-"))
+        signed = np.isin(starts, dashes)
+        if int(signed.sum()) != len(dashes) or bool((lengths[signed] < 2).any()):
+            return None  # a sign only first in a value, and never a whole value
+        digits, first = lengths - signed, starts + signed
+    if b"." not in joined:
         micro = True
-    elif len(dots) == n and bool((ends - dots == 4).all()):
-        micro, joined = False, joined.replace(b".", b"")
+    elif len(dots := np.flatnonzero(buf == ord("."))) == n and bool((ends - dots == 4).all()):
+        micro, joined, digits = False, joined.replace(b".", b""), digits - 1
     else:
         return None
-    digits = lengths - signed - (0 if micro else 1)
-    if digits.max() > 19 or bool((buf[starts[digits == 19] + signed[digits == 19]] >= ord("9")).any()):
+    top = int(digits.max())
+    if top > 19 or (top == 19 and bool((buf[first[digits == 19]] >= ord("9")).any())):
         return None  # could pass int64 (9.2e18); below 9e18 every 19-digit value fits
     try:
         values = np.fromstring(joined, dtype=np.int64, sep=",")
@@ -132,6 +134,11 @@ def _plain_to_ns(joined: bytes, n: int) -> np.ndarray | None:
         return None
     if len(values) != n:
         return None
+    limit = _WHOLE_LIMIT_US if micro else TIME_LIMIT_NS
+    if values.min() >= -limit and values.max() <= limit:  # all within range (every real trace): no masks
+        if micro:
+            values *= 1000
+        return values
     if micro:
         in_range = (values >= -_WHOLE_LIMIT_US) & (values <= _WHOLE_LIMIT_US)
         values = np.where(in_range, values, 0) * 1000
