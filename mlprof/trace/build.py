@@ -238,7 +238,7 @@ class TableBuilder:
             if not keep.all():
                 self.dropped_no_time += int((~keep).sum())
                 ts, dur = batch.drop(keep, ts, dur)
-            dur = np.maximum(dur, 0)
+            dur = np.maximum(dur, 0, out=dur)  # in place: its parts are views of the batch's times
         symbols = self.symbols
         pid = batch.ints(batch.field("pid", GPU_ANNOTATION, FLOW))
         tid = batch.ints(batch.field("tid", GPU_ANNOTATION, FLOW))
@@ -268,7 +268,7 @@ class TableBuilder:
         if batch.has(GPU):
             s, e = batch.span(GPU, GPU)
             if batch.kind_sym is not None:
-                kind = batch.kind_sym[s:e]
+                kind = batch.kind_sym[s:e].copy()  # not a view: the slice's whole array would be kept with it
             else:
                 kind = symbols.encode([_GPU_KIND.get(ev.cat, "kernel") for ev in batch.events[s:e]])  # type: ignore[arg-type]
             ts_g, dur_g = ts[s:e], dur[s:e]
@@ -300,7 +300,7 @@ class TableBuilder:
         if batch.has(HOST):
             s, e = batch.span(HOST, HOST)
             host_args, host_events = args[s:e], batch.events[s:e]
-            cat = batch.cat_sym[s:e] if batch.cat_sym is not None else symbols.encode(_field(host_events, "cat"))
+            cat = batch.cat_sym[s:e].copy() if batch.cat_sym is not None else symbols.encode(_field(host_events, "cat"))
             ts_h, dur_h = ts[s:e], dur[s:e]
             self._append(
                 HOST,
@@ -348,8 +348,8 @@ class TableBuilder:
             flows = batch.events[s:e]
             self._append(
                 FLOW,
-                cat=batch.cat_sym[s:e] if batch.cat_sym is not None else symbols.encode(_field(flows, "cat")),
-                ph=batch.ph_sym[s:e] if batch.ph_sym is not None else symbols.encode(_field(flows, "ph")),
+                cat=batch.cat_sym[s:e].copy() if batch.cat_sym is not None else symbols.encode(_field(flows, "cat")),
+                ph=batch.ph_sym[s:e].copy() if batch.ph_sym is not None else symbols.encode(_field(flows, "ph")),
                 id=to_int64(_field(flows, "id")),
                 ts=ts[s:e],
                 pid=pid[FLOW],
