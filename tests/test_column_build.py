@@ -340,3 +340,42 @@ def test_a_slice_gives_the_tables_of_its_events_one_by_one(source: str, step: in
         assert builder.categories_seen == one_by_one.categories_seen
     assert sum(len(t) for t in expected.values()) > len(events) // 2
     assert one_by_one.dropped_no_time == ("kernel" in done)
+
+
+def test_a_trace_with_a_cat_and_a_ph_per_event_keeps_the_builders_codes_bounded(tmp_path: Path) -> None:
+    """Thousands of distinct cats and phs (a custom trace writing an id there): the builder codes at most
+    MAX_CODED_CATS cats and 128 + MAX_CODED_PHS phs (the family table of every (cat, ph) pair stays small; it was
+    rebuilt per new value, quadratic: 100 k such events took minutes) and reads the rest per slice. The host ops
+    are every "X" event, with the cats and times of the file (truth: the JSON)."""
+    import json
+
+    from mlprof.trace import build
+
+    n = 6000
+    events = [
+        {"ph": "X", "cat": f"custom {i}", "name": f"op{i % 7}", "pid": 1, "tid": 1, "ts": 1000 + 3 * i, "dur": 2}
+        for i in range(n)
+    ] + [{"ph": f"ph {i}", "cat": "cpu_op", "name": "odd", "pid": 1, "tid": 1, "ts": 1, "dur": 1} for i in range(n)]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    seen: list[build.TableBuilder] = []
+    original = build.TableBuilder.add
+
+    def add(self: build.TableBuilder, batch: Any) -> None:
+        original(self, batch)
+        seen.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jsonstream, "SLICE_BYTES", 32 << 10)
+        mp.setattr(jsonstream, "BLOCK_BYTES", 8 << 10)
+        mp.setattr(build.TableBuilder, "add", add)
+        trace = load_trace(path)
+    builder = seen[-1]
+    assert len(seen) > 20
+    assert len(builder._cat_index) <= build.MAX_CODED_CATS
+    assert len(builder._ph_index) <= 128 + build.MAX_CODED_PHS
+    assert builder._families.shape == (len(builder._cat_index), len(builder._ph_index))
+    host = trace.host.sort_values("ts", kind="stable")
+    assert host["cat"].astype(str).tolist() == [e["cat"] for e in events[:n]]
+    assert (host["ts"].to_numpy() == 1000_000 + 3000 * np.arange(n)).all()
+    assert "custom 5999" in builder.categories_seen

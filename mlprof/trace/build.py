@@ -187,7 +187,7 @@ class TableBuilder:
         """Each event's cat and ph as codes into this builder's distinct cats and phs (met in any slice so far),
         or None when some cat or ph is neither text nor None (the caller's general path). A one-character ASCII ph
         is its character's code (no lookup); other phs are coded from 128 on, in the order met."""
-        cat_codes = _codes(cats, self._cat_index, self._learn_cat)
+        cat_codes = _codes(cats, self._cat_index, self._learn_cats, MAX_CODED_CATS)
         if cat_codes is None:
             return None
         try:
@@ -196,26 +196,32 @@ class TableBuilder:
             joined = ""
         if len(joined) == len(phs) and joined.isascii() and "" not in phs:  # each ph one character
             return cat_codes, np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
-        ph_codes = _codes(phs, self._ph_index, self._learn_ph)
+        ph_codes = _codes(phs, self._ph_index, self._learn_phs, 128 + MAX_CODED_PHS)
         if ph_codes is None:
             return None
         return cat_codes, ph_codes
 
-    def _learn_cat(self, cat: str | None) -> None:
-        self._cat_index[cat] = len(self._cat_index)
-        if cat is not None:
-            self.categories_seen.add(cat)
-        self._cat_sym = np.append(self._cat_sym, np.int32(0 if cat is None else self.symbols.code(cat)))
-        kind = self.symbols.code(_GPU_KIND.get(cat, "kernel"))  # type: ignore[arg-type]
-        self._kind_sym = np.append(self._kind_sym, np.int32(kind))
-        row = np.array([[_family(cat, p) for p in self._ph_index]], dtype=np.int8)
-        self._families = np.concatenate((self._families, row))
+    def _learn_cats(self, cats: list[str | None]) -> None:
+        """Codes for ``cats`` (new to the builder): their symbols, GPU kinds and a row of families each."""
+        for cat in cats:
+            self._cat_index[cat] = len(self._cat_index)
+            if cat is not None:
+                self.categories_seen.add(cat)
+        syms = [0 if cat is None else self.symbols.code(cat) for cat in cats]
+        kinds = [self.symbols.code(_GPU_KIND.get(cat, "kernel")) for cat in cats]  # type: ignore[arg-type]
+        self._cat_sym = np.append(self._cat_sym, np.array(syms, dtype=np.int32))
+        self._kind_sym = np.append(self._kind_sym, np.array(kinds, dtype=np.int32))
+        rows = np.array([[_family(c, p) for p in self._ph_index] for c in cats], dtype=np.int8)
+        self._families = np.vstack([self._families, rows.reshape(len(cats), len(self._ph_index))])
 
-    def _learn_ph(self, ph: str | None) -> None:
-        self._ph_index[ph] = len(self._ph_index)
-        self._ph_sym = np.append(self._ph_sym, np.int32(self.symbols.code(ph) if ph in _FLOW_PHS else 0))
-        column = np.array([[_family(c, ph)] for c in self._cat_index], dtype=np.int8).reshape(-1, 1)
-        self._families = np.concatenate((self._families, column), axis=1)
+    def _learn_phs(self, phs: list[str | None]) -> None:
+        """Codes for ``phs`` (new to the builder): their flow symbols and a column of families each."""
+        for ph in phs:
+            self._ph_index[ph] = len(self._ph_index)
+        syms = [self.symbols.code(ph) if ph in _FLOW_PHS else 0 for ph in phs]
+        self._ph_sym = np.append(self._ph_sym, np.array(syms, dtype=np.int32))
+        columns = np.array([[_family(c, p) for p in phs] for c in self._cat_index], dtype=np.int8)
+        self._families = np.hstack([self._families, columns.reshape(len(self._cat_index), len(phs))])
 
     def _append(self, fam: int, **columns: np.ndarray) -> None:
         store = self._cols[fam]
@@ -675,9 +681,18 @@ class _Batch:
         return {fam: whole[s:e] for fam, s, e in parts}
 
 
-def _codes(values: list[Any], index: dict[Any, int], learn: Callable[[Any], None]) -> np.ndarray | None:
-    """``index``'s code of each value, after ``learn`` of each value not in it yet; None if a value is neither
-    text nor None (``index`` then unchanged)."""
+MAX_CODED_CATS = 1024
+MAX_CODED_PHS = 128
+"""Most distinct cats (and phs beyond the 128 one-character ASCII ones) a builder codes; a slice bringing more
+takes the general path (per slice, as every slice did before). Kineto writes ~20 cats and ~10 phs; a trace
+with a cat per event would otherwise grow the (cat, ph) family table without bound."""
+
+
+def _codes(
+    values: list[Any], index: dict[Any, int], learn: Callable[[list[Any]], None], limit: int
+) -> np.ndarray | None:
+    """``index``'s code of each value, after ``learn`` of the values not in it yet; None if a value is neither
+    text nor None, or ``index`` would pass ``limit`` values (``index`` then unchanged)."""
     try:
         return np.fromiter(map(index.__getitem__, values), dtype=np.intp, count=len(values))
     except KeyError:
@@ -688,10 +703,9 @@ def _codes(values: list[Any], index: dict[Any, int], learn: Callable[[Any], None
         new = [u for u in dict.fromkeys(values) if u not in index]
     except TypeError:
         return None
-    if not all(u is None or type(u) is str for u in new):
+    if len(index) + len(new) > limit or not all(u is None or type(u) is str for u in new):
         return None
-    for u in new:
-        learn(u)
+    learn(new)
     return np.fromiter(map(index.__getitem__, values), dtype=np.intp, count=len(values))
 
 
