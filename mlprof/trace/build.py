@@ -152,14 +152,11 @@ class TableBuilder:
             return
         cats, phs = _field(events, "cat"), _field(events, "ph")
         coded = self._cat_ph_codes(cats, phs)
-        cat_sym: np.ndarray | None = None  # symbol code of each event's cat (text cats only)
-        kind_sym: np.ndarray | None = None  # symbol code of each event's GPU kind, from its cat
-        ph_sym: np.ndarray | None = None  # symbol code of a flow's ph ("s", "f" or "t"; 0 for other phs)
-        if coded is not None:
-            cat_codes, ph_codes = coded
-            families = self._families[cat_codes, ph_codes]
-            cat_sym, kind_sym = self._cat_sym[cat_codes], self._kind_sym[cat_codes]
-            ph_sym = self._ph_sym[ph_codes]
+        codes: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        if coded is not None:  # the codes index the builder's symbols of cats, GPU kinds and flow phs
+            codes = coded
+            width = self._families.shape[1]
+            families = self._families.ravel().take(coded[0] * width + coded[1])
         else:  # junk types in cat/ph: -1 codes are missing values
             import pandas as pd
 
@@ -181,7 +178,7 @@ class TableBuilder:
         meta = np.flatnonzero(families == META)
         if len(meta):
             self._add_meta(_take(events, meta))
-        self._add_laid_out(_Batch.of(events, families, cat_sym, kind_sym, ph_sym))
+        self._add_laid_out(_Batch.of(events, families, *codes))
 
     def _cat_ph_codes(self, cats: list[Any], phs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
         """Each event's cat and ph as codes into this builder's distinct cats and phs (met in any slice so far),
@@ -273,8 +270,8 @@ class TableBuilder:
 
         if batch.has(GPU):
             s, e = batch.span(GPU, GPU)
-            if batch.kind_sym is not None:
-                kind = batch.kind_sym[s:e].copy()  # not a view: the slice's whole array would be kept with it
+            if batch.cats is not None:
+                kind = self._kind_sym[batch.cats[s:e]]
             else:
                 kind = symbols.encode([_GPU_KIND.get(ev.cat, "kernel") for ev in batch.events[s:e]])  # type: ignore[arg-type]
             ts_g, dur_g = ts[s:e], dur[s:e]
@@ -306,7 +303,9 @@ class TableBuilder:
         if batch.has(HOST):
             s, e = batch.span(HOST, HOST)
             host_args, host_events = args[s:e], batch.events[s:e]
-            cat = batch.cat_sym[s:e].copy() if batch.cat_sym is not None else symbols.encode(_field(host_events, "cat"))
+            cat = (
+                self._cat_sym[batch.cats[s:e]] if batch.cats is not None else symbols.encode(_field(host_events, "cat"))
+            )
             ts_h, dur_h = ts[s:e], dur[s:e]
             self._append(
                 HOST,
@@ -354,8 +353,8 @@ class TableBuilder:
             flows = batch.events[s:e]
             self._append(
                 FLOW,
-                cat=batch.cat_sym[s:e].copy() if batch.cat_sym is not None else symbols.encode(_field(flows, "cat")),
-                ph=batch.ph_sym[s:e].copy() if batch.ph_sym is not None else symbols.encode(_field(flows, "ph")),
+                cat=self._cat_sym[batch.cats[s:e]] if batch.cats is not None else symbols.encode(_field(flows, "cat")),
+                ph=self._ph_sym[batch.phs[s:e]] if batch.phs is not None else symbols.encode(_field(flows, "ph")),
                 id=to_int64(_field(flows, "id")),
                 ts=ts[s:e],
                 pid=pid[FLOW],
@@ -561,30 +560,20 @@ _Run = tuple[list[Any], list[tuple[int, int, int]]]
 
 class _Batch:
     """A slice's events laid out family after family in :data:`_LAYOUT` order (each family's events in their order
-    in the slice), with the symbols of their cats, GPU kinds and flow phs where the cats and phs are text."""
+    in the slice), with their cats' and phs' codes in the builder (where the cats and phs are text or None)."""
 
-    __slots__ = ("cat_sym", "events", "kind_sym", "ph_sym", "starts")
+    __slots__ = ("cats", "events", "phs", "starts")
 
     def __init__(
-        self,
-        events: Sequence[TraceEvent],
-        starts: list[int],
-        cat_sym: np.ndarray | None,
-        kind_sym: np.ndarray | None,
-        ph_sym: np.ndarray | None,
+        self, events: Sequence[TraceEvent], starts: list[int], cats: np.ndarray | None, phs: np.ndarray | None
     ) -> None:
         self.events = events
         self.starts = starts  # the first event of each position in _LAYOUT, and the end
-        self.cat_sym, self.kind_sym, self.ph_sym = cat_sym, kind_sym, ph_sym
+        self.cats, self.phs = cats, phs
 
     @classmethod
     def of(
-        cls,
-        events: Sequence[TraceEvent],
-        families: np.ndarray,
-        cat_sym: np.ndarray | None,
-        kind_sym: np.ndarray | None,
-        ph_sym: np.ndarray | None,
+        cls, events: Sequence[TraceEvent], families: np.ndarray, cats: np.ndarray | None, phs: np.ndarray | None
     ) -> _Batch:
         position = _POSITION[families]
         counts = np.bincount(position, minlength=len(_LAYOUT) + 1)[: len(_LAYOUT)]
@@ -596,11 +585,7 @@ class _Batch:
         else:
             order = np.argsort(position, kind="stable")[:laid]
             events = _take_in_order(events, order)
-
-        def lay(sym: np.ndarray | None) -> np.ndarray | None:
-            return None if sym is None else sym[order]
-
-        return cls(events, starts, lay(cat_sym), lay(kind_sym), lay(ph_sym))
+        return cls(events, starts, None if cats is None else cats[order], None if phs is None else phs[order])
 
     def span(self, first: int, last: int) -> tuple[int, int]:
         """Where the families from ``first`` to ``last`` in :data:`_LAYOUT` order are."""
@@ -654,7 +639,7 @@ class _Batch:
             counts[at] = int(np.count_nonzero(keep[starts[at] : starts[at + 1]]))
         self.starts = [0, *itertools.accumulate(counts)]
         self.events = _take(self.events, index)
-        for slot in ("cat_sym", "kind_sym", "ph_sym"):
+        for slot in ("cats", "phs"):
             sym = getattr(self, slot)
             if sym is not None:
                 setattr(self, slot, sym[index])
