@@ -66,6 +66,19 @@ def test_one_call_layouts_match_decimal_arithmetic(whole: list[int], three_decim
     assert raw_us_to_ns(raws).tolist() == expected
 
 
+@given(st.lists(st.tuples(_EPOCH_US, st.integers(min_value=0, max_value=3)), min_size=1))
+def test_integers_among_one_to_three_decimals_take_the_one_call_path(values: list[tuple[int, int]]) -> None:
+    """Integers and values with one to three decimals in one column (``1694128201426556.0`` next to ``"dur": 5``,
+    as the DLRM traces write) take the one-call path too, exactly."""
+    decimals = [Decimal(v) / 10**k for v, k in values]
+    raws = [format(d, f".{k}f").encode() for d, (_, k) in zip(decimals, values, strict=True)]
+    limit = 2**62 - 1
+    expected = [int(d * 1000) if abs(d * 1000) <= limit else MISSING_NS for d in decimals]
+    assert numbers._plain_to_ns(b",".join(raws), len(raws)) is not None
+    assert raw_us_to_ns(raws).tolist() == expected
+    assert numbers._slow_parse(raws).tolist() == expected
+
+
 @given(st.lists(st.sampled_from([b"", b"-", b"-.123", b".5", b"1e3", b'"7"', b"1-2", b"--1", b"9" * 19, b"12.5"])))
 def test_one_call_path_declines_what_it_cannot_parse(odd: list[bytes]) -> None:
     raws = [b"1712195495505582.988", *odd]

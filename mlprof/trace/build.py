@@ -72,6 +72,9 @@ def _family(cat: Any, ph: Any) -> int:
     return SKIP
 
 
+_ASCII_PH_FAMILIES = np.array([_family(None, chr(c)) for c in range(128)], dtype=np.int8)
+
+
 class SharedPart(msgspec.Struct, frozen=True):
     """A column part that a worker process wrote into a memory file (:mod:`mlprof.trace.parallel`) instead of
     sending it through the pool's pipe: ``count`` items of ``dtype`` from byte ``offset``. ``mapping``: for a
@@ -136,6 +139,7 @@ class TableBuilder:
         for ph in _FLOW_PHS:
             self._ph_sym[ord(ph)] = self.symbols.code(ph)
         self._families = np.zeros((0, 128), dtype=np.int8)
+        self._ph_families = _ASCII_PH_FAMILIES.copy()  # each ph's family but for "X" (there the cat's)
 
     def _classify(self, key: tuple[Any, Any]) -> int:
         cat, ph = key
@@ -208,8 +212,9 @@ class TableBuilder:
         kinds = [self.symbols.code(_GPU_KIND.get(cat, "kernel")) for cat in cats]  # type: ignore[arg-type]
         self._cat_sym = np.append(self._cat_sym, np.array(syms, dtype=np.int32))
         self._kind_sym = np.append(self._kind_sym, np.array(kinds, dtype=np.int32))
-        rows = np.array([[_family(c, p) for p in self._ph_index] for c in cats], dtype=np.int8)
-        self._families = np.vstack([self._families, rows.reshape(len(cats), len(self._ph_index))])
+        rows = np.tile(self._ph_families, (len(cats), 1))  # a ph's family depends on the cat only for "X"
+        rows[:, ord("X")] = [_family(c, "X") for c in cats]
+        self._families = np.vstack([self._families, rows])
 
     def _learn_phs(self, phs: list[str | None]) -> None:
         """Codes for ``phs`` (new to the builder): their flow symbols and a column of families each."""
@@ -217,8 +222,9 @@ class TableBuilder:
             self._ph_index[ph] = len(self._ph_index)
         syms = [self.symbols.code(ph) if ph in _FLOW_PHS else 0 for ph in phs]
         self._ph_sym = np.append(self._ph_sym, np.array(syms, dtype=np.int32))
-        columns = np.array([[_family(c, p) for p in phs] for c in self._cat_index], dtype=np.int8)
-        self._families = np.hstack([self._families, columns.reshape(len(self._cat_index), len(phs))])
+        families = np.array([_family(None, p) for p in phs], dtype=np.int8)  # never "X" (one of the first 128)
+        self._ph_families = np.append(self._ph_families, families)
+        self._families = np.hstack([self._families, np.tile(families, (len(self._cat_index), 1))])
 
     def _append(self, fam: int, **columns: np.ndarray) -> None:
         store = self._cols[fam]
