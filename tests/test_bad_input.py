@@ -1215,3 +1215,21 @@ def _listing(folder: Path) -> dict[str, Any]:
         data = (folder / name).read_bytes() if stat.S_ISREG(st.st_mode) else None
         out[name] = (st.st_mode, st.st_size, st.st_mtime_ns, data)
     return out
+
+
+def test_a_shape_op_with_an_odd_field_keeps_its_input_dims(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An op whose shapes mlprof reads (``aten::mm``) with a field of an odd type (``tid`` a list) goes through the
+    lenient decode, which kept ``Input Dims`` as a scalar (None): ``analyze`` stopped with an internal error.
+    Its ``Input Dims`` is the file's text, as for the same op decoded strictly (truth: the JSON as written)."""
+    dims = "[[16, 32], [32, 8], []]"
+    good = {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 1, "ts": 1, "dur": 1}
+    odd = {**good, "tid": [1], "ts": 3}
+    with_dims = f'"dur": 1, "args": {{"Input Dims": {dims}}}}}'
+    text = json.dumps({"traceEvents": [good, odd]}).replace('"dur": 1}', with_dims)
+    assert text.count(dims) == 2
+    path = tmp_path / "trace.json"
+    path.write_text(text)
+    host = load_trace(path).host.sort_values("ts")
+    assert host["input_dims"].astype(str).tolist() == [dims, dims]
+    assert main(["analyze", str(path), "--format", "json"]) == 0
+    assert "internal error" not in capsys.readouterr().err

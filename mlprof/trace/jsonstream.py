@@ -773,6 +773,10 @@ def _scalar(raw: msgspec.Raw) -> Any:
         return None
 
 
+_RAW_ARGS = frozenset(f.name for f in msgspec.structs.fields(EventArgs) if f.type is msgspec.Raw)
+"""The ``args`` kept as raw JSON text (``Input Dims``): the lenient path keeps them so too, as the strict one does."""
+
+
 def _event_from_raw(raw: msgspec.Raw) -> TraceEvent | None:
     try:
         return _EVENT_DECODER.decode(raw)
@@ -789,10 +793,10 @@ def _event_from_raw(raw: msgspec.Raw) -> TraceEvent | None:
         except msgspec.ValidationError:
             args_obj = None
         if args_obj is not None:
-            fields = {}
+            fields: dict[str, Any] = {}
             for attr, key in zip(EventArgs.__struct_fields__, EventArgs.__struct_encode_fields__, strict=True):
                 if key in args_obj:
-                    fields[attr] = _scalar(args_obj[key])
+                    fields[attr] = args_obj[key] if attr in _RAW_ARGS else _scalar(args_obj[key])
             args = EventArgs(**fields)
     return TraceEvent(
         ph=_scalar(loose.ph),
