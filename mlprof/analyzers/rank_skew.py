@@ -186,9 +186,11 @@ class CommTable:
         ends = np.cumsum(n)
         return np.repeat(start - (ends - n), n) + np.arange(int(ends[-1]), dtype=np.int64)
 
-    def column(self, name: str, index: np.ndarray) -> np.ndarray:
-        """Column ``name`` at rows ``index`` (:meth:`index`)."""
-        return self._rows[self.COLUMNS.index(name)][: self._n][index].astype(np.int64, copy=False)
+    def column(self, name: str, index: np.ndarray, *, as_held: bool = False) -> np.ndarray:
+        """Column ``name`` at rows ``index`` (:meth:`index`): int64, or ``as_held`` int32 while the column's every
+        value fits (codes and ranks read as labels, not computed with)."""
+        values = self._rows[self.COLUMNS.index(name)][: self._n][index]
+        return values if as_held else values.astype(np.int64, copy=False)
 
     def sizes(self, ranks: list[int]) -> np.ndarray:
         """Kernels per rank of ``ranks``."""
@@ -264,6 +266,12 @@ class _Keyed(msgspec.Struct):
     use_seq: bool
 
 
+def _index_type(n: int) -> type[np.signedinteger]:
+    """int32 for positions or codes below ``n`` where they fit (the matching's arrays of every kernel at half the
+    bytes), else int64."""
+    return np.int32 if n <= _I32_MAX else np.int64
+
+
 def _starts(ordered: np.ndarray) -> np.ndarray:
     """Where each run of equal values of ``ordered`` starts."""
     new = np.ones(len(ordered), dtype=bool)
@@ -294,14 +302,17 @@ def _medians(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """The median of each run of ``values`` (sorted within each run, runs starting at ``starts``) as float64:
     the middle value, or the mean of the two middle ones (what pandas' group-by median gives)."""
     sizes = np.diff(starts, append=len(values))
-    as_float = values.astype(np.float64)
-    return (as_float[starts + (sizes - 1) // 2] + as_float[starts + sizes // 2]) / 2
+    lower, upper = values[starts + (sizes - 1) // 2], values[starts + sizes // 2]
+    return (lower.astype(np.float64) + upper.astype(np.float64)) / 2
 
 
-def _keyed(table: CommTable, ranks: list[int], columns: tuple[str, ...] = CommTable.COLUMNS) -> _Keyed | None:
+def _keyed(
+    table: CommTable, ranks: list[int], columns: tuple[str, ...] = CommTable.COLUMNS, as_held: tuple[str, ...] = ()
+) -> _Keyed | None:
     """Each kernel's collective key, and the kernels whose key is on enough ranks (see :func:`matched_kernels`):
     their ``columns`` of the table and their key. (Integer arrays sorted and cut into runs, no pandas group-by:
-    the matching's peak at 1,024 ranks is a few arrays of every rank's kernels.)"""
+    the matching's peak at 1,024 ranks is a few arrays of every rank's kernels.) ``as_held``: columns read as
+    held (int32 while they fit, :meth:`CommTable.column`); the key is int32 up to 2**31 keys."""
     n = len(ranks)
     if n < 2 or (table.sizes(ranks) == 0).any():
         return None
@@ -330,8 +341,8 @@ def _keyed(table: CommTable, ranks: list[int], columns: tuple[str, ...] = CommTa
     del unique
     # codes in the order of the keys' text, so that sorting by key sorts as the text would
     by_text = sorted(range(len(text)), key=text.__getitem__)
-    code_of = np.empty(len(text), dtype=np.int64)
-    code_of[by_text] = np.arange(len(text), dtype=np.int64)
+    code_of = np.empty(len(text), dtype=_index_type(len(text)))
+    code_of[by_text] = np.arange(len(text), dtype=code_of.dtype)
     key = code_of[distinct]
     del distinct
     labels = np.empty(len(text), dtype=object)
@@ -341,7 +352,7 @@ def _keyed(table: CommTable, ranks: list[int], columns: tuple[str, ...] = CommTa
     del counts
     unmatched = int(len(keep) - np.count_nonzero(keep))
     index = index[keep]
-    values = {c: table.column(c, index) for c in CommTable.COLUMNS if c in columns}
+    values = {c: table.column(c, index, as_held=c in as_held) for c in CommTable.COLUMNS if c in columns}
     del index
     values["key"] = key[keep]
     return _Keyed(values, labels, unmatched, use_seq)
@@ -385,17 +396,18 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
     collectives. ``release``: the table's rows are dropped (:meth:`CommTable.release`) as soon as read, before
     the matching's arrays are made (a job's client: 48 bytes a kernel, ~0.4 MB at 1,024 ranks).
 
-    In numpy on the matched kernels' columns: sorted by key (then duration, then rank) once, each collective a
-    run of that order (``reduceat`` for its minimum, maximum and sum, its medians from the sorted run), each
-    rank's sums by ``np.add.at``; a handful of arrays of the job's kernels at once (a pandas group-by of a
-    13-column frame held ~230 bytes a kernel)."""
-    keyed = _keyed(table, ranks, ("rank", "name", "ts", "dur"))  # (the process group and sequence: not read here)
+    In numpy on the matched kernels' columns: put once in the order of their collective (key), then duration,
+    then rank, so that each collective is a run of the columns (``reduceat`` for its minimum, maximum and sum,
+    its medians from the sorted run, a collective's value per kernel by ``np.repeat``), each rank's sums by
+    ``np.add.at``; a handful of arrays of the job's kernels at once, none an index into the others (a pandas
+    group-by of a 13-column frame held ~230 bytes a kernel)."""
+    # (the process group and sequence: not read here; ranks and names are labels: int32 where they fit)
+    keyed = _keyed(table, ranks, ("rank", "name", "ts", "dur"), as_held=("rank", "name"))
     if keyed is None:
         return None
-    unmatched, use_seq, labels = keyed.unmatched, keyed.use_seq, keyed.labels
-    rank, name, ts, dur, key = (keyed.columns.pop(c) for c in ("rank", "name", "ts", "dur", "key"))
+    unmatched, use_seq, labels, columns = keyed.unmatched, keyed.use_seq, keyed.labels, keyed.columns
     del keyed  # (each array dropped once read: the peak is the few arrays of every kernel held at once)
-    if len(key) == 0:
+    if len(columns["key"]) == 0:
         return None
     sizes = table.sizes(ranks)
     comm = table.columns(ranks, ("dur",))["dur"]
@@ -403,43 +415,58 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
     del comm, sizes
     if release:
         table.release()
-    # The rank that came last has the shortest kernel (ties: the lowest rank): each collective's run sorted by
-    # duration then rank starts with it.
-    order = np.lexsort((rank, dur, key))
-    starts = _starts(key[order])
-    first = order[starts]
-    keys, last_rank, last_name, last_dur = key[first], rank[first], name[first], dur[first]
+    # The rank that came last has the shortest kernel (ties: the lowest rank): each collective's run, sorted by
+    # duration then rank, starts with it. ``order`` (each kernel's place in the table's order) is kept for the
+    # order of the waits below; each column is put in this order as the one before it is dropped.
+    order = np.lexsort((columns["rank"], columns["dur"], columns["key"]))
+    key, rank, name, dur, ts = (columns.pop(c)[order] for c in ("key", "rank", "name", "dur", "ts"))
+    order = order.astype(_index_type(len(order)))
+    starts = _starts(key)
+    sizes = np.diff(starts, append=len(key))
+    keys, last_name, last_dur = key[starts], name[starts], dur[starts]
+    last_rank = rank[starts].astype(np.int64)
     del name, key
-    sizes = np.diff(starts, append=len(order))
-    critical = np.where(sizes > 1, dur[order[np.minimum(starts + 1, len(order) - 1)]] - last_dur, 0)
-    median_dur = _medians(dur[order], starts)
-    run = _run_of_rows(order, starts)  # each kernel's collective (0 .. collectives - 1, in the order of keys)
-    wait = dur - last_dur[run]
+    critical = np.where(sizes > 1, dur[np.minimum(starts + 1, len(dur) - 1)] - last_dur, 0)
+    median_dur = _medians(dur, starts)
+    aligned_end = ts + dur  # the end, aligned in place below
+    wait = dur
+    wait -= np.repeat(last_dur, sizes)
     del dur
-    wait_sum = np.add.reduceat(wait[order], starts)
+    wait_sum = np.add.reduceat(wait, starts)
 
     rank_array = np.asarray(ranks, dtype=np.int64)
     by_value = np.argsort(rank_array, kind="stable")
-    slot = by_value[np.searchsorted(rank_array, rank, sorter=by_value)]  # each kernel's rank's place in ranks
-    aligned_end = ts + wait + last_dur[run]  # the end (ts + dur), aligned in place below
+    # each kernel's rank's place in ranks, and its collective (in key order)
+    slot = by_value.astype(_index_type(len(ranks)))[np.searchsorted(rank_array, rank, sorter=by_value)]
+    run = np.repeat(np.arange(len(starts), dtype=_index_type(len(starts))), sizes)
     offsets = _clock_offsets(rank, run, aligned_end, ranks, len(starts))
     offset_of = np.array([offsets[r] for r in ranks], dtype=np.int64)[slot]
     aligned_end -= offset_of
-    end_spread = np.maximum.reduceat(aligned_end[order], starts) - np.minimum.reduceat(aligned_end[order], starts)
+    end_spread = np.maximum.reduceat(aligned_end, starts) - np.minimum.reduceat(aligned_end, starts)
     del aligned_end
     aligned_ts = ts - offset_of
     del offset_of
-    min_ts = np.minimum.reduceat(aligned_ts[order], starts)
-    arrival = aligned_ts - min_ts[run]
-    spread = np.maximum.reduceat(arrival[order], starts)
-    del order
+    min_ts = np.minimum.reduceat(aligned_ts, starts)
+    arrival = aligned_ts - np.repeat(min_ts, sizes)
+    spread = np.maximum.reduceat(arrival, starts)
     by_arrival = np.lexsort((arrival, run))  # each collective's arrivals in order, for their median
+    del run
     median_arrival = _medians(arrival[by_arrival], starts)
     del by_arrival, arrival
     aligned_start = min_ts + np.round(median_arrival).astype(np.int64)
     late = aligned_ts
-    late -= aligned_start[run]
-    del run, aligned_ts
+    late -= np.repeat(aligned_start, sizes)
+    del aligned_ts
+    wait_ns, late_ns = _sums(slot, wait, len(ranks)), _sums(slot, late, len(ranks))
+    del late, slot
+
+    # the kernels that waited, by rank then start, then their order in the table (a stable sort of the table's
+    # order): three arrays of their own, made before the tables below (the kernels' arrays dropped first)
+    waited = np.flatnonzero(wait > 0)
+    waited = waited[np.lexsort((order[waited], ts[waited], rank[waited]))]
+    del order
+    waits = WaitIntervals(ranks, rank[waited], ts[waited], wait[waited])
+    del waited, rank, ts, wait
     colls = pd.DataFrame(
         {
             "key": pd.array(labels[keys], dtype=str),
@@ -458,18 +485,12 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
     last_slot = by_value[np.searchsorted(rank_array, last_rank, sorter=by_value)]
     per_rank = pd.DataFrame({"rank": rank_array})
     per_rank["comm_ns"] = comm_ns
-    per_rank["wait_ns"] = _sums(slot, wait, len(ranks))
+    per_rank["wait_ns"] = wait_ns
     per_rank["last_arrivals"] = np.bincount(last_slot, minlength=len(ranks)).astype(np.int64)
     per_rank["caused_wait_ns"] = _sums(last_slot, wait_sum, len(ranks))
     per_rank["critical_ns"] = _sums(last_slot, critical, len(ranks))
     per_rank["clock_offset_ns"] = [int(offsets[r]) for r in ranks]
-    per_rank["late_ns"] = _sums(slot, late, len(ranks))
-    del late, slot
-
-    # the kernels that waited, by rank then start (a stable sort): three arrays of their own
-    waited = np.flatnonzero(wait > 0)
-    waited = waited[np.lexsort((ts[waited], rank[waited]))]
-    waits = WaitIntervals(ranks, rank[waited], ts[waited], wait[waited])
+    per_rank["late_ns"] = late_ns
     return RankSkew(
         ranks=[int(r) for r in ranks],
         matched=len(colls),
@@ -484,20 +505,22 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
 def _sums(slot: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     """``values`` summed by ``slot`` (0 <= slot < n), int64."""
     out = np.zeros(n, dtype=np.int64)
-    np.add.at(out, slot, values.astype(np.int64))
+    np.add.at(out, slot, values.astype(np.int64, copy=False))
     return out
 
 
 class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
     """:attr:`RankSkew.wait_intervals`: every rank's waits in three job arrays (sorted by rank, then start), each
-    rank's pair of arrays made when asked for, not two arrays and a tuple held per rank (~0.3 KB a rank)."""
+    rank's pair of arrays made when asked for, not two arrays and a tuple held per rank (~0.3 KB a rank). The
+    waits are held int32 while every one fits (ns: up to ~2.1 s), read back int64."""
 
     def __init__(self, ranks: list[int], rank: np.ndarray, ts: np.ndarray, wait: np.ndarray) -> None:
         self._ranks = np.asarray(ranks, dtype=np.int64)
         self._order = np.argsort(self._ranks, kind="stable")
         self._lo = np.searchsorted(rank, self._ranks, side="left")
         self._hi = np.searchsorted(rank, self._ranks, side="right")
-        self._ts, self._wait = ts, wait
+        fits = len(wait) == 0 or (int(wait.min()) >= _I32_MIN and int(wait.max()) <= _I32_MAX)
+        self._ts, self._wait = ts, wait.astype(np.int32) if fits else wait  # (a wait is read back as int64: below)
 
     def _index(self, rank: object) -> int | None:
         if not isinstance(rank, (int, np.integer)) or len(self._ranks) == 0:
@@ -512,7 +535,7 @@ class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
             raise KeyError(rank)
         lo, hi = self._lo[i], self._hi[i]
         start = self._ts[lo:hi]
-        return start, start + self._wait[lo:hi]
+        return start, start + self._wait[lo:hi].astype(np.int64)
 
     def __contains__(self, rank: object) -> bool:
         return self._index(rank) is not None
@@ -540,10 +563,15 @@ def _clock_offsets(rank: np.ndarray, run: np.ndarray, end: np.ndarray, ranks: li
     ref_end[run[ref]] = end[ref]
     on_ref[run[ref]] = True
     ok = on_ref[run]
-    diff = (end[ok] - ref_end[run[ok]]).astype(np.float64)
+    diff = end[ok]
+    diff -= ref_end[run[ok]]
+    diff = diff.astype(np.float64)
     of = rank[ok]
+    del ok
     order = np.lexsort((diff, of))
-    starts = _starts(of[order])
-    med = _medians(diff[order], starts)
-    found = {int(r): round(float(m)) for r, m in zip(of[order[starts]].tolist(), med.tolist(), strict=True)}
+    of, diff = of[order], diff[order]
+    del order
+    starts = _starts(of)
+    med = _medians(diff, starts)
+    found = {int(r): round(float(m)) for r, m in zip(of[starts].tolist(), med.tolist(), strict=True)}
     return {int(r): found.get(int(r), 0) for r in ranks}
