@@ -26,6 +26,9 @@ from mlprof.interrupts import worker_pool
 from mlprof.trace.build import Partial, SharedPart, TableBuilder
 from mlprof.trace.jsonstream import _EVENT_BOUNDARY as _BOUNDARY
 from mlprof.trace.jsonstream import (
+    _EVENTS_DECODER,
+    _LEFT,
+    _RIGHT,
     ProgressCallback,
     StreamStats,
     decode_slice,
@@ -67,10 +70,6 @@ def _build_slice(piece: bytes | bytearray) -> Partial:
         if partial is not None:
             return partial
     return _build_whole(piece)
-
-
-_EVENTS_DECODER = msgspec.json.Decoder(list[TraceEvent])
-_LEFT, _RIGHT = ord("["), ord("]")
 
 
 def _build_in_pieces(piece: bytes | bytearray) -> Partial | None:
