@@ -618,28 +618,36 @@ _EVENTS_DECODER = msgspec.json.Decoder(list[TraceEvent])
 _LEFT, _RIGHT = ord("["), ord("]")
 
 
-def _decode_in_place(buf: bytearray, end: int, stats: StreamStats) -> list[TraceEvent] | None:
-    """The events of ``buf[1:end]`` decoded where they lie, or None where :func:`decode_slice` must decode a copy.
+def decode_in_place(buf: bytearray, before: int, after: int) -> list[TraceEvent] | None:
+    """The events between ``buf[before]`` and ``buf[after]`` decoded where they lie, or None where they do not
+    decode so (invalid UTF-8, odd types, not JSON, nested too deeply: the caller decodes a copy its usual way).
 
-    ``[`` is written over ``buf[0]`` and ``]`` over ``buf[end]`` (a boundary's comma or white space, put
-    back after the decode), and the JSON array between decoded: ``[X]`` decodes where
-    ``{"traceEvents":[X]}`` does, to the same events, and the copy into that document (~0.1 s and its page
-    faults per 217 MB) is saved. The events' raw texts (``ts``, ``dur``) are views of ``buf`` until they
-    are freed. A run that does not decode so (invalid UTF-8, odd types, not JSON) gives None: the copy's
-    path repairs, decodes leniently or rejects it as before.
+    ``[`` is written over ``buf[before]`` and ``]`` over ``buf[after]`` (the bytes around the events: a
+    boundary's comma or white space, the array's bracket), both put back after the decode: ``[X]`` decodes
+    where ``{"traceEvents":[X]}`` does, to the same events, without the copy into that document (~0.1 s and
+    its page faults per 217 MB). The events' raw texts (``ts``, ``dur``) are views of ``buf`` until they are
+    freed: ``buf`` cannot be resized before. The sequential reader (:func:`_cut_and_decode`) and the workers
+    (:func:`mlprof.trace.parallel._build_in_pieces`) decode so.
     """
-    closing = buf[end]
-    buf[0], buf[end] = _LEFT, _RIGHT
+    saved = buf[before], buf[after]
+    buf[before], buf[after] = _LEFT, _RIGHT
     view = memoryview(buf)  # not released by hand: the events' raw texts hold views of it until they are freed
     try:
-        events: list[TraceEvent] = _EVENTS_DECODER.decode(view[: end + 1])
+        events: list[TraceEvent] = _EVENTS_DECODER.decode(view[before : after + 1])
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
     finally:
-        buf[end] = closing
+        buf[before], buf[after] = saved
         del view
-    if not buf.isascii() and not _utf8_view(buf, 1, end):  # as decode_slice: invalid UTF-8 anywhere in the run
-        stats.repaired_utf8 = True
+    return events
+
+
+def _decode_in_place(buf: bytearray, end: int, stats: StreamStats) -> list[TraceEvent] | None:
+    """:func:`decode_in_place` of the events of ``buf[1:end]`` (the sequential reader's buffer: its first byte
+    is the one before the first event), noting invalid UTF-8 in them as :func:`decode_slice` does."""
+    events = decode_in_place(buf, 0, end)
+    if events is not None and not buf.isascii() and not _utf8_view(buf, 1, end):
+        stats.repaired_utf8 = True  # invalid UTF-8 anywhere in the run, also where the decoder skipped it
     return events
 
 
