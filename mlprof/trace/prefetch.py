@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from mlprof.trace.children import reap, reap_soon
 from mlprof.trace.sizes import PARALLEL_MIN_JSON_BYTES, expected_json_bytes
 
 if TYPE_CHECKING:  # imported by start() only when a trace is read ahead
@@ -358,7 +359,7 @@ def take(
         raise
     finally:
         _close_shm(pending)
-    _reap_soon(pending.pid)
+    reap_soon(pending.pid)
     if payload[0] != "ok":
         return None
     from mlprof.trace.build import TableBuilder
@@ -397,24 +398,7 @@ def _stop(pending: _Pending, closed: bool = False) -> None:
         time.sleep(0.005)
     with contextlib.suppress(OSError):
         os.kill(pending.pid, signal.SIGKILL)
-    _reap(pending.pid)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(OSError):
-        os.waitpid(pid, 0)
-
-
-def _reap_soon(pid: int) -> None:
-    """Reap the child that has sent its columns: now if it has ended, else at exit. It ends right after sending
-    them, but giving its memory back takes it a few ms (0-6.5 ms on resnet50 35 MB) that the analysis need not
-    wait for."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] != 0:
-            return
-    except OSError:  # already reaped
-        return
-    atexit.register(_reap, pid)
+    reap(pending.pid)
 
 
 def _discard() -> None:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Generic, TypeVar
 
+from mlprof.trace.children import reap, reap_soon
 from mlprof.trace.memory import release_freed_memory
 
 T = TypeVar("T")
@@ -159,7 +160,7 @@ class SharedTasks(Generic[T]):
                 if index not in done:
                     done[index] = value
                     self.by_helper.add(index)
-            self._stop()
+            self._stop(wait=False)
         out: list[T] = []
         for i, task in enumerate(self.tasks):
             if i in done:
@@ -302,8 +303,11 @@ class SharedTasks(Generic[T]):
                 at += _LENGTH.size + size
         return out
 
-    def _stop(self) -> None:
-        """End the helper (if still running) and close the pipes; safe to call more than once."""
+    def _stop(self, *, wait: bool = True) -> None:
+        """End the helper (if still running) and close the pipes; safe to call more than once.
+
+        ``wait``: reap it before returning; else (its results read to the end of the pipe: it has ended or is
+        ending) reap it when it has given its memory back (:func:`mlprof.trace.children.reap_soon`)."""
         for name in ("queue_fd", "result_fd"):
             fd = getattr(self, name)
             if fd is not None:
@@ -314,8 +318,10 @@ class SharedTasks(Generic[T]):
         if pid is not None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.waitpid(pid, 0)
+            if wait:
+                reap(pid)
+            else:
+                reap_soon(pid)
 
 
 def _die_with_parent(parent: int) -> None:  # pragma: no cover - in the helper
