@@ -64,15 +64,16 @@ class FixContext(msgspec.Struct, Generic[OptionsT]):
     """The finding's evidence on this rank (measured ratios a fix may reuse)."""
 
     def in_windows(self, t_rel: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(self.win_starts, t_rel, side="right") - 1
-        ok = pos >= 0
-        ok[ok] &= t_rel[ok] < self.win_ends[pos[ok]]
-        return ok
+        return self.window_of(t_rel) >= 0
 
     def window_of(self, t_rel: np.ndarray) -> np.ndarray:
         """Index of the analysed step each time falls in, else -1."""
         pos = np.searchsorted(self.win_starts, t_rel, side="right") - 1
-        return np.where(self.in_windows(t_rel), pos, -1)
+        if len(self.win_starts) == 0:
+            return pos
+        # the last step starting at or before each time, if the time is before its end (a gather from the few
+        # steps' ends for every time: no masked copies of the times)
+        return np.where(t_rel < self.win_ends[np.maximum(pos, 0)], pos, -1)
 
     def host_rows(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """Relative (start, end) of the graph's host ranges of a kind (``dataloader``, ``optimizer``) in the steps."""
@@ -232,13 +233,14 @@ def _comm(ctx: FixContext) -> ReplayGraph | None:
 )
 def _launch(ctx: FixContext[LaunchBoundOptions]) -> ReplayGraph | None:
     g = ctx.graph
-    launches = np.flatnonzero((g.h_kind == KIND_LAUNCH) & (g.h_wait < 0) & ctx.in_windows(g.h_ts))
+    window = ctx.window_of(g.h_ts)
+    launches = np.flatnonzero((g.h_kind == KIND_LAUNCH) & (g.h_wait < 0) & (window >= 0))
     if len(launches) < 2:
         return None
     node = int(ctx.opts.graph_node_us * 1000)
     a, b = launches[:-1], launches[1:]
     waits_before = np.cumsum(g.h_wait >= 0)
-    same = (waits_before[b] == waits_before[a]) & (ctx.window_of(g.h_ts[a]) == ctx.window_of(g.h_ts[b]))
+    same = (waits_before[b] == waits_before[a]) & (window[a] == window[b])
     # A longer stretch between two launches is host work a graph does not capture (Python between
     # iterations, a harness's own work), not the dispatch of the next op: it is kept.
     same &= (g.h_ts[b] - g.h_ts[a]) <= int(ctx.opts.max_dispatch_gap_us * 1000)
@@ -285,7 +287,8 @@ def _runs(ctx: FixContext, member: np.ndarray, max_gap: int, min_len: int) -> li
         return []
     a, b = idx[:-1], idx[1:]
     joined = (b == a + 1) & (g.g_stream[a] == g.g_stream[b])
-    joined &= ctx.window_of(g.g_ts[a]) == ctx.window_of(g.g_ts[b])
+    window = ctx.window_of(g.g_ts[idx])
+    joined &= window[:-1] == window[1:]
     joined &= g.g_ts[b] - (g.g_ts[a] + g.g_dur[a]) <= max_gap
     run_id = np.concatenate([[0], np.cumsum(~joined)])
     bounds = np.flatnonzero(np.diff(np.concatenate([[-1], run_id, [run_id[-1] + 1]])))
