@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlprof.analyzers.intervals import covered, intersect_total, merge, total
+from mlprof.analyzers.intervals import covered, first_covering, intersect_total, merge, total
 
 interval_lists = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 60)), max_size=25)
 
@@ -51,3 +51,15 @@ def test_covered_on_overlapping_intervals_ascending_or_not(items: list[tuple[int
     truth = np.concatenate([np.zeros(5, bool), _mask(items), np.zeros(5, bool)])
     for points in (np.arange(-5, 305), np.sort(np.array(picks, dtype=np.int64)), np.array(picks, dtype=np.int64)):
         assert (covered(s, e, points) == truth[points + 5]).all()
+
+
+@given(st.lists(interval_lists, max_size=5), st.lists(st.integers(-5, 304), max_size=40), st.integers(-1, 9))
+def test_first_covering_is_the_first_set_holding_each_point(
+    sets: list[list[tuple[int, int]]], picks: list[int], default: int
+) -> None:
+    # The truth: each point looked up in each set's per-nanosecond mask, first set first.
+    masks = [np.concatenate([np.zeros(5, bool), _mask(items), np.zeros(5, bool)]) for items in sets]
+    for points in (np.arange(-5, 305), np.sort(np.array(picks, dtype=np.int64)), np.array(picks, dtype=np.int64)):
+        truth = [next((i for i, m in enumerate(masks) if m[p + 5]), default) for p in points.tolist()]
+        got = first_covering([_arrays(items) for items in sets], points, default)
+        assert got.dtype == np.int64 and got.tolist() == truth

@@ -27,7 +27,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 
-from mlprof.analyzers.intervals import covered
+from mlprof.analyzers.intervals import first_covering
 from mlprof.trace.memo import cached
 from mlprof.trace.model import Trace
 from mlprof.trace.numbers import sorted_unique
@@ -186,12 +186,7 @@ def attribute_windows(layers: list[Layer], win_starts: np.ndarray, win_ends: np.
     points = sorted_unique(np.concatenate(cuts))
     left, right = points[:-1], points[1:]
     width = right - left
-    category = np.full(len(left), len(CATEGORIES) - 1, dtype=np.int64)  # idle_other
-    assigned = np.zeros(len(left), dtype=bool)
-    for i, layer in enumerate(layers):
-        hit = covered(layer.starts, layer.ends, left) & ~assigned
-        category[hit] = i
-        assigned |= hit
+    category = first_covering([(layer.starts, layer.ends) for layer in layers], left, len(CATEGORIES) - 1)
     out[:] = sum_by_window(left, width, category, len(CATEGORIES), win_starts, win_ends)
     return out
 

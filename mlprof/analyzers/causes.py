@@ -44,7 +44,7 @@ from mlprof.analyzers.attribution import CATEGORIES, Layer, build_layers, sum_by
 from mlprof.analyzers.compiled import compile_facts
 from mlprof.analyzers.copies import copy_table, runtime_copy_direction
 from mlprof.analyzers.enclosing import RangeIndex
-from mlprof.analyzers.intervals import covered
+from mlprof.analyzers.intervals import first_covering
 from mlprof.analyzers.kernels import in_windows, is_foreach_optimizer_kernel, kernel_classes, launch_times
 from mlprof.trace.memo import forget
 from mlprof.trace.model import Trace
@@ -209,27 +209,18 @@ def _attribute(layers: list[Layer], causes: CauseLayers, win_starts: np.ndarray,
     left, right = points[:-1], points[1:]
     width = right - left
 
-    category = np.full(len(left), len(CATEGORIES) - 1, dtype=np.int64)
-    assigned = np.zeros(len(left), dtype=bool)
-    for i, layer in enumerate(layers):
-        hit = covered(layer.starts, layer.ends, left) & ~assigned
-        category[hit] = i
-        assigned |= hit
-
-    cause_index = {name: i for i, name in enumerate(CAUSE_NAMES)}
+    category = first_covering([(layer.starts, layer.ends) for layer in layers], left, len(CATEGORIES) - 1)
+    # Each category's causes over its own segments only (covered() answers point by point, so a subset of the
+    # points gets the same answers): the segments are read once per cause level, not once per cause.
     cause = np.zeros(len(left), dtype=np.int64)
+    first = 0
     for ci, cat in enumerate(CATEGORIES):
-        in_cat = category == ci
-        if not in_cat.any():
-            continue
+        at = np.flatnonzero(category == ci)
         names = CAUSES[cat]
-        cause[in_cat] = cause_index[names[-1]]
-        done = ~in_cat
-        for name in names[:-1]:
-            s, e = causes.sets[name]
-            hit = covered(s, e, left) & ~done
-            cause[hit] = cause_index[name]
-            done |= hit
+        if len(at):
+            within = first_covering([causes.sets[name] for name in names[:-1]], left[at], len(names) - 1)
+            cause[at] = first + within
+        first += len(names)
 
     out[:] = sum_by_window(left, width, cause, len(CAUSE_NAMES), win_starts, win_ends)
     return out

@@ -9,6 +9,8 @@ No Python loop touches individual events.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from mlprof.trace.numbers import sorted_unique
@@ -74,6 +76,20 @@ def covered(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.ndar
     opened = np.searchsorted(np.sort(starts), points, side="right")
     closed = np.searchsorted(np.sort(ends), points, side="right")
     return (opened - closed) > 0
+
+
+def first_covering(sets: Sequence[tuple[np.ndarray, np.ndarray]], points: np.ndarray, default: int) -> np.ndarray:
+    """For each point, the index of the first interval set in ``sets`` that covers it (:func:`covered`), else
+    ``default`` (int64): the attribution's and the causes' priority order of layers.
+
+    The sets are written last to first, each over the points it covers (one pass of the points per set); taking
+    them first to last with a mask of the points already assigned took three more passes per set.
+    """
+    label = np.full(len(points), default, dtype=np.int64)
+    for i in range(len(sets) - 1, -1, -1):
+        starts, ends = sets[i]
+        np.copyto(label, i, where=covered(starts, ends, points))
+    return label
 
 
 def clip(starts: np.ndarray, ends: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
