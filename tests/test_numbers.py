@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mlprof.trace import numbers
-from mlprof.trace.numbers import MISSING_NS, raw_us_to_ns, sorted_unique
+from mlprof.trace.numbers import MISSING_NS, in_sorted, raw_us_to_ns, sorted_inverse, sorted_unique
 
 
 def test_float_microseconds_keep_every_nanosecond() -> None:
@@ -50,6 +50,21 @@ def test_sorted_unique_matches_numpy_unique() -> None:
             got, want = sorted_unique(values), np.unique(values)
             assert got.dtype == want.dtype
             assert np.array_equal(got, want, equal_nan=True)
+
+
+def test_sorted_inverse_and_in_sorted_match_numpy() -> None:
+    """np.unique(return_inverse=True) and np.isin by a sort and a search: numpy's own answers, int64 positions."""
+    rng = np.random.default_rng(11)
+    for n in (0, 1, 2, 3, 50, 5000):
+        for dtype in (np.int64, np.int32, np.int8):
+            values = rng.integers(-40, 40, size=n).astype(dtype)
+            uniques, inverse = sorted_inverse(values)
+            want_u, want_inv = np.unique(values, return_inverse=True)
+            assert uniques.dtype == want_u.dtype and np.array_equal(uniques, want_u)
+            assert inverse.dtype == np.int64 and np.array_equal(inverse, want_inv)
+            for m in (0, 1, 7, 60):
+                pool = sorted_unique(rng.integers(-50, 50, size=m).astype(dtype))
+                assert np.array_equal(in_sorted(values, pool), np.isin(values, pool))
 
 
 _EPOCH_US = st.integers(min_value=-(10**17), max_value=10**17)

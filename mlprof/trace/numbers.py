@@ -216,3 +216,20 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
         if nan.any():
             keep[np.flatnonzero(nan)[0]] = True
     return flat[keep]
+
+
+def sorted_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` for a 1-D integer array, by sorting (see :func:`sorted_unique`):
+    each value's position among the distinct values (int64). numpy's own took 11-12 ms for the 89 k device ops'
+    streams and names of tiled x4 (sorted_unique and a search: ~3 ms)."""
+    uniques = sorted_unique(values)
+    return uniques, np.searchsorted(uniques, values).astype(np.int64, copy=False)
+
+
+def in_sorted(values: np.ndarray, uniques: np.ndarray) -> np.ndarray:
+    """``np.isin(values, uniques)`` where ``uniques`` is sorted and distinct (:func:`sorted_unique`'s): one search
+    of each value (np.isin sorts both again: 17 ms for tiled x4's 235 k runtime calls' correlation ids)."""
+    if len(uniques) == 0:
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(uniques, values), len(uniques) - 1)
+    return uniques[at] == values

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlprof.trace.numbers import sorted_inverse
 from mlprof.whatif.graph import ReplayGraph
 
 
@@ -190,8 +191,7 @@ def _reorder(g: ReplayGraph, stream: np.ndarray) -> ReplayGraph:
         "g_flags",
     ):
         setattr(g, name, getattr(g, name)[order])
-    _, g.g_stream = np.unique(stream[order], return_inverse=True)
-    g.g_stream = g.g_stream.astype(np.int64)
+    _, g.g_stream = sorted_inverse(stream[order])
     g.g_dep = np.where(g.g_dep >= 0, inverse[np.clip(g.g_dep, 0, None)], -1)
     g.h_wait = np.where(g.h_wait >= 0, inverse[np.clip(g.h_wait, 0, None)], -1)
     # Each op's stream predecessor may have changed: recompute anchors of new stream heads.
