@@ -15,11 +15,14 @@ import textwrap
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import mlprof
+from mlprof.trace import children
 from mlprof.whatif import helper as helper_module
 from mlprof.whatif.helper import SharedTasks, helper_wanted
 
@@ -111,6 +114,71 @@ def test_leaving_by_an_exception_stops_the_helper() -> None:
         raise KeyboardInterrupt
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reaped: no child left behind
+
+
+def _rounds(parent: int, die_in: str = "") -> tuple[list[Callable[[], tuple[int, int]]], Any]:
+    """Six first-round tasks and a second round of six made from a message (each takes 50 ms, so both processes
+    take some); ``die_in``: the helper dies in the first round, or when it makes the second round's tasks."""
+
+    def first(n: int) -> tuple[int, int]:
+        if die_in == "first" and os.getpid() != parent:
+            os._exit(3)
+        return n, os.getpid()
+
+    def second(n: int, factor: int) -> tuple[int, int]:
+        time.sleep(0.05)
+        return n * factor, os.getpid()
+
+    def then(factor: int) -> list[Callable[[], tuple[int, int]]]:
+        if die_in == "then" and os.getpid() != parent:
+            raise RuntimeError("the helper cannot make them")
+        return [lambda n=n: second(n, factor) for n in range(6)]
+
+    return [lambda n=n: first(n) for n in range(6)], then
+
+
+@pytest.mark.parametrize("die_in", ["", "first", "then"])
+def test_a_second_round_is_shared_with_the_same_helper(die_in: str) -> None:
+    parent = os.getpid()
+    first, then = _rounds(parent, die_in)
+    with SharedTasks(first, helper=True, then=then) as shared:
+        helper = shared.pid
+        time.sleep(0.2)  # the helper takes the first round
+        one = shared.results()
+        assert shared.waiting == (die_in != "first")
+        two = shared.more(3)
+        by_helper = shared.by_helper
+    assert [n for n, _ in one] == list(range(6))
+    assert [v for v, _ in two] == [3 * n for n in range(6)]  # the closed form
+    others = {pid for _, pid in one + two} - {parent}
+    if die_in:
+        assert {pid for _, pid in two} == {parent} and not by_helper  # everything of round two ran here
+    else:
+        assert others == {helper} and by_helper  # one helper for both rounds, and it took some of the second
+    assert helper is not None and shared.pid is None and not shared.second
+    children._reap_pending()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(helper, os.WNOHANG)
+
+
+def test_a_second_round_never_asked_for_ends_the_helper() -> None:
+    first, then = _rounds(os.getpid())
+    with SharedTasks(first, helper=True, then=then) as shared:
+        helper = shared.pid
+        time.sleep(0.2)
+        assert [n for n, _ in shared.results()] == list(range(6)) and shared.waiting
+    assert helper is not None and shared.pid is None and not shared.second
+    children._reap_pending()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(helper, os.WNOHANG)
+
+
+def test_a_second_round_without_a_helper_runs_here() -> None:
+    first, then = _rounds(os.getpid())
+    with SharedTasks(first, helper=False, then=then) as shared:
+        assert [n for n, _ in shared.results()] == list(range(6))
+        two = shared.more(2)
+    assert two == [(2 * n, os.getpid()) for n in range(6)] and not shared.by_helper
 
 
 _INTERRUPT_AFTER_FORK: list[bool] = []
@@ -269,6 +337,15 @@ def test_plan_replayed_ahead_equals_the_plan_replayed_stage_by_stage(monkeypatch
         return out
 
     monkeypatch.setattr(predict, "_replay_ahead", recorded)
+    second_rounds: list[set[int]] = []  # the chains came as the first stage helper's second round (no new fork)
+    more = SharedTasks.more
+
+    def counted(self: SharedTasks[object], message: object) -> list[object]:
+        out = more(self, message)
+        second_rounds.append(set(self.by_helper))
+        return out
+
+    monkeypatch.setattr(SharedTasks, "more", counted)
     path = external(RESNET)
     plans = []
     for min_gain in (1e-4, 0.06):
@@ -277,8 +354,10 @@ def test_plan_replayed_ahead_equals_the_plan_replayed_stage_by_stage(monkeypatch
         alone = mlprof.analyze(path).to_json()
         assert ahead.pop() == []
         monkeypatch.setenv("MLPROF_HELPER", "1")
+        second_rounds.clear()
         shared = mlprof.analyze(path).to_json()
         assert ahead.pop() == [1, 2, 3]
+        assert len(second_rounds) == 1 and len(second_rounds.pop()) == 1  # one chain each, one by the helper
         assert shared == alone
         plans.append([step["rule"] for step in mlprof.analyze(path).to_dict()["plan"]])
     assert plans[0][:3] == ["LAUNCH001", "DATA001", "FUSE001"]

@@ -35,7 +35,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 from mlprof.trace.children import reap, reap_soon
 from mlprof.trace.memory import release_freed_memory
@@ -45,6 +45,8 @@ T = TypeVar("T")
 _PID = struct.Struct("<q")
 _INDEX = struct.Struct("<I")
 _LENGTH = struct.Struct("<Q")
+_END_OF_ROUND = (1 << 64) - 1
+"""A length that ends the helper's first round (it then waits for :meth:`SharedTasks.more`'s message)."""
 PATIENCE_S = 10.0
 PATIENCE_TASKS = 20.0
 """Once this process has no task left, it waits for the helper's last results at most the longer of
@@ -114,13 +116,27 @@ class SharedTasks(Generic[T]):
     ``with SharedTasks(tasks) as shared: ...; results = shared.results()``: the helper starts on
     entering (it takes tasks while this process does other work in the block), :meth:`results` runs
     the tasks left here and gathers the helper's. ``n_ops``: the size of the tasks' graphs (host calls and
-    device ops); ``helper``: None decides by :func:`helper_wanted`.
+    device ops); ``helper``: None decides by :func:`helper_wanted`. ``then``: tasks that depend on the first
+    round's results come as a second round, ``shared.more(message)``, each process making them with
+    ``then(message)`` (a small picklable message: the helper already holds everything else since the fork).
     """
 
     def __init__(
-        self, tasks: Sequence[Callable[[], T]], *, n_ops: int = 0, helper: bool | None = None, at_least: int = 2
+        self,
+        tasks: Sequence[Callable[[], T]],
+        *,
+        n_ops: int = 0,
+        helper: bool | None = None,
+        at_least: int = 2,
+        then: Callable[[Any], Sequence[Callable[[], T]]] | None = None,
     ) -> None:
         self.tasks = list(tasks)
+        self.then = then
+        """Makes a second round's tasks from a message (:meth:`more`), in this process and in the helper."""
+        self.waiting = False
+        """Whether the helper has delivered the first round and waits for :meth:`more`'s message."""
+        self.second: list[int] = []
+        """The second round's pipes (message, queue) until :meth:`more` starts it."""
         if helper is None:
             helper = helper_wanted(len(self.tasks), n_ops, at_least)
         self.want_helper = helper and len(self.tasks) <= MAX_TASKS
@@ -140,7 +156,7 @@ class SharedTasks(Generic[T]):
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        self._stop()
+        self._stop(wait=kind is not None)  # left normally: at most a helper waiting for a second round
 
     @property
     def started(self) -> bool:
@@ -156,11 +172,16 @@ class SharedTasks(Generic[T]):
                 started = time.perf_counter()
                 done[index] = self.tasks[index]()
                 longest = max(longest, time.perf_counter() - started)
-            for index, value in self._gather(max(PATIENCE_S, PATIENCE_TASKS * longest)):
+            delivered, self.waiting = self._gather(max(PATIENCE_S, PATIENCE_TASKS * longest))
+            for index, value in delivered:
                 if index not in done:
                     done[index] = value
                     self.by_helper.add(index)
-            self._stop(wait=False)
+            if self.waiting:  # the helper waits for more(): only this round's queue is done with
+                fd, self.queue_fd = self.queue_fd, None
+                os.close(fd)
+            else:
+                self._stop(wait=False)
         out: list[T] = []
         for i, task in enumerate(self.tasks):
             if i in done:
@@ -169,6 +190,36 @@ class SharedTasks(Generic[T]):
                 out.append(task())
         release_freed_memory()  # the replays' temporaries (once: each trim costs ~2 ms, the peak is elsewhere)
         return out
+
+    def more(self, message: Any) -> list[T]:
+        """A second round, after :meth:`results`: the tasks ``then(message)`` makes, shared with the same helper
+        if it delivered the first round and waits (one fork instead of two: the second fork's own cost and the
+        copy-on-write faults of every page this process writes again after it), else run here."""
+        assert self.then is not None, "more() needs then="
+        self.tasks = list(self.then(message))
+        self.by_helper = set()
+        if not self.waiting or len(self.tasks) > MAX_TASKS:
+            self._stop(wait=False)
+            return self.results()
+        self.waiting = False
+        message_w, queue_r, queue_w = self.second
+        self.second = []
+        self.queue_fd = queue_r
+        try:
+            os.write(queue_w, b"".join(_INDEX.pack(i) for i in range(len(self.tasks))))
+        finally:
+            os.close(queue_w)  # the queue ends once every index is taken
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(_LENGTH.pack(len(payload)) + payload)
+        try:
+            while view:
+                view = view[os.write(message_w, view) :]
+        except OSError:  # the helper is gone (its end of the pipe closed): everything runs here
+            self._stop()
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(message_w)
+        return self.results()
 
     # --- the helper ---
 
@@ -187,7 +238,11 @@ class SharedTasks(Generic[T]):
         os.close(queue_w)  # the queue ends (a read returns b"") once every index is taken
         try:
             born_r, born_w = os.pipe()  # the helper's pid, for an interrupt raised before the fork's answer is kept
+            if self.then is not None:  # the second round's message and queue (read, write each)
+                self.second = list(os.pipe())
+                self.second += os.pipe()
         except OSError:
+            self._close_second()
             for fd in (queue_r, result_r, result_w):
                 os.close(fd)
             return
@@ -203,13 +258,17 @@ class SharedTasks(Generic[T]):
                 pid = os.fork()
             if pid == 0:  # pragma: no cover - the helper's coverage is not collected (it leaves by os._exit)
                 os.write(born_w, _PID.pack(os.getpid()))
-                for fd in (result_r, born_r, born_w):
+                for fd in (result_r, born_r, born_w, *self.second[1::2]):
                     os.close(fd)
                 self._helper(parent, queue_r, result_w)
             os.close(result_w)
+            if self.second:  # kept here: the message's write end, the queue's both ends
+                os.close(self.second[0])
+                self.second = self.second[1:]
             self.pid, self.queue_fd, self.result_fd = pid, queue_r, result_r
         except OSError:  # no fork: everything runs here
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            self._close_second()
             for fd in (queue_r, result_r, result_w, born_r, born_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -253,33 +312,49 @@ class SharedTasks(Generic[T]):
             gc.disable()  # a collection would touch (and copy) every page of the parent's objects
             self.queue_fd = queue_fd
             with os.fdopen(out_fd, "wb") as out:
-                while (index := self._take()) is not None:
-                    try:
-                        with warnings.catch_warnings(record=True) as caught:
-                            warnings.simplefilter("always")
-                            value = self.tasks[index]()
-                    except Exception:
-                        continue  # the parent runs it and reports the error itself
-                    if caught:
-                        continue  # the parent runs it and shows the warnings itself
-                    data = pickle.dumps((index, value), protocol=pickle.HIGHEST_PROTOCOL)
-                    out.write(_LENGTH.pack(len(data)) + data)
+                self._serve(out)
+                if self.then is not None:
+                    out.write(_LENGTH.pack(_END_OF_ROUND))  # the parent's results() ends here
                     out.flush()
-                    release_freed_memory()
+                    message = _read_message(self.second[0])
+                    if message is not None:  # else the parent left without a second round
+                        self.tasks = list(self.then(message))
+                        self.queue_fd = self.second[2]
+                        self._serve(out)
         except BaseException:
             code = 1
         os._exit(code)
 
-    def _gather(self, patience_s: float) -> list[tuple[int, T]]:
-        """The helper's results, read to the end of its pipe; what cannot be read is run here instead.
+    def _serve(self, out: IO[bytes]) -> None:  # pragma: no cover - in the helper
+        """Take tasks until the queue is empty, sending each result (what fails or warns is left to the parent)."""
+        while (index := self._take()) is not None:
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    value = self.tasks[index]()
+            except Exception:
+                continue  # the parent runs it and reports the error itself
+            if caught:
+                continue  # the parent runs it and shows the warnings itself
+            data = pickle.dumps((index, value), protocol=pickle.HIGHEST_PROTOCOL)
+            out.write(_LENGTH.pack(len(data)) + data)
+            out.flush()
+            release_freed_memory()
+
+    def _gather(self, patience_s: float) -> tuple[list[tuple[int, T]], bool]:
+        """The helper's results, read to the end of its pipe or of the round, and whether the round ended (the
+        helper waits for :meth:`more`, its pipe still open); what cannot be read is run here instead.
 
         A helper that sends nothing for ``patience_s`` (stuck: a lock another thread held at the fork, a
         machine out of memory) is given up and stopped; its tasks then run here, with the same results."""
         assert self.result_fd is not None
-        fd, self.result_fd = self.result_fd, None
+        fd = self.result_fd
         data = bytearray()
+        out: list[tuple[int, T]] = []
+        at = 0
+        ended = False
         try:
-            while True:
+            while not ended:
                 ready, _, _ = select.select([fd], [], [], patience_s)
                 if not ready:
                     break  # no word from the helper for patience_s
@@ -287,21 +362,22 @@ class SharedTasks(Generic[T]):
                 if not chunk:
                     break  # the helper is done (or gone)
                 data += chunk
-        except OSError:
-            pass
-        finally:
+                while at + _LENGTH.size <= len(data) and not ended:
+                    (size,) = _LENGTH.unpack_from(data, at)
+                    if size == _END_OF_ROUND:
+                        ended = True
+                    elif at + _LENGTH.size + size > len(data):
+                        break  # the rest of this result is still on its way
+                    else:
+                        index, value = pickle.loads(bytes(data[at + _LENGTH.size : at + _LENGTH.size + size]))
+                        out.append((int(index), value))
+                    at += _LENGTH.size + (0 if ended else size)
+        except (OSError, EOFError, pickle.UnpicklingError, struct.error, ValueError, TypeError):
+            ended = False  # unreadable: what it did not deliver runs here
+        if not ended:
+            self.result_fd = None
             os.close(fd)
-        out: list[tuple[int, T]] = []
-        at = 0
-        with contextlib.suppress(EOFError, pickle.UnpicklingError, struct.error, ValueError):
-            while at + _LENGTH.size <= len(data):
-                (size,) = _LENGTH.unpack_from(data, at)
-                if at + _LENGTH.size + size > len(data):
-                    break  # cut short: the helper stopped mid-result
-                index, value = pickle.loads(bytes(data[at + _LENGTH.size : at + _LENGTH.size + size]))
-                out.append((int(index), value))
-                at += _LENGTH.size + size
-        return out
+        return out, ended
 
     def _stop(self, *, wait: bool = True) -> None:
         """End the helper (if still running) and close the pipes; safe to call more than once.
@@ -314,6 +390,8 @@ class SharedTasks(Generic[T]):
                 setattr(self, name, None)
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        self._close_second()
+        self.waiting = False
         pid, self.pid = self.pid, None
         if pid is not None:
             with contextlib.suppress(OSError):
@@ -322,6 +400,23 @@ class SharedTasks(Generic[T]):
                 reap(pid)
             else:
                 reap_soon(pid)
+
+    def _close_second(self) -> None:
+        fds, self.second = self.second, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _read_message(fd: int) -> Any:  # pragma: no cover - in the helper
+    """The parent's second-round message (length, pickle), None if it closed the pipe without one."""
+    data = bytearray()
+    while chunk := os.read(fd, 1 << 16):
+        data += chunk
+    if len(data) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack_from(data, 0)
+    return pickle.loads(bytes(data[_LENGTH.size : _LENGTH.size + size]))
 
 
 def _die_with_parent(parent: int) -> None:  # pragma: no cover - in the helper

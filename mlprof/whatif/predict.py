@@ -16,6 +16,8 @@ whose fix is not a graph edit keeps its attribution estimate (``speedup_source``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -225,64 +227,69 @@ def predict(
             return False
         return not (f.rule in JOB_ONLY and job is None)
 
-    if job is None:
-        # The first-stage replays are independent of each other: shared with a helper process when a core
-        # is idle (mlprof.whatif.helper). A job's replays update its pass counts, so they stay here.
-        rules = list(dict.fromkeys(f.rule for f in findings if replayable(f)))
-        tasks = [_first_stage_task(replay_with, rule, originals) for rule in rules]
-        with SharedTasks(tasks, n_ops=sum(g.n_host + g.n_gpu for g in originals)) as shared:
+    large = max(r.graph.n_host + r.graph.n_gpu for r in replays) > LARGE_GRAPH_OPS
+    with ExitStack() as helpers:
+        shared: SharedTasks[Any] | None = None
+        if job is None:
+            # The first-stage replays are independent of each other: shared with a helper process when a core
+            # is idle (mlprof.whatif.helper). A job's replays update its pass counts, so they stay here. The
+            # ordered plan's two chains (large graphs) are the same helper's second round (one fork, not two).
+            rules = list(dict.fromkeys(f.rule for f in findings if replayable(f)))
+            tasks = [_first_stage_task(replay_with, rule, originals) for rule in rules]
+            chains = partial(_chain_tasks, replay_with=replay_with, fixed_graphs=fixed_graphs, originals=originals)
+            n_ops = sum(g.n_host + g.n_gpu for g in originals)
+            shared = helpers.enter_context(SharedTasks[Any](tasks, n_ops=n_ops, then=chains if large else None))
             first_stage.update(zip(rules, shared.results(), strict=True))
 
-    replayed: list[Finding] = []
-    for f in findings:
-        f.speedup_source = "attribution"
-        if not replayable(f):
-            continue
-        _, after_ns, applied = replay_cached(f.rule, originals)
-        if job is not None:
-            release_freed_memory()  # the replay's temporaries (a job's replays run here, one by one)
-        if not applied:
-            f.evidence["replay"] = "the fix could not be expressed on this trace's graph"
-            continue
-        after = np.where(np.isnan(after_ns), base_ns, after_ns)
-        speedup = float(base_ns.sum() / max(after.sum(), 1.0))
-        attribution = f.expected_speedup
-        f.evidence["attribution_speedup"] = round(attribution, 4)
-        if f.rule in BOUND_ONLY:
-            f.evidence["replay_upper_bound"] = round(speedup, 4)
-            if speedup < attribution:
-                _set_speedup(f, speedup)
-                f.confidence_reason += f"; capped at the replay's upper bound ({speedup:.2f}x)"
-            continue
-        _set_speedup(f, speedup)
-        f.speedup_source = "replay"
-        estimate = (
-            "no attribution estimate: the rule claims no step time of its own"
-            if FIXES[f.rule].unclaimed
-            else f"the attribution estimate was {attribution:.2f}x"
-        )
-        f.confidence_reason = (
-            f"replay of the trace with the fix applied ({speedup:.2f}x; {estimate}); {f.confidence_reason}"
-        )
-        replayed.append(f)
+        replayed: list[Finding] = []
+        for f in findings:
+            f.speedup_source = "attribution"
+            if not replayable(f):
+                continue
+            _, after_ns, applied = replay_cached(f.rule, originals)
+            if job is not None:
+                release_freed_memory()  # the replay's temporaries (a job's replays run here, one by one)
+            if not applied:
+                f.evidence["replay"] = "the fix could not be expressed on this trace's graph"
+                continue
+            after = np.where(np.isnan(after_ns), base_ns, after_ns)
+            speedup = float(base_ns.sum() / max(after.sum(), 1.0))
+            attribution = f.expected_speedup
+            f.evidence["attribution_speedup"] = round(attribution, 4)
+            if f.rule in BOUND_ONLY:
+                f.evidence["replay_upper_bound"] = round(speedup, 4)
+                if speedup < attribution:
+                    _set_speedup(f, speedup)
+                    f.confidence_reason += f"; capped at the replay's upper bound ({speedup:.2f}x)"
+                continue
+            _set_speedup(f, speedup)
+            f.speedup_source = "replay"
+            estimate = (
+                "no attribution estimate: the rule claims no step time of its own"
+                if FIXES[f.rule].unclaimed
+                else f"the attribution estimate was {attribution:.2f}x"
+            )
+            f.confidence_reason = (
+                f"replay of the trace with the fix applied ({speedup:.2f}x; {estimate}); {f.confidence_reason}"
+            )
+            replayed.append(f)
 
-    _note_no_gain(diagnosis, config)
-    diagnosis.findings.sort(key=lambda f: (-f.expected_speedup, f.severity != "critical", f.rule))
-    large = max(r.graph.n_host + r.graph.n_gpu for r in replays) > LARGE_GRAPH_OPS
-    if large:
-        whatif.notes.append(
-            f"more than {LARGE_GRAPH_OPS:,} host calls and device ops on a rank: the plan applies the fixes in "
-            "the order of their own replayed gains (each stage is still replayed with the earlier fixes in)"
+        _note_no_gain(diagnosis, config)
+        diagnosis.findings.sort(key=lambda f: (-f.expected_speedup, f.severity != "critical", f.rule))
+        if large:
+            whatif.notes.append(
+                f"more than {LARGE_GRAPH_OPS:,} host calls and device ops on a rank: the plan applies the fixes in "
+                "the order of their own replayed gains (each stage is still replayed with the earlier fixes in)"
+            )
+        ahead = None
+        if job is None and large:
+
+            def ahead(rules: list[str]) -> dict[int, tuple[np.ndarray, bool]]:
+                return _replay_ahead(rules, replay_with, fixed_graphs, originals, shared)
+
+        diagnosis.plan = _plan(
+            diagnosis, replays, base_ns, replay_cached, originals, greedy=not large, ahead=ahead, rebuild=fixed_graphs
         )
-    ahead = None
-    if job is None and large:
-
-        def ahead(rules: list[str]) -> dict[int, tuple[np.ndarray, bool]]:
-            return _replay_ahead(rules, replay_with, fixed_graphs, originals)
-
-    diagnosis.plan = _plan(
-        diagnosis, replays, base_ns, replay_cached, originals, greedy=not large, ahead=ahead, rebuild=fixed_graphs
-    )
     return whatif
 
 
@@ -296,23 +303,41 @@ def _replay_ahead(
     replay_with: Callable[[str, list[ReplayGraph]], tuple[Stage, np.ndarray, bool]],
     fixed_graphs: Callable[[str, list[ReplayGraph]], list[ReplayGraph]],
     originals: list[ReplayGraph],
+    shared: SharedTasks[Any] | None = None,
 ) -> dict[int, tuple[np.ndarray, bool]]:
     """The ordered plan's stages 1.. (stage ``k``: ``rules[0..k]`` applied in turn, the last one replayed), each
     assuming every earlier stage was taken, as two chains of stages (odd, even) replayed here and in a helper
     process at once; {} where no helper is started (one process replays the stages one by one, as the plan
-    does, without the chains' extra fix applications). Stage 0 is the first stage's replay, already known."""
-    later = list(range(1, len(rules)))
-    if len(later) < 2:
+    does, without the chains' extra fix applications). Stage 0 is the first stage's replay, already known.
+    ``shared``: the first stage's tasks, whose helper (if it waits for a second round) replays the chains."""
+    if len(rules) < 3:
         return {}
-    tasks = [_chain_task(rules, set(later[0::2]), replay_with, fixed_graphs, originals)]
-    tasks.append(_chain_task(rules, set(later[1::2]), replay_with, fixed_graphs, originals))
-    with SharedTasks(tasks, n_ops=sum(g.n_host + g.n_gpu for g in originals)) as shared:
-        if not shared.started:
-            return {}
-        out: dict[int, tuple[np.ndarray, bool]] = {}
-        for chain in shared.results():
-            out.update(chain)
+    if shared is not None and shared.waiting:
+        chains = shared.more(rules)
+    else:
+        tasks = _chain_tasks(rules, replay_with, fixed_graphs, originals)
+        with SharedTasks(tasks, n_ops=sum(g.n_host + g.n_gpu for g in originals)) as separate:
+            if not separate.started:
+                return {}
+            chains = separate.results()
+    out: dict[int, tuple[np.ndarray, bool]] = {}
+    for chain in chains:
+        out.update(chain)
     return out
+
+
+def _chain_tasks(
+    rules: list[str],
+    replay_with: Callable[[str, list[ReplayGraph]], tuple[Stage, np.ndarray, bool]],
+    fixed_graphs: Callable[[str, list[ReplayGraph]], list[ReplayGraph]],
+    originals: list[ReplayGraph],
+) -> list[Callable[[], dict[int, tuple[np.ndarray, bool]]]]:
+    """The two chains of :func:`_replay_ahead`: the odd stages and the even ones (made here and in the helper)."""
+    later = list(range(1, len(rules)))
+    return [
+        _chain_task(rules, set(later[0::2]), replay_with, fixed_graphs, originals),
+        _chain_task(rules, set(later[1::2]), replay_with, fixed_graphs, originals),
+    ]
 
 
 def _chain_task(
