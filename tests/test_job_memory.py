@@ -1052,3 +1052,75 @@ def test_matching_holds_few_bytes_a_kernel_at_once(dlrm_partials: list[RankParti
     start3, end3 = skew.wait_intervals[3]
     assert start3.dtype == end3.dtype == np.int64 and len(start3) == skew.matched
     assert (end3 - start3 >= long_wait).all() and (start3 == (sig["ts"] + 3000).to_numpy()[: len(start3)]).all()
+
+
+def test_waits_read_back_from_the_spill_file_equal_the_waits_held(dlrm_partials: list[RankPartial]) -> None:
+    """A 1,024-rank job table's waits (the DLRM ranks' real signatures repeated: ~128 KB of arrays) held in the
+    spill file once read (what a job's client does after splitting every rank's communication): the object then
+    holds no array, what stays in memory is under 8 KB traced (the spill table's row and its growth) where the
+    arrays were 131 KB, and every rank's waits read back, pickled or copied, equal the ones read before."""
+    import copy
+    import tracemalloc
+
+    from mlprof.analyzers.rank_skew import WaitIntervals, match_table
+
+    table, ranks = _many_ranks_table(dlrm_partials, 1024)
+    skew = match_table(table, ranks, release=True)
+    assert skew is not None
+    waits = skew.wait_intervals
+    assert isinstance(waits, WaitIntervals)
+    held = sum(a.nbytes for a in (waits._ts, waits._wait, waits._lo, waits._hi))  # type: ignore[attr-defined]
+    assert held > 100_000
+    before = {r: waits[r] for r in ranks}
+    assert sum(len(start) for start, _ in before.values()) > 7 * 1024
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        waits.spill()
+        kept = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert set(waits.__dict__) == {"_spilled"} and kept < 8 * 1024, kept
+    for again in (pickle.loads(pickle.dumps(waits)), copy.deepcopy(waits), waits):
+        assert list(again) == ranks and len(again) == 1024 and 5 in again and 1024 not in again
+        for r in ranks:
+            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(again[r], before[r], strict=True))
+
+
+def test_merged_findings_share_one_int_a_rank(dlrm_partials: list[RankPartial]) -> None:
+    """The DLRM ranks' findings copied to ranks 300-899 (past CPython's cached small ints) and merged: each merged
+    finding lists its ranks in order (truth: the ranks each rule's copies were given), and the lists share one
+    int object a rank, where each list held its own (32 bytes a rank a finding)."""
+    from mlprof.rules.engine import _merge
+
+    ranks = list(range(300, 900))
+    per_rank = []
+    fired: dict[str, set[int]] = {}
+    for r in ranks:
+        own = [pickle.loads(pickle.dumps(f)) for f in dlrm_partials[r % 8].findings]
+        for f in own:
+            f.ranks = [r]
+            fired.setdefault(f.rule, set()).add(r)
+        per_rank.append(own)
+    got = _merge(per_rank, [None] * len(ranks), 1.0, None)  # type: ignore[list-item]
+    assert len(got) >= 3 and sum(len(f.ranks) for f in got) > 3 * len(ranks)
+    assert {f.rule: f.ranks for f in got} == {rule: sorted(on) for rule, on in fired.items()}
+    objects = {id(r) for f in got for r in f.ranks}
+    assert len(objects) == len({r for f in got for r in f.ranks}) == len(ranks)
+
+
+def test_report_pieces_stay_small_where_a_value_is_long(tmp_path: Path) -> None:
+    """A report whose six findings list 1,024 ranks each (~24 KB of compact JSON in one list, as a 1,024-rank job's
+    merged findings) is written in pieces of at most ~16 KB of text (a piece is held three or four times over while
+    written; one piece of ~64 KB at a split of 32 KB), and the pieces joined are the text formatted whole."""
+    import msgspec
+
+    from mlprof.results import Report
+
+    findings = [{"rule": f"r{k}", "ranks": list(range(1024)), "evidence": {"n": k}} for k in range(6)]
+    data = {"schema_version": "1.5", "findings": findings, "notes": ["x"]}
+    report = Report.of_encoded(msgspec.json.encode(data))
+    assert 20_000 < len(msgspec.json.encode(findings)) < 32 * 1024
+    pieces = list(report.json_chunks())
+    assert "".join(pieces) == report.to_json()
+    assert max(len(p) for p in pieces) < 16_000, max(len(p) for p in pieces)

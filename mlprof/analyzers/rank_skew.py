@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -512,7 +513,11 @@ def _sums(slot: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
 class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
     """:attr:`RankSkew.wait_intervals`: every rank's waits in three job arrays (sorted by rank, then start), each
     rank's pair of arrays made when asked for, not two arrays and a tuple held per rank (~0.3 KB a rank). The
-    waits are held int32 while every one fits (ns: up to ~2.1 s), read back int64."""
+    waits are held int32 while every one fits (ns: up to ~2.1 s), read back int64. Once read (a job's client reads
+    each rank's waits once, when it splits the rank's communication), the arrays can be held in the process's
+    spill file (:meth:`spill`) until asked for again."""
+
+    _ARRAYS = ("_ranks", "_order", "_lo", "_hi", "_ts", "_wait")
 
     def __init__(self, ranks: list[int], rank: np.ndarray, ts: np.ndarray, wait: np.ndarray) -> None:
         self._ranks = np.asarray(ranks, dtype=np.int64)
@@ -521,6 +526,31 @@ class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
         self._hi = np.searchsorted(rank, self._ranks, side="right")
         fits = len(wait) == 0 or (int(wait.min()) >= _I32_MIN and int(wait.max()) <= _I32_MAX)
         self._ts, self._wait = ts, wait.astype(np.int32) if fits else wait  # (a wait is read back as int64: below)
+        self._spilled: Any = None
+        """The arrays' handle in the spill file (:class:`mlprof.results.spill.Spilled`) while held there."""
+
+    def spill(self) -> None:
+        """Hold the arrays in the process's spill file (:mod:`mlprof.results.spill`), read back whole on first
+        use: what a job's client does once every rank's communication is split (the waits of 1,024 ranks of 8
+        collectives are ~0.1 MB, otherwise held through the job's rules and report, which do not read them)."""
+        from mlprof.results.spill import spill
+
+        if self._spilled is None:
+            self._spilled = spill([self.__dict__.pop(name) for name in self._ARRAYS])
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # only reached for an array held in the spill file: every array is read back and held again
+        spilled = self.__dict__.get("_spilled")
+        if name not in self._ARRAYS or spilled is None:
+            raise AttributeError(name)
+        self.__dict__.update(zip(self._ARRAYS, spilled.load(), strict=True))
+        self._spilled = None
+        array: np.ndarray = self.__dict__[name]
+        return array
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickled or copied with its arrays (a spill file's handle is this process's)
+        return {**{name: getattr(self, name) for name in self._ARRAYS}, "_spilled": None}
 
     def _index(self, rank: object) -> int | None:
         if not isinstance(rank, (int, np.integer)) or len(self._ranks) == 0:

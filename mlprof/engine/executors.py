@@ -59,7 +59,9 @@ def run_local(
     workers = min(jobs, total)
     # Tasks are submitted in input order, at most AHEAD_PER_WORKER a worker ahead of the results taken: a
     # future is ~1.6 KB (its condition, lock and waiters), and 1,024 of them submitted at once were ~1.6 MB
-    # of the client's peak; a few queued per worker keep the workers as busy.
+    # of the client's peak; each finished one holds its result, unpickled, until taken (a rank task's of the
+    # generated 1,024-rank job: ~0.2 MB of objects), so a client slowed by a busy machine held up to that many at
+    # once (4 a worker: ~1 MB more at 256 ranks under load 2-4); one queued per worker keeps the workers as busy.
     ahead = AHEAD_PER_WORKER * workers
     queued = iter(enumerate(items))
     running: dict[Any, int] = {}
@@ -87,7 +89,7 @@ def run_local(
     return results
 
 
-AHEAD_PER_WORKER = 4
+AHEAD_PER_WORKER = 2
 """Tasks submitted per worker of :func:`run_local`'s pool before their results are taken."""
 
 

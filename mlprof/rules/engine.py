@@ -223,6 +223,9 @@ def _merge(
             group.add(f)
     n = len(contexts)
     merged: list[Finding] = []
+    # One int object per rank number for every merged finding's ``ranks`` (read from arrays, each list made its
+    # own: 32 bytes a rank past 256 per finding held, ~0.1 MB at 1,024 ranks for four findings on every rank).
+    shared: dict[int, int] = {}
     for (rule_id, _), group in groups.items():
         worst = group.worst
         assert worst is not None
@@ -231,7 +234,7 @@ def _merge(
         job.step_ns = step_ns
         job.time_lost_ns_per_step = sum(group.lost) / n
         job.claimed = {k: sum(group.claimed[k]) / n for k in worst.claimed}
-        job.ranks = sorted(group.ranks)
+        job.ranks = [shared.setdefault(r, r) for r in sorted(group.ranks)]
         shown = list(zip(group.first_rank, group.lost, strict=True))
         if count > MAX_RANKS_IN_EVIDENCE:
             shown = _largest(shown, MAX_RANKS_IN_EVIDENCE // 2)
