@@ -106,3 +106,35 @@ def test_kept_freed_memory_is_reused_without_page_faults() -> None:
     assert plain["faults"] > pages // 8, plain  # handed back and faulted in again
     assert kept["faults"] < pages // 50, kept  # reused
     assert kept["free"] >= 20 * MB, kept  # the freed temporaries stay in the heap
+
+
+THREAD_CASE = r"""
+import json, os, threading
+from mlprof.trace import memory
+memory.keep_freed_memory()  # as a large trace's process: nothing trimmed by free() itself
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+def work():
+    blocks = [bytearray(2000) for _ in range(40 * 512)]  # 40 MB in the thread's own arena
+    pin = bytearray(2000)
+    del blocks
+    kept.append(pin)
+kept = []
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+before = rss()
+memory.release_freed_memory()  # below the kept threshold: nothing
+middle = rss()
+memory.release_all_freed_memory()
+print(json.dumps({"kept": before - middle, "dropped": middle - rss()}))
+"""
+
+
+@pytest.mark.skipif(memory.free_heap_bytes() is None, reason="glibc's mallinfo2 only")
+def test_memory_a_thread_freed_is_handed_back_by_the_full_release() -> None:
+    result = _run(THREAD_CASE, "")
+    assert result["kept"] < 4 * MB
+    assert result["dropped"] > 30 * MB

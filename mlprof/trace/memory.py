@@ -103,6 +103,15 @@ def release_freed_memory() -> None:
         trim(0)
 
 
+def release_all_freed_memory() -> None:
+    """Return the free pages of every arena (the heap and other threads') to the operating system now, whatever
+    the free heap holds (glibc only; a no-op elsewhere): what a thread that has ended freed stays in its own
+    arena, where this thread's allocations do not reuse it (:mod:`mlprof.trace.lanes`)."""
+    trim = _trim()
+    if trim is not None:
+        trim(0)
+
+
 @cache
 def _mallopt() -> Callable[[int, int], int] | None:
     fn: Callable[[int, int], int] | None = _glibc("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
