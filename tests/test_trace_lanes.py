@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -100,3 +102,20 @@ def test_reversed_and_tied_times_on_two_threads(tmp_path: Path, monkeypatch: pyt
         ((e["ts"], k, e["name"]) for k, e in enumerate(events) if e.get("cat") == "cpu_op"), key=lambda t: t[:2]
     )
     assert ops["name"].astype(str).tolist() == [name for _, _, name in truth]
+
+
+def _gate_in_child(out: multiprocessing.Queue[bool]) -> None:
+    out.put(lanes._idle_core())
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: never a second thread")
+def test_a_pool_worker_never_takes_a_second_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lanes, "_load_leaves_a_core", lambda cores: True)  # a quiet machine, here and in the child
+    assert not lanes._in_pool_worker()
+    assert lanes._idle_core()
+    context = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[bool] = context.Queue()
+    child = context.Process(target=_gate_in_child, args=(out,))
+    child.start()
+    assert out.get(timeout=30) is False
+    child.join(30)
