@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlprof.cores import load_leaves_a_core
+
 ANALYZE_VALUE_OPTIONS = frozenset(
     {
         *("--format", "-f", "--rank", "--steps", "--step-marker", "--output", "-o", "--config"),
@@ -69,7 +71,7 @@ def read_ahead_request(args: list[str]) -> tuple[str, int | None] | None:
             paths.append(token)
     if len(paths) != 1 or (jobs is not None and jobs.strip() == "1"):
         return None
-    if setting != "1" and not _idle_core():
+    if setting != "1" and not load_leaves_a_core():
         return None
     try:
         workers = None if jobs is None else int(jobs)
@@ -145,17 +147,6 @@ def analyze_arguments(args: list[str]) -> dict[str, Any] | None:
     if len(paths) != 1 or not paths[0] or paths[0] == "-":
         return None
     return {"path": Path(paths[0]), **values}
-
-
-def _idle_core() -> bool:
-    """Whether the 1-minute load average leaves a core idle (False where there is none: Windows)."""
-    getloadavg = getattr(os, "getloadavg", None)
-    if getloadavg is None:
-        return False
-    try:
-        return bool(getloadavg()[0] <= (os.cpu_count() or 1) - 0.5)
-    except OSError:
-        return False
 
 
 def one_blas_thread() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mlprof import cores
 from mlprof.trace import lanes, load_trace
 from mlprof.trace.build import TableBuilder
 from mlprof.trace.jsonstream import read_trace_events
@@ -110,8 +111,9 @@ def _gate_in_child(out: multiprocessing.Queue[bool]) -> None:
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: never a second thread")
 def test_a_pool_worker_never_takes_a_second_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lanes, "_load_leaves_a_core", lambda cores: True)  # a quiet machine, here and in the child
-    assert not lanes._in_pool_worker()
+    monkeypatch.setattr(cores, "load_leaves_a_core", lambda: True)  # a quiet machine, here and in the child
+    monkeypatch.setattr(cores, "running_now", lambda: 1)
+    assert not cores.in_pool_worker()
     assert lanes._idle_core()
     context = multiprocessing.get_context("fork")
     out: multiprocessing.Queue[bool] = context.Queue()

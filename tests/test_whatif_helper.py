@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import mlprof
+from mlprof import cores
 from mlprof.trace import children
 from mlprof.whatif import helper as helper_module
 from mlprof.whatif.helper import SharedTasks, helper_wanted
@@ -252,11 +253,11 @@ def test_helper_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert helper_wanted(1, big, at_least=1) and not helper_wanted(0, big, at_least=1)  # one task may be worth it
     monkeypatch.setenv("MLPROF_HELPER", "auto")
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    monkeypatch.setattr(helper_module, "_running_now", lambda: 1)  # this process alone runs
+    monkeypatch.setattr(cores, "running_now", lambda: 1)  # this process alone runs
     assert helper_wanted(5, big) and not helper_wanted(5, big - 1)  # a small graph: the fork costs more
-    monkeypatch.setattr(helper_module, "_running_now", lambda: os.cpu_count() or 1)
+    monkeypatch.setattr(cores, "running_now", lambda: os.cpu_count() or 1)
     assert not helper_wanted(5, big)  # every core busy right now, whatever the load average says
-    monkeypatch.setattr(helper_module, "_running_now", lambda: None)
+    monkeypatch.setattr(cores, "running_now", lambda: None)
     assert helper_wanted(5, big)  # no /proc/stat: the load average decides
     monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))
     assert not helper_wanted(5, big)  # no idle core

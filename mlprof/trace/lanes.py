@@ -10,11 +10,11 @@ trace's seven tables took 50-55 ms on one thread and 28-33 ms on two, the same C
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from mlprof.cores import idle_core, in_pool_worker
 from mlprof.trace.memory import release_all_freed_memory
 
 T = TypeVar("T")
@@ -65,27 +65,6 @@ def run_in_lanes(jobs: dict[str, tuple[int, Callable[[], T]]], second: bool | No
 
 
 def _idle_core() -> bool:
-    """Whether a core is idle: the 1-minute load average leaves one, and so do the threads running now (as
-    :func:`mlprof.whatif.helper._idle_core`: the load average lags a neighbour that has just started). Never in
-    a worker of a process pool (a job's ranks): the pool shares the cores out already."""
-    cores = os.cpu_count() or 1
-    return cores >= 2 and not _in_pool_worker() and _load_leaves_a_core(cores)
-
-
-def _load_leaves_a_core(cores: int) -> bool:
-    try:
-        if os.getloadavg()[0] > cores - 0.5:
-            return False
-        with open("/proc/stat", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"procs_running "):
-                    return int(line.split()[1]) <= cores - 1
-    except (OSError, AttributeError, ValueError):
-        return False
-    return True
-
-
-def _in_pool_worker() -> bool:
-    """Whether this process was started by :mod:`multiprocessing` (not imported: it was not)."""
-    multiprocessing = sys.modules.get("multiprocessing")
-    return multiprocessing is not None and multiprocessing.parent_process() is not None
+    """Whether a second thread pays: a core is idle (:func:`mlprof.cores.idle_core`) and this process is not a
+    worker of a process pool (a job's ranks: the pool shares the cores out already)."""
+    return (os.cpu_count() or 1) >= 2 and not in_pool_worker() and idle_core()

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import IO, Any, Generic, TypeVar
 
+from mlprof.cores import idle_core, in_pool_worker
 from mlprof.trace.children import reap, reap_soon
 from mlprof.trace.memory import release_freed_memory
 
@@ -74,40 +75,10 @@ def helper_wanted(n_tasks: int, n_ops: int, at_least: int = 2) -> bool:
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return False
     if setting != "1" and n_ops < MIN_OPS:
-        return False  # before multiprocessing's import (~3 ms): most traces are below
-    import multiprocessing
-
-    if multiprocessing.parent_process() is not None:
+        return False  # most traces are below
+    if in_pool_worker():
         return False  # a worker of a pool (the job engine's ranks): the pool shares the cores out already
-    return setting == "1" or _idle_core()
-
-
-def _idle_core() -> bool:
-    """Whether a core is idle: the 1-minute load average leaves one, and so do the threads running right now.
-
-    The load average lags by tens of seconds: a neighbour that has just started takes the other core
-    before it shows (a helper then only competes with it: 0.92 against 0.82 s at load 1.24 on the 217 MB
-    trace), so ``procs_running`` of ``/proc/stat`` (this process's own thread included) is checked too."""
-    cores = os.cpu_count() or 1
-    try:
-        if os.getloadavg()[0] > cores - 0.5:
-            return False
-    except (OSError, AttributeError):
-        return False
-    running = _running_now()
-    return running is None or running <= cores - 1
-
-
-def _running_now() -> int | None:
-    """Threads running or runnable on the machine now (Linux ``/proc/stat``), None where it cannot be read."""
-    try:
-        with open("/proc/stat", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"procs_running "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
+    return setting == "1" or idle_core()
 
 
 class SharedTasks(Generic[T]):
