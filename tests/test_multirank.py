@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from mlprof.analysis import analyze_job
@@ -478,3 +479,46 @@ def test_the_numpy_matching_equals_the_matching_by_hand_on_the_dlrm_job(shift_us
     for r in ranks:
         assert {c: int(got_per.loc[r, c]) for c in per[r]} == per[r], r
     assert per[5]["clock_offset_ns"] - per[4]["clock_offset_ns"] > shift_us * 1000 - 10**6
+
+
+def test_clock_offsets_of_1024_ranks_hold_under_28_bytes_a_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The DLRM job's 8 signatures made a 1,024-rank job (rank r is rank r % 8 with its clock moved by a
+    # different amount, up to ~1 ms, and rank 3's kernels each moved by their own amount, so that its median
+    # is between two differences). The clock-offset step of the matching (traced heap during the call above
+    # what it was handed) held a sort order and sorted copies of every kernel's rank and difference beside the
+    # matching's own arrays (~34 bytes a kernel); now one int64 a kernel sorted in place (~24). The offsets
+    # equal the per-rank medians computed in plain Python with exact integers (_matching_by_hand).
+    import tracemalloc
+
+    from mlprof.analyzers import rank_skew
+    from mlprof.analyzers.rank_skew import CommTable, comm_signature, match_table
+
+    traces = sorted(load_job(str(external(DLRM))), key=lambda t: t.meta.rank)
+    sigs = [comm_signature(t) for t in traces]
+    ranks = list(range(1024))
+    job = [sigs[r % 8].assign(ts=sigs[r % 8]["ts"] + (r * 7_919) % 1_000_003) for r in ranks]
+    job[3] = job[3].assign(ts=job[3]["ts"] + np.arange(len(job[3])) * 1_001)
+    peaks: list[int] = []
+    original = rank_skew._clock_offsets
+
+    def measured(*args: Any) -> dict[int, int]:
+        held = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        out = original(*args)
+        peaks.append(tracemalloc.get_traced_memory()[1] - held)
+        return out
+
+    monkeypatch.setattr(rank_skew, "_clock_offsets", measured)
+    table = CommTable.of(ranks, job)
+    kernels = int(table.sizes(ranks).sum())
+    tracemalloc.start()
+    try:
+        skew = match_table(table, ranks)
+    finally:
+        tracemalloc.stop()
+    assert skew is not None and kernels == 8 * 1024 and len(peaks) == 1
+    assert peaks[0] / kernels < 28, peaks[0] / kernels
+    _, per = _matching_by_hand(ranks, job)
+    got = dict(zip(skew.per_rank["rank"].tolist(), skew.per_rank["clock_offset_ns"].tolist(), strict=True))
+    assert got == {r: per[r]["clock_offset_ns"] for r in ranks}
+    assert len(set(got.values())) > 900

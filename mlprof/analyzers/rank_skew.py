@@ -437,10 +437,9 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
 
     rank_array = np.asarray(ranks, dtype=np.int64)
     by_value = np.argsort(rank_array, kind="stable")
-    # each kernel's rank's place in ranks, and its collective (in key order)
+    # each kernel's rank's place in ranks
     slot = by_value.astype(_index_type(len(ranks)))[np.searchsorted(rank_array, rank, sorter=by_value)]
-    run = np.repeat(np.arange(len(starts), dtype=_index_type(len(starts))), sizes)
-    offsets = _clock_offsets(rank, run, aligned_end, ranks, len(starts))
+    offsets = _clock_offsets(slot, starts, aligned_end, ranks)
     offset_of = np.array([offsets[r] for r in ranks], dtype=np.int64)[slot]
     aligned_end -= offset_of
     end_spread = np.maximum.reduceat(aligned_end, starts) - np.minimum.reduceat(aligned_end, starts)
@@ -450,6 +449,7 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
     min_ts = np.minimum.reduceat(aligned_ts, starts)
     arrival = aligned_ts - np.repeat(min_ts, sizes)
     spread = np.maximum.reduceat(arrival, starts)
+    run = np.repeat(np.arange(len(starts), dtype=_index_type(len(starts))), sizes)
     by_arrival = np.lexsort((arrival, run))  # each collective's arrivals in order, for their median
     del run
     median_arrival = _medians(arrival[by_arrival], starts)
@@ -577,31 +577,72 @@ class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
         return len(self._ranks)
 
 
-def _clock_offsets(rank: np.ndarray, run: np.ndarray, end: np.ndarray, ranks: list[int], runs: int) -> dict[int, int]:
+def _clock_offsets(slot: np.ndarray, starts: np.ndarray, end: np.ndarray, ranks: list[int]) -> dict[int, int]:
     """Each rank's clock minus the first rank's: the median difference of the same collectives' end times
-    (``run``: each kernel's collective, ``0 <= run < runs``).
+    (``slot``: each kernel's rank's place in ``ranks``; the kernels in order of their collective, each
+    collective's run starting at ``starts``).
 
     A rank that shares no matched collective with the first rank keeps offset 0 (with sequence
     matching in disjoint process groups there is no common event to align on). The differences are taken exactly in
     int64 (epoch-ns ends, ~1.7e18, are past float64's exact integers: converted first, as the pandas version did
     when a collective left the first rank out, they were off by up to a few hundred ns), then their medians in
-    float64 (small numbers: exact).
+    float64 (small numbers: exact; the conversion keeps the order, so the middle of the sorted integers is the
+    middle of the sorted floats).
+
+    The matching's arrays of every kernel are alive here: this step held a sort order and sorted copies of every
+    kernel's rank and difference beside them (~34 bytes a kernel). Now each kernel is one int64, ``slot * span
+    + difference - lowest`` (a kernel of a collective without the first rank in a last group), sorted in place,
+    and each rank's median is read at the middle of its run (~24 bytes a kernel; a lexsort only when the
+    ranks times the differences' span passes int64).
     """
-    ref = rank == ranks[0]
-    ref_end = np.zeros(runs, dtype=np.int64)
-    on_ref = np.zeros(runs, dtype=bool)
-    ref_end[run[ref]] = end[ref]
-    on_ref[run[ref]] = True
-    ok = on_ref[run]
-    diff = end[ok]
-    diff -= ref_end[run[ok]]
-    diff = diff.astype(np.float64)
-    of = rank[ok]
-    del ok
-    order = np.lexsort((diff, of))
-    of, diff = of[order], diff[order]
-    del order
-    starts = _starts(of)
-    med = _medians(diff, starts)
-    found = {int(r): round(float(m)) for r, m in zip(of[starts].tolist(), med.tolist(), strict=True)}
+    n, size = len(ranks), len(slot)
+    sizes = np.diff(starts, append=size)
+    ref_at = np.flatnonzero(slot == 0)  # the first rank's kernels: one a collective at most
+    ref_end = np.zeros(len(starts), dtype=np.int64)
+    on_ref = np.zeros(len(starts), dtype=bool)
+    of_ref = np.searchsorted(starts, ref_at, side="right") - 1
+    ref_end[of_ref], on_ref[of_ref] = end[ref_at], True
+    diff = np.repeat(ref_end, sizes)
+    np.subtract(end, diff, out=diff)
+    ok = np.repeat(on_ref, sizes)
+    del ref_end, on_ref, sizes
+    if not ok.any():
+        return {int(r): 0 for r in ranks}
+    lo = int(np.min(diff, where=ok, initial=np.iinfo(np.int64).max))
+    span = int(np.max(diff, where=ok, initial=np.iinfo(np.int64).min)) - lo + 1
+    if (n + 1) * span < 2**63:
+        diff -= lo
+        np.multiply(diff, ok, out=diff)
+        group = slot.astype(np.int64)
+        np.putmask(group, ~ok, n)
+        del ok
+        group *= span
+        diff += group
+        del group
+        diff.sort()
+        # each rank's run in the sorted numbers (a search of n + 1 bounds: no count over every kernel)
+        found_at, at, count = _nonempty(np.searchsorted(diff, np.arange(n + 1, dtype=np.int64) * span))
+        lower = diff[at + (count - 1) // 2] % span + lo
+        upper = diff[at + count // 2] % span + lo
+    else:  # differences too far apart to share an int64 with the rank: sort the pairs
+        of = slot[ok]
+        diff = diff[ok]
+        del ok
+        order = np.lexsort((diff, of))
+        counts = np.bincount(of, minlength=n)
+        del of
+        diff = diff[order]
+        del order
+        found_at, at, count = _nonempty(np.concatenate([[0], np.cumsum(counts)]))
+        lower, upper = diff[at + (count - 1) // 2], diff[at + count // 2]
+    del diff
+    med = (lower.astype(np.float64) + upper.astype(np.float64)) / 2
+    found = {int(ranks[s]): round(float(m)) for s, m in zip(found_at.tolist(), med.tolist(), strict=True)}
     return {int(r): found.get(int(r), 0) for r in ranks}
+
+
+def _nonempty(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs ``bounds[i]:bounds[i + 1]`` that are not empty: their ``i``, start and size."""
+    sizes = np.diff(bounds)
+    at = np.flatnonzero(sizes)
+    return at, bounds[:-1][at], sizes[at]
