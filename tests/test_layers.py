@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "mlprof"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("mlprof.errors", "mlprof.untrusted", "mlprof.safe_write", "mlprof.interrupts", "mlprof.lazy"),
+    ("mlprof.errors", "mlprof.untrusted", "mlprof.safe_write", "mlprof.interrupts", "mlprof.lazy", "mlprof.cores"),
     ("mlprof.trace",),
     ("mlprof.counters",),
     ("mlprof.analyzers",),
