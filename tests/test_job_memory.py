@@ -1076,7 +1076,7 @@ def test_waits_read_back_from_the_spill_file_equal_the_waits_held(dlrm_partials:
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
-        waits.spill()
+        waits.spill(spill)
         kept = tracemalloc.get_traced_memory()[0] - start
     finally:
         tracemalloc.stop()

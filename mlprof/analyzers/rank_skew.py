@@ -27,7 +27,7 @@ columns per communication kernel), so a job of 1,024 ranks is matched from
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -529,14 +529,14 @@ class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
         self._spilled: Any = None
         """The arrays' handle in the spill file (:class:`mlprof.results.spill.Spilled`) while held there."""
 
-    def spill(self) -> None:
-        """Hold the arrays in the process's spill file (:mod:`mlprof.results.spill`), read back whole on first
-        use: what a job's client does once every rank's communication is split (the waits of 1,024 ranks of 8
-        collectives are ~0.1 MB, otherwise held through the job's rules and report, which do not read them)."""
-        from mlprof.results.spill import spill
-
+    def spill(self, put: Callable[[list[np.ndarray]], Any]) -> None:
+        """Hold the arrays where ``put`` keeps them (a job's client passes :func:`mlprof.results.spill.spill`: the
+        process's spill file), read back whole on first use through the handle's ``load()``: what a job's client
+        does once every rank's communication is split (the waits of 1,024 ranks of 8 collectives are ~0.1 MB,
+        otherwise held through the job's rules and report, which do not read them). The caller passes the store
+        (the results layer sits above the analyzers)."""
         if self._spilled is None:
-            self._spilled = spill([self.__dict__.pop(name) for name in self._ARRAYS])
+            self._spilled = put([self.__dict__.pop(name) for name in self._ARRAYS])
 
     def __getattr__(self, name: str) -> np.ndarray:
         # only reached for an array held in the spill file: every array is read back and held again

@@ -29,7 +29,7 @@ from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
 from mlprof.results import ReducedRank
 from mlprof.results.job_frames import HeldRank, HotStore, JobFrames
-from mlprof.results.spill import ReadOnAccess, SpilledLists
+from mlprof.results.spill import ReadOnAccess, SpilledLists, spill
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
@@ -244,7 +244,7 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         contexts.append(judged.add(ctx) if judged is not None and type(ctx) is _JobContext else ctx)
         per_rank.append(found)
     if skew is not None and isinstance(skew.wait_intervals, WaitIntervals):
-        skew.wait_intervals.spill()  # read: each rank's communication is split
+        skew.wait_intervals.spill(spill)  # read: each rank's communication is split
     world = partials[0].analysis.trace.meta.world_size
     diagnosis = diagnose(contexts, config, skew, world, per_rank=per_rank)
     from mlprof.whatif.job import predict_job
