@@ -522,3 +522,25 @@ def test_clock_offsets_of_1024_ranks_hold_under_28_bytes_a_kernel(monkeypatch: p
     got = dict(zip(skew.per_rank["rank"].tolist(), skew.per_rank["clock_offset_ns"].tolist(), strict=True))
     assert got == {r: per[r]["clock_offset_ns"] for r in ranks}
     assert len(set(got.values())) > 900
+
+
+def test_clock_offsets_too_far_apart_to_pack_take_the_pairs_sort() -> None:
+    # A rank whose clock is ~4e18 ns from the others' (an epoch clock beside a clock from zero): the differences'
+    # span times the ranks passes int64, so _clock_offsets sorts (rank, difference) pairs instead of packing them
+    # into one int64 a kernel. Each rank's clock moved by one amount, so every median is exact in float64 too;
+    # the truth is the plain-Python matching's medians of exact integers.
+    from mlprof.analyzers.rank_skew import CommTable, comm_signature, match_table
+
+    traces = sorted(load_job(str(external(DLRM))), key=lambda t: t.meta.rank)
+    sigs = [comm_signature(t) for t in traces]
+    ranks = [0, 1, 2]
+    shift = {0: 0, 1: 12_345, 2: 4 * 10**18}
+    job = [sigs[r].assign(ts=sigs[r]["ts"] + shift[r]) for r in ranks]
+    ends = [int((s["ts"] + s["dur"]).max()) for s in job]
+    assert max(ends) < 2**63 - 1 and (len(ranks) + 1) * (max(ends) - min(ends)) >= 2**63  # the pairs' path
+    skew = match_table(CommTable.of(ranks, job), ranks)
+    assert skew is not None
+    _, per = _matching_by_hand(ranks, job)
+    got = dict(zip(skew.per_rank["rank"].tolist(), skew.per_rank["clock_offset_ns"].tolist(), strict=True))
+    assert got == {r: per[r]["clock_offset_ns"] for r in ranks}
+    assert abs(got[2] - 4 * 10**18) < 10**12
