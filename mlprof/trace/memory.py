@@ -92,24 +92,20 @@ def _trim() -> Callable[[int], int] | None:
     return fn
 
 
-def release_freed_memory() -> None:
-    """Return the heap's free pages to the operating system when it holds at least :data:`TRIM_MIN_FREE_BYTES`
-    free (glibc only; a no-op elsewhere)."""
+def release_freed_memory(*, however_little: bool = False) -> None:
+    """Return the free pages of every malloc arena to the operating system when the heap holds at least
+    :data:`TRIM_MIN_FREE_BYTES` free, or whatever it holds with ``however_little`` (glibc only; a no-op elsewhere).
+
+    ``however_little``: after a thread has ended (:mod:`mlprof.trace.lanes`): what it freed stays in its own
+    arena, where this thread's allocations do not reuse it, however little the main heap has free."""
     trim = _trim()
     if trim is None:
         return
-    free = free_heap_bytes()
-    if free is None or free >= _min_free:
-        trim(0)
-
-
-def release_all_freed_memory() -> None:
-    """Return the free pages of every arena (the heap and other threads') to the operating system now, whatever
-    the free heap holds (glibc only; a no-op elsewhere): what a thread that has ended freed stays in its own
-    arena, where this thread's allocations do not reuse it (:mod:`mlprof.trace.lanes`)."""
-    trim = _trim()
-    if trim is not None:
-        trim(0)
+    if not however_little:
+        free = free_heap_bytes()
+        if free is not None and free < _min_free:
+            return
+    trim(0)
 
 
 @cache
