@@ -138,6 +138,15 @@ def _rounds(parent: int, die_in: str = "") -> tuple[list[Callable[[], tuple[int,
     return [lambda n=n: first(n) for n in range(6)], then
 
 
+def _assert_gone(shared: SharedTasks[Any], helper: int | None) -> None:
+    """The helper was started, its pipes are closed, and once the held-back children are reaped it is no child of
+    this process any more (reaped, not left a zombie)."""
+    assert helper is not None and shared.pid is None and not shared.second
+    children._reap_pending()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(helper, os.WNOHANG)
+
+
 @pytest.mark.parametrize("die_in", ["", "first", "then"])
 def test_a_second_round_is_shared_with_the_same_helper(die_in: str) -> None:
     parent = os.getpid()
@@ -156,10 +165,7 @@ def test_a_second_round_is_shared_with_the_same_helper(die_in: str) -> None:
         assert {pid for _, pid in two} == {parent} and not by_helper  # everything of round two ran here
     else:
         assert others == {helper} and by_helper  # one helper for both rounds, and it took some of the second
-    assert helper is not None and shared.pid is None and not shared.second
-    children._reap_pending()
-    with pytest.raises(ChildProcessError):
-        os.waitpid(helper, os.WNOHANG)
+    _assert_gone(shared, helper)
 
 
 def test_a_second_round_never_asked_for_ends_the_helper() -> None:
@@ -168,10 +174,7 @@ def test_a_second_round_never_asked_for_ends_the_helper() -> None:
         helper = shared.pid
         time.sleep(0.2)
         assert [n for n, _ in shared.results()] == list(range(6)) and shared.waiting
-    assert helper is not None and shared.pid is None and not shared.second
-    children._reap_pending()
-    with pytest.raises(ChildProcessError):
-        os.waitpid(helper, os.WNOHANG)
+    _assert_gone(shared, helper)
 
 
 def test_a_second_round_without_a_helper_runs_here() -> None:
