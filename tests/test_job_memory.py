@@ -1054,6 +1054,77 @@ def test_matching_holds_few_bytes_a_kernel_at_once(dlrm_partials: list[RankParti
     assert (end3 - start3 >= long_wait).all() and (start3 == (sig["ts"] + 3000).to_numpy()[: len(start3)]).all()
 
 
+def test_job_signature_table_columns_are_as_narrow_as_their_values(dlrm_partials: list[RankPartial]) -> None:
+    """A 1,024-rank job table (the DLRM ranks' real signatures repeated) holds each column in the narrowest of
+    int8, int16, int32 and int64 that its values fit (truth: each column's range read back as int64): 17 bytes a
+    kernel here (ranks in two, names, process groups and sequence numbers in one, durations in four, clocks in
+    eight; 28 when every column but the clocks was int32); a column widened step by step (a sequence number past
+    int8, int16, then int32) reads back every value as added."""
+    from mlprof.analyzers.rank_skew import CommTable
+
+    table, ranks = _many_ranks_table(dlrm_partials, 1024)
+    cols = table.columns(ranks)
+    capacity = len(table._rows[0])
+
+    def narrowest(values: np.ndarray) -> int:
+        lo, hi = int(values.min()), int(values.max())
+        return next(b for b in (1, 2, 4, 8) if -(2 ** (8 * b - 1)) <= lo and hi < 2 ** (8 * b - 1))
+
+    per_kernel = sum(narrowest(cols[c]) for c in CommTable.COLUMNS)
+    assert per_kernel <= 17 and table.nbytes == capacity * per_kernel
+    assert capacity < 2 * len(cols["rank"])
+    assert [table._rows[i].dtype.itemsize for i in range(6)] == [narrowest(cols[c]) for c in CommTable.COLUMNS]
+
+    signatures = {p.analysis.rank: p.comm_signature() for p in dlrm_partials}
+    table, added = CommTable(), []
+    for k, shift in enumerate((0, 300, 70_000, 2**40, 5)):
+        signature = signatures[k].assign(seq=np.arange(len(signatures[k])) + shift)
+        table.add(k, signature)
+        added.append(signature.assign(rank=k))
+        itemsize = table._rows[CommTable.COLUMNS.index("seq")].dtype.itemsize
+        assert itemsize == (1, 2, 4, 8, 8)[k]
+    every = pd.concat(added, ignore_index=True)
+    got = table.columns(list(range(5)))
+    for c in ("rank", "seq", "ts", "dur"):
+        assert got[c].dtype == np.int64 and np.array_equal(got[c], every[c].to_numpy(np.int64)), c
+    assert table.names[got["name"]].tolist() == every["name"].tolist()
+    assert table.pgs[got["pg"]].tolist() == every["pg"].tolist()
+
+
+def test_rank_measures_leave_no_tuple_a_rank(dlrm_partials: list[RankPartial]) -> None:
+    """The straggler rule's per-rank measures of 1,024 ranks (the DLRM ranks' real contexts repeated) equal the
+    contexts' own numbers (rank and steps int64, step, compute, wait and transfer ns float64), and building them
+    leaves < 8 KB traced once the frame is dropped (CPython's free lists emptied first): a tuple a rank left
+    ~90 KB of six-tuples on the tuple free list, held through the rest of a job's run."""
+    import gc
+    import tracemalloc
+
+    from mlprof.analyzers.stragglers import MEASURE_COLUMNS
+    from mlprof.rules.base import RankContext
+    from mlprof.rules.straggler import COMPUTE_CAUSES, rank_measures
+
+    contexts = [RankContext(p.analysis, p.analysis.causes) for p in dlrm_partials] * 128
+    frame = rank_measures(contexts)
+    assert list(frame.columns) == list(MEASURE_COLUMNS) and len(frame) == 1024
+    assert [str(t) for t in frame.dtypes] == ["int64", "int64"] + ["float64"] * 4
+    for i, ctx in enumerate(contexts):
+        want = (ctx.rank, ctx.n_windows, ctx.step_ns, ctx.per_step(*COMPUTE_CAUSES))
+        want += (ctx.per_step("comm.wait"), ctx.per_step("comm.transfer"))
+        assert tuple(frame.iloc[i].tolist()) == want
+    assert frame["compute_ns"].sum() > 0 and frame["rank"].nunique() == 8
+    del frame
+    gc.collect()  # (a full collection empties the free lists)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        frame = rank_measures(contexts)
+        del frame
+        left = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert left < 8 * 1024, left
+
+
 def test_waits_read_back_from_the_spill_file_equal_the_waits_held(dlrm_partials: list[RankPartial]) -> None:
     """A 1,024-rank job table's waits (the DLRM ranks' real signatures repeated: ~128 KB of arrays) held in the
     spill file once read (what a job's client does after splitting every rank's communication): the object then

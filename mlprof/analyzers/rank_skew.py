@@ -114,10 +114,11 @@ class CommTable:
     """Every rank's communication signature (:func:`comm_signature`) as one job table, built rank by rank.
 
     A job's client adds each rank's signature as its task returns (:class:`mlprof.engine.job.Kept`) and
-    matches the collectives on this one table: it holds ~30 bytes per kernel (six columns, names and process
-    groups as codes into the job's lists of distinct strings; a column is int32 while its every value fits, int64
-    from the first that does not: the start clocks are int64) instead of a DataFrame per rank (~8 KB of pandas
-    objects each, and a list of 1,024 of them concatenated for the matching). Read, a column is int64.
+    matches the collectives on this one table: it holds ~18 bytes per kernel (six columns, names and process
+    groups as codes into the job's lists of distinct strings; a column is the narrowest of int8, int16, int32 and
+    int64 that holds its every value, widened at the first that does not fit: ranks below 32,768 in two bytes, a
+    job's few names and process groups in one, the start clocks in eight) instead of a DataFrame per rank (~8 KB of
+    pandas objects each, and a list of 1,024 of them concatenated for the matching). Read, a column is int64.
     """
 
     COLUMNS = ("rank", "name", "pg", "seq", "ts", "dur")
@@ -125,7 +126,7 @@ class CommTable:
     def __init__(self) -> None:
         self._names: dict[str, int] = {}
         self._pgs: dict[str, int] = {}
-        self._rows: list[np.ndarray] = [np.empty(64, dtype=np.int32) for _ in self.COLUMNS]
+        self._rows: list[np.ndarray] = [np.empty(64, dtype=np.int8) for _ in self.COLUMNS]
         self._n = 0
         self._blocks = (array("q"), array("q"), array("q"))
         """rank, first row and rows of each signature added, in the order added (a rank that came twice has two):
@@ -159,9 +160,9 @@ class CommTable:
             size = max(2 * size, start + n)
         for c, value in enumerate(values):
             held = self._rows[c]
-            widen = held.dtype == np.int32 and (value.min() < _I32_MIN or value.max() > _I32_MAX)
-            if widen or len(held) < size:
-                grown = np.empty(size, dtype=np.int64 if widen else held.dtype)
+            dtype = np.promote_types(held.dtype, _narrowest(int(value.min()), int(value.max())))
+            if dtype != held.dtype or len(held) < size:
+                grown = np.empty(size, dtype=dtype)
                 grown[:start] = held[:start]
                 held = self._rows[c] = grown
             held[start : start + n] = value
@@ -188,8 +189,8 @@ class CommTable:
         return np.repeat(start - (ends - n), n) + np.arange(int(ends[-1]), dtype=np.int64)
 
     def column(self, name: str, index: np.ndarray, *, as_held: bool = False) -> np.ndarray:
-        """Column ``name`` at rows ``index`` (:meth:`index`): int64, or ``as_held`` int32 while the column's every
-        value fits (codes and ranks read as labels, not computed with)."""
+        """Column ``name`` at rows ``index`` (:meth:`index`): int64, or ``as_held`` as narrow as held (int8 to
+        int64: codes and ranks read as labels, not computed with)."""
         values = self._rows[self.COLUMNS.index(name)][: self._n][index]
         return values if as_held else values.astype(np.int64, copy=False)
 
@@ -239,6 +240,15 @@ class CommTable:
 
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
+_NARROW = tuple((np.dtype(t), int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in (np.int8, np.int16, np.int32))
+
+
+def _narrowest(lo: int, hi: int) -> np.dtype[Any]:
+    """The narrowest of int8, int16, int32 and int64 that holds every value from ``lo`` to ``hi``."""
+    for dtype, least, most in _NARROW:
+        if least <= lo and hi <= most:
+            return dtype
+    return np.dtype(np.int64)
 
 
 def _codes(values: pd.Series, known: dict[str, int]) -> np.ndarray:
@@ -313,7 +323,7 @@ def _keyed(
     """Each kernel's collective key, and the kernels whose key is on enough ranks (see :func:`matched_kernels`):
     their ``columns`` of the table and their key. (Integer arrays sorted and cut into runs, no pandas group-by:
     the matching's peak at 1,024 ranks is a few arrays of every rank's kernels.) ``as_held``: columns read as
-    held (int32 while they fit, :meth:`CommTable.column`); the key is int32 up to 2**31 keys."""
+    held (as narrow as their values, :meth:`CommTable.column`); the key is int32 up to 2**31 keys."""
     n = len(ranks)
     if n < 2 or (table.sizes(ranks) == 0).any():
         return None
@@ -402,7 +412,7 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
     its medians from the sorted run, a collective's value per kernel by ``np.repeat``), each rank's sums by
     ``np.add.at``; a handful of arrays of the job's kernels at once, none an index into the others (a pandas
     group-by of a 13-column frame held ~230 bytes a kernel)."""
-    # (the process group and sequence: not read here; ranks and names are labels: int32 where they fit)
+    # (the process group and sequence: not read here; ranks and names are labels: read as narrow as held)
     keyed = _keyed(table, ranks, ("rank", "name", "ts", "dur"), as_held=("rank", "name"))
     if keyed is None:
         return None
