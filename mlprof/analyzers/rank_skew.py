@@ -317,6 +317,24 @@ def _medians(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return (lower.astype(np.float64) + upper.astype(np.float64)) / 2
 
 
+def _run_medians(values: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The median of each run of ``values`` (runs of ``sizes`` at ``starts``, in any order within a run) as float64
+    (:func:`_medians`). Values >= 0: one int64 a kernel, ``run * span + value``, sorted in place, read back ``%
+    span`` (a lexsort by run and value held its order, the runs and the sorted copy: 20 bytes a kernel more);
+    a lexsort when the runs times the values' span passes int64."""
+    span = int(values.max()) + 1 if len(values) else 1
+    if len(starts) * span < 2**63 and not (values < 0).any():
+        key = np.repeat(np.arange(len(starts), dtype=np.int64) * span, sizes)
+        key += values
+        key.sort()
+        lower, upper = key[starts + (sizes - 1) // 2] % span, key[starts + sizes // 2] % span
+        return (lower.astype(np.float64) + upper.astype(np.float64)) / 2
+    run = np.repeat(np.arange(len(starts), dtype=_index_type(len(starts))), sizes)
+    by_value = np.lexsort((values, run))
+    del run
+    return _medians(values[by_value], starts)
+
+
 def _keyed(
     table: CommTable, ranks: list[int], columns: tuple[str, ...] = CommTable.COLUMNS, as_held: tuple[str, ...] = ()
 ) -> _Keyed | None:
@@ -332,11 +350,15 @@ def _keyed(
     if use_seq:
         no_pg = np.array([p == "" for p in table.pgs], dtype=bool)
         use_seq = not no_pg[table.column("pg", index)].any()
-    parts = [table.column(c, index) for c in (("rank", "pg", "seq") if use_seq else ("rank", "name"))]
+    # (as held: int8 to int64, grouped and read back as the same numbers)
+    parts = [table.column(c, index, as_held=True) for c in (("rank", "pg", "seq") if use_seq else ("rank", "name"))]
     # the n-th kernel of its (rank, name) or (rank, pg, seq), in the table's order
     order, starts = _runs(parts)
+    nth = np.arange(len(order), dtype=np.int64)
+    nth -= np.repeat(starts, np.diff(starts, append=len(order)))
     occurrence = np.empty(len(order), dtype=np.int64)
-    occurrence[order] = np.arange(len(order), dtype=np.int64) - np.repeat(starts, np.diff(starts, append=len(order)))
+    occurrence[order] = nth
+    del nth, order, starts
     parts = [*parts[1:], occurrence]
     del occurrence
     order, starts = _runs(parts)
@@ -450,7 +472,7 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
     # each kernel's rank's place in ranks
     slot = by_value.astype(_index_type(len(ranks)))[np.searchsorted(rank_array, rank, sorter=by_value)]
     offsets = _clock_offsets(slot, starts, aligned_end, ranks)
-    offset_of = np.array([offsets[r] for r in ranks], dtype=np.int64)[slot]
+    offset_of = offsets[slot]
     aligned_end -= offset_of
     end_spread = np.maximum.reduceat(aligned_end, starts) - np.minimum.reduceat(aligned_end, starts)
     del aligned_end
@@ -459,11 +481,8 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
     min_ts = np.minimum.reduceat(aligned_ts, starts)
     arrival = aligned_ts - np.repeat(min_ts, sizes)
     spread = np.maximum.reduceat(arrival, starts)
-    run = np.repeat(np.arange(len(starts), dtype=_index_type(len(starts))), sizes)
-    by_arrival = np.lexsort((arrival, run))  # each collective's arrivals in order, for their median
-    del run
-    median_arrival = _medians(arrival[by_arrival], starts)
-    del by_arrival, arrival
+    median_arrival = _run_medians(arrival, starts, sizes)
+    del arrival
     aligned_start = min_ts + np.round(median_arrival).astype(np.int64)
     late = aligned_ts
     late -= np.repeat(aligned_start, sizes)
@@ -476,8 +495,10 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
     waited = np.flatnonzero(wait > 0)
     waited = waited[np.lexsort((order[waited], ts[waited], rank[waited]))]
     del order
-    waits = WaitIntervals(ranks, rank[waited], ts[waited], wait[waited])
-    del waited, rank, ts, wait
+    waited_rank, waited_ts, waited_wait = rank[waited], ts[waited], wait[waited]
+    del waited, rank, ts, wait  # (before the waits' own arrays are made)
+    waits = WaitIntervals(ranks, waited_rank, waited_ts, waited_wait)
+    del waited_rank, waited_ts, waited_wait
     colls = pd.DataFrame(
         {
             "key": pd.array(labels[keys], dtype=str),
@@ -500,7 +521,7 @@ def match_table(table: CommTable, ranks: list[int], *, release: bool = False) ->
     per_rank["last_arrivals"] = np.bincount(last_slot, minlength=len(ranks)).astype(np.int64)
     per_rank["caused_wait_ns"] = _sums(last_slot, wait_sum, len(ranks))
     per_rank["critical_ns"] = _sums(last_slot, critical, len(ranks))
-    per_rank["clock_offset_ns"] = [int(offsets[r]) for r in ranks]
+    per_rank["clock_offset_ns"] = offsets
     per_rank["late_ns"] = late_ns
     return RankSkew(
         ranks=[int(r) for r in ranks],
@@ -574,7 +595,7 @@ class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
         if i is None:
             raise KeyError(rank)
         lo, hi = self._lo[i], self._hi[i]
-        start = self._ts[lo:hi]
+        start = self._ts[lo:hi].copy()  # (a view would hold every rank's starts as long as it is held)
         return start, start + self._wait[lo:hi].astype(np.int64)
 
     def __contains__(self, rank: object) -> bool:
@@ -587,10 +608,11 @@ class WaitIntervals(Mapping[int, tuple[np.ndarray, np.ndarray]]):
         return len(self._ranks)
 
 
-def _clock_offsets(slot: np.ndarray, starts: np.ndarray, end: np.ndarray, ranks: list[int]) -> dict[int, int]:
+def _clock_offsets(slot: np.ndarray, starts: np.ndarray, end: np.ndarray, ranks: list[int]) -> np.ndarray:
     """Each rank's clock minus the first rank's: the median difference of the same collectives' end times
     (``slot``: each kernel's rank's place in ``ranks``; the kernels in order of their collective, each
-    collective's run starting at ``starts``).
+    collective's run starting at ``starts``), rounded, int64 by place in ``ranks`` (an array: a dict of an int
+    per rank held ~0.1 KB a rank beside the matching's arrays).
 
     A rank that shares no matched collective with the first rank keeps offset 0 (with sequence
     matching in disjoint process groups there is no common event to align on). The differences are taken exactly in
@@ -617,7 +639,7 @@ def _clock_offsets(slot: np.ndarray, starts: np.ndarray, end: np.ndarray, ranks:
     ok = np.repeat(on_ref, sizes)
     del ref_end, on_ref, sizes
     if not ok.any():
-        return {int(r): 0 for r in ranks}
+        return np.zeros(n, dtype=np.int64)
     lo = int(np.min(diff, where=ok, initial=np.iinfo(np.int64).max))
     span = int(np.max(diff, where=ok, initial=np.iinfo(np.int64).min)) - lo + 1
     if (n + 1) * span < 2**63:
@@ -647,8 +669,15 @@ def _clock_offsets(slot: np.ndarray, starts: np.ndarray, end: np.ndarray, ranks:
         lower, upper = diff[at + (count - 1) // 2], diff[at + count // 2]
     del diff
     med = (lower.astype(np.float64) + upper.astype(np.float64)) / 2
-    found = {int(ranks[s]): round(float(m)) for s, m in zip(found_at.tolist(), med.tolist(), strict=True)}
-    return {int(r): found.get(int(r), 0) for r in ranks}
+    rounded = np.rint(med).astype(np.int64)  # (half to even, as Python's round)
+    del med
+    rank_array = np.asarray(ranks, dtype=np.int64).reshape(-1)
+    if len(np.unique(rank_array)) < n:  # a rank twice: each place takes the rank's last found offset
+        found = dict(zip(rank_array[found_at].tolist(), rounded.tolist(), strict=True))
+        return np.array([found.get(r, 0) for r in rank_array.tolist()], dtype=np.int64)
+    offsets = np.zeros(n, dtype=np.int64)
+    offsets[found_at] = rounded
+    return offsets
 
 
 def _nonempty(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
