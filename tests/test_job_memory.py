@@ -251,15 +251,16 @@ def test_spilled_runs_hold_many_values_in_one_number_at_consecutive_rows(
     assert [np.array_equal(s.load()["a"], v["a"]) for s, v in zip(kept, values[1], strict=True)] == [True] * 4
 
 
-def test_spill_table_rows_hold_10_bytes_and_read_back_every_size_and_offset(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The spill table is int16 file, uint32 offset and uint32 size a row: 20,000 values of sizes 0 to 3,999 bytes
-    (raw rows) each read back equal from a fresh store, at most 12 bytes a row traced while they are spilled (the
-    arrays and the rows' own array grow by ~1/16; three int64 were 24); a size or offset of 4 GiB or more (not
-    written: the table's own columns) reads back as appended, next to values just below the 32-bit limit, the
-    offsets int64 from then on."""
+def test_spill_table_rows_hold_4_bytes_and_read_back_every_size_and_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spill table is a uint32 offset a row (the file as runs of rows, the size from the next row's offset):
+    20,000 values of sizes 0 to 3,999 bytes (raw rows) each read back equal from a fresh store, at most 5 bytes a
+    row traced while they are spilled (the array and the rows' own array grow by ~1/16; a file index and a size a
+    row more were ~10.6); then rows in a second file (a forked child's: the first file's last row sized by where
+    that file ended) and in memory (writing failed) read back equal with their sizes, and an offset of 4 GiB or
+    more (not written: the table's own column) reads back as appended, the offsets int64 from then on."""
     import tracemalloc
 
-    from mlprof.results.spill import RawRows, _Offsets, _Sizes
+    from mlprof.results.spill import RawRows, _Offsets
 
     store = spill_module._Store()
     monkeypatch.setattr(spill_module, "_STORE", store)
@@ -274,13 +275,26 @@ def test_spill_table_rows_hold_10_bytes_and_read_back_every_size_and_offset(monk
     table = tracemalloc.get_traced_memory()[0] - rows_before - len(rows._items) * 8
     tracemalloc.stop()
     assert before <= rows_before
-    assert table / len(datas) <= 12, table / len(datas)
-    assert list(rows) == datas and [store.sizes[int(r)] for r in rows._items] == [len(d) for d in datas]
-    sizes = _Sizes()
-    for size in (0, 2**32 - 2, 2**32 - 1, 2**32, 5 * 2**30, 7):
-        sizes.append(size)
-    assert [sizes[k] for k in range(6)] == [0, 2**32 - 2, 2**32 - 1, 2**32, 5 * 2**30, 7] and len(sizes) == 6
-    assert sizes.small.itemsize == 4 and store.where.itemsize == 2 and store.offsets.values.itemsize == 4
+    assert table / len(datas) <= 5, table / len(datas)
+    assert list(rows) == datas and [store.size(int(r)) for r in rows._items] == [len(d) for d in datas]
+    assert store.offsets.values.itemsize == 4 and len(store.where.firsts) == 1
+    monkeypatch.setattr(store, "_pid", -2)  # as in a forked child: the next value goes to a file of its own
+    second = [b"x" * k for k in (5, 0, 7)]
+    for data in second:
+        rows.append(data)
+    assert len(store.files) == 2 and list(store.where.files) == [0, 1]
+
+    def fail(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "_write", fail)
+    third = [b"", b"yz", b"w" * 300]
+    for data in third:
+        rows.append(data)
+    assert list(store.where.files) == [0, 1, -1]
+    every = datas + second + third
+    assert list(rows) == every and [store.size(int(r)) for r in rows._items] == [len(d) for d in every]
+    assert [store.where[int(r)] for r in rows._items] == [0] * 20000 + [1] * 3 + [-1] * 3
     offsets = _Offsets()
     for offset in (0, 2**32 - 1, 3):
         offsets.append(offset)
@@ -825,7 +839,7 @@ def test_kept_ranks_hold_their_report_only_fields_in_the_spill_file(tmp_path: Pa
 
 def _held_outside_spill_table() -> int:
     """Bytes traced since ``tracemalloc.start()`` but the spill table's rows (:meth:`spill._Store._row` and its
-    columns' appends): both ways spill as many rows, and the table's three arrays (every row the process ever
+    columns' appends): both ways spill as many rows, and the table's arrays (every row the process ever
     spilled, grown ~6% at a time) count whole when they grow while traced (~0.3 MB for the ~20k rows of the
     earlier tests in the session), in one window or the other depending on how many rows came before. Nor what
     finding those rows' source lines costs here: ``inspect`` reads spill.py into ``linecache`` in the first window
@@ -835,7 +849,7 @@ def _held_outside_spill_table() -> int:
     import tracemalloc
 
     rows = []
-    for code in (spill_module._Store._row, spill_module._Offsets.append, spill_module._Sizes.append):
+    for code in (spill_module._Store._row, spill_module._Offsets.append, spill_module._Where.append):
         lines, first = inspect.getsourcelines(code)
         rows += [tracemalloc.Filter(False, spill_module.__file__, lineno=first + k) for k in range(len(lines))]
     lookups = [tracemalloc.Filter(False, module.__file__) for module in (tracemalloc, linecache, inspect)]
@@ -1295,3 +1309,37 @@ def test_report_pieces_stay_small_where_a_value_is_long(tmp_path: Path) -> None:
     pieces = list(report.json_chunks())
     assert "".join(pieces) == report.to_json()
     assert max(len(p) for p in pieces) < 16_000, max(len(p) for p in pieces)
+
+
+def test_client_holds_no_view_a_rank_in_the_job_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generated 12-rank job analysed from its files (names sorted rank-0, rank-1, rank-10, ...: the ranks'
+    results arrive out of rank order): while the job's rules run, the client holds no view object per rank (its
+    ranks' results and contexts are sequences that make a view when indexed or iterated; a list of views each was
+    2 views a rank, ~0.26 KB with their indices), nor once the job's analysis is returned (its ranks: one more);
+    and the job's findings, per-rank findings and rank order equal those of the same results combined as plain
+    objects in a list."""
+    import gc
+
+    from mlprof.engine import job as job_module
+    from mlprof.results.job_frames import _View
+
+    _make_rank_job().make_job(tmp_path, 12, 6, seed=3)
+    live: list[int] = []
+    diagnose = job_module.diagnose
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        gc.collect()
+        live.append(sum(1 for o in gc.get_objects() if isinstance(o, _View)))
+        return diagnose(*args, **kwargs) if args else None
+
+    monkeypatch.setattr(job_module, "diagnose", counting)
+    kept = job_module.analyze_paths(str(tmp_path), jobs=1)
+    monkeypatch.setattr(job_module, "diagnose", diagnose)
+    counting()  # the job's analysis returned: its ranks too are made on access
+    plain = job_module.combine(
+        [reduce_rank(str(f), TaskOptions()) for f in sorted(tmp_path.glob("rank-*.json"))], str(tmp_path), TaskOptions()
+    )
+    assert len(live) == 2 and max(live) <= 4, live
+    assert [ra.rank for ra in kept.ranks] == [ra.rank for ra in plain.ranks] == list(range(12))
+    assert kept.diagnosis.findings == plain.diagnosis.findings and len(kept.diagnosis.findings) > 0
+    assert [ra.findings for ra in kept.ranks] == [ra.findings for ra in plain.ranks]

@@ -38,12 +38,12 @@ def run_local(
     arg: Any,
     jobs: int,
     on_done: ProgressFn | None = None,
-    keep: Callable[[R], R] | None = None,
-) -> list[R]:
+    keep: Callable[[R], Any] | None = None,
+) -> list[Any]:
     """``[fn(item, arg) for item in items]``, in ``jobs`` forked processes when ``jobs > 1``.
 
     ``keep``: applied to each result as it arrives; what it returns is what is held until the end (a job
-    folds what it can into running totals there, so it does not hold every task's full result at once)."""
+    folds what it can into running totals and tables there, and holds only an index a task)."""
     total = len(items)
     keep = keep or _same
     if jobs <= 1 or total <= 1:
@@ -121,8 +121,8 @@ def run_dask(
     workers: int,
     processes: bool = True,
     on_done: ProgressFn | None = None,
-    keep: Callable[[R], R] | None = None,
-) -> list[R]:
+    keep: Callable[[R], Any] | None = None,
+) -> list[Any]:
     """The same map as Dask tasks; each result is fetched as soon as it is ready and its future released.
 
     With ``scheduler`` (``tcp://host:8786``) the tasks run on that cluster's workers, which must be able

@@ -13,8 +13,9 @@ results are combined in rank order.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any, ClassVar
+from array import array
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,8 @@ from mlprof.engine.executors import ProgressFn, default_jobs, run_dask, run_loca
 from mlprof.engine.rank_task import _PACKED, RankPartial, TaskOptions, reduce_rank, split_comm_wait, windows
 from mlprof.engine.sources import list_sources
 from mlprof.errors import BadInputError, UsageError
-from mlprof.results import ReducedRank
-from mlprof.results.job_frames import HeldRank, HotStore, JobFrames
+from mlprof.results import RankAnalysis, ReducedRank
+from mlprof.results.job_frames import HeldRank, HotStore, HotViews, JobFrames
 from mlprof.results.spill import ReadOnAccess, SpilledLists, spill
 from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
@@ -69,7 +70,7 @@ def analyze_paths(
     n = jobs if jobs is not None else default_jobs(len(files))
     kept = Kept()
     if engine == "dask":
-        partials = run_dask(
+        at = run_dask(
             reduce_rank,
             files,
             options,
@@ -77,13 +78,16 @@ def analyze_paths(
             workers=n,
             processes=dask_processes,
             on_done=on_rank_done,
-            keep=kept.keep,
+            keep=kept.keep_at,
         )
     else:
-        partials = run_local(reduce_rank, files, options, n, on_rank_done, keep=kept.keep)
+        at = run_local(reduce_rank, files, options, n, on_rank_done, keep=kept.keep_at)
     # Read: each rank's path is in its own record (its trace's metadata); the list of every path (~90 bytes a
     # rank, 1,024 strings at 1,024 ranks) is not held through the cross-rank reduction and the report.
     del files
+    # The ranks' kept results in input order: views made on access (HotViews), not a list of views (~0.1 KB a rank)
+    partials = kept.partials.views(at)
+    del at
     label = source if isinstance(source, str) else ",".join(source)
     return combine(partials, label, options, kept)
 
@@ -116,10 +120,18 @@ class Kept:
         self.frames = JobFrames()
         self.hot = HotStore(HeldRank)
         self.partials = HotStore(_KeptPartial, shared=(_PACKED,))
-        self.held: list[RankPartial] = []
+        self.held = array("q")
+        """The indices in :attr:`partials` of the kept ranks whose replay graph is held."""
         self.untrusted = False
 
     def keep(self, p: RankPartial) -> RankPartial:
+        """Keep ``p`` (:meth:`keep_at`) and return its view."""
+        view: RankPartial = self.partials.view(self.keep_at(p))
+        return view
+
+    def keep_at(self, p: RankPartial) -> int:
+        """Keep ``p`` and return its index in :attr:`partials` (what the client holds of it until the end: its view
+        is made from the index when read, :meth:`HotStore.views`)."""
         check_rank(p.analysis.trace.meta)  # the totals key on the rank
         self.comm.add(p.analysis.rank, p.comm_signature())
         p.analysis = HeldRank.of(p.analysis, self.frames)
@@ -134,11 +146,12 @@ class Kept:
         replay = p.replay
         if replay is not None and not replay.ok and not self.untrusted:
             self.untrusted = True
-            for held in self.held:
+            for i in self.held:
+                held = self.partials.view(i)
                 assert isinstance(held.analysis, HeldRank)
                 held.analysis.hold_cold(rank_replay=_released(held.replay))
                 del held.__dict__["replay"]
-            self.held = []
+            self.held = array("q")
         cold = {"rank_verdicts": p.__dict__.pop("verdicts")}
         if replay is not None and self.untrusted:
             cold["rank_replay"] = _released(replay)
@@ -147,10 +160,10 @@ class Kept:
         p.analysis.hold_cold(**cold)  # the reduced trace and its metadata with the report-only fields
         # the rank's analysis and result held as codes in the job's stores, read through views
         p.analysis = self.hot.add(p.analysis)
-        view: RankPartial = self.partials.add(p)
+        i = self.partials.hold(p)
         if replay is not None and not self.untrusted:
-            self.held.append(view)
-        return view
+            self.held.append(i)
+        return i
 
 
 def _released(replay: RankReplay) -> RankReplay:
@@ -206,7 +219,7 @@ class _Replays(ReadOnAccess[RankReplay]):
     record): :func:`mlprof.whatif.job.predict_job` and the report read them one at a time, and a list of them
     held every rank's report rows at once."""
 
-    def __init__(self, partials: list[RankPartial]) -> None:
+    def __init__(self, partials: Sequence[RankPartial]) -> None:
         self._items = partials
 
     def _read(self, partial: RankPartial) -> RankReplay:
@@ -214,7 +227,7 @@ class _Replays(ReadOnAccess[RankReplay]):
         return replay
 
 
-def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: Kept | None = None) -> Analysis:
+def combine(partials: Sequence[RankPartial], path: str, options: TaskOptions, kept: Kept | None = None) -> Analysis:
     """The cross-rank reduction: one job from its ranks' compact results (any order).
 
     ``kept``: what the client kept of them as they arrived (:class:`Kept`), with the job's name totals."""
@@ -222,9 +235,10 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
     config = options.config
     ranks = [p.analysis.rank for p in partials]
     skew = match_table(_comm_table(partials, kept), ranks, release=True) if len(partials) > 1 else None
+    del ranks  # an int object a rank past 256, not read again
     if kept is not None:
         kept.comm = CommTable()  # matched: the job's signature table (~0.6 KB a rank) is not read again
-    contexts: list[RankContext] = []
+    own_contexts: list[RankContext] = []
     # A job's kept ranks: each rank's findings go to the spill file as soon as the rank is judged, and the merge
     # reads them back one rank at a time (:func:`mlprof.rules.engine.diagnose`): the client never holds every
     # rank's findings at once (~10 KB a rank).
@@ -241,8 +255,15 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         ctx = _JobContext(ra, ra.causes) if isinstance(ra, HeldRank) else RankContext(ra, ra.causes)
         ctx.verdicts.update(p.verdicts)
         found = registry_order([*p.rank_findings(), *run_rank(ctx, config, matched=True)])
-        contexts.append(judged.add(ctx) if judged is not None and type(ctx) is _JobContext else ctx)
+        if judged is not None:
+            assert type(ctx) is _JobContext  # every rank held
+            judged.hold(ctx)
+        else:
+            own_contexts.append(ctx)
         per_rank.append(found)
+    # The kept ranks' contexts: views made on access, not a list of views (~0.1 KB a rank); the rules only index
+    # and iterate them.
+    contexts = cast(list[RankContext], judged.views()) if judged is not None else own_contexts
     if skew is not None and isinstance(skew.wait_intervals, WaitIntervals):
         skew.wait_intervals.spill(spill)  # read: each rank's communication is split
     world = partials[0].analysis.trace.meta.world_size
@@ -272,12 +293,22 @@ def combine(partials: list[RankPartial], path: str, options: TaskOptions, kept: 
         analyses.append(p.analysis)
     return Analysis(
         path=path,
-        ranks=analyses,
+        ranks=_held_views(analyses),
         step_filter=options.steps_spec,
         diagnosis=diagnosis,
         skew=skew,
         name_totals=(kept.kernels, kept.ops) if kept is not None else None,
     )
+
+
+def _held_views(analyses: list[RankAnalysis]) -> list[RankAnalysis]:
+    """``analyses`` as views made on access (:class:`HotViews`) where every one is a view of one store (a job's
+    kept ranks): the report reads them rank after rank, and a list of views held ~0.13 KB a rank to the end."""
+    store = HotStore.of_view(analyses[0]) if analyses else None
+    if store is None or any(HotStore.of_view(ra) is not store for ra in analyses):
+        return analyses
+    # the rules and the report only index and iterate the ranks (a sequence typed as the list it stands for)
+    return cast(list[RankAnalysis], store.views([store.index(ra) for ra in analyses]))
 
 
 class _JobContext(RankContext):
@@ -335,7 +366,7 @@ class _JobContext(RankContext):
         return self._cached("_cause_matrix", RankContext._cause_matrix.func)  # type: ignore[attr-defined]
 
 
-def _comm_table(partials: list[RankPartial], kept: Kept | None) -> CommTable:
+def _comm_table(partials: Sequence[RankPartial], kept: Kept | None) -> CommTable:
     """The job's signature table: as kept while the ranks arrived, else read rank by rank now."""
     if kept is not None:
         return kept.comm
@@ -345,7 +376,7 @@ def _comm_table(partials: list[RankPartial], kept: Kept | None) -> CommTable:
     return table
 
 
-def _check_ranks(partials: list[RankPartial], path: str) -> list[RankPartial]:
+def _check_ranks(partials: Sequence[RankPartial], path: str) -> Sequence[RankPartial]:
     """Every rank known and unique (the same rules and messages as :func:`mlprof.trace.loader.load_job`)."""
     seen: dict[int, str] = {}
     for p in partials:
@@ -363,4 +394,6 @@ def _check_ranks(partials: list[RankPartial], path: str) -> list[RankPartial]:
         if meta.rank in seen:
             raise BadInputError(f"{path}: rank {meta.rank} appears twice ({seen[meta.rank]} and {meta.path})")
         seen[meta.rank] = meta.path
+    if isinstance(partials, HotViews):
+        return partials.sorted(key=lambda p: p.analysis.rank)
     return sorted(partials, key=lambda p: p.analysis.rank)

@@ -14,6 +14,7 @@ disk), the bytes stay in memory: the same values, only the memory is not saved.
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import pickle
@@ -30,8 +31,8 @@ _HAS_PREAD = hasattr(os, "pread") and hasattr(os, "pwrite")
 class Spilled(int):
     """One value pickled and compressed, in the process's spill file (or in memory where that failed).
 
-    The handle is only a number, the value's row in the process's spill table (:class:`_Store`: the offsets and
-    sizes in int64 arrays, not in the handle): ~32 bytes a value held, where an object with its file, offset and
+    The handle is only a number, the value's row in the process's spill table (:class:`_Store`: the offsets in an
+    array, not in the handle): ~32 bytes a value held, where an object with its file, offset and
     size was ~130 (a job's client holds ~10 a rank). Handles compare by identity where it matters (``is``); two
     handles are never equal values in the table's sense unless they are the same row.
 
@@ -42,7 +43,7 @@ class Spilled(int):
     @property
     def nbytes(self) -> int:
         """Compressed size in bytes."""
-        return int(_STORE.sizes[self])
+        return _STORE.size(int(self))
 
     @property
     def in_memory(self) -> bool:
@@ -139,13 +140,14 @@ def _from_raw(data: bytes) -> Spilled:
 
 
 class _Store:
-    """The process's spill file, appended to, and its table: per value held, the file it is in (an index into
-    :attr:`files`, int16), its offset (uint32, int64 once one is 4 GiB or more) and its size (uint32; a size of 4
-    GiB or more is in :attr:`big`), in three arrays (a handle is a row number): 10 bytes a row, where three int64
-    were 24 (a job's client spills ~14 values a rank). The file is made on first use, and again in a forked child
-    (which then never writes into its parent's file; it can still read values spilled before the fork, whose rows
-    name the parent's file). Bytes that could not be written (no temporary directory, a full disk) are held in
-    :attr:`memory` by row."""
+    """The process's spill file, appended to, and its table: per value held, its offset (uint32, int64 once one is
+    4 GiB or more; a handle is a row number): 4 bytes a row, where three int64 were 24 (a job's client spills ~14
+    values a rank). The file a row is in changes only when a forked child makes its own or writing fails: held as
+    runs of rows (:class:`_Where`); a row's size is where the next row of its file starts, or the file's end
+    (values are written one after another, :meth:`size`): a file index and a size a row were 6 bytes more. The
+    file is made on first use, and again in a forked child (which then never writes into its parent's file; it can
+    still read values spilled before the fork, whose rows name the parent's file). Bytes that could not be written
+    (no temporary directory, a full disk) are held in :attr:`memory` by row."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -154,18 +156,31 @@ class _Store:
         self._end = 0
         self._failed = False
         self.files: list[IO[bytes]] = []
-        self.where = array("h")
+        self._ends: list[int] = []
+        """The end of each file of :attr:`files` but the last as this process knows it (a parent's file: where it
+        ended at the fork; the last file's is :attr:`_end`)."""
+        self.where = _Where()
         """Per row: the index in :attr:`files` of the file holding it, -1 where the bytes are in memory."""
         self.offsets = _Offsets()
-        self.sizes = _Sizes()
         self.memory: dict[int, bytes] = {}
 
-    def _row(self, where: int, offset: int, size: int) -> Spilled:
+    def _row(self, where: int, offset: int) -> Spilled:
         row = len(self.offsets)
         self.where.append(where)
         self.offsets.append(offset)
-        self.sizes.append(size)
         return Spilled(row)
+
+    def size(self, row: int) -> int:
+        """The size in bytes of row ``row``'s value."""
+        where = self.where[row]
+        if where < 0:
+            return len(self.memory[row])
+        following = row + 1
+        if following < len(self.offsets) and self.where[following] == where:
+            end = self.offsets[following]
+        else:
+            end = self._ends[where] if where < len(self._ends) else self._end
+        return end - self.offsets[row]
 
     def put(self, data: bytes) -> Spilled:
         with self.lock:
@@ -174,17 +189,20 @@ class _Store:
                     if (self._file is None or self._pid != os.getpid()) and len(self.files) >= _MAX_FILES:
                         raise OSError("too many spill files")  # pragma: no cover - a chain of 32,767 forks
                     if self._file is None or self._pid != os.getpid():
-                        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - open for the process's life
+                        file = tempfile.TemporaryFile()  # noqa: SIM115 - open for the process's life
+                        if self.files:
+                            self._ends.append(self._end)  # the parent's file as it ended at the fork
+                        self._file = file
                         self._pid, self._end = os.getpid(), 0
-                        self.files.append(self._file)
+                        self.files.append(file)
                     offset = self._end
                     self._write(self._file, offset, data)
                 except OSError:
                     self._failed = True  # no temporary directory, or a full disk: keep bytes in memory from now on
                 else:
                     self._end += len(data)
-                    return self._row(len(self.files) - 1, offset, len(data))
-            held = self._row(-1, 0, len(data))
+                    return self._row(len(self.files) - 1, offset)
+            held = self._row(-1, 0)
             self.memory[int(held)] = data
             return held
 
@@ -192,7 +210,7 @@ class _Store:
         where = self.where[row]
         if where < 0:
             return self.memory[row]
-        return self.read(self.files[where], self.offsets[row], self.sizes[row])
+        return self.read(self.files[where], self.offsets[row], self.size(row))
 
     @staticmethod
     def _write(file: IO[bytes], offset: int, data: bytes) -> None:
@@ -247,28 +265,30 @@ class _Offsets:
         return len(self.values)
 
 
-class _Sizes:
-    """The spill table's sizes: uint32, a size of 4 GiB or more held in :attr:`big` by row (0xFFFFFFFF stands for
-    it)."""
+class _Where:
+    """The spill table's file index per row, held as runs: the first row of each run of rows in one file (the file
+    changes only when a forked child makes its own, or -1 once writing fails), ~2 runs a process."""
 
-    __slots__ = ("big", "small")
+    __slots__ = ("files", "firsts", "n")
 
     def __init__(self) -> None:
-        self.small = array("I")
-        self.big: dict[int, int] = {}
+        self.firsts = array("q")
+        self.files = array("h")
+        self.n = 0
 
-    def append(self, size: int) -> None:
-        if size >= 0xFFFFFFFF:
-            self.big[len(self.small)] = size
-            size = 0xFFFFFFFF
-        self.small.append(size)
+    def append(self, where: int) -> None:
+        if not self.files or self.files[-1] != where:
+            self.firsts.append(self.n)
+            self.files.append(where)
+        self.n += 1
 
     def __getitem__(self, row: int) -> int:
-        size = self.small[row]
-        return self.big[int(row)] if size == 0xFFFFFFFF else size
+        if not 0 <= row < self.n:
+            raise IndexError(row)
+        return self.files[bisect.bisect_right(self.firsts, row) - 1]
 
     def __len__(self) -> int:
-        return len(self.small)
+        return self.n
 
 
 _STORE = _Store()
@@ -308,7 +328,7 @@ class ReadOnAccess(Sequence[T]):
 
 class RawRows(ReadOnAccess[bytes]):
     """Byte strings each written as is (not pickled, not compressed) to the spill file, held by their rows of the
-    spill table in one int64 array (8 bytes a string here, 24 in the table): read back one at a time, in order,
+    spill table in one int64 array (8 bytes a string here, 4 in the table): read back one at a time, in order,
     when iterated or indexed.
 
     What a job's report holds of its per-rank rows (each row's compact JSON, ~0.8 KB) until they are written
