@@ -1343,3 +1343,40 @@ def test_client_holds_no_view_a_rank_in_the_job_rules(tmp_path: Path, monkeypatc
     assert [ra.rank for ra in kept.ranks] == [ra.rank for ra in plain.ranks] == list(range(12))
     assert kept.diagnosis.findings == plain.diagnosis.findings and len(kept.diagnosis.findings) > 0
     assert [ra.findings for ra in kept.ranks] == [ra.findings for ra in plain.ranks]
+
+
+def test_client_collects_between_its_phases_on_a_job_of_many_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client runs a full collection (which empties the interpreter's free lists) after the arrival and before
+    the job's rules, on a job of ``COLLECT_FROM_RANKS`` ranks or more (here lowered to 4: a generated 6-rank job;
+    the job's rules collect after themselves, :func:`mlprof.rules.engine.diagnose`), and none of its own on a
+    smaller one (3 ranks); the analysis is the same either way."""
+    import gc
+
+    from mlprof.engine import job as job_module
+
+    _make_rank_job().make_job(tmp_path, 6, 2, seed=4)
+    partials = [reduce_rank(str(f), TaskOptions()) for f in sorted(tmp_path.glob("rank-*.json"))]
+    full: list[int] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(1)
+
+    def combined(limit: int, ranks: list[RankPartial]) -> tuple[int, Any]:
+        monkeypatch.setattr(job_module, "COLLECT_FROM_RANKS", limit)
+        full.clear()
+        gc.callbacks.append(on_gc)
+        try:
+            analysis = job_module.combine(pickle.loads(pickle.dumps(ranks)), str(tmp_path), TaskOptions())
+        finally:
+            gc.callbacks.remove(on_gc)
+        return len(full), analysis
+
+    collected, many = combined(4, partials)
+    plain_collected, plain = combined(10**9, partials)
+    few, _ = combined(4, partials[:3])
+    counts = (collected, few, plain_collected)
+    assert collected >= 3 and few <= collected - 2 and plain_collected <= collected - 2, counts
+    assert many.diagnosis.findings == plain.diagnosis.findings
