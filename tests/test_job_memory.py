@@ -305,6 +305,37 @@ def test_spill_table_rows_hold_4_bytes_and_read_back_every_size_and_offset(monke
     assert offsets.values.typecode == "q"
 
 
+def test_spilled_value_reads_back_whole_while_another_thread_puts() -> None:
+    """A row's size is where the next row starts or the file's end: a put advances the end before its row is in
+    the table, so a read from another thread in between (the window held open here: the put stopped just before
+    its row is added) took the new value's bytes as the last row's too (17 bytes read for 10 without the lock)."""
+    import threading
+
+    store = spill_module._Store()
+    store.put(b"x" * 10)
+    entered, go = threading.Event(), threading.Event()
+    add_row = store._row
+
+    def row_after_a_pause(where: int, offset: int) -> Any:
+        entered.set()
+        go.wait(5)
+        return add_row(where, offset)
+
+    store._row = row_after_a_pause
+    putting = threading.Thread(target=store.put, args=(b"y" * 7,))
+    putting.start()
+    assert entered.wait(5)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(store.get(0)))
+    reader.start()
+    reader.join(0.3)  # the read waits for the put's lock (before the fix it read at once, the wrong length)
+    go.set()
+    putting.join(5)
+    reader.join(5)
+    assert read == [b"x" * 10]
+    assert store.get(1) == b"y" * 7 and store.size(1) == 7
+
+
 def _read_inherited_and_spill_in_child() -> Any:
     inherited = _SPILLED_BEFORE_FORK.load()  # read from the parent's file through the inherited descriptor
     parents = spill_module._STORE._file

@@ -176,10 +176,11 @@ class _Store:
         if where < 0:
             return len(self.memory[row])
         following = row + 1
-        if following < len(self.offsets) and self.where[following] == where:
-            end = self.offsets[following]
-        else:
-            end = self._ends[where] if where < len(self._ends) else self._end
+        with self.lock:  # a value being put has advanced the file's end before its row is in the table
+            if following < len(self.offsets) and self.where[following] == where:
+                end = self.offsets[following]
+            else:
+                end = self._ends[where] if where < len(self._ends) else self._end
         return end - self.offsets[row]
 
     def put(self, data: bytes) -> Spilled:
