@@ -501,14 +501,14 @@ def test_directory_listing_error(
     """What a mode-0 directory does to a non-root user, simulated so it also runs as root."""
     d = tmp_path / "job"
     d.mkdir()
-    real_iterdir = Path.iterdir
+    real_scandir = os.scandir
 
-    def iterdir(self: Path) -> Any:
-        if self == d:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_iterdir(self)
+    def scandir(path: Any = ".") -> Any:  # the listing reads the folder with os.scandir
+        if Path(path) == d:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
 
-    monkeypatch.setattr(Path, "iterdir", iterdir)
+    monkeypatch.setattr(os, "scandir", scandir)
     rc, _, err = run_cli(capsys, "analyze", d, "--format", "json")
     assert_one_error_line(rc, err)
     assert "Permission denied" in err

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlprof.errors import BadInputError
-from mlprof.trace.loader import TRACE_SUFFIXES, job_files
+from mlprof.trace.loader import TRACE_SUFFIXES, job_paths
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _COLLAPSED_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]{1,}):/(?!/)")
@@ -62,7 +62,7 @@ def list_sources(source: str | list[str]) -> list[str]:
         if not files:
             raise BadInputError(f"{source}: no file matches")
         return files
-    return [str(f) for f in job_files(Path(source))]
+    return job_paths(Path(source))
 
 
 def _list_url(url: str) -> list[str]:

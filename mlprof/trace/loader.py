@@ -7,7 +7,9 @@ from ``distributedInfo``/``deviceProperties`` or, failing that, the file name.
 
 from __future__ import annotations
 
+import errno
 import gc
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -241,32 +243,72 @@ def trace_files_in(directory: Path) -> list[Path]:
     In a run folder written by ``mlprof.profile`` the traces are ``trace.rank<N>.json.gz``;
     ``meta.json`` and counter files beside them are not traces.
     """
-    files = [
-        p
-        for p in sorted(directory.iterdir())
-        if p.is_file()
-        and p.name.endswith(TRACE_SUFFIXES)
-        and not p.name.startswith(".")
-        and not RUN_FOLDER_SIDE_FILES.match(p.name)
-    ]
-    return files
+    return [directory / name for name in trace_names_in(directory)]
+
+
+def trace_names_in(directory: Path) -> list[str]:
+    """The names of :func:`trace_files_in`, sorted (by name, as the paths of one folder sort), read without a
+    ``Path`` a file: a job's client lists its 1,024 rank files, and the ``Path`` objects and their sort made a
+    transient ~0.35 MB that grew its peak by ~0.25 MB at 1,024 ranks."""
+    with os.scandir(directory) as entries:
+        names = [
+            entry.name
+            for entry in entries
+            if entry.name.endswith(TRACE_SUFFIXES)
+            and not entry.name.startswith(".")
+            and not RUN_FOLDER_SIDE_FILES.match(entry.name)
+            and _is_file(entry)
+        ]
+    names.sort()
+    return names
+
+
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+"""Errors :meth:`pathlib.Path.is_file` takes for "not a file" (any other is raised)."""
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """``entry`` is a file or a link to one, as :meth:`pathlib.Path.is_file` tells."""
+    try:
+        return entry.is_file()
+    except OSError as exc:
+        if exc.errno in _MISSING:
+            return False
+        raise
 
 
 def job_files(path: Path) -> list[Path]:
     """The trace files ``path`` names: itself, or the rank traces of a directory; bad paths are one error."""
+    names = _job_names(path)
+    return [path] if names is None else [path / name for name in names]
+
+
+def job_paths(path: Path) -> list[str]:
+    """:func:`job_files` as strings (``str(path / name)``), without a ``Path`` a file (:func:`trace_names_in`)."""
+    names = _job_names(path)
+    if names is None:
+        return [str(path)]
+    prefix = str(path / "x")[:-1]  # the folder as a path joined to a name prints it ("" for ".")
+    for k, name in enumerate(names):
+        names[k] = prefix + name  # in place: the names and the paths are not both held
+    return names
+
+
+def _job_names(path: Path) -> list[str] | None:
+    """The trace names in directory ``path``, None where ``path`` is a file; bad paths are one error."""
     if not _exists(path):
         from mlprof.trace.path_errors import not_found
 
         raise not_found(path)
     if not path.is_dir():
-        return [path]
+        return None
     try:
-        files = trace_files_in(path)
+        names = trace_names_in(path)
     except OSError as exc:
         raise BadInputError(f"{path}: cannot list the directory ({exc.strerror})") from None
-    if not files:
+    if not names:
         raise BadInputError(f"{path}: directory holds no trace files (*.json, *.json.gz)")
-    return files
+    return names
 
 
 def load_job(
@@ -300,4 +342,13 @@ def load_job(
     return sorted(traces, key=lambda t: t.meta.rank if t.meta.rank is not None else -1)
 
 
-__all__ = ["check_rank", "job_files", "load_job", "load_trace", "load_trace_bytes", "trace_files_in"]
+__all__ = [
+    "check_rank",
+    "job_files",
+    "job_paths",
+    "load_job",
+    "load_trace",
+    "load_trace_bytes",
+    "trace_files_in",
+    "trace_names_in",
+]
