@@ -1380,9 +1380,10 @@ def test_client_collects_between_its_phases_on_a_job_of_many_ranks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The client runs a full collection (which empties the interpreter's free lists) after the arrival and before
-    the job's rules, on a job of ``COLLECT_FROM_RANKS`` ranks or more (here lowered to 4: a generated 6-rank job;
-    the job's rules collect after themselves, :func:`mlprof.rules.engine.diagnose`), and none of its own on a
-    smaller one (3 ranks); the analysis is the same either way."""
+    the job's rules, and hands the heap's free pages back then and after the rules (three trims), on a job of
+    ``COLLECT_FROM_RANKS`` ranks or more (here lowered to 4: a generated 6-rank job; the job's rules collect after
+    themselves, :func:`mlprof.rules.engine.diagnose`), and none of its own on a smaller one (3 ranks); the analysis
+    is the same either way."""
     import gc
 
     from mlprof.engine import job as job_module
@@ -1390,14 +1391,23 @@ def test_client_collects_between_its_phases_on_a_job_of_many_ranks(
     _make_rank_job().make_job(tmp_path, 6, 2, seed=4)
     partials = [reduce_rank(str(f), TaskOptions()) for f in sorted(tmp_path.glob("rank-*.json"))]
     full: list[int] = []
+    trims: list[int] = []
+    trim = job_module.release_freed_memory
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         if phase == "start" and info["generation"] == 2:
             full.append(1)
 
+    def counted_trim(**how: bool) -> None:  # the real trim, counted
+        trims.append(1)
+        trim(**how)
+
+    monkeypatch.setattr(job_module, "release_freed_memory", counted_trim)
+
     def combined(limit: int, ranks: list[RankPartial]) -> tuple[int, Any]:
         monkeypatch.setattr(job_module, "COLLECT_FROM_RANKS", limit)
         full.clear()
+        trims.clear()
         gc.callbacks.append(on_gc)
         try:
             analysis = job_module.combine(pickle.loads(pickle.dumps(ranks)), str(tmp_path), TaskOptions())
@@ -1406,8 +1416,11 @@ def test_client_collects_between_its_phases_on_a_job_of_many_ranks(
         return len(full), analysis
 
     collected, many = combined(4, partials)
+    assert len(trims) == 3  # the heap's free pages handed back after the arrival, before and after the rules
     plain_collected, plain = combined(10**9, partials)
+    assert not trims
     few, _ = combined(4, partials[:3])
+    assert not trims
     counts = (collected, few, plain_collected)
     assert collected >= 3 and few <= collected - 2 and plain_collected <= collected - 2, counts
     assert many.diagnosis.findings == plain.diagnosis.findings
