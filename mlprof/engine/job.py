@@ -271,8 +271,8 @@ def combine(partials: Sequence[RankPartial], path: str, options: TaskOptions, ke
         skew.wait_intervals.spill(spill)  # read: each rank's communication is split
     world = partials[0].analysis.trace.meta.world_size
     _collect(partials)  # the ranks' rules'
-    diagnosis = diagnose(contexts, config, skew, world, per_rank=per_rank)  # which collects after the job's rules
-    _collect(partials, collect=False)  # the job rules' freed pages
+    diagnosis = diagnose(contexts, config, skew, world, per_rank=per_rank)
+    _collect(partials)  # the job rules'
     from mlprof.whatif.job import predict_job
 
     if all(p.replay is not None for p in partials):
@@ -310,21 +310,22 @@ COLLECT_FROM_RANKS = 64
 """Ranks from which :func:`combine` collects between its phases (:func:`_collect`)."""
 
 
-def _collect(partials: Sequence[RankPartial], *, collect: bool = True) -> None:
-    """A full garbage collection between the client's phases on a job of :data:`COLLECT_FROM_RANKS` ranks or more:
-    it empties the interpreter's free lists too (tuples, lists, dicts, floats parked for reuse), which a phase's
-    per-rank loops fill (a tuple a rank of a table's rows, up to 2,000 of each size, ~0.1 KB each: ~0.25 MB traced
-    at 1,024 ranks after the arrival and again before the job's rules); freed, the next phase's objects reuse that
-    memory instead of growing the heap. ~1 ms from the CLI (its startup objects frozen, :func:`gc.freeze`), ~70 ms
-    from the API, on a job of seconds.
+def _collect(partials: Sequence[RankPartial]) -> None:
+    """A full garbage collection, then the heap's free pages handed back, between the client's phases (after the
+    arrival, before and after the job's rules) on a job of :data:`COLLECT_FROM_RANKS` ranks or more.
 
-    Then the heap's free pages are handed back (``malloc_trim``, :func:`mlprof.trace.memory.release_freed_memory`;
-    ``collect=False``: only that, after the job's rules, which collect themselves): the matching's arrays of every
+    The collection empties the interpreter's free lists too (tuples, lists, dicts, floats parked for reuse), which
+    a phase's per-rank loops fill (a tuple a rank of a table's rows, ~2 one-tuples a rank in the rank loop, up to
+    2,000 of each size: ~0.25 MB traced at 1,024 ranks after the arrival and again before the job's rules); freed,
+    the next phase's objects reuse that memory instead of growing the heap. ~1 ms from the CLI (its startup
+    objects frozen, :func:`gc.freeze`), ~70 ms from the API, on a job of seconds.
+
+    The trim (``malloc_trim``, :func:`mlprof.trace.memory.release_freed_memory`): the matching's arrays of every
     kernel (64 KB each at 1,024 ranks) leave holes the smaller arrays after it do not fill, resident to the end
-    otherwise. ~1 ms a trim on the client's ~20 MB heap."""
+    otherwise (gen_256 / gen_1024 peak RSS -0.3 / -0.4 MB, benchmarks/RESULTS.md, stop 30). < 0.3 ms a trim on a
+    ~20 MB heap with holes."""
     if len(partials) >= COLLECT_FROM_RANKS:
-        if collect:
-            gc.collect()
+        gc.collect()
         release_freed_memory(however_little=True)
 
 

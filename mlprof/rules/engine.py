@@ -11,7 +11,6 @@ in order and recomputes what is left of the step (a waterfall).
 from __future__ import annotations
 
 import copy
-import gc
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -78,11 +77,6 @@ def diagnose(
         findings = _merge(per_rank, contexts, step_ns, skew)
         job_findings, cross_rank = _run_job_rules(contexts, skew, step_ns, config)
         findings = _carve_out(findings, job_findings) + job_findings
-    if len(contexts) > 1:
-        # A job's rules have read every rank: one full collection now empties CPython's free lists (the client's
-        # rank loop leaves ~2 one-tuples a rank parked there, up to 2,000: ~0.1 MB at 1,024 ranks) and frees the
-        # rules' cycles, for the replays and the report to reuse (gen_1024's peak RSS: -0.24 MB; gen_256: same).
-        gc.collect()
     kept = [f for f in findings if f.expected_speedup >= config.min_speedup or f.time_lost_ns_per_step == 0]
     dropped = len(findings) - len(kept)
     kept.sort(key=lambda f: (-f.expected_speedup, f.severity != "critical", f.rule))
