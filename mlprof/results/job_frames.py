@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 from array import array
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, overload
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from mlprof.results.measurements import RankAnalysis
-from mlprof.results.spill import Cold, Spilled, SpilledRun, cold_fields, hold_cold, same_handle
+from mlprof.results.spill import Cold, ReadOnAccess, Spilled, SpilledRun, cold_fields, hold_cold, same_handle
 
 
 class _Table:
@@ -542,43 +542,28 @@ def _view_target(view: _View) -> Any:
     return hot.get(_VIEW_I(view))
 
 
-class HotViews(Sequence[Any]):
+class HotViews(ReadOnAccess[Any]):
     """Views of a :class:`HotStore`'s objects in a given order, each made when indexed or iterated (a view is the
     store and an index: nothing of the object is read until an attribute is): what a job's client holds as its
     list of kept ranks' results and of their contexts. A list of views held ~0.13 KB a rank each (the view, its
     index past 256 as an int object, the list's slot); here 4 bytes a rank at most (the order), none while the
     order is the store's. Two reads of one position are two views of the same object (equal, not identical)."""
 
-    __slots__ = ("_hot", "_order")
+    __slots__ = ("_hot", "_items")
 
     def __init__(self, hot: HotStore, order: Sequence[int]) -> None:
         self._hot = hot
-        self._order: Sequence[int] = order if isinstance(order, range) else _compact(order)
+        self._items: Sequence[int] = order if isinstance(order, range) else _compact(order)
+        """The objects' indices in the store, in this sequence's order."""
 
-    def __len__(self) -> int:
-        return len(self._order)
-
-    @overload
-    def __getitem__(self, k: int) -> Any: ...
-
-    @overload
-    def __getitem__(self, k: slice) -> list[Any]: ...
-
-    def __getitem__(self, k: int | slice) -> Any:
+    def _read(self, i: int) -> Any:
         hot = self._hot
-        if isinstance(k, slice):
-            return [hot._view(hot, i) for i in self._order[k]]
-        return hot._view(hot, self._order[k])
-
-    def __iter__(self) -> Iterator[Any]:
-        hot = self._hot
-        for i in self._order:
-            yield hot._view(hot, i)
+        return hot._view(hot, i)
 
     def sorted(self, key: Callable[[Any], Any]) -> HotViews:
         """The same views ordered by ``key`` of each (stable, as :func:`sorted`)."""
         keys = [key(view) for view in self]
-        return HotViews(self._hot, [self._order[k] for k in sorted(range(len(keys)), key=keys.__getitem__)])
+        return HotViews(self._hot, [self._items[k] for k in sorted(range(len(keys)), key=keys.__getitem__)])
 
     def __repr__(self) -> str:
         return f"HotViews(n={len(self)})"
