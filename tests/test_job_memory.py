@@ -471,6 +471,28 @@ def test_matching_on_the_job_table_equals_a_brute_force_matching(dlrm_partials: 
     assert per["last_arrivals"].to_dict() == last
 
 
+def test_matched_skew_holds_its_ranks_without_an_int_object_a_rank(dlrm_partials: list[RankPartial]) -> None:
+    """The DLRM signatures as ranks 300-1,323 (past CPython's cached small ints, as a 1,024-rank job's): the
+    matching's ``ranks`` are those given, in order, held 8 bytes a rank in an array, not a reference to each int
+    object given (32 bytes an int past 256, held to the end of the job)."""
+    import sys
+    from array import array
+
+    from mlprof.analyzers.rank_skew import CommTable, match_table
+
+    signatures = [p.comm_signature() for p in dlrm_partials]
+    ranks = [300 + k for k in range(1024)]
+    table = CommTable()
+    for r in ranks:
+        table.add(r, signatures[r % len(signatures)])
+    refs = [sys.getrefcount(r) for r in ranks]
+    skew = match_table(table, ranks)
+    assert skew is not None and skew.matched > 0
+    assert list(skew.ranks) == ranks and len(skew.ranks) == 1024
+    assert type(skew.ranks) is array and skew.ranks.itemsize == 8
+    assert [sys.getrefcount(r) for r in ranks] == refs  # none of the given int objects is held
+
+
 def test_client_holds_steps_and_causes_as_rows_of_job_tables(dlrm_partials: list[RankPartial]) -> None:
     """Kept, each real DLRM rank's steps and causes are rows of the job's two tables and read back equal to
     what the rank task returned (values, dtypes, columns, index); the causes set again (the client splits the
