@@ -305,7 +305,8 @@ _PAYLOAD = _TAG - 1
 
 class HotStore:
     """The instance dicts of a job's kept ranks (each a ``cls``: :class:`HeldRank`, or the rank task's result kept
-    by :class:`mlprof.engine.job.Kept`), held as int64 codes, one array per key, not as objects: a rank's number,
+    by :class:`mlprof.engine.job.Kept`), held as int64 codes, one compact array per key (:class:`_Codes`: 2 bytes
+    a rank where the codes are near each other), not as objects: a rank's number,
     its rows of the job tables, its spill handles, views of another store, ``None``, empty lists and the
     ``shared`` objects each fit one code; anything else is held as it is (by index and key). Read through a view
     (:meth:`add` returns it: an object of two slots), a rank is made again from its codes (:meth:`get`; the rank
@@ -316,7 +317,7 @@ class HotStore:
     def __init__(self, cls: type, shared: tuple[Any, ...] = (), shared_types: tuple[type, ...] = ()) -> None:
         self._cls: Any = cls
         self._view = _view_class(cls)
-        self._codes: dict[str, array[int] | int] = {}
+        self._codes: dict[str, _Codes | int] = {}
         self._extras: dict[tuple[int, str], Any] = {}
         self._consts: list[Any] = list(shared)
         self._shared_types = (JobFrames, *shared_types)
@@ -416,11 +417,11 @@ class HotStore:
         shared stand-in) is one number, not an array."""
         codes = self._codes.get(key)
         if codes is None:
-            codes = self._codes[key] = code if self._n == 1 else array("q", [_ABSENT]) * self._n
+            codes = self._codes[key] = code if self._n == 1 else _Codes(_ABSENT, self._n)
         if isinstance(codes, int):
             if codes == code:
                 return
-            codes = self._codes[key] = array("q", [codes]) * self._n
+            codes = self._codes[key] = _Codes(codes, self._n)
         codes[i] = code
 
     def _encode(self, value: Any) -> int:
@@ -487,6 +488,65 @@ class HotStore:
             hot: HotStore = self._consts[payload >> 40]
             return hot._view(hot, payload & ((1 << 40) - 1))
         return self._extras[(i, key)]
+
+
+class _Codes:
+    """One key's codes, one a rank, held as offsets from a base code (the first code held but :data:`_ABSENT`) in
+    the narrowest of int16, int32 and int64 that every offset so far fits, the type's least value standing for
+    :data:`_ABSENT`: a key's codes mostly differ in their low bits only (a rank's number, its rows' start, its
+    spill row, its view's index), 2 or 4 bytes a rank where an int64 code was 8. An offset that does not fit
+    widens the array in place (int16 to int32 to int64; a code is < 2**62, its offset always fits int64)."""
+
+    __slots__ = ("base", "values")
+
+    def __init__(self, code: int, n: int) -> None:
+        self.base = -1
+        """The code an offset is from (-1: none yet, every code held is :data:`_ABSENT`)."""
+        self.values: array[int] = array("h", [_SHORT_MIN]) * n
+        if code != _ABSENT:
+            self.base = code
+            self.values = array("h", [0]) * n
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int) -> int:
+        values = self.values
+        offset = values[i]
+        if offset == _LEAST[values.typecode]:
+            return _ABSENT
+        return self.base + offset
+
+    def __setitem__(self, i: int, code: int) -> None:
+        offset = self._offset(code)  # may widen the array first
+        self.values[i] = offset
+
+    def append(self, code: int) -> None:
+        offset = self._offset(code)  # may widen the array first
+        self.values.append(offset)
+
+    def _offset(self, code: int) -> int:
+        values = self.values
+        if code == _ABSENT:
+            return _LEAST[values.typecode]
+        if self.base < 0:
+            self.base = code
+        offset = code - self.base
+        if not _LEAST[values.typecode] < offset <= -1 - _LEAST[values.typecode]:
+            self._widen(offset)
+        return offset
+
+    def _widen(self, offset: int) -> None:
+        values, old = self.values, _LEAST[self.values.typecode]
+        typecode = next(t for t in _WIDER if _LEAST[t] < offset <= -1 - _LEAST[t])
+        new = _LEAST[typecode]
+        self.values = array(typecode, [new if v == old else v for v in values])
+
+
+_SHORT_MIN = -(2**15)
+_LEAST = {"h": _SHORT_MIN, "i": -(2**31), "q": -(2**63)}
+"""The least value of each typecode :class:`_Codes` holds, which stands for :data:`_ABSENT` there."""
+_WIDER = ("h", "i", "q")
 
 
 _NOT_MADE = object()
