@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -1508,3 +1509,70 @@ def test_job_listing_gives_the_paths_of_the_path_based_listing(tmp_path: Path) -
         tracemalloc.stop()
     assert listed == old(many) and len(listed) == 1024
     assert peak / 1024 < 200, peak / 1024
+
+
+def test_merge_sums_each_cause_as_sum_does_and_holds_two_numbers_a_finding(dlrm_partials: list[RankPartial]) -> None:
+    """A finding of three claimed causes copied to 600 ranks with adversarial claims (floats of every magnitude and
+    sign, -0.0, ints past 2**53 and past int64, numpy floats, a cause first claimed at rank 7, findings claiming
+    nothing, findings of two ranks): each merged cause is what ``sum`` gives over the findings' values (truth: the
+    brute-force merge over lists, compared by type and ``repr``), and the ranks are every finding's ranks sorted.
+    A group holds 16 bytes a finding (its time lost and first rank), where an array a cause and one of the ranks
+    besides held 48 for three causes."""
+    import random
+    import tracemalloc
+
+    from mlprof.rules.engine import _Group, _merge
+
+    rng = random.Random(31)
+    base = next(f for f in dlrm_partials[0].findings if len(f.claimed) == 3)
+    causes = list(base.claimed)
+    per_rank = []
+    for r in range(600):
+        f = pickle.loads(pickle.dumps(base))
+        f.ranks = [r, r + 1000] if r % 97 == 5 else [r]
+        f.time_lost_ns_per_step = 1e6 + r  # the worst: the last rank, which claims every cause
+        claimed: dict[str, Any] = {}
+        for c, cause in enumerate(causes if r >= 7 else causes[:2]):
+            pick = rng.randrange(8) if r < 599 else 7
+            if pick == 0:
+                value: Any = rng.uniform(-1, 1) * 10.0 ** rng.randrange(-12, 20)
+            elif pick == 1:
+                value = -0.0
+            elif pick == 2:
+                value = rng.randrange(1 << 54)
+            elif pick == 3 and r > 400 and c == 1:
+                value = 1 << 64
+            elif pick == 4 and c == 0:
+                value = np.float64(rng.random() * 1e6)
+            elif pick == 5:
+                continue  # not claimed by this finding
+            else:
+                value = rng.random() * 10.0 ** rng.randrange(0, 9)
+            claimed[cause] = value
+        f.claimed = claimed if r % 11 or r == 599 else {}
+        per_rank.append([f])
+    want = {k: sum(f.claimed.get(k, 0.0) for fs in per_rank for f in fs) / 600 for k in per_rank[-1][0].claimed}
+    assert len(want) == 3 and {type(v) for v in want.values()} == {np.float64, float}
+    got = _merge(per_rank, [None] * 600, 1.0, None)  # type: ignore[list-item]
+    assert len(got) == 1
+    assert {k: (type(v), repr(v)) for k, v in got[0].claimed.items()} == {
+        k: (type(v), repr(v)) for k, v in want.items()
+    }
+    assert got[0].ranks == sorted(r for fs in per_rank for f in fs for r in f.ranks)
+
+    def held(n: int) -> int:
+        findings = [pickle.loads(pickle.dumps(base)) for _ in range(n)]
+        for r, f in enumerate(findings):
+            f.ranks = [r + 300]
+        tracemalloc.start()
+        try:
+            group = _Group()
+            for f in findings:
+                group.add(f)
+            return tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    per_finding = (held(2000) - held(1000)) / 1000
+    if sys.version_info < (3, 12):  # from 3.12 ``sum`` is not the running sum: each cause's values are held
+        assert per_finding < 20, per_finding

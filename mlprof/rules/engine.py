@@ -233,8 +233,9 @@ def _merge(
         job = copy.deepcopy(worst)
         job.step_ns = step_ns
         job.time_lost_ns_per_step = sum(group.lost) / n
-        job.claimed = {k: sum(group.claimed[k]) / n for k in worst.claimed}
-        job.ranks = [shared.setdefault(r, r) for r in sorted(group.ranks)]
+        job.claimed = {k: _total(group.claimed[k]) / n for k in worst.claimed}
+        ranks = group.ranks if group.ranks is not None else group.first_rank
+        job.ranks = [shared.setdefault(r, r) for r in sorted(ranks)]
         shown = list(zip(group.first_rank, group.lost, strict=True))
         if count > MAX_RANKS_IN_EVIDENCE:
             shown = _largest(shown, MAX_RANKS_IN_EVIDENCE // 2)
@@ -292,13 +293,17 @@ class _Values:
 
 class _Group:
     """What the merge keeps of one rule's findings over the ranks: the worst finding (the first of the largest
-    time lost, then memory growth, as ``max`` picks it) and, per finding in rank order, its time lost, claimed
-    causes, ranks and first rank: the merged finding's numbers, summed in the same order as over the list.
+    time lost, then memory growth, as ``max`` picks it) and, per finding in rank order, its time lost and first
+    rank; the claimed causes summed as they come, and the ranks: the merged finding's numbers, the same sums in
+    the same order as over the list.
 
-    The claimed causes are kept per cause, one value per finding (0.0 where a finding claims none of it: what
-    ``c.get(cause, 0.0)`` gave over the findings' dicts), not as each finding's dict (~0.5 KB a finding, its
-    keys unpickled anew for every rank: ~1.5 MB of the merge's peak at 1,024 ranks); the numbers in arrays of
-    8 bytes a value (:class:`_Values`), not lists of float and int objects (~0.5 KB a rank)."""
+    The claimed causes are summed per cause as the findings are read, one value per finding added in order (0.0
+    where a finding claims none of it: what ``c.get(cause, 0.0)`` gave over the findings' dicts), each sum as
+    ``sum`` gives it over those values (:data:`_RUNNING_SUM`), not held as each finding's dict (~0.5 KB a finding,
+    ~1.5 MB of the merge's peak at 1,024 ranks) nor as an array a cause; the ranks are the first ranks while every
+    finding has one rank. The numbers held are in arrays of 8 bytes a value (:class:`_Values`), not lists of float
+    and int objects (~0.5 KB a rank): two a group, grown a value a rank each. Four a group (a cause's values and
+    the ranks besides) grown together left their old blocks as holes in the heap (+0.3 MB at 1,024 ranks)."""
 
     __slots__ = ("claimed", "first_rank", "lost", "ranks", "worst", "worst_key")
 
@@ -306,23 +311,48 @@ class _Group:
         self.worst: Finding | None = None
         self.worst_key: tuple[float, Any] | None = None
         self.lost = _Values("d")
-        self.claimed: dict[str, _Values] = {}
-        self.ranks = _Values("q")
+        self.claimed: dict[str, Any] = {}
+        """Per cause, ``sum`` of its values so far, or the values (:data:`_RUNNING_SUM`, :func:`_total`)."""
         self.first_rank = _Values("q")
+        self.ranks: _Values | None = None
+        """Every finding's ranks in order; None while each finding has one rank (they are :attr:`first_rank`)."""
 
     def add(self, f: Finding) -> None:
         key = (f.time_lost_ns_per_step, f.evidence.get("growth_mib_per_step", 0))
         if self.worst_key is None or key > self.worst_key:
             self.worst, self.worst_key = f, key
         claimed = f.claimed
+        sums = self.claimed
         for cause in claimed:
-            if cause not in self.claimed:
-                self.claimed[sys.intern(cause)] = _Values("d", [0.0] * len(self.lost))
-        for cause, values in self.claimed.items():
-            values.append(claimed.get(cause, 0.0))
+            if cause not in sums:
+                # the 0.0 values of the findings before
+                sums[sys.intern(cause)] = (
+                    (0.0 if len(self.lost) else 0) if _RUNNING_SUM else _Values("d", [0.0] * len(self.lost))
+                )
+        for cause in sums:
+            value = claimed.get(cause, 0.0)
+            if _RUNNING_SUM:
+                sums[cause] = sums[cause] + value
+            else:
+                sums[cause].append(value)
         self.lost.append(f.time_lost_ns_per_step)
-        self.ranks.extend(f.ranks)
-        self.first_rank.append(f.ranks[0])
+        ranks = f.ranks
+        if self.ranks is None and len(ranks) != 1:
+            self.ranks = _Values("q", self.first_rank)
+        if self.ranks is not None:
+            self.ranks.extend(ranks)
+        self.first_rank.append(ranks[0])
+
+
+_RUNNING_SUM = sys.version_info < (3, 12)
+"""Whether ``sum`` of a sequence is its running sum, the values added in turn from 0 (ints exactly, floats as
+doubles, anything else by ``+``): CPython up to 3.11. From 3.12 it sums floats with a compensation term, and a
+group holds each cause's values (:class:`_Values`) to sum them at the end."""
+
+
+def _total(claimed: Any) -> Any:
+    """A cause's sum as ``sum`` gives it over the findings' values (:attr:`_Group.claimed`)."""
+    return claimed if _RUNNING_SUM else sum(claimed)
 
 
 MAX_RANKS_IN_EVIDENCE = 32
