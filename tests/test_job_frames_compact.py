@@ -7,6 +7,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from mlprof.results.job_frames import HotStore, _Codes
 
 
@@ -88,3 +91,96 @@ def test_hot_store_reads_back_random_dicts_and_holds_2_bytes_a_rank_a_key() -> N
         assert got == want
     assert store._codes["rank"].values.typecode == "h"  # type: ignore[union-attr]
     assert store._codes["big"].values.typecode == "q"  # type: ignore[union-attr]
+
+
+def test_job_table_reads_back_every_row_as_written_whatever_the_values() -> None:
+    """A job table against the int64 rows set (brute force: a list of every frame as held, compared after all
+    were held): 400 random frames of 1-5 rows and nine columns (zeros; whole us in ns; clocks of whole us then,
+    from the 200th, of ns; values that cross int8, int16 and int32 in turn; int64's least and greatest values;
+    a constant; a column that turns negative; one set to random int64s from the 300th), a seventh of them
+    written over. Every row reads back as set; the columns widen as their values call for and no further."""
+    from mlprof.results.job_frames import JobFrames
+
+    rng = np.random.default_rng(11)
+    columns = ["zero", "us", "clock", "crossing", "extreme", "const", "negative", "random", "one"]
+    job = JobFrames()
+    held, want = [], []
+    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    for k in range(400):
+        n = int(rng.integers(1, 6))
+        clock = 1_700_000_000_000_000_000 + rng.integers(0, 5_000_000, n) * 1000
+        frame = pd.DataFrame(
+            {
+                "zero": np.zeros(n, dtype=np.int64),
+                "us": rng.integers(0, 2_000, n) * 1000,
+                "clock": clock + (rng.integers(0, 1000, n) if k >= 200 else 0),
+                "crossing": rng.integers(0, 1 + [100, 30_000, 2**31 - 2, 2**40][k // 100], n),
+                "extreme": rng.choice(np.array([lo, hi, 0, -1], dtype=np.int64), n) if k >= 50 else np.full(n, hi),
+                "const": np.full(n, 123_456_789_000),
+                "negative": -rng.integers(0, 2**20, n) if k >= 120 else np.full(n, 5),
+                "random": rng.integers(lo, hi, n, endpoint=True) if k >= 300 else np.full(n, 7),
+                "one": np.ones(n, dtype=np.int64),
+            }
+        )
+        rows = job.hold("t", frame)
+        if k % 7 == 3:
+            frame = frame.assign(one=frame["one"] + 1, us=frame["us"] + 1000)
+            assert job.hold("t", frame, over=rows) is rows
+        held.append(rows)
+        want.append(frame)
+        if k in (99, 199, 299):
+            (table,) = job._tables.values()
+            got = dict(zip(columns, table.dtypes(), strict=True))
+            expect = {99: "int8", 199: "int16", 299: "int32"}[k]
+            assert got["zero"] == "const" and got["const"] == "const" and got["crossing"] == expect, (k, got)
+            assert got["random"] == "const" and got["one"] == "int8" and got["us"] == "int16", (k, got)
+            assert got["clock"] == ("int32" if k < 200 else "int64") and got["extreme"] == "int64", (k, got)
+    for rows, frame in zip(held, want, strict=True):
+        np.testing.assert_array_equal(rows.values(), frame.to_numpy(np.int64))
+        pd.testing.assert_frame_equal(rows.frame(), frame)
+    (table,) = job._tables.values()
+    assert table.dtypes() == ["const", "int16", "int64", "int64", "int64", "const", "int32", "int64", "int8"]
+
+
+def test_job_tables_hold_few_bytes_a_rank_of_a_generated_jobs_causes() -> None:
+    """1,024 ranks' causes as a generated job has them (one row a rank, 20 columns: 9 the same on every rank, 4
+    of two values 2,000-60,000 ns apart, 7 spread over ~4 ms; every value whole us): held, the table reads back
+    every rank's row and holds 18 bytes a rank (int32 columns were 80): 14 for the 7 spread columns (int16 steps of
+    1,000 ns), one for each two-valued column, none for the others."""
+    from mlprof.results.job_frames import JobFrames
+
+    rng = np.random.default_rng(2)
+    job = JobFrames()
+    columns = [f"c{j}" for j in range(20)]
+    want, held = [], []
+    for _ in range(1024):
+        row = [0, 258_000, 209_000, 424_000, 143_000, 0, 1000, 0, 0]
+        row += [int(rng.choice([9_000, 11_000])), int(rng.choice([153_000, 207_000]))]
+        row += [int(rng.choice([52_000, 67_000])), int(rng.choice([30_000, 90_000]))]
+        row += [int(v) * 1000 for v in rng.integers(1_000, 5_000, 7)]
+        frame = pd.DataFrame([row], columns=columns)
+        held.append(job.hold("causes", frame))
+        want.append(row)
+    got = np.concatenate([r.values() for r in held])
+    np.testing.assert_array_equal(got, np.array(want, dtype=np.int64))
+    assert job.nbytes == 1024 * (4 + 7 * 2), job.nbytes
+
+
+def test_views_in_another_order_hold_2_bytes_a_rank() -> None:
+    """1,024 held objects' views sorted on a key (the reverse of the store's order): each reads back the object
+    of its position, and the order takes 2 bytes a rank (uint32 was 4); an order naming an index past 65,535
+    is held as uint32 and reads back as given."""
+    from mlprof.results.job_frames import _compact
+
+    store = HotStore(_Obj)
+    for r in range(1024):
+        obj = _Obj()
+        obj.rank = r
+        store.hold(obj)
+    views = store.views().sorted(key=lambda v: -v.rank)
+    assert [v.rank for v in views] == list(range(1023, -1, -1)) and views[5].rank == 1018
+    order: Any = views._items
+    assert order.itemsize * len(order) == 2 * 1024
+    far = _compact([70_000, 3, 65_535, 65_536])
+    assert list(far) == [70_000, 3, 65_535, 65_536] and list(_compact([2, 0, 1])) == [2, 0, 1]
+    assert list(_compact([0, 1, 2])) == [0, 1, 2] and isinstance(_compact([0, 1, 2]), range)

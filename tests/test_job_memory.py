@@ -524,13 +524,16 @@ def test_client_holds_steps_and_causes_as_rows_of_job_tables(dlrm_partials: list
     changed = truth[0][1].copy()
     changed.iloc[:, 0] += 7
     read = ranks[0].causes  # read last: the rows' frame is cached until they are set again
-    rows, table_rows = ranks[0].rows("causes"), kept.frames.nbytes
+    rows = ranks[0].rows("causes")
+    assert isinstance(rows, Rows)
+    table_rows = rows.table.n
     ranks[0].causes = changed
     pd.testing.assert_frame_equal(ranks[0].causes, changed)
     assert not ranks[0].causes.equals(truth[0][1])
     pd.testing.assert_frame_equal(read, truth[0][1])  # a frame read before is the rows' copy: unchanged
-    # as many rows, the same columns: written over the rank's rows, the job's table does not grow
-    assert ranks[0].rows("causes") is rows and kept.frames.nbytes == table_rows
+    # as many rows, the same columns: written over the rank's rows, the job's table has no more rows (its columns
+    # may widen: a value set that differs from its column's first, + 7 here)
+    assert ranks[0].rows("causes") is rows and rows.table.n == table_rows
     pd.testing.assert_frame_equal(ranks[1].causes, truth[1][1])
     fewer = changed.iloc[:-1].reset_index(drop=True)
     ranks[0].causes = fewer
@@ -1030,13 +1033,13 @@ def _untrusted(p: RankPartial) -> RankPartial:
     return q
 
 
-def test_job_tables_hold_int32_columns_and_widen_a_column_that_does_not_fit() -> None:
-    """A job table holds the columns whose values fit int32 as int32 and the others as int64: 300 random tables
-    (1-4 rows, five columns: small ns, clocks ~1.7e18, a column that crosses 2**31 after the 100th, negatives
-    near -2**31, zeros) held and some written over read back equal to the int64 frames set (brute force: each
-    kept frame compared with what was set, after all were held); the clock column is int64 from the first, the
-    crossing one from the 100th, the others stay int32; and 1,000 rows of small values hold ~half the bytes of
-    one int64 matrix."""
+def test_job_tables_hold_narrow_columns_and_widen_a_column_that_does_not_fit() -> None:
+    """A job table holds each column as steps from its first value, as narrow as they fit: 300 random tables
+    (1-4 rows, five columns: small ns, clocks ~1.7e18 spread over 1e17, a column that crosses 2**31 after the
+    100th, negatives near -2**31, zeros) held and some written over (+ 1) read back equal to the int64 frames set
+    (brute force: each kept frame compared with what was set, after all were held); the clock column is int64
+    from the first, the crossing one from the 100th, the negatives (10 apart) int8; and 1,000 rows of values
+    within 5,000 of the first hold int16, a quarter of one int64 matrix's bytes."""
     from mlprof.results.job_frames import JobFrames
 
     rng = np.random.default_rng(5)
@@ -1062,16 +1065,16 @@ def test_job_tables_hold_int32_columns_and_widen_a_column_that_does_not_fit() ->
         want.append(frame)
         if k == 99:
             (table,) = job._tables.values()
-            assert [columns[c] for c in table.wide_at] == ["clock"]
+            assert table.dtypes() == ["int32", "int64", "int32", "int8", "int8"]  # zero: some rows set again + 1
     for rows, frame in zip(held, want, strict=True):
         pd.testing.assert_frame_equal(rows.frame(), frame)
     (table,) = job._tables.values()
-    assert [columns[c] for c in table.wide_at] == ["clock", "crossing"] and table.narrow.dtype == np.int32
+    assert table.dtypes() == ["int32", "int64", "int64", "int8", "int8"]
     small = JobFrames()
     frame = pd.DataFrame(np.arange(5000, dtype=np.int64).reshape(1000, 5), columns=columns)
     for k in range(1000):
         small.hold("t", frame.iloc[k : k + 1].reset_index(drop=True))
-    assert small.nbytes == 1024 * 5 * 4
+    assert small.nbytes == 1024 * 5 * 2  # int16: each column's values within 5,000 of its first
 
 
 def _many_ranks_table(dlrm_partials: list[RankPartial], n: int, long_wait_ns: int = 0) -> tuple[Any, list[int]]:
