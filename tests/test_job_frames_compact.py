@@ -166,6 +166,45 @@ def test_job_tables_hold_few_bytes_a_rank_of_a_generated_jobs_causes() -> None:
     assert job.nbytes == 1024 * (4 + 7 * 2), job.nbytes
 
 
+def test_row_numbers_read_back_every_row_and_widen_in_place() -> None:
+    """:class:`_RowNumbers` against a plain list: 3,000 rows near the first (int16), then rows 2**20 on
+    (int32), then past 2**40 (int64), some below the first: every row reads back by index, slice and
+    iteration after each phase, and the array is as narrow as the rows so far allow."""
+    from mlprof.results.spill import _RowNumbers
+
+    rng = random.Random(5)
+    rows, truth = _RowNumbers(), []
+    for spread, typecode in ((20_000, "h"), (2**20, "i"), (2**40, "q")):
+        for _ in range(3000):
+            row = 50_000 + rng.randrange(-min(spread, 50_000), spread)
+            rows.append(row)
+            truth.append(row)
+        assert [rows[k] for k in range(len(truth))] == truth == list(rows) == rows[:]
+        assert rows[5:-7:3] == truth[5:-7:3] and rows[-1] == truth[-1] and len(rows) == len(truth)
+        assert rows.values.typecode == typecode
+
+
+def test_report_rows_and_rank_findings_hold_2_bytes_a_row() -> None:
+    """4,096 byte strings held as :class:`RawRows` and 1,024 lists as :class:`SpilledLists` (the rows of a
+    1,024-rank job's report, its ranks' findings): each read back as held, and held in 2 bytes a string or list
+    (an int64 row was 8)."""
+    from mlprof.results.spill import RawRows, SpilledLists
+
+    datas = [f"row {k} ".encode() * (k % 5 + 1) for k in range(4096)]
+    raw = RawRows(datas)
+    lists = SpilledLists([[k, "x" * (k % 3)] for k in range(512)])
+    for k in range(512, 1024):
+        lists.append([k, "x" * (k % 3)])
+    assert list(raw) == datas and raw[17] == datas[17] and raw[100:103] == datas[100:103]
+    assert [lists[k] for k in range(1024)] == [[k, "x" * (k % 3)] for k in range(1024)]
+    held: Any = raw._items
+    values = getattr(held, "values", held)
+    assert values.itemsize * len(values) == 2 * 4096
+    held = lists._held
+    values = getattr(held, "values", held)
+    assert values.itemsize * len(values) == 2 * 1024
+
+
 def test_views_in_another_order_hold_2_bytes_a_rank() -> None:
     """1,024 held objects' views sorted on a key (the reverse of the store's order): each reads back the object
     of its position, and the order takes 2 bytes a rank (uint32 was 4); an order naming an index past 65,535
@@ -184,3 +223,33 @@ def test_views_in_another_order_hold_2_bytes_a_rank() -> None:
     far = _compact([70_000, 3, 65_535, 65_536])
     assert list(far) == [70_000, 3, 65_535, 65_536] and list(_compact([2, 0, 1])) == [2, 0, 1]
     assert list(_compact([0, 1, 2])) == [0, 1, 2] and isinstance(_compact([0, 1, 2]), range)
+
+
+def test_spill_offsets_read_back_every_offset_in_under_3_bytes_a_row() -> None:
+    """:class:`_Offsets` against a plain list: 60,000 offsets of values spilled one after another (mostly
+    0.1-3 KB, one in 500 of 50-500 KB), a new file every ~7,000 rows (offsets from 0 again, within a block) and
+    runs of rows in memory (offset 0): every offset reads back as appended, and 60,000 offsets of ~0.9 KB values
+    (a job's client's) take < 2.7 bytes a row traced (uint32 offsets were 4)."""
+    import tracemalloc
+
+    from mlprof.results.spill import _Offsets
+
+    rng = random.Random(9)
+    offsets, truth, end = _Offsets(), [], 0
+    for k in range(60_000):
+        if k % 7_001 == 7_000:
+            end = 0  # a forked child's file
+        offset = 0 if 30_000 <= k < 30_037 else end
+        offsets.append(offset)
+        truth.append(offset)
+        end += rng.randrange(50_000, 500_000) if rng.random() < 0.002 else rng.randrange(100, 3000)
+    assert [offsets[k] for k in range(len(truth))] == truth and len(offsets) == len(truth)
+    assert 0 < len(offsets.wide) < 400
+    tracemalloc.start()
+    small, end = _Offsets(), 0
+    for _ in range(60_000):
+        small.append(end)
+        end += rng.randrange(100, 1700)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert held / 60_000 < 2.7 and not small.wide, held / 60_000

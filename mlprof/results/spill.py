@@ -140,9 +140,9 @@ def _from_raw(data: bytes) -> Spilled:
 
 
 class _Store:
-    """The process's spill file, appended to, and its table: per value held, its offset (uint32, int64 once one is
-    4 GiB or more; a handle is a row number): 4 bytes a row, where three int64 were 24 (a job's client spills ~14
-    values a rank). The file a row is in changes only when a forked child makes its own or writing fails: held as
+    """The process's spill file, appended to, and its table: per value held, its offset (:class:`_Offsets`; a handle
+    is a row number): ~2.5 bytes a row, where three int64 were 24 (a job's client spills ~14 values a rank). The
+    file a row is in changes only when a forked child makes its own or writing fails: held as
     runs of rows (:class:`_Where`); a row's size is where the next row of its file starts, or the file's end
     (values are written one after another, :meth:`size`): a file index and a size a row were 6 bytes more. The
     file is made on first use, and again in a forked child (which then never writes into its parent's file; it can
@@ -245,25 +245,50 @@ _MAX_FILES = 2**15 - 1
 
 
 class _Offsets:
-    """The spill table's offsets: uint32 while every offset is below 4 GiB (a job's client writes a few MB to
-    tens of MB), int64 from the first one that is not."""
+    """The spill table's offsets by blocks of 16 rows: each block's first offset (int64) and each row's distance
+    from it (uint16): 2.5 bytes a row where uint32 offsets were 4 (a job's client spills values of ~0.9 KB, at
+    most a few KB: a block spans ~15 KB). A block whose rows do not all lie within 64 KB past its first (a large
+    value; a forked child's file or memory, offset 0, starting within it) holds its offsets as int64 as well
+    (:attr:`wide`); its rows' distances are 0 there."""
 
-    __slots__ = ("values",)
+    __slots__ = ("firsts", "near", "wide")
 
     def __init__(self) -> None:
-        self.values = array("I")
+        self.firsts = array("q")
+        self.near = array("H")
+        self.wide: dict[int, array[int]] = {}
+        """Per block whose rows do not fit uint16 distances, its rows' offsets."""
 
     def append(self, offset: int) -> None:
-        values = self.values
-        if offset > 0xFFFFFFFF and values.typecode == "I":
-            values = self.values = array("q", values)
-        values.append(offset)
+        row = len(self.near)
+        block = row >> _BLOCK_BITS
+        if block == len(self.firsts):
+            self.firsts.append(offset)
+        distance = offset - self.firsts[block]
+        wide = self.wide.get(block)
+        if wide is None and not 0 <= distance <= 0xFFFF:
+            first = self.firsts[block]
+            wide = array("q", [first + d for d in self.near[block << _BLOCK_BITS :]])
+            self.wide[block] = wide  # complete before it is seen: a reader without the lock reads either form
+        if wide is not None:
+            wide.append(offset)
+            distance = 0
+        self.near.append(distance)
 
     def __getitem__(self, row: int) -> int:
-        return self.values[row]
+        distance = self.near[row]  # IndexError past the last row
+        block = row >> _BLOCK_BITS
+        wide = self.wide.get(block)
+        if wide is not None:
+            return wide[row & _BLOCK_MASK]
+        return self.firsts[block] + distance
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.near)
+
+
+_BLOCK_BITS = 4
+_BLOCK_MASK = (1 << _BLOCK_BITS) - 1
 
 
 class _Where:
@@ -293,6 +318,53 @@ class _Where:
 
 
 _STORE = _Store()
+
+
+class _RowNumbers(Sequence[int]):
+    """Rows of the spill table (non-negative numbers) held as their distance from the first, in the narrowest of
+    int16, int32 and int64 that every distance so far fits, widened in place when one does not: what a holder of
+    a run of values spilled together (a job's rows of its report, its ranks' findings) keeps, 2 bytes a row where
+    an int64 row was 8 (rows a holder appends are close: 16,384 rows apart fit int16)."""
+
+    __slots__ = ("base", "values")
+
+    def __init__(self, rows: Iterable[int] = ()) -> None:
+        self.base = -1
+        """The first row held (-1: none yet)."""
+        self.values: array[int] = array("h")
+        for row in rows:
+            self.append(row)
+
+    def append(self, row: int) -> None:
+        if self.base < 0:
+            self.base = row
+        values, distance = self.values, row - self.base
+        if not _NARROW_LOW[values.typecode] <= distance <= -1 - _NARROW_LOW[values.typecode]:
+            typecode = next(t for t in "hiq" if _NARROW_LOW[t] <= distance <= -1 - _NARROW_LOW[t])
+            values = self.values = array(typecode, values)
+        values.append(distance)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[int]: ...
+
+    def __getitem__(self, i: int | slice) -> int | list[int]:
+        if isinstance(i, slice):
+            return [self.base + d for d in self.values[i]]
+        return self.base + self.values[i]
+
+    def __iter__(self) -> Iterator[int]:
+        base = self.base
+        for d in self.values:
+            yield base + d
+
+
+_NARROW_LOW = {"h": -(2**15), "i": -(2**31), "q": -(2**63)}
 
 
 T = TypeVar("T")
@@ -329,18 +401,18 @@ class ReadOnAccess(Sequence[T]):
 
 class RawRows(ReadOnAccess[bytes]):
     """Byte strings each written as is (not pickled, not compressed) to the spill file, held by their rows of the
-    spill table in one int64 array (8 bytes a string here, 4 in the table): read back one at a time, in order,
-    when iterated or indexed.
+    spill table (:class:`_RowNumbers`: 2 bytes a string here while the rows are close, 4 in the table): read back
+    one at a time, in order, when iterated or indexed.
 
     What a job's report holds of its per-rank rows (each row's compact JSON, ~0.8 KB) until they are written
     (:meth:`mlprof.results.Report.json_chunks`): 1,024 ranks' four rows were ~3.4 MB held in memory. Pickled, it
     carries the bytes; unpickled in another process they are spilled there."""
 
     __slots__ = ("_items",)
-    _items: array[int]
+    _items: _RowNumbers
 
     def __init__(self, datas: Iterable[bytes] = ()) -> None:
-        self._items = array("q")
+        self._items = _RowNumbers()
         for data in datas:
             self.append(data)
 
@@ -364,8 +436,9 @@ class SpilledLists(Sequence[list[Any]]):
     that asks for one rank's (the last one read is kept)."""
 
     def __init__(self, lists: Iterable[list[Any]] = ()) -> None:
-        self._held = array("q", [int(spill(values)) for values in lists])
-        """The lists' rows of the spill table (8 bytes a list; a handle object and its list slot were 56)."""
+        self._held = _RowNumbers(int(spill(values)) for values in lists)
+        """The lists' rows of the spill table (2 bytes a list while they are close; a handle object and its list
+        slot were 56)."""
         self._last: tuple[int, list[Any]] | None = None
 
     def append(self, values: list[Any]) -> None:
