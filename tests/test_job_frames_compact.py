@@ -5,12 +5,14 @@ values that force every widening."""
 from __future__ import annotations
 
 import random
+from array import array
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlprof.results.job_frames import HotStore, _Codes
+from mlprof.results.spill import spill
 
 
 class _Obj:
@@ -58,22 +60,27 @@ def test_codes_read_back_every_code_set_and_widen_in_place() -> None:
 
 
 def test_hot_store_reads_back_random_dicts_and_holds_2_bytes_a_rank_a_key() -> None:
-    """1,024 objects held in a :class:`HotStore` with a rank number, a big int, a None, an int that only some
-    have and one that grows past 2**31 then 2**57 (held as it is): read back after random reads and sets in
-    place, every object's dict equals a brute-force copy of what was set; held, the rank number's codes take 2
-    bytes a rank (an int64 code was 8), a value set to a number 2**40 away widens that key alone."""
+    """1,024 objects held in a :class:`HotStore` with a rank number (in a shuffled order, as ranks finish), a
+    number that steps evenly (as a rank's rows of a job table), a None, an int that only some have and one that
+    grows past 2**31 then 2**57 (held as it is): read back after random reads and sets in place, every object's
+    dict equals a brute-force copy of what was set; held, the rank number's codes take 2 bytes a rank (an int64
+    code was 8), the evenly stepping ones none; a value set to a number 2**40 away widens that key alone, one set
+    off the step holds that key's codes as offsets."""
     rng = random.Random(3)
     store = HotStore(_Obj)
     truth: list[dict[str, Any]] = []
     views = []
-    for r in range(1024):
+    order = list(range(1024))
+    rng.shuffle(order)
+    for k, r in enumerate(order):
         obj = _Obj()
-        obj.rank, obj.none, obj.big = r, None, 10**12 + 3 * r
+        obj.rank, obj.none, obj.big = r, None, 10**12 + 3 * k
         if r % 3 == 0:
             obj.some = r * 7
         truth.append(dict(obj.__dict__))
         views.append(store.add(obj))
-    assert _code_bytes(store) == 1024 * 2 * 3  # rank, big, some (none is one number)
+    assert _code_bytes(store) == 1024 * 2 * 2  # rank, some (none is one number, big a range)
+    assert store._codes["big"].even is not None  # type: ignore[union-attr]
     for _ in range(3000):
         k = rng.randrange(1024)
         view, want = views[k], truth[k]
@@ -91,6 +98,41 @@ def test_hot_store_reads_back_random_dicts_and_holds_2_bytes_a_rank_a_key() -> N
         assert got == want
     assert store._codes["rank"].values.typecode == "h"  # type: ignore[union-attr]
     assert store._codes["big"].values.typecode == "q"  # type: ignore[union-attr]
+
+
+def test_codes_that_step_evenly_hold_no_bytes_until_one_does_not() -> None:
+    """:class:`_Codes` against a plain list: codes a fixed step apart (as :meth:`HotStore.hold` adds them: one
+    more, then set) are a ``range``; a code set to what it holds keeps it; one set off the step, an absent one
+    appended, or one more off the step turn the codes into offsets that read back every code; a key first coded
+    alike then differing on the last rank steps from there."""
+    base = 6 << 58
+    for spoil in ("set", "absent", "append"):
+        codes, truth = _Codes(base, 1), [base]
+        for k in range(1, 3000):
+            if k == 1:
+                codes.append(base + 5)
+            else:
+                codes.grow()
+                codes[k] = base + 5 * k
+            truth.append(base + 5 * k)
+        codes[17] = truth[17]
+        assert codes.even is not None and [codes[k] for k in range(3000)] == truth and len(codes) == 3000
+        assert codes[-1] == truth[-1] and len(codes.values) == 0
+        if spoil == "set":
+            codes[17] = truth[17] = base + 1
+        else:
+            code = 0 if spoil == "absent" else base - 4
+            codes.append(code)
+            truth.append(code)
+        assert codes.even is None and [codes[k] for k in range(len(truth))] == truth
+        assert codes.values.itemsize * len(codes.values) == 2 * len(truth)
+    store = HotStore(_Obj)
+    for r in range(100):
+        obj = _Obj()
+        obj.rank = 0 if r < 99 else 5
+        store.hold(obj)
+    held = store._codes["rank"]
+    assert isinstance(held, _Codes) and [store.get(r).rank for r in range(100)] == [0] * 99 + [5]
 
 
 def test_job_table_reads_back_every_row_as_written_whatever_the_values() -> None:
@@ -181,48 +223,56 @@ def test_row_numbers_read_back_every_row_and_widen_in_place() -> None:
             truth.append(row)
         assert [rows[k] for k in range(len(truth))] == truth == list(rows) == rows[:]
         assert rows[5:-7:3] == truth[5:-7:3] and rows[-1] == truth[-1] and len(rows) == len(truth)
-        assert rows.values.typecode == typecode
+        assert isinstance(rows.values, array) and rows.values.typecode == typecode
 
 
-def test_report_rows_and_rank_findings_hold_2_bytes_a_row() -> None:
-    """4,096 byte strings held as :class:`RawRows` and 1,024 lists as :class:`SpilledLists` (the rows of a
-    1,024-rank job's report, its ranks' findings): each read back as held, and held in 2 bytes a string or list
-    (an int64 row was 8)."""
+def _row_bytes(held: Any) -> int:
+    """Bytes a holder's rows take (0 while they are a ``range``; an int64 array before :class:`_RowNumbers`)."""
+    values = getattr(held, "values", held)
+    return 0 if isinstance(values, range) else int(values.itemsize * len(values))
+
+
+def test_rows_that_step_evenly_hold_no_bytes_until_one_does_not() -> None:
+    """Rows appended a fixed step apart (4, -3, then a repeated row) are a ``range`` (0 bytes a row) and read back
+    by index, negative index, slice and iteration; the first row off the step turns them into int16 distances
+    that still read back every row; a first row alone, and two equal rows, read back too."""
+    from mlprof.results.spill import _RowNumbers
+
+    for step in (4, -3):
+        truth = [100_000 + step * k for k in range(5000)]
+        rows = _RowNumbers(truth)
+        assert _row_bytes(rows) == 0 and list(rows) == truth and rows[-1] == truth[-1] and rows[7] == truth[7]
+        assert rows[10:20:3] == truth[10:20:3] and rows[::-1] == truth[::-1] and len(rows) == 5000
+        rows.append(100_001)
+        truth.append(100_001)
+        assert list(rows) == truth and [rows[k] for k in range(len(truth))] == truth and rows[-2:] == truth[-2:]
+        assert _row_bytes(rows) == 2 * len(truth)
+    same = _RowNumbers([7, 7, 8])
+    assert list(same) == [7, 7, 8] and same[1] == 7 and list(_RowNumbers([9])) == [9] and not list(_RowNumbers())
+
+
+def test_report_rows_and_rank_findings_hold_at_most_2_bytes_a_row() -> None:
+    """4,096 byte strings held as :class:`RawRows` a report row each (interleaved with a second one's, as a
+    job's report writes its per-rank rows: rows 2 apart) and 1,024 lists as :class:`SpilledLists` (the ranks'
+    findings, with a value spilled between some): each read back as held; the report's rows hold no bytes a row
+    (a ``range``), the findings 2 bytes a list (an int64 row was 8)."""
     from mlprof.results.spill import RawRows, SpilledLists
 
     datas = [f"row {k} ".encode() * (k % 5 + 1) for k in range(4096)]
-    raw = RawRows(datas)
+    raw, other = RawRows(), RawRows()
+    for data in datas:
+        raw.append(data)
+        other.append(data[:3])
     lists = SpilledLists([[k, "x" * (k % 3)] for k in range(512)])
     for k in range(512, 1024):
         lists.append([k, "x" * (k % 3)])
+        if k % 3 == 0:
+            spill(k)
     assert list(raw) == datas and raw[17] == datas[17] and raw[100:103] == datas[100:103]
+    assert list(other) == [d[:3] for d in datas]
     assert [lists[k] for k in range(1024)] == [[k, "x" * (k % 3)] for k in range(1024)]
-    held: Any = raw._items
-    values = getattr(held, "values", held)
-    assert values.itemsize * len(values) == 2 * 4096
-    held = lists._held
-    values = getattr(held, "values", held)
-    assert values.itemsize * len(values) == 2 * 1024
-
-
-def test_views_in_another_order_hold_2_bytes_a_rank() -> None:
-    """1,024 held objects' views sorted on a key (the reverse of the store's order): each reads back the object
-    of its position, and the order takes 2 bytes a rank (uint32 was 4); an order naming an index past 65,535
-    is held as uint32 and reads back as given."""
-    from mlprof.results.job_frames import _compact
-
-    store = HotStore(_Obj)
-    for r in range(1024):
-        obj = _Obj()
-        obj.rank = r
-        store.hold(obj)
-    views = store.views().sorted(key=lambda v: -v.rank)
-    assert [v.rank for v in views] == list(range(1023, -1, -1)) and views[5].rank == 1018
-    order: Any = views._items
-    assert order.itemsize * len(order) == 2 * 1024
-    far = _compact([70_000, 3, 65_535, 65_536])
-    assert list(far) == [70_000, 3, 65_535, 65_536] and list(_compact([2, 0, 1])) == [2, 0, 1]
-    assert list(_compact([0, 1, 2])) == [0, 1, 2] and isinstance(_compact([0, 1, 2]), range)
+    assert _row_bytes(raw._items) == 0 and _row_bytes(other._items) == 0
+    assert _row_bytes(lists._held) == 2 * 1024
 
 
 def test_spill_offsets_read_back_every_offset_in_under_3_bytes_a_row() -> None:

@@ -387,7 +387,7 @@ class HotStore:
         self._n += 1
         for codes in self._codes.values():
             if not isinstance(codes, int):
-                codes.append(_ABSENT)
+                codes.grow()  # set by _put below
         self._put(i, obj)
         return i
 
@@ -467,6 +467,10 @@ class HotStore:
         if isinstance(codes, int):
             if codes == code:
                 return
+            if i == self._n - 1:  # the last one's code (the one just held): every one before it is coded ``codes``
+                codes = self._codes[key] = _Codes(codes, i)
+                codes.append(code)
+                return
             codes = self._codes[key] = _Codes(codes, self._n)
         codes[i] = code
 
@@ -537,26 +541,34 @@ class HotStore:
 
 
 class _Codes:
-    """One key's codes, one a rank, held as offsets from a base code (the first code held but :data:`_ABSENT`) in
-    the narrowest of int16, int32 and int64 that every offset so far fits, the type's least value standing for
-    :data:`_ABSENT`: a key's codes mostly differ in their low bits only (a rank's number, its rows' start, its
-    spill row, its view's index), 2 or 4 bytes a rank where an int64 code was 8. An offset that does not fit
-    widens the array in place (int16 to int32 to int64; a code is < 2**62, its offset always fits int64)."""
+    """One key's codes, one a rank. While they step evenly (the rows of a job table a rank appends in turn, the
+    index of a view of another store), a ``range`` (:attr:`even`: no bytes a rank); then as offsets from a base
+    code (the first code held but :data:`_ABSENT`) in the narrowest of int16, int32 and int64 that every offset
+    so far fits, the type's least value standing for :data:`_ABSENT`: a key's codes mostly differ in their low
+    bits only (a rank's number, its rows' start, its spill row, its view's index), 2 or 4 bytes a rank where an
+    int64 code was 8. An offset that does not fit widens the array in place (int16 to int32 to int64; a code is
+    < 2**62, its offset always fits int64)."""
 
-    __slots__ = ("base", "values")
+    __slots__ = ("base", "even", "values")
 
     def __init__(self, code: int, n: int) -> None:
         self.base = -1
         """The code an offset is from (-1: none yet, every code held is :data:`_ABSENT`)."""
+        self.even: range | None = None
+        """The codes while they step evenly (none :data:`_ABSENT`), else None (:attr:`values` holds them)."""
         self.values: array[int] = array("h", [_SHORT_MIN]) * n
         if code != _ABSENT:
             self.base = code
             self.values = array("h", [0]) * n
+            if n <= 1:
+                self.even, self.values = range(code, code + n), array("h")
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.even) if self.even is not None else len(self.values)
 
     def __getitem__(self, i: int) -> int:
+        if self.even is not None:
+            return self.even[i]
         values = self.values
         offset = values[i]
         if offset == _LEAST[values.typecode]:
@@ -564,12 +576,40 @@ class _Codes:
         return self.base + offset
 
     def __setitem__(self, i: int, code: int) -> None:
+        if self.even is not None:
+            if self.even[i] == code:
+                return
+            self._uneven()
         offset = self._offset(code)  # may widen the array first
         self.values[i] = offset
 
     def append(self, code: int) -> None:
+        even = self.even
+        if even is not None:
+            n = len(even)
+            step = code - even[-1] if n == 1 else even.step if n else 1
+            if code != _ABSENT and step and (n == 0 or code == even[-1] + step):
+                self.even = range(even.start if n else code, code + step, step)
+                return
+            self._uneven()
         offset = self._offset(code)  # may widen the array first
         self.values.append(offset)
+
+    def grow(self) -> None:
+        """One more code, set right after (:meth:`HotStore.hold`): while the codes step evenly, the next step."""
+        even = self.even
+        if even is not None and len(even) >= 2:
+            self.even = range(even.start, even.stop + even.step, even.step)
+        else:
+            self.append(_ABSENT)
+
+    def _uneven(self) -> None:
+        """Hold the codes as offsets from now on."""
+        even = self.even
+        assert even is not None
+        self.even, self.base, self.values = None, -1, array("h")
+        for code in even:
+            self.append(code)
 
     def _offset(self, code: int) -> int:
         values = self.values

@@ -321,24 +321,42 @@ _STORE = _Store()
 
 
 class _RowNumbers(Sequence[int]):
-    """Rows of the spill table (non-negative numbers) held as their distance from the first, in the narrowest of
-    int16, int32 and int64 that every distance so far fits, widened in place when one does not: what a holder of
-    a run of values spilled together (a job's rows of its report, its ranks' findings) keeps, 2 bytes a row where
-    an int64 row was 8 (rows a holder appends are close: 16,384 rows apart fit int16)."""
+    """Rows of the spill table (non-negative numbers): while they step evenly (a holder that appends a row a rank
+    while the job's other rows are written in turn: a report's per-rank rows), a ``range`` (no bytes a row); then
+    their distances from the first in the narrowest of int16, int32 and int64 that every distance so far fits,
+    widened in place when one does not: what a holder of a run of values spilled together (a job's rows of its
+    report, its ranks' findings) keeps, 0 or 2 bytes a row where an int64 row was 8 (rows a holder appends are
+    close: 16,384 rows apart fit int16)."""
 
     __slots__ = ("base", "values")
 
     def __init__(self, rows: Iterable[int] = ()) -> None:
-        self.base = -1
-        """The first row held (-1: none yet)."""
-        self.values: array[int] = array("h")
+        self.base = 0
+        """The first row held (0 while none is)."""
+        self.values: range | array[int] = range(0)
+        """The rows (a ``range`` while they step evenly), or their distances from :attr:`base`."""
         for row in rows:
             self.append(row)
 
     def append(self, row: int) -> None:
-        if self.base < 0:
-            self.base = row
+        values = self.values
+        if isinstance(values, range):
+            n = len(values)
+            if n == 0:
+                self.base, self.values = row, range(row, row + 1)
+                return
+            step = row - values[0] if n == 1 else values.step
+            if step and row == values[-1] + step:
+                self.values = range(values.start, row + step, step)
+                return
+            self.values = array("h")  # the rows no longer step evenly: held as distances from now on
+            for held in range(n):
+                self._append_distance(self.base + held * (step if n > 1 else 0))
+        self._append_distance(row)
+
+    def _append_distance(self, row: int) -> None:
         values, distance = self.values, row - self.base
+        assert isinstance(values, array)
         if not _NARROW_LOW[values.typecode] <= distance <= -1 - _NARROW_LOW[values.typecode]:
             typecode = next(t for t in "hiq" if _NARROW_LOW[t] <= distance <= -1 - _NARROW_LOW[t])
             values = self.values = array(typecode, values)
@@ -354,13 +372,20 @@ class _RowNumbers(Sequence[int]):
     def __getitem__(self, i: slice) -> list[int]: ...
 
     def __getitem__(self, i: int | slice) -> int | list[int]:
+        values = self.values
+        if isinstance(values, range):
+            return list(values[i]) if isinstance(i, slice) else values[i]
         if isinstance(i, slice):
-            return [self.base + d for d in self.values[i]]
-        return self.base + self.values[i]
+            return [self.base + d for d in values[i]]
+        return self.base + values[i]
 
     def __iter__(self) -> Iterator[int]:
+        values = self.values
+        if isinstance(values, range):
+            yield from values
+            return
         base = self.base
-        for d in self.values:
+        for d in values:
             yield base + d
 
 
