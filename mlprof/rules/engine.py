@@ -226,9 +226,6 @@ def _merge(
     # One int object per rank number for every merged finding's ``ranks`` (read from arrays, each list made its
     # own: 32 bytes a rank past 256 per finding held, ~0.1 MB at 1,024 ranks for four findings on every rank).
     shared: dict[int, int] = {}
-    # And one list for the merged findings of the same ranks (the rules that fire on every rank): no finding's
-    # ``ranks`` is changed in place once merged; each list was 8 bytes a rank (~24 KB at 1,024 ranks).
-    made: dict[tuple[int, int, int], list[list[int]]] = {}
     for (rule_id, _), group in groups.items():
         worst = group.worst
         assert worst is not None
@@ -238,7 +235,7 @@ def _merge(
         job.time_lost_ns_per_step = sum(group.lost) / n
         job.claimed = {k: _total(group.claimed[k]) / n for k in worst.claimed}
         ranks = group.ranks if group.ranks is not None else group.first_rank
-        job.ranks = _one_list([shared.setdefault(r, r) for r in sorted(ranks)], made)
+        job.ranks = [shared.setdefault(r, r) for r in sorted(ranks)]
         shown = list(zip(group.first_rank, group.lost, strict=True))
         if count > MAX_RANKS_IN_EVIDENCE:
             shown = _largest(shown, MAX_RANKS_IN_EVIDENCE // 2)
@@ -256,20 +253,6 @@ def _merge(
             job.title = rule.merged_title(job, worst, count, n, skew)
         merged.append(job)
     return merged
-
-
-def _one_list(ranks: list[int], made: dict[tuple[int, int, int], list[list[int]]]) -> list[int]:
-    """``ranks``, or the list of the same ranks made before (``made``: the lists by length, first and last rank).
-    Its rank objects are shared by the merge (an equal rank is the same object), so an equal list is the same."""
-    if not ranks:
-        return ranks
-    same = made.setdefault((len(ranks), ranks[0], ranks[-1]), [])
-    for other in same:
-        if other == ranks:
-            return other
-    if len(same) < 8:  # a few compared at most: many groups of as many ranks but others are not quadratic
-        same.append(ranks)
-    return ranks
 
 
 class _Values:
