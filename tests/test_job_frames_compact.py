@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlprof.results.job_frames import HotStore, _Codes
+from mlprof.results.job_frames import _ABSENT, HotStore
+from mlprof.results.narrow_ints import NarrowInts
 from mlprof.results.spill import spill
 
 
@@ -29,19 +30,18 @@ def _code_bytes(store: HotStore) -> int:
     total = 0
     for codes in store._codes.values():
         if not isinstance(codes, int):
-            values: Any = getattr(codes, "values", codes)
-            total += len(values) * values.itemsize
+            total += _row_bytes(codes)
     return total
 
 
 def test_codes_read_back_every_code_set_and_widen_in_place() -> None:
-    """:class:`_Codes` against a plain list over 20,000 random appends and sets: absent codes among them, codes a
-    few apart (int16 offsets), then ones 2**20 apart (int32), then 2**40 apart and up to 2**62 (int64): every code
-    reads back as set after each phase, and the array widens only when an offset does not fit."""
+    """:class:`NarrowInts` (a store's codes) against a plain list over 20,000 random appends and sets: absent codes
+    among them, codes a few apart (int16 offsets), then ones 2**20 apart (int32), then 2**40 apart and up to 2**62
+    (int64): every code reads back as set after each phase, and the array widens only when an offset does not fit."""
     rng = random.Random(7)
     base = 6 << 58
     for first in (0, base):  # created absent (a key first set on a later rank), or from a code
-        codes, truth = _Codes(first, 3), [first] * 3
+        codes, truth = NarrowInts.repeat(first, 3, absent=_ABSENT), [first] * 3
         for phase, (spread, typecode) in enumerate(((1000, "h"), (2**20, "i"), (2**40, "q"))):
             for _ in range(5000 if phase < 2 else 2000):
                 code = 0 if rng.random() < 0.1 else base + rng.randrange(-spread, spread)
@@ -80,7 +80,7 @@ def test_hot_store_reads_back_random_dicts_and_holds_2_bytes_a_rank_a_key() -> N
         truth.append(dict(obj.__dict__))
         views.append(store.add(obj))
     assert _code_bytes(store) == 1024 * 2 * 2  # rank, some (none is one number, big a range)
-    assert store._codes["big"].even is not None  # type: ignore[union-attr]
+    assert isinstance(store._codes["big"].values, range)  # type: ignore[union-attr]
     for _ in range(3000):
         k = rng.randrange(1024)
         view, want = views[k], truth[k]
@@ -101,13 +101,13 @@ def test_hot_store_reads_back_random_dicts_and_holds_2_bytes_a_rank_a_key() -> N
 
 
 def test_codes_that_step_evenly_hold_no_bytes_until_one_does_not() -> None:
-    """:class:`_Codes` against a plain list: codes a fixed step apart (as :meth:`HotStore.hold` adds them: one
-    more, then set) are a ``range``; a code set to what it holds keeps it; one set off the step, an absent one
-    appended, or one more off the step turn the codes into offsets that read back every code; a key first coded
-    alike then differing on the last rank steps from there."""
+    """:class:`NarrowInts` (a store's codes) against a plain list: codes a fixed step apart (as :meth:`HotStore.hold`
+    adds them: one more, then set) are a ``range``; a code set to what it holds keeps it; one set off the step, an
+    absent one appended, or one more off the step turn the codes into offsets that read back every code; a key first
+    coded alike then differing on the last rank steps from there."""
     base = 6 << 58
     for spoil in ("set", "absent", "append"):
-        codes, truth = _Codes(base, 1), [base]
+        codes, truth = NarrowInts.repeat(base, 1, absent=_ABSENT), [base]
         for k in range(1, 3000):
             if k == 1:
                 codes.append(base + 5)
@@ -116,23 +116,23 @@ def test_codes_that_step_evenly_hold_no_bytes_until_one_does_not() -> None:
                 codes[k] = base + 5 * k
             truth.append(base + 5 * k)
         codes[17] = truth[17]
-        assert codes.even is not None and [codes[k] for k in range(3000)] == truth and len(codes) == 3000
-        assert codes[-1] == truth[-1] and len(codes.values) == 0
+        assert isinstance(codes.values, range) and [codes[k] for k in range(3000)] == truth and len(codes) == 3000
+        assert codes[-1] == truth[-1] and _row_bytes(codes) == 0
         if spoil == "set":
             codes[17] = truth[17] = base + 1
         else:
             code = 0 if spoil == "absent" else base - 4
             codes.append(code)
             truth.append(code)
-        assert codes.even is None and [codes[k] for k in range(len(truth))] == truth
-        assert codes.values.itemsize * len(codes.values) == 2 * len(truth)
+        assert isinstance(codes.values, array) and [codes[k] for k in range(len(truth))] == truth
+        assert _row_bytes(codes) == 2 * len(truth)
     store = HotStore(_Obj)
     for r in range(100):
         obj = _Obj()
         obj.rank = 0 if r < 99 else 5
         store.hold(obj)
     held = store._codes["rank"]
-    assert isinstance(held, _Codes) and [store.get(r).rank for r in range(100)] == [0] * 99 + [5]
+    assert isinstance(held, NarrowInts) and [store.get(r).rank for r in range(100)] == [0] * 99 + [5]
 
 
 def test_job_table_reads_back_every_row_as_written_whatever_the_values() -> None:
@@ -209,13 +209,11 @@ def test_job_tables_hold_few_bytes_a_rank_of_a_generated_jobs_causes() -> None:
 
 
 def test_row_numbers_read_back_every_row_and_widen_in_place() -> None:
-    """:class:`_RowNumbers` against a plain list: 3,000 rows near the first (int16), then rows 2**20 on
+    """:class:`NarrowInts` against a plain list: 3,000 rows near the first (int16), then rows 2**20 on
     (int32), then past 2**40 (int64), some below the first: every row reads back by index, slice and
     iteration after each phase, and the array is as narrow as the rows so far allow."""
-    from mlprof.results.spill import _RowNumbers
-
     rng = random.Random(5)
-    rows, truth = _RowNumbers(), []
+    rows, truth = NarrowInts(), []
     for spread, typecode in ((20_000, "h"), (2**20, "i"), (2**40, "q")):
         for _ in range(3000):
             row = 50_000 + rng.randrange(-min(spread, 50_000), spread)
@@ -227,7 +225,7 @@ def test_row_numbers_read_back_every_row_and_widen_in_place() -> None:
 
 
 def _row_bytes(held: Any) -> int:
-    """Bytes a holder's rows take (0 while they are a ``range``; an int64 array before :class:`_RowNumbers`)."""
+    """Bytes a holder's rows take (0 while they are a ``range``; an int64 array before :class:`NarrowInts`)."""
     values = getattr(held, "values", held)
     return 0 if isinstance(values, range) else int(values.itemsize * len(values))
 
@@ -236,19 +234,17 @@ def test_rows_that_step_evenly_hold_no_bytes_until_one_does_not() -> None:
     """Rows appended a fixed step apart (4, -3, then a repeated row) are a ``range`` (0 bytes a row) and read back
     by index, negative index, slice and iteration; the first row off the step turns them into int16 distances
     that still read back every row; a first row alone, and two equal rows, read back too."""
-    from mlprof.results.spill import _RowNumbers
-
     for step in (4, -3):
         truth = [100_000 + step * k for k in range(5000)]
-        rows = _RowNumbers(truth)
+        rows = NarrowInts(truth)
         assert _row_bytes(rows) == 0 and list(rows) == truth and rows[-1] == truth[-1] and rows[7] == truth[7]
         assert rows[10:20:3] == truth[10:20:3] and rows[::-1] == truth[::-1] and len(rows) == 5000
         rows.append(100_001)
         truth.append(100_001)
         assert list(rows) == truth and [rows[k] for k in range(len(truth))] == truth and rows[-2:] == truth[-2:]
         assert _row_bytes(rows) == 2 * len(truth)
-    same = _RowNumbers([7, 7, 8])
-    assert list(same) == [7, 7, 8] and same[1] == 7 and list(_RowNumbers([9])) == [9] and not list(_RowNumbers())
+    same = NarrowInts([7, 7, 8])
+    assert list(same) == [7, 7, 8] and same[1] == 7 and list(NarrowInts([9])) == [9] and not list(NarrowInts())
 
 
 def test_report_rows_and_rank_findings_hold_at_most_2_bytes_a_row() -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mlprof.results.measurements import RankAnalysis
+from mlprof.results.narrow_ints import NarrowInts
 from mlprof.results.spill import Cold, ReadOnAccess, Spilled, SpilledRun, cold_fields, hold_cold, same_handle
 
 
@@ -351,7 +352,7 @@ _PAYLOAD = _TAG - 1
 
 class HotStore:
     """The instance dicts of a job's kept ranks (each a ``cls``: :class:`HeldRank`, or the rank task's result kept
-    by :class:`mlprof.engine.job.Kept`), held as int64 codes, one compact array per key (:class:`_Codes`: 2 bytes
+    by :class:`mlprof.engine.job.Kept`), held as int64 codes, one compact array per key (:class:`NarrowInts`: 0-2 bytes
     a rank where the codes are near each other), not as objects: a rank's number,
     its rows of the job tables, its spill handles, views of another store, ``None``, empty lists and the
     ``shared`` objects each fit one code; anything else is held as it is (by index and key). Read through a view
@@ -363,7 +364,7 @@ class HotStore:
     def __init__(self, cls: type, shared: tuple[Any, ...] = (), shared_types: tuple[type, ...] = ()) -> None:
         self._cls: Any = cls
         self._view = _view_class(cls)
-        self._codes: dict[str, _Codes | int] = {}
+        self._codes: dict[str, NarrowInts | int] = {}
         self._extras: dict[tuple[int, str], Any] = {}
         self._consts: list[Any] = list(shared)
         self._shared_types = (JobFrames, *shared_types)
@@ -463,15 +464,15 @@ class HotStore:
         shared stand-in) is one number, not an array."""
         codes = self._codes.get(key)
         if codes is None:
-            codes = self._codes[key] = code if self._n == 1 else _Codes(_ABSENT, self._n)
+            codes = self._codes[key] = code if self._n == 1 else NarrowInts.repeat(_ABSENT, self._n, absent=_ABSENT)
         if isinstance(codes, int):
             if codes == code:
                 return
             if i == self._n - 1:  # the last one's code (the one just held): every one before it is coded ``codes``
-                codes = self._codes[key] = _Codes(codes, i)
+                codes = self._codes[key] = NarrowInts.repeat(codes, i, absent=_ABSENT)
                 codes.append(code)
                 return
-            codes = self._codes[key] = _Codes(codes, self._n)
+            codes = self._codes[key] = NarrowInts.repeat(codes, self._n, absent=_ABSENT)
         codes[i] = code
 
     def _encode(self, value: Any) -> int:
@@ -538,101 +539,6 @@ class HotStore:
             hot: HotStore = self._consts[payload >> 40]
             return hot._view(hot, payload & ((1 << 40) - 1))
         return self._extras[(i, key)]
-
-
-class _Codes:
-    """One key's codes, one a rank. While they step evenly (the rows of a job table a rank appends in turn, the
-    index of a view of another store), a ``range`` (:attr:`even`: no bytes a rank); then as offsets from a base
-    code (the first code held but :data:`_ABSENT`) in the narrowest of int16, int32 and int64 that every offset
-    so far fits, the type's least value standing for :data:`_ABSENT`: a key's codes mostly differ in their low
-    bits only (a rank's number, its rows' start, its spill row, its view's index), 2 or 4 bytes a rank where an
-    int64 code was 8. An offset that does not fit widens the array in place (int16 to int32 to int64; a code is
-    < 2**62, its offset always fits int64)."""
-
-    __slots__ = ("base", "even", "values")
-
-    def __init__(self, code: int, n: int) -> None:
-        self.base = -1
-        """The code an offset is from (-1: none yet, every code held is :data:`_ABSENT`)."""
-        self.even: range | None = None
-        """The codes while they step evenly (none :data:`_ABSENT`), else None (:attr:`values` holds them)."""
-        self.values: array[int] = array("h", [_SHORT_MIN]) * n
-        if code != _ABSENT:
-            self.base = code
-            self.values = array("h", [0]) * n
-            if n <= 1:
-                self.even, self.values = range(code, code + n), array("h")
-
-    def __len__(self) -> int:
-        return len(self.even) if self.even is not None else len(self.values)
-
-    def __getitem__(self, i: int) -> int:
-        if self.even is not None:
-            return self.even[i]
-        values = self.values
-        offset = values[i]
-        if offset == _LEAST[values.typecode]:
-            return _ABSENT
-        return self.base + offset
-
-    def __setitem__(self, i: int, code: int) -> None:
-        if self.even is not None:
-            if self.even[i] == code:
-                return
-            self._uneven()
-        offset = self._offset(code)  # may widen the array first
-        self.values[i] = offset
-
-    def append(self, code: int) -> None:
-        even = self.even
-        if even is not None:
-            n = len(even)
-            step = code - even[-1] if n == 1 else even.step if n else 1
-            if code != _ABSENT and step and (n == 0 or code == even[-1] + step):
-                self.even = range(even.start if n else code, code + step, step)
-                return
-            self._uneven()
-        offset = self._offset(code)  # may widen the array first
-        self.values.append(offset)
-
-    def grow(self) -> None:
-        """One more code, set right after (:meth:`HotStore.hold`): while the codes step evenly, the next step."""
-        even = self.even
-        if even is not None and len(even) >= 2:
-            self.even = range(even.start, even.stop + even.step, even.step)
-        else:
-            self.append(_ABSENT)
-
-    def _uneven(self) -> None:
-        """Hold the codes as offsets from now on."""
-        even = self.even
-        assert even is not None
-        self.even, self.base, self.values = None, -1, array("h")
-        for code in even:
-            self.append(code)
-
-    def _offset(self, code: int) -> int:
-        values = self.values
-        if code == _ABSENT:
-            return _LEAST[values.typecode]
-        if self.base < 0:
-            self.base = code
-        offset = code - self.base
-        if not _LEAST[values.typecode] < offset <= -1 - _LEAST[values.typecode]:
-            self._widen(offset)
-        return offset
-
-    def _widen(self, offset: int) -> None:
-        values, old = self.values, _LEAST[self.values.typecode]
-        typecode = next(t for t in _WIDER if _LEAST[t] < offset <= -1 - _LEAST[t])
-        new = _LEAST[typecode]
-        self.values = array(typecode, [new if v == old else v for v in values])
-
-
-_SHORT_MIN = -(2**15)
-_LEAST = {"h": _SHORT_MIN, "i": -(2**31), "q": -(2**63)}
-"""The least value of each typecode :class:`_Codes` holds, which stands for :data:`_ABSENT` there."""
-_WIDER = ("h", "i", "q")
 
 
 _NOT_MADE = object()

@@ -25,6 +25,8 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any, TypeVar, overload
 
+from mlprof.results.narrow_ints import NarrowInts
+
 _HAS_PREAD = hasattr(os, "pread") and hasattr(os, "pwrite")
 
 
@@ -320,78 +322,6 @@ class _Where:
 _STORE = _Store()
 
 
-class _RowNumbers(Sequence[int]):
-    """Rows of the spill table (non-negative numbers): while they step evenly (a holder that appends a row a rank
-    while the job's other rows are written in turn: a report's per-rank rows), a ``range`` (no bytes a row); then
-    their distances from the first in the narrowest of int16, int32 and int64 that every distance so far fits,
-    widened in place when one does not: what a holder of a run of values spilled together (a job's rows of its
-    report, its ranks' findings) keeps, 0 or 2 bytes a row where an int64 row was 8 (rows a holder appends are
-    close: 16,384 rows apart fit int16)."""
-
-    __slots__ = ("base", "values")
-
-    def __init__(self, rows: Iterable[int] = ()) -> None:
-        self.base = 0
-        """The first row held (0 while none is)."""
-        self.values: range | array[int] = range(0)
-        """The rows (a ``range`` while they step evenly), or their distances from :attr:`base`."""
-        for row in rows:
-            self.append(row)
-
-    def append(self, row: int) -> None:
-        values = self.values
-        if isinstance(values, range):
-            n = len(values)
-            if n == 0:
-                self.base, self.values = row, range(row, row + 1)
-                return
-            step = row - values[0] if n == 1 else values.step
-            if step and row == values[-1] + step:
-                self.values = range(values.start, row + step, step)
-                return
-            self.values = array("h")  # the rows no longer step evenly: held as distances from now on
-            for held in range(n):
-                self._append_distance(self.base + held * (step if n > 1 else 0))
-        self._append_distance(row)
-
-    def _append_distance(self, row: int) -> None:
-        values, distance = self.values, row - self.base
-        assert isinstance(values, array)
-        if not _NARROW_LOW[values.typecode] <= distance <= -1 - _NARROW_LOW[values.typecode]:
-            typecode = next(t for t in "hiq" if _NARROW_LOW[t] <= distance <= -1 - _NARROW_LOW[t])
-            values = self.values = array(typecode, values)
-        values.append(distance)
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    @overload
-    def __getitem__(self, i: int) -> int: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[int]: ...
-
-    def __getitem__(self, i: int | slice) -> int | list[int]:
-        values = self.values
-        if isinstance(values, range):
-            return list(values[i]) if isinstance(i, slice) else values[i]
-        if isinstance(i, slice):
-            return [self.base + d for d in values[i]]
-        return self.base + values[i]
-
-    def __iter__(self) -> Iterator[int]:
-        values = self.values
-        if isinstance(values, range):
-            yield from values
-            return
-        base = self.base
-        for d in values:
-            yield base + d
-
-
-_NARROW_LOW = {"h": -(2**15), "i": -(2**31), "q": -(2**63)}
-
-
 T = TypeVar("T")
 
 
@@ -426,7 +356,7 @@ class ReadOnAccess(Sequence[T]):
 
 class RawRows(ReadOnAccess[bytes]):
     """Byte strings each written as is (not pickled, not compressed) to the spill file, held by their rows of the
-    spill table (:class:`_RowNumbers`: 2 bytes a string here while the rows are close, 4 in the table): read back
+    spill table (:class:`NarrowInts`: 0-2 bytes a string here while the rows are close, 4 in the table): read back
     one at a time, in order, when iterated or indexed.
 
     What a job's report holds of its per-rank rows (each row's compact JSON, ~0.8 KB) until they are written
@@ -434,10 +364,10 @@ class RawRows(ReadOnAccess[bytes]):
     carries the bytes; unpickled in another process they are spilled there."""
 
     __slots__ = ("_items",)
-    _items: _RowNumbers
+    _items: NarrowInts
 
     def __init__(self, datas: Iterable[bytes] = ()) -> None:
-        self._items = _RowNumbers()
+        self._items = NarrowInts()
         for data in datas:
             self.append(data)
 
@@ -461,7 +391,7 @@ class SpilledLists(Sequence[list[Any]]):
     that asks for one rank's (the last one read is kept)."""
 
     def __init__(self, lists: Iterable[list[Any]] = ()) -> None:
-        self._held = _RowNumbers(int(spill(values)) for values in lists)
+        self._held = NarrowInts(int(spill(values)) for values in lists)
         """The lists' rows of the spill table (2 bytes a list while they are close; a handle object and its list
         slot were 56)."""
         self._last: tuple[int, list[Any]] | None = None
