@@ -138,3 +138,80 @@ def test_memory_a_thread_freed_is_handed_back_by_the_full_release() -> None:
     result = _run(THREAD_CASE, "")
     assert result["kept"] < 4 * MB
     assert result["dropped"] > 30 * MB
+
+
+TIDY_CASE = r"""
+import gc, json, os, re, sys, weakref
+from mlprof.trace import memory
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+def parked():  # one-tuples on CPython's free list, CPython's own count
+    r, w = os.pipe()
+    saved = os.dup(2)
+    os.dup2(w, 2)
+    try:
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(w)
+    text = b""
+    while chunk := os.read(r, 1 << 16):
+        text += chunk
+    return int(re.search(rb"([\d,]+) free 1-sized PyTupleObjects", text).group(1).replace(b",", b""))
+class Node:
+    pass
+def cycle():
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+gc.disable()  # no automatic collection: only tidy_rank_loop's
+held = [[k] for k in range(int(sys.argv[1]))]  # a process holding many objects: its collections are slow
+out = {"tidied": [], "parked_before": 0, "parked_after": 0}
+for i in range(130):
+    garbage = cycle()
+    ones = [(k,) for k in range(1500)]
+    del ones
+    parked_before = parked()
+    memory.tidy_rank_loop(i)
+    if i in (62, 63, 127):
+        out["tidied"].append([i, garbage() is None, parked_before, parked()])
+blocks = [bytearray(2000) for _ in range(50 * 512)]  # 50 MB of glibc heap, freed below the pin
+pin = bytearray(2000)
+del blocks
+before = rss()
+memory.tidy_rank_loop(191)
+out["trimmed"] = before - rss()
+out["cheap"] = memory._collections_cheap
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(memory.free_heap_bytes() is None, reason="glibc's mallinfo2 only")
+def test_rank_loop_is_tidied_every_64_ranks_by_a_collection_and_a_trim() -> None:
+    """A job client's rank loop (:func:`mlprof.trace.memory.tidy_rank_loop`) in a fresh interpreter with automatic
+    collection off: at item 63 and 127 (not 62) a full collection frees a rank's cyclic garbage and empties the
+    free list of 1,500 parked one-tuples (CPython's own count), and the heap's free pages go back (50 MB freed
+    under a pinned block: RSS drops by most of it)."""
+    result = _run(TIDY_CASE, "0")
+    (i62, freed62, _, after62), (i63, freed63, before63, after63), (i127, freed127, _, after127) = result["tidied"]
+    assert (i62, i63, i127) == (62, 63, 127)
+    assert not freed62 and after62 >= 1500  # not a tidy item: nothing collected
+    assert freed63 and before63 >= 1500 and after63 < 100
+    assert freed127 and after127 < 100
+    assert result["cheap"] is True
+    assert result["trimmed"] > 40 * MB
+
+
+@pytest.mark.skipif(memory.free_heap_bytes() is None, reason="glibc's mallinfo2 only")
+def test_rank_loop_stops_collecting_where_a_collection_is_slow_and_still_trims() -> None:
+    """In a process holding 3 million objects (a full collection takes well over 5 ms there, as in an API caller's
+    process with a large heap), the first tidy collects and finds it slow; the later ones only trim: the rank's
+    cyclic garbage and the parked tuples stay, the 50 MB of freed heap still goes back."""
+    result = _run(TIDY_CASE, "3000000")
+    (_, freed62, _, _), (_, freed63, _, after63), (_, freed127, _, after127) = result["tidied"]
+    assert not freed62 and freed63 and after63 < 100  # the first tidy collects (and is slow)
+    assert result["cheap"] is False
+    assert not freed127 and after127 >= 1500  # the next one does not
+    assert result["trimmed"] > 40 * MB

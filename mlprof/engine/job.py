@@ -36,7 +36,7 @@ from mlprof.rules.base import Finding, RankContext
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.engine import diagnose, registry_order, run_rank
 from mlprof.trace.loader import check_rank
-from mlprof.trace.memory import release_freed_memory
+from mlprof.trace.memory import release_freed_memory, tidy_rank_loop
 from mlprof.trace.model import Trace
 from mlprof.whatif.replay import RankReplay
 
@@ -165,6 +165,7 @@ class Kept:
         i = self.partials.hold(p)
         if replay is not None and not self.untrusted:
             self.held.append(i)
+        tidy_rank_loop(i)  # the arrival's parked objects and heap holes (the ranks arrive in any order: i counts them)
         return i
 
 
@@ -249,7 +250,8 @@ def combine(partials: Sequence[RankPartial], path: str, options: TaskOptions, ke
     per_rank: SpilledLists | list[list[Finding]] = SpilledLists() if held else []
     # and each kept rank's context held as codes (its verdicts, step time, GPU spec), read through a view
     judged = HotStore(_JobContext, shared_types=(GpuSpec,)) if held else None
-    for p in partials:
+    for i, p in enumerate(partials):
+        tidy_rank_loop(i)
         ra = p.analysis
         starts, ends = windows(ra)
         wait = skew.wait_intervals.get(ra.rank) if skew is not None else None

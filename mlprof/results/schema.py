@@ -75,6 +75,7 @@ from mlprof.results.measurements import Analysis, CounterAnalysis, RankAnalysis
 from mlprof.results.report import Report
 from mlprof.results.spill import RawRows
 from mlprof.results.views import kernels_and_operators
+from mlprof.trace.memory import tidy_rank_loop
 
 SCHEMA_VERSION = "1.5"
 ReportSource = Report | Analysis | CounterAnalysis | dict[str, Any]
@@ -226,7 +227,8 @@ def to_json_dict(analysis: Analysis, *, encode_rows: bool = False) -> dict[str, 
     row = _ENCODED if encode_rows and len(analysis.ranks) > 1 else _PLAIN
     ranks = row.rows()
     steady = _SteadyRows(row)
-    for ra in analysis.ranks:
+    for i, ra in enumerate(analysis.ranks):
+        tidy_rank_loop(i)
         entry = {
             "rank": ra.rank,
             "path": ra.trace.meta.path,

@@ -28,6 +28,7 @@ from mlprof.rules.base import RankContext, ms
 from mlprof.rules.config import RuleConfig
 from mlprof.rules.counter_base import CounterContext
 from mlprof.rules.registry import BY_ID, COUNTER_RULES, TRACE_RULES
+from mlprof.trace.memory import tidy_rank_loop
 
 
 def run_rank(ctx: RankContext, config: RuleConfig, *, matched: bool | None = None) -> list[Finding]:
@@ -213,7 +214,8 @@ def _merge(
     :class:`mlprof.results.spill.SpilledLists`): only a few numbers of each finding are kept while the ranks
     are read (:class:`_Group`), never every rank's findings at once."""
     groups: dict[tuple[str, str], _Group] = {}
-    for findings in per_rank:
+    for i, findings in enumerate(per_rank):
+        tidy_rank_loop(i)
         for f in findings:
             rule = BY_ID.get(f.rule)
             key = (f.rule, rule.merge_key(f) if rule is not None else "")
