@@ -104,12 +104,32 @@ def _make_rank_job() -> Any:
 
 def test_client_drops_views_and_graphs_of_a_job_it_will_not_replay(tmp_path: Path) -> None:
     """The generated job (DLRM rank 0 with every collective perturbed) replays 13% off its own recording on
-    each rank, so the job is not replayed: the client keeps no graph and no name view, less than half of what a
-    rank task returns, and its reduced tables compressed; the report's per-rank replay rows still come out of
-    what is kept."""
+    each rank, so the job is not replayed: each rank task already returns its replay without its graph (the
+    same replay rows and error; pickled, the result is less than half of one with the graph), and the client
+    keeps no name view, less than half of what a rank task returns, and its reduced tables compressed; the
+    report's per-rank replay rows still come out of what is kept."""
+    import dataclasses
+
+    from mlprof.engine.rank_task import windows
+    from mlprof.trace.loader import load_trace
+    from mlprof.whatif import replay_rank
+
     template = external(f"{DLRM}/worker0_step_12.1694128201545.pt.trace.json")
     _make_rank_job().make_job(tmp_path, 3, 1, template=template, seed=1)
-    partials = [reduce_rank(str(f), TaskOptions()) for f in sorted(tmp_path.glob("rank-*.json"))]
+    files = sorted(tmp_path.glob("rank-*.json"))
+    partials = [reduce_rank(str(f), TaskOptions()) for f in files]
+    # the truth: the rank's replay made again from its trace, its graph kept
+    trace = load_trace(files[0])
+    ra = partials[0].analysis
+    whole = replay_rank(trace, ra.rank, *windows(ra), ra.steps)
+    assert not whole.ok and whole.graph.n_gpu > 0
+    assert partials[0].replay.to_dict() == whole.to_dict()
+    assert partials[0].replay.error_pct == whole.error_pct
+    with_graph = dataclasses.replace(partials[0], replay=whole)
+    assert len(pickle.dumps(partials[0])) < 0.5 * len(pickle.dumps(with_graph))
+    for p in partials:
+        with pytest.raises(RuntimeError, match="released"):
+            p.replay.graph.g_dur  # noqa: B018
     rows = [p.replay.to_dict() for p in partials]
     tables = [(p.analysis.trace.gpu, p.analysis.trace.collectives, p.analysis.trace.memory) for p in partials]
     comm = [(p.signature, p.exposed_comm) for p in partials]

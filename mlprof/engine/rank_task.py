@@ -136,6 +136,11 @@ def reduce_trace(trace: Trace, options: TaskOptions) -> RankPartial:
     from mlprof.whatif import replay_rank
 
     replay = replay_rank(trace, ra.rank, starts, ends, ra.steps)
+    if replay is not None and not replay.ok:
+        # A rank whose own replay is not trusted: the job is not replayed (mlprof.whatif.job.build_job), and the
+        # client drops every rank's graph as soon as this result arrives (mlprof.engine.job.Kept). Dropped here,
+        # the graph (~half the result's pickled bytes on the generated job) is neither sent nor unpickled.
+        replay.release_graph()
     analysis = dataclasses.replace(
         ra, trace=reduce_tables(trace), findings=[], diagnosis=None, name_views=name_views(ra)
     )
