@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from mlprof.results.job_frames import _ABSENT, HotStore
 from mlprof.results.narrow_ints import NarrowInts
@@ -243,6 +244,14 @@ def test_rows_that_step_evenly_hold_no_bytes_until_one_does_not() -> None:
         truth.append(100_001)
         assert list(rows) == truth and [rows[k] for k in range(len(truth))] == truth and rows[-2:] == truth[-2:]
         assert _row_bytes(rows) == 2 * len(truth)
+    # a value more than int64 from the first one held: one clear error, the values held unchanged (not a
+    # StopIteration, which a generator feeding the values would turn into a RuntimeError)
+    far = NarrowInts([5, 9])
+    with pytest.raises(OverflowError, match="not within int64"):
+        far.append(5 + 2**63)
+    with pytest.raises(OverflowError, match="not within int64"):
+        NarrowInts(v for v in (0, 1, -(2**63) - 1))
+    assert list(far) == [5, 9]
     same = NarrowInts([7, 7, 8])
     assert list(same) == [7, 7, 8] and same[1] == 7 and list(NarrowInts([9])) == [9] and not list(NarrowInts())
 

@@ -97,7 +97,9 @@ class NarrowInts(Sequence[int]):
                 self.base = value
             offset = value - self.base
             if not _LEAST[values.typecode] < offset <= -1 - _LEAST[values.typecode]:
-                typecode = next(t for t in _WIDER if _LEAST[t] < offset <= -1 - _LEAST[t])
+                typecode = next((t for t in _WIDER if _LEAST[t] < offset <= -1 - _LEAST[t]), None)
+                if typecode is None:  # (a StopIteration here would end whatever generator fed the value)
+                    raise OverflowError(f"{value} is not within int64 of the first value held, {self.base}")
                 old, new = _LEAST[values.typecode], _LEAST[typecode]
                 values = self.values = array(typecode, [new if v == old else v for v in values])
         if i is None:
