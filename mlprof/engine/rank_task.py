@@ -69,7 +69,9 @@ class RankPartial:
     exposed_comm: Intervals
     """Merged intervals where a communication kernel runs and no compute kernel does."""
     replay: Any = None
-    """The rank's replay graph and its check (:class:`mlprof.whatif.RankReplay`); it needs no trace."""
+    """The rank's replay graph and its check (:class:`mlprof.whatif.RankReplay`); it needs no trace. Without its
+    graph (:meth:`~mlprof.whatif.RankReplay.release_graph`) where the rank's own replay is not trusted: the job is
+    then not replayed, and no prediction reads a graph."""
     packed: SpilledRun | None = field(default=None, repr=False)
     """``signature``, ``exposed_comm`` and ``findings`` compressed in the spill file (:meth:`pack`); read them
     with :meth:`comm_signature`, :meth:`exposed` and :meth:`rank_findings`."""
